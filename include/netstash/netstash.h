@@ -1,0 +1,10 @@
+/*
+ * netstash — umbrella header. Include this one.
+ */
+#ifndef NETSTASH_H
+#define NETSTASH_H
+
+#include "common.h"
+#include "fetch.h"
+
+#endif /* NETSTASH_H */

@@ -1,0 +1,215 @@
+#include "ns_setup.h"
+
+#include <pthread.h>
+#include <stdio.h>
+
+#include <ares.h>
+#include <curl/curl.h>
+
+#include "core/ctx.h"
+#include "core/log.h"
+#include "dns/dns.h"
+#include "transport/transport.h"
+
+static pthread_once_t global_once = PTHREAD_ONCE_INIT;
+static int global_rv;
+
+static void global_init(void) {
+  /* libcurl is built thread-safe here (curl -V: "threadsafe"); c-ares needs
+   * no global state on Linux, but the call is kept for other platforms. */
+  if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+    global_rv = -1;
+  else if (ares_library_init(ARES_LIB_INIT_ALL) != ARES_SUCCESS)
+    global_rv = -1;
+}
+
+uint64_t ns_now_us(void) { return uv_hrtime() / 1000; }
+
+int ns_ctx_on_loop(const netstash_ctx *ctx) {
+  uv_thread_t self = uv_thread_self();
+  return atomic_load(&ctx->loop_running) &&
+         uv_thread_equal(&self, &ctx->loop_tid);
+}
+
+netstash_error ns_ctx_post(netstash_ctx *ctx, ns_task *task) {
+  netstash_error rv = NETSTASH_OK;
+  uv_mutex_lock(&ctx->qlock);
+  if (ctx->stopping) {
+    rv = NETSTASH_E_SHUTDOWN;
+  } else if (!task->queued) {
+    task->queued = 1;
+    ns_list_insert_tail(&ctx->queue, &task->node);
+  }
+  uv_mutex_unlock(&ctx->qlock);
+  if (rv == NETSTASH_OK)
+    uv_async_send(&ctx->wake);
+  return rv;
+}
+
+void ns_ctx_unpost(netstash_ctx *ctx, ns_task *task) {
+  uv_mutex_lock(&ctx->qlock);
+  if (task->queued) {
+    task->queued = 0;
+    ns_list_remove(&task->node);
+  }
+  uv_mutex_unlock(&ctx->qlock);
+}
+
+static void run_queue(netstash_ctx *ctx) {
+  ns_list batch, *pos, *tmp;
+  ns_list_init(&batch);
+  uv_mutex_lock(&ctx->qlock);
+  ns_list_splice_tail(&batch, &ctx->queue);
+  ns_list_foreach_safe(pos, tmp, &batch) {
+    ns_task *t = ns_list_entry(pos, ns_task, node);
+    t->queued = 0;
+  }
+  uv_mutex_unlock(&ctx->qlock);
+  /* Tasks run in posting order. A task that frees the object another task
+   * of this batch is embedded in must not happen: objects free themselves
+   * only from their own last task (fetches keep a reference per queued
+   * task). */
+  while (!ns_list_empty(&batch)) {
+    ns_task *t = ns_list_entry(batch.next, ns_task, node);
+    ns_list_remove(&t->node);
+    t->run(ctx, t);
+  }
+}
+
+static void on_wake(uv_async_t *h) {
+  netstash_ctx *ctx = h->data;
+  int stopping;
+  run_queue(ctx);
+  uv_mutex_lock(&ctx->qlock);
+  stopping = ctx->stopping;
+  uv_mutex_unlock(&ctx->qlock);
+  if (stopping) {
+    run_queue(ctx);
+    ns_dns_shutdown(ctx->dns);
+    ns_transport_shutdown(ctx->transport);
+    uv_close((uv_handle_t *)&ctx->wake, NULL);
+  }
+}
+
+static void loop_main(void *arg) {
+  netstash_ctx *ctx = arg;
+  ctx->loop_tid = uv_thread_self();
+  atomic_store(&ctx->loop_running, 1);
+  uv_run(&ctx->loop, UV_RUN_DEFAULT);
+  atomic_store(&ctx->loop_running, 0);
+}
+
+static void set_detail(char *detail, size_t len, const char *msg) {
+  if (detail && len)
+    snprintf(detail, len, "%s", msg);
+}
+
+netstash_error netstash_ctx_new(netstash_ctx **out, const netstash_options *opts,
+                                char *detail, size_t detail_len) {
+  netstash_ctx *ctx = NULL;
+  ns_config defaults;
+  const ns_mem *mem = opts ? &opts->mem : ns_mem_default();
+  netstash_error rv;
+  int loop_ok = 0, async_ok = 0, mutex_ok = 0;
+
+  if (!out)
+    return NETSTASH_E_INVALID_ARGUMENT;
+  *out = NULL;
+  set_detail(detail, detail_len, "");
+  pthread_once(&global_once, global_init);
+  if (global_rv != 0) {
+    set_detail(detail, detail_len, "libcurl or c-ares global initialisation failed");
+    return NETSTASH_E_INTERNAL;
+  }
+
+  ctx = ns_calloc(mem, 1, sizeof(*ctx));
+  if (!ctx)
+    return NETSTASH_E_NOMEM;
+  ctx->mem = *mem;
+  ns_config_init_defaults(&defaults);
+  rv = ns_config_copy(&ctx->mem, &ctx->cfg, opts ? &opts->cfg : &defaults);
+  if (rv != NETSTASH_OK)
+    goto fail;
+
+  rv = NETSTASH_E_INTERNAL;
+  if (uv_loop_init(&ctx->loop) != 0) {
+    set_detail(detail, detail_len, "uv_loop_init failed");
+    goto fail;
+  }
+  loop_ok = 1;
+  if (uv_mutex_init(&ctx->qlock) != 0)
+    goto fail;
+  mutex_ok = 1;
+  ns_list_init(&ctx->queue);
+  if (uv_async_init(&ctx->loop, &ctx->wake, on_wake) != 0)
+    goto fail;
+  ctx->wake.data = ctx;
+  async_ok = 1;
+
+  rv = ns_dns_new(ctx, &ctx->dns, detail, detail_len);
+  if (rv != NETSTASH_OK)
+    goto fail;
+  rv = ns_transport_new(ctx, &ctx->transport, detail, detail_len);
+  if (rv != NETSTASH_OK)
+    goto fail;
+
+  if (uv_thread_create(&ctx->thread, loop_main, ctx) != 0) {
+    set_detail(detail, detail_len, "could not start the loop thread");
+    rv = NETSTASH_E_INTERNAL;
+    goto fail;
+  }
+  *out = ctx;
+  return NETSTASH_OK;
+
+fail:
+  if (ctx->transport) {
+    ns_transport_shutdown(ctx->transport);
+  }
+  if (ctx->dns)
+    ns_dns_shutdown(ctx->dns);
+  if (async_ok)
+    uv_close((uv_handle_t *)&ctx->wake, NULL);
+  if (loop_ok) {
+    uv_run(&ctx->loop, UV_RUN_DEFAULT); /* run close callbacks */
+    uv_loop_close(&ctx->loop);
+  }
+  ns_transport_del(ctx->transport);
+  ns_dns_del(ctx->dns);
+  if (mutex_ok)
+    uv_mutex_destroy(&ctx->qlock);
+  ns_config_free(&ctx->mem, &ctx->cfg);
+  ns_free(mem, ctx);
+  return rv;
+}
+
+void netstash_ctx_del(netstash_ctx *ctx) {
+  ns_mem mem;
+  if (!ctx)
+    return;
+  if (ns_ctx_on_loop(ctx))
+    return; /* documented misuse; refusing beats deadlocking */
+  uv_mutex_lock(&ctx->qlock);
+  ctx->stopping = 1;
+  uv_mutex_unlock(&ctx->qlock);
+  uv_async_send(&ctx->wake);
+  uv_thread_join(&ctx->thread);
+
+  ns_transport_del(ctx->transport);
+  ns_dns_del(ctx->dns);
+  uv_loop_close(&ctx->loop);
+  uv_mutex_destroy(&ctx->qlock);
+  ns_config_free(&ctx->mem, &ctx->cfg);
+  mem = ctx->mem;
+  ns_free(&mem, ctx);
+}
+
+uint64_t netstash_ctx_stat(netstash_ctx *ctx, netstash_stat which) {
+  if (!ctx || (unsigned)which >= NS_ARRAY_LEN(ctx->stats))
+    return 0;
+  return atomic_load_explicit(&ctx->stats[which], memory_order_relaxed);
+}
+
+void netstash_free(netstash_ctx *ctx, void *ptr) {
+  if (ctx)
+    ns_free(&ctx->mem, ptr);
+}

@@ -1,0 +1,99 @@
+/*
+ * ctx.h — the context: copied options, the loop thread and its task queue,
+ * counters. Internal.
+ *
+ * Threading model: one libuv loop per context, run by one thread the context
+ * owns. Every libcurl, c-ares and libuv handle of the context is touched only
+ * on that thread. Public calls from other threads hand a task to the loop
+ * (ns_ctx_post) under a mutex and wake it with uv_async_send. Tasks are
+ * embedded in the objects they act on, so posting never allocates and never
+ * fails.
+ */
+#ifndef NS_CORE_CTX_H
+#define NS_CORE_CTX_H
+
+#include "ns_setup.h"
+
+#include <stdatomic.h>
+#include <uv.h>
+
+#include "core/list.h"
+
+struct ns_dns;
+struct ns_transport;
+
+typedef struct ns_config {
+  netstash_log_cb log_cb;
+  void *log_ud;
+  netstash_log_level log_level;
+  char *ca_file;
+  char *ca_dir;
+  netstash_tls_version tls_min;
+  char *dns_servers;
+  uint32_t dns_timeout_ms;
+  uint32_t dns_tries;
+  uint32_t dns_cache_size;
+  uint32_t connect_timeout_ms;
+  uint32_t max_host_connections;
+  uint32_t max_total_connections;
+  uint64_t max_decoded_body;
+  int hsts;
+  char *user_agent;
+  char *profile_dir;
+} ns_config;
+
+void ns_config_init_defaults(ns_config *c);
+void ns_config_free(const ns_mem *m, ns_config *c);
+netstash_error ns_config_copy(const ns_mem *m, ns_config *dst, const ns_config *src);
+
+struct netstash_options {
+  ns_mem mem; /* the allocator the context will use */
+  ns_config cfg;
+};
+
+typedef struct ns_task ns_task;
+typedef void (*ns_task_fn)(netstash_ctx *ctx, ns_task *task);
+struct ns_task {
+  ns_list node;
+  ns_task_fn run;
+  int queued; /* guarded by the context's queue lock */
+};
+
+struct netstash_ctx {
+  ns_mem mem;
+  ns_config cfg;
+
+  uv_loop_t loop;
+  uv_thread_t thread;
+  uv_async_t wake;
+  uv_mutex_t qlock;
+  ns_list queue;   /* ns_task, guarded by qlock */
+  int stopping;    /* guarded by qlock */
+  uv_thread_t loop_tid;
+  atomic_int loop_running;
+
+  struct ns_dns *dns;
+  struct ns_transport *transport;
+
+  _Atomic uint64_t stats[8];
+};
+
+/* Queue task to run on the loop thread. Returns NETSTASH_E_SHUTDOWN when the
+ * context is stopping (task not queued). A task already queued is not queued
+ * twice (returns OK). */
+netstash_error ns_ctx_post(netstash_ctx *ctx, ns_task *task);
+/* Removes task from the queue if it is still there (call before freeing the
+ * object a queued task is embedded in). */
+void ns_ctx_unpost(netstash_ctx *ctx, ns_task *task);
+/* Nonzero when the caller runs on the context's loop thread. */
+int ns_ctx_on_loop(const netstash_ctx *ctx);
+
+static inline void ns_stat_add(netstash_ctx *ctx, netstash_stat s, int64_t v) {
+  atomic_fetch_add_explicit(&ctx->stats[s], (uint64_t)v, memory_order_relaxed);
+}
+
+/* Monotonic clock in microseconds (for timings only; protocol logic takes
+ * "now" as a parameter). */
+uint64_t ns_now_us(void);
+
+#endif

@@ -1,0 +1,2 @@
+
+typedef int ns_placeholder2_t;
