@@ -1,0 +1,33 @@
+/*
+ * cli.h — shared bits of the netstash command line tool.
+ */
+#ifndef NETSTASH_CLI_H
+#define NETSTASH_CLI_H
+
+#include <netstash/netstash.h>
+#include <stdio.h>
+
+/* Exit codes (documented in netstash(1) and README.md). Stable. */
+enum {
+  EXIT_OK_ = 0,
+  EXIT_INTERNAL = 1,
+  EXIT_USAGE = 2,
+  EXIT_BAD_URL = 3,
+  EXIT_DNS = 4,
+  EXIT_CONNECT = 5,
+  EXIT_TLS = 6,
+  EXIT_TIMEOUT = 7,
+  EXIT_PROTOCOL = 8,
+  EXIT_IO = 9,
+  EXIT_TOO_LARGE = 10,
+  EXIT_CANCELED = 11
+};
+
+int cli_exit_code(netstash_error err);
+/* Prints "netstash: CMD: reason" plus an optional hint line to stderr. */
+void cli_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+const char *cli_hint(netstash_error err);
+
+int cmd_get(int argc, char **argv);
+
+#endif

@@ -1,1 +1,129 @@
-int main(void); int main(void){return 0;}
+/*
+ * netstash — command line tool: fetch, and (in later releases) warm, inspect,
+ * verify and purge the cache, lint and sign manifests.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+
+static const char usage[] =
+    "usage: netstash [--version] [--help] COMMAND [ARGS]\n"
+    "\n"
+    "Commands:\n"
+    "  get URL       fetch a URL over HTTP/1.1 or HTTP/2 (netstash get --help)\n"
+    "\n"
+    "Exit codes: 0 success (any HTTP status), 1 internal error, 2 usage,\n"
+    "3 bad URL, 4 DNS, 5 connect, 6 TLS, 7 timeout, 8 HTTP protocol error or\n"
+    "truncated body, 9 local I/O, 10 size limit, 11 canceled.\n"
+    "See netstash(1).\n";
+
+int cli_exit_code(netstash_error err) {
+  switch (err) {
+  case NETSTASH_OK:
+    return EXIT_OK_;
+  case NETSTASH_E_BAD_URL:
+    return EXIT_BAD_URL;
+  case NETSTASH_E_DNS_NOT_FOUND:
+  case NETSTASH_E_DNS_TIMEOUT:
+  case NETSTASH_E_DNS_FAILED:
+    return EXIT_DNS;
+  case NETSTASH_E_CONNECT_REFUSED:
+  case NETSTASH_E_CONNECT_FAILED:
+  case NETSTASH_E_NETWORK:
+    return EXIT_CONNECT;
+  case NETSTASH_E_TLS_HANDSHAKE:
+  case NETSTASH_E_TLS_VERSION:
+  case NETSTASH_E_TLS_CERT_EXPIRED:
+  case NETSTASH_E_TLS_CERT_UNTRUSTED:
+  case NETSTASH_E_TLS_CERT_HOSTNAME:
+  case NETSTASH_E_TLS_CERT_INVALID:
+  case NETSTASH_E_TLS_CA_FILE:
+    return EXIT_TLS;
+  case NETSTASH_E_TIMEOUT:
+    return EXIT_TIMEOUT;
+  case NETSTASH_E_PROTOCOL:
+  case NETSTASH_E_TRUNCATED:
+  case NETSTASH_E_DECODE:
+  case NETSTASH_E_SEND:
+  case NETSTASH_E_RECV:
+  case NETSTASH_E_TOO_MANY_REDIRECTS:
+    return EXIT_PROTOCOL;
+  case NETSTASH_E_IO:
+    return EXIT_IO;
+  case NETSTASH_E_TOO_LARGE:
+    return EXIT_TOO_LARGE;
+  case NETSTASH_E_CANCELED:
+    return EXIT_CANCELED;
+  case NETSTASH_E_INVALID_ARGUMENT:
+  case NETSTASH_E_UNSUPPORTED:
+    return EXIT_USAGE;
+  default:
+    return EXIT_INTERNAL;
+  }
+}
+
+const char *cli_hint(netstash_error err) {
+  switch (err) {
+  case NETSTASH_E_DNS_NOT_FOUND:
+    return "check the host name, or pin it with --resolve HOST:PORT:ADDR";
+  case NETSTASH_E_DNS_TIMEOUT:
+  case NETSTASH_E_DNS_FAILED:
+    return "check the DNS server (--dns-server ADDR:PORT) or pin the host with --resolve";
+  case NETSTASH_E_CONNECT_REFUSED:
+    return "nothing listens on that port: is the server running?";
+  case NETSTASH_E_TLS_VERSION:
+    return "the server does not speak TLS 1.3; allow TLS 1.2 with --tls-min 1.2 if you trust it";
+  case NETSTASH_E_TLS_CERT_EXPIRED:
+    return "the server's certificate is outside its validity period (check the clocks)";
+  case NETSTASH_E_TLS_CERT_UNTRUSTED:
+    return "the certificate is not signed by a trusted CA; pass the CA with --cacert FILE";
+  case NETSTASH_E_TLS_CERT_HOSTNAME:
+    return "the certificate is for another name: use the name it was issued for";
+  case NETSTASH_E_TLS_CA_FILE:
+    return "the --cacert file cannot be read or holds no certificate";
+  case NETSTASH_E_TIMEOUT:
+    return "raise --timeout / --connect-timeout, or check the network";
+  case NETSTASH_E_TRUNCATED:
+    return "the server closed the connection before the whole body arrived";
+  case NETSTASH_E_TOO_LARGE:
+    return "raise the limit with --max-body BYTES if the size is expected";
+  default:
+    return NULL;
+  }
+}
+
+void cli_error(const char *cmd, const char *fmt, ...) {
+  va_list ap;
+  fprintf(stderr, "netstash: %s: ", cmd);
+  va_start(ap, fmt);
+  vfprintf(stderr, fmt, ap);
+  va_end(ap);
+  fputc('\n', stderr);
+}
+
+int main(int argc, char **argv) {
+  if (argc < 2) {
+    fputs(usage, stderr);
+    return EXIT_USAGE;
+  }
+  if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+    fputs(usage, stdout);
+    return 0;
+  }
+  if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "version")) {
+    uint32_t feat = 0;
+    printf("netstash %s (features:%s%s%s%s%s)\n", netstash_version(NULL, &feat),
+           feat & NETSTASH_FEATURE_HTTP2 ? " http2" : "",
+           feat & NETSTASH_FEATURE_HTTP3 ? " http3" : "",
+           feat & NETSTASH_FEATURE_BROTLI ? " br" : "",
+           feat & NETSTASH_FEATURE_GZIP ? " gzip" : "",
+           feat & NETSTASH_FEATURE_HSTS ? " hsts" : "");
+    return 0;
+  }
+  if (!strcmp(argv[1], "get"))
+    return cmd_get(argc - 1, argv + 1);
+  fprintf(stderr, "netstash: unknown command \"%s\"\n\n%s", argv[1], usage);
+  return EXIT_USAGE;
+}

@@ -1,1 +1,127 @@
-/* placeholder */
+/*
+ * fetch.h — internal layout of requests and fetches. Internal.
+ */
+#ifndef NS_TRANSPORT_FETCH_H
+#define NS_TRANSPORT_FETCH_H
+
+#include "ns_setup.h"
+
+#include <stdatomic.h>
+#include <uv.h>
+
+#include "core/buf.h"
+#include "core/ctx.h"
+#include "core/list.h"
+#include "core/url.h"
+
+struct ns_decoder;
+struct ns_dns_query;
+
+/* Requests use the process allocator: they exist before any context does. */
+struct netstash_request {
+  atomic_int refs;
+  atomic_int frozen; /* set when a fetch started with it */
+  ns_url url;
+  char *method;
+  char **headers; /* "Name: value" */
+  size_t nheaders, headers_cap;
+  int has_accept_encoding;
+  uint8_t *body;
+  size_t body_len;
+  int has_body;
+  netstash_body_read_cb body_cb;
+  void *body_ud;
+  uint64_t body_total;
+  netstash_priority priority;
+  netstash_http_version http_version;
+  uint32_t timeout_ms, connect_timeout_ms, idle_timeout_ms;
+  int raw;
+  uint64_t max_body; /* 0: context default */
+  uint32_t follow;
+  char **resolve;
+  size_t nresolve, resolve_cap;
+  uint64_t collect_max;
+  int collect;
+};
+
+void ns_request_ref(netstash_request *req);
+
+typedef enum ns_fetch_state {
+  NS_FETCH_NEW = 0,
+  NS_FETCH_DNS,
+  NS_FETCH_ACTIVE,
+  NS_FETCH_DONE
+} ns_fetch_state;
+
+typedef struct ns_header {
+  uint32_t name_off, value_off; /* into fetch->hdr_arena */
+} ns_header;
+
+struct netstash_fetch {
+  ns_mem mem; /* copy: the fetch may outlive its context */
+  netstash_ctx *ctx;
+  netstash_request *req;
+  atomic_int refs;
+  netstash_fetch_callbacks cbs;
+  void *ud;
+
+  ns_task start_task, cancel_task;
+  atomic_int cancel_requested;
+  atomic_int orphaned; /* caller deleted it: no more callbacks */
+
+  uv_mutex_t lock; /* guards done/result for netstash_fetch_wait */
+  uv_cond_t cond;
+  int done;
+  netstash_error result;
+
+  /* ---- loop thread only ---- */
+  ns_fetch_state state;
+  ns_list node; /* transport's list of running fetches */
+  void *easy;   /* CURL * */
+  struct curl_slist *hdr_list, *resolve_list;
+  struct ns_dns_query *dnsq;
+  ns_url cur;   /* URL of the current hop */
+  uint32_t redirects_left;
+  int redirecting; /* this hop's answer is a redirect we follow */
+  char *method_override; /* after 303 etc. */
+  int drop_body;
+  netstash_error fail; /* error found in a callback (decode, limits) */
+
+  /* response */
+  int status;
+  int head_delivered;
+  int saw_final_head;
+  ns_buf hdr_arena;
+  ns_header *hdrs;
+  size_t nhdrs, hdrs_cap;
+  netstash_http_version proto;
+  char tls_version[16];
+  char tls_cipher[64];
+  struct ns_decoder *dec;
+  ns_buf body;
+  uint64_t body_bytes, wire_bytes, max_body;
+  uint32_t new_conns;
+
+  /* timings, µs */
+  uint64_t t_start, t_added, dns_us;
+  uint64_t timing[6];
+
+  char detail[256];
+  char errbuf[256]; /* CURL_ERROR_SIZE */
+};
+
+void ns_fetch_ref(netstash_fetch *f);
+/* Sets the one-line failure detail (truncated to fit). */
+void ns_fetch_detail(netstash_fetch *f, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+void ns_fetch_unref(netstash_fetch *f);
+
+/* Loop thread: transport entry points (transport.c). */
+void ns_transport_start(netstash_fetch *f);
+void ns_transport_cancel(netstash_fetch *f);
+
+/* Loop thread: ends the fetch: records the result, runs on_complete (unless
+ * orphaned), wakes waiters and drops the loop's reference. */
+void ns_fetch_finish(netstash_fetch *f, netstash_error err);
+
+#endif

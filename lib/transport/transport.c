@@ -1,1 +1,945 @@
+/*
+ * transport.c — HTTP/1.1 and HTTP/2 over TLS with libcurl's multi interface,
+ * driven by the context's libuv loop through the socket API
+ * (CURLMOPT_SOCKETFUNCTION / CURLMOPT_TIMERFUNCTION; see curl's multi-uv.c
+ * example for the pattern).
+ *
+ * Decisions (doc/internals/transport.md has the long form):
+ * - Name resolution is ours (c-ares, lib/dns); answers reach libcurl through
+ *   CURLOPT_RESOLVE, so libcurl's blocking/threaded resolver never runs.
+ * - Redirects are followed here, not by libcurl, so that every hop goes
+ *   through our resolver (and later the cookie jar and the cache).
+ * - Content codings are decoded here (lib/transport/decode.c), not by
+ *   libcurl, to enforce a decoded-size cap and to offer raw bodies.
+ * - One easy handle per fetch; connections live in the multi handle's pool
+ *   and are reused across fetches (HTTP/2: multiplexed, CURLOPT_PIPEWAIT).
+ */
 #include "ns_setup.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+
+#include <curl/curl.h>
+#include <openssl/ssl.h>
+#include <uv.h>
+
+#include "core/log.h"
+#include "dns/dns.h"
+#include "transport/decode.h"
+#include "transport/fetch.h"
+#include "transport/transport.h"
+
+#define MOD "transport"
+
+struct ns_transport {
+  netstash_ctx *ctx;
+  CURLM *multi;
+  CURLSH *share;
+  uv_timer_t timer;
+  int timer_ok;
+  ns_list fetches; /* fetches in DNS or ACTIVE state */
+  ns_list socks;   /* open sock_ctx */
+  int shutting_down;
+  char user_agent[64];
+};
+
+typedef struct sock_ctx {
+  uv_poll_t poll;
+  curl_socket_t fd;
+  ns_transport *tr;
+  ns_list node;
+} sock_ctx;
+
+static int ssl_ex_index = -1;
+static pthread_once_t ssl_once = PTHREAD_ONCE_INIT;
+
+static void ssl_index_init(void) {
+  ssl_ex_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+}
+
+static void check_done(ns_transport *tr);
+static void start_hop(netstash_fetch *f);
+
+/* ------------------------------------------------------------ sockets */
+
+static void sock_closed(uv_handle_t *h) {
+  sock_ctx *sc = h->data;
+  ns_free(&sc->tr->ctx->mem, sc);
+}
+
+static void sock_close(sock_ctx *sc) {
+  ns_list_remove(&sc->node);
+  uv_poll_stop(&sc->poll);
+  uv_close((uv_handle_t *)&sc->poll, sock_closed);
+}
+
+static void on_poll(uv_poll_t *h, int status, int events) {
+  sock_ctx *sc = h->data;
+  ns_transport *tr = sc->tr;
+  int flags = 0, running;
+  if (status < 0)
+    flags = CURL_CSELECT_ERR;
+  if (events & UV_READABLE)
+    flags |= CURL_CSELECT_IN;
+  if (events & UV_WRITABLE)
+    flags |= CURL_CSELECT_OUT;
+  curl_multi_socket_action(tr->multi, sc->fd, flags, &running);
+  check_done(tr);
+}
+
+static int sock_cb(CURL *e, curl_socket_t s, int what, void *userp, void *socketp) {
+  ns_transport *tr = userp;
+  sock_ctx *sc = socketp;
+  int events = 0;
+  (void)e;
+  if (what == CURL_POLL_REMOVE) {
+    if (sc) {
+      curl_multi_assign(tr->multi, s, NULL);
+      sock_close(sc);
+    }
+    return 0;
+  }
+  if (!sc) {
+    sc = ns_calloc(&tr->ctx->mem, 1, sizeof(*sc));
+    if (!sc)
+      return -1;
+    if (uv_poll_init_socket(&tr->ctx->loop, &sc->poll, s) != 0) {
+      ns_free(&tr->ctx->mem, sc);
+      return -1;
+    }
+    sc->fd = s;
+    sc->tr = tr;
+    sc->poll.data = sc;
+    ns_list_insert_tail(&tr->socks, &sc->node);
+    curl_multi_assign(tr->multi, s, sc);
+  }
+  if (what & CURL_POLL_IN)
+    events |= UV_READABLE;
+  if (what & CURL_POLL_OUT)
+    events |= UV_WRITABLE;
+  uv_poll_start(&sc->poll, events, on_poll);
+  return 0;
+}
+
+static void on_timer(uv_timer_t *t) {
+  ns_transport *tr = t->data;
+  int running;
+  curl_multi_socket_action(tr->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+  check_done(tr);
+}
+
+static int timer_cb(CURLM *m, long timeout_ms, void *userp) {
+  ns_transport *tr = userp;
+  (void)m;
+  if (timeout_ms < 0)
+    uv_timer_stop(&tr->timer);
+  else
+    uv_timer_start(&tr->timer, on_timer, (uint64_t)timeout_ms, 0);
+  return 0;
+}
+
+static curl_socket_t open_cb(void *ud, curlsocktype purpose, struct curl_sockaddr *a) {
+  netstash_ctx *ctx = ud;
+  curl_socket_t s;
+  (void)purpose;
+  s = socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
+  if (s != CURL_SOCKET_BAD)
+    ns_stat_add(ctx, NETSTASH_STAT_CONNECTIONS_OPENED, 1);
+  return s;
+}
+
+static void ssl_info_cb(const SSL *ssl, int where, int ret) {
+  (void)ret;
+  if (where & SSL_CB_HANDSHAKE_DONE) {
+    netstash_ctx *ctx = SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), ssl_ex_index);
+    if (ctx)
+      ns_stat_add(ctx, NETSTASH_STAT_TLS_HANDSHAKES, 1);
+  }
+}
+
+static CURLcode sslctx_cb(CURL *e, void *sslctx, void *ud) {
+  (void)e;
+  SSL_CTX_set_ex_data(sslctx, ssl_ex_index, ud);
+  SSL_CTX_set_info_callback(sslctx, ssl_info_cb);
+  return CURLE_OK;
+}
+
+/* ------------------------------------------------------------ response */
+
+static void reset_response(netstash_fetch *f) {
+  f->status = 0;
+  f->nhdrs = 0;
+  f->redirecting = 0;
+  ns_buf_reset(&f->hdr_arena);
+  ns_decoder_del(f->dec);
+  f->dec = NULL;
+}
+
+static void capture_tls(netstash_fetch *f, CURL *e) {
+  struct curl_tlssessioninfo *info = NULL;
+  long v = 0;
+  if (curl_easy_getinfo(e, CURLINFO_HTTP_VERSION, &v) == CURLE_OK) {
+    if (v == CURL_HTTP_VERSION_2_0)
+      f->proto = NETSTASH_HTTP_2;
+    else if (v == CURL_HTTP_VERSION_3)
+      f->proto = NETSTASH_HTTP_3;
+    else
+      f->proto = NETSTASH_HTTP_1_1;
+  }
+  f->tls_version[0] = f->tls_cipher[0] = 0;
+  if (curl_easy_getinfo(e, CURLINFO_TLS_SSL_PTR, &info) == CURLE_OK && info &&
+      info->backend == CURLSSLBACKEND_OPENSSL && info->internals) {
+    SSL *ssl = info->internals;
+    snprintf(f->tls_version, sizeof(f->tls_version), "%s", SSL_get_version(ssl));
+    snprintf(f->tls_cipher, sizeof(f->tls_cipher), "%s",
+             SSL_CIPHER_get_name(SSL_get_current_cipher(ssl)));
+  }
+}
+
+static netstash_error deliver(const uint8_t *data, size_t len, void *ud) {
+  netstash_fetch *f = ud;
+  if (!len)
+    return NETSTASH_OK;
+  if (len > f->max_body - f->body_bytes) {
+    snprintf(f->detail, sizeof(f->detail),
+             "body exceeds the limit of %llu bytes", (unsigned long long)f->max_body);
+    return NETSTASH_E_TOO_LARGE;
+  }
+  f->body_bytes += len;
+  if (f->req->collect) {
+    netstash_error rv = ns_buf_append(&f->body, data, len);
+    if (rv != NETSTASH_OK) {
+      if (rv == NETSTASH_E_TOO_LARGE)
+        ns_fetch_detail(f, "body exceeds the collect limit of %llu bytes",
+                 (unsigned long long)f->req->collect_max);
+      return rv;
+    }
+  }
+  if (f->cbs.on_data && !atomic_load(&f->orphaned))
+    f->cbs.on_data(f, data, len, f->ud);
+  return NETSTASH_OK;
+}
+
+static void deliver_head(netstash_fetch *f) {
+  if (f->head_delivered)
+    return;
+  f->head_delivered = 1;
+  if (f->cbs.on_response && !atomic_load(&f->orphaned))
+    f->cbs.on_response(f, f->ud);
+}
+
+/* End of a header block (the empty line). Returns 0 to abort the transfer. */
+static int head_end(netstash_fetch *f) {
+  const char *ce;
+  if (f->status < 200)
+    return 1; /* 1xx: another block follows (RFC 9110 15.2) */
+  if (f->status >= 300 && f->status < 400 && f->req->follow &&
+      netstash_fetch_header(f, "location") &&
+      !((f->status == 307 || f->status == 308) && f->req->body_cb)) {
+    if (f->redirects_left == 0) {
+      f->fail = NETSTASH_E_TOO_MANY_REDIRECTS;
+      ns_fetch_detail(f, "more than %u redirects",
+               (unsigned)f->req->follow);
+      return 0;
+    }
+    f->redirecting = 1;
+    return 1;
+  }
+  ce = netstash_fetch_header(f, "content-encoding");
+  if (ce && !f->req->raw && !f->req->has_accept_encoding) {
+    ns_coding codings[NS_DECODE_MAX_LAYERS];
+    int n = ns_coding_parse(ce, strlen(ce), codings);
+    if (n < 0) {
+      /* Unknown coding: hand the body over as sent, as Chromium does. */
+      NS_WARN(f->ctx, MOD, "unknown content-encoding \"%s\": body passed through", ce);
+    } else if (n > 0) {
+      netstash_error rv = ns_decoder_new(&f->mem, codings, n, f->max_body, &f->dec);
+      if (rv != NETSTASH_OK) {
+        f->fail = rv;
+        return 0;
+      }
+    }
+  }
+  deliver_head(f);
+  return 1;
+}
+
+static netstash_error add_header(netstash_fetch *f, const char *line, size_t len) {
+  const char *colon = memchr(line, ':', len);
+  size_t nlen, vstart, vend, i, bytes;
+  ns_header *h;
+  netstash_error rv;
+  uint32_t name_off, value_off;
+
+  if (!colon || colon == line)
+    return NETSTASH_OK; /* not a field line: ignore, as browsers do */
+  nlen = (size_t)(colon - line);
+  vstart = nlen + 1;
+  vend = len;
+  while (vstart < vend && (line[vstart] == ' ' || line[vstart] == '\t'))
+    vstart++;
+  while (vend > vstart && (line[vend - 1] == ' ' || line[vend - 1] == '\t'))
+    vend--;
+  if (f->nhdrs == f->hdrs_cap) {
+    size_t ncap = f->hdrs_cap ? f->hdrs_cap * 2 : 16;
+    if (ncap > 4096)
+      return NETSTASH_E_TOO_LARGE;
+    if (!ns_mul_size(ncap, sizeof(*h), &bytes))
+      return NETSTASH_E_NOMEM;
+    h = ns_realloc(&f->mem, f->hdrs, bytes);
+    if (!h)
+      return NETSTASH_E_NOMEM;
+    f->hdrs = h;
+    f->hdrs_cap = ncap;
+  }
+  name_off = (uint32_t)f->hdr_arena.len;
+  for (i = 0; i < nlen; i++) {
+    char c = ns_ascii_lower(line[i]);
+    if ((rv = ns_buf_append(&f->hdr_arena, &c, 1)) != NETSTASH_OK)
+      return rv;
+  }
+  if ((rv = ns_buf_append(&f->hdr_arena, "", 1)) != NETSTASH_OK)
+    return rv;
+  value_off = (uint32_t)f->hdr_arena.len;
+  if ((rv = ns_buf_append(&f->hdr_arena, line + vstart, vend - vstart)) != NETSTASH_OK ||
+      (rv = ns_buf_append(&f->hdr_arena, "", 1)) != NETSTASH_OK)
+    return rv;
+  f->hdrs[f->nhdrs].name_off = name_off;
+  f->hdrs[f->nhdrs].value_off = value_off;
+  f->nhdrs++;
+  return NETSTASH_OK;
+}
+
+static size_t hdr_cb(char *buf, size_t size, size_t n, void *ud) {
+  netstash_fetch *f = ud;
+  size_t len = size * n;
+  netstash_error rv;
+  while (len && (buf[len - 1] == '\n' || buf[len - 1] == '\r'))
+    len--;
+  if (len >= 5 && memcmp(buf, "HTTP/", 5) == 0) {
+    const char *sp = memchr(buf, ' ', len);
+    int code = 0;
+    reset_response(f);
+    if (sp && (size_t)(sp - buf) + 4 <= len) {
+      const char *d = sp + 1;
+      if (d[0] >= '1' && d[0] <= '5' && d[1] >= '0' && d[1] <= '9' && d[2] >= '0' &&
+          d[2] <= '9')
+        code = (d[0] - '0') * 100 + (d[1] - '0') * 10 + (d[2] - '0');
+    }
+    if (!code) {
+      f->fail = NETSTASH_E_PROTOCOL;
+      ns_fetch_detail(f, "malformed status line");
+      return 0;
+    }
+    f->status = code;
+    capture_tls(f, f->easy);
+    return size * n;
+  }
+  if (len == 0)
+    return head_end(f) ? size * n : 0;
+  if (!f->status)
+    return size * n;
+  if (buf[0] == ' ' || buf[0] == '\t') {
+    /* obs-fold (RFC 9112 5.2): a browser-style client rejects it. */
+    f->fail = NETSTASH_E_PROTOCOL;
+    ns_fetch_detail(f, "obsolete line folding in a header");
+    return 0;
+  }
+  rv = add_header(f, buf, len);
+  if (rv != NETSTASH_OK) {
+    f->fail = rv;
+    ns_fetch_detail(f, "response header section too large");
+    return 0;
+  }
+  return size * n;
+}
+
+static size_t write_cb(char *data, size_t size, size_t n, void *ud) {
+  netstash_fetch *f = ud;
+  size_t len = size * n;
+  netstash_error rv;
+  if (f->redirecting)
+    return len; /* body of a redirect we follow: discarded */
+  if (!f->head_delivered)
+    deliver_head(f);
+  f->wire_bytes += len;
+  ns_stat_add(f->ctx, NETSTASH_STAT_BYTES_RECEIVED, (int64_t)len);
+  if (f->dec)
+    rv = ns_decoder_write(f->dec, (const uint8_t *)data, len, deliver, f);
+  else
+    rv = deliver((const uint8_t *)data, len, f);
+  if (rv != NETSTASH_OK) {
+    f->fail = rv;
+    if (!f->detail[0])
+      ns_fetch_detail(f, "%s while reading the body",
+               netstash_strerror(rv));
+    return 0;
+  }
+  return len;
+}
+
+static size_t read_cb(char *buf, size_t size, size_t n, void *ud) {
+  netstash_fetch *f = ud;
+  size_t len = 0;
+  int eof = 0;
+  netstash_error rv = f->req->body_cb((uint8_t *)buf, size * n, &len, &eof, f->req->body_ud);
+  if (rv != NETSTASH_OK || len > size * n) {
+    f->fail = NETSTASH_E_CALLBACK;
+    ns_fetch_detail(f, "request body reader failed: %s",
+             netstash_strerror(rv));
+    return CURL_READFUNC_ABORT;
+  }
+  return len;
+}
+
+/* ------------------------------------------------------------ errors */
+
+static netstash_error map_error(netstash_fetch *f, CURLcode res) {
+  long vr = 0, oserr = 0;
+  const char *eb = f->errbuf;
+  switch (res) {
+  case CURLE_OK:
+    return NETSTASH_OK;
+  case CURLE_COULDNT_RESOLVE_HOST:
+    return NETSTASH_E_DNS_NOT_FOUND;
+  case CURLE_COULDNT_CONNECT:
+    curl_easy_getinfo(f->easy, CURLINFO_OS_ERRNO, &oserr);
+    return oserr == ECONNREFUSED ? NETSTASH_E_CONNECT_REFUSED : NETSTASH_E_CONNECT_FAILED;
+  case CURLE_OPERATION_TIMEDOUT:
+    return NETSTASH_E_TIMEOUT;
+  case CURLE_SSL_CONNECT_ERROR:
+    if (strstr(eb, "protocol version") || strstr(eb, "unsupported protocol") ||
+        strstr(eb, "no protocols available"))
+      return NETSTASH_E_TLS_VERSION;
+    return NETSTASH_E_TLS_HANDSHAKE;
+  case CURLE_PEER_FAILED_VERIFICATION:
+    curl_easy_getinfo(f->easy, CURLINFO_SSL_VERIFYRESULT, &vr);
+    switch (vr) {
+    case X509_V_ERR_CERT_HAS_EXPIRED:
+    case X509_V_ERR_CERT_NOT_YET_VALID:
+      return NETSTASH_E_TLS_CERT_EXPIRED;
+    case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT:
+    case X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT:
+    case X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN:
+    case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY:
+    case X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE:
+    case X509_V_ERR_CERT_UNTRUSTED:
+      return NETSTASH_E_TLS_CERT_UNTRUSTED;
+    case X509_V_ERR_HOSTNAME_MISMATCH:
+    case X509_V_ERR_IP_ADDRESS_MISMATCH:
+      return NETSTASH_E_TLS_CERT_HOSTNAME;
+    case X509_V_OK:
+      /* libcurl 7.88 checks the name itself after the handshake. */
+      if (strstr(eb, "subject name") || strstr(eb, "host name") ||
+          strstr(eb, "does not match"))
+        return NETSTASH_E_TLS_CERT_HOSTNAME;
+      return NETSTASH_E_TLS_CERT_INVALID;
+    default:
+      return NETSTASH_E_TLS_CERT_INVALID;
+    }
+  case CURLE_SSL_CACERT_BADFILE:
+  case CURLE_SSL_CRL_BADFILE:
+    return NETSTASH_E_TLS_CA_FILE;
+  case CURLE_SSL_CERTPROBLEM:
+  case CURLE_SSL_CIPHER:
+  case CURLE_SSL_ISSUER_ERROR:
+  case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+  case CURLE_SSL_INVALIDCERTSTATUS:
+  case CURLE_SSL_SHUTDOWN_FAILED:
+    return NETSTASH_E_TLS_HANDSHAKE;
+  case CURLE_PARTIAL_FILE:
+    return NETSTASH_E_TRUNCATED;
+  case CURLE_RECV_ERROR:
+  case CURLE_HTTP2:
+  case CURLE_HTTP2_STREAM:
+    if (f->status >= 200)
+      return NETSTASH_E_TRUNCATED; /* the body was cut short */
+    return res == CURLE_RECV_ERROR ? NETSTASH_E_RECV : NETSTASH_E_PROTOCOL;
+  case CURLE_SEND_ERROR:
+    return NETSTASH_E_SEND;
+  case CURLE_GOT_NOTHING:
+  case CURLE_WEIRD_SERVER_REPLY:
+  case CURLE_UNSUPPORTED_PROTOCOL:
+  case CURLE_HTTP_RETURNED_ERROR:
+    return NETSTASH_E_PROTOCOL;
+  case CURLE_BAD_CONTENT_ENCODING:
+    return NETSTASH_E_DECODE;
+  case CURLE_WRITE_ERROR:
+  case CURLE_ABORTED_BY_CALLBACK:
+  case CURLE_READ_ERROR:
+    return f->fail != NETSTASH_OK ? f->fail : NETSTASH_E_CALLBACK;
+  case CURLE_TOO_MANY_REDIRECTS:
+    return NETSTASH_E_TOO_MANY_REDIRECTS;
+  case CURLE_FILESIZE_EXCEEDED:
+    return NETSTASH_E_TOO_LARGE;
+  case CURLE_OUT_OF_MEMORY:
+    return NETSTASH_E_NOMEM;
+  case CURLE_URL_MALFORMAT:
+    return NETSTASH_E_BAD_URL;
+  default:
+    return NETSTASH_E_NETWORK;
+  }
+}
+
+/* ------------------------------------------------------------ lifecycle */
+
+static void release_easy(netstash_fetch *f) {
+  ns_transport *tr = f->ctx->transport;
+  if (f->easy) {
+    if (f->state == NS_FETCH_ACTIVE)
+      curl_multi_remove_handle(tr->multi, f->easy);
+    curl_easy_cleanup(f->easy);
+    f->easy = NULL;
+  }
+  curl_slist_free_all(f->hdr_list);
+  curl_slist_free_all(f->resolve_list);
+  f->hdr_list = f->resolve_list = NULL;
+}
+
+/* Ends a fetch from the loop, outside any libcurl callback. */
+static void end_fetch(netstash_fetch *f, netstash_error err) {
+  if (f->state == NS_FETCH_DONE)
+    return;
+  if (f->dnsq) {
+    ns_dns_cancel(f->dnsq);
+    f->dnsq = NULL;
+  }
+  ns_list_remove(&f->node);
+  release_easy(f);
+  ns_fetch_finish(f, err);
+}
+
+static void hop_timings(netstash_fetch *f) {
+  curl_off_t nl = 0, conn = 0, app = 0, st = 0;
+  long nconn = 0;
+  curl_easy_getinfo(f->easy, CURLINFO_NAMELOOKUP_TIME_T, &nl);
+  curl_easy_getinfo(f->easy, CURLINFO_CONNECT_TIME_T, &conn);
+  curl_easy_getinfo(f->easy, CURLINFO_APPCONNECT_TIME_T, &app);
+  curl_easy_getinfo(f->easy, CURLINFO_STARTTRANSFER_TIME_T, &st);
+  curl_easy_getinfo(f->easy, CURLINFO_NUM_CONNECTS, &nconn);
+  f->new_conns += (uint32_t)(nconn > 0 ? nconn : 0);
+  f->timing[NETSTASH_TIMING_DNS] = f->dns_us;
+  f->timing[NETSTASH_TIMING_CONNECT] = conn > nl ? (uint64_t)(conn - nl) : 0;
+  f->timing[NETSTASH_TIMING_TLS] = (app > conn && conn > 0) ? (uint64_t)(app - conn) : 0;
+  f->timing[NETSTASH_TIMING_TTFB] = st > 0 ? (f->t_added - f->t_start) + (uint64_t)st : 0;
+  f->timing[NETSTASH_TIMING_QUEUED] =
+      f->t_added - f->t_start > f->dns_us ? f->t_added - f->t_start - f->dns_us : 0;
+}
+
+static void follow_redirect(netstash_fetch *f) {
+  ns_transport *tr = f->ctx->transport;
+  const char *loc = netstash_fetch_header(f, "location");
+  ns_url next;
+  char why[160];
+  netstash_error rv;
+  int status = f->status;
+
+  rv = ns_url_resolve(&f->mem, f->cur.url, loc, &next, why, sizeof(why));
+  if (rv != NETSTASH_OK) {
+    ns_fetch_detail(f, "redirect to \"%.80s\": %s", loc, why);
+    end_fetch(f, rv);
+    return;
+  }
+  curl_multi_remove_handle(tr->multi, f->easy);
+  f->state = NS_FETCH_NEW;
+  ns_url_free(&f->mem, &f->cur);
+  f->cur = next;
+  f->redirects_left--;
+  /* RFC 9110 15.4: 303 turns into GET; 301/302 after POST too, as every
+   * browser does. 307/308 keep method and body. */
+  if (status == 303 || ((status == 301 || status == 302) && f->req->method &&
+                        strcmp(f->req->method, "POST") == 0) ||
+      ((status == 301 || status == 302) && !f->req->method && f->req->has_body)) {
+    if (!(f->req->method && strcmp(f->req->method, "HEAD") == 0)) {
+      curl_easy_setopt(f->easy, CURLOPT_CUSTOMREQUEST, NULL);
+      curl_easy_setopt(f->easy, CURLOPT_HTTPGET, 1L);
+    }
+  }
+  reset_response(f);
+  curl_slist_free_all(f->resolve_list);
+  f->resolve_list = NULL;
+  curl_easy_setopt(f->easy, CURLOPT_RESOLVE, NULL);
+  start_hop(f);
+}
+
+static void hop_done(netstash_fetch *f, CURLcode res) {
+  netstash_error err;
+  hop_timings(f);
+  if (res == CURLE_OK && f->fail == NETSTASH_OK) {
+    if (f->redirecting) {
+      follow_redirect(f);
+      return;
+    }
+    if (!f->head_delivered)
+      deliver_head(f);
+    if (f->dec && f->wire_bytes > 0) {
+      err = ns_decoder_finish(f->dec, deliver, f);
+      if (err != NETSTASH_OK) {
+        if (!f->detail[0])
+          ns_fetch_detail(f, "%s body: %s",
+                   err == NETSTASH_E_TRUNCATED ? "truncated compressed" : "undecodable",
+                   netstash_strerror(err));
+        end_fetch(f, err);
+        return;
+      }
+    }
+    end_fetch(f, NETSTASH_OK);
+    return;
+  }
+  err = f->fail != NETSTASH_OK ? f->fail : map_error(f, res);
+  if (!f->detail[0]) {
+    ns_fetch_detail(f, "%s (%s:%d)",
+             f->errbuf[0] ? f->errbuf : curl_easy_strerror(res), f->cur.host, f->cur.port);
+  }
+  end_fetch(f, err);
+}
+
+static void check_done(ns_transport *tr) {
+  CURLMsg *msg;
+  int left;
+  while ((msg = curl_multi_info_read(tr->multi, &left))) {
+    netstash_fetch *f = NULL;
+    if (msg->msg != CURLMSG_DONE)
+      continue;
+    curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&f);
+    if (f)
+      hop_done(f, msg->data.result);
+  }
+}
+
+static void add_to_multi(netstash_fetch *f) {
+  ns_transport *tr = f->ctx->transport;
+  CURLMcode mc;
+  curl_easy_setopt(f->easy, CURLOPT_URL, f->cur.url);
+  f->errbuf[0] = 0;
+  f->t_added = ns_now_us();
+  f->state = NS_FETCH_ACTIVE;
+  mc = curl_multi_add_handle(tr->multi, f->easy);
+  if (mc != CURLM_OK) {
+    f->state = NS_FETCH_NEW;
+    ns_fetch_detail(f, "curl_multi_add_handle: %s",
+             curl_multi_strerror(mc));
+    end_fetch(f, mc == CURLM_OUT_OF_MEMORY ? NETSTASH_E_NOMEM : NETSTASH_E_INTERNAL);
+  }
+}
+
+static netstash_error append_resolve(netstash_fetch *f, const char *host, int port,
+                                     const ns_dns_result *res) {
+  ns_buf b;
+  size_t i;
+  netstash_error rv;
+  struct curl_slist *l;
+  ns_buf_init(&b, &f->mem, 8192);
+  rv = ns_buf_printf(&b, "%s:%d:", host, port);
+  for (i = 0; rv == NETSTASH_OK && i < res->naddrs; i++) {
+    int v6 = strchr(res->addrs[i], ':') != NULL;
+    rv = ns_buf_printf(&b, "%s%s%s%s", i ? "," : "", v6 ? "[" : "", res->addrs[i],
+                       v6 ? "]" : "");
+  }
+  if (rv == NETSTASH_OK) {
+    l = curl_slist_append(f->resolve_list, ns_buf_str(&b));
+    if (!l)
+      rv = NETSTASH_E_NOMEM;
+    else
+      f->resolve_list = l;
+  }
+  ns_buf_free(&b);
+  return rv;
+}
+
+static void on_dns(void *ud, netstash_error err, const ns_dns_result *res,
+                   const char *detail) {
+  netstash_fetch *f = ud;
+  f->dnsq = NULL;
+  f->dns_us += ns_now_us() - f->t_added;
+  if (err != NETSTASH_OK) {
+    ns_fetch_detail(f, "cannot resolve %s: %s", f->cur.host,
+             detail && detail[0] ? detail : netstash_strerror(err));
+    end_fetch(f, err);
+    return;
+  }
+  if (res->naddrs == 0) {
+    ns_fetch_detail(f, "%s has no addresses", f->cur.host);
+    end_fetch(f, NETSTASH_E_DNS_NOT_FOUND);
+    return;
+  }
+  err = append_resolve(f, f->cur.host, f->cur.port, res);
+  /* An HSTS upgrade may move an http:// request to port 443. */
+  if (err == NETSTASH_OK && f->ctx->cfg.hsts && strcmp(f->cur.scheme, "http") == 0 &&
+      f->cur.port != 443)
+    err = append_resolve(f, f->cur.host, 443, res);
+  if (err != NETSTASH_OK) {
+    end_fetch(f, err);
+    return;
+  }
+  curl_easy_setopt(f->easy, CURLOPT_RESOLVE, f->resolve_list);
+  add_to_multi(f);
+}
+
+static void start_hop(netstash_fetch *f) {
+  ns_transport *tr = f->ctx->transport;
+  netstash_error rv;
+  size_t i;
+  const char *host = f->cur.host;
+  size_t hl = strlen(host);
+
+  /* Pinned by the caller (curl --resolve style) for this host and port? */
+  for (i = 0; i < f->req->nresolve; i++) {
+    const char *e = f->req->resolve[i];
+    if (ns_ascii_casecmp_n(e, host, hl) == 0 && e[hl] == ':' &&
+        (int)strtol(e + hl + 1, NULL, 10) == f->cur.port) {
+      struct curl_slist *l = NULL;
+      size_t j;
+      for (j = 0; j < f->req->nresolve; j++) {
+        struct curl_slist *nl = curl_slist_append(l, f->req->resolve[j]);
+        if (!nl) {
+          curl_slist_free_all(l);
+          end_fetch(f, NETSTASH_E_NOMEM);
+          return;
+        }
+        l = nl;
+      }
+      f->resolve_list = l;
+      curl_easy_setopt(f->easy, CURLOPT_RESOLVE, f->resolve_list);
+      add_to_multi(f);
+      return;
+    }
+  }
+  if (f->cur.host_is_ip) {
+    add_to_multi(f);
+    return;
+  }
+  f->state = NS_FETCH_DNS;
+  f->t_added = ns_now_us();
+  rv = ns_dns_resolve(tr->ctx->dns, host, on_dns, f, &f->dnsq);
+  if (rv != NETSTASH_OK) {
+    f->dnsq = NULL;
+    ns_fetch_detail(f, "cannot resolve %s: %s", host,
+             netstash_strerror(rv));
+    end_fetch(f, rv);
+  }
+}
+
+static long weight_of(netstash_priority p) {
+  static const long w[] = {1, 32, 64, 128, 256};
+  return w[p];
+}
+
+static netstash_error setup_easy(netstash_fetch *f) {
+  ns_transport *tr = f->ctx->transport;
+  const ns_config *cfg = &f->ctx->cfg;
+  netstash_request *req = f->req;
+  CURL *e;
+  size_t i;
+  long httpv;
+  struct curl_slist *l;
+
+  e = f->easy = curl_easy_init();
+  if (!e)
+    return NETSTASH_E_NOMEM;
+  curl_easy_setopt(e, CURLOPT_PRIVATE, (char *)f);
+  curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(e, CURLOPT_ERRORBUFFER, f->errbuf);
+  curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, hdr_cb);
+  curl_easy_setopt(e, CURLOPT_HEADERDATA, f);
+  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, write_cb);
+  curl_easy_setopt(e, CURLOPT_WRITEDATA, f);
+  curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, open_cb);
+  curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, f->ctx);
+  curl_easy_setopt(e, CURLOPT_SSL_CTX_FUNCTION, sslctx_cb);
+  curl_easy_setopt(e, CURLOPT_SSL_CTX_DATA, f->ctx);
+  curl_easy_setopt(e, CURLOPT_SHARE, tr->share);
+  curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
+  curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+  curl_easy_setopt(e, CURLOPT_HTTP_CONTENT_DECODING, 0L);
+  curl_easy_setopt(e, CURLOPT_USERAGENT, cfg->user_agent ? cfg->user_agent : tr->user_agent);
+  curl_easy_setopt(e, CURLOPT_SSLVERSION,
+                   (long)(cfg->tls_min == NETSTASH_TLS_1_2 ? CURL_SSLVERSION_TLSv1_2
+                                                          : CURL_SSLVERSION_TLSv1_3));
+  curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
+  curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
+  if (cfg->ca_file)
+    curl_easy_setopt(e, CURLOPT_CAINFO, cfg->ca_file);
+  if (cfg->ca_dir)
+    curl_easy_setopt(e, CURLOPT_CAPATH, cfg->ca_dir);
+  if (cfg->ca_file && !cfg->ca_dir)
+    curl_easy_setopt(e, CURLOPT_CAPATH, NULL);
+  if (cfg->hsts)
+    curl_easy_setopt(e, CURLOPT_HSTS_CTRL, (long)CURLHSTS_ENABLE);
+
+  switch (req->http_version) {
+  case NETSTASH_HTTP_1_1:
+    httpv = CURL_HTTP_VERSION_1_1;
+    break;
+  case NETSTASH_HTTP_2:
+    httpv = strcmp(req->url.scheme, "https") == 0 ? CURL_HTTP_VERSION_2TLS
+                                                  : CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE;
+    break;
+  default:
+    httpv = CURL_HTTP_VERSION_2TLS;
+    break;
+  }
+  curl_easy_setopt(e, CURLOPT_HTTP_VERSION, httpv);
+  curl_easy_setopt(e, CURLOPT_STREAM_WEIGHT, weight_of(req->priority));
+  curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
+                   (long)(req->connect_timeout_ms ? req->connect_timeout_ms
+                                                  : cfg->connect_timeout_ms));
+  if (req->timeout_ms)
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)req->timeout_ms);
+  if (req->idle_timeout_ms) {
+    /* libcurl's low-speed check has 1 s granularity. */
+    curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
+    curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, (long)((req->idle_timeout_ms + 999) / 1000));
+  }
+
+  for (i = 0; i < req->nheaders; i++) {
+    l = curl_slist_append(f->hdr_list, req->headers[i]);
+    if (!l)
+      return NETSTASH_E_NOMEM;
+    f->hdr_list = l;
+  }
+  if (!req->has_accept_encoding) {
+    l = curl_slist_append(f->hdr_list, "Accept-Encoding: br, gzip");
+    if (!l)
+      return NETSTASH_E_NOMEM;
+    f->hdr_list = l;
+  }
+  curl_easy_setopt(e, CURLOPT_HTTPHEADER, f->hdr_list);
+
+  if (req->has_body) {
+    curl_easy_setopt(e, CURLOPT_POST, 1L);
+    if (req->body_cb) {
+      curl_easy_setopt(e, CURLOPT_READFUNCTION, read_cb);
+      curl_easy_setopt(e, CURLOPT_READDATA, f);
+      curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE,
+                       req->body_total == UINT64_MAX ? (curl_off_t)-1
+                                                     : (curl_off_t)req->body_total);
+    } else {
+      curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)req->body_len);
+      curl_easy_setopt(e, CURLOPT_POSTFIELDS, req->body ? (char *)req->body : "");
+    }
+  }
+  if (req->method) {
+    if (strcmp(req->method, "HEAD") == 0)
+      curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+    else if (strcmp(req->method, "GET") != 0 &&
+             !(strcmp(req->method, "POST") == 0 && req->has_body))
+      curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, req->method);
+  }
+  return NETSTASH_OK;
+}
+
+void ns_transport_start(netstash_fetch *f) {
+  ns_transport *tr = f->ctx->transport;
+  netstash_error rv;
+  char why[160];
+
+  ns_list_insert_tail(&tr->fetches, &f->node);
+  if (tr->shutting_down || atomic_load(&f->cancel_requested)) {
+    end_fetch(f, NETSTASH_E_CANCELED);
+    return;
+  }
+  f->redirects_left = f->req->follow;
+  f->max_body = f->req->max_body ? f->req->max_body : f->ctx->cfg.max_decoded_body;
+  if (f->req->collect)
+    f->body.max = (size_t)NS_MIN(f->req->collect_max, (uint64_t)SIZE_MAX / 2);
+  rv = ns_url_parse(&f->mem, f->req->url.url, &f->cur, why, sizeof(why));
+  if (rv == NETSTASH_OK)
+    rv = setup_easy(f);
+  if (rv != NETSTASH_OK) {
+    ns_fetch_detail(f, "cannot set up the transfer: %s",
+             netstash_strerror(rv));
+    end_fetch(f, rv);
+    return;
+  }
+  start_hop(f);
+}
+
+void ns_transport_cancel(netstash_fetch *f) {
+  ns_fetch_detail(f, "canceled");
+  end_fetch(f, NETSTASH_E_CANCELED);
+}
+
+/* ------------------------------------------------------------ setup */
+
+netstash_error ns_transport_new(netstash_ctx *ctx, ns_transport **out, char *detail,
+                                size_t detail_len) {
+  ns_transport *tr;
+  const ns_config *cfg = &ctx->cfg;
+  *out = NULL;
+  pthread_once(&ssl_once, ssl_index_init);
+  if (ssl_ex_index < 0)
+    return NETSTASH_E_INTERNAL;
+  tr = ns_calloc(&ctx->mem, 1, sizeof(*tr));
+  if (!tr)
+    return NETSTASH_E_NOMEM;
+  tr->ctx = ctx;
+  ns_list_init(&tr->fetches);
+  ns_list_init(&tr->socks);
+  snprintf(tr->user_agent, sizeof(tr->user_agent), "netstash/%s", PACKAGE_VERSION);
+  tr->multi = curl_multi_init();
+  tr->share = curl_share_init();
+  if (!tr->multi || !tr->share) {
+    curl_multi_cleanup(tr->multi);
+    curl_share_cleanup(tr->share);
+    ns_free(&ctx->mem, tr);
+    return NETSTASH_E_NOMEM;
+  }
+  /* All handles of the share live on the loop thread: no lock callbacks. */
+  curl_share_setopt(tr->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION);
+  curl_share_setopt(tr->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_HSTS);
+  curl_multi_setopt(tr->multi, CURLMOPT_SOCKETFUNCTION, sock_cb);
+  curl_multi_setopt(tr->multi, CURLMOPT_SOCKETDATA, tr);
+  curl_multi_setopt(tr->multi, CURLMOPT_TIMERFUNCTION, timer_cb);
+  curl_multi_setopt(tr->multi, CURLMOPT_TIMERDATA, tr);
+  curl_multi_setopt(tr->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
+  curl_multi_setopt(tr->multi, CURLMOPT_MAX_HOST_CONNECTIONS, (long)cfg->max_host_connections);
+  curl_multi_setopt(tr->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS,
+                    (long)cfg->max_total_connections);
+  curl_multi_setopt(tr->multi, CURLMOPT_MAX_CONCURRENT_STREAMS, 256L);
+  if (uv_timer_init(&ctx->loop, &tr->timer) != 0) {
+    curl_multi_cleanup(tr->multi);
+    curl_share_cleanup(tr->share);
+    ns_free(&ctx->mem, tr);
+    if (detail && detail_len)
+      snprintf(detail, detail_len, "uv_timer_init failed");
+    return NETSTASH_E_INTERNAL;
+  }
+  tr->timer.data = tr;
+  tr->timer_ok = 1;
+  *out = tr;
+  return NETSTASH_OK;
+}
+
+void ns_transport_shutdown(ns_transport *tr) {
+  ns_list *pos, *tmp;
+  if (!tr || tr->shutting_down)
+    return;
+  tr->shutting_down = 1;
+  while (!ns_list_empty(&tr->fetches)) {
+    netstash_fetch *f = ns_list_entry(tr->fetches.next, netstash_fetch, node);
+    ns_fetch_detail(f, "context shut down");
+    end_fetch(f, NETSTASH_E_CANCELED);
+  }
+  curl_multi_cleanup(tr->multi);
+  tr->multi = NULL;
+  ns_list_foreach_safe(pos, tmp, &tr->socks) {
+    sock_close(ns_list_entry(pos, sock_ctx, node));
+  }
+  if (tr->timer_ok) {
+    uv_timer_stop(&tr->timer);
+    uv_close((uv_handle_t *)&tr->timer, NULL);
+  }
+}
+
+void ns_transport_del(ns_transport *tr) {
+  if (!tr)
+    return;
+  if (tr->multi)
+    curl_multi_cleanup(tr->multi);
+  curl_share_cleanup(tr->share);
+  ns_free(&tr->ctx->mem, tr);
+}

@@ -1,2 +1,0 @@
-
-typedef int ns_placeholder2_t;
