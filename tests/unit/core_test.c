@@ -6,6 +6,144 @@
 
 #include "ns_setup.h"
 #include "core/buf.h"
+#include "core/url.h"
+
+#include <stdlib.h>
+
+/* An allocator that fails the Nth allocation and counts live blocks. */
+static long fail_at, nallocs, live;
+static void *f_malloc(size_t n, void *ud) {
+  (void)ud;
+  if (++nallocs == fail_at)
+    return NULL;
+  live++;
+  return malloc(n);
+}
+static void f_free(void *p, void *ud) {
+  (void)ud;
+  if (p)
+    live--;
+  free(p);
+}
+static void *f_calloc(size_t a, size_t b, void *ud) {
+  (void)ud;
+  if (++nallocs == fail_at)
+    return NULL;
+  live++;
+  return calloc(a, b);
+}
+static void *f_realloc(void *p, size_t n, void *ud) {
+  (void)ud;
+  if (++nallocs == fail_at)
+    return NULL;
+  if (!p)
+    live++;
+  return realloc(p, n);
+}
+
+/* Every allocation of context creation may fail: each failure returns
+ * NETSTASH_E_NOMEM (never a crash) and frees what was allocated. */
+static void test_ctx_failmalloc(void **state) {
+  netstash_options *o;
+  netstash_allocator a = {NULL, f_malloc, f_free, f_calloc, f_realloc};
+  netstash_ctx *ctx = NULL;
+  netstash_error rv;
+  char detail[128];
+  (void)state;
+  assert_int_equal(netstash_options_new(&o), NETSTASH_OK);
+  assert_int_equal(netstash_options_set_allocator(o, &a), NETSTASH_OK);
+  netstash_options_set_dns_servers(o, "127.0.0.1:53");
+  netstash_options_set_ca_file(o, "/nonexistent/ca.pem");
+  for (fail_at = 1; fail_at < 1000; fail_at++) {
+    nallocs = 0;
+    live = 0;
+    rv = netstash_ctx_new(&ctx, o, detail, sizeof(detail));
+    if (rv == NETSTASH_OK)
+      break;
+    assert_int_equal(rv, NETSTASH_E_NOMEM);
+    assert_null(ctx);
+    assert_int_equal(live, 0);
+  }
+  assert_int_equal(rv, NETSTASH_OK);
+  assert_true(fail_at > 3); /* it did allocate through the hook */
+  fail_at = 0;
+  netstash_ctx_del(ctx);
+  assert_int_equal(live, 0);
+  netstash_options_del(o);
+}
+
+static void test_options_validation(void **state) {
+  netstash_options *o;
+  netstash_allocator bad = {NULL, NULL, NULL, NULL, NULL};
+  (void)state;
+  assert_int_equal(netstash_options_new(NULL), NETSTASH_E_INVALID_ARGUMENT);
+  assert_int_equal(netstash_options_new(&o), NETSTASH_OK);
+  assert_int_equal(netstash_options_set_tls_min_version(o, (netstash_tls_version)11),
+                   NETSTASH_E_INVALID_ARGUMENT);
+  assert_int_equal(netstash_options_set_dns_timeout_ms(o, 0), NETSTASH_E_INVALID_ARGUMENT);
+  assert_int_equal(netstash_options_set_allocator(o, &bad), NETSTASH_E_INVALID_ARGUMENT);
+  assert_int_equal(netstash_options_set_allocator_versioned(o, 0, &bad),
+                   NETSTASH_E_INVALID_ARGUMENT);
+  assert_int_equal(netstash_options_set_log(o, NULL, (netstash_log_level)9, NULL),
+                   NETSTASH_E_INVALID_ARGUMENT);
+  assert_int_equal(netstash_options_set_max_host_connections(o, 0), NETSTASH_E_INVALID_ARGUMENT);
+  netstash_options_del(o);
+  netstash_options_del(NULL);
+  netstash_ctx_del(NULL);
+}
+
+static void test_bad_dns_servers_fail_ctx(void **state) {
+  netstash_options *o;
+  netstash_ctx *ctx = NULL;
+  char detail[256] = "";
+  (void)state;
+  assert_int_equal(netstash_options_new(&o), NETSTASH_OK);
+  netstash_options_set_dns_servers(o, "not-an-address:xx");
+  assert_int_not_equal(netstash_ctx_new(&ctx, o, detail, sizeof(detail)), NETSTASH_OK);
+  assert_null(ctx);
+  assert_true(strlen(detail) > 0);
+  netstash_options_del(o);
+}
+
+static void test_version(void **state) {
+  uint32_t num = 0, feat = 0;
+  (void)state;
+  assert_string_equal(netstash_version(&num, &feat), "0.1.0");
+  assert_int_equal(num, NETSTASH_VERSION_NUM);
+  assert_true(feat & NETSTASH_FEATURE_HTTP2);
+  assert_false(feat & NETSTASH_FEATURE_HTTP3);
+}
+
+static void test_url(void **state) {
+  ns_url u;
+  char d[128];
+  (void)state;
+  assert_int_equal(ns_url_parse(ns_mem_default(), "https://[::1]:8443/a?b", &u, d, sizeof(d)),
+                   NETSTASH_OK);
+  assert_string_equal(u.host, "::1");
+  assert_int_equal(u.port, 8443);
+  assert_true(u.host_is_ip && u.ipv6);
+  ns_url_free(ns_mem_default(), &u);
+  assert_int_equal(ns_url_parse(ns_mem_default(), "http://Example.TEST/", &u, d, sizeof(d)),
+                   NETSTASH_OK);
+  assert_int_equal(u.port, 80);
+  assert_false(u.host_is_ip);
+  ns_url_free(ns_mem_default(), &u);
+  assert_int_equal(ns_url_parse(ns_mem_default(), "gopher://x/", &u, d, sizeof(d)),
+                   NETSTASH_E_BAD_URL);
+  assert_non_null(strstr(d, "gopher"));
+  assert_int_equal(ns_url_resolve(ns_mem_default(), "https://a.test/x/y?q", "../z", &u, d,
+                                  sizeof(d)),
+                   NETSTASH_OK);
+  assert_string_equal(u.url, "https://a.test/z");
+  ns_url_free(ns_mem_default(), &u);
+  assert_int_equal(ns_url_resolve(ns_mem_default(), "https://a.test/", "//b.test:81/p", &u, d,
+                                  sizeof(d)),
+                   NETSTASH_OK);
+  assert_string_equal(u.host, "b.test");
+  assert_int_equal(u.port, 81);
+  ns_url_free(ns_mem_default(), &u);
+}
 
 static void test_strerror_table(void **state) {
   (void)state;
@@ -37,6 +175,11 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_strerror_table),
       cmocka_unit_test(test_buf_cap),
+      cmocka_unit_test(test_ctx_failmalloc),
+      cmocka_unit_test(test_options_validation),
+      cmocka_unit_test(test_bad_dns_servers_fail_ctx),
+      cmocka_unit_test(test_version),
+      cmocka_unit_test(test_url),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

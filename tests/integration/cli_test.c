@@ -1,0 +1,240 @@
+/*
+ * cli_test — `netstash get` as scripts use it: the --json contract, the body
+ * on stdout or in -o FILE, and the documented exit codes.
+ */
+#define _GNU_SOURCE 1
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "harness.h"
+
+static nst_server caddy, raw;
+static char cli[1024];
+
+/* Runs the CLI with args (a shell-quoted string); returns the exit code and
+ * stdout (malloc'd, NUL-terminated) in *out. stderr goes to *err_out. */
+static int run(const char *args, char **out, char **err_out) {
+  char cmd[4096], errfile[1024];
+  FILE *p;
+  size_t cap = 1 << 16, len = 0, r;
+  char *buf = malloc(cap);
+  int status;
+  snprintf(errfile, sizeof(errfile), "%s", nst_path("cli-stderr.txt"));
+  snprintf(cmd, sizeof(cmd), "%s %s 2>%s", cli, args, errfile);
+  p = popen(cmd, "r");
+  assert_non_null(p);
+  while ((r = fread(buf + len, 1, cap - len - 1, p)) > 0) {
+    len += r;
+    if (len + 1 == cap) {
+      cap *= 2;
+      buf = realloc(buf, cap);
+    }
+  }
+  buf[len] = 0;
+  status = pclose(p);
+  *out = buf;
+  if (err_out) {
+    FILE *e = fopen(errfile, "r");
+    char *eb = calloc(1, 65536);
+    if (e) {
+      size_t n = fread(eb, 1, 65535, e);
+      eb[n] = 0;
+      fclose(e);
+    }
+    *err_out = eb;
+  }
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+static json_t *parse_one_object(const char *text) {
+  json_error_t jerr;
+  json_t *j = json_loads(text, 0, &jerr); /* rejects trailing garbage */
+  if (!j)
+    fail_msg("stdout is not exactly one JSON object: %s\n%s", jerr.text, text);
+  assert_true(json_is_object(j));
+  return j;
+}
+
+static void test_json_contract(void **state) {
+  char args[1024], *out, *err;
+  json_t *j, *t;
+  (void)state;
+  snprintf(args, sizeof(args), "get --json --cacert %s https://127.0.0.1:%d/hello.txt",
+           nst_cert("ca.pem"), caddy.port);
+  assert_int_equal(run(args, &out, &err), 0);
+  j = parse_one_object(out);
+  assert_int_equal(json_integer_value(json_object_get(j, "status")), 200);
+  assert_string_equal(json_string_value(json_object_get(j, "protocol")), "h2");
+  assert_string_equal(json_string_value(json_object_get(j, "tls_version")), "TLSv1.3");
+  assert_string_equal(json_string_value(json_object_get(j, "source")), "network");
+  assert_int_equal(json_integer_value(json_object_get(j, "bytes")), 16);
+  assert_true(json_is_object(json_object_get(j, "headers")));
+  assert_true(json_is_array(json_object_get(j, "header_list")));
+  assert_non_null(json_object_get(json_object_get(j, "headers"), "content-type"));
+  assert_true(json_is_null(json_object_get(j, "error")));
+  assert_true(json_is_string(json_object_get(j, "url")));
+  t = json_object_get(j, "timings");
+  assert_true(json_is_object(t));
+  assert_true(json_real_value(json_object_get(t, "total_ms")) > 0);
+  assert_true(json_real_value(json_object_get(t, "tls_ms")) > 0);
+  assert_non_null(json_object_get(t, "dns_ms"));
+  assert_non_null(json_object_get(t, "connect_ms"));
+  assert_non_null(json_object_get(t, "ttfb_ms"));
+  json_decref(j);
+  free(out);
+  free(err);
+}
+
+static void test_body_stdout_and_file(void **state) {
+  char args[1024], *out, *err, *file;
+  FILE *fp;
+  char buf[64] = {0};
+  (void)state;
+  snprintf(args, sizeof(args), "get --cacert %s https://127.0.0.1:%d/hello.txt",
+           nst_cert("ca.pem"), caddy.port);
+  assert_int_equal(run(args, &out, NULL), 0);
+  assert_string_equal(out, "hello, netstash\n");
+  free(out);
+  file = strdup(nst_path("cli-out.txt"));
+  snprintf(args, sizeof(args), "get --json -o %s --cacert %s https://127.0.0.1:%d/hello.txt",
+           file, nst_cert("ca.pem"), caddy.port);
+  assert_int_equal(run(args, &out, &err), 0);
+  json_decref(parse_one_object(out)); /* body not on stdout under --json */
+  fp = fopen(file, "r");
+  assert_non_null(fp);
+  assert_true(fread(buf, 1, sizeof(buf) - 1, fp) > 0);
+  fclose(fp);
+  assert_string_equal(buf, "hello, netstash\n");
+  free(out);
+  free(err);
+  free(file);
+}
+
+static void test_http_error_status_exit_0(void **state) {
+  char args[512], *out;
+  (void)state;
+  snprintf(args, sizeof(args), "get --json http://127.0.0.1:%d/status/404", raw.port);
+  assert_int_equal(run(args, &out, NULL), 0);
+  {
+    json_t *j = parse_one_object(out);
+    assert_int_equal(json_integer_value(json_object_get(j, "status")), 404);
+    assert_string_equal(json_string_value(json_object_get(j, "protocol")), "http/1.1");
+    json_decref(j);
+  }
+  free(out);
+}
+
+static void expect_exit(const char *args, int code, const char *err_has, const char *json_error) {
+  char *out, *err;
+  int rc = run(args, &out, &err);
+  if (rc != code)
+    fail_msg("netstash %s: exit %d, expected %d; stderr: %s", args, rc, code, err);
+  if (err_has && !strstr(err, err_has))
+    fail_msg("netstash %s: stderr lacks \"%s\": %s", args, err_has, err);
+  if (json_error) {
+    json_t *j = parse_one_object(out);
+    assert_string_equal(json_string_value(json_object_get(j, "error")), json_error);
+    assert_true(json_is_string(json_object_get(j, "message")));
+    json_decref(j);
+  }
+  free(out);
+  free(err);
+}
+
+static void test_exit_codes(void **state) {
+  char args[1024];
+  nst_server bad;
+  (void)state;
+  expect_exit("get", 2, "missing URL", NULL);
+  expect_exit("get --bogus-option x", 2, NULL, NULL);
+  expect_exit("get 'ftp://x/'", 3, "bad URL", NULL);
+  snprintf(args, sizeof(args), "get --json https://127.0.0.1:%d/", nst_closed_port());
+  expect_exit(args, 5, "refused", "NETSTASH_E_CONNECT_REFUSED");
+  snprintf(args, sizeof(args), "get --json --dns-server 127.0.0.1:%d https://x.example.test:%d/",
+           nst_udp_blackhole(), caddy.port);
+  expect_exit(args, 4, NULL, "NETSTASH_E_DNS_TIMEOUT");
+  assert_int_equal(nst_badtls_start("expired", &bad), 0);
+  snprintf(args, sizeof(args), "get --cacert %s https://127.0.0.1:%d/", nst_cert("ca.pem"),
+           bad.port);
+  expect_exit(args, 6, "expired", NULL);
+  nst_stop(&bad);
+  snprintf(args, sizeof(args), "get --json http://127.0.0.1:%d/truncate", raw.port);
+  expect_exit(args, 8, "truncated", "NETSTASH_E_TRUNCATED");
+  snprintf(args, sizeof(args), "get --timeout 300 http://127.0.0.1:%d/hang", raw.port);
+  expect_exit(args, 7, "timed out", NULL);
+  snprintf(args, sizeof(args), "get --max-body 1000 --cacert %s https://127.0.0.1:%d/bomb.txt",
+           nst_cert("ca.pem"), caddy.port);
+  expect_exit(args, 10, NULL, NULL);
+  snprintf(args, sizeof(args), "get -o /nonexistent-dir/x http://127.0.0.1:%d/ok", raw.port);
+  expect_exit(args, 9, "cannot write", NULL);
+  expect_exit("get --http3 https://127.0.0.1/", 2, "HTTP/3", NULL);
+}
+
+static void test_help(void **state) {
+  char *out;
+  (void)state;
+  assert_int_equal(run("--help", &out, NULL), 0);
+  assert_non_null(strstr(out, "get URL"));
+  free(out);
+  assert_int_equal(run("get --help", &out, NULL), 0);
+  assert_non_null(strstr(out, "--json"));
+  assert_non_null(strstr(out, "--resolve"));
+  free(out);
+  assert_int_equal(run("--version", &out, NULL), 0);
+  assert_non_null(strstr(out, "netstash 0."));
+  free(out);
+}
+
+static void test_verbose_and_headers(void **state) {
+  char args[1024], *out, *err;
+  (void)state;
+  snprintf(args, sizeof(args), "get -v -X POST --data - -H 'X-Test: 1' http://127.0.0.1:%d/echo "
+           "< /dev/null", raw.port);
+  /* stdin is /dev/null: an empty POST body */
+  assert_int_equal(run(args, &out, &err), 0);
+  assert_non_null(strstr(out, "POST /echo"));
+  assert_non_null(strcasestr(out, "x-test: 1"));
+  assert_non_null(strstr(err, "< http/1.1 200"));
+  assert_non_null(strstr(err, "timings: dns"));
+  free(out);
+  free(err);
+}
+
+static int setup(void **state) {
+  const char *b = getenv("NST_BUILDDIR");
+  (void)state;
+  snprintf(cli, sizeof(cli), "%s/tools/netstash", b ? b : ".");
+  if (access(cli, X_OK) != 0) {
+    fprintf(stderr, "cli_test: %s not found (set NST_BUILDDIR)\n", cli);
+    return -1;
+  }
+  if (!nst_certs() || !nst_site() || nst_caddy_start("h2", &caddy) || nst_rawserver_start(&raw))
+    return -1;
+  return 0;
+}
+
+static int teardown(void **state) {
+  (void)state;
+  nst_cleanup();
+  return 0;
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_json_contract),     cmocka_unit_test(test_body_stdout_and_file),
+      cmocka_unit_test(test_http_error_status_exit_0), cmocka_unit_test(test_exit_codes),
+      cmocka_unit_test(test_help),              cmocka_unit_test(test_verbose_and_headers),
+  };
+  return cmocka_run_group_tests(tests, setup, teardown);
+}
