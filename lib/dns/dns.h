@@ -17,9 +17,11 @@ typedef struct ns_dns ns_dns;
 typedef struct ns_dns_query ns_dns_query;
 
 typedef struct ns_dns_result {
-  size_t naddrs;
-  const char *const *addrs; /* numeric: "127.0.0.1", "::1" (no brackets) */
-  uint32_t ttl_s;           /* smallest TTL of the answer */
+  size_t naddrs;            /* >= 1 */
+  const char *const *addrs; /* numeric: "127.0.0.1", "::1" (no brackets);
+                               IPv4 first, then IPv6, each in resolver order */
+  uint32_t ttl_s;           /* smallest TTL of the answer (what is left of it
+                               for a cache hit); 0 for an IP literal */
   int from_cache;
 } ns_dns_result;
 
@@ -37,16 +39,24 @@ netstash_error ns_dns_new(netstash_ctx *ctx, ns_dns **out, char *detail,
 /* Loop thread: fails pending queries with NETSTASH_E_CANCELED and closes every
  * libuv handle. Also valid before the loop thread started. NULL accepted. */
 void ns_dns_shutdown(ns_dns *dns);
-/* After the loop ended. NULL accepted. */
+/* After the loop ended (ns_dns_shutdown called and the loop run until the
+ * handles closed): frees the cache and the module. NULL accepted. */
 void ns_dns_del(ns_dns *dns);
 
 /* Resolves host (A and AAAA). A cache hit calls cb before returning and sets
  * *out to NULL; otherwise *out receives the query handle, valid until cb runs
- * or ns_dns_cancel. host may be an IP literal (answered at once). Returns an
- * error only for bad arguments or NOMEM, and then never calls cb. */
+ * or ns_dns_cancel. host may be an IP literal, "[v6]" included (answered at
+ * once, from_cache 0, not counted in the stats); an answer c-ares gives
+ * inside the call (/etc/hosts) is delivered the same way, with *out NULL.
+ * Concurrent resolves of one uncached name share one c-ares query. Returns an
+ * error only for bad arguments (NULL, empty or longer than 254 bytes, spaces
+ * or control bytes, brackets around a non-IPv6), NOMEM, or
+ * NETSTASH_E_SHUTDOWN after ns_dns_shutdown, and then never calls cb. */
 netstash_error ns_dns_resolve(ns_dns *dns, const char *host, ns_dns_cb cb,
                               void *user_data, ns_dns_query **out);
-/* The callback of q will not be called; q is freed by the module. */
+/* The callback of q will not be called; q is freed at once (the c-ares
+ * query continues for the other waiters and still fills the cache). NULL
+ * accepted; a no-op from inside q's own callback. */
 void ns_dns_cancel(ns_dns_query *q);
 
 #endif
