@@ -24,7 +24,7 @@
 
 #include "transport/decode.h"
 
-#define REPS 5
+#define REPS 9
 
 typedef struct outbuf {
   uint8_t *p;
@@ -38,7 +38,7 @@ static double now_s(void) {
   return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-static void die(const char *msg) {
+__attribute__((noreturn)) static void die(const char *msg) {
   fprintf(stderr, "bench/decode: %s\n", msg);
   exit(1);
 }
