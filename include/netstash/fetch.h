@@ -28,7 +28,7 @@ typedef struct netstash_request netstash_request;
 typedef enum netstash_http_version {
   NETSTASH_HTTP_ANY = 0, /* h2 via ALPN when the server offers it, else 1.1 */
   NETSTASH_HTTP_1_1 = 1,
-  NETSTASH_HTTP_2 = 2,   /* h2 required over TLS; prior knowledge over http */
+  NETSTASH_HTTP_2 = 2,   /* h2 via ALPN over TLS; prior knowledge over http */
   NETSTASH_HTTP_3 = 3    /* not yet: returns NETSTASH_E_UNSUPPORTED */
 } netstash_http_version;
 
@@ -58,8 +58,10 @@ NETSTASH_EXTERN void netstash_request_del(netstash_request *req);
  * once the request has been started. */
 NETSTASH_EXTERN netstash_error netstash_request_set_method(netstash_request *req,
                                                            const char *method);
-/* Adds a header line. "Accept-Encoding" set here is sent as given and turns
- * off automatic decoding for this request. */
+/* Adds a header line. Without an "Accept-Encoding" header the request
+ * advertises "br, gzip"; one set here is sent as given. Bodies in a coding
+ * the library knows (br, gzip, deflate) are decoded unless raw is set;
+ * unknown codings are passed through as sent. */
 NETSTASH_EXTERN netstash_error netstash_request_add_header(netstash_request *req,
                                                            const char *name,
                                                            const char *value);
@@ -86,7 +88,8 @@ NETSTASH_EXTERN netstash_error netstash_request_set_connect_timeout_ms(
 NETSTASH_EXTERN netstash_error netstash_request_set_idle_timeout_ms(
     netstash_request *req, uint32_t ms);
 /* raw != 0: deliver the body as sent (no content decoding). The request still
- * advertises "br, gzip" unless it set its own Accept-Encoding. */
+ * advertises "br, gzip" unless it set its own Accept-Encoding; read the
+ * coding from the Content-Encoding response header. */
 NETSTASH_EXTERN netstash_error netstash_request_set_raw_body(netstash_request *req,
                                                              int raw);
 /* Cap on delivered body bytes for this request (default: the context's

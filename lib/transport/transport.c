@@ -249,7 +249,7 @@ static int head_end(netstash_fetch *f) {
     return 1;
   }
   ce = netstash_fetch_header(f, "content-encoding");
-  if (ce && !f->req->raw && !f->req->has_accept_encoding) {
+  if (ce && !f->req->raw) {
     ns_coding codings[NS_DECODE_MAX_LAYERS];
     int n = ns_coding_parse(ce, strlen(ce), codings);
     if (n < 0) {
@@ -416,6 +416,9 @@ static netstash_error map_error(netstash_fetch *f, CURLcode res) {
       return NETSTASH_E_TLS_VERSION;
     return NETSTASH_E_TLS_HANDSHAKE;
   case CURLE_PEER_FAILED_VERIFICATION:
+    /* libcurl 7.88 checks the host name itself, after the handshake. */
+    if (strstr(eb, "subject name") || strstr(eb, "does not match target host"))
+      return NETSTASH_E_TLS_CERT_HOSTNAME;
     curl_easy_getinfo(f->easy, CURLINFO_SSL_VERIFYRESULT, &vr);
     switch (vr) {
     case X509_V_ERR_CERT_HAS_EXPIRED:
@@ -431,12 +434,6 @@ static netstash_error map_error(netstash_fetch *f, CURLcode res) {
     case X509_V_ERR_HOSTNAME_MISMATCH:
     case X509_V_ERR_IP_ADDRESS_MISMATCH:
       return NETSTASH_E_TLS_CERT_HOSTNAME;
-    case X509_V_OK:
-      /* libcurl 7.88 checks the name itself after the handshake. */
-      if (strstr(eb, "subject name") || strstr(eb, "host name") ||
-          strstr(eb, "does not match"))
-        return NETSTASH_E_TLS_CERT_HOSTNAME;
-      return NETSTASH_E_TLS_CERT_INVALID;
     default:
       return NETSTASH_E_TLS_CERT_INVALID;
     }

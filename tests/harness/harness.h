@@ -6,6 +6,15 @@
  * port chosen at random, then stopped (SIGTERM, then SIGKILL) at exit or by
  * nst_stop(). Functions print a reason to stderr and return -1 / NULL when a
  * server cannot start; tests then fail (never skip silently).
+ *
+ * Servers are children of the calling thread and get SIGKILL when it exits
+ * (PR_SET_PDEATHSIG), so nothing outlives a crashed test: start them from
+ * the main thread (or a thread that lives as long as the server is needed).
+ * Logs of every server are in nst_workdir()/logs/NAME-PORT.log; set
+ * NST_KEEP_WORKDIR=1 to keep the work dir after the test for a post-mortem.
+ * nst-rawserver is looked up in $NST_BUILDDIR/tests/harness/ (set by
+ * 'make check'), else next to the test binary (BUILDDIR/tests/{integration,
+ * unit}/, libtool's .libs/lt-* handled).
  */
 #ifndef NST_HARNESS_H
 #define NST_HARNESS_H
@@ -13,7 +22,8 @@
 #include <stddef.h>
 #include <sys/types.h>
 
-/* Per-process temp dir ("/tmp/nst-XXXXXX"), created on first use. */
+/* Per-process temp dir ("/tmp/nst-XXXXXX", or under $TMPDIR), created on
+ * first use; NULL if it cannot be created. */
 const char *nst_workdir(void);
 /* Absolute path of name inside the work dir (static buffer ring of 8). */
 const char *nst_path(const char *name);
@@ -26,6 +36,9 @@ const char *nst_path(const char *name);
  *   expired.pem/.key       same SANs, validity ended yesterday
  *   wronghost.pem/.key     SAN only other.invalid
  *   untrusted.pem/.key     same SANs, signed by a CA that is not ca.pem
+ *                          (untrusted-ca.pem / .key; ca.key is there too)
+ * Leaves carry keyUsage digitalSignature, extendedKeyUsage serverAuth and
+ * CA:FALSE; leaf files hold the leaf only (clients trust ca.pem directly).
  * Returns the directory, NULL on failure. */
 const char *nst_certs(void);
 /* Path of a file in the certs dir, e.g. nst_cert("ca.pem"). */
@@ -40,8 +53,9 @@ const char *nst_cert(const char *name);
  *                              text.txt.gz sidecars (brotli / gzip programs)
  *   /bomb.txt                  a 64 MiB run of 'a', served only as bomb.txt.gz
  *                              and bomb.txt.br sidecars (the plain file is
- *                              replaced by a tiny one)
- * Returns the directory. */
+ *                              replaced by "plain\n"); caddy serves a
+ *                              sidecar only to clients that accept br/gzip
+ * Returns the directory, NULL on failure. */
 const char *nst_site(void);
 
 typedef struct nst_server {
@@ -57,47 +71,68 @@ typedef struct nst_server {
  *            Strict-Transport-Security: max-age=3600; the site block also
  *            matches the names example.test and *.example.test
  *   "h1"     protocols h1 only (ALPN offers http/1.1 only)
- *   "tls12"  TLS 1.2 only
- * Returns 0 and fills srv, or -1. */
+ *   "tls12"  TLS 1.2 only (also for clients that send no SNI)
+ * No HTTP/3. Returns 0 and fills srv, or -1. */
 int nst_caddy_start(const char *variant, nst_server *srv);
 
 /* openssl s_server -www with a bad certificate: kind is "expired",
- * "wronghost" or "untrusted". */
+ * "wronghost" or "untrusted" (sent with its untrusted issuer as chain).
+ * Any request gets s_server's status page (200, text/html, then close). */
 int nst_badtls_start(const char *kind, nst_server *srv);
 
-/* nghttpd (TLS, h2 only) serving nst_site(); extra_args may be NULL
- * (e.g. "--max-concurrent-streams=8"). */
+/* nghttpd (TLS, h2 only, good.pem) serving nst_site(); extra_args may be
+ * NULL or space-separated options (e.g. "--max-concurrent-streams=8"). */
 int nst_nghttpd_start(const char *extra_args, nst_server *srv);
 
 /* dnsmasq answering: example.test, *.example.test and *.test -> 127.0.0.1
- * (TTL 60 s); names under .invalid -> NXDOMAIN; everything else REFUSED. */
+ * (TTL 60 s; AAAA queries get an empty NOERROR answer); names under
+ * .invalid -> NXDOMAIN; everything else REFUSED. UDP and TCP on srv->port. */
 int nst_dnsmasq_start(nst_server *srv);
+
+/* Sends one hand-built DNS query (class IN, RD set) over UDP to
+ * 127.0.0.1:port and waits up to timeout_ms for the matching answer.
+ * Returns the answer's length (copied to reply, truncated to cap) or -1.
+ * reply[3] & 0x0f is the RCODE. */
+int nst_dns_query(int port, const char *name, int qtype, int timeout_ms, unsigned char *reply,
+                  size_t cap);
 
 /* nst-rawserver: a plain HTTP/1.1 server with fixed hostile behaviours
  * (see tests/harness/rawserver.c for the paths):
+ * Every response has Content-Length unless noted; connections are kept alive
+ * (HTTP/1.1) unless the request says "Connection: close"; HEAD is answered
+ * without a body.
  *   /ok            200, 5 bytes "hello", Content-Length
  *   /truncate      Content-Length: 100000, sends 50000 bytes, closes
  *   /chunked-trunc chunked, sends some chunks, closes without the last chunk
  *   /slow          sends headers, then 1 byte per second for 30 s
  *   /hang          accepts and never answers
  *   /gzip-bad      Content-Encoding: gzip with corrupt bytes
- *   /status/NNN    answers with status NNN and a short body
- *   /echo          echoes the request (method, headers, body) as text
+ *   /status/NNN    answers with status NNN (200..599; anything else 400)
+ *                  and body "status NNN\n" (no body for 204 and 304)
+ *   /echo          echoes the request: body = the request head exactly as
+ *                  received (request line, header lines, CRLFs, blank line)
+ *                  followed by the request body (de-chunked)
  *   /hsts          200 with Strict-Transport-Security (ignored over http)
  *   /redirect/N    302 to /redirect/N-1, /redirect/0 -> 200
- *   /count         body: number of requests this server has seen
- */
+ *   /count         body: number of requests this server has seen, this one
+ *                  included, in decimal without a newline
+ *   anything else  404
+ * A query string is ignored when matching paths. */
 int nst_rawserver_start(nst_server *srv);
 
 /* A bound UDP port on 127.0.0.1 that never answers (DNS timeouts); kept
- * open by the harness until exit. */
+ * open by the harness until nst_cleanup(). */
 int nst_udp_blackhole(void);
-/* A TCP port on 127.0.0.1 with nothing listening (connection refused). */
+/* A TCP port on 127.0.0.1 with nothing listening (connection refused); the
+ * harness keeps it bound (not listening) so nobody else takes it. */
 int nst_closed_port(void);
 
-/* Stops one server (SIGTERM, waits up to 2 s, then SIGKILL). */
+/* Stops one server (SIGTERM, waits up to 2 s, then SIGKILL) and reaps it;
+ * sets srv->pid to -1. Accepts NULL and stopped servers. */
 void nst_stop(nst_server *srv);
-/* Stops all servers and removes the work dir (also registered atexit). */
+/* Stops all servers, closes the blackhole/closed ports and removes the work
+ * dir (registered with atexit on first use). Afterwards the harness can be
+ * used again (a new work dir, new certificates). */
 void nst_cleanup(void);
 
 /* Number of file descriptors open in this process (from /proc/self/fd). */
