@@ -40,6 +40,8 @@ struct ns_transport {
   CURLSH *share;
   uv_timer_t timer;
   int timer_ok;
+  uv_timer_t kick; /* see kick_pending() */
+  int kick_ok;
   ns_list fetches; /* fetches in DNS or ACTIVE state */
   ns_list socks;   /* open sock_ctx */
   int shutting_down;
@@ -607,6 +609,53 @@ static void check_done(ns_transport *tr) {
   }
 }
 
+/*
+ * libcurl 7.88 parks a transfer in its PENDING state when the per-host
+ * connection limit is reached, and each finished transfer wakes only the
+ * first parked one; a woken transfer that again finds no free connection (or
+ * no free HTTP/2 stream) goes back to PENDING and the wake-up is lost. Seen
+ * here as fetches hanging forever against a server limiting concurrent
+ * streams (nghttpd --max-concurrent-streams=8). Until netstash queues per
+ * origin itself, a timer re-adds transfers that have not sent their request
+ * yet (so nothing was sent: safe for any method),
+ * which puts them back in libcurl's queue with a fresh chance. A transfer
+ * that is still connecting may be requeued too; it has sent nothing.
+ */
+#define KICK_INTERVAL_MS 100
+
+static void kick_pending(uv_timer_t *t) {
+  ns_transport *tr = t->data;
+  ns_list *pos, *tmp;
+  uint64_t now = ns_now_us();
+  int kicked = 0, running;
+  ns_list_foreach_safe(pos, tmp, &tr->fetches) {
+    netstash_fetch *f = ns_list_entry(pos, netstash_fetch, node);
+    curl_off_t pre = 0;
+    if (f->state != NS_FETCH_ACTIVE || now - f->t_added < KICK_INTERVAL_MS * 1000)
+      continue;
+    /* PRETRANSFER is stamped right before the request is sent, on new and
+     * reused connections alike: zero means nothing left this host yet. */
+    curl_easy_getinfo(f->easy, CURLINFO_PRETRANSFER_TIME_T, &pre);
+    if (pre != 0 || f->status != 0)
+      continue;
+    curl_multi_remove_handle(tr->multi, f->easy);
+    if (curl_multi_add_handle(tr->multi, f->easy) != CURLM_OK) {
+      f->state = NS_FETCH_NEW;
+      ns_fetch_detail(f, "could not requeue the transfer");
+      end_fetch(f, NETSTASH_E_INTERNAL);
+      continue;
+    }
+    kicked++;
+  }
+  if (kicked) {
+    NS_DEBUG(tr->ctx, MOD, "requeued %d parked transfers", kicked);
+    curl_multi_socket_action(tr->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    check_done(tr);
+  }
+  if (ns_list_empty(&tr->fetches))
+    uv_timer_stop(&tr->kick);
+}
+
 static void add_to_multi(netstash_fetch *f) {
   ns_transport *tr = f->ctx->transport;
   CURLMcode mc;
@@ -615,6 +664,8 @@ static void add_to_multi(netstash_fetch *f) {
   f->t_added = ns_now_us();
   f->state = NS_FETCH_ACTIVE;
   mc = curl_multi_add_handle(tr->multi, f->easy);
+  if (mc == CURLM_OK && tr->kick_ok && !uv_is_active((uv_handle_t *)&tr->kick))
+    uv_timer_start(&tr->kick, kick_pending, KICK_INTERVAL_MS, KICK_INTERVAL_MS);
   if (mc != CURLM_OK) {
     f->state = NS_FETCH_NEW;
     ns_fetch_detail(f, "curl_multi_add_handle: %s",
@@ -907,6 +958,10 @@ netstash_error ns_transport_new(netstash_ctx *ctx, ns_transport **out, char *det
   }
   tr->timer.data = tr;
   tr->timer_ok = 1;
+  if (uv_timer_init(&ctx->loop, &tr->kick) == 0) {
+    tr->kick.data = tr;
+    tr->kick_ok = 1;
+  }
   *out = tr;
   return NETSTASH_OK;
 }
@@ -929,6 +984,10 @@ void ns_transport_shutdown(ns_transport *tr) {
   if (tr->timer_ok) {
     uv_timer_stop(&tr->timer);
     uv_close((uv_handle_t *)&tr->timer, NULL);
+  }
+  if (tr->kick_ok) {
+    uv_timer_stop(&tr->kick);
+    uv_close((uv_handle_t *)&tr->kick, NULL);
   }
 }
 
