@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <curl/curl.h>
 #include <openssl/ssl.h>
@@ -40,8 +41,7 @@ struct ns_transport {
   CURLSH *share;
   uv_timer_t timer;
   int timer_ok;
-  uv_timer_t kick; /* see kick_pending() */
-  int kick_ok;
+
   ns_list fetches; /* fetches in DNS or ACTIVE state */
   ns_list socks;   /* open sock_ctx */
   int shutting_down;
@@ -151,6 +151,29 @@ static curl_socket_t open_cb(void *ud, curlsocktype purpose, struct curl_sockadd
   if (s != CURL_SOCKET_BAD)
     ns_stat_add(ctx, NETSTASH_STAT_CONNECTIONS_OPENED, 1);
   return s;
+}
+
+/*
+ * libcurl may close a socket before (or without) telling the socket callback
+ * to stop watching it. The kernel then drops the fd from epoll on its own,
+ * while libuv still believes it is registered; when the number is reused for
+ * a new connection, uv_poll_start() sees "same events" and re-registers
+ * nothing: that connection never gets an event and its transfers stall.
+ * Stopping our watcher here, while the fd is still open, keeps libuv's view
+ * and the kernel's in step.
+ */
+static int close_cb(void *ud, curl_socket_t s) {
+  ns_transport *tr = ud;
+  ns_list *pos, *tmp;
+  ns_list_foreach_safe(pos, tmp, &tr->socks) {
+    sock_ctx *sc = ns_list_entry(pos, sock_ctx, node);
+    if (sc->fd == s) {
+      if (tr->multi)
+        curl_multi_assign(tr->multi, s, NULL);
+      sock_close(sc);
+    }
+  }
+  return close(s);
 }
 
 static void ssl_info_cb(const SSL *ssl, int where, int ret) {
@@ -609,53 +632,6 @@ static void check_done(ns_transport *tr) {
   }
 }
 
-/*
- * libcurl 7.88 parks a transfer in its PENDING state when the per-host
- * connection limit is reached, and each finished transfer wakes only the
- * first parked one; a woken transfer that again finds no free connection (or
- * no free HTTP/2 stream) goes back to PENDING and the wake-up is lost. Seen
- * here as fetches hanging forever against a server limiting concurrent
- * streams (nghttpd --max-concurrent-streams=8). Until netstash queues per
- * origin itself, a timer re-adds transfers that have not sent their request
- * yet (so nothing was sent: safe for any method),
- * which puts them back in libcurl's queue with a fresh chance. A transfer
- * that is still connecting may be requeued too; it has sent nothing.
- */
-#define KICK_INTERVAL_MS 100
-
-static void kick_pending(uv_timer_t *t) {
-  ns_transport *tr = t->data;
-  ns_list *pos, *tmp;
-  uint64_t now = ns_now_us();
-  int kicked = 0, running;
-  ns_list_foreach_safe(pos, tmp, &tr->fetches) {
-    netstash_fetch *f = ns_list_entry(pos, netstash_fetch, node);
-    curl_off_t pre = 0;
-    if (f->state != NS_FETCH_ACTIVE || now - f->t_added < KICK_INTERVAL_MS * 1000)
-      continue;
-    /* PRETRANSFER is stamped right before the request is sent, on new and
-     * reused connections alike: zero means nothing left this host yet. */
-    curl_easy_getinfo(f->easy, CURLINFO_PRETRANSFER_TIME_T, &pre);
-    if (pre != 0 || f->status != 0)
-      continue;
-    curl_multi_remove_handle(tr->multi, f->easy);
-    if (curl_multi_add_handle(tr->multi, f->easy) != CURLM_OK) {
-      f->state = NS_FETCH_NEW;
-      ns_fetch_detail(f, "could not requeue the transfer");
-      end_fetch(f, NETSTASH_E_INTERNAL);
-      continue;
-    }
-    kicked++;
-  }
-  if (kicked) {
-    NS_DEBUG(tr->ctx, MOD, "requeued %d parked transfers", kicked);
-    curl_multi_socket_action(tr->multi, CURL_SOCKET_TIMEOUT, 0, &running);
-    check_done(tr);
-  }
-  if (ns_list_empty(&tr->fetches))
-    uv_timer_stop(&tr->kick);
-}
-
 static void add_to_multi(netstash_fetch *f) {
   ns_transport *tr = f->ctx->transport;
   CURLMcode mc;
@@ -664,8 +640,6 @@ static void add_to_multi(netstash_fetch *f) {
   f->t_added = ns_now_us();
   f->state = NS_FETCH_ACTIVE;
   mc = curl_multi_add_handle(tr->multi, f->easy);
-  if (mc == CURLM_OK && tr->kick_ok && !uv_is_active((uv_handle_t *)&tr->kick))
-    uv_timer_start(&tr->kick, kick_pending, KICK_INTERVAL_MS, KICK_INTERVAL_MS);
   if (mc != CURLM_OK) {
     f->state = NS_FETCH_NEW;
     ns_fetch_detail(f, "curl_multi_add_handle: %s",
@@ -771,6 +745,18 @@ static void start_hop(netstash_fetch *f) {
   }
 }
 
+/* libcurl's own trace, routed to the context's log hook at TRACE level. */
+static int debug_cb(CURL *e, curl_infotype type, char *data, size_t size, void *ud) {
+  netstash_fetch *f = ud;
+  (void)e;
+  if (type == CURLINFO_TEXT) {
+    while (size && (data[size - 1] == '\n' || data[size - 1] == '\r'))
+      size--;
+    NS_TRACE(f->ctx, "curl", "[%p] %.*s", (void *)f, (int)NS_MIN(size, (size_t)400), data);
+  }
+  return 0;
+}
+
 static long weight_of(netstash_priority p) {
   static const long w[] = {1, 32, 64, 128, 256};
   return w[p];
@@ -797,6 +783,8 @@ static netstash_error setup_easy(netstash_fetch *f) {
   curl_easy_setopt(e, CURLOPT_WRITEDATA, f);
   curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, open_cb);
   curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, f->ctx);
+  curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, close_cb);
+  curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, tr);
   curl_easy_setopt(e, CURLOPT_SSL_CTX_FUNCTION, sslctx_cb);
   curl_easy_setopt(e, CURLOPT_SSL_CTX_DATA, f->ctx);
   curl_easy_setopt(e, CURLOPT_SHARE, tr->share);
@@ -817,6 +805,11 @@ static netstash_error setup_easy(netstash_fetch *f) {
     curl_easy_setopt(e, CURLOPT_CAPATH, NULL);
   if (cfg->hsts)
     curl_easy_setopt(e, CURLOPT_HSTS_CTRL, (long)CURLHSTS_ENABLE);
+  if (ns_log_enabled(f->ctx, NETSTASH_LOG_TRACE)) {
+    curl_easy_setopt(e, CURLOPT_DEBUGFUNCTION, debug_cb);
+    curl_easy_setopt(e, CURLOPT_DEBUGDATA, f);
+    curl_easy_setopt(e, CURLOPT_VERBOSE, 1L);
+  }
 
   switch (req->http_version) {
   case NETSTASH_HTTP_1_1:
@@ -958,10 +951,6 @@ netstash_error ns_transport_new(netstash_ctx *ctx, ns_transport **out, char *det
   }
   tr->timer.data = tr;
   tr->timer_ok = 1;
-  if (uv_timer_init(&ctx->loop, &tr->kick) == 0) {
-    tr->kick.data = tr;
-    tr->kick_ok = 1;
-  }
   *out = tr;
   return NETSTASH_OK;
 }
@@ -985,10 +974,7 @@ void ns_transport_shutdown(ns_transport *tr) {
     uv_timer_stop(&tr->timer);
     uv_close((uv_handle_t *)&tr->timer, NULL);
   }
-  if (tr->kick_ok) {
-    uv_timer_stop(&tr->kick);
-    uv_close((uv_handle_t *)&tr->kick, NULL);
-  }
+
 }
 
 void ns_transport_del(ns_transport *tr) {
