@@ -776,6 +776,80 @@ static void test_1000_sequential(void **state) {
   assert_int_equal(atomic_load(&live_allocs), 0);
 }
 
+/* Library state of an in-flight fetch (everything netstash allocates for
+ * it, headers arena included; libcurl's easy handle and its buffers are
+ * libcurl's) stays within 8 KB. */
+static atomic_long live_bytes;
+static void *b_malloc(size_t n, void *ud) {
+  size_t *p = malloc(n + 16);
+  (void)ud;
+  if (!p)
+    return NULL;
+  *p = n;
+  atomic_fetch_add(&live_bytes, (long)n);
+  return (char *)p + 16;
+}
+static void b_free(void *q, void *ud) {
+  (void)ud;
+  if (!q)
+    return;
+  size_t *p = (size_t *)(void *)((char *)q - 16);
+  atomic_fetch_sub(&live_bytes, (long)*p);
+  free(p);
+}
+static void *b_calloc(size_t a, size_t b, void *ud) {
+  void *q = b_malloc(a * b, ud);
+  if (q)
+    memset(q, 0, a * b);
+  return q;
+}
+static void *b_realloc(void *q, size_t n, void *ud) {
+  size_t *p, old;
+  void *nq;
+  if (!q)
+    return b_malloc(n, ud);
+  p = (size_t *)(void *)((char *)q - 16);
+  old = *p;
+  nq = b_malloc(n, ud);
+  if (!nq)
+    return NULL;
+  memcpy(nq, q, old < n ? old : n);
+  b_free(q, ud);
+  return nq;
+}
+
+static void test_inflight_memory(void **state) {
+  netstash_options *o;
+  netstash_ctx *ctx;
+  netstash_allocator a = {NULL, b_malloc, b_free, b_calloc, b_realloc};
+  netstash_request *req;
+  netstash_fetch *f[10];
+  long before, per;
+  int i;
+  (void)state;
+  assert_int_equal(netstash_options_new(&o), NETSTASH_OK);
+  assert_int_equal(netstash_options_set_allocator(o, &a), NETSTASH_OK);
+  ctx = new_ctx_opts(o);
+  netstash_options_del(o);
+  /* warm the connection pool so the sockets' watchers are counted once */
+  netstash_fetch_del(get(ctx, http_url(raw.port, "/ok"), NETSTASH_OK));
+  usleep(50000);
+  before = atomic_load(&live_bytes);
+  assert_int_equal(netstash_request_new(&req, http_url(raw.port, "/slow")), NETSTASH_OK);
+  for (i = 0; i < 10; i++)
+    assert_int_equal(netstash_fetch_start(ctx, req, NULL, NULL, &f[i]), NETSTASH_OK);
+  usleep(1500000); /* headers arrived, body trickling */
+  per = (atomic_load(&live_bytes) - before) / 10;
+  fprintf(stderr, "in-flight fetch: %ld bytes of netstash state each\n", per);
+  assert_true(per > 0);
+  assert_true(per <= 8192);
+  for (i = 0; i < 10; i++)
+    netstash_fetch_del(f[i]);
+  netstash_request_del(req);
+  netstash_ctx_del(ctx);
+  assert_int_equal(atomic_load(&live_bytes), 0);
+}
+
 static void test_bad_inputs(void **state) {
   netstash_request *req = NULL;
   netstash_ctx *ctx = new_ctx();
@@ -851,6 +925,7 @@ int main(void) {
       cmocka_unit_test(test_streamed_upload),
       cmocka_unit_test(test_hsts_upgrade),
       cmocka_unit_test(test_1000_sequential),
+      cmocka_unit_test(test_inflight_memory),
       cmocka_unit_test(test_bad_inputs),
   };
   return cmocka_run_group_tests(tests, setup_servers, teardown_servers);
