@@ -29,7 +29,7 @@ extern "C" {
  * Codes are only ever appended; numbers never change.
  *   1..99    API misuse and local conditions (the caller's bug or resources)
  *   100..199 network outcomes (DNS, connect, TLS, HTTP)
- *   200..299 storage and content (later issues)
+ *   200..299 storage and content
  * ------------------------------------------------------------------------ */
 #define NETSTASH_ERROR_MAP(X)                                                  \
   X(OK, 0, "success")                                                          \
@@ -65,7 +65,13 @@ extern "C" {
   X(E_RECV, 135, "failed receiving data")                                      \
   X(E_NETWORK, 136, "network error")                                           \
   X(E_TOO_MANY_REDIRECTS, 137, "too many redirects")                           \
-  X(E_CALLBACK, 138, "a callback asked to stop the transfer")
+  X(E_CALLBACK, 138, "a callback asked to stop the transfer")                 \
+  X(E_NOT_CACHED, 139, "not in the cache and the network may not be used")   \
+  X(E_STORE_CORRUPT, 200, "store is corrupt or unreadable")                    \
+  X(E_STORE_VERSION, 201, "store was written by an incompatible version")      \
+  X(E_STORE_FULL, 202, "store is full")                                        \
+  X(E_STORE_BUSY, 203, "store is busy (another writer, or no reader slot)")    \
+  X(E_NOT_FOUND, 204, "not found")
 
 typedef enum netstash_error {
 #define NETSTASH_X_ENUM(name, num, text) NETSTASH_##name = num,

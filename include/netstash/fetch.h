@@ -103,6 +103,25 @@ NETSTASH_EXTERN netstash_error netstash_request_set_follow_redirects(
  * the resolver is not consulted for that host and port. */
 NETSTASH_EXTERN netstash_error netstash_request_add_resolve(netstash_request *req,
                                                             const char *entry);
+/* How the request may use the profile's HTTP cache (a context without a
+ * profile directory has no cache: every mode then goes to the network, except
+ * ONLY_IF_CACHED, which fails with NETSTASH_E_NOT_CACHED). */
+typedef enum netstash_cache_mode {
+  NETSTASH_CACHE_DEFAULT = 0,        /* RFC 9111: fresh → cache, stale → revalidate */
+  NETSTASH_CACHE_VALIDATE = 1,       /* always revalidate a stored response */
+  NETSTASH_CACHE_BYPASS = 2,         /* network only; store nothing (--no-cache) */
+  NETSTASH_CACHE_ONLY_IF_CACHED = 3, /* never the network (offline) */
+  NETSTASH_CACHE_SKIP_VALIDATION = 4 /* serve any stored response, even stale */
+} netstash_cache_mode;
+
+NETSTASH_EXTERN netstash_error netstash_request_set_cache_mode(netstash_request *req,
+                                                               netstash_cache_mode mode);
+/* Top-level site of the page that makes the request (a URL; its scheme and
+ * registrable domain are used). Partitions the HTTP cache (double-keyed, as
+ * Chromium does); without it the request's own site is used. */
+NETSTASH_EXTERN netstash_error netstash_request_set_top_level_site(netstash_request *req,
+                                                                   const char *url);
+
 /* Keep the body in memory (up to max bytes) for netstash_fetch_body(). */
 NETSTASH_EXTERN netstash_error netstash_request_set_collect_body(
     netstash_request *req, uint64_t max_bytes);

@@ -42,6 +42,8 @@ struct netstash_request {
   size_t nresolve, resolve_cap;
   uint64_t collect_max;
   int collect;
+  netstash_cache_mode cache_mode;
+  ns_url top_level_site; /* url == NULL when unset */
 };
 
 void ns_request_ref(netstash_request *req);

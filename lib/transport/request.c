@@ -65,6 +65,7 @@ void netstash_request_del(netstash_request *r) {
   if (!r || atomic_fetch_sub(&r->refs, 1) != 1)
     return;
   ns_url_free(REQ_MEM, &r->url);
+  ns_url_free(REQ_MEM, &r->top_level_site);
   ns_free(REQ_MEM, r->method);
   free_strv(r->headers, r->nheaders);
   free_strv(r->resolve, r->nresolve);
@@ -258,5 +259,27 @@ netstash_error netstash_request_set_collect_body(netstash_request *r, uint64_t m
     return NETSTASH_E_INVALID_ARGUMENT;
   r->collect = 1;
   r->collect_max = max;
+  return NETSTASH_OK;
+}
+
+netstash_error netstash_request_set_cache_mode(netstash_request *r, netstash_cache_mode mode) {
+  CHECK_MUTABLE(r);
+  if ((int)mode < NETSTASH_CACHE_DEFAULT || mode > NETSTASH_CACHE_SKIP_VALIDATION)
+    return NETSTASH_E_INVALID_ARGUMENT;
+  r->cache_mode = mode;
+  return NETSTASH_OK;
+}
+
+netstash_error netstash_request_set_top_level_site(netstash_request *r, const char *url) {
+  ns_url u;
+  netstash_error rv;
+  CHECK_MUTABLE(r);
+  if (!url)
+    return NETSTASH_E_INVALID_ARGUMENT;
+  rv = ns_url_parse(REQ_MEM, url, &u, NULL, 0);
+  if (rv != NETSTASH_OK)
+    return rv;
+  ns_url_free(REQ_MEM, &r->top_level_site);
+  r->top_level_site = u;
   return NETSTASH_OK;
 }
