@@ -131,8 +131,9 @@ int ns_cache_status_heuristic(int status);
 /* Whether a response to req may be stored (RFC 9111 §3). reason (if not
  * NULL) gets a static explanation. Stored only: GET; final, complete
  * responses (not 206 — bodies are stored whole; not 304); no no-store in
- * request or response; not Vary: *; must-understand only with a status we
- * understand; and explicit freshness (max-age, Expires), public/private, or a
+ * request or response (a response's no-store is overridden by must-understand
+ * with a status we understand, §5.2.2.3); not Vary: *; must-understand only
+ * with a status we understand; and explicit freshness (max-age, Expires), public/private, or a
  * heuristically cacheable status. Authorization does not prevent storage in
  * a private cache (RFC 9111 §3.5 binds shared caches only). */
 int ns_cache_storable(const ns_cache_request *req, int status, const ns_headers *resp,
@@ -263,6 +264,15 @@ netstash_error ns_cache_key(const ns_cache_policy *pol, const char *top_level_ur
  * a No-Vary-Search field. */
 netstash_error ns_cache_nvs_index_key(const ns_cache_policy *pol, const char *top_level_url,
                                       const char *url, ns_buf *out);
+
+/* A key of at most max bytes for a store with a key-length limit
+ * (NS_STORE_KEY_MAX): key itself when it fits, else its first
+ * max - 65 bytes, "#" and the hex SHA-256 of the whole key. The readable
+ * prefix keeps prefix scans by partition or origin working; "#" never occurs
+ * in a key (fragments are removed), so shortened keys cannot collide with
+ * whole ones. Appended to out. NETSTASH_E_INVALID_ARGUMENT when max < 65. */
+#define NS_CACHE_KEY_HASH_SUFFIX 65
+netstash_error ns_cache_key_fit(const char *key, size_t len, size_t max, ns_buf *out);
 
 /* --------------------------------------------------------- invalidation */
 
