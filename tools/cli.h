@@ -20,7 +20,9 @@ enum {
   EXIT_PROTOCOL = 8,
   EXIT_IO = 9,
   EXIT_TOO_LARGE = 10,
-  EXIT_CANCELED = 11
+  EXIT_CANCELED = 11,
+  EXIT_NOT_CACHED = 12,
+  EXIT_STORE = 13
 };
 
 int cli_exit_code(netstash_error err);

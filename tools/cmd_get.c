@@ -36,7 +36,8 @@ static const char get_usage[] =
     "      --tls-min 1.2|1.3    lowest TLS version accepted (default 1.3)\n"
     "      --resolve H:P:ADDR   pin host H port P to ADDR (repeatable)\n"
     "      --dns-server A:P     use this DNS server instead of resolv.conf\n"
-    "      --profile DIR        profile directory (store, cookies, HSTS)\n"
+    "      --profile DIR        profile directory (HTTP cache store; later cookies, HSTS)\n"
+    "      --no-cache           do not use the profile's HTTP cache (read or write)\n"
     "      --timeout MS         whole-transfer timeout\n"
     "      --connect-timeout MS connect timeout (default 10000)\n"
     "  -L, --location           follow redirects (up to --max-redirs, default 20)\n"
@@ -183,6 +184,7 @@ static int print_json(const char *url, netstash_fetch *f, netstash_error err,
                       json_integer(f ? (json_int_t)netstash_fetch_wire_bytes(f) : 0));
   json_object_set_new(o, "source",
                       json_string(f ? source_name(netstash_fetch_source(f)) : "none"));
+  json_object_set_new(o, "cache_reason", json_string(f ? netstash_fetch_cache_reason(f) : ""));
   json_object_set_new(o, "new_connections",
                       json_integer(f ? netstash_fetch_new_connections(f) : 0));
   json_object_set_new(o, "timings", f ? timings_json(f) : json_object());
@@ -269,7 +271,8 @@ enum {
   OPT_TLSMIN,
   OPT_RAW,
   OPT_MAXREDIRS,
-  OPT_MAXBODY
+  OPT_MAXBODY,
+  OPT_NOCACHE
 };
 
 static const struct option get_opts[] = {
@@ -292,6 +295,7 @@ static const struct option get_opts[] = {
     {"location", no_argument, NULL, 'L'},
     {"max-redirs", required_argument, NULL, OPT_MAXREDIRS},
     {"max-body", required_argument, NULL, OPT_MAXBODY},
+    {"no-cache", no_argument, NULL, OPT_NOCACHE},
     {"verbose", no_argument, NULL, 'v'},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0}};
@@ -314,7 +318,7 @@ int cmd_get(int argc, char **argv) {
   const char *dns = NULL, *profile = NULL, *url;
   const char *headers[MAX_LIST], *resolves[MAX_LIST];
   size_t nheaders = 0, nresolves = 0, i;
-  int json = 0, verbose = 0, raw = 0, follow = 0, c, rc;
+  int json = 0, verbose = 0, raw = 0, follow = 0, nocache = 0, c, rc;
   uint32_t timeout = 0, ctimeout = 0, maxredirs = 20;
   uint64_t maxbody = 0;
   netstash_http_version httpv = NETSTASH_HTTP_ANY;
@@ -423,6 +427,9 @@ int cmd_get(int argc, char **argv) {
       }
       break;
     }
+    case OPT_NOCACHE:
+      nocache = 1;
+      break;
     case 'v':
       verbose = 1;
       break;
@@ -472,7 +479,7 @@ int cmd_get(int argc, char **argv) {
   if (err != NETSTASH_OK) {
     cli_error("get", "cannot start: %s%s%s", netstash_strerror(err), *detail ? ": " : "",
               detail);
-    rc = err == NETSTASH_E_INVALID_ARGUMENT ? EXIT_USAGE : EXIT_INTERNAL;
+    rc = err == NETSTASH_E_INVALID_ARGUMENT ? EXIT_USAGE : cli_exit_code(err);
     goto done;
   }
 
@@ -530,6 +537,8 @@ int cmd_get(int argc, char **argv) {
     netstash_request_set_raw_body(req, 1);
   if (follow)
     netstash_request_set_follow_redirects(req, maxredirs);
+  if (nocache)
+    netstash_request_set_cache_mode(req, NETSTASH_CACHE_BYPASS);
 
   if (outfile) {
     st.out = fopen(outfile, "wb");
@@ -584,6 +593,8 @@ int cmd_get(int argc, char **argv) {
             (unsigned long long)netstash_fetch_body_bytes(f),
             (unsigned long long)netstash_fetch_wire_bytes(f),
             source_name(netstash_fetch_source(f)), netstash_fetch_new_connections(f));
+    if (*netstash_fetch_cache_reason(f))
+      fprintf(stderr, "* cache: %s\n", netstash_fetch_cache_reason(f));
   }
   if (json)
     print_json(url, f, err, local_error);
@@ -606,6 +617,8 @@ done:
   if (st.out && st.out != stdout)
     fclose(st.out);
   netstash_fetch_del(f);
+  if (ctx)
+    netstash_ctx_drain(ctx, 30000); /* a stale-while-revalidate refresh is stored */
   netstash_request_del(req);
   netstash_ctx_del(ctx);
   netstash_options_del(opts);

@@ -16,7 +16,8 @@ static const char usage[] =
     "\n"
     "Exit codes: 0 success (any HTTP status), 1 internal error, 2 usage,\n"
     "3 bad URL, 4 DNS, 5 connect, 6 TLS, 7 timeout, 8 HTTP protocol error or\n"
-    "truncated body, 9 local I/O, 10 size limit, 11 canceled.\n"
+    "truncated body, 9 local I/O, 10 size limit, 11 canceled, 12 not in the\n"
+    "cache (offline), 13 store unusable (corrupt, newer, full, busy).\n"
     "See netstash(1).\n";
 
 int cli_exit_code(netstash_error err) {
@@ -56,6 +57,13 @@ int cli_exit_code(netstash_error err) {
     return EXIT_TOO_LARGE;
   case NETSTASH_E_CANCELED:
     return EXIT_CANCELED;
+  case NETSTASH_E_NOT_CACHED:
+    return EXIT_NOT_CACHED;
+  case NETSTASH_E_STORE_CORRUPT:
+  case NETSTASH_E_STORE_VERSION:
+  case NETSTASH_E_STORE_FULL:
+  case NETSTASH_E_STORE_BUSY:
+    return EXIT_STORE;
   case NETSTASH_E_INVALID_ARGUMENT:
   case NETSTASH_E_UNSUPPORTED:
     return EXIT_USAGE;

@@ -65,8 +65,8 @@ extern "C" {
   X(E_RECV, 135, "failed receiving data")                                      \
   X(E_NETWORK, 136, "network error")                                           \
   X(E_TOO_MANY_REDIRECTS, 137, "too many redirects")                           \
-  X(E_CALLBACK, 138, "a callback asked to stop the transfer")                 \
-  X(E_NOT_CACHED, 139, "not in the cache and the network may not be used")   \
+  X(E_CALLBACK, 138, "a callback asked to stop the transfer")                  \
+  X(E_NOT_CACHED, 139, "not in the cache and the network may not be used")     \
   X(E_STORE_CORRUPT, 200, "store is corrupt or unreadable")                    \
   X(E_STORE_VERSION, 201, "store was written by an incompatible version")      \
   X(E_STORE_FULL, 202, "store is full")                                        \
@@ -208,9 +208,22 @@ NETSTASH_EXTERN netstash_error netstash_options_set_hsts(netstash_options *opts,
 /* User-Agent sent when a request sets none (default "netstash/VERSION"). */
 NETSTASH_EXTERN netstash_error netstash_options_set_user_agent(netstash_options *opts,
                                                                const char *ua);
-/* Profile directory: store, cookie jars and HSTS state (later releases). */
+/* Profile directory: its LMDB store holds the HTTP cache (and, in later
+ * releases, cookie jars, HSTS state and preloads). Created if missing. A
+ * store that cannot be opened (corrupt, newer schema) fails
+ * netstash_ctx_new with the reason in detail. No profile: no HTTP cache. */
 NETSTASH_EXTERN netstash_error netstash_options_set_profile_dir(netstash_options *opts,
                                                                 const char *dir);
+/* Use the profile's HTTP cache (RFC 9111 private cache; default on). */
+NETSTASH_EXTERN netstash_error netstash_options_set_http_cache(netstash_options *opts,
+                                                               int enable);
+/* Partition cache keys by top-level site (default on, as Chromium). */
+NETSTASH_EXTERN netstash_error netstash_options_set_cache_partitioning(netstash_options *opts,
+                                                                       int enable);
+/* Size the store evicts down to (least recently used first; default 256 MiB,
+ * at least 1 MiB). */
+NETSTASH_EXTERN netstash_error netstash_options_set_cache_max_bytes(netstash_options *opts,
+                                                                    uint64_t bytes);
 
 /* ------------------------------------------------------------------------
  * Context
@@ -244,6 +257,13 @@ typedef enum netstash_stat {
 
 /* A counter of the context; 0 for an unknown stat. */
 NETSTASH_EXTERN uint64_t netstash_ctx_stat(netstash_ctx *ctx, netstash_stat which);
+
+/* Blocks until every fetch of the context has ended, background cache
+ * revalidations included (a one-shot tool calls it before netstash_ctx_del
+ * so that a stale-while-revalidate refresh is stored). timeout_ms 0: no
+ * limit. NETSTASH_E_WAIT_TIMEOUT, NETSTASH_E_WOULD_DEADLOCK on the loop
+ * thread. */
+NETSTASH_EXTERN netstash_error netstash_ctx_drain(netstash_ctx *ctx, uint32_t timeout_ms);
 
 /* Frees memory the library handed out with a "free with netstash_free" note. */
 NETSTASH_EXTERN void netstash_free(netstash_ctx *ctx, void *ptr);

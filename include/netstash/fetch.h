@@ -207,6 +207,9 @@ NETSTASH_EXTERN const char *netstash_fetch_tls_version(const netstash_fetch *fet
 NETSTASH_EXTERN const char *netstash_fetch_tls_cipher(const netstash_fetch *fetch);
 NETSTASH_EXTERN const char *netstash_fetch_effective_url(const netstash_fetch *fetch);
 NETSTASH_EXTERN netstash_source netstash_fetch_source(const netstash_fetch *fetch);
+/* The HTTP cache's decision for this fetch ("fresh: max-age=600, age 12s",
+ * "miss", "stored", "not stored: no-store", ...); "" when no cache. */
+NETSTASH_EXTERN const char *netstash_fetch_cache_reason(const netstash_fetch *fetch);
 /* One-line reason of a failure (which check failed, which host...), "" if
  * none. */
 NETSTASH_EXTERN const char *netstash_fetch_error_detail(const netstash_fetch *fetch);

@@ -8,6 +8,7 @@
 
 #include "core/ctx.h"
 #include "core/log.h"
+#include "cache/httpcache.h"
 #include "dns/dns.h"
 #include "transport/transport.h"
 
@@ -152,6 +153,16 @@ netstash_error netstash_ctx_new(netstash_ctx **out, const netstash_options *opts
   rv = ns_transport_new(ctx, &ctx->transport, detail, detail_len);
   if (rv != NETSTASH_OK)
     goto fail;
+  if (ctx->cfg.profile_dir && ctx->cfg.http_cache) {
+    ns_hc_config hcc;
+    memset(&hcc, 0, sizeof(hcc));
+    hcc.profile_dir = ctx->cfg.profile_dir;
+    hcc.max_bytes = ctx->cfg.cache_max_bytes;
+    hcc.partition = ctx->cfg.cache_partition;
+    rv = ns_httpcache_open(&ctx->mem, &hcc, &ctx->hc, detail, detail_len);
+    if (rv != NETSTASH_OK)
+      goto fail;
+  }
 
   if (uv_thread_create(&ctx->thread, loop_main, ctx) != 0) {
     set_detail(detail, detail_len, "could not start the loop thread");
@@ -175,6 +186,7 @@ fail:
   }
   ns_transport_del(ctx->transport);
   ns_dns_del(ctx->dns);
+  ns_httpcache_close(ctx->hc);
   if (mutex_ok)
     uv_mutex_destroy(&ctx->qlock);
   ns_config_free(&ctx->mem, &ctx->cfg);
@@ -196,6 +208,7 @@ void netstash_ctx_del(netstash_ctx *ctx) {
 
   ns_transport_del(ctx->transport);
   ns_dns_del(ctx->dns);
+  ns_httpcache_close(ctx->hc);
   uv_loop_close(&ctx->loop);
   uv_mutex_destroy(&ctx->qlock);
   ns_config_free(&ctx->mem, &ctx->cfg);
@@ -207,6 +220,21 @@ uint64_t netstash_ctx_stat(netstash_ctx *ctx, netstash_stat which) {
   if (!ctx || (unsigned)which >= NS_ARRAY_LEN(ctx->stats))
     return 0;
   return atomic_load_explicit(&ctx->stats[which], memory_order_relaxed);
+}
+
+netstash_error netstash_ctx_drain(netstash_ctx *ctx, uint32_t timeout_ms) {
+  uint64_t deadline;
+  if (!ctx)
+    return NETSTASH_E_INVALID_ARGUMENT;
+  if (ns_ctx_on_loop(ctx))
+    return NETSTASH_E_WOULD_DEADLOCK;
+  deadline = uv_hrtime() + (uint64_t)timeout_ms * 1000000u;
+  while (netstash_ctx_stat(ctx, NETSTASH_STAT_FETCHES_ACTIVE) > 0) {
+    if (timeout_ms && uv_hrtime() >= deadline)
+      return NETSTASH_E_WAIT_TIMEOUT;
+    uv_sleep(2);
+  }
+  return NETSTASH_OK;
 }
 
 void netstash_free(netstash_ctx *ctx, void *ptr) {

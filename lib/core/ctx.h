@@ -21,6 +21,7 @@
 
 struct ns_dns;
 struct ns_transport;
+struct ns_httpcache;
 
 typedef struct ns_config {
   netstash_log_cb log_cb;
@@ -40,6 +41,9 @@ typedef struct ns_config {
   int hsts;
   char *user_agent;
   char *profile_dir;
+  int http_cache;          /* use the profile's HTTP cache (default 1) */
+  int cache_partition;     /* double-keyed (default 1) */
+  uint64_t cache_max_bytes;
 } ns_config;
 
 void ns_config_init_defaults(ns_config *c);
@@ -74,6 +78,7 @@ struct netstash_ctx {
 
   struct ns_dns *dns;
   struct ns_transport *transport;
+  struct ns_httpcache *hc; /* NULL without a profile directory */
 
   _Atomic uint64_t stats[8];
 };

@@ -14,6 +14,9 @@ static void config_defaults(ns_config *c) {
   c->max_total_connections = 0;
   c->max_decoded_body = (uint64_t)256 << 20;
   c->hsts = 1;
+  c->http_cache = 1;
+  c->cache_partition = 1;
+  c->cache_max_bytes = (uint64_t)256 << 20;
 }
 
 void ns_config_free(const ns_mem *m, ns_config *c) {
@@ -191,4 +194,25 @@ netstash_error netstash_options_set_profile_dir(netstash_options *o, const char 
   if (!o)
     return NETSTASH_E_INVALID_ARGUMENT;
   return set_str(&o->cfg.profile_dir, dir);
+}
+
+netstash_error netstash_options_set_http_cache(netstash_options *o, int enable) {
+  if (!o)
+    return NETSTASH_E_INVALID_ARGUMENT;
+  o->cfg.http_cache = enable ? 1 : 0;
+  return NETSTASH_OK;
+}
+
+netstash_error netstash_options_set_cache_partitioning(netstash_options *o, int enable) {
+  if (!o)
+    return NETSTASH_E_INVALID_ARGUMENT;
+  o->cfg.cache_partition = enable ? 1 : 0;
+  return NETSTASH_OK;
+}
+
+netstash_error netstash_options_set_cache_max_bytes(netstash_options *o, uint64_t bytes) {
+  if (!o || bytes < (1u << 20))
+    return NETSTASH_E_INVALID_ARGUMENT;
+  o->cfg.cache_max_bytes = bytes;
+  return NETSTASH_OK;
 }

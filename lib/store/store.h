@@ -91,19 +91,19 @@ typedef enum ns_store_db {
 #define NS_STORE_BODY_NO_RECOMPRESS 0x1u /* store exactly the coding given */
 
 typedef struct ns_store_params {
-  const ns_mem *mem;         /* default ns_mem_default(); must outlive the store */
-  const char *dir;           /* profile directory (required); copied */
-  const char *created_by;    /* recorded in meta on creation; copied */
-  uint64_t size_limit;       /* soft: eviction target, bytes (256 MiB) */
-  uint64_t map_size;         /* initial map size, bytes (64 MiB) */
-  uint64_t map_size_max;     /* hard maximum: STORE_FULL beyond (4 GiB) */
-  uint64_t max_body;         /* largest decoded and stored body (256 MiB) */
-  uint32_t write_wait_ms;    /* bound on waiting for the write lock (1000) */
-  uint32_t gc_grace_ms;      /* age before an unreferenced new body may be
-                                collected (60000; see ns_store_gc_step) */
-  uint32_t max_readers;      /* LMDB reader slots, all processes (126) */
-  int read_only;             /* open with MDB_RDONLY: no writes, no creation */
-  unsigned lmdb_flags;       /* extra mdb_env_open flags (tests: 0) */
+  const ns_mem *mem;      /* default ns_mem_default(); must outlive the store */
+  const char *dir;        /* profile directory (required); copied */
+  const char *created_by; /* recorded in meta on creation; copied */
+  uint64_t size_limit;    /* soft: eviction target, bytes (256 MiB) */
+  uint64_t map_size;      /* initial map size, bytes (64 MiB) */
+  uint64_t map_size_max;  /* hard maximum: STORE_FULL beyond (4 GiB) */
+  uint64_t max_body;      /* largest decoded and stored body (256 MiB) */
+  uint32_t write_wait_ms; /* bound on waiting for the write lock (1000) */
+  uint32_t gc_grace_ms;   /* age before an unreferenced new body may be
+                             collected (60000; see ns_store_gc_step) */
+  uint32_t max_readers;   /* LMDB reader slots, all processes (126) */
+  int read_only;          /* open with MDB_RDONLY: no writes, no creation */
+  unsigned lmdb_flags;    /* extra mdb_env_open flags (tests: 0) */
 } ns_store_params;
 
 /* Fills p with the defaults above (dir and created_by NULL). */
@@ -125,8 +125,8 @@ void ns_store_params_init(ns_store_params *p);
  * inside LMDB. ns_store_verify walks everything.
  * detail (may be NULL) receives a one-line reason on error. *out is NULL on
  * error. Thread rule: any thread; the handle may then be shared by threads. */
-netstash_error ns_store_open(const ns_store_params *p, ns_store **out,
-                             char *detail, size_t detail_len);
+netstash_error ns_store_open(const ns_store_params *p, ns_store **out, char *detail,
+                             size_t detail_len);
 /* Closes the environment. Every reader must be deleted first and no write may
  * be running. NULL is accepted. */
 void ns_store_close(ns_store *s);
@@ -154,26 +154,26 @@ void ns_store_read_end(ns_store_reader *r);
 typedef struct ns_store_record {
   const uint8_t *value;
   size_t value_len;
-  uint32_t flags;                          /* NS_STORE_REC_* */
+  uint32_t flags; /* NS_STORE_REC_* */
   int has_body;
-  uint8_t body_hash[NS_STORE_HASH_LEN];    /* when has_body */
-  uint64_t atime_ms;                       /* last access written back */
+  uint8_t body_hash[NS_STORE_HASH_LEN]; /* when has_body */
+  uint64_t atime_ms;                    /* last access written back */
 } ns_store_record;
 
 /* A body view: chunk 0 is given directly, the others through
  * ns_store_body_chunk. Every pointer points into the map. Valid until the
  * transaction it came from ends. */
 typedef struct ns_store_body {
-  uint8_t hash[NS_STORE_HASH_LEN];  /* SHA-256 of the decoded body */
-  ns_coding coding;                 /* stored coding: identity, gzip or br */
-  int recompressed;                 /* stored as br by the store itself */
-  uint64_t stored_size;             /* bytes in the chunks */
-  uint64_t decoded_size;            /* bytes after decoding */
-  uint32_t nchunks;                 /* 0 for an empty body */
-  const uint8_t *first;             /* chunk 0 */
+  uint8_t hash[NS_STORE_HASH_LEN]; /* SHA-256 of the decoded body */
+  ns_coding coding;                /* stored coding: identity, gzip or br */
+  int recompressed;                /* stored as br by the store itself */
+  uint64_t stored_size;            /* bytes in the chunks */
+  uint64_t decoded_size;           /* bytes after decoding */
+  uint32_t nchunks;                /* 0 for an empty body */
+  const uint8_t *first;            /* chunk 0 */
   size_t first_len;
-  void *txn_;                       /* internal: the MDB_txn */
-  const struct ns_store *store_;    /* internal */
+  void *txn_;                    /* internal: the MDB_txn */
+  const struct ns_store *store_; /* internal */
 } ns_store_body;
 
 /* Looks key up in db. NETSTASH_E_NOT_FOUND when absent. A hit on an evictable
@@ -181,50 +181,45 @@ typedef struct ns_store_body {
  * allocation); the next write of this handle (or ns_store_flush_access)
  * writes access times back in one batch. Errors: NETSTASH_E_ILLEGAL_STATE
  * (not begun), NETSTASH_E_INVALID_ARGUMENT, NETSTASH_E_STORE_CORRUPT. */
-netstash_error ns_store_get(ns_store_reader *r, ns_store_db db, const void *key,
-                            size_t keylen, ns_store_record *out);
+netstash_error ns_store_get(ns_store_reader *r, ns_store_db db, const void *key, size_t keylen,
+                            ns_store_record *out);
 /* The body stored under hash. NETSTASH_E_NOT_FOUND when absent;
  * NETSTASH_E_STORE_CORRUPT when its header is malformed. */
-netstash_error ns_store_body_get(ns_store_reader *r, const uint8_t *hash,
-                                 ns_store_body *out);
+netstash_error ns_store_body_get(ns_store_reader *r, const uint8_t *hash, ns_store_body *out);
 /* A cache hit in one call: ns_store_get then, when the record references a
  * body, ns_store_body_get (body->nchunks == 0 and body->first == NULL when it
  * references none). */
-netstash_error ns_store_get_with_body(ns_store_reader *r, ns_store_db db,
-                                      const void *key, size_t keylen,
-                                      ns_store_record *rec, ns_store_body *body);
+netstash_error ns_store_get_with_body(ns_store_reader *r, ns_store_db db, const void *key,
+                                      size_t keylen, ns_store_record *rec, ns_store_body *body);
 /* Chunk i (< nchunks) of a body view, zero copy, same lifetime as the view.
  * NETSTASH_E_STORE_CORRUPT when the chunk is missing or of the wrong size. */
-netstash_error ns_store_body_chunk(const ns_store_body *b, uint32_t i,
-                                   const uint8_t **data, size_t *len);
+netstash_error ns_store_body_chunk(const ns_store_body *b, uint32_t i, const uint8_t **data,
+                                   size_t *len);
 typedef struct ns_store_iov {
   const uint8_t *base;
   size_t len;
 } ns_store_iov;
 /* Fills iov[0..max-1] with the body's chunks; *n receives nchunks.
  * NETSTASH_E_TOO_LARGE (iov filled up to max) when max < nchunks. */
-netstash_error ns_store_body_iov(const ns_store_body *b, ns_store_iov *iov,
-                                 size_t max, size_t *n);
+netstash_error ns_store_body_iov(const ns_store_body *b, ns_store_iov *iov, size_t max, size_t *n);
 /* Streams the decoded body to sink: identity bodies pass their chunks
  * through (zero copy), br/gzip bodies are decoded (ns_decoder, allocating
  * through mem) with at most max_out decoded bytes. Errors: those of
  * ns_decoder_write/finish, NETSTASH_E_STORE_CORRUPT. */
-netstash_error ns_store_body_decode(const ns_store_body *b, const ns_mem *mem,
-                                    uint64_t max_out, ns_decoder_sink sink,
-                                    void *user_data);
+netstash_error ns_store_body_decode(const ns_store_body *b, const ns_mem *mem, uint64_t max_out,
+                                    ns_decoder_sink sink, void *user_data);
 /* Decodes the body into dst (cap bytes); *len receives decoded_size.
  * NETSTASH_E_TOO_LARGE when cap < decoded_size (nothing useful in dst). */
-netstash_error ns_store_body_copy(const ns_store_body *b, const ns_mem *mem,
-                                  uint8_t *dst, size_t cap, size_t *len);
+netstash_error ns_store_body_copy(const ns_store_body *b, const ns_mem *mem, uint8_t *dst,
+                                  size_t cap, size_t *len);
 
 /* Calls cb for each record of db whose key starts with prefix (prefix_len 0:
  * all), in key order, inside the reader's transaction. cb returns nonzero to
  * stop (ns_store_iterate then returns NETSTASH_OK). No access is noted. */
-typedef int (*ns_store_iter_cb)(const uint8_t *key, size_t keylen,
-                                const ns_store_record *rec, void *user_data);
-netstash_error ns_store_iterate(ns_store_reader *r, ns_store_db db,
-                                const void *prefix, size_t prefix_len,
-                                ns_store_iter_cb cb, void *user_data);
+typedef int (*ns_store_iter_cb)(const uint8_t *key, size_t keylen, const ns_store_record *rec,
+                                void *user_data);
+netstash_error ns_store_iterate(ns_store_reader *r, ns_store_db db, const void *prefix,
+                                size_t prefix_len, ns_store_iter_cb cb, void *user_data);
 
 /* ------------------------------------------------------------ writing */
 
@@ -247,48 +242,44 @@ netstash_error ns_store_write(ns_store *s, ns_store_write_fn fn, void *user_data
  * as received with coding (identity, gzip or br; deflate and unknown:
  * NETSTASH_E_UNSUPPORTED); gzip/br bodies are decoded once to hash them
  * (NETSTASH_E_DECODE when corrupt, NETSTASH_E_TOO_LARGE above max_body) and
- * stored as they came. Identity bodies of a text type (content_type: text/*,
+ * stored as they came. Identity bodies of a text type (content_type: text/...,
  * JavaScript, JSON, XML, SVG, wasm, uncompressed fonts; NULL for unknown) of
  * at least 1 KiB are stored Brotli-compressed (quality 5) when that saves at
  * least 10 % and 512 bytes, unless flags has NS_STORE_BODY_NO_RECOMPRESS.
  * A body already stored is not written again. A new body has no reference
  * yet: a record must reference it (ns_store_txn_put with its hash) within
  * gc_grace_ms or GC may remove it. */
-netstash_error ns_store_txn_body_put(ns_store_txn *t, const uint8_t *data,
-                                     size_t len, ns_coding coding,
-                                     const char *content_type, unsigned flags,
+netstash_error ns_store_txn_body_put(ns_store_txn *t, const uint8_t *data, size_t len,
+                                     ns_coding coding, const char *content_type, unsigned flags,
                                      uint8_t *out_hash);
 /* Inserts or replaces a record: value is copied; body_hash (NULL: none) must
  * name a stored body (NETSTASH_E_NOT_FOUND otherwise) and becomes a reference
  * GC honours. flags: NS_STORE_REC_PINNED. Errors: NETSTASH_E_INVALID_ARGUMENT
  * (key empty or longer than NS_STORE_KEY_MAX), NETSTASH_E_TOO_LARGE. */
-netstash_error ns_store_txn_put(ns_store_txn *t, ns_store_db db, const void *key,
-                                size_t keylen, const void *value, size_t len,
-                                const uint8_t *body_hash, uint32_t flags);
+netstash_error ns_store_txn_put(ns_store_txn *t, ns_store_db db, const void *key, size_t keylen,
+                                const void *value, size_t len, const uint8_t *body_hash,
+                                uint32_t flags);
 /* Deletes a record (NETSTASH_E_NOT_FOUND when absent); its body, if no
  * longer referenced, is queued for GC (no grace). */
-netstash_error ns_store_txn_del(ns_store_txn *t, ns_store_db db, const void *key,
-                                size_t keylen);
+netstash_error ns_store_txn_del(ns_store_txn *t, ns_store_db db, const void *key, size_t keylen);
 /* Sets or clears NS_STORE_REC_PINNED on a record (NETSTASH_E_NOT_FOUND). A
  * pinned record is never evicted. */
-netstash_error ns_store_txn_pin(ns_store_txn *t, ns_store_db db, const void *key,
-                                size_t keylen, int pinned);
+netstash_error ns_store_txn_pin(ns_store_txn *t, ns_store_db db, const void *key, size_t keylen,
+                                int pinned);
 /* Reads inside the write transaction (sees its own changes); the record's
  * value is valid until the transaction ends. No access is noted. */
-netstash_error ns_store_txn_get(ns_store_txn *t, ns_store_db db, const void *key,
-                                size_t keylen, ns_store_record *out);
+netstash_error ns_store_txn_get(ns_store_txn *t, ns_store_db db, const void *key, size_t keylen,
+                                ns_store_record *out);
 
 /* One-transaction wrappers of the above. */
-netstash_error ns_store_body_put(ns_store *s, const uint8_t *data, size_t len,
-                                 ns_coding coding, const char *content_type,
-                                 unsigned flags, uint8_t *out_hash);
-netstash_error ns_store_put(ns_store *s, ns_store_db db, const void *key,
-                            size_t keylen, const void *value, size_t len,
-                            const uint8_t *body_hash, uint32_t flags);
-netstash_error ns_store_del(ns_store *s, ns_store_db db, const void *key,
-                            size_t keylen);
-netstash_error ns_store_pin(ns_store *s, ns_store_db db, const void *key,
-                            size_t keylen, int pinned);
+netstash_error ns_store_body_put(ns_store *s, const uint8_t *data, size_t len, ns_coding coding,
+                                 const char *content_type, unsigned flags, uint8_t *out_hash);
+netstash_error ns_store_put(ns_store *s, ns_store_db db, const void *key, size_t keylen,
+                            const void *value, size_t len, const uint8_t *body_hash,
+                            uint32_t flags);
+netstash_error ns_store_del(ns_store *s, ns_store_db db, const void *key, size_t keylen);
+netstash_error ns_store_pin(ns_store *s, ns_store_db db, const void *key, size_t keylen,
+                            int pinned);
 
 /* Writes noted accesses back (also done by every ns_store_write). */
 netstash_error ns_store_flush_access(ns_store *s);
@@ -308,13 +299,13 @@ netstash_error ns_store_gc_step(ns_store *s, size_t max_items, int *more);
 netstash_error ns_store_evict(ns_store *s, uint64_t target, size_t *evicted);
 
 typedef struct ns_store_stats {
-  uint64_t used_bytes;     /* live pages of all databases x page size */
-  uint64_t map_size;       /* current map size */
+  uint64_t used_bytes; /* live pages of all databases x page size */
+  uint64_t map_size;   /* current map size */
   uint64_t records[NS_STORE_DB_COUNT_];
-  uint64_t bodies;         /* body headers */
+  uint64_t bodies; /* body headers */
   uint64_t gc_queued;
-  uint64_t evicted;        /* records evicted by this handle */
-  uint64_t map_grown;      /* map growths by this handle */
+  uint64_t evicted;   /* records evicted by this handle */
+  uint64_t map_grown; /* map growths by this handle */
 } ns_store_stats;
 netstash_error ns_store_get_stats(ns_store *s, ns_store_stats *st);
 

@@ -35,6 +35,9 @@ void ns_fetch_unref(netstash_fetch *f) {
   ns_free(&mem, f->hdrs);
   ns_url_free(&mem, &f->cur);
   ns_free(&mem, f->method_override);
+  ns_hc_entry_free(&f->hce);
+  ns_headers_free(&f->hc_req);
+  ns_buf_free(&f->hc_body);
   netstash_request_del(f->req);
   uv_cond_destroy(&f->cond);
   uv_mutex_destroy(&f->lock);
@@ -113,6 +116,9 @@ netstash_error netstash_fetch_start_versioned(netstash_ctx *ctx, netstash_reques
   ns_list_init(&f->node);
   ns_buf_init(&f->hdr_arena, &f->mem, 256 * 1024);
   ns_buf_init(&f->body, &f->mem, 0);
+  ns_hc_entry_init(&f->hce, &f->mem);
+  ns_headers_init(&f->hc_req, &f->mem);
+  ns_buf_init(&f->hc_body, &f->mem, 32u << 20);
   atomic_store(&req->frozen, 1);
   ns_request_ref(req);
   f->req = req;
@@ -257,7 +263,24 @@ const char *netstash_fetch_effective_url(const netstash_fetch *f) {
 }
 
 netstash_source netstash_fetch_source(const netstash_fetch *f) {
-  return (f && f->status) ? NETSTASH_SOURCE_NETWORK : NETSTASH_SOURCE_NONE;
+  if (!f || !f->status)
+    return NETSTASH_SOURCE_NONE;
+  return f->source ? f->source : NETSTASH_SOURCE_NETWORK;
+}
+
+const char *netstash_fetch_cache_reason(const netstash_fetch *f) {
+  return f ? f->cache_reason : "";
+}
+
+netstash_error ns_fetch_start_detached(netstash_ctx *ctx, netstash_request *req) {
+  netstash_fetch *f = NULL;
+  netstash_error rv = netstash_fetch_start(ctx, req, NULL, NULL, &f);
+  if (rv != NETSTASH_OK)
+    return rv;
+  f->detached = 1;
+  atomic_store(&f->orphaned, 1);
+  ns_fetch_unref(f); /* no caller: the loop's reference keeps it */
+  return NETSTASH_OK;
 }
 
 const char *netstash_fetch_error_detail(const netstash_fetch *f) {

@@ -13,6 +13,7 @@
 #include "core/ctx.h"
 #include "core/list.h"
 #include "core/url.h"
+#include "cache/httpcache.h"
 
 struct ns_decoder;
 struct ns_dns_query;
@@ -47,6 +48,9 @@ struct netstash_request {
 };
 
 void ns_request_ref(netstash_request *req);
+/* A new request with src's URL, method, headers, pins and top-level site
+ * (no body): for background revalidation. */
+netstash_error ns_request_clone(const netstash_request *src, netstash_request **out);
 
 typedef enum ns_fetch_state {
   NS_FETCH_NEW = 0,
@@ -108,9 +112,27 @@ struct netstash_fetch {
   uint64_t t_start, t_added, dns_us;
   uint64_t timing[6];
 
+  /* HTTP cache (ctx->hc) */
+  netstash_source source;
+  int hc_used;       /* the cache was consulted */
+  int hc_validating; /* conditional request for hce */
+  int hc_got_304;
+  int hc_sie;        /* serve hce: stale-if-error */
+  int hc_store;      /* keep the wire body to store it */
+  int hc_invalidate; /* unsafe method: invalidate on success */
+  int detached;      /* background revalidation: no caller */
+  ns_hc_entry hce;
+  ns_headers hc_req;
+  ns_buf hc_body;
+  int64_t req_time_ms, resp_time_ms;
+  char cache_reason[192];
+
   char detail[256];
   char errbuf[256]; /* CURL_ERROR_SIZE */
 };
+
+/* Starts a fetch nobody holds (background revalidation): refs = loop only. */
+netstash_error ns_fetch_start_detached(netstash_ctx *ctx, netstash_request *req);
 
 void ns_fetch_ref(netstash_fetch *f);
 /* Sets the one-line failure detail (truncated to fit). */

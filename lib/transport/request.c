@@ -283,3 +283,40 @@ netstash_error netstash_request_set_top_level_site(netstash_request *r, const ch
   r->top_level_site = u;
   return NETSTASH_OK;
 }
+
+netstash_error ns_request_clone(const netstash_request *src, netstash_request **out) {
+  netstash_request *r;
+  netstash_error rv;
+  size_t i;
+  *out = NULL;
+  rv = netstash_request_new(&r, src->url.url);
+  if (rv != NETSTASH_OK)
+    return rv;
+  for (i = 0; rv == NETSTASH_OK && i < src->nheaders; i++) {
+    char *c = ns_strdup(REQ_MEM, src->headers[i]);
+    rv = c ? push_str(&r->headers, &r->nheaders, &r->headers_cap, c) : NETSTASH_E_NOMEM;
+    if (rv != NETSTASH_OK)
+      ns_free(REQ_MEM, c);
+  }
+  for (i = 0; rv == NETSTASH_OK && i < src->nresolve; i++) {
+    char *c = ns_strdup(REQ_MEM, src->resolve[i]);
+    rv = c ? push_str(&r->resolve, &r->nresolve, &r->resolve_cap, c) : NETSTASH_E_NOMEM;
+    if (rv != NETSTASH_OK)
+      ns_free(REQ_MEM, c);
+  }
+  if (rv == NETSTASH_OK && src->top_level_site.url)
+    rv = netstash_request_set_top_level_site(r, src->top_level_site.url);
+  if (rv == NETSTASH_OK && src->method)
+    rv = netstash_request_set_method(r, src->method);
+  if (rv != NETSTASH_OK) {
+    netstash_request_del(r);
+    return rv;
+  }
+  r->has_accept_encoding = src->has_accept_encoding;
+  r->http_version = src->http_version;
+  r->priority = src->priority;
+  r->timeout_ms = src->timeout_ms ? src->timeout_ms : 30000;
+  r->connect_timeout_ms = src->connect_timeout_ms;
+  *out = r;
+  return NETSTASH_OK;
+}

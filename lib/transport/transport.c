@@ -20,6 +20,7 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <time.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -27,6 +28,8 @@
 #include <openssl/ssl.h>
 #include <uv.h>
 
+#include "cache/httpcache.h"
+#include "core/headers.h"
 #include "core/log.h"
 #include "dns/dns.h"
 #include "transport/decode.h"
@@ -64,6 +67,14 @@ static void ssl_index_init(void) {
 
 static void check_done(ns_transport *tr);
 static void start_hop(netstash_fetch *f);
+static void end_fetch(netstash_fetch *f, netstash_error err);
+static void serve_cached(netstash_fetch *f, netstash_source source);
+
+static int64_t wall_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
 
 /* ------------------------------------------------------------ sockets */
 
@@ -261,6 +272,18 @@ static int head_end(netstash_fetch *f) {
   const char *ce;
   if (f->status < 200)
     return 1; /* 1xx: another block follows (RFC 9110 15.2) */
+  f->resp_time_ms = wall_ms();
+  if (f->hc_validating) {
+    if (f->status == 304) {
+      f->hc_got_304 = 1; /* answered from the stored body at the end */
+      return 1;
+    }
+    if (f->hce.decision.stale_if_error &&
+        (f->status == 500 || f->status == 502 || f->status == 503 || f->status == 504)) {
+      f->hc_sie = 1; /* RFC 5861 §4: serve the stored response instead */
+      return 1;
+    }
+  }
   if (f->status >= 300 && f->status < 400 && f->req->follow &&
       netstash_fetch_header(f, "location") &&
       !((f->status == 307 || f->status == 308) && f->req->body_cb)) {
@@ -292,22 +315,12 @@ static int head_end(netstash_fetch *f) {
   return 1;
 }
 
-static netstash_error add_header(netstash_fetch *f, const char *line, size_t len) {
-  const char *colon = memchr(line, ':', len);
-  size_t nlen, vstart, vend, i, bytes;
+static netstash_error add_header_nv(netstash_fetch *f, const char *name, size_t nlen,
+                                    const char *value, size_t vlen) {
+  size_t i, bytes;
   ns_header *h;
   netstash_error rv;
   uint32_t name_off, value_off;
-
-  if (!colon || colon == line)
-    return NETSTASH_OK; /* not a field line: ignore, as browsers do */
-  nlen = (size_t)(colon - line);
-  vstart = nlen + 1;
-  vend = len;
-  while (vstart < vend && (line[vstart] == ' ' || line[vstart] == '\t'))
-    vstart++;
-  while (vend > vstart && (line[vend - 1] == ' ' || line[vend - 1] == '\t'))
-    vend--;
   if (f->nhdrs == f->hdrs_cap) {
     size_t ncap = f->hdrs_cap ? f->hdrs_cap * 2 : 16;
     if (ncap > 4096)
@@ -322,20 +335,35 @@ static netstash_error add_header(netstash_fetch *f, const char *line, size_t len
   }
   name_off = (uint32_t)f->hdr_arena.len;
   for (i = 0; i < nlen; i++) {
-    char c = ns_ascii_lower(line[i]);
+    char c = ns_ascii_lower(name[i]);
     if ((rv = ns_buf_append(&f->hdr_arena, &c, 1)) != NETSTASH_OK)
       return rv;
   }
   if ((rv = ns_buf_append(&f->hdr_arena, "", 1)) != NETSTASH_OK)
     return rv;
   value_off = (uint32_t)f->hdr_arena.len;
-  if ((rv = ns_buf_append(&f->hdr_arena, line + vstart, vend - vstart)) != NETSTASH_OK ||
+  if ((rv = ns_buf_append(&f->hdr_arena, value, vlen)) != NETSTASH_OK ||
       (rv = ns_buf_append(&f->hdr_arena, "", 1)) != NETSTASH_OK)
     return rv;
   f->hdrs[f->nhdrs].name_off = name_off;
   f->hdrs[f->nhdrs].value_off = value_off;
   f->nhdrs++;
   return NETSTASH_OK;
+}
+
+static netstash_error add_header(netstash_fetch *f, const char *line, size_t len) {
+  const char *colon = memchr(line, ':', len);
+  size_t nlen, vstart, vend;
+  if (!colon || colon == line)
+    return NETSTASH_OK; /* not a field line: ignore, as browsers do */
+  nlen = (size_t)(colon - line);
+  vstart = nlen + 1;
+  vend = len;
+  while (vstart < vend && (line[vstart] == ' ' || line[vstart] == '\t'))
+    vstart++;
+  while (vend > vstart && (line[vend - 1] == ' ' || line[vend - 1] == '\t'))
+    vend--;
+  return add_header_nv(f, line, nlen, line + vstart, vend - vstart);
 }
 
 static size_t hdr_cb(char *buf, size_t size, size_t n, void *ud) {
@@ -386,8 +414,12 @@ static size_t write_cb(char *data, size_t size, size_t n, void *ud) {
   netstash_fetch *f = ud;
   size_t len = size * n;
   netstash_error rv;
-  if (f->redirecting)
-    return len; /* body of a redirect we follow: discarded */
+  if (f->redirecting || f->hc_got_304 || f->hc_sie)
+    return len; /* body of a redirect we follow, of a 304, of a 5xx we replace */
+  if (f->hc_store && ns_buf_append(&f->hc_body, data, len) != NETSTASH_OK) {
+    f->hc_store = 0; /* too large for the cache: keep streaming, store nothing */
+    ns_buf_free(&f->hc_body);
+  }
   if (!f->head_delivered)
     deliver_head(f);
   f->wire_bytes += len;
@@ -581,15 +613,84 @@ static void follow_redirect(netstash_fetch *f) {
     }
   }
   reset_response(f);
+  f->hc_validating = 0; /* the cache was consulted for the first URL only */
+  ns_buf_reset(&f->hc_body);
   curl_slist_free_all(f->resolve_list);
   f->resolve_list = NULL;
   curl_easy_setopt(f->easy, CURLOPT_RESOLVE, NULL);
   start_hop(f);
 }
 
+/* The response head as an ns_headers (for the cache). */
+static netstash_error head_as_headers(const netstash_fetch *f, ns_headers *out) {
+  netstash_error rv = NETSTASH_OK;
+  for (size_t i = 0; rv == NETSTASH_OK && i < f->nhdrs; i++) {
+    const char *n = (const char *)f->hdr_arena.data + f->hdrs[i].name_off;
+    const char *v = (const char *)f->hdr_arena.data + f->hdrs[i].value_off;
+    rv = ns_headers_add(out, n, strlen(n), v, strlen(v));
+    if (rv == NETSTASH_E_INVALID_ARGUMENT)
+      rv = NETSTASH_OK; /* a field the cache cannot keep: drop it */
+  }
+  return rv;
+}
+
+static void cache_after_response(netstash_fetch *f) {
+  ns_httpcache *hc = f->ctx->hc;
+  ns_headers resp;
+  const char *why = NULL;
+  const char *method = f->req->method ? f->req->method : (f->req->has_body ? "POST" : "GET");
+  const char *top = f->req->top_level_site.url;
+  int stored = 0;
+  netstash_error rv;
+  if (!hc || (!f->hc_store && !f->hc_invalidate))
+    return;
+  ns_headers_init(&resp, &f->mem);
+  rv = head_as_headers(f, &resp);
+  if (rv == NETSTASH_OK && f->hc_invalidate)
+    rv = ns_httpcache_invalidate(hc, top, method, f->cur.url, f->status, &resp);
+  if (rv == NETSTASH_OK && f->hc_store) {
+    rv = ns_httpcache_store(hc, top, f->cur.url, method, &f->hc_req, f->status, &resp,
+                            f->hc_body.data ? f->hc_body.data : (const uint8_t *)"",
+                            f->hc_body.len, f->req_time_ms, f->resp_time_ms, &stored, &why);
+    if (rv == NETSTASH_OK) {
+      size_t l = strlen(f->cache_reason);
+      snprintf(f->cache_reason + l, sizeof(f->cache_reason) - l, "%s%s%s", l ? "; " : "",
+               stored ? "stored" : "not stored: ", stored ? "" : (why ? why : "?"));
+    }
+  }
+  if (rv != NETSTASH_OK)
+    NS_WARN(f->ctx, MOD, "cache update for %s failed: %s", f->cur.url, netstash_strerror(rv));
+  ns_headers_free(&resp);
+  ns_buf_free(&f->hc_body);
+}
+
 static void hop_done(netstash_fetch *f, CURLcode res) {
   netstash_error err;
   hop_timings(f);
+  if (res == CURLE_OK && f->fail == NETSTASH_OK && f->hc_got_304) {
+    ns_headers h304;
+    ns_cache_stored st = {f->hce.status, &f->hce.headers, &f->hce.vary,
+                          f->hce.request_time_ms, f->hce.response_time_ms};
+    ns_headers_init(&h304, &f->mem);
+    err = head_as_headers(f, &h304);
+    if (err == NETSTASH_OK && ns_cache_304_matches(&st, &h304))
+      err = ns_httpcache_update_304(f->ctx->hc, &f->hce, &h304, f->req_time_ms,
+                                    f->resp_time_ms);
+    ns_headers_free(&h304);
+    if (err != NETSTASH_OK)
+      NS_WARN(f->ctx, MOD, "304 for %s not applied: %s", f->cur.url, netstash_strerror(err));
+    snprintf(f->cache_reason, sizeof(f->cache_reason), "revalidated (304): %s",
+             f->hce.decision.reason);
+    serve_cached(f, NETSTASH_SOURCE_REVALIDATED);
+    return;
+  }
+  if (f->hc_validating && f->hce.decision.stale_if_error &&
+      (f->hc_sie || res != CURLE_OK)) {
+    snprintf(f->cache_reason, sizeof(f->cache_reason), "stale-if-error (%s): %s",
+             f->hc_sie ? "server error" : "network error", f->hce.decision.reason);
+    serve_cached(f, NETSTASH_SOURCE_CACHE);
+    return;
+  }
   if (res == CURLE_OK && f->fail == NETSTASH_OK) {
     if (f->redirecting) {
       follow_redirect(f);
@@ -608,6 +709,7 @@ static void hop_done(netstash_fetch *f, CURLcode res) {
         return;
       }
     }
+    cache_after_response(f);
     end_fetch(f, NETSTASH_OK);
     return;
   }
@@ -638,6 +740,7 @@ static void add_to_multi(netstash_fetch *f) {
   curl_easy_setopt(f->easy, CURLOPT_URL, f->cur.url);
   f->errbuf[0] = 0;
   f->t_added = ns_now_us();
+  f->req_time_ms = wall_ms();
   f->state = NS_FETCH_ACTIVE;
   mc = curl_multi_add_handle(tr->multi, f->easy);
   if (mc != CURLM_OK) {
@@ -873,6 +976,177 @@ static netstash_error setup_easy(netstash_fetch *f) {
   return NETSTASH_OK;
 }
 
+/* ------------------------------------------------------------ HTTP cache */
+
+static const char *method_of(const netstash_request *req) {
+  return req->method ? req->method : (req->has_body ? "POST" : "GET");
+}
+
+/* Answers the fetch from f->hce (the stored response) and ends it. */
+static void serve_cached(netstash_fetch *f, netstash_source source) {
+  ns_transport *tr = f->ctx->transport;
+  const ns_header_field *fld;
+  size_t it = 0;
+  netstash_error rv = NETSTASH_OK;
+  if (f->easy && f->state == NS_FETCH_ACTIVE) {
+    curl_multi_remove_handle(tr->multi, f->easy);
+    f->state = NS_FETCH_NEW;
+  }
+  reset_response(f);
+  f->status = f->hce.status;
+  while (rv == NETSTASH_OK && (fld = ns_headers_next(&f->hce.headers, &it, NULL)) != NULL)
+    rv = add_header_nv(f, fld->name, fld->name_len, fld->value, fld->value_len);
+  if (rv != NETSTASH_OK) {
+    ns_fetch_detail(f, "cannot rebuild the stored response head: %s", netstash_strerror(rv));
+    end_fetch(f, rv);
+    return;
+  }
+  f->source = source;
+  if (source == NETSTASH_SOURCE_CACHE) {
+    f->proto = NETSTASH_HTTP_ANY;
+    f->tls_version[0] = f->tls_cipher[0] = 0;
+  }
+  f->timing[NETSTASH_TIMING_TTFB] = ns_now_us() - f->t_start;
+  deliver_head(f);
+  if (strcmp(method_of(f->req), "HEAD") != 0)
+    rv = ns_httpcache_serve_body(f->ctx->hc, &f->hce, f->req->raw, f->max_body, deliver, f);
+  if (rv == NETSTASH_E_NOT_FOUND) {
+    ns_fetch_detail(f, "the stored body of %s went away (evicted); retry", f->cur.url);
+    rv = NETSTASH_E_NOT_CACHED;
+  } else if (rv != NETSTASH_OK && !f->detail[0]) {
+    ns_fetch_detail(f, "reading the stored body: %s", netstash_strerror(rv));
+  }
+  end_fetch(f, rv);
+}
+
+/* stale-while-revalidate: a detached fetch refreshes the entry. */
+static void start_revalidation(netstash_fetch *f) {
+  netstash_request *r = NULL;
+  if (f->detached)
+    return;
+  if (ns_request_clone(f->req, &r) != NETSTASH_OK)
+    return;
+  r->cache_mode = NETSTASH_CACHE_VALIDATE;
+  if (ns_fetch_start_detached(f->ctx, r) != NETSTASH_OK)
+    NS_WARN(f->ctx, MOD, "background revalidation of %s not started", f->cur.url);
+  netstash_request_del(r);
+}
+
+static netstash_error add_validators(netstash_fetch *f, int *added) {
+  ns_headers v;
+  ns_cache_stored st = {f->hce.status, &f->hce.headers, &f->hce.vary,
+                        f->hce.request_time_ms, f->hce.response_time_ms};
+  const ns_header_field *fld;
+  size_t it = 0;
+  netstash_error rv;
+  ns_buf line;
+  ns_headers_init(&v, &f->mem);
+  ns_buf_init(&line, &f->mem, 16384);
+  rv = ns_cache_add_validators(&st, &v, added);
+  while (rv == NETSTASH_OK && (fld = ns_headers_next(&v, &it, NULL)) != NULL) {
+    struct curl_slist *l;
+    ns_buf_reset(&line);
+    rv = ns_buf_printf(&line, "%s: %s", fld->name, fld->value);
+    if (rv == NETSTASH_OK) {
+      l = curl_slist_append(f->hdr_list, ns_buf_str(&line));
+      if (!l)
+        rv = NETSTASH_E_NOMEM;
+      else
+        f->hdr_list = l;
+    }
+  }
+  if (rv == NETSTASH_OK)
+    curl_easy_setopt(f->easy, CURLOPT_HTTPHEADER, f->hdr_list);
+  ns_buf_free(&line);
+  ns_headers_free(&v);
+  return rv;
+}
+
+/* Consults the HTTP cache before the network. Returns 1 when the fetch was
+ * answered (or failed) from the cache. */
+static int cache_consult(netstash_fetch *f) {
+  ns_httpcache *hc = f->ctx->hc;
+  netstash_request *req = f->req;
+  const char *method = method_of(req);
+  int is_get = strcmp(method, "GET") == 0, is_head = strcmp(method, "HEAD") == 0;
+  netstash_error rv = NETSTASH_OK;
+  size_t i;
+  int added = 0;
+
+  if (!hc) {
+    if (req->cache_mode == NETSTASH_CACHE_ONLY_IF_CACHED) {
+      ns_fetch_detail(f, "only-if-cached, and the context has no HTTP cache (no profile)");
+      end_fetch(f, NETSTASH_E_NOT_CACHED);
+      return 1;
+    }
+    return 0;
+  }
+  if (!is_get && !is_head) {
+    /* RFC 9111 §4.4: unsafe methods invalidate on success */
+    f->hc_invalidate = strcmp(method, "OPTIONS") != 0 && strcmp(method, "TRACE") != 0;
+    return 0;
+  }
+  if (req->cache_mode == NETSTASH_CACHE_BYPASS) {
+    snprintf(f->cache_reason, sizeof(f->cache_reason), "bypassed");
+    return 0;
+  }
+  for (i = 0; rv == NETSTASH_OK && i < req->nheaders; i++) {
+    const char *l = req->headers[i];
+    size_t n = strlen(l);
+    if (n && l[n - 1] == ';')
+      continue; /* "Name;" = empty value: nothing to match on */
+    rv = ns_headers_add_line(&f->hc_req, l, n);
+  }
+  if (rv == NETSTASH_OK && !req->has_accept_encoding)
+    rv = ns_headers_add_str(&f->hc_req, "accept-encoding", "br, gzip");
+  /* Cache modes as the request directives they mean (RFC 9111 §5.2.1). */
+  if (rv == NETSTASH_OK && req->cache_mode == NETSTASH_CACHE_VALIDATE)
+    rv = ns_headers_add_str(&f->hc_req, "cache-control", "no-cache");
+  else if (rv == NETSTASH_OK && req->cache_mode == NETSTASH_CACHE_SKIP_VALIDATION)
+    rv = ns_headers_add_str(&f->hc_req, "cache-control", "max-stale");
+  else if (rv == NETSTASH_OK && req->cache_mode == NETSTASH_CACHE_ONLY_IF_CACHED)
+    rv = ns_headers_add_str(&f->hc_req, "cache-control", "only-if-cached, max-stale");
+  if (rv == NETSTASH_OK)
+    rv = ns_httpcache_lookup(hc, req->top_level_site.url, f->cur.url, method, &f->hc_req,
+                             wall_ms(), &f->hce);
+  if (rv != NETSTASH_OK) {
+    NS_WARN(f->ctx, MOD, "cache lookup for %s failed: %s", f->cur.url, netstash_strerror(rv));
+    snprintf(f->cache_reason, sizeof(f->cache_reason), "cache unavailable: %s",
+             netstash_strerror(rv));
+    f->hc_store = is_get && rv != NETSTASH_E_STORE_CORRUPT;
+    return 0;
+  }
+  f->hc_used = 1;
+  snprintf(f->cache_reason, sizeof(f->cache_reason), "%s", f->hce.decision.reason);
+  switch (f->hce.decision.verdict) {
+  case NS_CACHE_FRESH:
+    serve_cached(f, NETSTASH_SOURCE_CACHE);
+    return 1;
+  case NS_CACHE_STALE_WHILE_REVALIDATE:
+    start_revalidation(f);
+    serve_cached(f, NETSTASH_SOURCE_CACHE);
+    return 1;
+  case NS_CACHE_REVALIDATE:
+  case NS_CACHE_MUST_REVALIDATE:
+    rv = add_validators(f, &added);
+    if (rv != NETSTASH_OK) {
+      end_fetch(f, rv);
+      return 1;
+    }
+    f->hc_validating = added > 0;
+    f->hc_store = is_get;
+    return 0;
+  case NS_CACHE_GATEWAY_TIMEOUT:
+    ns_fetch_detail(f, "not in the cache (only-if-cached): %s", f->hce.decision.reason);
+    end_fetch(f, NETSTASH_E_NOT_CACHED);
+    return 1;
+  case NS_CACHE_MISS:
+    break;
+  }
+  f->hc_store = is_get;
+  return 0;
+}
+
 void ns_transport_start(netstash_fetch *f) {
   ns_transport *tr = f->ctx->transport;
   netstash_error rv;
@@ -896,6 +1170,8 @@ void ns_transport_start(netstash_fetch *f) {
     end_fetch(f, rv);
     return;
   }
+  if (cache_consult(f))
+    return;
   start_hop(f);
 }
 

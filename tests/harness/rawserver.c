@@ -72,7 +72,11 @@ typedef struct request {
   long long content_length; /* -1 if absent */
   char *body;
   size_t body_len;
+  char if_none_match[128];
+  char accept_language[64];
 } request;
+
+static atomic_ulong g_cache_hits, g_sie_hits;
 
 static int send_all(int fd, const void *data, size_t len) {
   const char *p = data;
@@ -267,6 +271,10 @@ static int read_request(conn *c, request *rq) {
           rq->keep_alive = 1;
         else if (strcasecmp(name, "Expect") == 0 && strcasecmp(value, "100-continue") == 0)
           rq->expect_continue = 1;
+        else if (strcasecmp(name, "If-None-Match") == 0)
+          snprintf(rq->if_none_match, sizeof(rq->if_none_match), "%.127s", value);
+        else if (strcasecmp(name, "Accept-Language") == 0)
+          snprintf(rq->accept_language, sizeof(rq->accept_language), "%.63s", value);
       }
     }
     line = next + 2;
@@ -445,6 +453,67 @@ static int handle(conn *c, request *rq) {
       snprintf(loc, sizeof(loc), "Location: /redirect/%ld\r\nContent-Type: text/plain\r\n", r - 1);
       n = snprintf(body, sizeof(body), "redirecting to /redirect/%ld\n", r - 1);
       return respond(c, rq, 302, loc, body, (size_t)n, 0) == 0 && rq->keep_alive;
+    }
+  }
+
+  /* HTTP cache behaviours (tests/integration/cache_test.c). Every body
+   * carries n=<count of /cache/ requests served>, so a test can tell a
+   * network answer from a cached one. */
+  if (strncmp(p, "/cache/", 7) == 0) {
+    unsigned long k = atomic_fetch_add(&g_cache_hits, 1) + 1;
+    char extra[256];
+    const char *q = p + 7;
+    if (strcmp(rq->method, "GET") != 0 && strcmp(rq->method, "HEAD") != 0) {
+      n = snprintf(body, sizeof(body), "%s done n=%lu", rq->method, k);
+      return respond(c, rq, 200, "Content-Type: text/plain\r\n", body, (size_t)n, 0) == 0 &&
+             rq->keep_alive;
+    }
+    if (strncmp(q, "max-age/", 8) == 0) {
+      snprintf(extra, sizeof(extra),
+               "Content-Type: text/plain\r\nCache-Control: max-age=%ld\r\nETag: \"v1\"\r\n",
+               strtol(q + 8, NULL, 10));
+      n = snprintf(body, sizeof(body), "max-age n=%lu", k);
+      return respond(c, rq, 200, extra, body, (size_t)n, 0) == 0 && rq->keep_alive;
+    }
+    if (strncmp(q, "etag", 4) == 0) {
+      const char *h = "Content-Type: text/plain\r\nCache-Control: no-cache\r\nETag: \"e1\"\r\n"
+                      "X-Served: origin\r\n";
+      if (strcmp(rq->if_none_match, "\"e1\"") == 0)
+        return respond(c, rq, 304, "Cache-Control: no-cache\r\nETag: \"e1\"\r\n"
+                       "X-Revalidated: yes\r\n", NULL, 0, 1) == 0 && rq->keep_alive;
+      n = snprintf(body, sizeof(body), "etag n=%lu", k);
+      return respond(c, rq, 200, h, body, (size_t)n, 0) == 0 && rq->keep_alive;
+    }
+    if (strcmp(q, "swr") == 0) {
+      n = snprintf(body, sizeof(body), "swr n=%lu", k);
+      return respond(c, rq, 200,
+                     "Content-Type: text/plain\r\n"
+                     "Cache-Control: max-age=1, stale-while-revalidate=600\r\n",
+                     body, (size_t)n, 0) == 0 && rq->keep_alive;
+    }
+    if (strcmp(q, "vary") == 0) {
+      n = snprintf(body, sizeof(body), "lang=%s n=%lu", rq->accept_language, k);
+      return respond(c, rq, 200,
+                     "Content-Type: text/plain\r\nCache-Control: max-age=600\r\n"
+                     "Vary: Accept-Language\r\n",
+                     body, (size_t)n, 0) == 0 && rq->keep_alive;
+    }
+    if (strcmp(q, "no-store") == 0) {
+      n = snprintf(body, sizeof(body), "no-store n=%lu", k);
+      return respond(c, rq, 200, "Content-Type: text/plain\r\nCache-Control: no-store\r\n",
+                     body, (size_t)n, 0) == 0 && rq->keep_alive;
+    }
+    if (strcmp(q, "sie") == 0) {
+      if (atomic_fetch_add(&g_sie_hits, 1) == 0) {
+        n = snprintf(body, sizeof(body), "sie n=%lu", k);
+        return respond(c, rq, 200,
+                       "Content-Type: text/plain\r\n"
+                       "Cache-Control: max-age=1, stale-if-error=600\r\n",
+                       body, (size_t)n, 0) == 0 && rq->keep_alive;
+      }
+      n = snprintf(body, sizeof(body), "broken n=%lu", k);
+      return respond(c, rq, 503, "Content-Type: text/plain\r\n", body, (size_t)n, 0) == 0 &&
+             rq->keep_alive;
     }
   }
 

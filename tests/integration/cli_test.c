@@ -211,9 +211,58 @@ static void test_verbose_and_headers(void **state) {
   free(err);
 }
 
+/* --profile goes through the HTTP cache: source, cache_reason, --no-cache;
+ * a one-shot run that serves stale-while-revalidate stores the refresh
+ * before it exits. */
+static void test_cli_cache(void **state) {
+  char args[1024], *out, *prof = strdup(nst_path("cli-profile"));
+  json_t *j;
+  char first[128];
+  (void)state;
+  snprintf(args, sizeof(args), "get --json --profile %s http://127.0.0.1:%d/cache/max-age/600/cli",
+           prof, raw.port);
+  assert_int_equal(run(args, &out, NULL), 0);
+  j = parse_one_object(out);
+  assert_string_equal(json_string_value(json_object_get(j, "source")), "network");
+  assert_non_null(strstr(json_string_value(json_object_get(j, "cache_reason")), "stored"));
+  json_decref(j);
+  free(out);
+  assert_int_equal(run(args, &out, NULL), 0);
+  j = parse_one_object(out);
+  assert_string_equal(json_string_value(json_object_get(j, "source")), "cache");
+  assert_non_null(strstr(json_string_value(json_object_get(j, "cache_reason")), "fresh"));
+  json_decref(j);
+  free(out);
+  snprintf(args, sizeof(args),
+           "get --json --no-cache --profile %s http://127.0.0.1:%d/cache/max-age/600/cli", prof,
+           raw.port);
+  assert_int_equal(run(args, &out, NULL), 0);
+  j = parse_one_object(out);
+  assert_string_equal(json_string_value(json_object_get(j, "source")), "network");
+  json_decref(j);
+  free(out);
+
+  /* stale-while-revalidate across three one-shot runs */
+  snprintf(args, sizeof(args), "get --profile %s http://127.0.0.1:%d/cache/swr", prof, raw.port);
+  assert_int_equal(run(args, &out, NULL), 0);
+  snprintf(first, sizeof(first), "%s", out);
+  free(out);
+  usleep(2100000);
+  assert_int_equal(run(args, &out, NULL), 0);
+  assert_string_equal(out, first); /* stale, served at once */
+  free(out);
+  assert_int_equal(run(args, &out, NULL), 0);
+  assert_string_not_equal(out, first); /* the second run stored the refresh */
+  free(out);
+  free(prof);
+}
+
 static int setup(void **state) {
   const char *b = getenv("NST_BUILDDIR");
   (void)state;
+  /* the default profile (no --profile) lives under XDG_DATA_HOME: keep it in
+   * the test's work dir, not in the user's home */
+  setenv("XDG_DATA_HOME", nst_workdir(), 1);
   snprintf(cli, sizeof(cli), "%s/tools/netstash", b ? b : ".");
   if (access(cli, X_OK) != 0) {
     fprintf(stderr, "cli_test: %s not found (set NST_BUILDDIR)\n", cli);
@@ -235,6 +284,7 @@ int main(void) {
       cmocka_unit_test(test_json_contract),     cmocka_unit_test(test_body_stdout_and_file),
       cmocka_unit_test(test_http_error_status_exit_0), cmocka_unit_test(test_exit_codes),
       cmocka_unit_test(test_help),              cmocka_unit_test(test_verbose_and_headers),
+      cmocka_unit_test(test_cli_cache),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -1,0 +1,524 @@
+/*
+ * httpcache.c — RFC 9111 cache rules (cache.c) over the profile's store.
+ * See httpcache.h for the record layout.
+ */
+#include "ns_setup.h"
+
+#include <stdio.h>
+
+#include <openssl/evp.h>
+
+#include "cache/httpcache.h"
+#include "transport/decode.h"
+
+#define REC_VERSION 1
+#define REC_INDEX 1
+#define REC_VARIANT 2
+
+struct ns_httpcache {
+  const ns_mem *mem;
+  ns_store *store;
+  ns_store_reader *reader;
+  ns_cache_policy policy;
+  uint64_t max_entry;
+};
+
+/* ------------------------------------------------------------ encoding */
+
+static netstash_error put_u64(ns_buf *b, uint64_t v) {
+  uint8_t x[8];
+  for (int i = 0; i < 8; i++)
+    x[i] = (uint8_t)(v >> (56 - 8 * i));
+  return ns_buf_append(b, x, 8);
+}
+
+static int get_u64(const uint8_t **p, const uint8_t *end, uint64_t *v) {
+  if (end - *p < 8)
+    return 0;
+  *v = 0;
+  for (int i = 0; i < 8; i++)
+    *v = (*v << 8) | (*p)[i];
+  *p += 8;
+  return 1;
+}
+
+static netstash_error put_blob(ns_buf *b, const ns_buf *blob) {
+  netstash_error rv = put_u64(b, blob->len);
+  return rv != NETSTASH_OK ? rv : ns_buf_append(b, blob->data ? blob->data : (uint8_t *)"", blob->len);
+}
+
+static int get_blob(const uint8_t **p, const uint8_t *end, const uint8_t **data, size_t *len) {
+  uint64_t n;
+  if (!get_u64(p, end, &n) || n > (uint64_t)(end - *p))
+    return 0;
+  *data = *p;
+  *len = (size_t)n;
+  *p += n;
+  return 1;
+}
+
+/* variant: version, kind, req_time, resp_time, status, head blob, vary blob */
+static netstash_error encode_variant(const ns_mem *mem, int status, const ns_headers *head,
+                                     const ns_headers *vary, int64_t req_ms, int64_t resp_ms,
+                                     ns_buf *out) {
+  ns_buf h, v;
+  netstash_error rv;
+  uint8_t hdr[2] = {REC_VERSION, REC_VARIANT};
+  ns_buf_init(&h, mem, 16u << 20);
+  ns_buf_init(&v, mem, 1u << 20);
+  if ((rv = ns_headers_encode(head, &h)) == NETSTASH_OK &&
+      (rv = ns_headers_encode(vary, &v)) == NETSTASH_OK &&
+      (rv = ns_buf_append(out, hdr, 2)) == NETSTASH_OK &&
+      (rv = put_u64(out, (uint64_t)req_ms)) == NETSTASH_OK &&
+      (rv = put_u64(out, (uint64_t)resp_ms)) == NETSTASH_OK &&
+      (rv = put_u64(out, (uint64_t)status)) == NETSTASH_OK &&
+      (rv = put_blob(out, &h)) == NETSTASH_OK)
+    rv = put_blob(out, &v);
+  ns_buf_free(&h);
+  ns_buf_free(&v);
+  return rv;
+}
+
+static netstash_error decode_variant(const uint8_t *p, size_t len, ns_hc_entry *e) {
+  const uint8_t *end = p + len, *hb, *vb;
+  size_t hl, vl;
+  uint64_t rq, rs, st;
+  netstash_error rv;
+  if (len < 2 || p[0] != REC_VERSION || p[1] != REC_VARIANT)
+    return NETSTASH_E_STORE_CORRUPT;
+  p += 2;
+  if (!get_u64(&p, end, &rq) || !get_u64(&p, end, &rs) || !get_u64(&p, end, &st) ||
+      !get_blob(&p, end, &hb, &hl) || !get_blob(&p, end, &vb, &vl) || st < 100 || st > 999)
+    return NETSTASH_E_STORE_CORRUPT;
+  ns_headers_free(&e->headers);
+  ns_headers_free(&e->vary);
+  if ((rv = ns_headers_decode(&e->headers, hb, hl, NULL)) != NETSTASH_OK ||
+      (rv = ns_headers_decode(&e->vary, vb, vl, NULL)) != NETSTASH_OK)
+    return rv == NETSTASH_E_NOMEM ? rv : NETSTASH_E_STORE_CORRUPT;
+  e->request_time_ms = (int64_t)rq;
+  e->response_time_ms = (int64_t)rs;
+  e->status = (int)st;
+  return NETSTASH_OK;
+}
+
+/* The variant id: 16 hex digits of SHA-256 over the Vary snapshot. */
+static netstash_error variant_id(const ns_mem *mem, const ns_headers *vary, char out[17]) {
+  ns_buf b;
+  uint8_t md[32];
+  unsigned mdlen = 0;
+  netstash_error rv;
+  ns_buf_init(&b, mem, 1u << 20);
+  rv = ns_headers_encode(vary, &b);
+  if (rv == NETSTASH_OK &&
+      !EVP_Digest(b.data ? b.data : (uint8_t *)"", b.len, md, &mdlen, EVP_sha256(), NULL))
+    rv = NETSTASH_E_INTERNAL;
+  ns_buf_free(&b);
+  if (rv == NETSTASH_OK)
+    for (int i = 0; i < 8; i++)
+      snprintf(out + 2 * i, 3, "%02x", md[i]);
+  return rv;
+}
+
+static netstash_error primary_key(ns_httpcache *hc, const char *top, const char *url, ns_buf *out) {
+  ns_buf raw;
+  netstash_error rv;
+  ns_buf_init(&raw, hc->mem, 64 * 1024);
+  rv = ns_cache_key(&hc->policy, top, url, &raw);
+  if (rv == NETSTASH_OK)
+    rv = ns_cache_key_fit(ns_buf_str(&raw), raw.len, NS_STORE_KEY_MAX - 17, out);
+  ns_buf_free(&raw);
+  return rv;
+}
+
+static netstash_error variant_key(const ns_buf *primary, const char *id, ns_buf *out) {
+  netstash_error rv = ns_buf_append(out, primary->data, primary->len);
+  if (rv == NETSTASH_OK)
+    rv = ns_buf_append(out, "\n", 1);
+  return rv != NETSTASH_OK ? rv : ns_buf_append(out, id, 16);
+}
+
+/* ------------------------------------------------------------ lifecycle */
+
+netstash_error ns_httpcache_open(const ns_mem *mem, const ns_hc_config *cfg,
+                                 ns_httpcache **out, char *detail, size_t detail_len) {
+  ns_httpcache *hc;
+  ns_store_params p;
+  netstash_error rv;
+  *out = NULL;
+  hc = ns_calloc(mem, 1, sizeof(*hc));
+  if (!hc)
+    return NETSTASH_E_NOMEM;
+  hc->mem = mem;
+  ns_cache_policy_init(&hc->policy);
+  hc->policy.partition = cfg->partition;
+  hc->max_entry = cfg->max_entry ? cfg->max_entry : (32u << 20);
+  ns_store_params_init(&p);
+  p.mem = mem;
+  p.dir = cfg->profile_dir;
+  p.created_by = "netstash " PACKAGE_VERSION;
+  if (cfg->max_bytes)
+    p.size_limit = cfg->max_bytes;
+  rv = ns_store_open(&p, &hc->store, detail, detail_len);
+  if (rv == NETSTASH_OK)
+    rv = ns_store_reader_new(hc->store, &hc->reader);
+  if (rv != NETSTASH_OK) {
+    ns_httpcache_close(hc);
+    return rv;
+  }
+  *out = hc;
+  return NETSTASH_OK;
+}
+
+void ns_httpcache_close(ns_httpcache *hc) {
+  if (!hc)
+    return;
+  ns_store_reader_del(hc->reader);
+  if (hc->store)
+    ns_store_flush_access(hc->store);
+  ns_store_close(hc->store);
+  ns_free(hc->mem, hc);
+}
+
+const ns_cache_policy *ns_httpcache_policy(const ns_httpcache *hc) { return &hc->policy; }
+
+void ns_hc_entry_init(ns_hc_entry *e, const ns_mem *mem) {
+  memset(e, 0, sizeof(*e));
+  ns_buf_init(&e->primary, mem, NS_STORE_KEY_MAX);
+  ns_headers_init(&e->headers, mem);
+  ns_headers_init(&e->vary, mem);
+}
+
+void ns_hc_entry_free(ns_hc_entry *e) {
+  ns_buf_free(&e->primary);
+  ns_headers_free(&e->headers);
+  ns_headers_free(&e->vary);
+}
+
+/* ------------------------------------------------------------ lookup */
+
+netstash_error ns_httpcache_lookup(ns_httpcache *hc, const char *top, const char *url,
+                                   const char *method, const ns_headers *req, int64_t now_ms,
+                                   ns_hc_entry *e) {
+  ns_store_record rec;
+  netstash_error rv;
+  ns_cache_request creq = {method, url, req};
+  ns_cache_stored st;
+  ns_buf vk;
+  size_t i, n;
+  char ids[NS_HC_MAX_VARIANTS][17];
+
+  e->found = 0;
+  ns_buf_reset(&e->primary);
+  rv = primary_key(hc, top, url, &e->primary);
+  if (rv != NETSTASH_OK)
+    return rv;
+  rv = ns_store_read_begin(hc->reader);
+  if (rv != NETSTASH_OK)
+    return rv;
+  rv = ns_store_get(hc->reader, NS_STORE_HTTP, e->primary.data, e->primary.len, &rec);
+  n = 0;
+  if (rv == NETSTASH_OK) {
+    if (rec.value_len < 2 || rec.value[0] != REC_VERSION || rec.value[1] != REC_INDEX ||
+        (rec.value_len - 2) % 16 != 0) {
+      rv = NETSTASH_E_STORE_CORRUPT;
+    } else {
+      n = NS_MIN((rec.value_len - 2) / 16, (size_t)NS_HC_MAX_VARIANTS);
+      for (i = 0; i < n; i++) {
+        memcpy(ids[i], rec.value + 2 + 16 * i, 16);
+        ids[i][16] = 0;
+      }
+    }
+  } else if (rv == NETSTASH_E_NOT_FOUND) {
+    rv = NETSTASH_OK;
+  }
+  /* newest first: the first variant whose Vary snapshot matches wins */
+  ns_buf_init(&vk, hc->mem, NS_STORE_KEY_MAX);
+  for (i = 0; rv == NETSTASH_OK && i < n && !e->found; i++) {
+    ns_buf_reset(&vk);
+    if ((rv = variant_key(&e->primary, ids[i], &vk)) != NETSTASH_OK)
+      break;
+    if (ns_store_get(hc->reader, NS_STORE_HTTP, vk.data, vk.len, &rec) != NETSTASH_OK)
+      continue; /* evicted */
+    if (decode_variant(rec.value, rec.value_len, e) != NETSTASH_OK)
+      continue;
+    if (!ns_cache_vary_matches(&e->headers, &e->vary, req))
+      continue;
+    e->found = 1;
+    memcpy(e->variant_id, ids[i], 17);
+    e->has_body = rec.has_body;
+    if (rec.has_body)
+      memcpy(e->body_hash, rec.body_hash, NS_STORE_HASH_LEN);
+  }
+  ns_buf_free(&vk);
+  ns_store_read_end(hc->reader);
+  if (rv != NETSTASH_OK)
+    return rv;
+  if (e->found) {
+    st.status = e->status;
+    st.headers = &e->headers;
+    st.vary_request = &e->vary;
+    st.request_time_ms = e->request_time_ms;
+    st.response_time_ms = e->response_time_ms;
+    ns_cache_decide(&hc->policy, &creq, &st, now_ms, &e->decision);
+  } else {
+    ns_cache_decide(&hc->policy, &creq, NULL, now_ms, &e->decision);
+  }
+  return NETSTASH_OK;
+}
+
+netstash_error ns_httpcache_serve_body(ns_httpcache *hc, const ns_hc_entry *e, int raw,
+                                       uint64_t max_out, ns_decoder_sink sink, void *ud) {
+  ns_store_body b;
+  netstash_error rv;
+  if (!e->has_body)
+    return NETSTASH_OK;
+  rv = ns_store_read_begin(hc->reader);
+  if (rv != NETSTASH_OK)
+    return rv;
+  rv = ns_store_body_get(hc->reader, e->body_hash, &b);
+  if (rv == NETSTASH_OK) {
+    if (raw && !b.recompressed) {
+      /* as received: the chunks themselves */
+      uint64_t sent = 0;
+      for (uint32_t i = 0; rv == NETSTASH_OK && i < b.nchunks; i++) {
+        const uint8_t *d;
+        size_t l;
+        rv = ns_store_body_chunk(&b, i, &d, &l);
+        if (rv == NETSTASH_OK && l > max_out - sent)
+          rv = NETSTASH_E_TOO_LARGE;
+        if (rv == NETSTASH_OK) {
+          sent += l;
+          rv = sink(d, l, ud);
+        }
+      }
+    } else {
+      rv = ns_store_body_decode(&b, hc->mem, max_out, sink, ud);
+    }
+  }
+  ns_store_read_end(hc->reader);
+  return rv;
+}
+
+/* ------------------------------------------------------------ writes */
+
+typedef struct store_job {
+  ns_httpcache *hc;
+  const ns_buf *primary;
+  const char *id;
+  const ns_buf *value;
+  const uint8_t *body;
+  size_t body_len;
+  ns_coding coding;
+  const char *content_type;
+  int has_body;
+  int body_known; /* body_hash given: reference an existing body */
+  uint8_t hash[NS_STORE_HASH_LEN];
+} store_job;
+
+/* Index: the new id first, then the others (deduplicated, capped); ids that
+ * fall off the end lose their variant record. */
+static netstash_error update_index(ns_store_txn *t, const ns_buf *primary, const char *id,
+                                   const ns_mem *mem) {
+  ns_store_record rec;
+  uint8_t val[2 + 16 * NS_HC_MAX_VARIANTS];
+  size_t n = 0, len = 2, i;
+  netstash_error rv;
+  char old[NS_HC_MAX_VARIANTS + 1][17];
+  val[0] = REC_VERSION;
+  val[1] = REC_INDEX;
+  memcpy(val + 2, id, 16);
+  len += 16;
+  rv = ns_store_txn_get(t, NS_STORE_HTTP, primary->data, primary->len, &rec);
+  if (rv == NETSTASH_OK && rec.value_len >= 2 && rec.value[1] == REC_INDEX) {
+    n = NS_MIN((rec.value_len - 2) / 16, (size_t)NS_HC_MAX_VARIANTS);
+    for (i = 0; i < n; i++) {
+      memcpy(old[i], rec.value + 2 + 16 * i, 16);
+      old[i][16] = 0;
+    }
+  }
+  for (i = 0; i < n; i++) {
+    if (memcmp(old[i], id, 16) == 0)
+      continue;
+    if (len + 16 <= sizeof(val)) {
+      memcpy(val + len, old[i], 16);
+      len += 16;
+    } else {
+      ns_buf vk;
+      ns_buf_init(&vk, mem, NS_STORE_KEY_MAX);
+      if (variant_key(primary, old[i], &vk) == NETSTASH_OK)
+        ns_store_txn_del(t, NS_STORE_HTTP, vk.data, vk.len);
+      ns_buf_free(&vk);
+    }
+  }
+  return ns_store_txn_put(t, NS_STORE_HTTP, primary->data, primary->len, val, len, NULL, 0);
+}
+
+static netstash_error store_fn(ns_store_txn *t, void *ud) {
+  store_job *j = ud;
+  ns_buf vk;
+  netstash_error rv = NETSTASH_OK;
+  if (j->has_body && !j->body_known)
+    rv = ns_store_txn_body_put(t, j->body, j->body_len, j->coding, j->content_type, 0, j->hash);
+  if (rv != NETSTASH_OK)
+    return rv;
+  ns_buf_init(&vk, j->hc->mem, NS_STORE_KEY_MAX);
+  rv = variant_key(j->primary, j->id, &vk);
+  if (rv == NETSTASH_OK)
+    rv = ns_store_txn_put(t, NS_STORE_HTTP, vk.data, vk.len, j->value->data, j->value->len,
+                          j->has_body ? j->hash : NULL, 0);
+  ns_buf_free(&vk);
+  if (rv == NETSTASH_OK)
+    rv = update_index(t, j->primary, j->id, j->hc->mem);
+  return rv;
+}
+
+netstash_error ns_httpcache_store(ns_httpcache *hc, const char *top, const char *url,
+                                  const char *method, const ns_headers *req, int status,
+                                  const ns_headers *resp, const uint8_t *body, size_t len,
+                                  int64_t req_ms, int64_t resp_ms, int *stored,
+                                  const char **why_not) {
+  ns_cache_request creq = {method, url, req};
+  ns_headers head, vary;
+  ns_buf primary, value;
+  store_job j;
+  char id[17];
+  const char *ce;
+  ns_coding codings[NS_DECODE_MAX_LAYERS];
+  int nc = 0;
+  netstash_error rv;
+
+  *stored = 0;
+  if (!ns_cache_storable(&creq, status, resp, why_not))
+    return NETSTASH_OK;
+  if (len > hc->max_entry) {
+    if (why_not)
+      *why_not = "body larger than the cache's entry limit";
+    return NETSTASH_OK;
+  }
+  ce = ns_headers_get(resp, "content-encoding");
+  if (ce) {
+    nc = ns_coding_parse(ce, strlen(ce), codings);
+    if (nc < 0 || nc > 1 || (nc == 1 && codings[0] == NS_CODING_DEFLATE)) {
+      if (why_not)
+        *why_not = "content coding not stored (only identity, gzip, br)";
+      return NETSTASH_OK;
+    }
+  }
+  ns_headers_init(&head, hc->mem);
+  ns_headers_init(&vary, hc->mem);
+  ns_buf_init(&primary, hc->mem, NS_STORE_KEY_MAX);
+  ns_buf_init(&value, hc->mem, 32u << 20);
+  if ((rv = ns_headers_copy(&head, resp)) == NETSTASH_OK &&
+      (rv = ns_cache_prepare_for_storage(&head, resp_ms)) == NETSTASH_OK &&
+      (rv = ns_cache_vary_snapshot(resp, req, &vary)) == NETSTASH_OK &&
+      (rv = variant_id(hc->mem, &vary, id)) == NETSTASH_OK &&
+      (rv = primary_key(hc, top, url, &primary)) == NETSTASH_OK &&
+      (rv = encode_variant(hc->mem, status, &head, &vary, req_ms, resp_ms, &value)) ==
+          NETSTASH_OK) {
+    memset(&j, 0, sizeof(j));
+    j.hc = hc;
+    j.primary = &primary;
+    j.id = id;
+    j.value = &value;
+    j.body = body;
+    j.body_len = len;
+    j.coding = nc == 1 ? codings[0] : NS_CODING_IDENTITY;
+    j.content_type = ns_headers_get(resp, "content-type");
+    j.has_body = 1;
+    rv = ns_store_write(hc->store, store_fn, &j);
+    if (rv == NETSTASH_OK)
+      *stored = 1;
+  }
+  ns_headers_free(&head);
+  ns_headers_free(&vary);
+  ns_buf_free(&primary);
+  ns_buf_free(&value);
+  return rv;
+}
+
+netstash_error ns_httpcache_update_304(ns_httpcache *hc, ns_hc_entry *e,
+                                       const ns_headers *resp304, int64_t req_ms,
+                                       int64_t resp_ms) {
+  ns_buf value;
+  store_job j;
+  netstash_error rv;
+  rv = ns_cache_merge_304(&e->headers, resp304);
+  if (rv != NETSTASH_OK)
+    return rv;
+  e->request_time_ms = req_ms;
+  e->response_time_ms = resp_ms;
+  ns_buf_init(&value, hc->mem, 32u << 20);
+  rv = encode_variant(hc->mem, e->status, &e->headers, &e->vary, req_ms, resp_ms, &value);
+  if (rv == NETSTASH_OK) {
+    memset(&j, 0, sizeof(j));
+    j.hc = hc;
+    j.primary = &e->primary;
+    j.id = e->variant_id;
+    j.value = &value;
+    j.has_body = e->has_body;
+    j.body_known = 1;
+    memcpy(j.hash, e->body_hash, NS_STORE_HASH_LEN);
+    rv = ns_store_write(hc->store, store_fn, &j);
+  }
+  ns_buf_free(&value);
+  return rv;
+}
+
+typedef struct inval_job {
+  ns_httpcache *hc;
+  ns_buf keys[NS_CACHE_MAX_INVALIDATE];
+  size_t n;
+} inval_job;
+
+static netstash_error inval_fn(ns_store_txn *t, void *ud) {
+  inval_job *j = ud;
+  for (size_t k = 0; k < j->n; k++) {
+    ns_store_record rec;
+    if (ns_store_txn_get(t, NS_STORE_HTTP, j->keys[k].data, j->keys[k].len, &rec) != NETSTASH_OK)
+      continue;
+    if (rec.value_len >= 2 && rec.value[1] == REC_INDEX) {
+      size_t n = NS_MIN((rec.value_len - 2) / 16, (size_t)NS_HC_MAX_VARIANTS);
+      char ids[NS_HC_MAX_VARIANTS][17];
+      for (size_t i = 0; i < n; i++) {
+        memcpy(ids[i], rec.value + 2 + 16 * i, 16);
+        ids[i][16] = 0;
+      }
+      for (size_t i = 0; i < n; i++) {
+        ns_buf vk;
+        ns_buf_init(&vk, j->hc->mem, NS_STORE_KEY_MAX);
+        if (variant_key(&j->keys[k], ids[i], &vk) == NETSTASH_OK)
+          ns_store_txn_del(t, NS_STORE_HTTP, vk.data, vk.len);
+        ns_buf_free(&vk);
+      }
+    }
+    ns_store_txn_del(t, NS_STORE_HTTP, j->keys[k].data, j->keys[k].len);
+  }
+  return NETSTASH_OK;
+}
+
+netstash_error ns_httpcache_invalidate(ns_httpcache *hc, const char *top, const char *method,
+                                       const char *url, int status, const ns_headers *resp) {
+  ns_cache_invalidation inv;
+  inval_job j;
+  netstash_error rv;
+  size_t k;
+  memset(&inv, 0, sizeof(inv));
+  rv = ns_cache_invalidation_targets(hc->mem, &hc->policy, top, method, url, status, resp, &inv);
+  if (rv != NETSTASH_OK || inv.n == 0) {
+    ns_cache_invalidation_free(hc->mem, &inv);
+    return rv;
+  }
+  memset(&j, 0, sizeof(j));
+  j.hc = hc;
+  for (k = 0; k < inv.n && rv == NETSTASH_OK; k++) {
+    ns_buf_init(&j.keys[k], hc->mem, NS_STORE_KEY_MAX);
+    j.n++;
+    rv = ns_cache_key_fit(inv.key[k], strlen(inv.key[k]), NS_STORE_KEY_MAX - 17, &j.keys[k]);
+  }
+  if (rv == NETSTASH_OK)
+    rv = ns_store_write(hc->store, inval_fn, &j);
+  for (k = 0; k < j.n; k++)
+    ns_buf_free(&j.keys[k]);
+  ns_cache_invalidation_free(hc->mem, &inv);
+  return rv;
+}

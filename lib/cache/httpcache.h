@@ -1,0 +1,91 @@
+/*
+ * httpcache.h — the HTTP cache of a context: RFC 9111 rules (cache.h) over
+ * the profile's store (store.h). Internal; used by the transport on the
+ * loop thread.
+ *
+ * Records in the store's `http` database:
+ *   primary key (ns_cache_key)             → index: the variant ids, newest first
+ *   primary key "\n" variant id (16 hex)   → variant: times, status, response
+ *                                            head, Vary snapshot; references
+ *                                            its body
+ * The variant id is a hash of the Vary snapshot, so a new response for the
+ * same request headers replaces its variant and different ones sit side by
+ * side (at most NS_HC_MAX_VARIANTS per URL; Chromium keeps one).
+ */
+#ifndef NS_CACHE_HTTPCACHE_H
+#define NS_CACHE_HTTPCACHE_H
+
+#include "ns_setup.h"
+
+#include "cache/cache.h"
+#include "core/buf.h"
+#include "core/headers.h"
+#include "store/store.h"
+
+#define NS_HC_MAX_VARIANTS 8
+
+typedef struct ns_httpcache ns_httpcache;
+
+typedef struct ns_hc_config {
+  const char *profile_dir;
+  uint64_t max_bytes;     /* store size limit */
+  uint64_t max_entry;     /* largest body stored */
+  int partition;          /* double-keyed cache */
+} ns_hc_config;
+
+/* A stored response, copied out of the store (the read transaction does not
+ * stay open across network I/O). */
+typedef struct ns_hc_entry {
+  int found;
+  ns_buf primary;         /* primary key (fitted to the store's limit) */
+  char variant_id[17];
+  int status;
+  ns_headers headers;
+  ns_headers vary;
+  int64_t request_time_ms, response_time_ms;
+  int has_body;
+  uint8_t body_hash[NS_STORE_HASH_LEN];
+  ns_cache_decision decision;
+} ns_hc_entry;
+
+netstash_error ns_httpcache_open(const ns_mem *mem, const ns_hc_config *cfg,
+                                 ns_httpcache **out, char *detail, size_t detail_len);
+void ns_httpcache_close(ns_httpcache *hc);
+const ns_cache_policy *ns_httpcache_policy(const ns_httpcache *hc);
+
+void ns_hc_entry_init(ns_hc_entry *e, const ns_mem *mem);
+void ns_hc_entry_free(ns_hc_entry *e);
+
+/* Finds the variant for (top_level_url, url, request headers) and decides
+ * (RFC 9111) at now_ms. e->found is 0 on a miss; e->decision is always set.
+ * Errors are storage errors (the caller goes to the network). */
+netstash_error ns_httpcache_lookup(ns_httpcache *hc, const char *top_level_url,
+                                   const char *url, const char *method,
+                                   const ns_headers *req, int64_t now_ms, ns_hc_entry *e);
+
+/* Streams the entry's body, decoded (or as stored when raw and the store did
+ * not recompress it), to sink; at most max_out bytes. NETSTASH_E_NOT_FOUND
+ * when the body went away (evicted between lookup and serve). */
+netstash_error ns_httpcache_serve_body(ns_httpcache *hc, const ns_hc_entry *e, int raw,
+                                       uint64_t max_out, ns_decoder_sink sink, void *ud);
+
+/* Stores a response when RFC 9111 allows it (*stored tells). body is the
+ * body as received (coding: from Content-Encoding). */
+netstash_error ns_httpcache_store(ns_httpcache *hc, const char *top_level_url, const char *url,
+                                  const char *method, const ns_headers *req, int status,
+                                  const ns_headers *resp, const uint8_t *body, size_t len,
+                                  int64_t request_time_ms, int64_t response_time_ms,
+                                  int *stored, const char **why_not);
+
+/* A 304 for e: merges its fields into e->headers, stores the updated
+ * variant with the new times. */
+netstash_error ns_httpcache_update_304(ns_httpcache *hc, ns_hc_entry *e,
+                                       const ns_headers *resp304, int64_t request_time_ms,
+                                       int64_t response_time_ms);
+
+/* RFC 9111 §4.4 invalidation after an unsafe method's non-error response. */
+netstash_error ns_httpcache_invalidate(ns_httpcache *hc, const char *top_level_url,
+                                       const char *method, const char *url, int status,
+                                       const ns_headers *resp);
+
+#endif

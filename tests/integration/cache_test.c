@@ -1,0 +1,306 @@
+/*
+ * cache_test — the HTTP cache end to end, through the public API, against
+ * nst-rawserver's /cache/ endpoints (every body carries the origin's request
+ * count n=..., so a cached answer is told from a network one).
+ */
+#define _GNU_SOURCE 1
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <netstash/netstash.h>
+
+#include "harness.h"
+
+static nst_server raw;
+static int profile_seq;
+
+static char *url(const char *path) {
+  static char b[8][256];
+  static int i;
+  char *p = b[i++ % 8];
+  snprintf(p, sizeof(b[0]), "http://127.0.0.1:%d%s", raw.port, path);
+  return p;
+}
+
+static netstash_ctx *ctx_for(const char *profile, int partition) {
+  netstash_options *o;
+  netstash_ctx *ctx = NULL;
+  char detail[256];
+  assert_int_equal(netstash_options_new(&o), NETSTASH_OK);
+  if (profile)
+    assert_int_equal(netstash_options_set_profile_dir(o, profile), NETSTASH_OK);
+  netstash_options_set_cache_partitioning(o, partition);
+  if (netstash_ctx_new(&ctx, o, detail, sizeof(detail)) != NETSTASH_OK)
+    fail_msg("ctx: %s", detail);
+  netstash_options_del(o);
+  return ctx;
+}
+
+static const char *new_profile(void) {
+  char name[32];
+  snprintf(name, sizeof(name), "profile-%d", ++profile_seq);
+  return nst_path(name);
+}
+
+typedef struct result {
+  netstash_error err;
+  int status;
+  netstash_source source;
+  char body[256];
+  char reason[256];
+  char hdr[128];
+} result;
+
+static result fetch(netstash_ctx *ctx, const char *u, const char *method, netstash_cache_mode mode,
+                    const char *lang, const char *top, const char *want_header) {
+  netstash_request *req;
+  netstash_fetch *f;
+  result r;
+  const uint8_t *b;
+  size_t len;
+  memset(&r, 0, sizeof(r));
+  assert_int_equal(netstash_request_new(&req, u), NETSTASH_OK);
+  netstash_request_set_collect_body(req, 1 << 20);
+  netstash_request_set_cache_mode(req, mode);
+  if (method)
+    netstash_request_set_method(req, method);
+  if (lang)
+    netstash_request_add_header(req, "Accept-Language", lang);
+  if (top)
+    netstash_request_set_top_level_site(req, top);
+  r.err = netstash_fetch_sync(ctx, req, &f);
+  r.status = netstash_fetch_status(f);
+  r.source = netstash_fetch_source(f);
+  if (netstash_fetch_body(f, &b, &len) == NETSTASH_OK)
+    snprintf(r.body, sizeof(r.body), "%.*s", (int)len, (const char *)b);
+  snprintf(r.reason, sizeof(r.reason), "%s", netstash_fetch_cache_reason(f));
+  if (want_header && netstash_fetch_header(f, want_header))
+    snprintf(r.hdr, sizeof(r.hdr), "%s", netstash_fetch_header(f, want_header));
+  netstash_fetch_del(f);
+  netstash_request_del(req);
+  return r;
+}
+
+#define GET(ctx, path) fetch(ctx, url(path), NULL, NETSTASH_CACHE_DEFAULT, NULL, NULL, NULL)
+
+static void test_fresh_hit_and_persistence(void **state) {
+  const char *prof = new_profile();
+  netstash_ctx *ctx = ctx_for(prof, 1);
+  result a, b, c;
+  (void)state;
+  a = GET(ctx, "/cache/max-age/600/a");
+  assert_int_equal(a.err, NETSTASH_OK);
+  assert_int_equal(a.source, NETSTASH_SOURCE_NETWORK);
+  assert_non_null(strstr(a.reason, "stored"));
+  b = GET(ctx, "/cache/max-age/600/a");
+  assert_int_equal(b.source, NETSTASH_SOURCE_CACHE);
+  assert_string_equal(b.body, a.body);
+  assert_int_equal(strncmp(b.reason, "fresh", 5), 0);
+  /* HEAD is answered from the stored GET */
+  c = fetch(ctx, url("/cache/max-age/600/a"), "HEAD", NETSTASH_CACHE_DEFAULT, NULL, NULL, NULL);
+  assert_int_equal(c.source, NETSTASH_SOURCE_CACHE);
+  assert_int_equal(c.body[0], 0);
+  netstash_ctx_del(ctx);
+  /* the store persists: a new context (a new process would do the same) */
+  ctx = ctx_for(prof, 1);
+  c = GET(ctx, "/cache/max-age/600/a");
+  assert_int_equal(c.source, NETSTASH_SOURCE_CACHE);
+  assert_string_equal(c.body, a.body);
+  netstash_ctx_del(ctx);
+}
+
+static void test_revalidation_304(void **state) {
+  netstash_ctx *ctx = ctx_for(new_profile(), 1);
+  result a, b;
+  (void)state;
+  a = GET(ctx, "/cache/etag");
+  assert_int_equal(a.source, NETSTASH_SOURCE_NETWORK);
+  b = fetch(ctx, url("/cache/etag"), NULL, NETSTASH_CACHE_DEFAULT, NULL, NULL, "x-revalidated");
+  assert_int_equal(b.err, NETSTASH_OK);
+  assert_int_equal(b.status, 200);
+  assert_int_equal(b.source, NETSTASH_SOURCE_REVALIDATED);
+  assert_string_equal(b.body, a.body);       /* the stored body */
+  assert_string_equal(b.hdr, "yes");          /* 304's fields merged */
+  assert_non_null(strstr(b.reason, "revalidated"));
+  netstash_ctx_del(ctx);
+}
+
+static void test_no_store_and_bypass(void **state) {
+  netstash_ctx *ctx = ctx_for(new_profile(), 1);
+  result a, b;
+  (void)state;
+  a = GET(ctx, "/cache/no-store");
+  b = GET(ctx, "/cache/no-store");
+  assert_int_equal(b.source, NETSTASH_SOURCE_NETWORK);
+  assert_string_not_equal(a.body, b.body);
+  assert_non_null(strstr(a.reason, "not stored"));
+  a = fetch(ctx, url("/cache/max-age/600/bypass"), NULL, NETSTASH_CACHE_BYPASS, NULL, NULL, NULL);
+  b = GET(ctx, "/cache/max-age/600/bypass");
+  assert_int_equal(b.source, NETSTASH_SOURCE_NETWORK); /* bypass stored nothing */
+  assert_string_not_equal(a.body, b.body);
+  a = fetch(ctx, url("/cache/max-age/600/bypass"), NULL, NETSTASH_CACHE_BYPASS, NULL, NULL, NULL);
+  assert_int_equal(a.source, NETSTASH_SOURCE_NETWORK); /* and reads nothing */
+  netstash_ctx_del(ctx);
+}
+
+static void test_vary_variants(void **state) {
+  netstash_ctx *ctx = ctx_for(new_profile(), 1);
+  result en, fr, en2, fr2;
+  (void)state;
+  en = fetch(ctx, url("/cache/vary"), NULL, 0, "en", NULL, NULL);
+  fr = fetch(ctx, url("/cache/vary"), NULL, 0, "fr", NULL, NULL);
+  assert_int_equal(fr.source, NETSTASH_SOURCE_NETWORK); /* another variant */
+  en2 = fetch(ctx, url("/cache/vary"), NULL, 0, "en", NULL, NULL);
+  fr2 = fetch(ctx, url("/cache/vary"), NULL, 0, "fr", NULL, NULL);
+  assert_int_equal(en2.source, NETSTASH_SOURCE_CACHE);
+  assert_int_equal(fr2.source, NETSTASH_SOURCE_CACHE); /* both variants kept */
+  assert_string_equal(en2.body, en.body);
+  assert_string_equal(fr2.body, fr.body);
+  assert_non_null(strstr(en2.body, "lang=en"));
+  netstash_ctx_del(ctx);
+}
+
+static void test_stale_while_revalidate(void **state) {
+  netstash_ctx *ctx = ctx_for(new_profile(), 1);
+  result a, b, c;
+  (void)state;
+  a = GET(ctx, "/cache/swr");
+  usleep(2100000); /* max-age=1: stale, within stale-while-revalidate */
+  b = GET(ctx, "/cache/swr");
+  assert_int_equal(b.source, NETSTASH_SOURCE_CACHE);
+  assert_string_equal(b.body, a.body); /* stale answer, at once */
+  assert_non_null(strstr(b.reason, "stale-while-revalidate"));
+  assert_int_equal(netstash_ctx_drain(ctx, 10000), NETSTASH_OK);
+  c = GET(ctx, "/cache/swr");
+  assert_int_equal(c.source, NETSTASH_SOURCE_CACHE);
+  assert_string_not_equal(c.body, a.body); /* the background refresh was stored */
+  netstash_ctx_del(ctx);
+}
+
+static void test_stale_if_error(void **state) {
+  netstash_ctx *ctx = ctx_for(new_profile(), 1);
+  result a, b;
+  (void)state;
+  a = GET(ctx, "/cache/sie");
+  usleep(2100000);
+  b = GET(ctx, "/cache/sie"); /* the origin now answers 503 */
+  assert_int_equal(b.err, NETSTASH_OK);
+  assert_int_equal(b.status, 200);
+  assert_int_equal(b.source, NETSTASH_SOURCE_CACHE);
+  assert_string_equal(b.body, a.body);
+  assert_non_null(strstr(b.reason, "stale-if-error"));
+  netstash_ctx_del(ctx);
+}
+
+static void test_unsafe_method_invalidates(void **state) {
+  netstash_ctx *ctx = ctx_for(new_profile(), 1);
+  result a, b, c;
+  (void)state;
+  a = GET(ctx, "/cache/max-age/600/inv");
+  b = fetch(ctx, url("/cache/max-age/600/inv"), "POST", 0, NULL, NULL, NULL);
+  assert_int_equal(b.source, NETSTASH_SOURCE_NETWORK);
+  c = GET(ctx, "/cache/max-age/600/inv");
+  assert_int_equal(c.source, NETSTASH_SOURCE_NETWORK);
+  assert_string_not_equal(c.body, a.body);
+  netstash_ctx_del(ctx);
+}
+
+static void test_only_if_cached(void **state) {
+  netstash_ctx *ctx = ctx_for(new_profile(), 1);
+  result a, b;
+  (void)state;
+  a = fetch(ctx, url("/cache/max-age/600/oic"), NULL, NETSTASH_CACHE_ONLY_IF_CACHED, NULL, NULL,
+            NULL);
+  assert_int_equal(a.err, NETSTASH_E_NOT_CACHED);
+  GET(ctx, "/cache/max-age/600/oic");
+  b = fetch(ctx, url("/cache/max-age/600/oic"), NULL, NETSTASH_CACHE_ONLY_IF_CACHED, NULL, NULL,
+            NULL);
+  assert_int_equal(b.err, NETSTASH_OK);
+  assert_int_equal(b.source, NETSTASH_SOURCE_CACHE);
+  netstash_ctx_del(ctx);
+  /* no profile: no cache at all */
+  ctx = ctx_for(NULL, 1);
+  a = fetch(ctx, url("/cache/max-age/600/oic"), NULL, NETSTASH_CACHE_ONLY_IF_CACHED, NULL, NULL,
+            NULL);
+  assert_int_equal(a.err, NETSTASH_E_NOT_CACHED);
+  a = GET(ctx, "/cache/max-age/600/oic");
+  assert_int_equal(a.source, NETSTASH_SOURCE_NETWORK);
+  netstash_ctx_del(ctx);
+}
+
+static void test_partitioned_keys(void **state) {
+  netstash_ctx *ctx = ctx_for(new_profile(), 1);
+  result a, b, c;
+  (void)state;
+  a = fetch(ctx, url("/cache/max-age/600/p"), NULL, 0, NULL, "https://a.example/", NULL);
+  b = fetch(ctx, url("/cache/max-age/600/p"), NULL, 0, NULL, "https://b.example/", NULL);
+  assert_int_equal(b.source, NETSTASH_SOURCE_NETWORK); /* other top-level site */
+  c = fetch(ctx, url("/cache/max-age/600/p"), NULL, 0, NULL, "https://www.a.example/", NULL);
+  assert_int_equal(c.source, NETSTASH_SOURCE_CACHE); /* same site */
+  assert_string_equal(c.body, a.body);
+  netstash_ctx_del(ctx);
+  ctx = ctx_for(new_profile(), 0); /* partitioning off: one entry for all */
+  a = fetch(ctx, url("/cache/max-age/600/q"), NULL, 0, NULL, "https://a.example/", NULL);
+  b = fetch(ctx, url("/cache/max-age/600/q"), NULL, 0, NULL, "https://b.example/", NULL);
+  assert_int_equal(b.source, NETSTASH_SOURCE_CACHE);
+  netstash_ctx_del(ctx);
+}
+
+static void test_corrupt_store_refused(void **state) {
+  const char *prof = new_profile();
+  char path[1024], detail[256];
+  netstash_ctx *ctx = ctx_for(prof, 1);
+  netstash_options *o;
+  FILE *fp;
+  (void)state;
+  GET(ctx, "/cache/max-age/600/c");
+  netstash_ctx_del(ctx);
+  snprintf(path, sizeof(path), "%s/store/data.mdb", prof);
+  fp = fopen(path, "r+b");
+  assert_non_null(fp);
+  for (int i = 0; i < 8192; i++)
+    fputc(0x5a, fp); /* both meta pages */
+  fclose(fp);
+  netstash_options_new(&o);
+  netstash_options_set_profile_dir(o, prof);
+  ctx = NULL;
+  assert_int_equal(netstash_ctx_new(&ctx, o, detail, sizeof(detail)), NETSTASH_E_STORE_CORRUPT);
+  assert_null(ctx);
+  assert_true(strlen(detail) > 0);
+  netstash_options_del(o);
+}
+
+static int setup(void **state) {
+  (void)state;
+  return nst_rawserver_start(&raw) ? -1 : 0;
+}
+
+static int teardown(void **state) {
+  (void)state;
+  nst_cleanup();
+  return 0;
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_fresh_hit_and_persistence),
+      cmocka_unit_test(test_revalidation_304),
+      cmocka_unit_test(test_no_store_and_bypass),
+      cmocka_unit_test(test_vary_variants),
+      cmocka_unit_test(test_stale_while_revalidate),
+      cmocka_unit_test(test_stale_if_error),
+      cmocka_unit_test(test_unsafe_method_invalidates),
+      cmocka_unit_test(test_only_if_cached),
+      cmocka_unit_test(test_partitioned_keys),
+      cmocka_unit_test(test_corrupt_store_refused),
+  };
+  return cmocka_run_group_tests(tests, setup, teardown);
+}
