@@ -69,6 +69,9 @@ netstash_error ns_httpcache_lookup(ns_httpcache *hc, const char *top_level_url,
 netstash_error ns_httpcache_serve_body(ns_httpcache *hc, const ns_hc_entry *e, int raw,
                                        uint64_t max_out, ns_decoder_sink sink, void *ud);
 
+/* Decoded size of the entry's body (0 without one). */
+netstash_error ns_httpcache_body_size(ns_httpcache *hc, const ns_hc_entry *e, uint64_t *size);
+
 /* Stores a response when RFC 9111 allows it (*stored tells). body is the
  * body as received (coding: from Content-Encoding). */
 netstash_error ns_httpcache_store(ns_httpcache *hc, const char *top_level_url, const char *url,

@@ -982,20 +982,58 @@ static const char *method_of(const netstash_request *req) {
   return req->method ? req->method : (req->has_body ? "POST" : "GET");
 }
 
-/* Answers the fetch from f->hce (the stored response) and ends it. */
-static void serve_cached(netstash_fetch *f, netstash_source source) {
+/* A byte range of the decoded body (RFC 9110 §14), for serve_cached. */
+typedef struct range_sink {
+  netstash_fetch *f;
+  uint64_t skip, left;
+} range_sink;
+
+static netstash_error range_deliver(const uint8_t *data, size_t len, void *ud) {
+  range_sink *rs = ud;
+  if (rs->skip >= len) {
+    rs->skip -= len;
+    return NETSTASH_OK;
+  }
+  data += rs->skip;
+  len -= (size_t)rs->skip;
+  rs->skip = 0;
+  if (len > rs->left)
+    len = (size_t)rs->left;
+  rs->left -= len;
+  return len ? deliver(data, len, rs->f) : NETSTASH_OK;
+}
+
+/* Answers the fetch from f->hce (the stored response) and ends it; r (may be
+ * NULL) turns it into a 206 or 416 answer to the request's Range, computed
+ * on the decoded body (the answer carries no Content-Encoding). */
+static void serve_cached_slice(netstash_fetch *f, netstash_source source,
+                               const ns_cache_range *r) {
   ns_transport *tr = f->ctx->transport;
   const ns_header_field *fld;
   size_t it = 0;
   netstash_error rv = NETSTASH_OK;
+  int partial = r && (r->status == 206 || r->status == 416);
+  range_sink rs;
   if (f->easy && f->state == NS_FETCH_ACTIVE) {
     curl_multi_remove_handle(tr->multi, f->easy);
     f->state = NS_FETCH_NEW;
   }
   reset_response(f);
-  f->status = f->hce.status;
-  while (rv == NETSTASH_OK && (fld = ns_headers_next(&f->hce.headers, &it, NULL)) != NULL)
+  f->status = partial ? r->status : f->hce.status;
+  while (rv == NETSTASH_OK && (fld = ns_headers_next(&f->hce.headers, &it, NULL)) != NULL) {
+    if (partial && (ns_ascii_casecmp(fld->name, "content-length") == 0 ||
+                    ns_ascii_casecmp(fld->name, "content-encoding") == 0))
+      continue;
     rv = add_header_nv(f, fld->name, fld->name_len, fld->value, fld->value_len);
+  }
+  if (rv == NETSTASH_OK && partial) {
+    char len[32];
+    uint64_t n = r->status == 206 ? r->last - r->first + 1 : 0;
+    snprintf(len, sizeof(len), "%llu", (unsigned long long)n);
+    rv = add_header_nv(f, "content-range", 13, r->content_range, strlen(r->content_range));
+    if (rv == NETSTASH_OK)
+      rv = add_header_nv(f, "content-length", 14, len, strlen(len));
+  }
   if (rv != NETSTASH_OK) {
     ns_fetch_detail(f, "cannot rebuild the stored response head: %s", netstash_strerror(rv));
     end_fetch(f, rv);
@@ -1008,8 +1046,16 @@ static void serve_cached(netstash_fetch *f, netstash_source source) {
   }
   f->timing[NETSTASH_TIMING_TTFB] = ns_now_us() - f->t_start;
   deliver_head(f);
-  if (strcmp(method_of(f->req), "HEAD") != 0)
-    rv = ns_httpcache_serve_body(f->ctx->hc, &f->hce, f->req->raw, f->max_body, deliver, f);
+  if (strcmp(method_of(f->req), "HEAD") != 0 && !(partial && r->status == 416)) {
+    if (partial) {
+      rs.f = f;
+      rs.skip = r->first;
+      rs.left = r->last - r->first + 1;
+      rv = ns_httpcache_serve_body(f->ctx->hc, &f->hce, 0, f->max_body, range_deliver, &rs);
+    } else {
+      rv = ns_httpcache_serve_body(f->ctx->hc, &f->hce, f->req->raw, f->max_body, deliver, f);
+    }
+  }
   if (rv == NETSTASH_E_NOT_FOUND) {
     ns_fetch_detail(f, "the stored body of %s went away (evicted); retry", f->cur.url);
     rv = NETSTASH_E_NOT_CACHED;
@@ -1017,6 +1063,28 @@ static void serve_cached(netstash_fetch *f, netstash_source source) {
     ns_fetch_detail(f, "reading the stored body: %s", netstash_strerror(rv));
   }
   end_fetch(f, rv);
+}
+
+static void serve_cached(netstash_fetch *f, netstash_source source) {
+  serve_cached_slice(f, source, NULL);
+}
+
+/* Serves a usable stored response, honouring a Range request. */
+static void serve_stored(netstash_fetch *f) {
+  ns_cache_range r;
+  uint64_t size = 0;
+  if (ns_headers_get(&f->hc_req, "range") &&
+      ns_httpcache_body_size(f->ctx->hc, &f->hce, &size) == NETSTASH_OK) {
+    ns_cache_range_decide(&f->hc_req, f->hce.status, &f->hce.headers, size, &r);
+    if (r.status == 206 || r.status == 416) {
+      size_t l = strlen(f->cache_reason);
+      snprintf(f->cache_reason + l, sizeof(f->cache_reason) - l, "; range %d from the stored body",
+               r.status);
+      serve_cached_slice(f, NETSTASH_SOURCE_CACHE, &r);
+      return;
+    }
+  }
+  serve_cached(f, NETSTASH_SOURCE_CACHE);
 }
 
 /* stale-while-revalidate: a detached fetch refreshes the entry. */
@@ -1060,6 +1128,13 @@ static netstash_error add_validators(netstash_fetch *f, int *added) {
   ns_buf_free(&line);
   ns_headers_free(&v);
   return rv;
+}
+
+/* A stored redirect is only an answer when redirects are not followed: the
+ * hops are fetched (and cached) one by one otherwise. */
+static int redirect_we_follow(const netstash_fetch *f) {
+  return f->req->follow && f->hce.status >= 300 && f->hce.status < 400 &&
+         ns_headers_get(&f->hce.headers, "location");
 }
 
 /* Consults the HTTP cache before the network. Returns 1 when the fetch was
@@ -1120,11 +1195,15 @@ static int cache_consult(netstash_fetch *f) {
   snprintf(f->cache_reason, sizeof(f->cache_reason), "%s", f->hce.decision.reason);
   switch (f->hce.decision.verdict) {
   case NS_CACHE_FRESH:
-    serve_cached(f, NETSTASH_SOURCE_CACHE);
+    if (redirect_we_follow(f))
+      break;
+    serve_stored(f);
     return 1;
   case NS_CACHE_STALE_WHILE_REVALIDATE:
+    if (redirect_we_follow(f))
+      break;
     start_revalidation(f);
-    serve_cached(f, NETSTASH_SOURCE_CACHE);
+    serve_stored(f);
     return 1;
   case NS_CACHE_REVALIDATE:
   case NS_CACHE_MUST_REVALIDATE:

@@ -278,6 +278,50 @@ static void test_corrupt_store_refused(void **state) {
   netstash_options_del(o);
 }
 
+static result get_range(netstash_ctx *ctx, const char *u, const char *range) {
+  netstash_request *req;
+  netstash_fetch *f;
+  result r;
+  const uint8_t *b;
+  size_t len;
+  memset(&r, 0, sizeof(r));
+  assert_int_equal(netstash_request_new(&req, u), NETSTASH_OK);
+  netstash_request_set_collect_body(req, 1 << 20);
+  netstash_request_add_header(req, "Range", range);
+  r.err = netstash_fetch_sync(ctx, req, &f);
+  r.status = netstash_fetch_status(f);
+  r.source = netstash_fetch_source(f);
+  if (netstash_fetch_body(f, &b, &len) == NETSTASH_OK)
+    snprintf(r.body, sizeof(r.body), "%.*s", (int)len, (const char *)b);
+  if (netstash_fetch_header(f, "content-range"))
+    snprintf(r.hdr, sizeof(r.hdr), "%s", netstash_fetch_header(f, "content-range"));
+  netstash_fetch_del(f);
+  netstash_request_del(req);
+  return r;
+}
+
+/* Range requests answered from a complete stored body: 206 and 416. */
+static void test_ranges_from_stored_body(void **state) {
+  netstash_ctx *ctx = ctx_for(new_profile(), 1);
+  result a, b, c;
+  char want[64];
+  (void)state;
+  a = GET(ctx, "/cache/max-age/600/range");
+  b = get_range(ctx, url("/cache/max-age/600/range"), "bytes=0-6");
+  assert_int_equal(b.status, 206);
+  assert_int_equal(b.source, NETSTASH_SOURCE_CACHE);
+  assert_string_equal(b.body, "max-age");
+  snprintf(want, sizeof(want), "bytes 0-6/%zu", strlen(a.body));
+  assert_string_equal(b.hdr, want);
+  b = get_range(ctx, url("/cache/max-age/600/range"), "bytes=-3");
+  assert_int_equal(b.status, 206);
+  assert_string_equal(b.body, a.body + strlen(a.body) - 3);
+  c = get_range(ctx, url("/cache/max-age/600/range"), "bytes=1000-2000");
+  assert_int_equal(c.status, 416);
+  assert_int_equal(c.body[0], 0);
+  netstash_ctx_del(ctx);
+}
+
 static int setup(void **state) {
   (void)state;
   return nst_rawserver_start(&raw) ? -1 : 0;
@@ -301,6 +345,7 @@ int main(void) {
       cmocka_unit_test(test_only_if_cached),
       cmocka_unit_test(test_partitioned_keys),
       cmocka_unit_test(test_corrupt_store_refused),
+      cmocka_unit_test(test_ranges_from_stored_body),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }
