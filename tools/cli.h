@@ -30,6 +30,11 @@ int cli_exit_code(netstash_error err);
 void cli_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 const char *cli_hint(netstash_error err);
 
+/* $XDG_DATA_HOME/netstash or ~/.local/share/netstash (malloc'd). */
+char *cli_default_profile(void);
+
 int cmd_get(int argc, char **argv);
+int cmd_verify(int argc, char **argv);
+int cmd_purge(int argc, char **argv);
 
 #endif

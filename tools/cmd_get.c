@@ -206,18 +206,6 @@ static int print_json(const char *url, netstash_fetch *f, netstash_error err,
   return rc;
 }
 
-static char *default_profile_dir(void) {
-  const char *xdg = getenv("XDG_DATA_HOME"), *home = getenv("HOME");
-  char *p = NULL;
-  if (xdg && *xdg) {
-    if (asprintf(&p, "%s/netstash", xdg) < 0)
-      p = NULL;
-  } else if (asprintf(&p, "%s/.local/share/netstash", home && *home ? home : ".") < 0) {
-    p = NULL;
-  }
-  return p;
-}
-
 static int read_file(const char *path, uint8_t **data, size_t *len) {
   FILE *fp = strcmp(path, "-") == 0 ? stdin : fopen(path, "rb");
   uint8_t *buf = NULL;
@@ -456,7 +444,7 @@ int cmd_get(int argc, char **argv) {
   if (netstash_options_new(&opts) != NETSTASH_OK)
     goto done;
   if (!profile)
-    profile = defprofile = default_profile_dir();
+    profile = defprofile = cli_default_profile();
   netstash_options_set_profile_dir(opts, profile);
   netstash_options_set_tls_min_version(opts, tlsmin);
   if (ctimeout)
@@ -479,6 +467,8 @@ int cmd_get(int argc, char **argv) {
   if (err != NETSTASH_OK) {
     cli_error("get", "cannot start: %s%s%s", netstash_strerror(err), *detail ? ": " : "",
               detail);
+    if (cli_hint(err))
+      fprintf(stderr, "hint: %s\n", cli_hint(err));
     rc = err == NETSTASH_E_INVALID_ARGUMENT ? EXIT_USAGE : cli_exit_code(err);
     goto done;
   }

@@ -2,7 +2,9 @@
  * netstash — command line tool: fetch, and (in later releases) warm, inspect,
  * verify and purge the cache, lint and sign manifests.
  */
+#define _GNU_SOURCE 1
 #include <stdarg.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -13,6 +15,8 @@ static const char usage[] =
     "\n"
     "Commands:\n"
     "  get URL       fetch a URL over HTTP/1.1 or HTTP/2 (netstash get --help)\n"
+    "  verify        check the profile's store: every body complete and intact\n"
+    "  purge         delete the profile's store (the remedy for a corrupt one)\n"
     "\n"
     "Exit codes: 0 success (any HTTP status), 1 internal error, 2 usage,\n"
     "3 bad URL, 4 DNS, 5 connect, 6 TLS, 7 timeout, 8 HTTP protocol error or\n"
@@ -52,6 +56,7 @@ int cli_exit_code(netstash_error err) {
   case NETSTASH_E_TOO_MANY_REDIRECTS:
     return EXIT_PROTOCOL;
   case NETSTASH_E_IO:
+  case NETSTASH_E_NOT_FOUND:
     return EXIT_IO;
   case NETSTASH_E_TOO_LARGE:
     return EXIT_TOO_LARGE;
@@ -97,9 +102,30 @@ const char *cli_hint(netstash_error err) {
     return "the server closed the connection before the whole body arrived";
   case NETSTASH_E_TOO_LARGE:
     return "raise the limit with --max-body BYTES if the size is expected";
+  case NETSTASH_E_STORE_CORRUPT:
+    return "check it with `netstash verify --profile DIR`; `netstash purge --profile DIR` "
+           "starts an empty store";
+  case NETSTASH_E_STORE_VERSION:
+    return "a newer netstash wrote this profile: use that version, or another --profile";
+  case NETSTASH_E_STORE_BUSY:
+    return "another process holds the store's write lock; retry, or stop it";
+  case NETSTASH_E_NOT_CACHED:
+    return "the response is not in the profile's cache; allow the network";
   default:
     return NULL;
   }
+}
+
+char *cli_default_profile(void) {
+  const char *xdg = getenv("XDG_DATA_HOME"), *home = getenv("HOME");
+  char *p = NULL;
+  if (xdg && *xdg) {
+    if (asprintf(&p, "%s/netstash", xdg) < 0)
+      p = NULL;
+  } else if (asprintf(&p, "%s/.local/share/netstash", home && *home ? home : ".") < 0) {
+    p = NULL;
+  }
+  return p;
 }
 
 void cli_error(const char *cmd, const char *fmt, ...) {
@@ -132,6 +158,10 @@ int main(int argc, char **argv) {
   }
   if (!strcmp(argv[1], "get"))
     return cmd_get(argc - 1, argv + 1);
+  if (!strcmp(argv[1], "verify"))
+    return cmd_verify(argc - 1, argv + 1);
+  if (!strcmp(argv[1], "purge"))
+    return cmd_purge(argc - 1, argv + 1);
   fprintf(stderr, "netstash: unknown command \"%s\"\n\n%s", argv[1], usage);
   return EXIT_USAGE;
 }

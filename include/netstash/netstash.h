@@ -6,5 +6,6 @@
 
 #include "common.h"
 #include "fetch.h"
+#include "cache.h"
 
 #endif /* NETSTASH_H */

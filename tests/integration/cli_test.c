@@ -257,6 +257,57 @@ static void test_cli_cache(void **state) {
   free(prof);
 }
 
+/* A corrupt store: get fails with exit 13 and a hint, verify says so,
+ * purge deletes it, get works again. */
+static void test_cli_corrupt_store(void **state) {
+  char args[1024], path[1024], *out, *err, *prof = strdup(nst_path("cli-corrupt"));
+  FILE *fp;
+  (void)state;
+  snprintf(args, sizeof(args), "get --profile %s http://127.0.0.1:%d/cache/max-age/600/z", prof,
+           raw.port);
+  assert_int_equal(run(args, &out, NULL), 0);
+  free(out);
+  snprintf(args, sizeof(args), "verify --profile %s", prof);
+  assert_int_equal(run(args, &out, NULL), 0);
+  free(out);
+  snprintf(path, sizeof(path), "%s/store/data.mdb", prof);
+  fp = fopen(path, "r+b");
+  assert_non_null(fp);
+  for (int i = 0; i < 8192; i++)
+    fputc(0xa5, fp);
+  fclose(fp);
+  snprintf(args, sizeof(args), "get --profile %s http://127.0.0.1:%d/cache/max-age/600/z", prof,
+           raw.port);
+  assert_int_equal(run(args, &out, &err), 13);
+  assert_non_null(strstr(err, "netstash purge"));
+  free(out);
+  free(err);
+  snprintf(args, sizeof(args), "verify --json --profile %s", prof);
+  assert_int_equal(run(args, &out, NULL), 13);
+  {
+    json_t *j = parse_one_object(out);
+    assert_false(json_is_true(json_object_get(j, "ok")));
+    assert_string_equal(json_string_value(json_object_get(j, "error")), "NETSTASH_E_STORE_CORRUPT");
+    json_decref(j);
+  }
+  free(out);
+  snprintf(args, sizeof(args), "purge --profile %s", prof);
+  assert_int_equal(run(args, &out, NULL), 0);
+  free(out);
+  assert_int_equal(run(args, &out, NULL), 9); /* nothing left */
+  free(out);
+  snprintf(args, sizeof(args), "get --json --profile %s http://127.0.0.1:%d/cache/max-age/600/z",
+           prof, raw.port);
+  assert_int_equal(run(args, &out, NULL), 0);
+  {
+    json_t *j = parse_one_object(out);
+    assert_string_equal(json_string_value(json_object_get(j, "source")), "network");
+    json_decref(j);
+  }
+  free(out);
+  free(prof);
+}
+
 static int setup(void **state) {
   const char *b = getenv("NST_BUILDDIR");
   (void)state;
@@ -284,7 +335,7 @@ int main(void) {
       cmocka_unit_test(test_json_contract),     cmocka_unit_test(test_body_stdout_and_file),
       cmocka_unit_test(test_http_error_status_exit_0), cmocka_unit_test(test_exit_codes),
       cmocka_unit_test(test_help),              cmocka_unit_test(test_verbose_and_headers),
-      cmocka_unit_test(test_cli_cache),
+      cmocka_unit_test(test_cli_cache),      cmocka_unit_test(test_cli_corrupt_store),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }
