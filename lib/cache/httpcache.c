@@ -14,6 +14,8 @@
 #define REC_VERSION 1
 #define REC_INDEX 1
 #define REC_VARIANT 2
+#define REC_NVS 3 /* No-Vary-Search index: stored URLs, "\n"-separated */
+#define NVS_MAX_URLS 16
 
 struct ns_httpcache {
   const ns_mem *mem;
@@ -196,46 +198,33 @@ void ns_hc_entry_free(ns_hc_entry *e) {
 
 /* ------------------------------------------------------------ lookup */
 
-netstash_error ns_httpcache_lookup(ns_httpcache *hc, const char *top, const char *url,
-                                   const char *method, const ns_headers *req, int64_t now_ms,
+/* Inside a read transaction: the newest variant under primary whose Vary
+ * snapshot matches req, decoded into e. Returns NETSTASH_OK with e->found. */
+static netstash_error find_variant(ns_httpcache *hc, const ns_buf *primary, const ns_headers *req,
                                    ns_hc_entry *e) {
   ns_store_record rec;
   netstash_error rv;
-  ns_cache_request creq = {method, url, req};
-  ns_cache_stored st;
   ns_buf vk;
-  size_t i, n;
+  size_t i, n = 0;
   char ids[NS_HC_MAX_VARIANTS][17];
-
-  e->found = 0;
-  ns_buf_reset(&e->primary);
-  rv = primary_key(hc, top, url, &e->primary);
+  rv = ns_store_get(hc->reader, NS_STORE_HTTP, primary->data, primary->len, &rec);
+  if (rv == NETSTASH_E_NOT_FOUND)
+    return NETSTASH_OK;
   if (rv != NETSTASH_OK)
     return rv;
-  rv = ns_store_read_begin(hc->reader);
-  if (rv != NETSTASH_OK)
-    return rv;
-  rv = ns_store_get(hc->reader, NS_STORE_HTTP, e->primary.data, e->primary.len, &rec);
-  n = 0;
-  if (rv == NETSTASH_OK) {
-    if (rec.value_len < 2 || rec.value[0] != REC_VERSION || rec.value[1] != REC_INDEX ||
-        (rec.value_len - 2) % 16 != 0) {
-      rv = NETSTASH_E_STORE_CORRUPT;
-    } else {
-      n = NS_MIN((rec.value_len - 2) / 16, (size_t)NS_HC_MAX_VARIANTS);
-      for (i = 0; i < n; i++) {
-        memcpy(ids[i], rec.value + 2 + 16 * i, 16);
-        ids[i][16] = 0;
-      }
-    }
-  } else if (rv == NETSTASH_E_NOT_FOUND) {
-    rv = NETSTASH_OK;
+  if (rec.value_len < 2 || rec.value[0] != REC_VERSION || rec.value[1] != REC_INDEX ||
+      (rec.value_len - 2) % 16 != 0)
+    return NETSTASH_E_STORE_CORRUPT;
+  n = NS_MIN((rec.value_len - 2) / 16, (size_t)NS_HC_MAX_VARIANTS);
+  for (i = 0; i < n; i++) {
+    memcpy(ids[i], rec.value + 2 + 16 * i, 16);
+    ids[i][16] = 0;
   }
   /* newest first: the first variant whose Vary snapshot matches wins */
   ns_buf_init(&vk, hc->mem, NS_STORE_KEY_MAX);
   for (i = 0; rv == NETSTASH_OK && i < n && !e->found; i++) {
     ns_buf_reset(&vk);
-    if ((rv = variant_key(&e->primary, ids[i], &vk)) != NETSTASH_OK)
+    if ((rv = variant_key(primary, ids[i], &vk)) != NETSTASH_OK)
       break;
     if (ns_store_get(hc->reader, NS_STORE_HTTP, vk.data, vk.len, &rec) != NETSTASH_OK)
       continue; /* evicted */
@@ -250,6 +239,84 @@ netstash_error ns_httpcache_lookup(ns_httpcache *hc, const char *top, const char
       memcpy(e->body_hash, rec.body_hash, NS_STORE_HASH_LEN);
   }
   ns_buf_free(&vk);
+  return rv;
+}
+
+static netstash_error nvs_index_key(ns_httpcache *hc, const char *top, const char *url,
+                                    ns_buf *out) {
+  ns_buf raw;
+  netstash_error rv;
+  ns_buf_init(&raw, hc->mem, 64 * 1024);
+  rv = ns_cache_nvs_index_key(&hc->policy, top, url, &raw);
+  if (rv == NETSTASH_OK)
+    rv = ns_cache_key_fit(ns_buf_str(&raw), raw.len, NS_STORE_KEY_MAX - 17, out);
+  ns_buf_free(&raw);
+  return rv;
+}
+
+/* No-Vary-Search (draft-ietf-httpbis-no-vary-search): a stored response for a
+ * URL that differs only in query parameters the response said do not matter.
+ * The NVS index lists the URLs stored under the query-less key. */
+static netstash_error find_nvs(ns_httpcache *hc, const char *top, const char *url,
+                               const ns_headers *req, ns_hc_entry *e) {
+  ns_store_record rec;
+  ns_buf key, prim;
+  netstash_error rv;
+  char *list = NULL;
+  ns_buf_init(&key, hc->mem, NS_STORE_KEY_MAX);
+  ns_buf_init(&prim, hc->mem, NS_STORE_KEY_MAX);
+  rv = nvs_index_key(hc, top, url, &key);
+  if (rv == NETSTASH_OK)
+    rv = ns_store_get(hc->reader, NS_STORE_HTTP, key.data, key.len, &rec);
+  if (rv == NETSTASH_OK && (rec.value_len < 2 || rec.value[1] != REC_NVS))
+    rv = NETSTASH_E_STORE_CORRUPT;
+  if (rv == NETSTASH_OK && !(list = ns_strndup(hc->mem, (const char *)rec.value + 2,
+                                               rec.value_len - 2)))
+    rv = NETSTASH_E_NOMEM;
+  for (char *u = list, *nl; rv == NETSTASH_OK && u && *u && !e->found; u = nl) {
+    ns_cache_nvs nvs;
+    int equal = 0;
+    nl = strchr(u, '\n');
+    if (nl)
+      *nl++ = 0;
+    ns_buf_reset(&prim);
+    if (primary_key(hc, top, u, &prim) != NETSTASH_OK ||
+        (rv = find_variant(hc, &prim, req, e)) != NETSTASH_OK || !e->found)
+      continue;
+    memset(&nvs, 0, sizeof(nvs));
+    e->found = 0;
+    if ((rv = ns_cache_nvs_parse(hc->mem, &e->headers, &nvs)) == NETSTASH_OK && nvs.present &&
+        ns_cache_nvs_equivalent(hc->mem, &nvs, url, u, &equal) == NETSTASH_OK && equal) {
+      e->found = 1;
+      ns_buf_reset(&e->primary);
+      rv = ns_buf_append(&e->primary, prim.data, prim.len);
+    }
+    ns_cache_nvs_free(hc->mem, &nvs);
+  }
+  ns_free(hc->mem, list);
+  ns_buf_free(&key);
+  ns_buf_free(&prim);
+  return rv == NETSTASH_E_NOT_FOUND ? NETSTASH_OK : rv;
+}
+
+netstash_error ns_httpcache_lookup(ns_httpcache *hc, const char *top, const char *url,
+                                   const char *method, const ns_headers *req, int64_t now_ms,
+                                   ns_hc_entry *e) {
+  netstash_error rv;
+  ns_cache_request creq = {method, url, req};
+  ns_cache_stored st;
+
+  e->found = 0;
+  ns_buf_reset(&e->primary);
+  rv = primary_key(hc, top, url, &e->primary);
+  if (rv != NETSTASH_OK)
+    return rv;
+  rv = ns_store_read_begin(hc->reader);
+  if (rv != NETSTASH_OK)
+    return rv;
+  rv = find_variant(hc, &e->primary, req, e);
+  if (rv == NETSTASH_OK && !e->found && strchr(url, '?'))
+    rv = find_nvs(hc, top, url, req, e);
   ns_store_read_end(hc->reader);
   if (rv != NETSTASH_OK)
     return rv;
@@ -319,6 +386,8 @@ netstash_error ns_httpcache_body_size(ns_httpcache *hc, const ns_hc_entry *e, ui
 
 typedef struct store_job {
   ns_httpcache *hc;
+  const ns_buf *nvs_key; /* NULL: the response has no No-Vary-Search */
+  const char *url;
   const ns_buf *primary;
   const char *id;
   const ns_buf *value;
@@ -369,6 +438,40 @@ static netstash_error update_index(ns_store_txn *t, const ns_buf *primary, const
   return ns_store_txn_put(t, NS_STORE_HTTP, primary->data, primary->len, val, len, NULL, 0);
 }
 
+/* The NVS index: this URL first, then the others (deduplicated, capped). */
+static netstash_error update_nvs_index(ns_store_txn *t, const ns_buf *key, const char *url,
+                                       const ns_mem *mem) {
+  ns_store_record rec;
+  ns_buf v;
+  netstash_error rv;
+  size_t ul = strlen(url), count = 1;
+  uint8_t hdr[2] = {REC_VERSION, REC_NVS};
+  ns_buf_init(&v, mem, 256 * 1024);
+  rv = ns_buf_append(&v, hdr, 2);
+  if (rv == NETSTASH_OK)
+    rv = ns_buf_append(&v, url, ul);
+  if (rv == NETSTASH_OK &&
+      ns_store_txn_get(t, NS_STORE_HTTP, key->data, key->len, &rec) == NETSTASH_OK &&
+      rec.value_len >= 2 && rec.value[1] == REC_NVS) {
+    const char *p = (const char *)rec.value + 2, *end = (const char *)rec.value + rec.value_len;
+    while (rv == NETSTASH_OK && p < end && count < NVS_MAX_URLS) {
+      const char *nl = memchr(p, '\n', (size_t)(end - p));
+      size_t l = nl ? (size_t)(nl - p) : (size_t)(end - p);
+      if (l && !(l == ul && memcmp(p, url, ul) == 0)) {
+        rv = ns_buf_append(&v, "\n", 1);
+        if (rv == NETSTASH_OK)
+          rv = ns_buf_append(&v, p, l);
+        count++;
+      }
+      p += l + 1;
+    }
+  }
+  if (rv == NETSTASH_OK)
+    rv = ns_store_txn_put(t, NS_STORE_HTTP, key->data, key->len, v.data, v.len, NULL, 0);
+  ns_buf_free(&v);
+  return rv;
+}
+
 static netstash_error store_fn(ns_store_txn *t, void *ud) {
   store_job *j = ud;
   ns_buf vk;
@@ -385,6 +488,8 @@ static netstash_error store_fn(ns_store_txn *t, void *ud) {
   ns_buf_free(&vk);
   if (rv == NETSTASH_OK)
     rv = update_index(t, j->primary, j->id, j->hc->mem);
+  if (rv == NETSTASH_OK && j->nvs_key)
+    rv = update_nvs_index(t, j->nvs_key, j->url, j->hc->mem);
   return rv;
 }
 
@@ -395,7 +500,8 @@ netstash_error ns_httpcache_store(ns_httpcache *hc, const char *top, const char 
                                   const char **why_not) {
   ns_cache_request creq = {method, url, req};
   ns_headers head, vary;
-  ns_buf primary, value;
+  ns_buf primary, value, nvs_key;
+  ns_cache_nvs nvs;
   store_job j;
   char id[17];
   const char *ce;
@@ -424,7 +530,11 @@ netstash_error ns_httpcache_store(ns_httpcache *hc, const char *top, const char 
   ns_headers_init(&vary, hc->mem);
   ns_buf_init(&primary, hc->mem, NS_STORE_KEY_MAX);
   ns_buf_init(&value, hc->mem, 32u << 20);
-  if ((rv = ns_headers_copy(&head, resp)) == NETSTASH_OK &&
+  ns_buf_init(&nvs_key, hc->mem, NS_STORE_KEY_MAX);
+  memset(&nvs, 0, sizeof(nvs));
+  if ((rv = ns_cache_nvs_parse(hc->mem, resp, &nvs)) == NETSTASH_OK && nvs.present)
+    rv = nvs_index_key(hc, top, url, &nvs_key);
+  if (rv == NETSTASH_OK && (rv = ns_headers_copy(&head, resp)) == NETSTASH_OK &&
       (rv = ns_cache_prepare_for_storage(&head, resp_ms)) == NETSTASH_OK &&
       (rv = ns_cache_vary_snapshot(resp, req, &vary)) == NETSTASH_OK &&
       (rv = variant_id(hc->mem, &vary, id)) == NETSTASH_OK &&
@@ -441,6 +551,8 @@ netstash_error ns_httpcache_store(ns_httpcache *hc, const char *top, const char 
     j.coding = nc == 1 ? codings[0] : NS_CODING_IDENTITY;
     j.content_type = ns_headers_get(resp, "content-type");
     j.has_body = 1;
+    j.nvs_key = nvs.present ? &nvs_key : NULL;
+    j.url = url;
     rv = ns_store_write(hc->store, store_fn, &j);
     if (rv == NETSTASH_OK)
       *stored = 1;
@@ -449,6 +561,8 @@ netstash_error ns_httpcache_store(ns_httpcache *hc, const char *top, const char 
   ns_headers_free(&vary);
   ns_buf_free(&primary);
   ns_buf_free(&value);
+  ns_buf_free(&nvs_key);
+  ns_cache_nvs_free(hc->mem, &nvs);
   return rv;
 }
 

@@ -498,6 +498,13 @@ static int handle(conn *c, request *rq) {
                      "Vary: Accept-Language\r\n",
                      body, (size_t)n, 0) == 0 && rq->keep_alive;
     }
+    if (strcmp(q, "nvs") == 0) {
+      n = snprintf(body, sizeof(body), "nvs %s n=%lu", rq->target, k);
+      return respond(c, rq, 200,
+                     "Content-Type: text/plain\r\nCache-Control: max-age=600\r\n"
+                     "No-Vary-Search: params=(\"utm\")\r\n",
+                     body, (size_t)n, 0) == 0 && rq->keep_alive;
+    }
     if (strcmp(q, "no-store") == 0) {
       n = snprintf(body, sizeof(body), "no-store n=%lu", k);
       return respond(c, rq, 200, "Content-Type: text/plain\r\nCache-Control: no-store\r\n",

@@ -322,6 +322,21 @@ static void test_ranges_from_stored_body(void **state) {
   netstash_ctx_del(ctx);
 }
 
+/* No-Vary-Search: the response says "utm" does not matter. */
+static void test_no_vary_search(void **state) {
+  netstash_ctx *ctx = ctx_for(new_profile(), 1);
+  result a, b, c;
+  (void)state;
+  a = GET(ctx, "/cache/nvs?a=1&utm=mail");
+  assert_int_equal(a.source, NETSTASH_SOURCE_NETWORK);
+  b = GET(ctx, "/cache/nvs?a=1&utm=ads");
+  assert_int_equal(b.source, NETSTASH_SOURCE_CACHE);
+  assert_string_equal(b.body, a.body);
+  c = GET(ctx, "/cache/nvs?a=2&utm=mail");
+  assert_int_equal(c.source, NETSTASH_SOURCE_NETWORK); /* "a" matters */
+  netstash_ctx_del(ctx);
+}
+
 static int setup(void **state) {
   (void)state;
   return nst_rawserver_start(&raw) ? -1 : 0;
@@ -346,6 +361,7 @@ int main(void) {
       cmocka_unit_test(test_partitioned_keys),
       cmocka_unit_test(test_corrupt_store_refused),
       cmocka_unit_test(test_ranges_from_stored_body),
+      cmocka_unit_test(test_no_vary_search),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }
