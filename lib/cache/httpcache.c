@@ -183,6 +183,8 @@ void ns_httpcache_close(ns_httpcache *hc) {
 
 const ns_cache_policy *ns_httpcache_policy(const ns_httpcache *hc) { return &hc->policy; }
 
+ns_store *ns_httpcache_store_handle(ns_httpcache *hc) { return hc->store; }
+
 void ns_hc_entry_init(ns_hc_entry *e, const ns_mem *mem) {
   memset(e, 0, sizeof(*e));
   ns_buf_init(&e->primary, mem, NS_STORE_KEY_MAX);

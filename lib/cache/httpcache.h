@@ -52,6 +52,8 @@ netstash_error ns_httpcache_open(const ns_mem *mem, const ns_hc_config *cfg,
                                  ns_httpcache **out, char *detail, size_t detail_len);
 void ns_httpcache_close(ns_httpcache *hc);
 const ns_cache_policy *ns_httpcache_policy(const ns_httpcache *hc);
+/* The profile's store (for other per-profile state: HSTS). */
+ns_store *ns_httpcache_store_handle(ns_httpcache *hc);
 
 void ns_hc_entry_init(ns_hc_entry *e, const ns_mem *mem);
 void ns_hc_entry_free(ns_hc_entry *e);

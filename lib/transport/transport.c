@@ -34,6 +34,7 @@
 #include "dns/dns.h"
 #include "transport/decode.h"
 #include "transport/fetch.h"
+#include "transport/hsts.h"
 #include "transport/transport.h"
 
 #define MOD "transport"
@@ -49,6 +50,10 @@ struct ns_transport {
   ns_list socks;   /* open sock_ctx */
   int shutting_down;
   char user_agent[64];
+  /* HSTS entries of the profile, fed once to libcurl's shared engine */
+  int hsts_loaded;
+  ns_hsts_entry *hsts;
+  size_t nhsts, hsts_next;
 };
 
 typedef struct sock_ctx {
@@ -69,6 +74,7 @@ static void check_done(ns_transport *tr);
 static void start_hop(netstash_fetch *f);
 static void end_fetch(netstash_fetch *f, netstash_error err);
 static void serve_cached(netstash_fetch *f, netstash_source source);
+static void hsts_setup(ns_transport *tr, CURL *e);
 
 static int64_t wall_ms(void) {
   struct timespec ts;
@@ -295,6 +301,20 @@ static int head_end(netstash_fetch *f) {
     }
     f->redirecting = 1;
     return 1;
+  }
+  if (f->ctx->hc && f->ctx->cfg.hsts && !f->cur.host_is_ip &&
+      strcmp(f->cur.scheme, "https") == 0) {
+    const char *sts = netstash_fetch_header(f, "strict-transport-security");
+    int64_t max_age;
+    int sub;
+    /* RFC 6797 §8.1: only over a secure transport, and an invalid header is
+     * ignored */
+    if (sts && ns_sts_parse(sts, strlen(sts), &max_age, &sub)) {
+      netstash_error hv = ns_hsts_save(ns_httpcache_store_handle(f->ctx->hc), f->cur.host,
+                                       wall_ms(), max_age, sub);
+      if (hv != NETSTASH_OK)
+        NS_WARN(f->ctx, MOD, "HSTS for %s not saved: %s", f->cur.host, netstash_strerror(hv));
+    }
   }
   ce = netstash_fetch_header(f, "content-encoding");
   if (ce && !f->req->raw) {
@@ -738,6 +758,8 @@ static void add_to_multi(netstash_fetch *f) {
   ns_transport *tr = f->ctx->transport;
   CURLMcode mc;
   curl_easy_setopt(f->easy, CURLOPT_URL, f->cur.url);
+  if (f->ctx->cfg.hsts)
+    hsts_setup(tr, f->easy); /* the first transfer that reaches libcurl */
   f->errbuf[0] = 0;
   f->t_added = ns_now_us();
   f->req_time_ms = wall_ms();
@@ -848,6 +870,56 @@ static void start_hop(netstash_fetch *f) {
   }
 }
 
+/* Feeds the profile's stored HSTS entries to libcurl's (shared) engine, once
+ * per context, on its first transfer. */
+static CURLSTScode hsts_read_cb(CURL *e, struct curl_hstsentry *sts, void *ud) {
+  ns_transport *tr = ud;
+  const ns_hsts_entry *h;
+  time_t t;
+  struct tm tm;
+  size_t hl;
+  (void)e;
+  if (tr->hsts_next >= tr->nhsts) {
+    ns_free(&tr->ctx->mem, tr->hsts);
+    tr->hsts = NULL;
+    tr->nhsts = tr->hsts_next = 0;
+    return CURLSTS_DONE;
+  }
+  h = &tr->hsts[tr->hsts_next++];
+  hl = strlen(h->host);
+  if (hl + 1 > sts->namelen)
+    return hsts_read_cb(e, sts, ud); /* does not fit: skip it */
+  memcpy(sts->name, h->host, hl + 1);
+  sts->includeSubDomains = h->include_subdomains ? 1 : 0;
+  t = (time_t)(h->expires_ms / 1000);
+  gmtime_r(&t, &tm);
+  strftime(sts->expire, sizeof(sts->expire), "%Y%m%d %H:%M:%S", &tm);
+  return CURLSTS_OK;
+}
+
+static void hsts_setup(ns_transport *tr, CURL *e) {
+  enum { HSTS_MAX = 4096 };
+  netstash_error rv;
+  if (tr->hsts_loaded || !tr->ctx->hc)
+    return;
+  tr->hsts_loaded = 1;
+  tr->hsts = ns_calloc(&tr->ctx->mem, HSTS_MAX, sizeof(*tr->hsts));
+  if (!tr->hsts)
+    return;
+  rv = ns_hsts_load(ns_httpcache_store_handle(tr->ctx->hc), &tr->ctx->mem, wall_ms(), tr->hsts,
+                    HSTS_MAX, &tr->nhsts);
+  if (rv != NETSTASH_OK || tr->nhsts == 0) {
+    if (rv != NETSTASH_OK)
+      NS_WARN(tr->ctx, MOD, "stored HSTS entries not loaded: %s", netstash_strerror(rv));
+    ns_free(&tr->ctx->mem, tr->hsts);
+    tr->hsts = NULL;
+    tr->nhsts = 0;
+    return;
+  }
+  curl_easy_setopt(e, CURLOPT_HSTSREADFUNCTION, hsts_read_cb);
+  curl_easy_setopt(e, CURLOPT_HSTSREADDATA, tr);
+}
+
 /* libcurl's own trace, routed to the context's log hook at TRACE level. */
 static int debug_cb(CURL *e, curl_infotype type, char *data, size_t size, void *ud) {
   netstash_fetch *f = ud;
@@ -906,8 +978,9 @@ static netstash_error setup_easy(netstash_fetch *f) {
     curl_easy_setopt(e, CURLOPT_CAPATH, cfg->ca_dir);
   if (cfg->ca_file && !cfg->ca_dir)
     curl_easy_setopt(e, CURLOPT_CAPATH, NULL);
-  if (cfg->hsts)
+  if (cfg->hsts) {
     curl_easy_setopt(e, CURLOPT_HSTS_CTRL, (long)CURLHSTS_ENABLE);
+  }
   if (ns_log_enabled(f->ctx, NETSTASH_LOG_TRACE)) {
     curl_easy_setopt(e, CURLOPT_DEBUGFUNCTION, debug_cb);
     curl_easy_setopt(e, CURLOPT_DEBUGDATA, f);
@@ -1335,6 +1408,7 @@ void ns_transport_shutdown(ns_transport *tr) {
 void ns_transport_del(ns_transport *tr) {
   if (!tr)
     return;
+  ns_free(&tr->ctx->mem, tr->hsts);
   if (tr->multi)
     curl_multi_cleanup(tr->multi);
   curl_share_cleanup(tr->share);

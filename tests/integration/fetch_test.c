@@ -712,6 +712,55 @@ static void test_hsts_upgrade(void **state) {
   netstash_ctx_del(ctx);
 }
 
+/* HSTS learnt in one context is kept in the profile's store and applied by
+ * a later context (a later process) of the same profile. */
+static void test_hsts_persisted(void **state) {
+  netstash_options *o;
+  netstash_ctx *ctx;
+  netstash_request *req;
+  netstash_fetch *f;
+  char pin[128], url[256], *prof = strdup(nst_path("hsts-profile"));
+  (void)state;
+  snprintf(pin, sizeof(pin), "example.test:%d:127.0.0.1", caddy_h2.port);
+  for (int round = 0; round < 3; round++) {
+    assert_int_equal(netstash_options_new(&o), NETSTASH_OK);
+    netstash_options_set_ca_file(o, nst_cert("ca.pem"));
+    netstash_options_set_profile_dir(o, round < 2 ? prof : nst_path("other-profile"));
+    ctx = new_ctx_opts(o);
+    netstash_options_del(o);
+    if (round == 0) {
+      assert_int_equal(
+          netstash_request_new(&req, url_of(caddy_h2.port, "example.test", "/hsts")), NETSTASH_OK);
+      netstash_request_add_resolve(req, pin);
+      assert_int_equal(netstash_fetch_sync(ctx, req, &f), NETSTASH_OK);
+      netstash_fetch_del(f);
+      netstash_request_del(req);
+    } else {
+      snprintf(url, sizeof(url), "http://example.test:%d/hello.txt", caddy_h2.port);
+      assert_int_equal(netstash_request_new(&req, url), NETSTASH_OK);
+      netstash_request_add_resolve(req, pin);
+      netstash_request_set_cache_mode(req, NETSTASH_CACHE_BYPASS);
+      netstash_request_set_timeout_ms(req, 3000);
+      if (round == 1) {
+        /* a new context of the same profile upgrades to https */
+        assert_int_equal(netstash_fetch_sync(ctx, req, &f), NETSTASH_OK);
+        assert_int_equal(netstash_fetch_status(f), 200);
+        assert_string_equal(netstash_fetch_tls_version(f), "TLSv1.3");
+      } else {
+        /* another profile knows nothing: plain http reaches the TLS port,
+         * which caddy answers 400 ("HTTP request to an HTTPS server") */
+        assert_int_equal(netstash_fetch_sync(ctx, req, &f), NETSTASH_OK);
+        assert_int_equal(netstash_fetch_status(f), 400);
+        assert_string_equal(netstash_fetch_tls_version(f), "");
+      }
+      netstash_fetch_del(f);
+      netstash_request_del(req);
+    }
+    netstash_ctx_del(ctx);
+  }
+  free(prof);
+}
+
 /* Counting allocator: live allocations of library state. */
 static atomic_long live_allocs;
 static void *c_malloc(size_t n, void *ud) {
@@ -924,6 +973,7 @@ int main(void) {
       cmocka_unit_test(test_post_body),
       cmocka_unit_test(test_streamed_upload),
       cmocka_unit_test(test_hsts_upgrade),
+      cmocka_unit_test(test_hsts_persisted),
       cmocka_unit_test(test_1000_sequential),
       cmocka_unit_test(test_inflight_memory),
       cmocka_unit_test(test_bad_inputs),
