@@ -121,6 +121,7 @@ struct netstash_fetch {
   int hc_store;      /* keep the wire body to store it */
   int hc_invalidate; /* unsafe method: invalidate on success */
   int detached;      /* background revalidation: no caller */
+  int hop_get;       /* a redirect turned the method into GET */
   ns_hc_entry hce;
   ns_headers hc_req;
   ns_buf hc_body;

@@ -75,6 +75,8 @@ static void start_hop(netstash_fetch *f);
 static void end_fetch(netstash_fetch *f, netstash_error err);
 static void serve_cached(netstash_fetch *f, netstash_source source);
 static void hsts_setup(ns_transport *tr, CURL *e);
+static const char *method_of(const netstash_fetch *f);
+static int cache_consult(netstash_fetch *f);
 
 static int64_t wall_ms(void) {
   struct timespec ts;
@@ -630,11 +632,10 @@ static void follow_redirect(netstash_fetch *f) {
     if (!(f->req->method && strcmp(f->req->method, "HEAD") == 0)) {
       curl_easy_setopt(f->easy, CURLOPT_CUSTOMREQUEST, NULL);
       curl_easy_setopt(f->easy, CURLOPT_HTTPGET, 1L);
+      f->hop_get = 1;
     }
   }
   reset_response(f);
-  f->hc_validating = 0; /* the cache was consulted for the first URL only */
-  ns_buf_reset(&f->hc_body);
   curl_slist_free_all(f->resolve_list);
   f->resolve_list = NULL;
   curl_easy_setopt(f->easy, CURLOPT_RESOLVE, NULL);
@@ -658,7 +659,7 @@ static void cache_after_response(netstash_fetch *f) {
   ns_httpcache *hc = f->ctx->hc;
   ns_headers resp;
   const char *why = NULL;
-  const char *method = f->req->method ? f->req->method : (f->req->has_body ? "POST" : "GET");
+  const char *method = method_of(f);
   const char *top = f->req->top_level_site.url;
   int stored = 0;
   netstash_error rv;
@@ -713,6 +714,7 @@ static void hop_done(netstash_fetch *f, CURLcode res) {
   }
   if (res == CURLE_OK && f->fail == NETSTASH_OK) {
     if (f->redirecting) {
+      cache_after_response(f); /* a permanent redirect is cacheable too */
       follow_redirect(f);
       return;
     }
@@ -833,6 +835,9 @@ static void start_hop(netstash_fetch *f) {
   const char *host = f->cur.host;
   size_t hl = strlen(host);
 
+  if (cache_consult(f))
+    return; /* answered (or failed, or redirected) from the cache */
+
   /* Pinned by the caller (curl --resolve style) for this host and port? */
   for (i = 0; i < f->req->nresolve; i++) {
     const char *e = f->req->resolve[i];
@@ -932,6 +937,29 @@ static int debug_cb(CURL *e, curl_infotype type, char *data, size_t size, void *
   return 0;
 }
 
+/* The request's header lines for libcurl (rebuilt per hop: validators of a
+ * revalidation are added to it by the cache). */
+static netstash_error build_hdr_list(netstash_fetch *f) {
+  struct curl_slist *l;
+  size_t i;
+  curl_slist_free_all(f->hdr_list);
+  f->hdr_list = NULL;
+  for (i = 0; i < f->req->nheaders; i++) {
+    l = curl_slist_append(f->hdr_list, f->req->headers[i]);
+    if (!l)
+      return NETSTASH_E_NOMEM;
+    f->hdr_list = l;
+  }
+  if (!f->req->has_accept_encoding) {
+    l = curl_slist_append(f->hdr_list, "Accept-Encoding: br, gzip");
+    if (!l)
+      return NETSTASH_E_NOMEM;
+    f->hdr_list = l;
+  }
+  curl_easy_setopt(f->easy, CURLOPT_HTTPHEADER, f->hdr_list);
+  return NETSTASH_OK;
+}
+
 static long weight_of(netstash_priority p) {
   static const long w[] = {1, 32, 64, 128, 256};
   return w[p];
@@ -942,9 +970,7 @@ static netstash_error setup_easy(netstash_fetch *f) {
   const ns_config *cfg = &f->ctx->cfg;
   netstash_request *req = f->req;
   CURL *e;
-  size_t i;
   long httpv;
-  struct curl_slist *l;
 
   e = f->easy = curl_easy_init();
   if (!e)
@@ -1012,19 +1038,8 @@ static netstash_error setup_easy(netstash_fetch *f) {
     curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, (long)((req->idle_timeout_ms + 999) / 1000));
   }
 
-  for (i = 0; i < req->nheaders; i++) {
-    l = curl_slist_append(f->hdr_list, req->headers[i]);
-    if (!l)
-      return NETSTASH_E_NOMEM;
-    f->hdr_list = l;
-  }
-  if (!req->has_accept_encoding) {
-    l = curl_slist_append(f->hdr_list, "Accept-Encoding: br, gzip");
-    if (!l)
-      return NETSTASH_E_NOMEM;
-    f->hdr_list = l;
-  }
-  curl_easy_setopt(e, CURLOPT_HTTPHEADER, f->hdr_list);
+  if (build_hdr_list(f) != NETSTASH_OK)
+    return NETSTASH_E_NOMEM;
 
   if (req->has_body) {
     curl_easy_setopt(e, CURLOPT_POST, 1L);
@@ -1051,7 +1066,10 @@ static netstash_error setup_easy(netstash_fetch *f) {
 
 /* ------------------------------------------------------------ HTTP cache */
 
-static const char *method_of(const netstash_request *req) {
+static const char *method_of(const netstash_fetch *f) {
+  const netstash_request *req = f->req;
+  if (f->hop_get && !(req->method && strcmp(req->method, "HEAD") == 0))
+    return "GET";
   return req->method ? req->method : (req->has_body ? "POST" : "GET");
 }
 
@@ -1119,7 +1137,7 @@ static void serve_cached_slice(netstash_fetch *f, netstash_source source,
   }
   f->timing[NETSTASH_TIMING_TTFB] = ns_now_us() - f->t_start;
   deliver_head(f);
-  if (strcmp(method_of(f->req), "HEAD") != 0 && !(partial && r->status == 416)) {
+  if (strcmp(method_of(f), "HEAD") != 0 && !(partial && r->status == 416)) {
     if (partial) {
       rs.f = f;
       rs.skip = r->first;
@@ -1203,11 +1221,26 @@ static netstash_error add_validators(netstash_fetch *f, int *added) {
   return rv;
 }
 
-/* A stored redirect is only an answer when redirects are not followed: the
- * hops are fetched (and cached) one by one otherwise. */
+/* A stored redirect we are to follow (the request follows redirects and
+ * redirects are left): its Location is followed without the network. */
 static int redirect_we_follow(const netstash_fetch *f) {
-  return f->req->follow && f->hce.status >= 300 && f->hce.status < 400 &&
-         ns_headers_get(&f->hce.headers, "location");
+  return f->req->follow && f->redirects_left > 0 && f->hce.status >= 300 &&
+         f->hce.status < 400 && ns_headers_get(&f->hce.headers, "location");
+}
+
+static void follow_cached_redirect(netstash_fetch *f) {
+  const ns_header_field *fld;
+  size_t it = 0;
+  netstash_error rv = NETSTASH_OK;
+  reset_response(f);
+  f->status = f->hce.status;
+  while (rv == NETSTASH_OK && (fld = ns_headers_next(&f->hce.headers, &it, NULL)) != NULL)
+    rv = add_header_nv(f, fld->name, fld->name_len, fld->value, fld->value_len);
+  if (rv != NETSTASH_OK) {
+    end_fetch(f, rv);
+    return;
+  }
+  follow_redirect(f);
 }
 
 /* Consults the HTTP cache before the network. Returns 1 when the fetch was
@@ -1215,11 +1248,24 @@ static int redirect_we_follow(const netstash_fetch *f) {
 static int cache_consult(netstash_fetch *f) {
   ns_httpcache *hc = f->ctx->hc;
   netstash_request *req = f->req;
-  const char *method = method_of(req);
+  const char *method = method_of(f);
   int is_get = strcmp(method, "GET") == 0, is_head = strcmp(method, "HEAD") == 0;
   netstash_error rv = NETSTASH_OK;
   size_t i;
   int added = 0;
+
+  /* per hop: every URL of a redirect chain is looked up and stored */
+  f->hc_used = f->hc_validating = f->hc_got_304 = f->hc_sie = 0;
+  f->hc_store = f->hc_invalidate = 0;
+  f->cache_reason[0] = 0;
+  ns_headers_free(&f->hc_req);
+  ns_hc_entry_free(&f->hce);
+  ns_hc_entry_init(&f->hce, &f->mem);
+  ns_buf_reset(&f->hc_body);
+  if (build_hdr_list(f) != NETSTASH_OK) {
+    end_fetch(f, NETSTASH_E_NOMEM);
+    return 1;
+  }
 
   if (!hc) {
     if (req->cache_mode == NETSTASH_CACHE_ONLY_IF_CACHED) {
@@ -1268,13 +1314,15 @@ static int cache_consult(netstash_fetch *f) {
   snprintf(f->cache_reason, sizeof(f->cache_reason), "%s", f->hce.decision.reason);
   switch (f->hce.decision.verdict) {
   case NS_CACHE_FRESH:
-    if (redirect_we_follow(f))
-      break;
+    if (redirect_we_follow(f)) {
+      follow_cached_redirect(f);
+      return 1;
+    }
     serve_stored(f);
     return 1;
   case NS_CACHE_STALE_WHILE_REVALIDATE:
     if (redirect_we_follow(f))
-      break;
+      break; /* revalidate the hop over the network */
     start_revalidation(f);
     serve_stored(f);
     return 1;
@@ -1322,8 +1370,6 @@ void ns_transport_start(netstash_fetch *f) {
     end_fetch(f, rv);
     return;
   }
-  if (cache_consult(f))
-    return;
   start_hop(f);
 }
 

@@ -498,6 +498,12 @@ static int handle(conn *c, request *rq) {
                      "Vary: Accept-Language\r\n",
                      body, (size_t)n, 0) == 0 && rq->keep_alive;
     }
+    if (strcmp(q, "perm") == 0) { /* permanent redirect, no explicit freshness */
+      n = snprintf(body, sizeof(body), "moved n=%lu", k);
+      return respond(c, rq, 301, "Content-Type: text/plain\r\n"
+                     "Location: /cache/max-age/600/target\r\n",
+                     body, (size_t)n, 0) == 0 && rq->keep_alive;
+    }
     if (strcmp(q, "nvs") == 0) {
       n = snprintf(body, sizeof(body), "nvs %s n=%lu", rq->target, k);
       return respond(c, rq, 200,

@@ -337,6 +337,45 @@ static void test_no_vary_search(void **state) {
   netstash_ctx_del(ctx);
 }
 
+/* A permanent redirect is cached (RFC 9111 §4.2.2: 301 is heuristically
+ * cacheable) and, with its target, answers a followed chain offline. */
+static void test_permanent_redirect_cached(void **state) {
+  netstash_ctx *ctx = ctx_for(new_profile(), 1);
+  netstash_request *req;
+  netstash_fetch *f;
+  const uint8_t *b;
+  size_t len;
+  char first[128];
+  (void)state;
+  for (int round = 0; round < 2; round++) {
+    assert_int_equal(netstash_request_new(&req, url("/cache/perm")), NETSTASH_OK);
+    netstash_request_set_follow_redirects(req, 5);
+    netstash_request_set_collect_body(req, 1 << 20);
+    if (round == 1)
+      netstash_request_set_cache_mode(req, NETSTASH_CACHE_ONLY_IF_CACHED); /* no network */
+    assert_int_equal(netstash_fetch_sync(ctx, req, &f), NETSTASH_OK);
+    assert_int_equal(netstash_fetch_status(f), 200);
+    assert_non_null(strstr(netstash_fetch_effective_url(f), "/cache/max-age/600/target"));
+    assert_int_equal(netstash_fetch_body(f, &b, &len), NETSTASH_OK);
+    if (round == 0) {
+      snprintf(first, sizeof(first), "%.*s", (int)len, (const char *)b);
+    } else {
+      assert_int_equal(netstash_fetch_source(f), NETSTASH_SOURCE_CACHE);
+      assert_memory_equal(b, first, len);
+    }
+    netstash_fetch_del(f);
+    netstash_request_del(req);
+  }
+  /* not following: the stored 301 itself is the answer */
+  assert_int_equal(netstash_request_new(&req, url("/cache/perm")), NETSTASH_OK);
+  assert_int_equal(netstash_fetch_sync(ctx, req, &f), NETSTASH_OK);
+  assert_int_equal(netstash_fetch_status(f), 301);
+  assert_int_equal(netstash_fetch_source(f), NETSTASH_SOURCE_CACHE);
+  netstash_fetch_del(f);
+  netstash_request_del(req);
+  netstash_ctx_del(ctx);
+}
+
 static int setup(void **state) {
   (void)state;
   return nst_rawserver_start(&raw) ? -1 : 0;
@@ -362,6 +401,7 @@ int main(void) {
       cmocka_unit_test(test_corrupt_store_refused),
       cmocka_unit_test(test_ranges_from_stored_body),
       cmocka_unit_test(test_no_vary_search),
+      cmocka_unit_test(test_permanent_redirect_cached),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }
