@@ -144,8 +144,9 @@ static netstash_error variant_key(const ns_buf *primary, const char *id, ns_buf 
 netstash_error ns_httpcache_open(const ns_mem *mem, const ns_hc_config *cfg,
                                  ns_httpcache **out, char *detail, size_t detail_len) {
   ns_httpcache *hc;
-  ns_store_params p;
   netstash_error rv;
+  (void)detail;
+  (void)detail_len;
   *out = NULL;
   hc = ns_calloc(mem, 1, sizeof(*hc));
   if (!hc)
@@ -154,15 +155,8 @@ netstash_error ns_httpcache_open(const ns_mem *mem, const ns_hc_config *cfg,
   ns_cache_policy_init(&hc->policy);
   hc->policy.partition = cfg->partition;
   hc->max_entry = cfg->max_entry ? cfg->max_entry : (32u << 20);
-  ns_store_params_init(&p);
-  p.mem = mem;
-  p.dir = cfg->profile_dir;
-  p.created_by = "netstash " PACKAGE_VERSION;
-  if (cfg->max_bytes)
-    p.size_limit = cfg->max_bytes;
-  rv = ns_store_open(&p, &hc->store, detail, detail_len);
-  if (rv == NETSTASH_OK)
-    rv = ns_store_reader_new(hc->store, &hc->reader);
+  hc->store = cfg->store;
+  rv = ns_store_reader_new(hc->store, &hc->reader);
   if (rv != NETSTASH_OK) {
     ns_httpcache_close(hc);
     return rv;
@@ -177,7 +171,6 @@ void ns_httpcache_close(ns_httpcache *hc) {
   ns_store_reader_del(hc->reader);
   if (hc->store)
     ns_store_flush_access(hc->store);
-  ns_store_close(hc->store);
   ns_free(hc->mem, hc);
 }
 

@@ -27,8 +27,7 @@
 typedef struct ns_httpcache ns_httpcache;
 
 typedef struct ns_hc_config {
-  const char *profile_dir;
-  uint64_t max_bytes;     /* store size limit */
+  ns_store *store;        /* the profile's store (borrowed: outlives the cache) */
   uint64_t max_entry;     /* largest body stored */
   int partition;          /* double-keyed cache */
 } ns_hc_config;

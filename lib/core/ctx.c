@@ -9,6 +9,7 @@
 #include "core/ctx.h"
 #include "core/log.h"
 #include "cache/httpcache.h"
+#include "store/store.h"
 #include "dns/dns.h"
 #include "transport/transport.h"
 
@@ -153,11 +154,21 @@ netstash_error netstash_ctx_new(netstash_ctx **out, const netstash_options *opts
   rv = ns_transport_new(ctx, &ctx->transport, detail, detail_len);
   if (rv != NETSTASH_OK)
     goto fail;
-  if (ctx->cfg.profile_dir && ctx->cfg.http_cache) {
+  if (ctx->cfg.profile_dir) {
+    ns_store_params sp;
+    ns_store_params_init(&sp);
+    sp.mem = &ctx->mem;
+    sp.dir = ctx->cfg.profile_dir;
+    sp.created_by = "netstash " PACKAGE_VERSION;
+    sp.size_limit = ctx->cfg.cache_max_bytes;
+    rv = ns_store_open(&sp, &ctx->store, detail, detail_len);
+    if (rv != NETSTASH_OK)
+      goto fail;
+  }
+  if (ctx->store && ctx->cfg.http_cache) {
     ns_hc_config hcc;
     memset(&hcc, 0, sizeof(hcc));
-    hcc.profile_dir = ctx->cfg.profile_dir;
-    hcc.max_bytes = ctx->cfg.cache_max_bytes;
+    hcc.store = ctx->store;
     hcc.partition = ctx->cfg.cache_partition;
     rv = ns_httpcache_open(&ctx->mem, &hcc, &ctx->hc, detail, detail_len);
     if (rv != NETSTASH_OK)
@@ -187,6 +198,7 @@ fail:
   ns_transport_del(ctx->transport);
   ns_dns_del(ctx->dns);
   ns_httpcache_close(ctx->hc);
+  ns_store_close(ctx->store);
   if (mutex_ok)
     uv_mutex_destroy(&ctx->qlock);
   ns_config_free(&ctx->mem, &ctx->cfg);
@@ -209,6 +221,7 @@ void netstash_ctx_del(netstash_ctx *ctx) {
   ns_transport_del(ctx->transport);
   ns_dns_del(ctx->dns);
   ns_httpcache_close(ctx->hc);
+  ns_store_close(ctx->store);
   uv_loop_close(&ctx->loop);
   uv_mutex_destroy(&ctx->qlock);
   ns_config_free(&ctx->mem, &ctx->cfg);

@@ -22,6 +22,7 @@
 struct ns_dns;
 struct ns_transport;
 struct ns_httpcache;
+struct ns_store;
 
 typedef struct ns_config {
   netstash_log_cb log_cb;
@@ -78,7 +79,8 @@ struct netstash_ctx {
 
   struct ns_dns *dns;
   struct ns_transport *transport;
-  struct ns_httpcache *hc; /* NULL without a profile directory */
+  struct ns_store *store;  /* the profile's store; NULL without a profile */
+  struct ns_httpcache *hc; /* NULL without a profile, or cache turned off */
 
   _Atomic uint64_t stats[8];
 };

@@ -304,7 +304,7 @@ static int head_end(netstash_fetch *f) {
     f->redirecting = 1;
     return 1;
   }
-  if (f->ctx->hc && f->ctx->cfg.hsts && !f->cur.host_is_ip &&
+  if (f->ctx->store && f->ctx->cfg.hsts && !f->cur.host_is_ip &&
       strcmp(f->cur.scheme, "https") == 0) {
     const char *sts = netstash_fetch_header(f, "strict-transport-security");
     int64_t max_age;
@@ -312,7 +312,7 @@ static int head_end(netstash_fetch *f) {
     /* RFC 6797 §8.1: only over a secure transport, and an invalid header is
      * ignored */
     if (sts && ns_sts_parse(sts, strlen(sts), &max_age, &sub)) {
-      netstash_error hv = ns_hsts_save(ns_httpcache_store_handle(f->ctx->hc), f->cur.host,
+      netstash_error hv = ns_hsts_save(f->ctx->store, f->cur.host,
                                        wall_ms(), max_age, sub);
       if (hv != NETSTASH_OK)
         NS_WARN(f->ctx, MOD, "HSTS for %s not saved: %s", f->cur.host, netstash_strerror(hv));
@@ -905,13 +905,13 @@ static CURLSTScode hsts_read_cb(CURL *e, struct curl_hstsentry *sts, void *ud) {
 static void hsts_setup(ns_transport *tr, CURL *e) {
   enum { HSTS_MAX = 4096 };
   netstash_error rv;
-  if (tr->hsts_loaded || !tr->ctx->hc)
+  if (tr->hsts_loaded || !tr->ctx->store)
     return;
   tr->hsts_loaded = 1;
   tr->hsts = ns_calloc(&tr->ctx->mem, HSTS_MAX, sizeof(*tr->hsts));
   if (!tr->hsts)
     return;
-  rv = ns_hsts_load(ns_httpcache_store_handle(tr->ctx->hc), &tr->ctx->mem, wall_ms(), tr->hsts,
+  rv = ns_hsts_load(tr->ctx->store, &tr->ctx->mem, wall_ms(), tr->hsts,
                     HSTS_MAX, &tr->nhsts);
   if (rv != NETSTASH_OK || tr->nhsts == 0) {
     if (rv != NETSTASH_OK)
