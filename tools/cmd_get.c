@@ -38,6 +38,12 @@ static const char get_usage[] =
     "      --dns-server A:P     use this DNS server instead of resolv.conf\n"
     "      --profile DIR        profile directory (HTTP cache store; later cookies, HSTS)\n"
     "      --no-cache           do not use the profile's HTTP cache (read or write)\n"
+    "      --jar NAME           cookie jar of the profile to use (default \"default\")\n"
+    "      --no-cookies         neither send nor store cookies\n"
+    "      --site-for-cookies URL  the request's site for cookies (SameSite); the\n"
+    "                           request is then a subresource, not a navigation\n"
+    "      --initiator ORIGIN   the origin that initiated the request\n"
+    "      --top-level-site URL top-level site (cache partition, CHIPS cookies)\n"
     "      --timeout MS         whole-transfer timeout\n"
     "      --connect-timeout MS connect timeout (default 10000)\n"
     "  -L, --location           follow redirects (up to --max-redirs, default 20)\n"
@@ -260,7 +266,12 @@ enum {
   OPT_RAW,
   OPT_MAXREDIRS,
   OPT_MAXBODY,
-  OPT_NOCACHE
+  OPT_NOCACHE,
+  OPT_JAR,
+  OPT_NOCOOKIES,
+  OPT_SFC,
+  OPT_INITIATOR,
+  OPT_TOPSITE
 };
 
 static const struct option get_opts[] = {
@@ -284,6 +295,11 @@ static const struct option get_opts[] = {
     {"max-redirs", required_argument, NULL, OPT_MAXREDIRS},
     {"max-body", required_argument, NULL, OPT_MAXBODY},
     {"no-cache", no_argument, NULL, OPT_NOCACHE},
+    {"jar", required_argument, NULL, OPT_JAR},
+    {"no-cookies", no_argument, NULL, OPT_NOCOOKIES},
+    {"site-for-cookies", required_argument, NULL, OPT_SFC},
+    {"initiator", required_argument, NULL, OPT_INITIATOR},
+    {"top-level-site", required_argument, NULL, OPT_TOPSITE},
     {"verbose", no_argument, NULL, 'v'},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0}};
@@ -304,9 +320,10 @@ static int parse_u32(const char *s, uint32_t *out) {
 int cmd_get(int argc, char **argv) {
   const char *outfile = NULL, *method = NULL, *datafile = NULL, *cacert = NULL;
   const char *dns = NULL, *profile = NULL, *url;
+  const char *jar = NULL, *sfc = NULL, *initiator = NULL, *topsite = NULL;
   const char *headers[MAX_LIST], *resolves[MAX_LIST];
   size_t nheaders = 0, nresolves = 0, i;
-  int json = 0, verbose = 0, raw = 0, follow = 0, nocache = 0, c, rc;
+  int json = 0, verbose = 0, raw = 0, follow = 0, nocache = 0, nocookies = 0, c, rc;
   uint32_t timeout = 0, ctimeout = 0, maxredirs = 20;
   uint64_t maxbody = 0;
   netstash_http_version httpv = NETSTASH_HTTP_ANY;
@@ -417,6 +434,21 @@ int cmd_get(int argc, char **argv) {
     }
     case OPT_NOCACHE:
       nocache = 1;
+      break;
+    case OPT_JAR:
+      jar = optarg;
+      break;
+    case OPT_NOCOOKIES:
+      nocookies = 1;
+      break;
+    case OPT_SFC:
+      sfc = optarg;
+      break;
+    case OPT_INITIATOR:
+      initiator = optarg;
+      break;
+    case OPT_TOPSITE:
+      topsite = optarg;
       break;
     case 'v':
       verbose = 1;
@@ -529,6 +561,17 @@ int cmd_get(int argc, char **argv) {
     netstash_request_set_follow_redirects(req, maxredirs);
   if (nocache)
     netstash_request_set_cache_mode(req, NETSTASH_CACHE_BYPASS);
+  if (nocookies)
+    netstash_request_set_cookies(req, 0);
+  if ((jar && netstash_request_set_cookie_jar(req, jar) != NETSTASH_OK) ||
+      (sfc && netstash_request_set_site_for_cookies(req, sfc, 0) != NETSTASH_OK) ||
+      (initiator && netstash_request_set_initiator(req, initiator) != NETSTASH_OK) ||
+      (topsite && netstash_request_set_top_level_site(req, topsite) != NETSTASH_OK)) {
+    cli_error("get", "bad --jar, --site-for-cookies, --initiator or --top-level-site value "
+              "(jar: 1-64 characters; the others: http(s) URLs)");
+    rc = EXIT_USAGE;
+    goto done;
+  }
 
   if (outfile) {
     st.out = fopen(outfile, "wb");

@@ -122,6 +122,26 @@ NETSTASH_EXTERN netstash_error netstash_request_set_cache_mode(netstash_request 
 NETSTASH_EXTERN netstash_error netstash_request_set_top_level_site(netstash_request *req,
                                                                    const char *url);
 
+/* Cookies (RFC 6265bis): a fetch sends the Cookie header built from a jar of
+ * its context and stores the Set-Cookie lines of every response it gets
+ * (redirect hops included) in that jar. A request that sets its own Cookie
+ * header gets no jar cookies added. */
+/* The jar by name (default "default"; created on first use; persistent in the
+ * profile store when the context has a profile). */
+NETSTASH_EXTERN netstash_error netstash_request_set_cookie_jar(netstash_request *req,
+                                                               const char *name);
+/* enable 0: neither send nor store cookies (Fetch's credentials "omit"). */
+NETSTASH_EXTERN netstash_error netstash_request_set_cookies(netstash_request *req, int enable);
+/* Fetch's "site for cookies" (a URL; NULL: the null site, every request
+ * cross-site) and whether the request is a top-level navigation. Unset: the
+ * request is a browser-initiated top-level navigation (its own site). */
+NETSTASH_EXTERN netstash_error netstash_request_set_site_for_cookies(netstash_request *req,
+                                                                     const char *url,
+                                                                     int top_level_navigation);
+/* The origin that initiated the request (NULL: the browser itself). */
+NETSTASH_EXTERN netstash_error netstash_request_set_initiator(netstash_request *req,
+                                                              const char *origin);
+
 /* Keep the body in memory (up to max bytes) for netstash_fetch_body(). */
 NETSTASH_EXTERN netstash_error netstash_request_set_collect_body(
     netstash_request *req, uint64_t max_bytes);

@@ -6,6 +6,7 @@
 #include "ns_setup.h"
 
 #include <libpsl.h>
+#include <stdlib.h>
 
 #include "cookie/jar_int.h"
 #include "core/headers.h"
@@ -75,11 +76,8 @@ size_t ns_cookie_canon_host(const ns_url *u, char *buf) {
 
 /* ------------------------------------------------------------ sites (PSL) */
 
+/* values are offsets, not allocations */
 static void site_cache_clear(ns_cookie_jars *jars) {
-  size_t it = 0;
-  void *v;
-  while (ns_map_next(&jars->site_cache, &it, NULL, NULL, &v))
-    ns_free(jars->mem, v);
   ns_map_free(&jars->site_cache);
   ns_map_init(&jars->site_cache, jars->mem);
 }

@@ -149,7 +149,8 @@ typedef enum ns_cookie_verdict { NS_COOKIE_ALLOW = 0, NS_COOKIE_BLOCK = 1 } ns_c
  * them); the hook may *modify* it by changing expiry_ms/persistent (e.g.
  * make it a session cookie), secure, http_only or same_site — nothing else.
  * For SEND/SCRIPT_GET c must not be changed. ns_cookie_jars_cross_site()
- * tells a third-party context apart. */
+ * tells a third-party context apart. req is NULL for cookies.txt imports
+ * (op SET). */
 typedef ns_cookie_verdict (*ns_cookie_policy_fn)(ns_cookie_jar *jar, ns_cookie_op op,
                                                  const ns_cookie_request *req, ns_cookie *c,
                                                  void *user_data);

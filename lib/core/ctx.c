@@ -10,6 +10,7 @@
 #include "core/log.h"
 #include "cache/httpcache.h"
 #include "store/store.h"
+#include "cookie/jar.h"
 #include "dns/dns.h"
 #include "transport/transport.h"
 
@@ -112,7 +113,7 @@ netstash_error netstash_ctx_new(netstash_ctx **out, const netstash_options *opts
   ns_config defaults;
   const ns_mem *mem = opts ? &opts->mem : ns_mem_default();
   netstash_error rv;
-  int loop_ok = 0, async_ok = 0, mutex_ok = 0;
+  int loop_ok = 0, async_ok = 0, mutex_ok = 0, cookie_lock_ok = 0;
 
   if (!out)
     return NETSTASH_E_INVALID_ARGUMENT;
@@ -165,6 +166,14 @@ netstash_error netstash_ctx_new(netstash_ctx **out, const netstash_options *opts
     if (rv != NETSTASH_OK)
       goto fail;
   }
+  rv = ns_cookie_jars_new(&ctx->mem, ctx->store, &ctx->cookies);
+  if (rv != NETSTASH_OK)
+    goto fail;
+  if (uv_mutex_init(&ctx->cookie_lock) != 0) {
+    rv = NETSTASH_E_INTERNAL;
+    goto fail;
+  }
+  cookie_lock_ok = 1;
   if (ctx->store && ctx->cfg.http_cache) {
     ns_hc_config hcc;
     memset(&hcc, 0, sizeof(hcc));
@@ -198,7 +207,10 @@ fail:
   ns_transport_del(ctx->transport);
   ns_dns_del(ctx->dns);
   ns_httpcache_close(ctx->hc);
+  ns_cookie_jars_del(ctx->cookies);
   ns_store_close(ctx->store);
+  if (cookie_lock_ok)
+    uv_mutex_destroy(&ctx->cookie_lock);
   if (mutex_ok)
     uv_mutex_destroy(&ctx->qlock);
   ns_config_free(&ctx->mem, &ctx->cfg);
@@ -221,7 +233,9 @@ void netstash_ctx_del(netstash_ctx *ctx) {
   ns_transport_del(ctx->transport);
   ns_dns_del(ctx->dns);
   ns_httpcache_close(ctx->hc);
+  ns_cookie_jars_del(ctx->cookies);
   ns_store_close(ctx->store);
+  uv_mutex_destroy(&ctx->cookie_lock);
   uv_loop_close(&ctx->loop);
   uv_mutex_destroy(&ctx->qlock);
   ns_config_free(&ctx->mem, &ctx->cfg);

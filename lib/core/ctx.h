@@ -23,6 +23,7 @@ struct ns_dns;
 struct ns_transport;
 struct ns_httpcache;
 struct ns_store;
+struct ns_cookie_jars;
 
 typedef struct ns_config {
   netstash_log_cb log_cb;
@@ -81,6 +82,8 @@ struct netstash_ctx {
   struct ns_transport *transport;
   struct ns_store *store;  /* the profile's store; NULL without a profile */
   struct ns_httpcache *hc; /* NULL without a profile, or cache turned off */
+  struct ns_cookie_jars *cookies; /* loop thread, or under cookie_lock */
+  uv_mutex_t cookie_lock;
 
   _Atomic uint64_t stats[8];
 };

@@ -45,6 +45,14 @@ struct netstash_request {
   int collect;
   netstash_cache_mode cache_mode;
   ns_url top_level_site; /* url == NULL when unset */
+  /* cookies */
+  char *jar;             /* NULL: "default" */
+  int no_cookies;
+  int sfc_set;           /* site_for_cookies given (url NULL: the null site) */
+  ns_url site_for_cookies;
+  int top_level_navigation;
+  ns_url initiator;      /* url == NULL: browser-initiated */
+  int has_cookie_header;
 };
 
 void ns_request_ref(netstash_request *req);

@@ -66,6 +66,9 @@ void netstash_request_del(netstash_request *r) {
     return;
   ns_url_free(REQ_MEM, &r->url);
   ns_url_free(REQ_MEM, &r->top_level_site);
+  ns_url_free(REQ_MEM, &r->site_for_cookies);
+  ns_url_free(REQ_MEM, &r->initiator);
+  ns_free(REQ_MEM, r->jar);
   ns_free(REQ_MEM, r->method);
   free_strv(r->headers, r->nheaders);
   free_strv(r->resolve, r->nresolve);
@@ -138,6 +141,8 @@ netstash_error netstash_request_add_header(netstash_request *r, const char *name
   }
   if (ns_ascii_casecmp(name, "accept-encoding") == 0)
     r->has_accept_encoding = 1;
+  if (ns_ascii_casecmp(name, "cookie") == 0)
+    r->has_cookie_header = 1;
   return NETSTASH_OK;
 }
 
@@ -284,6 +289,51 @@ netstash_error netstash_request_set_top_level_site(netstash_request *r, const ch
   return NETSTASH_OK;
 }
 
+netstash_error netstash_request_set_cookie_jar(netstash_request *r, const char *name) {
+  char *c = NULL;
+  CHECK_MUTABLE(r);
+  if (name && (!*name || strlen(name) > 64))
+    return NETSTASH_E_INVALID_ARGUMENT;
+  if (name && !(c = ns_strdup(REQ_MEM, name)))
+    return NETSTASH_E_NOMEM;
+  ns_free(REQ_MEM, r->jar);
+  r->jar = c;
+  return NETSTASH_OK;
+}
+
+netstash_error netstash_request_set_cookies(netstash_request *r, int enable) {
+  CHECK_MUTABLE(r);
+  r->no_cookies = !enable;
+  return NETSTASH_OK;
+}
+
+netstash_error netstash_request_set_site_for_cookies(netstash_request *r, const char *url,
+                                                     int top_level_navigation) {
+  ns_url u;
+  netstash_error rv;
+  CHECK_MUTABLE(r);
+  memset(&u, 0, sizeof(u));
+  if (url && (rv = ns_url_parse(REQ_MEM, url, &u, NULL, 0)) != NETSTASH_OK)
+    return rv;
+  ns_url_free(REQ_MEM, &r->site_for_cookies);
+  r->site_for_cookies = u;
+  r->sfc_set = 1;
+  r->top_level_navigation = top_level_navigation ? 1 : 0;
+  return NETSTASH_OK;
+}
+
+netstash_error netstash_request_set_initiator(netstash_request *r, const char *origin) {
+  ns_url u;
+  netstash_error rv;
+  CHECK_MUTABLE(r);
+  memset(&u, 0, sizeof(u));
+  if (origin && (rv = ns_url_parse(REQ_MEM, origin, &u, NULL, 0)) != NETSTASH_OK)
+    return rv;
+  ns_url_free(REQ_MEM, &r->initiator);
+  r->initiator = u;
+  return NETSTASH_OK;
+}
+
 netstash_error ns_request_clone(const netstash_request *src, netstash_request **out) {
   netstash_request *r;
   netstash_error rv;
@@ -312,6 +362,19 @@ netstash_error ns_request_clone(const netstash_request *src, netstash_request **
     netstash_request_del(r);
     return rv;
   }
+  if (rv == NETSTASH_OK && src->jar)
+    rv = netstash_request_set_cookie_jar(r, src->jar);
+  if (rv == NETSTASH_OK && src->sfc_set)
+    rv = netstash_request_set_site_for_cookies(r, src->site_for_cookies.url,
+                                               src->top_level_navigation);
+  if (rv == NETSTASH_OK && src->initiator.url)
+    rv = netstash_request_set_initiator(r, src->initiator.url);
+  if (rv != NETSTASH_OK) {
+    netstash_request_del(r);
+    return rv;
+  }
+  r->no_cookies = src->no_cookies;
+  r->has_cookie_header = src->has_cookie_header;
   r->has_accept_encoding = src->has_accept_encoding;
   r->http_version = src->http_version;
   r->priority = src->priority;

@@ -29,6 +29,7 @@
 #include <uv.h>
 
 #include "cache/httpcache.h"
+#include "cookie/jar.h"
 #include "core/headers.h"
 #include "core/log.h"
 #include "dns/dns.h"
@@ -77,6 +78,7 @@ static void serve_cached(netstash_fetch *f, netstash_source source);
 static void hsts_setup(ns_transport *tr, CURL *e);
 static const char *method_of(const netstash_fetch *f);
 static int cache_consult(netstash_fetch *f);
+static void store_cookies(netstash_fetch *f);
 
 static int64_t wall_ms(void) {
   struct timespec ts;
@@ -281,6 +283,7 @@ static int head_end(netstash_fetch *f) {
   if (f->status < 200)
     return 1; /* 1xx: another block follows (RFC 9110 15.2) */
   f->resp_time_ms = wall_ms();
+  store_cookies(f);
   if (f->hc_validating) {
     if (f->status == 304) {
       f->hc_got_304 = 1; /* answered from the stored body at the end */
@@ -937,6 +940,105 @@ static int debug_cb(CURL *e, curl_infotype type, char *data, size_t size, void *
   return 0;
 }
 
+/* ------------------------------------------------------------ cookies */
+
+/* The cookie context of the current hop. Unset site-for-cookies means a
+ * browser-initiated top-level navigation: each hop is its own site. */
+static void cookie_request(const netstash_fetch *f, ns_cookie_request *cr) {
+  const netstash_request *req = f->req;
+  memset(cr, 0, sizeof(*cr));
+  cr->url = &f->cur;
+  if (req->sfc_set) {
+    cr->site_for_cookies = req->site_for_cookies.url ? &req->site_for_cookies : NULL;
+    cr->top_level_navigation = req->top_level_navigation;
+  } else {
+    cr->site_for_cookies = &f->cur;
+    cr->top_level_navigation = 1;
+  }
+  cr->initiator = req->initiator.url ? &req->initiator : NULL;
+  cr->top_level_site = req->top_level_site.url ? &req->top_level_site : NULL;
+  cr->method = method_of(f);
+}
+
+static ns_cookie_jar *cookie_jar(netstash_fetch *f) {
+  ns_cookie_jar *jar = NULL;
+  const char *name = f->req->jar ? f->req->jar : "default";
+  netstash_error rv;
+  if (f->req->no_cookies || !f->ctx->cookies)
+    return NULL;
+  jar = ns_cookie_jars_get(f->ctx->cookies, name);
+  if (jar)
+    return jar;
+  rv = ns_cookie_jars_open(f->ctx->cookies, name, 0, wall_ms(), &jar);
+  if (rv != NETSTASH_OK) {
+    NS_WARN(f->ctx, MOD, "cookie jar \"%s\" unavailable: %s", name, netstash_strerror(rv));
+    return NULL;
+  }
+  return jar;
+}
+
+/* Appends "Cookie: ..." for the current hop. */
+static netstash_error add_cookie_header(netstash_fetch *f) {
+  ns_cookie_jar *jar;
+  ns_cookie_request cr;
+  ns_buf b;
+  netstash_error rv = NETSTASH_OK;
+  struct curl_slist *l;
+  if (f->req->has_cookie_header || f->req->no_cookies)
+    return NETSTASH_OK;
+  uv_mutex_lock(&f->ctx->cookie_lock);
+  jar = cookie_jar(f);
+  if (jar) {
+    cookie_request(f, &cr);
+    ns_buf_init(&b, &f->mem, 64 * 1024);
+    rv = ns_buf_append_str(&b, "Cookie: ");
+    if (rv == NETSTASH_OK)
+      rv = ns_cookie_jar_header(jar, &cr, wall_ms(), &b);
+    if (rv == NETSTASH_OK && b.len > 8) {
+      l = curl_slist_append(f->hdr_list, ns_buf_str(&b));
+      if (!l)
+        rv = NETSTASH_E_NOMEM;
+      else
+        f->hdr_list = l;
+    }
+    ns_buf_free(&b);
+  }
+  uv_mutex_unlock(&f->ctx->cookie_lock);
+  return rv == NETSTASH_E_TOO_LARGE ? NETSTASH_OK : rv;
+}
+
+/* Set-Cookie lines of the head just received go to the jar (every final,
+ * redirect and 304 head: RFC 6265bis §5.7 applies to all of them). */
+static void store_cookies(netstash_fetch *f) {
+  ns_cookie_jar *jar;
+  ns_cookie_request cr;
+  int64_t now = wall_ms();
+  size_t i;
+  if (f->req->no_cookies)
+    return;
+  for (i = 0; i < f->nhdrs; i++)
+    if (strcmp((const char *)f->hdr_arena.data + f->hdrs[i].name_off, "set-cookie") == 0)
+      break;
+  if (i == f->nhdrs)
+    return;
+  uv_mutex_lock(&f->ctx->cookie_lock);
+  jar = cookie_jar(f);
+  if (jar) {
+    cookie_request(f, &cr);
+    for (; i < f->nhdrs; i++) {
+      const char *n = (const char *)f->hdr_arena.data + f->hdrs[i].name_off;
+      const char *v = (const char *)f->hdr_arena.data + f->hdrs[i].value_off;
+      ns_cookie_status st;
+      if (strcmp(n, "set-cookie") != 0)
+        continue;
+      if (ns_cookie_jar_set(jar, &cr, v, strlen(v), now, &st) == NETSTASH_OK &&
+          st != NS_COOKIE_STORED && st != NS_COOKIE_DELETED)
+        NS_DEBUG(f->ctx, MOD, "cookie from %s rejected: %s", f->cur.host, ns_cookie_status_text(st));
+    }
+  }
+  uv_mutex_unlock(&f->ctx->cookie_lock);
+}
+
 /* The request's header lines for libcurl (rebuilt per hop: validators of a
  * revalidation are added to it by the cache). */
 static netstash_error build_hdr_list(netstash_fetch *f) {
@@ -956,6 +1058,8 @@ static netstash_error build_hdr_list(netstash_fetch *f) {
       return NETSTASH_E_NOMEM;
     f->hdr_list = l;
   }
+  if (add_cookie_header(f) != NETSTASH_OK)
+    return NETSTASH_E_NOMEM;
   curl_easy_setopt(f->easy, CURLOPT_HTTPHEADER, f->hdr_list);
   return NETSTASH_OK;
 }

@@ -530,6 +530,25 @@ static int handle(conn *c, request *rq) {
     }
   }
 
+  /* Cookies (tests/integration/cookie_fetch_test.c). */
+  if (strncmp(p, "/cookie/set/", 12) == 0) { /* /cookie/set/NAME/VALUE[/ATTRS] */
+    char name[64], value[64], attrs[128] = "", extra[400];
+    if (sscanf(p + 12, "%63[^/]/%63[^/]/%127s", name, value, attrs) < 2) {
+      return respond(c, rq, 400, "Content-Type: text/plain\r\n", "bad\n", 4, 0) == 0 &&
+             rq->keep_alive;
+    }
+    for (char *a = attrs; *a; a++)
+      if (*a == ',')
+        *a = ';';
+    snprintf(extra, sizeof(extra), "Content-Type: text/plain\r\nSet-Cookie: %s=%s; Path=/%s%s\r\n",
+             name, value, attrs[0] ? "; " : "", attrs);
+    return respond(c, rq, 200, extra, "set\n", 4, 0) == 0 && rq->keep_alive;
+  }
+  if (strcmp(p, "/cookie/redirect") == 0)
+    return respond(c, rq, 302,
+                   "Content-Type: text/plain\r\nSet-Cookie: hop=1; Path=/\r\nLocation: /echo\r\n",
+                   "moved\n", 6, 0) == 0 && rq->keep_alive;
+
   if (strcmp(p, "/count") == 0) {
     n = snprintf(body, sizeof(body), "%lu", atomic_load(&g_requests));
     return respond(c, rq, 200, "Content-Type: text/plain\r\n", body, (size_t)n, 0) == 0 &&
