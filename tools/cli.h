@@ -36,5 +36,6 @@ char *cli_default_profile(void);
 int cmd_get(int argc, char **argv);
 int cmd_verify(int argc, char **argv);
 int cmd_purge(int argc, char **argv);
+int cmd_cookies(int argc, char **argv);
 
 #endif

@@ -17,6 +17,7 @@ static const char usage[] =
     "  get URL       fetch a URL over HTTP/1.1 or HTTP/2 (netstash get --help)\n"
     "  verify        check the profile's store: every body complete and intact\n"
     "  purge         delete the profile's store (the remedy for a corrupt one)\n"
+    "  cookies       list, import, export, clear cookie jars (cookies --help)\n"
     "\n"
     "Exit codes: 0 success (any HTTP status), 1 internal error, 2 usage,\n"
     "3 bad URL, 4 DNS, 5 connect, 6 TLS, 7 timeout, 8 HTTP protocol error or\n"
@@ -162,6 +163,8 @@ int main(int argc, char **argv) {
     return cmd_verify(argc - 1, argv + 1);
   if (!strcmp(argv[1], "purge"))
     return cmd_purge(argc - 1, argv + 1);
+  if (!strcmp(argv[1], "cookies"))
+    return cmd_cookies(argc - 1, argv + 1);
   fprintf(stderr, "netstash: unknown command \"%s\"\n\n%s", argv[1], usage);
   return EXIT_USAGE;
 }

@@ -7,5 +7,6 @@
 #include "common.h"
 #include "fetch.h"
 #include "cache.h"
+#include "cookie.h"
 
 #endif /* NETSTASH_H */

@@ -287,4 +287,8 @@ netstash_error ns_cookie_jar_export_netscape(ns_cookie_jar *jar, int64_t now_ms,
  * (localhost, *.localhost, 127.0.0.0/8, ::1) as browsers treat them. */
 int ns_cookie_url_secure(const ns_url *u);
 
+/* Frees the embedder hooks of a context (lib/cookie/api.c). */
+struct netstash_ctx;
+void ns_cookie_hooks_free(struct netstash_ctx *ctx);
+
 #endif /* NS_COOKIE_JAR_H */

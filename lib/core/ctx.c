@@ -166,6 +166,7 @@ netstash_error netstash_ctx_new(netstash_ctx **out, const netstash_options *opts
     if (rv != NETSTASH_OK)
       goto fail;
   }
+  ns_list_init(&ctx->cookie_hooks);
   rv = ns_cookie_jars_new(&ctx->mem, ctx->store, &ctx->cookies);
   if (rv != NETSTASH_OK)
     goto fail;
@@ -208,6 +209,8 @@ fail:
   ns_dns_del(ctx->dns);
   ns_httpcache_close(ctx->hc);
   ns_cookie_jars_del(ctx->cookies);
+  if (ctx->cookie_hooks.next)
+    ns_cookie_hooks_free(ctx);
   ns_store_close(ctx->store);
   if (cookie_lock_ok)
     uv_mutex_destroy(&ctx->cookie_lock);
@@ -234,6 +237,7 @@ void netstash_ctx_del(netstash_ctx *ctx) {
   ns_dns_del(ctx->dns);
   ns_httpcache_close(ctx->hc);
   ns_cookie_jars_del(ctx->cookies);
+  ns_cookie_hooks_free(ctx);
   ns_store_close(ctx->store);
   uv_mutex_destroy(&ctx->cookie_lock);
   uv_loop_close(&ctx->loop);

@@ -84,6 +84,7 @@ struct netstash_ctx {
   struct ns_httpcache *hc; /* NULL without a profile, or cache turned off */
   struct ns_cookie_jars *cookies; /* loop thread, or under cookie_lock */
   uv_mutex_t cookie_lock;
+  ns_list cookie_hooks; /* embedder listeners/policies (lib/cookie/api.c) */
 
   _Atomic uint64_t stats[8];
 };

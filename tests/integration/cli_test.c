@@ -308,6 +308,54 @@ static void test_cli_corrupt_store(void **state) {
   free(prof);
 }
 
+/* netstash cookies: import a curl cookies.txt, list --json, export, clear;
+ * netstash get sends the imported cookie. */
+static void test_cli_cookies(void **state) {
+  char args[2048], *out, *prof = strdup(nst_path("cli-cookies")), *txt = strdup(nst_path("c.txt"));
+  FILE *fp = fopen(txt, "w");
+  json_t *j;
+  (void)state;
+  assert_non_null(fp);
+  fprintf(fp, "# Netscape HTTP Cookie File\n127.0.0.1\tFALSE\t/\tFALSE\t4102444800\tk\tv\n"
+              "#HttpOnly_.example.com\tTRUE\t/\tTRUE\t4102444800\th\tx\n");
+  fclose(fp);
+  snprintf(args, sizeof(args), "cookies import %s --profile %s --json", txt, prof);
+  assert_int_equal(run(args, &out, NULL), 0);
+  j = parse_one_object(out);
+  assert_int_equal(json_integer_value(json_object_get(j, "count")), 2);
+  json_decref(j);
+  free(out);
+  snprintf(args, sizeof(args), "cookies list --profile %s --json", prof);
+  assert_int_equal(run(args, &out, NULL), 0);
+  j = parse_one_object(out);
+  assert_int_equal(json_array_size(json_object_get(j, "cookies")), 2);
+  json_decref(j);
+  free(out);
+  snprintf(args, sizeof(args), "cookies export --profile %s", prof);
+  assert_int_equal(run(args, &out, NULL), 0);
+  assert_non_null(strstr(out, "#HttpOnly_.example.com\tTRUE\t/\tTRUE\t"));
+  free(out);
+  snprintf(args, sizeof(args), "get --profile %s http://127.0.0.1:%d/echo", prof, raw.port);
+  assert_int_equal(run(args, &out, NULL), 0);
+  assert_non_null(strstr(out, "k=v"));
+  free(out);
+  snprintf(args, sizeof(args), "get --no-cookies --profile %s http://127.0.0.1:%d/echo", prof,
+           raw.port);
+  assert_int_equal(run(args, &out, NULL), 0);
+  assert_null(strstr(out, "k=v"));
+  free(out);
+  snprintf(args, sizeof(args), "cookies clear --domain example.com --profile %s --json", prof);
+  assert_int_equal(run(args, &out, NULL), 0);
+  j = parse_one_object(out);
+  assert_int_equal(json_integer_value(json_object_get(j, "count")), 1);
+  json_decref(j);
+  free(out);
+  assert_int_equal(run("cookies bogus", &out, NULL), 2);
+  free(out);
+  free(prof);
+  free(txt);
+}
+
 static int setup(void **state) {
   const char *b = getenv("NST_BUILDDIR");
   (void)state;
@@ -336,6 +384,7 @@ int main(void) {
       cmocka_unit_test(test_http_error_status_exit_0), cmocka_unit_test(test_exit_codes),
       cmocka_unit_test(test_help),              cmocka_unit_test(test_verbose_and_headers),
       cmocka_unit_test(test_cli_cache),      cmocka_unit_test(test_cli_corrupt_store),
+      cmocka_unit_test(test_cli_cookies),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -163,6 +163,61 @@ static void test_persisted_in_profile(void **state) {
   free(p);
 }
 
+static int changes;
+static void on_change(const char *jar, const netstash_cookie *c, netstash_cookie_change ch,
+                      void *ud) {
+  (void)jar;
+  (void)c;
+  (void)ch;
+  (void)ud;
+  changes++;
+}
+
+/* Block every cookie set from a cross-site (third-party) context. */
+static int block_third_party(const char *jar, netstash_cookie_op op, const netstash_cookie *c,
+                             const char *u, int cross_site, void *ud) {
+  (void)jar;
+  (void)c;
+  (void)u;
+  (void)ud;
+  return op == NETSTASH_COOKIE_OP_SET && cross_site;
+}
+
+/* The embedder's API: document.cookie, listener, policy hook. */
+static void test_public_api(void **state) {
+  netstash_ctx *ctx = ctx_for(NULL);
+  char *s = NULL;
+  int stored = 0;
+  opts cross = {0};
+  (void)state;
+  assert_int_equal(netstash_cookie_set_listener(ctx, "default", on_change, NULL), NETSTASH_OK);
+  get(ctx, "/cookie/set/http/1/HttpOnly", NULL);
+  assert_int_equal(netstash_cookie_script_set(ctx, "default", url("/"), NULL, "js=2", &stored),
+                   NETSTASH_OK);
+  assert_int_equal(stored, 1);
+  assert_int_equal(netstash_cookie_script_get(ctx, "default", url("/"), NULL, &s), NETSTASH_OK);
+  assert_non_null(strstr(s, "js=2"));
+  assert_null(strstr(s, "http=1")); /* HttpOnly is not for scripts */
+  netstash_free(ctx, s);
+  assert_true(sends(get(ctx, "/echo", NULL), "js=2"));
+  assert_int_equal(changes, 2);
+  /* policy: third-party cookies blocked, first-party ones still stored */
+  assert_int_equal(netstash_cookie_set_policy(ctx, "default", block_third_party, NULL),
+                   NETSTASH_OK);
+  cross.sfc = "https://tracker.example/";
+  get(ctx, "/cookie/set/third/1/SameSite=None,Secure", &cross);
+  get(ctx, "/cookie/set/first/1", NULL);
+  assert_false(sends(get(ctx, "/echo", NULL), "third=1"));
+  assert_true(sends(get(ctx, "/echo", NULL), "first=1"));
+  {
+    size_t n = 0;
+    assert_int_equal(netstash_cookie_delete(ctx, "default", NULL, "first", &n), NETSTASH_OK);
+    assert_int_equal(n, 1);
+  }
+  assert_false(sends(get(ctx, "/echo", NULL), "first=1"));
+  netstash_ctx_del(ctx);
+}
+
 static int setup(void **state) {
   (void)state;
   return nst_rawserver_start(&raw) ? -1 : 0;
@@ -178,7 +233,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_set_then_send),       cmocka_unit_test(test_redirect_hop_cookies),
       cmocka_unit_test(test_jars_and_no_cookies), cmocka_unit_test(test_samesite_context),
-      cmocka_unit_test(test_persisted_in_profile),
+      cmocka_unit_test(test_persisted_in_profile), cmocka_unit_test(test_public_api),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }
