@@ -53,6 +53,17 @@ NETSTASH_EXTERN netstash_same_site netstash_cookie_same_site(const netstash_cook
 NETSTASH_EXTERN netstash_error netstash_cookie_jar_open(netstash_ctx *ctx, const char *jar,
                                                         int private_jar);
 
+/* Replaces the public suffix list of the context's jars with the file at
+ * path (the publicsuffix.org .dat text, or libpsl's DAFSA form). Default:
+ * Debian's publicsuffix data, else libpsl's built-in list. NETSTASH_E_IO when
+ * the file cannot be loaded (the old list stays). */
+NETSTASH_EXTERN netstash_error netstash_cookie_load_public_suffixes(netstash_ctx *ctx,
+                                                                    const char *path);
+/* Removes expired cookies of a jar now (they are also dropped when met);
+ * *n (may be NULL) receives the count. */
+NETSTASH_EXTERN netstash_error netstash_cookie_sweep(netstash_ctx *ctx, const char *jar,
+                                                     size_t *n);
+
 /* document.cookie for a document at url, whose top-level site is
  * top_level_url (NULL: the document is top-level): HttpOnly cookies
  * excluded. *out is NUL-terminated; free it with netstash_free. */

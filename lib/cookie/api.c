@@ -304,3 +304,18 @@ netstash_error netstash_cookie_set_policy(netstash_ctx *ctx, const char *name,
     }
   });
 }
+
+netstash_error netstash_cookie_load_public_suffixes(netstash_ctx *ctx, const char *path) {
+  netstash_error rv;
+  if (!ctx || !path)
+    return NETSTASH_E_INVALID_ARGUMENT;
+  uv_mutex_lock(&ctx->cookie_lock);
+  rv = ns_cookie_jars_load_psl(ctx->cookies, path);
+  uv_mutex_unlock(&ctx->cookie_lock);
+  return rv;
+}
+
+netstash_error netstash_cookie_sweep(netstash_ctx *ctx, const char *name, size_t *n) {
+  ns_cookie_jar *jar;
+  WITH_JAR(ctx, name, jar, { rv_ = ns_cookie_jar_sweep(jar, wall_ms(), n); });
+}

@@ -218,6 +218,52 @@ static void test_public_api(void **state) {
   netstash_ctx_del(ctx);
 }
 
+/* A private jar in a context with a profile is never written to the store;
+ * a newer public suffix list can be loaded. */
+static void test_private_jar_and_psl(void **state) {
+  char *p = strdup(nst_path("private-profile")), *psl = strdup(nst_path("psl.dat"));
+  netstash_ctx *ctx = ctx_for(p);
+  opts priv = {0};
+  FILE *fp;
+  char *s = NULL;
+  int stored = 1;
+  (void)state;
+  priv.jar = "incognito";
+  assert_int_equal(netstash_cookie_jar_open(ctx, "incognito", 1), NETSTASH_OK);
+  get(ctx, "/cookie/set/secret/1/Max-Age=3600", &priv);
+  assert_true(sends(get(ctx, "/echo", &priv), "secret=1"));
+  netstash_ctx_del(ctx);
+  ctx = ctx_for(p);
+  assert_false(sends(get(ctx, "/echo", &priv), "secret=1"));
+  /* a list where "example.test" is a public suffix: Domain=example.test is
+   * then refused for a.example.test (script set, no network needed) */
+  assert_int_equal(netstash_cookie_script_set(ctx, "default", "http://a.example.test/", NULL,
+                                              "y=1; Domain=example.test", &stored),
+                   NETSTASH_OK);
+  assert_int_equal(stored, 1); /* accepted under the default list */
+  fp = fopen(psl, "w");
+  assert_non_null(fp);
+  fputs("// test list\ntest\nexample.test\n", fp);
+  fclose(fp);
+  assert_int_equal(netstash_cookie_load_public_suffixes(ctx, psl), NETSTASH_OK);
+  assert_int_equal(netstash_cookie_script_set(ctx, "default", "http://a.example.test/", NULL,
+                                              "x=1; Domain=example.test", &stored),
+                   NETSTASH_OK);
+  assert_int_equal(stored, 0);
+  assert_int_equal(netstash_cookie_script_get(ctx, "default", "http://a.example.test/", NULL, &s),
+                   NETSTASH_OK);
+  assert_null(strstr(s, "x=1"));
+  netstash_free(ctx, s);
+  {
+    size_t n = 99;
+    assert_int_equal(netstash_cookie_sweep(ctx, "default", &n), NETSTASH_OK);
+    assert_int_equal(n, 0);
+  }
+  netstash_ctx_del(ctx);
+  free(p);
+  free(psl);
+}
+
 static int setup(void **state) {
   (void)state;
   return nst_rawserver_start(&raw) ? -1 : 0;
@@ -234,6 +280,7 @@ int main(void) {
       cmocka_unit_test(test_set_then_send),       cmocka_unit_test(test_redirect_hop_cookies),
       cmocka_unit_test(test_jars_and_no_cookies), cmocka_unit_test(test_samesite_context),
       cmocka_unit_test(test_persisted_in_profile), cmocka_unit_test(test_public_api),
+      cmocka_unit_test(test_private_jar_and_psl),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }
