@@ -71,7 +71,11 @@ extern "C" {
   X(E_STORE_VERSION, 201, "store was written by an incompatible version")      \
   X(E_STORE_FULL, 202, "store is full")                                        \
   X(E_STORE_BUSY, 203, "store is busy (another writer, or no reader slot)")    \
-  X(E_NOT_FOUND, 204, "not found")
+  X(E_NOT_FOUND, 204, "not found")                                             \
+  X(E_MANIFEST_INVALID, 205, "preload manifest invalid")                       \
+  X(E_SIGNATURE, 206, "manifest signature missing, malformed or refused")      \
+  X(E_MANIFEST_EXPIRED, 207, "preload manifest expired")                       \
+  X(E_DOWNGRADE, 208, "manifest version not newer than the installed one")
 
 typedef enum netstash_error {
 #define NETSTASH_X_ENUM(name, num, text) NETSTASH_##name = num,

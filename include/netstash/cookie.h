@@ -120,10 +120,22 @@ typedef enum netstash_cookie_op {
 } netstash_cookie_op;
 /* The embedder's policy, asked per cookie: return nonzero to block it.
  * url is the request's (NULL for cookies.txt imports); cross_site is 1 for a
- * third-party context (e.g. to block third-party cookies). */
+ * third-party context (e.g. to block third-party cookies). For the SET and
+ * SCRIPT_SET ops the candidate may be modified with netstash_cookie_modify_*
+ * before it is stored (the RFC's storage checks still apply afterwards, so a
+ * policy cannot weaken them); for SEND and SCRIPT_GET those calls fail. */
 typedef int (*netstash_cookie_policy_cb)(const char *jar, netstash_cookie_op op,
-                                         const netstash_cookie *c, const char *url,
-                                         int cross_site, void *user_data);
+                                         netstash_cookie *c, const char *url, int cross_site,
+                                         void *user_data);
+/* Inside a policy callback (SET/SCRIPT_SET): expiry in ms since the epoch,
+ * or -1 to make it a session cookie. */
+NETSTASH_EXTERN netstash_error netstash_cookie_modify_expiry(netstash_cookie *c,
+                                                             int64_t expires_ms);
+/* Sets and clears NETSTASH_COOKIE_SECURE / NETSTASH_COOKIE_HTTP_ONLY. */
+NETSTASH_EXTERN netstash_error netstash_cookie_modify_flags(netstash_cookie *c, uint32_t set,
+                                                            uint32_t clear);
+NETSTASH_EXTERN netstash_error netstash_cookie_modify_same_site(netstash_cookie *c,
+                                                                netstash_same_site s);
 NETSTASH_EXTERN netstash_error netstash_cookie_set_policy(netstash_ctx *ctx, const char *jar,
                                                           netstash_cookie_policy_cb cb,
                                                           void *user_data);

@@ -96,18 +96,69 @@ static void listener_tramp(ns_cookie_jar *jar, const ns_cookie *c, ns_cookie_cha
     h->listener(h->name, PUB(c), (netstash_cookie_change)change, h->listener_ud);
 }
 
+/* The cookie a policy callback may modify right now (set only during the
+ * callback, under the context's cookie lock: one at a time per context;
+ * thread-local so that contexts on different threads do not mix). */
+static _Thread_local ns_cookie *modifiable;
+
 static ns_cookie_verdict policy_tramp(ns_cookie_jar *jar, ns_cookie_op op,
                                       const ns_cookie_request *req, ns_cookie *c, void *ud) {
   hook *h = ud;
   int cross;
+  ns_cookie_verdict verdict;
   (void)jar;
   if (!h->policy)
     return NS_COOKIE_ALLOW;
   cross = req ? ns_cookie_jars_cross_site(h->ctx->cookies, req) : 0;
-  return h->policy(h->name, (netstash_cookie_op)op, PUB(c), req && req->url ? req->url->url : NULL,
-                   cross, h->policy_ud)
-             ? NS_COOKIE_BLOCK
-             : NS_COOKIE_ALLOW;
+  /* modifications are allowed while this SET/SCRIPT_SET call runs */
+  modifiable = (op == NS_COOKIE_OP_SET || op == NS_COOKIE_OP_SCRIPT_SET) ? c : NULL;
+  verdict = h->policy(h->name, (netstash_cookie_op)op, (netstash_cookie *)(void *)c,
+                      req && req->url ? req->url->url : NULL, cross, h->policy_ud)
+                ? NS_COOKIE_BLOCK
+                : NS_COOKIE_ALLOW;
+  modifiable = NULL;
+  return verdict;
+}
+
+netstash_error netstash_cookie_modify_expiry(netstash_cookie *pc, int64_t expires_ms) {
+  ns_cookie *c = (ns_cookie *)(void *)pc;
+  if (!c || c != modifiable)
+    return NETSTASH_E_ILLEGAL_STATE;
+  if (expires_ms < 0) {
+    c->persistent = 0;
+    c->expiry_ms = NS_COOKIE_EXPIRY_SESSION;
+  } else {
+    c->persistent = 1;
+    c->expiry_ms = expires_ms;
+  }
+  return NETSTASH_OK;
+}
+
+netstash_error netstash_cookie_modify_flags(netstash_cookie *pc, uint32_t set, uint32_t clear) {
+  ns_cookie *c = (ns_cookie *)(void *)pc;
+  if (!c || c != modifiable)
+    return NETSTASH_E_ILLEGAL_STATE;
+  if ((set | clear) & ~(NETSTASH_COOKIE_SECURE | NETSTASH_COOKIE_HTTP_ONLY))
+    return NETSTASH_E_INVALID_ARGUMENT;
+  if (set & NETSTASH_COOKIE_SECURE)
+    c->secure = 1;
+  if (clear & NETSTASH_COOKIE_SECURE)
+    c->secure = 0;
+  if (set & NETSTASH_COOKIE_HTTP_ONLY)
+    c->http_only = 1;
+  if (clear & NETSTASH_COOKIE_HTTP_ONLY)
+    c->http_only = 0;
+  return NETSTASH_OK;
+}
+
+netstash_error netstash_cookie_modify_same_site(netstash_cookie *pc, netstash_same_site ss) {
+  ns_cookie *c = (ns_cookie *)(void *)pc;
+  if (!c || c != modifiable)
+    return NETSTASH_E_ILLEGAL_STATE;
+  if ((int)ss < NETSTASH_SAME_SITE_UNSET || ss > NETSTASH_SAME_SITE_STRICT)
+    return NETSTASH_E_INVALID_ARGUMENT;
+  c->same_site = (uint8_t)ss;
+  return NETSTASH_OK;
 }
 
 /* ---------------------------------------------------------------- calls */

@@ -174,13 +174,29 @@ static void on_change(const char *jar, const netstash_cookie *c, netstash_cookie
 }
 
 /* Block every cookie set from a cross-site (third-party) context. */
-static int block_third_party(const char *jar, netstash_cookie_op op, const netstash_cookie *c,
+static int block_third_party(const char *jar, netstash_cookie_op op, netstash_cookie *c,
                              const char *u, int cross_site, void *ud) {
   (void)jar;
-  (void)c;
   (void)u;
   (void)ud;
+  if (op == NETSTASH_COOKIE_OP_SET && !strcmp(netstash_cookie_name(c), "ttl")) {
+    /* modify: make it a session cookie, HttpOnly */
+    assert_int_equal(netstash_cookie_modify_expiry(c, -1), NETSTASH_OK);
+    assert_int_equal(netstash_cookie_modify_flags(c, NETSTASH_COOKIE_HTTP_ONLY, 0), NETSTASH_OK);
+  }
+  if (op == NETSTASH_COOKIE_OP_SEND) /* not modifiable when sending */
+    assert_int_equal(netstash_cookie_modify_expiry(c, -1), NETSTASH_E_ILLEGAL_STATE);
   return op == NETSTASH_COOKIE_OP_SET && cross_site;
+}
+
+static uint32_t ttl_flags;
+static int64_t ttl_expiry = 7;
+static void find_ttl(const netstash_cookie *c, void *ud) {
+  (void)ud;
+  if (!strcmp(netstash_cookie_name(c), "ttl")) {
+    ttl_flags = netstash_cookie_flags(c);
+    ttl_expiry = netstash_cookie_expires_ms(c);
+  }
 }
 
 /* The embedder's API: document.cookie, listener, policy hook. */
@@ -209,6 +225,10 @@ static void test_public_api(void **state) {
   get(ctx, "/cookie/set/first/1", NULL);
   assert_false(sends(get(ctx, "/echo", NULL), "third=1"));
   assert_true(sends(get(ctx, "/echo", NULL), "first=1"));
+  get(ctx, "/cookie/set/ttl/1/Max-Age=3600", NULL);
+  assert_int_equal(netstash_cookie_list(ctx, "default", find_ttl, NULL), NETSTASH_OK);
+  assert_int_equal(ttl_expiry, -1);                          /* made a session cookie */
+  assert_true(ttl_flags & NETSTASH_COOKIE_HTTP_ONLY);        /* and HttpOnly */
   {
     size_t n = 0;
     assert_int_equal(netstash_cookie_delete(ctx, "default", NULL, "first", &n), NETSTASH_OK);
