@@ -22,7 +22,8 @@ enum {
   EXIT_TOO_LARGE = 10,
   EXIT_CANCELED = 11,
   EXIT_NOT_CACHED = 12,
-  EXIT_STORE = 13
+  EXIT_STORE = 13,
+  EXIT_MANIFEST = 14
 };
 
 int cli_exit_code(netstash_error err);
@@ -37,5 +38,6 @@ int cmd_get(int argc, char **argv);
 int cmd_verify(int argc, char **argv);
 int cmd_purge(int argc, char **argv);
 int cmd_cookies(int argc, char **argv);
+int cmd_manifest(int argc, char **argv);
 
 #endif

@@ -18,11 +18,13 @@ static const char usage[] =
     "  verify        check the profile's store: every body complete and intact\n"
     "  purge         delete the profile's store (the remedy for a corrupt one)\n"
     "  cookies       list, import, export, clear cookie jars (cookies --help)\n"
+    "  manifest      keygen, sign, verify, lint preload manifests (manifest --help)\n"
     "\n"
     "Exit codes: 0 success (any HTTP status), 1 internal error, 2 usage,\n"
     "3 bad URL, 4 DNS, 5 connect, 6 TLS, 7 timeout, 8 HTTP protocol error or\n"
     "truncated body, 9 local I/O, 10 size limit, 11 canceled, 12 not in the\n"
-    "cache (offline), 13 store unusable (corrupt, newer, full, busy).\n"
+    "cache (offline), 13 store unusable (corrupt, newer, full, busy),\n"
+    "14 manifest invalid or signature refused.\n"
     "See netstash(1).\n";
 
 int cli_exit_code(netstash_error err) {
@@ -70,6 +72,11 @@ int cli_exit_code(netstash_error err) {
   case NETSTASH_E_STORE_FULL:
   case NETSTASH_E_STORE_BUSY:
     return EXIT_STORE;
+  case NETSTASH_E_MANIFEST_INVALID:
+  case NETSTASH_E_SIGNATURE:
+  case NETSTASH_E_MANIFEST_EXPIRED:
+  case NETSTASH_E_DOWNGRADE:
+    return EXIT_MANIFEST;
   case NETSTASH_E_INVALID_ARGUMENT:
   case NETSTASH_E_UNSUPPORTED:
     return EXIT_USAGE;
@@ -165,6 +172,8 @@ int main(int argc, char **argv) {
     return cmd_purge(argc - 1, argv + 1);
   if (!strcmp(argv[1], "cookies"))
     return cmd_cookies(argc - 1, argv + 1);
+  if (!strcmp(argv[1], "manifest"))
+    return cmd_manifest(argc - 1, argv + 1);
   fprintf(stderr, "netstash: unknown command \"%s\"\n\n%s", argv[1], usage);
   return EXIT_USAGE;
 }

@@ -44,15 +44,15 @@ typedef struct ns_manifest_header {
 } ns_manifest_header;
 
 typedef struct ns_manifest_resource {
-  char *url;                 /* normalised absolute https URL */
-  ns_manifest_hash *hashes;  /* the integrity metadata, >= 1 */
+  char *url;                /* normalised absolute https URL */
+  ns_manifest_hash *hashes; /* the integrity metadata, >= 1 */
   size_t n_hashes;
-  uint64_t size;             /* bytes (decoded body) */
+  uint64_t size; /* bytes (decoded body) */
   const char *content_type;
   ns_manifest_header *headers;
   size_t n_headers;
   ns_manifest_priority priority; /* default high */
-  const char **query_ignore; /* NULL: query matched exactly */
+  const char **query_ignore;     /* NULL: query matched exactly */
   size_t n_query_ignore;
 } ns_manifest_resource;
 
@@ -92,7 +92,8 @@ typedef struct ns_manifest {
  * NETSTASH_E_TOO_LARGE) and "path: reason". */
 typedef struct ns_manifest_diag {
   netstash_error code;
-  char msg[256];
+  char path[128]; /* "resources[17].integrity", "" for the whole document */
+  char msg[256];  /* "PATH: reason" */
 } ns_manifest_diag;
 
 typedef struct ns_manifest_diags {

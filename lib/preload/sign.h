@@ -17,14 +17,14 @@
 
 #include "ns_setup.h"
 
-#define NS_KEY_ID_LEN 16 /* hex digits, a NUL follows */
+#define NS_KEY_ID_LEN 16    /* hex digits, a NUL follows */
 #define NS_SIG_MAX_LEN 4096 /* a .sig file larger than this is malformed */
 
 /* Creates a key pair: keyfile (created 0600, must not exist) and
  * keyfile.pub (0644). key_id receives the id. NETSTASH_E_IO (detail says
  * why), NETSTASH_E_INTERNAL, NETSTASH_E_NOMEM. */
-netstash_error ns_sign_keygen(const char *keyfile, char key_id[NS_KEY_ID_LEN + 1],
-                              char *detail, size_t detail_len);
+netstash_error ns_sign_keygen(const char *keyfile, char key_id[NS_KEY_ID_LEN + 1], char *detail,
+                              size_t detail_len);
 
 /* Signs msg with the private key in keyfile. *sig_json is the .sig file's
  * content (NUL-terminated, free with ns_free(mem, ...)); key_id (if not
@@ -32,8 +32,7 @@ netstash_error ns_sign_keygen(const char *keyfile, char key_id[NS_KEY_ID_LEN + 1
  * Ed25519 key), NETSTASH_E_INTERNAL, NETSTASH_E_NOMEM. */
 netstash_error ns_sign_create(const ns_mem *mem, const char *keyfile, const uint8_t *msg,
                               size_t msg_len, char **sig_json, size_t *sig_len,
-                              char key_id[NS_KEY_ID_LEN + 1], char *detail,
-                              size_t detail_len);
+                              char key_id[NS_KEY_ID_LEN + 1], char *detail, size_t detail_len);
 
 /* Verifies sig (a .sig file's content) over msg against the pinned public
  * key files. NETSTASH_OK, NETSTASH_E_SIGNATURE (detail: malformed .sig,
@@ -42,11 +41,10 @@ netstash_error ns_sign_create(const ns_mem *mem, const char *keyfile, const uint
  * NULL) receives the signer's id on success. */
 netstash_error ns_sign_verify(const uint8_t *msg, size_t msg_len, const uint8_t *sig,
                               size_t sig_len, const char *const *pubfiles, size_t n_pubfiles,
-                              char key_id[NS_KEY_ID_LEN + 1], char *detail,
-                              size_t detail_len);
+                              char key_id[NS_KEY_ID_LEN + 1], char *detail, size_t detail_len);
 
-/* Strict base64 (RFC 4648 §4, padding required, no whitespace). Returns
- * the decoded length, or -1 when malformed or longer than out_len. */
-long ns_b64_decode(const char *s, size_t len, uint8_t *out, size_t out_len);
+/* Strict base64 (RFC 4648 §4, padding required, no whitespace) into out
+ * (out_cap bytes). 0 and *out_len, or -1 when malformed or too long. */
+int ns_b64_decode(const char *s, size_t len, uint8_t *out, size_t out_cap, size_t *out_len);
 
 #endif /* NS_PRELOAD_SIGN_H */

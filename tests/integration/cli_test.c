@@ -356,6 +356,94 @@ static void test_cli_cookies(void **state) {
   free(txt);
 }
 
+static void test_cli_manifest(void **state) {
+  char args[4096], src[1024], *out, *err, *dir = strdup(nst_path("cli-manifest"));
+  const char *sd = getenv("srcdir");
+  json_t *j;
+  FILE *in, *o;
+  int c;
+  (void)state;
+  snprintf(args, sizeof(args), "mkdir -p %s", dir);
+  assert_int_equal(system(args), 0);
+  snprintf(src, sizeof(src), "%s/manifests/examples/news-site.json", sd ? sd : ".");
+  snprintf(args, sizeof(args), "%s/site.json", dir);
+  in = fopen(src, "rb");
+  o = fopen(args, "wb");
+  assert_non_null(in);
+  assert_non_null(o);
+  while ((c = fgetc(in)) != EOF)
+    fputc(c, o);
+  fclose(in);
+  fclose(o);
+  snprintf(args, sizeof(args), "manifest keygen %s/ops.key", dir);
+  assert_int_equal(run(args, &out, NULL), 0);
+  assert_int_equal(strlen(out), 17); /* 16 hex digits and a newline */
+  free(out);
+  snprintf(args, sizeof(args), "manifest keygen %s/other.key --json", dir);
+  assert_int_equal(run(args, &out, NULL), 0);
+  j = parse_one_object(out);
+  assert_int_equal(strlen(json_string_value(json_object_get(j, "key_id"))), 16);
+  json_decref(j);
+  free(out);
+  snprintf(args, sizeof(args), "manifest lint %s/site.json --json", dir);
+  assert_int_equal(run(args, &out, NULL), 0);
+  j = parse_one_object(out);
+  assert_true(json_is_true(json_object_get(j, "ok")));
+  assert_int_equal(json_array_size(json_object_get(j, "violations")), 0);
+  json_decref(j);
+  free(out);
+  snprintf(args, sizeof(args), "manifest sign %s/site.json --key %s/ops.key", dir, dir);
+  assert_int_equal(run(args, &out, NULL), 0);
+  free(out);
+  snprintf(args, sizeof(args), "manifest verify %s/site.json --trust %s/ops.key.pub --json", dir,
+           dir);
+  assert_int_equal(run(args, &out, NULL), 0);
+  j = parse_one_object(out);
+  assert_true(json_is_true(json_object_get(j, "ok")));
+  json_decref(j);
+  free(out);
+  /* wrong key: 14 with the reason */
+  snprintf(args, sizeof(args), "manifest verify %s/site.json --trust %s/other.key.pub", dir, dir);
+  assert_int_equal(run(args, &out, &err), 14);
+  assert_non_null(strstr(err, "unknown key id"));
+  free(out);
+  free(err);
+  /* tampered manifest: 14 */
+  snprintf(args, sizeof(args), "sed -i 's/\"version\": 42/\"version\": 43/' %s/site.json", dir);
+  assert_int_equal(system(args), 0);
+  snprintf(args, sizeof(args), "manifest verify %s/site.json --trust %s/ops.key.pub", dir, dir);
+  assert_int_equal(run(args, &out, &err), 14);
+  assert_non_null(strstr(err, "bad signature"));
+  free(out);
+  free(err);
+  /* lint: every violation with its path */
+  snprintf(args, sizeof(args), "%s/bad.json", dir);
+  o = fopen(args, "w");
+  assert_non_null(o);
+  fputs("{\"id\":\"x\",\"version\":1,\"scope\":[\"https://a.example/\"],\"entry_pages\":"
+        "[\"https://a.example/\"],\"expires\":\"2099-01-01T00:00:00Z\",\"resources\":[{\"url\":"
+        "\"https://a.example/\",\"integrity\":\"md5-AAAA\",\"size\":1,\"content_type\":\"a/b\","
+        "\"colour\":1}]}",
+        o);
+  fclose(o);
+  snprintf(args, sizeof(args), "manifest lint %s/bad.json --json", dir);
+  assert_int_equal(run(args, &out, NULL), 14);
+  j = parse_one_object(out);
+  assert_int_equal(json_array_size(json_object_get(j, "violations")), 2);
+  assert_string_equal(
+      json_string_value(json_object_get(json_array_get(json_object_get(j, "violations"), 1),
+                                        "path")),
+      "resources[0].integrity");
+  json_decref(j);
+  free(out);
+  assert_int_equal(run("manifest --help", &out, NULL), 0);
+  assert_non_null(strstr(out, "netstash manifest lint"));
+  free(out);
+  assert_int_equal(run("manifest bogus", &out, NULL), 2);
+  free(out);
+  free(dir);
+}
+
 static int setup(void **state) {
   const char *b = getenv("NST_BUILDDIR");
   (void)state;
@@ -385,6 +473,7 @@ int main(void) {
       cmocka_unit_test(test_help),              cmocka_unit_test(test_verbose_and_headers),
       cmocka_unit_test(test_cli_cache),      cmocka_unit_test(test_cli_corrupt_store),
       cmocka_unit_test(test_cli_cookies),
+      cmocka_unit_test(test_cli_manifest),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }

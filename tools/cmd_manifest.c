@@ -1,0 +1,457 @@
+/*
+ * netstash manifest keygen|sign|verify|lint — preload manifests for ops.
+ *
+ * --json output (one object per run, fields only ever added):
+ *   keygen  {"key_id", "private_key", "public_key"}
+ *   sign    {"manifest", "signature", "key_id", "ok", "error", "message"}
+ *   verify  {"manifest", "signature", "ok", "key_id", "error", "message"}
+ *   lint    {"manifest", "ok", "id", "version", "resources", "total_bytes",
+ *            "violations": [{"path", "error", "message"}], "more"}
+ */
+#include "ns_setup.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "cli.h"
+#include "preload/manifest.h"
+#include "preload/sign.h"
+
+static const char usage[] =
+    "usage: netstash manifest keygen KEYFILE [--json]\n"
+    "       netstash manifest sign MANIFEST --key KEYFILE [--json]\n"
+    "       netstash manifest verify MANIFEST --trust PUBFILE... [--sig FILE] [--json]\n"
+    "       netstash manifest lint MANIFEST [--installed-version N] [--json]\n"
+    "\n"
+    "keygen   creates an Ed25519 key pair: KEYFILE (private, mode 0600) and\n"
+    "         KEYFILE.pub; prints the key id\n"
+    "sign     lints MANIFEST, then writes its detached signature to MANIFEST.sig\n"
+    "verify   checks MANIFEST.sig against the trusted public keys (--trust, may\n"
+    "         be repeated), then lints the manifest\n"
+    "lint     reports every violation of the manifest format, each with its\n"
+    "         JSON path\n"
+    "\n"
+    "Exit codes: 0 valid / signed / verified, 2 usage, 9 file unreadable,\n"
+    "14 manifest invalid (also expired, downgraded, over budget or too large)\n"
+    "or signature refused. See netstash-manifest(1).\n";
+
+/* Every manifest-level refusal is exit 14, including size. */
+static int manifest_exit(netstash_error err) {
+  switch (err) {
+  case NETSTASH_E_TOO_LARGE:
+  case NETSTASH_E_MANIFEST_INVALID:
+  case NETSTASH_E_MANIFEST_EXPIRED:
+  case NETSTASH_E_DOWNGRADE:
+  case NETSTASH_E_SIGNATURE:
+    return EXIT_MANIFEST;
+  default:
+    return cli_exit_code(err);
+  }
+}
+
+static void print_json(json_t *o) {
+  json_dumpf(o, stdout, JSON_COMPACT | JSON_PRESERVE_ORDER);
+  fputc('\n', stdout);
+  json_decref(o);
+}
+
+/* Reads at most max + 1 bytes, so a caller can see "too large". */
+static netstash_error read_file(const char *path, size_t max, uint8_t **out, size_t *len,
+                                char *detail, size_t detail_len) {
+  FILE *f = fopen(path, "rb");
+  uint8_t *buf = NULL;
+  size_t n = 0, cap = 0;
+  netstash_error rv = NETSTASH_E_IO;
+  *out = NULL;
+  *len = 0;
+  if (!f) {
+    snprintf(detail, detail_len, "%s: %s", path, strerror(errno));
+    return NETSTASH_E_IO;
+  }
+  for (;;) {
+    size_t got;
+    if (n == cap) {
+      size_t ncap = cap ? cap * 2 : 65536;
+      uint8_t *nb;
+      if (ncap > max + 1)
+        ncap = max + 1;
+      if (ncap == cap) {
+        rv = NETSTASH_E_TOO_LARGE;
+        snprintf(detail, detail_len, "%s: larger than %zu bytes", path, max);
+        goto done;
+      }
+      if (!(nb = realloc(buf, ncap))) {
+        rv = NETSTASH_E_NOMEM;
+        goto done;
+      }
+      buf = nb;
+      cap = ncap;
+    }
+    got = fread(buf + n, 1, cap - n, f);
+    n += got;
+    if (got == 0) {
+      if (ferror(f)) {
+        snprintf(detail, detail_len, "%s: read error", path);
+        goto done;
+      }
+      break;
+    }
+  }
+  *out = buf;
+  *len = n;
+  buf = NULL;
+  rv = NETSTASH_OK;
+done:
+  free(buf);
+  fclose(f);
+  return rv;
+}
+
+/* Writes path atomically (a temporary file, then rename). */
+static netstash_error write_file(const char *path, const char *data, size_t len, char *detail,
+                                 size_t detail_len) {
+  char *tmp = NULL;
+  int fd = -1;
+  netstash_error rv = NETSTASH_E_IO;
+  if (asprintf(&tmp, "%s.tmp.XXXXXX", path) < 0)
+    return NETSTASH_E_NOMEM;
+  if ((fd = mkstemp(tmp)) < 0 || fchmod(fd, 0644) != 0 || write(fd, data, len) != (ssize_t)len ||
+      fsync(fd) != 0) {
+    snprintf(detail, detail_len, "%s: %s", fd < 0 ? path : tmp, strerror(errno));
+    goto done;
+  }
+  if (close(fd) != 0 || (fd = -1, rename(tmp, path) != 0)) {
+    fd = -1;
+    snprintf(detail, detail_len, "%s: %s", path, strerror(errno));
+    goto done;
+  }
+  fd = -1;
+  rv = NETSTASH_OK;
+done:
+  if (fd >= 0)
+    close(fd);
+  if (rv != NETSTASH_OK)
+    unlink(tmp);
+  free(tmp);
+  return rv;
+}
+
+typedef struct opts {
+  const char *key;
+  const char *sig;
+  const char *trust[16];
+  int n_trust;
+  uint64_t installed;
+  int json;
+} opts;
+
+/* Parses options; returns the index of the first operand, or -1 (usage error,
+ * printed) or -2 (--help printed). */
+static int parse_opts(const char *cmd, int argc, char **argv, opts *o) {
+  static const struct option lo[] = {{"key", required_argument, NULL, 'k'},
+                                     {"trust", required_argument, NULL, 't'},
+                                     {"sig", required_argument, NULL, 's'},
+                                     {"installed-version", required_argument, NULL, 'i'},
+                                     {"json", no_argument, NULL, 'j'},
+                                     {"help", no_argument, NULL, 'h'},
+                                     {NULL, 0, NULL, 0}};
+  int c;
+  memset(o, 0, sizeof(*o));
+  optind = 1;
+  while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
+    switch (c) {
+    case 'k':
+      o->key = optarg;
+      break;
+    case 's':
+      o->sig = optarg;
+      break;
+    case 't':
+      if (o->n_trust == (int)NS_ARRAY_LEN(o->trust)) {
+        cli_error(cmd, "at most %zu --trust keys", NS_ARRAY_LEN(o->trust));
+        return -1;
+      }
+      o->trust[o->n_trust++] = optarg;
+      break;
+    case 'i': {
+      char *end = NULL;
+      unsigned long long v;
+      errno = 0;
+      v = strtoull(optarg, &end, 10);
+      if (errno || !end || *end || optarg[0] < '0' || optarg[0] > '9') {
+        cli_error(cmd, "--installed-version: not a number \"%s\"", optarg);
+        return -1;
+      }
+      o->installed = v;
+      break;
+    }
+    case 'j':
+      o->json = 1;
+      break;
+    case 'h':
+      fputs(usage, stdout);
+      return -2;
+    default:
+      fputs(usage, stderr);
+      return -1;
+    }
+  }
+  return optind;
+}
+
+static int one_operand(const char *cmd, int argc, char **argv, int first) {
+  if (first >= argc) {
+    cli_error(cmd, "missing operand");
+    fputs(usage, stderr);
+    return -1;
+  }
+  if (first + 1 != argc) {
+    cli_error(cmd, "unexpected argument \"%s\"", argv[first + 1]);
+    fputs(usage, stderr);
+    return -1;
+  }
+  return first;
+}
+
+static int cmd_keygen(int argc, char **argv) {
+  opts o;
+  char kid[NS_KEY_ID_LEN + 1], detail[512] = "", *pub = NULL;
+  netstash_error err;
+  int i = parse_opts("manifest keygen", argc, argv, &o);
+  if (i == -2)
+    return 0;
+  if (i < 0 || (i = one_operand("manifest keygen", argc, argv, i)) < 0)
+    return EXIT_USAGE;
+  err = ns_sign_keygen(argv[i], kid, detail, sizeof(detail));
+  if (err != NETSTASH_OK) {
+    cli_error("manifest keygen", "%s: %s", netstash_strerror(err), *detail ? detail : argv[i]);
+    return cli_exit_code(err);
+  }
+  if (asprintf(&pub, "%s.pub", argv[i]) < 0)
+    return EXIT_INTERNAL;
+  if (o.json)
+    print_json(
+        json_pack("{s:s, s:s, s:s}", "key_id", kid, "private_key", argv[i], "public_key", pub));
+  else
+    printf("%s\n", kid);
+  free(pub);
+  return 0;
+}
+
+/* Lints data; fills diags. */
+static netstash_error lint_bytes(const uint8_t *data, size_t len, uint64_t installed,
+                                 ns_manifest_diags *d, ns_manifest **out) {
+  ns_manifest_check ck;
+  ck.now_s = (int64_t)time(NULL);
+  ck.installed_version = installed;
+  ck.max_len = NS_MANIFEST_MAX_LEN;
+  return ns_manifest_parse(ns_mem_default(), data, len, &ck, out, d);
+}
+
+static void print_diags(const char *cmd, const char *path, const ns_manifest_diags *d) {
+  size_t k;
+  for (k = 0; k < d->n; k++)
+    fprintf(stderr, "%s: %s\n", path, d->d[k].msg);
+  if (d->dropped)
+    fprintf(stderr, "%s: ... and %zu more\n", path, d->dropped);
+  (void)cmd;
+}
+
+static int cmd_lint(int argc, char **argv) {
+  opts o;
+  uint8_t *data = NULL;
+  size_t len = 0, k;
+  char detail[512] = "";
+  ns_manifest_diags *d = calloc(1, sizeof(*d));
+  ns_manifest *m = NULL;
+  netstash_error err;
+  int rc, i = parse_opts("manifest lint", argc, argv, &o);
+  if (!d)
+    return EXIT_INTERNAL;
+  if (i == -2 || i < 0 || (i = one_operand("manifest lint", argc, argv, i)) < 0) {
+    free(d);
+    return i == -2 ? 0 : EXIT_USAGE;
+  }
+  err = read_file(argv[i], NS_MANIFEST_MAX_LEN, &data, &len, detail, sizeof(detail));
+  if (err == NETSTASH_OK || err == NETSTASH_E_TOO_LARGE)
+    err = lint_bytes(data, len, o.installed, d, &m);
+  else if (!o.json)
+    cli_error("manifest lint", "%s", detail);
+  rc = err == NETSTASH_OK ? 0 : manifest_exit(err);
+  if (o.json) {
+    json_t *v = json_array(), *obj;
+    for (k = 0; k < d->n; k++)
+      json_array_append_new(v,
+                            json_pack("{s:s, s:s, s:s}", "path", d->d[k].path, "error",
+                                      netstash_error_name(d->d[k].code), "message", d->d[k].msg));
+    if (err != NETSTASH_OK && d->n == 0)
+      json_array_append_new(v, json_pack("{s:s, s:s, s:s}", "path", "", "error",
+                                         netstash_error_name(err), "message",
+                                         *detail ? detail : netstash_strerror(err)));
+    obj = json_pack("{s:s, s:b, s:o, s:o, s:I, s:I, s:o, s:I}", "manifest", argv[i], "ok",
+                    err == NETSTASH_OK, "id", m ? json_string(m->id) : json_null(), "version",
+                    m ? json_integer((json_int_t)m->version) : json_null(), "resources",
+                    (json_int_t)(m ? m->n_resources : 0), "total_bytes",
+                    (json_int_t)(m ? m->total_bytes : 0), "violations", v, "more",
+                    (json_int_t)d->dropped);
+    print_json(obj);
+  } else if (err == NETSTASH_OK) {
+    printf("%s: ok (%s version %llu, %zu resources, %llu bytes)\n", argv[i], m->id,
+           (unsigned long long)m->version, m->n_resources, (unsigned long long)m->total_bytes);
+  } else {
+    print_diags("manifest lint", argv[i], d);
+  }
+  ns_manifest_del(m);
+  free(data);
+  free(d);
+  return rc;
+}
+
+static int cmd_sign(int argc, char **argv) {
+  opts o;
+  uint8_t *data = NULL;
+  size_t len = 0, sig_len = 0;
+  char detail[512] = "", kid[NS_KEY_ID_LEN + 1] = "", *sig = NULL, *sigpath = NULL;
+  ns_manifest_diags *d = calloc(1, sizeof(*d));
+  ns_manifest *m = NULL;
+  netstash_error err;
+  int rc, i = parse_opts("manifest sign", argc, argv, &o);
+  if (!d)
+    return EXIT_INTERNAL;
+  if (i == -2 || i < 0 || (i = one_operand("manifest sign", argc, argv, i)) < 0 || !o.key) {
+    if (i >= 0 && !o.key) {
+      cli_error("manifest sign", "--key KEYFILE is required");
+      fputs(usage, stderr);
+    }
+    free(d);
+    return i == -2 ? 0 : EXIT_USAGE;
+  }
+  if (asprintf(&sigpath, "%s.sig", argv[i]) < 0) {
+    free(d);
+    return EXIT_INTERNAL;
+  }
+  err = read_file(argv[i], NS_MANIFEST_MAX_LEN, &data, &len, detail, sizeof(detail));
+  if (err == NETSTASH_OK || err == NETSTASH_E_TOO_LARGE) {
+    err = lint_bytes(data, len, 0, d, &m);
+    if (err != NETSTASH_OK && d->n)
+      snprintf(detail, sizeof(detail), "refusing to sign an invalid manifest: %s%s", d->d[0].msg,
+               d->n > 1 ? " (netstash manifest lint lists all)" : "");
+  }
+  if (err == NETSTASH_OK)
+    err = ns_sign_create(ns_mem_default(), o.key, data, len, &sig, &sig_len, kid, detail,
+                         sizeof(detail));
+  if (err == NETSTASH_OK)
+    err = write_file(sigpath, sig, sig_len, detail, sizeof(detail));
+  rc = err == NETSTASH_OK ? 0 : manifest_exit(err);
+  if (o.json)
+    print_json(json_pack("{s:s, s:s, s:s, s:b, s:o, s:s}", "manifest", argv[i], "signature",
+                         sigpath, "key_id", kid, "ok", err == NETSTASH_OK, "error",
+                         err == NETSTASH_OK ? json_null() : json_string(netstash_error_name(err)),
+                         "message", *detail ? detail : netstash_strerror(err)));
+  else if (err == NETSTASH_OK)
+    printf("%s: signed by key %s\n", sigpath, kid);
+  if (err != NETSTASH_OK)
+    cli_error("manifest sign", "%s: %s", netstash_strerror(err), *detail ? detail : argv[i]);
+  ns_free(ns_mem_default(), sig);
+  ns_manifest_del(m);
+  free(sigpath);
+  free(data);
+  free(d);
+  return rc;
+}
+
+static int cmd_mverify(int argc, char **argv) {
+  opts o;
+  uint8_t *data = NULL, *sig = NULL;
+  size_t len = 0, sig_len = 0;
+  char detail[512] = "", kid[NS_KEY_ID_LEN + 1] = "", *sigpath = NULL;
+  ns_manifest_diags *d = calloc(1, sizeof(*d));
+  ns_manifest *m = NULL;
+  netstash_error err;
+  int rc, i = parse_opts("manifest verify", argc, argv, &o);
+  if (!d)
+    return EXIT_INTERNAL;
+  if (i == -2 || i < 0 || (i = one_operand("manifest verify", argc, argv, i)) < 0 || !o.n_trust) {
+    if (i >= 0 && !o.n_trust) {
+      cli_error("manifest verify", "--trust PUBFILE is required (the pinned public key)");
+      fputs(usage, stderr);
+    }
+    free(d);
+    return i == -2 ? 0 : EXIT_USAGE;
+  }
+  if (o.sig)
+    sigpath = strdup(o.sig);
+  else if (asprintf(&sigpath, "%s.sig", argv[i]) < 0)
+    sigpath = NULL;
+  if (!sigpath) {
+    free(d);
+    return EXIT_INTERNAL;
+  }
+  err = read_file(argv[i], NS_MANIFEST_MAX_LEN, &data, &len, detail, sizeof(detail));
+  if (err == NETSTASH_OK) {
+    err = read_file(sigpath, NS_SIG_MAX_LEN, &sig, &sig_len, detail, sizeof(detail));
+    if (err == NETSTASH_E_IO && access(sigpath, F_OK) != 0) {
+      err = NETSTASH_E_SIGNATURE;
+      snprintf(detail, sizeof(detail), "%s: no signature (unsigned manifest)", sigpath);
+    } else if (err == NETSTASH_E_TOO_LARGE) {
+      err = NETSTASH_E_SIGNATURE;
+    }
+  }
+  if (err == NETSTASH_OK)
+    err = ns_sign_verify(data, len, sig, sig_len, o.trust, (size_t)o.n_trust, kid, detail,
+                         sizeof(detail));
+  if (err == NETSTASH_OK) {
+    err = lint_bytes(data, len, o.installed, d, &m);
+    if (err != NETSTASH_OK && d->n)
+      snprintf(detail, sizeof(detail), "signature good (key %s) but %s%s", kid, d->d[0].msg,
+               d->n > 1 ? " (netstash manifest lint lists all)" : "");
+  }
+  rc = err == NETSTASH_OK ? 0 : manifest_exit(err);
+  if (o.json)
+    print_json(json_pack("{s:s, s:s, s:b, s:o, s:o, s:s}", "manifest", argv[i], "signature",
+                         sigpath, "ok", err == NETSTASH_OK, "key_id",
+                         *kid ? json_string(kid) : json_null(), "error",
+                         err == NETSTASH_OK ? json_null() : json_string(netstash_error_name(err)),
+                         "message", *detail ? detail : netstash_strerror(err)));
+  else if (err == NETSTASH_OK)
+    printf("%s: signature good (key %s), manifest %s version %llu valid\n", argv[i], kid, m->id,
+           (unsigned long long)m->version);
+  if (err != NETSTASH_OK)
+    cli_error("manifest verify", "%s: %s", netstash_strerror(err), *detail ? detail : argv[i]);
+  ns_manifest_del(m);
+  free(sigpath);
+  free(sig);
+  free(data);
+  free(d);
+  return rc;
+}
+
+int cmd_manifest(int argc, char **argv) {
+  if (argc < 2) {
+    fputs(usage, stderr);
+    return EXIT_USAGE;
+  }
+  if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+    fputs(usage, stdout);
+    return 0;
+  }
+  if (!strcmp(argv[1], "keygen"))
+    return cmd_keygen(argc - 1, argv + 1);
+  if (!strcmp(argv[1], "sign"))
+    return cmd_sign(argc - 1, argv + 1);
+  if (!strcmp(argv[1], "verify"))
+    return cmd_mverify(argc - 1, argv + 1);
+  if (!strcmp(argv[1], "lint"))
+    return cmd_lint(argc - 1, argv + 1);
+  fprintf(stderr, "netstash: manifest: unknown subcommand \"%s\"\n\n%s", argv[1], usage);
+  return EXIT_USAGE;
+}
