@@ -31,6 +31,9 @@ int cli_exit_code(netstash_error err);
 void cli_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 const char *cli_hint(netstash_error err);
 
+netstash_error cli_read_file(const char *path, size_t max, uint8_t **out, size_t *len,
+                             char *detail, size_t detail_len);
+
 /* $XDG_DATA_HOME/netstash or ~/.local/share/netstash (malloc'd). */
 char *cli_default_profile(void);
 

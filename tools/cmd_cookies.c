@@ -67,31 +67,6 @@ static void on_cookie(const netstash_cookie *c, void *ud) {
   }
 }
 
-static char *slurp(const char *path, size_t *len) {
-  FILE *fp = (!path || !strcmp(path, "-")) ? stdin : fopen(path, "rb");
-  char *buf = NULL;
-  size_t n = 0, cap = 0, r;
-  if (!fp)
-    return NULL;
-  do {
-    if (n == cap) {
-      char *nb = realloc(buf, cap = cap ? cap * 2 : 65536);
-      if (!nb) {
-        free(buf);
-        buf = NULL;
-        break;
-      }
-      buf = nb;
-    }
-    r = fread(buf + n, 1, cap - n, fp);
-    n += r;
-  } while (r > 0);
-  if (fp != stdin)
-    fclose(fp);
-  *len = n;
-  return buf;
-}
-
 int cmd_cookies(int argc, char **argv) {
   static const struct option opts[] = {{"jar", required_argument, NULL, 'j'},
                                        {"profile", required_argument, NULL, 'p'},
@@ -178,13 +153,14 @@ int cmd_cookies(int argc, char **argv) {
     }
   } else if (!strcmp(sub, "import")) {
     size_t len = 0, skipped = 0;
-    char *text = slurp(file, &len);
-    if (!text) {
-      cli_error("cookies", "cannot read \"%s\": %s", file, strerror(errno));
+    uint8_t *text = NULL;
+    char why[300];
+    if (cli_read_file(file, SIZE_MAX / 2, &text, &len, why, sizeof(why)) != NETSTASH_OK) {
+      cli_error("cookies", "cannot read %s", why);
       rc = EXIT_IO;
       goto done;
     }
-    err = netstash_cookie_import(ctx, jar, text, len, &count, &skipped);
+    err = netstash_cookie_import(ctx, jar, (const char *)text, len, &count, &skipped);
     free(text);
   } else if (!strcmp(sub, "export")) {
     char *text = NULL;

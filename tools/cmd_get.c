@@ -212,44 +212,6 @@ static int print_json(const char *url, netstash_fetch *f, netstash_error err,
   return rc;
 }
 
-static int read_file(const char *path, uint8_t **data, size_t *len) {
-  FILE *fp = strcmp(path, "-") == 0 ? stdin : fopen(path, "rb");
-  uint8_t *buf = NULL;
-  size_t n = 0, cap = 0;
-  if (!fp)
-    return -1;
-  for (;;) {
-    size_t r;
-    if (n == cap) {
-      uint8_t *nb;
-      cap = cap ? cap * 2 : 65536;
-      nb = realloc(buf, cap);
-      if (!nb) {
-        free(buf);
-        if (fp != stdin)
-          fclose(fp);
-        return -1;
-      }
-      buf = nb;
-    }
-    r = fread(buf + n, 1, cap - n, fp);
-    n += r;
-    if (r == 0)
-      break;
-  }
-  if (ferror(fp)) {
-    free(buf);
-    if (fp != stdin)
-      fclose(fp);
-    return -1;
-  }
-  if (fp != stdin)
-    fclose(fp);
-  *data = buf;
-  *len = n;
-  return 0;
-}
-
 enum {
   OPT_DATA = 256,
   OPT_HTTP11,
@@ -540,8 +502,9 @@ int cmd_get(int argc, char **argv) {
     }
   }
   if (datafile) {
-    if (read_file(datafile, &body, &body_len) != 0) {
-      cli_error("get", "cannot read --data file \"%s\": %s", datafile, strerror(errno));
+    char why[300];
+    if (cli_read_file(datafile, SIZE_MAX / 2, &body, &body_len, why, sizeof(why)) != NETSTASH_OK) {
+      cli_error("get", "cannot read --data file: %s", why);
       rc = EXIT_IO;
       goto done;
     }

@@ -64,57 +64,6 @@ static void print_json(json_t *o) {
   json_decref(o);
 }
 
-/* Reads at most max + 1 bytes, so a caller can see "too large". */
-static netstash_error read_file(const char *path, size_t max, uint8_t **out, size_t *len,
-                                char *detail, size_t detail_len) {
-  FILE *f = fopen(path, "rb");
-  uint8_t *buf = NULL;
-  size_t n = 0, cap = 0;
-  netstash_error rv = NETSTASH_E_IO;
-  *out = NULL;
-  *len = 0;
-  if (!f) {
-    snprintf(detail, detail_len, "%s: %s", path, strerror(errno));
-    return NETSTASH_E_IO;
-  }
-  for (;;) {
-    size_t got;
-    if (n == cap) {
-      size_t ncap = cap ? cap * 2 : 65536;
-      uint8_t *nb;
-      if (ncap > max + 1)
-        ncap = max + 1;
-      if (ncap == cap) {
-        rv = NETSTASH_E_TOO_LARGE;
-        snprintf(detail, detail_len, "%s: larger than %zu bytes", path, max);
-        goto done;
-      }
-      if (!(nb = realloc(buf, ncap))) {
-        rv = NETSTASH_E_NOMEM;
-        goto done;
-      }
-      buf = nb;
-      cap = ncap;
-    }
-    got = fread(buf + n, 1, cap - n, f);
-    n += got;
-    if (got == 0) {
-      if (ferror(f)) {
-        snprintf(detail, detail_len, "%s: read error", path);
-        goto done;
-      }
-      break;
-    }
-  }
-  *out = buf;
-  *len = n;
-  buf = NULL;
-  rv = NETSTASH_OK;
-done:
-  free(buf);
-  fclose(f);
-  return rv;
-}
 
 /* Writes path atomically (a temporary file, then rename). */
 static netstash_error write_file(const char *path, const char *data, size_t len, char *detail,
@@ -281,7 +230,7 @@ static int cmd_lint(int argc, char **argv) {
     free(d);
     return i == -2 ? 0 : EXIT_USAGE;
   }
-  err = read_file(argv[i], NS_MANIFEST_MAX_LEN, &data, &len, detail, sizeof(detail));
+  err = cli_read_file(argv[i], NS_MANIFEST_MAX_LEN, &data, &len, detail, sizeof(detail));
   if (err == NETSTASH_OK || err == NETSTASH_E_TOO_LARGE)
     err = lint_bytes(data, len, o.installed, d, &m);
   else if (!o.json)
@@ -339,7 +288,7 @@ static int cmd_sign(int argc, char **argv) {
     free(d);
     return EXIT_INTERNAL;
   }
-  err = read_file(argv[i], NS_MANIFEST_MAX_LEN, &data, &len, detail, sizeof(detail));
+  err = cli_read_file(argv[i], NS_MANIFEST_MAX_LEN, &data, &len, detail, sizeof(detail));
   if (err == NETSTASH_OK || err == NETSTASH_E_TOO_LARGE) {
     err = lint_bytes(data, len, 0, d, &m);
     if (err != NETSTASH_OK && d->n)
@@ -396,9 +345,9 @@ static int cmd_mverify(int argc, char **argv) {
     free(d);
     return EXIT_INTERNAL;
   }
-  err = read_file(argv[i], NS_MANIFEST_MAX_LEN, &data, &len, detail, sizeof(detail));
+  err = cli_read_file(argv[i], NS_MANIFEST_MAX_LEN, &data, &len, detail, sizeof(detail));
   if (err == NETSTASH_OK) {
-    err = read_file(sigpath, NS_SIG_MAX_LEN, &sig, &sig_len, detail, sizeof(detail));
+    err = cli_read_file(sigpath, NS_SIG_MAX_LEN, &sig, &sig_len, detail, sizeof(detail));
     if (err == NETSTASH_E_IO && access(sigpath, F_OK) != 0) {
       err = NETSTASH_E_SIGNATURE;
       snprintf(detail, sizeof(detail), "%s: no signature (unsigned manifest)", sigpath);

@@ -3,6 +3,7 @@
  * verify and purge the cache, lint and sign manifests.
  */
 #define _GNU_SOURCE 1
+#include <errno.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <stdio.h>
@@ -134,6 +135,60 @@ char *cli_default_profile(void) {
     p = NULL;
   }
   return p;
+}
+
+/* Reads a whole file ("-": standard input), at most max bytes: NETSTASH_E_TOO_LARGE
+ * beyond, NETSTASH_E_IO (detail says why), NETSTASH_E_NOMEM. *out: free(). */
+netstash_error cli_read_file(const char *path, size_t max, uint8_t **out, size_t *len,
+                                char *detail, size_t detail_len) {
+  FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "rb");
+  uint8_t *buf = NULL;
+  size_t n = 0, cap = 0;
+  netstash_error rv = NETSTASH_E_IO;
+  *out = NULL;
+  *len = 0;
+  if (!f) {
+    snprintf(detail, detail_len, "%s: %s", path, strerror(errno));
+    return NETSTASH_E_IO;
+  }
+  for (;;) {
+    size_t got;
+    if (n == cap) {
+      size_t ncap = cap ? cap * 2 : 65536;
+      uint8_t *nb;
+      if (ncap > max + 1)
+        ncap = max + 1;
+      if (ncap == cap) {
+        rv = NETSTASH_E_TOO_LARGE;
+        snprintf(detail, detail_len, "%s: larger than %zu bytes", path, max);
+        goto done;
+      }
+      if (!(nb = realloc(buf, ncap))) {
+        rv = NETSTASH_E_NOMEM;
+        goto done;
+      }
+      buf = nb;
+      cap = ncap;
+    }
+    got = fread(buf + n, 1, cap - n, f);
+    n += got;
+    if (got == 0) {
+      if (ferror(f)) {
+        snprintf(detail, detail_len, "%s: read error", path);
+        goto done;
+      }
+      break;
+    }
+  }
+  *out = buf;
+  *len = n;
+  buf = NULL;
+  rv = NETSTASH_OK;
+done:
+  free(buf);
+  if (f != stdin)
+    fclose(f);
+  return rv;
 }
 
 void cli_error(const char *cmd, const char *fmt, ...) {

@@ -121,15 +121,25 @@ static netstash_error variant_id(const ns_mem *mem, const ns_headers *vary, char
   return rv;
 }
 
-static netstash_error primary_key(ns_httpcache *hc, const char *top, const char *url, ns_buf *out) {
+typedef netstash_error (*key_fn)(const ns_cache_policy *pol, const char *top_level_url,
+                                 const char *url, ns_buf *out);
+
+/* A cache key made by fn, fitted to the store's key limit (17 bytes left for
+ * "\n" + a variant id). */
+static netstash_error fitted_key(ns_httpcache *hc, key_fn fn, const char *top, const char *url,
+                                 ns_buf *out) {
   ns_buf raw;
   netstash_error rv;
   ns_buf_init(&raw, hc->mem, 64 * 1024);
-  rv = ns_cache_key(&hc->policy, top, url, &raw);
+  rv = fn(&hc->policy, top, url, &raw);
   if (rv == NETSTASH_OK)
     rv = ns_cache_key_fit(ns_buf_str(&raw), raw.len, NS_STORE_KEY_MAX - 17, out);
   ns_buf_free(&raw);
   return rv;
+}
+
+static netstash_error primary_key(ns_httpcache *hc, const char *top, const char *url, ns_buf *out) {
+  return fitted_key(hc, ns_cache_key, top, url, out);
 }
 
 static netstash_error variant_key(const ns_buf *primary, const char *id, ns_buf *out) {
@@ -239,14 +249,7 @@ static netstash_error find_variant(ns_httpcache *hc, const ns_buf *primary, cons
 
 static netstash_error nvs_index_key(ns_httpcache *hc, const char *top, const char *url,
                                     ns_buf *out) {
-  ns_buf raw;
-  netstash_error rv;
-  ns_buf_init(&raw, hc->mem, 64 * 1024);
-  rv = ns_cache_nvs_index_key(&hc->policy, top, url, &raw);
-  if (rv == NETSTASH_OK)
-    rv = ns_cache_key_fit(ns_buf_str(&raw), raw.len, NS_STORE_KEY_MAX - 17, out);
-  ns_buf_free(&raw);
-  return rv;
+  return fitted_key(hc, ns_cache_nvs_index_key, top, url, out);
 }
 
 /* No-Vary-Search (draft-ietf-httpbis-no-vary-search): a stored response for a

@@ -104,17 +104,6 @@ static int tok_month(ns_span t, unsigned *mon) {
   return 0;
 }
 
-static int64_t days_from_civil(int64_t y, unsigned m, unsigned d) {
-  int64_t era;
-  unsigned yoe, doy, doe;
-  y -= m <= 2;
-  era = (y >= 0 ? y : y - 399) / 400;
-  yoe = (unsigned)(y - era * 400);
-  doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
-  doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-  return era * 146097 + (int64_t)doe - 719468;
-}
-
 static unsigned days_in_month(unsigned y, unsigned m) {
   static const unsigned k[12] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
   int leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
@@ -163,7 +152,7 @@ int ns_cookie_date_parse(const char *s, size_t len, int64_t *out_s) {
   /* step 6: the date must exist */
   if (day > days_in_month(year, mon))
     return 0;
-  *out_s = days_from_civil(year, mon, day) * 86400 + (int64_t)h * 3600 + (int64_t)mi * 60 + sec;
+  *out_s = ns_days_from_civil(year, mon, day) * 86400 + (int64_t)h * 3600 + (int64_t)mi * 60 + sec;
   return 1;
 }
 

@@ -92,3 +92,12 @@ uint8_t *ns_buf_steal(ns_buf *b, size_t *len) {
   b->len = b->cap = 0;
   return p;
 }
+
+void ns_detailf(char *d, size_t n, const char *fmt, ...) {
+  va_list ap;
+  if (!d || !n)
+    return;
+  va_start(ap, fmt);
+  vsnprintf(d, n, fmt, ap);
+  va_end(ap);
+}

@@ -29,4 +29,8 @@ static inline const char *ns_buf_str(const ns_buf *b) {
   return b->data ? (const char *)b->data : "";
 }
 
+/* Writes a one-line detail ("which check failed") into d (n bytes,
+ * truncated to fit); no-op when d is NULL or n is 0. */
+void ns_detailf(char *d, size_t n, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
 #endif

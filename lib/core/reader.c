@@ -240,7 +240,7 @@ static const char *const k_days_long[7] = {"Monday", "Tuesday", "Wednesday", "Th
 
 /* Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's
  * days_from_civil). */
-static int64_t days_from_civil(int64_t y, unsigned m, unsigned d) {
+int64_t ns_days_from_civil(int64_t y, unsigned m, unsigned d) {
   int64_t era;
   unsigned yoe, doy, doe;
   y -= m <= 2;
@@ -359,7 +359,7 @@ netstash_error ns_http_date_parse(const char *s, size_t len, int64_t now_s,
   mon += 1;
   if (day < 1 || day > days_in_month(year, mon))
     return NETSTASH_E_PROTOCOL;
-  *out_s = days_from_civil(year, mon, day) * 86400 + (int64_t)h * 3600 +
+  *out_s = ns_days_from_civil(year, mon, day) * 86400 + (int64_t)h * 3600 +
            (int64_t)mi * 60 + sec;
   return NETSTASH_OK;
 }

@@ -111,6 +111,11 @@ int ns_reader_param(ns_reader *r, ns_span *name, ns_span *value, int *has_value,
 #define NS_DELTA_SECONDS_MAX INT64_C(2147483648)
 int ns_delta_seconds_parse(ns_span s, int64_t *out);
 
+/* Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's
+ * days_from_civil); shared by the HTTP-date, cookie-date and RFC 3339
+ * parsers. */
+int64_t ns_days_from_civil(int64_t y, unsigned m, unsigned d);
+
 /* ---- HTTP-date (RFC 9110 §5.6.7)
  * Accepts IMF-fixdate ("Sun, 06 Nov 1994 08:49:37 GMT"), the obsolete RFC 850
  * form ("Sunday, 06-Nov-94 08:49:37 GMT") and asctime ("Sun Nov  6 08:49:37

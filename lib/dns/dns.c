@@ -48,6 +48,8 @@
  */
 #include "ns_setup.h"
 
+#include "core/buf.h"
+
 #include <arpa/inet.h>
 #include <limits.h>
 #include <netinet/in.h>
@@ -529,16 +531,6 @@ static void sock_state_cb(void *data, ares_socket_t fd, int readable,
 
 /* ---------------------------------------------------------------- lifecycle */
 
-static void set_detail(char *detail, size_t len, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void set_detail(char *detail, size_t len, const char *fmt, ...) {
-  va_list ap;
-  if (!detail || !len)
-    return;
-  va_start(ap, fmt);
-  vsnprintf(detail, len, fmt, ap);
-  va_end(ap);
-}
 
 netstash_error ns_dns_new(netstash_ctx *ctx, ns_dns **out, char *detail,
                           size_t detail_len) {
@@ -578,7 +570,7 @@ netstash_error ns_dns_new(netstash_ctx *ctx, ns_dns **out, char *detail,
   if (st != ARES_SUCCESS) {
     dns->channel = NULL;
     rv = st == ARES_ENOMEM ? NETSTASH_E_NOMEM : NETSTASH_E_INTERNAL;
-    set_detail(detail, detail_len, "c-ares initialisation failed: %s",
+    ns_detailf(detail, detail_len, "c-ares initialisation failed: %s",
                ares_strerror(st));
     goto fail;
   }
@@ -586,7 +578,7 @@ netstash_error ns_dns_new(netstash_ctx *ctx, ns_dns **out, char *detail,
     st = ares_set_servers_ports_csv(dns->channel, ctx->cfg.dns_servers);
     if (st != ARES_SUCCESS) {
       rv = st == ARES_ENOMEM ? NETSTASH_E_NOMEM : NETSTASH_E_INVALID_ARGUMENT;
-      set_detail(detail, detail_len, "invalid DNS server list \"%s\": %s",
+      ns_detailf(detail, detail_len, "invalid DNS server list \"%s\": %s",
                  ctx->cfg.dns_servers, ares_strerror(st));
       goto fail;
     }
@@ -594,7 +586,7 @@ netstash_error ns_dns_new(netstash_ctx *ctx, ns_dns **out, char *detail,
   /* Last, so a failure above has no libuv handle to close. */
   if (uv_timer_init(&ctx->loop, &dns->timer) != 0) {
     rv = NETSTASH_E_INTERNAL;
-    set_detail(detail, detail_len, "uv_timer_init failed");
+    ns_detailf(detail, detail_len, "uv_timer_init failed");
     goto fail;
   }
   dns->timer.data = dns;

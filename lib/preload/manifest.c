@@ -225,16 +225,6 @@ static int digits(const char *s, size_t len, size_t at, size_t n, int *out) {
   return 1;
 }
 
-static int64_t days_from_civil(int64_t y, int m, int d) {
-  int64_t era, yoe, doy, doe;
-  y -= m <= 2;
-  era = (y >= 0 ? y : y - 399) / 400;
-  yoe = y - era * 400;
-  doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
-  doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-  return era * 146097 + doe - 719468;
-}
-
 int ns_rfc3339_parse(const char *s, size_t len, int64_t *out_s) {
   static const int mdays[] = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
   int Y, M, D, h, mi, sec, oh = 0, om = 0, sign = 0;
@@ -269,7 +259,7 @@ int ns_rfc3339_parse(const char *s, size_t len, int64_t *out_s) {
   if (at != len)
     return -1;
   *out_s =
-      days_from_civil(Y, M, D) * 86400 + h * 3600 + mi * 60 + sec - sign * (oh * 3600 + om * 60);
+      ns_days_from_civil(Y, (unsigned)M, (unsigned)D) * 86400 + h * 3600 + mi * 60 + sec - sign * (oh * 3600 + om * 60);
   return 0;
 }
 

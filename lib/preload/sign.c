@@ -3,6 +3,8 @@
  */
 #include "ns_setup.h"
 
+#include "core/buf.h"
+
 #include <errno.h>
 #include <stdarg.h>
 #include <fcntl.h>
@@ -19,17 +21,6 @@
 #define ED25519_SIG_LEN 64
 #define ED25519_PUB_LEN 32
 
-static void set_detail(char *d, size_t n, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void set_detail(char *d, size_t n, const char *fmt, ...) {
-  va_list ap;
-  if (!d || !n)
-    return;
-  va_start(ap, fmt);
-  vsnprintf(d, n, fmt, ap);
-  va_end(ap);
-}
 
 static int b64_val(int c) {
   if (c >= 'A' && c <= 'Z')
@@ -136,7 +127,7 @@ netstash_error ns_sign_keygen(const char *keyfile, char key_id[NS_KEY_ID_LEN + 1
     return NETSTASH_E_NOMEM;
   snprintf(pubpath, n, "%s.pub", keyfile);
   if (!(pk = EVP_PKEY_Q_keygen(NULL, NULL, "ED25519"))) {
-    set_detail(detail, detail_len, "Ed25519 key generation failed");
+    ns_detailf(detail, detail_len, "Ed25519 key generation failed");
     goto done;
   }
   if ((rv = key_id_of(pk, key_id)) != NETSTASH_OK)
@@ -147,7 +138,7 @@ netstash_error ns_sign_keygen(const char *keyfile, char key_id[NS_KEY_ID_LEN + 1
   wrote_priv = 1;
   if (PEM_write_PrivateKey(f, pk, NULL, NULL, 0, NULL, NULL) != 1 || fclose(f) != 0) {
     f = NULL;
-    set_detail(detail, detail_len, "%s: cannot write the private key", keyfile);
+    ns_detailf(detail, detail_len, "%s: cannot write the private key", keyfile);
     goto done;
   }
   if (!(f = create_file(pubpath, 0644, detail, detail_len)))
@@ -155,7 +146,7 @@ netstash_error ns_sign_keygen(const char *keyfile, char key_id[NS_KEY_ID_LEN + 1
   if (PEM_write_PUBKEY(f, pk) != 1 || fclose(f) != 0) {
     f = NULL;
     unlink(pubpath);
-    set_detail(detail, detail_len, "%s: cannot write the public key", pubpath);
+    ns_detailf(detail, detail_len, "%s: cannot write the public key", pubpath);
     goto done;
   }
   f = NULL;
@@ -187,7 +178,7 @@ static EVP_PKEY *load_key(const char *path, int private_key, char *detail, size_
     pk = NULL;
   }
   if (!pk)
-    set_detail(detail, detail_len,
+    ns_detailf(detail, detail_len,
                private_key ? "%s: not an Ed25519 private key (PEM)"
                            : "%s: not an Ed25519 public key (PEM)",
                path);
@@ -220,7 +211,7 @@ netstash_error ns_sign_create(const ns_mem *mem, const char *keyfile, const uint
   if (!(ctx = EVP_MD_CTX_new()) || EVP_DigestSignInit(ctx, NULL, NULL, NULL, pk) != 1 ||
       EVP_DigestSign(ctx, sig, &slen, msg ? msg : (const uint8_t *)"", msg_len) != 1 ||
       slen != ED25519_SIG_LEN) {
-    set_detail(detail, detail_len, "Ed25519 signing failed");
+    ns_detailf(detail, detail_len, "Ed25519 signing failed");
     goto done;
   }
   b64_encode(sig, slen, b64);
@@ -278,26 +269,26 @@ netstash_error ns_sign_verify(const uint8_t *msg, size_t msg_len, const uint8_t 
   if ((!msg && msg_len) || (!sig && sig_len) || (!pubfiles && n_pubfiles))
     return NETSTASH_E_INVALID_ARGUMENT;
   if (sig_len > NS_SIG_MAX_LEN) {
-    set_detail(detail, detail_len, "malformed signature file: larger than 4096 bytes");
+    ns_detailf(detail, detail_len, "malformed signature file: larger than 4096 bytes");
     goto done;
   }
   o = json_loadb((const char *)sig, sig_len, JSON_REJECT_DUPLICATES, &jerr);
   if (!o || json_unpack(o, "{s:s, s:s, s:s !}", "key_id", &kid, "alg", &alg, "sig", &b64) != 0) {
-    set_detail(detail, detail_len,
+    ns_detailf(detail, detail_len,
                "malformed signature file: expected {\"key_id\", \"alg\", \"sig\"}");
     goto done;
   }
   if (strcmp(alg, "ed25519") != 0) {
-    set_detail(detail, detail_len, "malformed signature file: unknown alg \"%s\"", alg);
+    ns_detailf(detail, detail_len, "malformed signature file: unknown alg \"%s\"", alg);
     goto done;
   }
   if (!is_key_id(kid)) {
-    set_detail(detail, detail_len, "malformed signature file: bad key_id \"%s\"", kid);
+    ns_detailf(detail, detail_len, "malformed signature file: bad key_id \"%s\"", kid);
     goto done;
   }
   if (ns_b64_decode(b64, strlen(b64), raw, sizeof(raw), &raw_len) != 0 ||
       raw_len != ED25519_SIG_LEN) {
-    set_detail(detail, detail_len, "malformed signature file: sig is not 64 bytes of base64");
+    ns_detailf(detail, detail_len, "malformed signature file: sig is not 64 bytes of base64");
     goto done;
   }
   for (i = 0; i < n_pubfiles; i++) {
@@ -314,7 +305,7 @@ netstash_error ns_sign_verify(const uint8_t *msg, size_t msg_len, const uint8_t 
     EVP_PKEY_free(cand);
   }
   if (!pk) {
-    set_detail(detail, detail_len, "unknown key id %s (not among the trusted keys)", kid);
+    ns_detailf(detail, detail_len, "unknown key id %s (not among the trusted keys)", kid);
     goto done;
   }
   if (!(ctx = EVP_MD_CTX_new()) || EVP_DigestVerifyInit(ctx, NULL, NULL, NULL, pk) != 1) {
@@ -322,7 +313,7 @@ netstash_error ns_sign_verify(const uint8_t *msg, size_t msg_len, const uint8_t 
     goto done;
   }
   if (EVP_DigestVerify(ctx, raw, raw_len, msg ? msg : (const uint8_t *)"", msg_len) != 1) {
-    set_detail(detail, detail_len,
+    ns_detailf(detail, detail_len,
                "bad signature by key %s: the manifest was altered or "
                "signed by another key",
                kid);

@@ -3,6 +3,8 @@
  */
 #include "ns_setup.h"
 
+#include "core/buf.h"
+
 #include <errno.h>
 #include <stdarg.h>
 #include <fcntl.h>
@@ -13,16 +15,6 @@
 
 #include "store/store.h"
 
-static void set_detail(char *d, size_t n, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void set_detail(char *d, size_t n, const char *fmt, ...) {
-  va_list ap;
-  if (!d || !n)
-    return;
-  va_start(ap, fmt);
-  vsnprintf(d, n, fmt, ap);
-  va_end(ap);
-}
 
 netstash_error netstash_store_verify(const char *dir, char *detail, size_t dlen) {
   ns_store_params p;
@@ -58,18 +50,18 @@ netstash_error netstash_store_purge(const char *dir, char *detail, size_t dlen) 
   if (n < 0 || (size_t)n >= sizeof(path))
     return NETSTASH_E_INVALID_ARGUMENT;
   if (stat(path, &st) != 0) {
-    set_detail(detail, dlen, "no store in %s", dir);
+    ns_detailf(detail, dlen, "no store in %s", dir);
     return errno == ENOENT ? NETSTASH_E_NOT_FOUND : NETSTASH_E_IO;
   }
   snprintf(lockpath, sizeof(lockpath), "%s/write.lock", path);
   /* Hold the writers' lock while deleting: no writer is half way through. */
   fd = open(lockpath, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
   if (fd < 0) {
-    set_detail(detail, dlen, "cannot open %s: %s", lockpath, strerror(errno));
+    ns_detailf(detail, dlen, "cannot open %s: %s", lockpath, strerror(errno));
     return NETSTASH_E_IO;
   }
   if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
-    set_detail(detail, dlen, "a process is writing to %s; stop it (netd?) and retry", path);
+    ns_detailf(detail, dlen, "a process is writing to %s; stop it (netd?) and retry", path);
     close(fd);
     return NETSTASH_E_STORE_BUSY;
   }
@@ -77,13 +69,13 @@ netstash_error netstash_store_purge(const char *dir, char *detail, size_t dlen) 
     char f[4200];
     snprintf(f, sizeof(f), "%s/%s", path, files[i]);
     if (unlink(f) != 0 && errno != ENOENT && rv == NETSTASH_OK) {
-      set_detail(detail, dlen, "cannot delete %s: %s", f, strerror(errno));
+      ns_detailf(detail, dlen, "cannot delete %s: %s", f, strerror(errno));
       rv = NETSTASH_E_IO;
     }
   }
   close(fd);
   if (rv == NETSTASH_OK && rmdir(path) != 0 && errno != ENOTEMPTY && errno != ENOENT) {
-    set_detail(detail, dlen, "cannot remove %s: %s", path, strerror(errno));
+    ns_detailf(detail, dlen, "cannot remove %s: %s", path, strerror(errno));
     rv = NETSTASH_E_IO;
   }
   return rv;

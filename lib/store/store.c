@@ -170,15 +170,6 @@ static int past(const struct timespec *d) {
   return now.tv_sec > d->tv_sec || (now.tv_sec == d->tv_sec && now.tv_nsec >= d->tv_nsec);
 }
 
-__attribute__((format(printf, 3, 4))) static void set_detail(char *d, size_t n, const char *fmt,
-                                                             ...) {
-  va_list ap;
-  if (!d || !n)
-    return;
-  va_start(ap, fmt);
-  vsnprintf(d, n, fmt, ap);
-  va_end(ap);
-}
 
 /* Every LMDB (and errno) return code, mapped. MDB_MAP_RESIZED and
  * MDB_MAP_FULL are also handled where they occur; MDB_KEYEXIST is never
@@ -318,7 +309,7 @@ void ns_store_params_init(ns_store_params *p) {
 static netstash_error mkdir0700(const char *path, char *detail, size_t dlen) {
   if (mkdir(path, 0700) == 0 || errno == EEXIST)
     return NETSTASH_OK;
-  set_detail(detail, dlen, "cannot create %s: %s", path, strerror(errno));
+  ns_detailf(detail, dlen, "cannot create %s: %s", path, strerror(errno));
   return NETSTASH_E_IO;
 }
 
@@ -335,7 +326,7 @@ static netstash_error create_schema(ns_store *s, char *detail, size_t dlen) {
 
   err = wlock_acquire(s);
   if (err != NETSTASH_OK) {
-    set_detail(detail, dlen, "store %s is being written by another process", s->dir);
+    ns_detailf(detail, dlen, "store %s is being written by another process", s->dir);
     return err;
   }
   rc = mdb_txn_begin(s->env, NULL, 0, &txn);
@@ -376,7 +367,7 @@ fail:
   if (txn)
     mdb_txn_abort(txn);
   wlock_release(s);
-  set_detail(detail, dlen, "cannot initialise store %s: %s", s->dir, mdb_strerror(rc));
+  ns_detailf(detail, dlen, "cannot initialise store %s: %s", s->dir, mdb_strerror(rc));
   return map_rc(rc);
 }
 
@@ -407,7 +398,7 @@ static netstash_error check_store(ns_store *s, int *fresh, char *detail, size_t 
   }
   if (rc == MDB_NOTFOUND) {
     err = NETSTASH_E_STORE_CORRUPT;
-    set_detail(detail, dlen,
+    ns_detailf(detail, dlen,
                "%s is an LMDB environment but not a netstash store (no meta "
                "database): move it away",
                s->dir);
@@ -419,7 +410,7 @@ static netstash_error check_store(ns_store *s, int *fresh, char *detail, size_t 
   rc = mdb_get(txn, meta, &k, &d);
   if (rc == MDB_NOTFOUND || (rc == 0 && d.mv_size != 4)) {
     err = NETSTASH_E_STORE_CORRUPT;
-    set_detail(detail, dlen,
+    ns_detailf(detail, dlen,
                "store %s has no valid schema record: move it away or run "
                "`netstash purge`",
                s->dir);
@@ -430,7 +421,7 @@ static netstash_error check_store(ns_store *s, int *fresh, char *detail, size_t 
   schema = get_le32(d.mv_data);
   if (schema > NS_STORE_SCHEMA_VERSION) {
     err = NETSTASH_E_STORE_VERSION;
-    set_detail(detail, dlen,
+    ns_detailf(detail, dlen,
                "store %s has schema version %u, newer than this netstash "
                "supports (%u): upgrade netstash, or move the directory away",
                s->dir, schema, NS_STORE_SCHEMA_VERSION);
@@ -438,7 +429,7 @@ static netstash_error check_store(ns_store *s, int *fresh, char *detail, size_t 
   }
   if (schema == 0) {
     err = NETSTASH_E_STORE_CORRUPT;
-    set_detail(detail, dlen, "store %s has schema version 0: move it away", s->dir);
+    ns_detailf(detail, dlen, "store %s has schema version 0: move it away", s->dir);
     goto done;
   }
   /* Every database: open it, check its statistics against the file, and read
@@ -452,7 +443,7 @@ static netstash_error check_store(ns_store *s, int *fresh, char *detail, size_t 
     rc = mdb_dbi_open(txn, dbi_names[i], 0, &s->dbi[i]);
     if (rc == MDB_NOTFOUND) {
       err = NETSTASH_E_STORE_CORRUPT;
-      set_detail(detail, dlen,
+      ns_detailf(detail, dlen,
                  "store %s lacks the '%s' database: move it away or run "
                  "`netstash purge`",
                  s->dir, dbi_names[i]);
@@ -466,7 +457,7 @@ static netstash_error check_store(ns_store *s, int *fresh, char *detail, size_t 
     if (st.ms_depth > 32 ||
         st.ms_branch_pages + st.ms_leaf_pages + st.ms_overflow_pages > info.me_last_pgno + 1) {
       err = NETSTASH_E_STORE_CORRUPT;
-      set_detail(detail, dlen,
+      ns_detailf(detail, dlen,
                  "store %s: database '%s' has impossible statistics: move "
                  "it away or run `netstash purge`",
                  s->dir, dbi_names[i]);
@@ -491,7 +482,7 @@ lmdb_fail:
   err = map_rc(rc);
   if (err == NETSTASH_E_NOT_FOUND || err == NETSTASH_E_INTERNAL)
     err = NETSTASH_E_STORE_CORRUPT;
-  set_detail(detail, dlen,
+  ns_detailf(detail, dlen,
              "store %s is unreadable (%s): move it away or run `netstash "
              "purge`",
              s->dir, mdb_strerror(rc));
@@ -511,12 +502,12 @@ static netstash_error check_file(ns_store *s, char *detail, size_t dlen) {
   uint64_t need;
   if (mdb_env_info(s->env, &info) != 0 || mdb_env_stat(s->env, &st) != 0 ||
       mdb_env_get_fd(s->env, &fd) != 0 || fstat(fd, &sb) != 0) {
-    set_detail(detail, dlen, "cannot inspect store %s", s->dir);
+    ns_detailf(detail, dlen, "cannot inspect store %s", s->dir);
     return NETSTASH_E_IO;
   }
   s->psize = st.ms_psize;
   if (st.ms_psize < 512 || st.ms_psize > 65536 || (st.ms_psize & (st.ms_psize - 1)) != 0) {
-    set_detail(detail, dlen,
+    ns_detailf(detail, dlen,
                "store %s has an impossible page size (%u): move it away or "
                "run `netstash purge`",
                s->dir, st.ms_psize);
@@ -524,7 +515,7 @@ static netstash_error check_file(ns_store *s, char *detail, size_t dlen) {
   }
   need = ((uint64_t)info.me_last_pgno + 1) * st.ms_psize;
   if ((uint64_t)sb.st_size < need || need > info.me_mapsize) {
-    set_detail(detail, dlen,
+    ns_detailf(detail, dlen,
                "store %s is truncated (data.mdb has %llu bytes, its pages "
                "need %llu): move it away or run `netstash purge`",
                s->dir, (unsigned long long)sb.st_size, (unsigned long long)need);
@@ -548,7 +539,7 @@ netstash_error ns_store_open(const ns_store_params *p, ns_store **out, char *det
     return NETSTASH_E_INVALID_ARGUMENT;
   *out = NULL;
   if (!p || !p->dir || !p->dir[0] || !p->mem || p->map_size_max < p->map_size || p->map_size == 0) {
-    set_detail(detail, dlen, "store: invalid parameters");
+    ns_detailf(detail, dlen, "store: invalid parameters");
     return NETSTASH_E_INVALID_ARGUMENT;
   }
   s = ns_calloc(p->mem, 1, sizeof(*s));
@@ -600,12 +591,12 @@ netstash_error ns_store_open(const ns_store_params *p, ns_store **out, char *det
   if (stat(path, &sb) != 0) {
     if (p->read_only) {
       err = NETSTASH_E_NOT_FOUND;
-      set_detail(detail, dlen, "no store in %s", p->dir);
+      ns_detailf(detail, dlen, "no store in %s", p->dir);
       goto fail;
     }
   } else if (sb.st_size == 0) {
     err = NETSTASH_E_STORE_CORRUPT;
-    set_detail(detail, dlen,
+    ns_detailf(detail, dlen,
                "store %s is empty (data.mdb has 0 bytes): move it away or "
                "run `netstash purge`",
                s->dir);
@@ -616,7 +607,7 @@ netstash_error ns_store_open(const ns_store_params *p, ns_store **out, char *det
     s->lockfd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
     if (s->lockfd < 0) {
       err = NETSTASH_E_IO;
-      set_detail(detail, dlen, "cannot open %s: %s", path, strerror(errno));
+      ns_detailf(detail, dlen, "cannot open %s: %s", path, strerror(errno));
       goto fail;
     }
   }
@@ -630,7 +621,7 @@ netstash_error ns_store_open(const ns_store_params *p, ns_store **out, char *det
     rc = mdb_env_set_maxreaders(s->env, p->max_readers);
   if (rc != 0) {
     err = map_rc(rc);
-    set_detail(detail, dlen, "cannot create the LMDB environment: %s", mdb_strerror(rc));
+    ns_detailf(detail, dlen, "cannot create the LMDB environment: %s", mdb_strerror(rc));
     goto fail;
   }
   flags = MDB_NOTLS | p->lmdb_flags | (p->read_only ? MDB_RDONLY : 0);
@@ -638,28 +629,28 @@ netstash_error ns_store_open(const ns_store_params *p, ns_store **out, char *det
   if (rc != 0) {
     err = map_rc(rc);
     if (rc == MDB_INVALID)
-      set_detail(detail, dlen,
+      ns_detailf(detail, dlen,
                  "store %s is corrupt or not an LMDB file (bad meta pages): "
                  "move it away or run `netstash purge`",
                  s->dir);
     else if (rc == MDB_VERSION_MISMATCH)
-      set_detail(detail, dlen,
+      ns_detailf(detail, dlen,
                  "store %s was written by an incompatible LMDB format "
                  "version: move it away",
                  s->dir);
     else if (rc == ENOENT) {
       err = NETSTASH_E_NOT_FOUND;
-      set_detail(detail, dlen, "no store in %s", p->dir);
+      ns_detailf(detail, dlen, "no store in %s", p->dir);
     } else {
       if (err == NETSTASH_E_INTERNAL)
         err = NETSTASH_E_IO;
-      set_detail(detail, dlen, "cannot open store %s: %s", s->dir, mdb_strerror(rc));
+      ns_detailf(detail, dlen, "cannot open store %s: %s", s->dir, mdb_strerror(rc));
     }
     goto fail;
   }
   if (mdb_env_get_maxkeysize(s->env) < LRU_KEY_MAX) {
     err = NETSTASH_E_UNSUPPORTED;
-    set_detail(detail, dlen, "LMDB build with a key limit below %d", LRU_KEY_MAX);
+    ns_detailf(detail, dlen, "LMDB build with a key limit below %d", LRU_KEY_MAX);
     goto fail;
   }
   {
@@ -667,7 +658,7 @@ netstash_error ns_store_open(const ns_store_params *p, ns_store **out, char *det
     rc = mdb_reader_check(s->env, &dead);
     if (rc != 0) {
       err = map_rc(rc);
-      set_detail(detail, dlen, "cannot check the reader table of %s: %s", s->dir, mdb_strerror(rc));
+      ns_detailf(detail, dlen, "cannot check the reader table of %s: %s", s->dir, mdb_strerror(rc));
       goto fail;
     }
   }
@@ -680,7 +671,7 @@ netstash_error ns_store_open(const ns_store_params *p, ns_store **out, char *det
   if (fresh) {
     if (p->read_only) {
       err = NETSTASH_E_NOT_FOUND;
-      set_detail(detail, dlen, "store %s is not initialised", s->dir);
+      ns_detailf(detail, dlen, "store %s is not initialised", s->dir);
       goto fail;
     }
     err = create_schema(s, detail, dlen);
@@ -2044,7 +2035,7 @@ static netstash_error verify_bodies(ns_store *s, MDB_txn *txn, ns_map *refs, cha
       if (err == NETSTASH_OK && memcmp(got, cur, NS_STORE_HASH_LEN) != 0)
         err = NETSTASH_E_STORE_CORRUPT;
       if (err != NETSTASH_OK) {
-        set_detail(detail, dlen, "body %02x%02x%02x%02x... is damaged (%s)", cur[0], cur[1], cur[2],
+        ns_detailf(detail, dlen, "body %02x%02x%02x%02x... is damaged (%s)", cur[0], cur[1], cur[2],
                    cur[3], netstash_error_name(err));
         err = NETSTASH_E_STORE_CORRUPT;
         break;
@@ -2058,20 +2049,20 @@ static netstash_error verify_bodies(ns_store *s, MDB_txn *txn, ns_map *refs, cha
       uint32_t i =
           ((uint32_t)p[32] << 24) | ((uint32_t)p[33] << 16) | ((uint32_t)p[34] << 8) | p[35];
       if (!have || memcmp(p, cur, NS_STORE_HASH_LEN) != 0 || i == 0 || i >= cur_n) {
-        set_detail(detail, dlen, "orphan body chunk %02x%02x%02x%02x.../%u", p[0], p[1], p[2], p[3],
+        ns_detailf(detail, dlen, "orphan body chunk %02x%02x%02x%02x.../%u", p[0], p[1], p[2], p[3],
                    i);
         err = NETSTASH_E_STORE_CORRUPT;
         break;
       }
     } else {
-      set_detail(detail, dlen, "malformed key in the bodies database");
+      ns_detailf(detail, dlen, "malformed key in the bodies database");
       err = NETSTASH_E_STORE_CORRUPT;
       break;
     }
   }
   if (err == NETSTASH_OK && rc != MDB_NOTFOUND) {
     err = map_rc(rc);
-    set_detail(detail, dlen, "bodies database unreadable: %s", mdb_strerror(rc));
+    ns_detailf(detail, dlen, "bodies database unreadable: %s", mdb_strerror(rc));
   }
   mdb_cursor_close(c);
   EVP_MD_CTX_free(md);
@@ -2108,7 +2099,7 @@ netstash_error ns_store_verify(ns_store *s, char *detail, size_t dlen) {
       void *n = NULL;
       err = rec_parse(&v, &h);
       if (err != NETSTASH_OK) {
-        set_detail(detail, dlen, "malformed record in '%s'", dbi_names[rec_dbi[db]]);
+        ns_detailf(detail, dlen, "malformed record in '%s'", dbi_names[rec_dbi[db]]);
         break;
       }
       if (!(h.flags & REC_F_BODY))
@@ -2136,7 +2127,7 @@ netstash_error ns_store_verify(ns_store *s, char *detail, size_t dlen) {
     if (k.mv_size != NS_STORE_HASH_LEN || v.mv_size != 8 ||
         !ns_map_find(&counts, k.mv_data, NS_STORE_HASH_LEN, &n) ||
         (uint64_t)(uintptr_t)n != get_le64(v.mv_data)) {
-      set_detail(detail, dlen, "reference count mismatch");
+      ns_detailf(detail, dlen, "reference count mismatch");
       err = NETSTASH_E_STORE_CORRUPT;
       break;
     }
@@ -2147,7 +2138,7 @@ netstash_error ns_store_verify(ns_store *s, char *detail, size_t dlen) {
   if (err == NETSTASH_OK && ns_map_len(&counts) != 0) {
     MDB_stat st;
     if (mdb_stat(r->txn, s->dbi[DBI_REFS], &st) != 0 || st.ms_entries != ns_map_len(&counts)) {
-      set_detail(detail, dlen, "referenced bodies missing from refs");
+      ns_detailf(detail, dlen, "referenced bodies missing from refs");
       err = NETSTASH_E_STORE_CORRUPT;
     }
   }
@@ -2155,12 +2146,12 @@ netstash_error ns_store_verify(ns_store *s, char *detail, size_t dlen) {
   if (err == NETSTASH_OK)
     err = verify_bodies(s, r->txn, &counts, detail, dlen);
   if (err == NETSTASH_OK && ns_map_len(&counts) != 0) {
-    set_detail(detail, dlen, "%zu referenced bodies are missing", ns_map_len(&counts));
+    ns_detailf(detail, dlen, "%zu referenced bodies are missing", ns_map_len(&counts));
     err = NETSTASH_E_STORE_CORRUPT;
   }
 done:
   if (err != NETSTASH_OK && detail && dlen && !detail[0])
-    set_detail(detail, dlen, "verify failed: %s", netstash_error_name(err));
+    ns_detailf(detail, dlen, "verify failed: %s", netstash_error_name(err));
   ns_store_reader_del(r);
   ns_map_free(&counts);
   return err;
