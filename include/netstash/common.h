@@ -75,7 +75,11 @@ extern "C" {
   X(E_MANIFEST_INVALID, 205, "preload manifest invalid")                       \
   X(E_SIGNATURE, 206, "manifest signature missing, malformed or refused")      \
   X(E_MANIFEST_EXPIRED, 207, "preload manifest expired")                       \
-  X(E_DOWNGRADE, 208, "manifest version not newer than the installed one")
+  X(E_DOWNGRADE, 208, "manifest version not newer than the installed one")   \
+  X(E_INTEGRITY, 209, "body does not match its integrity metadata")           \
+  X(E_INCOMPLETE, 210, "critical preload resources missing: not published")   \
+  X(E_NOT_TARGETED, 211, "manifest rollout does not include this device")     \
+  X(E_DEFERRED, 212, "deferred: the manifest asks for an unmetered network")
 
 typedef enum netstash_error {
 #define NETSTASH_X_ENUM(name, num, text) NETSTASH_##name = num,

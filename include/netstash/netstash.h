@@ -8,5 +8,6 @@
 #include "fetch.h"
 #include "cache.h"
 #include "cookie.h"
+#include "preload.h"
 
 #endif /* NETSTASH_H */

@@ -1,0 +1,3 @@
+/* warm.c — placeholder, filled in by the preload issue. */
+#include "ns_setup.h"
+typedef int ns_placeholder_warm_;

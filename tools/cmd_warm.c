@@ -1,0 +1,2 @@
+/* cmd_warm.c — placeholder. */
+typedef int cli_placeholder_warm_;
