@@ -23,7 +23,9 @@ enum {
   EXIT_CANCELED = 11,
   EXIT_NOT_CACHED = 12,
   EXIT_STORE = 13,
-  EXIT_MANIFEST = 14
+  EXIT_MANIFEST = 14,
+  EXIT_INTEGRITY = 15,  /* a body failed its integrity; critical resources missing */
+  EXIT_NOT_APPLIED = 16 /* manifest not for this device (rollout) or deferred */
 };
 
 int cli_exit_code(netstash_error err);
@@ -42,5 +44,19 @@ int cmd_verify(int argc, char **argv);
 int cmd_purge(int argc, char **argv);
 int cmd_cookies(int argc, char **argv);
 int cmd_manifest(int argc, char **argv);
+int cmd_warm(int argc, char **argv);
+int cmd_install(int argc, char **argv);
+/* cmd_preload.c */
+int cmd_ls(int argc, char **argv);
+int cmd_show(int argc, char **argv);
+int cmd_rollback(int argc, char **argv);
+int cmd_gc(int argc, char **argv);
+int cmd_stats(int argc, char **argv);
+
+/* Nonzero when profile holds a store (DIR/store/data.mdb). */
+int cli_store_exists(const char *profile);
+/* A context on profile (its store opened, created if absent); on failure
+ * prints "netstash: CMD: cannot open the profile ..." and a hint. */
+netstash_error cli_profile_ctx(const char *cmd, const char *profile, netstash_ctx **ctx);
 
 #endif

@@ -38,6 +38,8 @@ static const char get_usage[] =
     "      --dns-server A:P     use this DNS server instead of resolv.conf\n"
     "      --profile DIR        profile directory (HTTP cache store; later cookies, HSTS)\n"
     "      --no-cache           do not use the profile's HTTP cache (read or write)\n"
+    "      --offline            no network at all: answer from the profile's preload\n"
+    "                           cache or HTTP cache, else fail (exit 12)\n"
     "      --jar NAME           cookie jar of the profile to use (default \"default\")\n"
     "      --no-cookies         neither send nor store cookies\n"
     "      --site-for-cookies URL  the request's site for cookies (SameSite); the\n"
@@ -233,7 +235,8 @@ enum {
   OPT_NOCOOKIES,
   OPT_SFC,
   OPT_INITIATOR,
-  OPT_TOPSITE
+  OPT_TOPSITE,
+  OPT_OFFLINE
 };
 
 static const struct option get_opts[] = {
@@ -262,6 +265,7 @@ static const struct option get_opts[] = {
     {"site-for-cookies", required_argument, NULL, OPT_SFC},
     {"initiator", required_argument, NULL, OPT_INITIATOR},
     {"top-level-site", required_argument, NULL, OPT_TOPSITE},
+    {"offline", no_argument, NULL, OPT_OFFLINE},
     {"verbose", no_argument, NULL, 'v'},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0}};
@@ -285,7 +289,7 @@ int cmd_get(int argc, char **argv) {
   const char *jar = NULL, *sfc = NULL, *initiator = NULL, *topsite = NULL;
   const char *headers[MAX_LIST], *resolves[MAX_LIST];
   size_t nheaders = 0, nresolves = 0, i;
-  int json = 0, verbose = 0, raw = 0, follow = 0, nocache = 0, nocookies = 0, c, rc;
+  int json = 0, verbose = 0, raw = 0, follow = 0, nocache = 0, offline = 0, nocookies = 0, c, rc;
   uint32_t timeout = 0, ctimeout = 0, maxredirs = 20;
   uint64_t maxbody = 0;
   netstash_http_version httpv = NETSTASH_HTTP_ANY;
@@ -397,6 +401,9 @@ int cmd_get(int argc, char **argv) {
     case OPT_NOCACHE:
       nocache = 1;
       break;
+    case OPT_OFFLINE:
+      offline = 1;
+      break;
     case OPT_JAR:
       jar = optarg;
       break;
@@ -429,6 +436,11 @@ int cmd_get(int argc, char **argv) {
     return EXIT_USAGE;
   }
   url = argv[optind];
+  if (offline && nocache) {
+    cli_error("get", "--offline and --no-cache exclude each other (offline answers come from "
+              "the profile's caches)");
+    return EXIT_USAGE;
+  }
   if (httpv == NETSTASH_HTTP_3) {
     cli_error("get", "HTTP/3 is not available in this release; use --http2 or --http1.1");
     return EXIT_USAGE;
@@ -524,6 +536,8 @@ int cmd_get(int argc, char **argv) {
     netstash_request_set_follow_redirects(req, maxredirs);
   if (nocache)
     netstash_request_set_cache_mode(req, NETSTASH_CACHE_BYPASS);
+  if (offline)
+    netstash_request_set_cache_mode(req, NETSTASH_CACHE_ONLY_IF_CACHED);
   if (nocookies)
     netstash_request_set_cookies(req, 0);
   if ((jar && netstash_request_set_cookie_jar(req, jar) != NETSTASH_OK) ||

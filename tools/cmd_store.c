@@ -1,6 +1,8 @@
 /*
  * netstash verify / netstash purge — the profile store, for people and
- * scripts. --json prints one object: {"profile", "ok", "error", "message"}.
+ * scripts. --json prints one object: {"profile", "ok", "error", "message"},
+ * plus "preload" (verify: {"checked", "bytes", "corrupt"}) and "id" (purge
+ * ID).
  */
 #include <getopt.h>
 #include <stdio.h>
@@ -11,26 +13,30 @@
 
 #include "cli.h"
 
-typedef netstash_error (*store_op)(const char *dir, char *detail, size_t len);
+typedef struct store_args {
+  const char *profile;
+  char *defprofile;
+  const char *id; /* purge ID */
+  int json;
+} store_args;
 
-static int run_store_cmd(const char *name, const char *usage, store_op op, const char *done_msg,
-                         int argc, char **argv) {
+/* Returns -1 to go on, else the exit code. */
+static int parse_args(const char *name, const char *usage, int allow_id, int argc, char **argv,
+                      store_args *a) {
   static const struct option opts[] = {{"profile", required_argument, NULL, 'p'},
                                        {"json", no_argument, NULL, 'j'},
                                        {"help", no_argument, NULL, 'h'},
                                        {NULL, 0, NULL, 0}};
-  const char *profile = NULL;
-  char *def = NULL, detail[512] = "";
-  int json = 0, c, rc;
-  netstash_error err;
+  int c;
+  memset(a, 0, sizeof(*a));
   optind = 1;
   while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
     switch (c) {
     case 'p':
-      profile = optarg;
+      a->profile = optarg;
       break;
     case 'j':
-      json = 1;
+      a->json = 1;
       break;
     case 'h':
       fputs(usage, stdout);
@@ -40,30 +46,41 @@ static int run_store_cmd(const char *name, const char *usage, store_op op, const
       return EXIT_USAGE;
     }
   }
+  if (allow_id && optind < argc)
+    a->id = argv[optind++];
   if (optind != argc) {
     cli_error(name, "unexpected argument \"%s\"", argv[optind]);
     fputs(usage, stderr);
     return EXIT_USAGE;
   }
-  if (!profile)
-    profile = def = cli_default_profile();
-  err = op(profile, detail, sizeof(detail));
-  rc = err == NETSTASH_OK ? 0 : cli_exit_code(err);
-  if (json) {
-    json_t *o = json_pack("{s:s, s:b, s:o, s:s}", "profile", profile, "ok", err == NETSTASH_OK,
-                          "error",
-                          err == NETSTASH_OK ? json_null() : json_string(netstash_error_name(err)),
-                          "message", *detail ? detail : netstash_strerror(err));
+  if (!a->profile)
+    a->profile = a->defprofile = cli_default_profile();
+  return -1;
+}
+
+/* Prints the result (and the error line on stderr); returns the exit code.
+ * extra_key/extra (consumed, may be NULL) go into the JSON object. */
+static int report(const char *name, const store_args *a, netstash_error err, const char *detail,
+                  const char *done_msg, const char *extra_key, json_t *extra) {
+  if (a->json) {
+    json_t *o =
+        json_pack("{s:s, s:b, s:o, s:s}", "profile", a->profile, "ok", err == NETSTASH_OK, "error",
+                  err == NETSTASH_OK ? json_null() : json_string(netstash_error_name(err)),
+                  "message", *detail ? detail : netstash_strerror(err));
+    if (a->id)
+      json_object_set_new(o, "id", json_string(a->id));
+    if (extra)
+      json_object_set(o, extra_key, extra);
     json_dumpf(o, stdout, JSON_COMPACT | JSON_PRESERVE_ORDER);
     fputc('\n', stdout);
     json_decref(o);
   } else if (err == NETSTASH_OK) {
-    printf("%s: %s\n", profile, done_msg);
+    printf("%s: %s\n", a->profile, done_msg);
   }
+  json_decref(extra);
   if (err != NETSTASH_OK)
-    cli_error(name, "%s: %s", netstash_strerror(err), *detail ? detail : profile);
-  free(def);
-  return rc;
+    cli_error(name, "%s: %s", netstash_strerror(err), *detail ? detail : a->profile);
+  return err == NETSTASH_OK ? 0 : cli_exit_code(err);
 }
 
 int cmd_verify(int argc, char **argv) {
@@ -71,18 +88,105 @@ int cmd_verify(int argc, char **argv) {
       "usage: netstash verify [--profile DIR] [--json]\n"
       "\n"
       "Walks the profile's store: every record's body exists, is complete and its\n"
-      "SHA-256 matches; reference counts agree. Read-only; safe while others use\n"
-      "the store. Exit 0 when intact, 13 when corrupt (then: netstash purge),\n"
-      "9 when there is no store.\n";
-  return run_store_cmd("verify", usage, netstash_store_verify, "store intact", argc, argv);
+      "SHA-256 matches; reference counts agree. Then re-hashes every preload body\n"
+      "of every installed manifest version (active, previous, being warmed)\n"
+      "against the manifest's integrity metadata: a body that does not match is\n"
+      "listed and unlinked from its version, so it is never served (the next\n"
+      "warm of that manifest fetches it again). Safe while others use the store.\n"
+      "--json adds \"preload\": {\"checked\", \"bytes\", \"corrupt\": [{\"id\",\n"
+      "\"version\", \"url\", \"reason\"}]}.\n"
+      "Exit 0 when intact, 13 when the store is corrupt (then: netstash purge),\n"
+      "15 when preload bodies did not match (now unlinked), 9 when there is no\n"
+      "store.\n";
+  store_args a;
+  netstash_ctx *ctx = NULL;
+  char detail[512] = "", *text = NULL;
+  json_t *pre = NULL;
+  netstash_error err;
+  int rc = parse_args("verify", usage, 0, argc, argv, &a);
+  if (rc >= 0)
+    goto done;
+  /* the store first, read-only: a damaged one is never opened for writing */
+  err = netstash_store_verify(a.profile, detail, sizeof(detail));
+  if (err != NETSTASH_OK) {
+    rc = report("verify", &a, err, detail, NULL, NULL, NULL);
+    goto done;
+  }
+  if ((err = cli_profile_ctx("verify", a.profile, &ctx)) != NETSTASH_OK) {
+    rc = cli_exit_code(err);
+    goto done;
+  }
+  err = netstash_preload_verify(ctx, &text);
+  if (text && !(pre = json_loads(text, 0, NULL)))
+    err = NETSTASH_E_INTERNAL;
+  if (err == NETSTASH_E_INTEGRITY) {
+    const json_t *c;
+    size_t i, n = json_array_size(json_object_get(pre, "corrupt"));
+    snprintf(detail, sizeof(detail),
+             "%zu preload bod%s did not match %s manifest%s and %s unlinked; warm again to "
+             "fetch %s",
+             n, n == 1 ? "y" : "ies", n == 1 ? "its" : "their", n == 1 ? "" : "s",
+             n == 1 ? "was" : "were", n == 1 ? "it" : "them");
+    if (!a.json)
+      json_array_foreach(json_object_get(pre, "corrupt"), i, c) {
+        printf("corrupt: %s version %lld %s: %s\n", json_string_value(json_object_get(c, "id")),
+               (long long)json_integer_value(json_object_get(c, "version")),
+               json_string_value(json_object_get(c, "url")),
+               json_string_value(json_object_get(c, "reason")));
+      }
+  } else if (err == NETSTASH_OK) {
+    snprintf(detail, sizeof(detail), "store intact; %lld preload bodies re-hashed (%lld bytes)",
+             (long long)json_integer_value(json_object_get(pre, "checked")),
+             (long long)json_integer_value(json_object_get(pre, "bytes")));
+  }
+  rc = report("verify", &a, err, detail, detail, "preload", pre);
+  pre = NULL;
+done:
+  json_decref(pre);
+  netstash_free(ctx, text);
+  netstash_ctx_del(ctx);
+  free(a.defprofile);
+  return rc;
 }
 
 int cmd_purge(int argc, char **argv) {
   static const char usage[] =
-      "usage: netstash purge [--profile DIR] [--json]\n"
+      "usage: netstash purge [ID] [--profile DIR] [--json]\n"
       "\n"
-      "Deletes the profile's store (its HTTP cache and everything else it holds)\n"
-      "without reading it: the remedy for a corrupt store. Refuses (exit 13)\n"
-      "while a process writes to it. Exit 9 when there is no store.\n";
-  return run_store_cmd("purge", usage, netstash_store_purge, "store deleted", argc, argv);
+      "Without ID: deletes the profile's store (its HTTP cache, preload cache and\n"
+      "everything else it holds) without reading it: the remedy for a corrupt\n"
+      "store. Refuses (exit 13) while a process writes to it.\n"
+      "With ID: removes preload manifest ID (every version of it) and collects\n"
+      "the bodies nothing else references; the rest of the store stays.\n"
+      "Exit 9 when there is no store, or no manifest ID.\n";
+  store_args a;
+  netstash_ctx *ctx = NULL;
+  char detail[512] = "", done_msg[512];
+  netstash_error err;
+  int rc = parse_args("purge", usage, 1, argc, argv, &a);
+  if (rc >= 0)
+    goto done;
+  if (!a.id) {
+    err = netstash_store_purge(a.profile, detail, sizeof(detail));
+    rc = report("purge", &a, err, detail, "store deleted", NULL, NULL);
+    goto done;
+  }
+  if (!cli_store_exists(a.profile)) {
+    snprintf(detail, sizeof(detail), "no store in %s", a.profile);
+    rc = report("purge", &a, NETSTASH_E_NOT_FOUND, detail, NULL, NULL, NULL);
+    goto done;
+  }
+  if ((err = cli_profile_ctx("purge", a.profile, &ctx)) != NETSTASH_OK) {
+    rc = cli_exit_code(err);
+    goto done;
+  }
+  err = netstash_preload_purge(ctx, a.id);
+  if (err == NETSTASH_E_NOT_FOUND)
+    snprintf(detail, sizeof(detail), "no manifest \"%s\" in %s", a.id, a.profile);
+  snprintf(done_msg, sizeof(done_msg), "manifest \"%s\" purged", a.id);
+  rc = report("purge", &a, err, detail, done_msg, NULL, NULL);
+done:
+  netstash_ctx_del(ctx);
+  free(a.defprofile);
+  return rc;
 }

@@ -16,16 +16,25 @@ static const char usage[] =
     "\n"
     "Commands:\n"
     "  get URL       fetch a URL over HTTP/1.1 or HTTP/2 (netstash get --help)\n"
-    "  verify        check the profile's store: every body complete and intact\n"
-    "  purge         delete the profile's store (the remedy for a corrupt one)\n"
+    "  verify        check the profile's store and re-hash its preload bodies\n"
+    "  purge [ID]    delete the profile's store, or one preload manifest\n"
     "  cookies       list, import, export, clear cookie jars (cookies --help)\n"
-    "  manifest      keygen, sign, verify, lint preload manifests (manifest --help)\n"
+    "  manifest      keygen, sign, verify, lint, make, import preload manifests\n"
+    "  warm SOURCE   warm the preload cache from a signed manifest (warm --help)\n"
+    "  install FILE  install an offline bundle, no network (install --help)\n"
+    "  ls [ID]       list the preload manifests of the profile (ls --help)\n"
+    "  show URL      which preload manifest answers URL, and with what\n"
+    "  rollback ID   make the previous version of a manifest active again\n"
+    "  gc            delete unreferenced bodies now\n"
+    "  stats         preload and store figures\n"
     "\n"
     "Exit codes: 0 success (any HTTP status), 1 internal error, 2 usage,\n"
     "3 bad URL, 4 DNS, 5 connect, 6 TLS, 7 timeout, 8 HTTP protocol error or\n"
     "truncated body, 9 local I/O, 10 size limit, 11 canceled, 12 not in the\n"
     "cache (offline), 13 store unusable (corrupt, newer, full, busy),\n"
-    "14 manifest invalid or signature refused.\n"
+    "14 manifest invalid or signature refused, 15 integrity mismatch or\n"
+    "critical preload resources missing, 16 manifest not for this device\n"
+    "(rollout) or deferred (metered network).\n"
     "See netstash(1).\n";
 
 int cli_exit_code(netstash_error err) {
@@ -78,6 +87,12 @@ int cli_exit_code(netstash_error err) {
   case NETSTASH_E_MANIFEST_EXPIRED:
   case NETSTASH_E_DOWNGRADE:
     return EXIT_MANIFEST;
+  case NETSTASH_E_INTEGRITY:
+  case NETSTASH_E_INCOMPLETE:
+    return EXIT_INTEGRITY;
+  case NETSTASH_E_NOT_TARGETED:
+  case NETSTASH_E_DEFERRED:
+    return EXIT_NOT_APPLIED;
   case NETSTASH_E_INVALID_ARGUMENT:
   case NETSTASH_E_UNSUPPORTED:
     return EXIT_USAGE;
@@ -229,6 +244,20 @@ int main(int argc, char **argv) {
     return cmd_cookies(argc - 1, argv + 1);
   if (!strcmp(argv[1], "manifest"))
     return cmd_manifest(argc - 1, argv + 1);
+  if (!strcmp(argv[1], "warm"))
+    return cmd_warm(argc - 1, argv + 1);
+  if (!strcmp(argv[1], "install"))
+    return cmd_install(argc - 1, argv + 1);
+  if (!strcmp(argv[1], "ls"))
+    return cmd_ls(argc - 1, argv + 1);
+  if (!strcmp(argv[1], "show"))
+    return cmd_show(argc - 1, argv + 1);
+  if (!strcmp(argv[1], "rollback"))
+    return cmd_rollback(argc - 1, argv + 1);
+  if (!strcmp(argv[1], "gc"))
+    return cmd_gc(argc - 1, argv + 1);
+  if (!strcmp(argv[1], "stats"))
+    return cmd_stats(argc - 1, argv + 1);
   fprintf(stderr, "netstash: unknown command \"%s\"\n\n%s", argv[1], usage);
   return EXIT_USAGE;
 }

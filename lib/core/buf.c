@@ -40,7 +40,7 @@ static netstash_error reserve(ns_buf *b, size_t extra) {
     }
     ncap *= 2;
   }
-  if (ncap > b->max + 1)
+  if (b->max < SIZE_MAX && ncap > b->max + 1)
     ncap = b->max + 1;
   p = ns_realloc(b->mem, b->data, ncap);
   if (!p)

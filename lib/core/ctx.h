@@ -46,6 +46,12 @@ typedef struct ns_config {
   int http_cache;          /* use the profile's HTTP cache (default 1) */
   int cache_partition;     /* double-keyed (default 1) */
   uint64_t cache_max_bytes;
+  /* preload */
+  char *trusted_keys; /* public key files, '\n'-separated; NULL: none */
+  int allow_unsigned;
+  char *app_version;
+  char *kernel_version;
+  char *device_id;
 } ns_config;
 
 void ns_config_init_defaults(ns_config *c);

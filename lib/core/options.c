@@ -25,18 +25,27 @@ void ns_config_free(const ns_mem *m, ns_config *c) {
   ns_free(m, c->dns_servers);
   ns_free(m, c->user_agent);
   ns_free(m, c->profile_dir);
+  ns_free(m, c->trusted_keys);
+  ns_free(m, c->app_version);
+  ns_free(m, c->kernel_version);
+  ns_free(m, c->device_id);
   memset(c, 0, sizeof(*c));
 }
 
 netstash_error ns_config_copy(const ns_mem *m, ns_config *dst, const ns_config *src) {
   *dst = *src;
   dst->ca_file = dst->ca_dir = dst->dns_servers = dst->user_agent =
-      dst->profile_dir = NULL;
+      dst->profile_dir = dst->trusted_keys = dst->app_version = dst->kernel_version =
+          dst->device_id = NULL;
   if ((src->ca_file && !(dst->ca_file = ns_strdup(m, src->ca_file))) ||
       (src->ca_dir && !(dst->ca_dir = ns_strdup(m, src->ca_dir))) ||
       (src->dns_servers && !(dst->dns_servers = ns_strdup(m, src->dns_servers))) ||
       (src->user_agent && !(dst->user_agent = ns_strdup(m, src->user_agent))) ||
-      (src->profile_dir && !(dst->profile_dir = ns_strdup(m, src->profile_dir)))) {
+      (src->profile_dir && !(dst->profile_dir = ns_strdup(m, src->profile_dir))) ||
+      (src->trusted_keys && !(dst->trusted_keys = ns_strdup(m, src->trusted_keys))) ||
+      (src->app_version && !(dst->app_version = ns_strdup(m, src->app_version))) ||
+      (src->kernel_version && !(dst->kernel_version = ns_strdup(m, src->kernel_version))) ||
+      (src->device_id && !(dst->device_id = ns_strdup(m, src->device_id)))) {
     ns_config_free(m, dst);
     return NETSTASH_E_NOMEM;
   }
@@ -215,4 +224,43 @@ netstash_error netstash_options_set_cache_max_bytes(netstash_options *o, uint64_
     return NETSTASH_E_INVALID_ARGUMENT;
   o->cfg.cache_max_bytes = bytes;
   return NETSTASH_OK;
+}
+
+/* ---------------------------------------------------------------- preload */
+
+netstash_error netstash_options_add_trusted_key(netstash_options *o, const char *pubfile) {
+  const ns_mem *m = ns_mem_default();
+  size_t old, add;
+  char *n;
+  if (!o || !pubfile || !*pubfile || strchr(pubfile, '\n'))
+    return NETSTASH_E_INVALID_ARGUMENT;
+  old = o->cfg.trusted_keys ? strlen(o->cfg.trusted_keys) : 0;
+  add = strlen(pubfile);
+  n = ns_realloc(m, o->cfg.trusted_keys, old + add + 2);
+  if (!n)
+    return NETSTASH_E_NOMEM;
+  if (old)
+    n[old++] = '\n';
+  memcpy(n + old, pubfile, add + 1);
+  o->cfg.trusted_keys = n;
+  return NETSTASH_OK;
+}
+
+netstash_error netstash_options_set_allow_unsigned(netstash_options *o, int allow) {
+  if (!o)
+    return NETSTASH_E_INVALID_ARGUMENT;
+  o->cfg.allow_unsigned = allow ? 1 : 0;
+  return NETSTASH_OK;
+}
+
+netstash_error netstash_options_set_app_version(netstash_options *o, const char *v) {
+  return o ? set_str(&o->cfg.app_version, v) : NETSTASH_E_INVALID_ARGUMENT;
+}
+
+netstash_error netstash_options_set_kernel_version(netstash_options *o, const char *v) {
+  return o ? set_str(&o->cfg.kernel_version, v) : NETSTASH_E_INVALID_ARGUMENT;
+}
+
+netstash_error netstash_options_set_device_id(netstash_options *o, const char *id) {
+  return o ? set_str(&o->cfg.device_id, id) : NETSTASH_E_INVALID_ARGUMENT;
 }

@@ -157,3 +157,24 @@ void ns_url_free(const ns_mem *mem, ns_url *u) {
   ns_free(mem, u->host);
   memset(u, 0, sizeof(*u));
 }
+
+/* Canonical form of a normalised https URL's authority, in place: host in
+ * lower case (RFC 3986 §6.2.2.1), the default port dropped (§6.2.3), so that
+ * scope and duplicate checks compare strings. -1 when there is userinfo. */
+int ns_url_canonical_authority(char *url) {
+  char *a = strstr(url, "://"), *end;
+  size_t alen;
+  if (!a)
+    return 0;
+  a += 3;
+  end = a + strcspn(a, "/?#");
+  alen = (size_t)(end - a);
+  if (memchr(a, '@', alen))
+    return -1;
+  for (char *q = a; q < end; q++)
+    *q = ns_ascii_lower(*q);
+  if (alen > 4 && !memcmp(end - 4, ":443", 4))
+    memmove(end - 4, end, strlen(end) + 1);
+  return 0;
+}
+

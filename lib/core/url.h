@@ -27,6 +27,12 @@ void ns_url_free(const ns_mem *mem, ns_url *u);
 /* Nonzero when host (no brackets) is an IPv4 or IPv6 literal. */
 int ns_host_is_ip(const char *host, int *is_v6);
 
+/* Canonical form of a normalised https URL's authority, in place: host in
+ * lower case (RFC 3986 §6.2.2.1), the default port dropped (§6.2.3), so
+ * that URLs compare as strings (preload manifests and lookups). -1 when
+ * there is userinfo. */
+int ns_url_canonical_authority(char *url);
+
 /* ASCII-only helpers (no locale). */
 static inline char ns_ascii_lower(char c) {
   return (c >= 'A' && c <= 'Z') ? (char)(c + 32) : c;

@@ -13,6 +13,11 @@
  *                           digest this is (alg = 48 or 64): lets a
  *                           resource without a sha256 find its stored body
  *    "D"                    this profile's random device id (rollout bucket)
+ *    "I"                    the serving index: every "S" value, prefixed by
+ *                           its id (u16 length + id + u32 length + value),
+ *                           rewritten with every state change, so that a
+ *                           lookup is two mdb_get calls and no cursor (a
+ *                           cursor allocates)
  *
  *  preload db (NS_STORE_PRELOAD, records pinned: never evicted)
  *    "R" id \0 be64(V) K    one resource of version V (ns_pl_entry), body
@@ -105,6 +110,16 @@ netstash_error ns_pl_key_entry(ns_buf *k, const char *id, uint64_t v, const char
 netstash_error ns_pl_strip_query(ns_buf *out, const char *url, size_t url_len,
                                  const char *const *names, size_t n_names);
 
+/* Writes the state of id (scope etc. from m, the manifest of st->active;
+ * NULL: none) and rebuilds the "I" index. Every state change goes through
+ * this (or ns_pl_txn_del_state). */
+netstash_error ns_pl_txn_put_state(ns_store_txn *t, const ns_mem *mem, const char *id,
+                                   const ns_pl_state *st, const ns_manifest *m);
+/* Deletes the state of id (NETSTASH_E_NOT_FOUND) and rebuilds the index. */
+netstash_error ns_pl_txn_del_state(ns_store_txn *t, const ns_mem *mem, const char *id);
+/* Parses the stored manifest of (id, v) in t (no expiry/version checks). */
+netstash_error ns_pl_txn_manifest(ns_store_txn *t, const ns_mem *mem, const char *id,
+                                  uint64_t v, ns_manifest **out);
 /* Reads the state of id in a write transaction (NETSTASH_E_NOT_FOUND). The
  * pointers in *st live until the transaction ends. */
 netstash_error ns_pl_txn_state(ns_store_txn *t, const char *id, ns_pl_state *st);
@@ -191,7 +206,8 @@ netstash_error ns_pl_lookup(ns_store_reader *r, const char *url, size_t url_len,
  * versions, missing components 0 (">=4.2 <5"). 0 for a NULL version. */
 int ns_rollout_version_in(const char *range, const char *version);
 /* Stable bucket 0..99 for (device_id, manifest_id): first 4 bytes of
- * SHA-256(device_id "\n" manifest_id), big-endian, mod 100. */
+ * SHA-256(device_id "\n" manifest_id), big-endian, mod 100; -1 when
+ * hashing fails (ns_rollout_applies then excludes the device). */
 int ns_rollout_bucket(const char *device_id, const char *manifest_id);
 /* Nonzero when the rollout includes this device; why (may be NULL) says
  * which rule excluded it. Kill switch and pinned version are not evaluated

@@ -130,26 +130,6 @@ static json_t *get(pctx *c, const char *path, json_t *obj, const char *key, json
   return v;
 }
 
-/* Canonical form of a normalised https URL's authority, in place: host in
- * lower case (RFC 3986 §6.2.2.1), the default port dropped (§6.2.3), so that
- * scope and duplicate checks compare strings. -1 when there is userinfo. */
-static int canonical_authority(char *url) {
-  char *a = strstr(url, "://"), *end;
-  size_t alen;
-  if (!a)
-    return 0;
-  a += 3;
-  end = a + strcspn(a, "/?#");
-  alen = (size_t)(end - a);
-  if (memchr(a, '@', alen))
-    return -1;
-  for (char *q = a; q < end; q++)
-    *q = ns_ascii_lower(*q);
-  if (alen > 4 && !memcmp(end - 4, ":443", 4))
-    memmove(end - 4, end, strlen(end) + 1);
-  return 0;
-}
-
 /* An https URL, normalised into *out (allocated). 0 ok, -1 reported. */
 static int https_url(pctx *c, const char *path, const char *s, ns_url *u) {
   char detail[160] = "";
@@ -169,7 +149,7 @@ static int https_url(pctx *c, const char *path, const char *s, ns_url *u) {
     ns_url_free(c->mem, u);
     return -1;
   }
-  if (canonical_authority(u->url) != 0) {
+  if (ns_url_canonical_authority(u->url) != 0) {
     INVALID(c, path, "URL \"%.80s\" carries credentials", s);
     ns_url_free(c->mem, u);
     return -1;

@@ -1016,17 +1016,13 @@ netstash_error ns_store_body_copy(const ns_store_body *b, const ns_mem *mem, uin
   return err;
 }
 
-netstash_error ns_store_iterate(ns_store_reader *r, ns_store_db db, const void *prefix, size_t plen,
-                                ns_store_iter_cb cb, void *ud) {
+static netstash_error iterate_txn(MDB_txn *txn, MDB_dbi dbi, const void *prefix, size_t plen,
+                                  ns_store_iter_cb cb, void *ud) {
   MDB_cursor *c;
   MDB_val k, v;
   int rc, op;
   netstash_error err = NETSTASH_OK;
-  if (!r || !cb || (unsigned)db >= NS_STORE_DB_COUNT_ || (plen && !prefix))
-    return NETSTASH_E_INVALID_ARGUMENT;
-  if (!r->active)
-    return NETSTASH_E_ILLEGAL_STATE;
-  rc = mdb_cursor_open(r->txn, r->s->dbi[rec_dbi[db]], &c);
+  rc = mdb_cursor_open(txn, dbi, &c);
   if (rc != 0)
     return map_rc(rc);
   mval(&k, prefix, plen);
@@ -1053,6 +1049,22 @@ netstash_error ns_store_iterate(ns_store_reader *r, ns_store_db db, const void *
   }
   mdb_cursor_close(c);
   return err;
+}
+
+netstash_error ns_store_iterate(ns_store_reader *r, ns_store_db db, const void *prefix, size_t plen,
+                                ns_store_iter_cb cb, void *ud) {
+  if (!r || !cb || (unsigned)db >= NS_STORE_DB_COUNT_ || (plen && !prefix))
+    return NETSTASH_E_INVALID_ARGUMENT;
+  if (!r->active)
+    return NETSTASH_E_ILLEGAL_STATE;
+  return iterate_txn(r->txn, r->s->dbi[rec_dbi[db]], prefix, plen, cb, ud);
+}
+
+netstash_error ns_store_txn_iterate(ns_store_txn *t, ns_store_db db, const void *prefix,
+                                    size_t plen, ns_store_iter_cb cb, void *ud) {
+  if (!t || !cb || (unsigned)db >= NS_STORE_DB_COUNT_ || (plen && !prefix))
+    return NETSTASH_E_INVALID_ARGUMENT;
+  return iterate_txn(t->txn, t->s->dbi[rec_dbi[db]], prefix, plen, cb, ud);
 }
 
 /* ------------------------------------------------------------ write lock */

@@ -271,6 +271,11 @@ netstash_error ns_store_txn_pin(ns_store_txn *t, ns_store_db db, const void *key
 netstash_error ns_store_txn_get(ns_store_txn *t, ns_store_db db, const void *key, size_t keylen,
                                 ns_store_record *out);
 
+/* ns_store_iterate inside a write transaction (sees its own changes). cb
+ * must not change db: collect keys, then delete after the walk. */
+netstash_error ns_store_txn_iterate(ns_store_txn *t, ns_store_db db, const void *prefix,
+                                    size_t prefix_len, ns_store_iter_cb cb, void *user_data);
+
 /* One-transaction wrappers of the above. */
 netstash_error ns_store_body_put(ns_store *s, const uint8_t *data, size_t len, ns_coding coding,
                                  const char *content_type, unsigned flags, uint8_t *out_hash);

@@ -37,6 +37,8 @@
 #include "transport/fetch.h"
 #include "transport/hsts.h"
 #include "transport/transport.h"
+#include "preload/install.h"
+#include "store/store.h"
 
 #define MOD "transport"
 
@@ -55,6 +57,7 @@ struct ns_transport {
   int hsts_loaded;
   ns_hsts_entry *hsts;
   size_t nhsts, hsts_next;
+  ns_store_reader *pl_reader; /* preload lookups (loop thread) */
 };
 
 typedef struct sock_ctx {
@@ -1349,6 +1352,116 @@ static void follow_cached_redirect(netstash_fetch *f) {
 
 /* Consults the HTTP cache before the network. Returns 1 when the fetch was
  * answered (or failed) from the cache. */
+/* The preload route (doc/DESIGN.md): an active manifest version that lists
+ * this URL answers a GET or HEAD before the HTTP cache, with no network.
+ * Range requests get 206/416 from the verified body. 1 when answered. */
+static int preload_consult(netstash_fetch *f, int is_head) {
+  ns_transport *tr = f->ctx->transport;
+  netstash_request *req = f->req;
+  ns_pl_hit hit;
+  ns_headers h, rq;
+  ns_cache_range r;
+  netstash_error rv;
+  int partial = 0;
+  if (!f->ctx->store || req->cache_mode == NETSTASH_CACHE_BYPASS || !f->cur.url ||
+      strncmp(f->cur.url, "https://", 8) != 0)
+    return 0;
+  if (!tr->pl_reader && ns_store_reader_new(f->ctx->store, &tr->pl_reader) != NETSTASH_OK)
+    return 0;
+  if (ns_store_read_begin(tr->pl_reader) != NETSTASH_OK)
+    return 0;
+  rv = ns_pl_lookup(tr->pl_reader, f->cur.url, strlen(f->cur.url), wall_ms() / 1000, &hit);
+  if (rv != NETSTASH_OK) {
+    ns_store_read_end(tr->pl_reader);
+    return 0;
+  }
+  ns_headers_init(&h, &f->mem);
+  ns_headers_init(&rq, &f->mem);
+  rv = ns_headers_decode(&h, hit.entry.head, hit.entry.head_len, NULL);
+  if (rv != NETSTASH_OK || hit.body.coding != NS_CODING_IDENTITY) {
+    ns_store_read_end(tr->pl_reader);
+    ns_headers_free(&h);
+    return 0; /* not servable as stored: let the cache / network answer */
+  }
+  for (size_t i = 0; i < req->nheaders; i++)
+    if (!ns_ascii_casecmp_n(req->headers[i], "range:", 6) ||
+        !ns_ascii_casecmp_n(req->headers[i], "if-range:", 9))
+      (void)ns_headers_add_line(&rq, req->headers[i], strlen(req->headers[i]));
+  memset(&r, 0, sizeof(r));
+  if (ns_headers_get(&rq, "range")) {
+    ns_cache_range_decide(&rq, 200, &h, hit.body.decoded_size, &r);
+    partial = r.status == 206 || r.status == 416;
+  }
+  if (f->easy && f->state == NS_FETCH_ACTIVE) {
+    curl_multi_remove_handle(tr->multi, f->easy);
+    f->state = NS_FETCH_NEW;
+  }
+  reset_response(f);
+  f->status = partial ? r.status : hit.entry.status;
+  {
+    const ns_header_field *fld;
+    size_t it = 0;
+    while (rv == NETSTASH_OK && (fld = ns_headers_next(&h, &it, NULL)) != NULL) {
+      if (partial && ns_ascii_casecmp(fld->name, "content-length") == 0)
+        continue;
+      rv = add_header_nv(f, fld->name, fld->name_len, fld->value, fld->value_len);
+    }
+  }
+  if (rv == NETSTASH_OK && partial) {
+    char len[32];
+    snprintf(len, sizeof(len), "%llu",
+             (unsigned long long)(r.status == 206 ? r.last - r.first + 1 : 0));
+    rv = add_header_nv(f, "content-range", 13, r.content_range, strlen(r.content_range));
+    if (rv == NETSTASH_OK)
+      rv = add_header_nv(f, "content-length", 14, len, strlen(len));
+  }
+  ns_headers_free(&h);
+  ns_headers_free(&rq);
+  snprintf(f->cache_reason, sizeof(f->cache_reason), "preload: manifest \"%.*s\" version %llu%s",
+           (int)hit.id_len, hit.id, (unsigned long long)hit.version,
+           partial ? (r.status == 206 ? "; range 206" : "; range 416") : "");
+  if (rv != NETSTASH_OK) {
+    ns_store_read_end(tr->pl_reader);
+    end_fetch(f, rv);
+    return 1;
+  }
+  f->source = NETSTASH_SOURCE_PRELOAD;
+  f->proto = NETSTASH_HTTP_ANY;
+  f->tls_version[0] = f->tls_cipher[0] = 0;
+  f->timing[NETSTASH_TIMING_TTFB] = ns_now_us() - f->t_start;
+  deliver_head(f);
+  if (!is_head && !(partial && r.status == 416)) {
+    uint64_t skip = partial ? r.first : 0;
+    uint64_t left = partial ? r.last - r.first + 1 : hit.body.decoded_size;
+    if (f->max_body && left > f->max_body) {
+      ns_fetch_detail(f, "preloaded body of %llu bytes is over the limit",
+                      (unsigned long long)left);
+      rv = NETSTASH_E_TOO_LARGE;
+    }
+    for (uint32_t i = 0; rv == NETSTASH_OK && left && i < hit.body.nchunks; i++) {
+      const uint8_t *d;
+      size_t n;
+      rv = ns_store_body_chunk(&hit.body, i, &d, &n);
+      if (rv != NETSTASH_OK)
+        break;
+      if (skip >= n) {
+        skip -= n;
+        continue;
+      }
+      d += skip;
+      n -= (size_t)skip;
+      skip = 0;
+      if (n > left)
+        n = (size_t)left;
+      left -= n;
+      rv = deliver(d, n, f);
+    }
+  }
+  ns_store_read_end(tr->pl_reader);
+  end_fetch(f, rv);
+  return 1;
+}
+
 static int cache_consult(netstash_fetch *f) {
   ns_httpcache *hc = f->ctx->hc;
   netstash_request *req = f->req;
@@ -1370,6 +1483,8 @@ static int cache_consult(netstash_fetch *f) {
     end_fetch(f, NETSTASH_E_NOMEM);
     return 1;
   }
+  if ((is_get || is_head) && preload_consult(f, is_head))
+    return 1;
 
   if (!hc) {
     if (req->cache_mode == NETSTASH_CACHE_ONLY_IF_CACHED) {
@@ -1558,6 +1673,7 @@ void ns_transport_shutdown(ns_transport *tr) {
 void ns_transport_del(ns_transport *tr) {
   if (!tr)
     return;
+  ns_store_reader_del(tr->pl_reader);
   ns_free(&tr->ctx->mem, tr->hsts);
   if (tr->multi)
     curl_multi_cleanup(tr->multi);
