@@ -613,6 +613,9 @@ int ns_pl_install_needed(const ns_pl_install *in, size_t i) {
 size_t ns_pl_install_missing(const ns_pl_install *in) {
   return in->missing;
 }
+size_t ns_pl_install_queued(const ns_pl_install *in) {
+  return in->nq;
+}
 
 static netstash_error device_id(ns_store_txn *t, const ns_pl_device *dev, char *out, size_t cap) {
   ns_store_record rec;

@@ -182,6 +182,7 @@ netstash_error ns_pl_install_flush(ns_pl_install *in);
  * FILL and CONTROL plans just flush. */
 netstash_error ns_pl_install_publish(ns_pl_install *in);
 size_t ns_pl_install_missing(const ns_pl_install *in); /* resources still needed */
+size_t ns_pl_install_queued(const ns_pl_install *in);  /* verified, not committed yet */
 void ns_pl_install_free(ns_pl_install *in);
 
 /* ------------------------------------------------------------ serving */

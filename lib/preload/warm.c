@@ -22,13 +22,18 @@
 #include "core/buf.h"
 #include "core/ctx.h"
 #include "core/url.h"
+#include "core/log.h"
 #include "preload/bundle.h"
 #include "preload/install.h"
 #include "preload/manifest.h"
 #include "preload/sign.h"
 
 enum { SRC_URL, SRC_FILE, SRC_BUNDLE };
-enum { RS_QUEUED = 0, RS_RUNNING, RS_WAIT_RETRY, RS_DONE, RS_PRESENT, RS_FAILED };
+enum { RS_QUEUED = 0, RS_RUNNING, RS_WAIT_RETRY, RS_VERIFIED, RS_DONE, RS_PRESENT, RS_FAILED };
+
+/* A body is reported done once committed: verified bodies wait in the
+ * installer's batch at most this long (a kill -9 loses no more). */
+#define COMMIT_WINDOW_MS 100
 
 typedef struct slot {
   struct netstash_warm *w;
@@ -91,8 +96,10 @@ struct netstash_warm {
   int paused;
   int finishing;
   uint64_t budget_used; /* bytes planned for fetches started */
-  uv_timer_t timer;
-  int timer_init;
+  size_t uncommitted;   /* resources RS_VERIFIED */
+  uint64_t first_uncommitted_ms;
+  uv_timer_t timer, ctimer; /* retries; commit window */
+  int timer_init, closing;
   uint64_t last_progress_ms, rate_t_ms, rate_bytes;
   double rate; /* bytes per ms, smoothed */
   /* bundle */
@@ -269,7 +276,8 @@ static void emit(netstash_warm *w, netstash_warm_event ev, const char *url, nets
 
 static void timer_closed(uv_handle_t *h) {
   netstash_warm *w = h->data;
-  warm_unref(w);
+  if (--w->closing == 0)
+    warm_unref(w);
 }
 
 static void free_loop_state(netstash_warm *w) {
@@ -306,15 +314,18 @@ static void finish(netstash_warm *w, netstash_error err) {
   if (err != NETSTASH_OK && !w->detail[0])
     ns_detailf(w->detail, sizeof(w->detail), "%s", netstash_strerror(err));
   free_loop_state(w);
+  /* the event first: a waiter woken below may delete w's callback */
+  emit(w, NETSTASH_WARM_EV_DONE, NULL, err);
   uv_mutex_lock(&w->lock);
   w->result = err;
   w->done = 1;
   uv_cond_broadcast(&w->cond);
   uv_mutex_unlock(&w->lock);
-  emit(w, NETSTASH_WARM_EV_DONE, NULL, err);
-  if (w->timer_init)
-    uv_close((uv_handle_t *)&w->timer, timer_closed); /* drops the loop's ref */
-  else
+  if (w->timer_init) {
+    w->closing = 2;
+    uv_close((uv_handle_t *)&w->timer, timer_closed); /* the last drops the loop's ref */
+    uv_close((uv_handle_t *)&w->ctimer, timer_closed);
+  } else
     warm_unref(w);
 }
 
@@ -357,11 +368,33 @@ static void progress(netstash_warm *w, int force) {
   emit(w, NETSTASH_WARM_EV_PROGRESS, NULL, NETSTASH_OK);
 }
 
+/* Reports the verified bodies the installer has committed since. */
+static void report_committed(netstash_warm *w) {
+  if (!w->uncommitted || ns_pl_install_queued(w->in))
+    return;
+  for (size_t i = 0; i < w->m->n_resources; i++)
+    if (w->rs[i].st == RS_VERIFIED) {
+      w->rs[i].st = RS_DONE;
+      cnt_add(w, NETSTASH_WARM_RESOURCES_DONE, 1);
+      emit(w, NETSTASH_WARM_EV_RESOURCE_DONE, w->m->resources[i].url, NETSTASH_OK);
+    }
+  w->uncommitted = 0;
+}
+
+static netstash_error commit_now(netstash_warm *w) {
+  netstash_error e = ns_pl_install_flush(w->in);
+  if (e == NETSTASH_OK)
+    report_committed(w);
+  return e;
+}
+
 static void all_done(netstash_warm *w) {
   netstash_error e;
   int was_fill = ns_pl_install_plan(w->in) == NS_PL_PLAN_FILL;
   progress(w, 1);
-  e = ns_pl_install_publish(w->in);
+  e = commit_now(w);
+  if (e == NETSTASH_OK)
+    e = ns_pl_install_publish(w->in);
   if (e != NETSTASH_OK) {
     if (!w->detail[0])
       ns_detailf(w->detail, sizeof(w->detail), "%s", netstash_strerror(e));
@@ -431,6 +464,16 @@ static void on_res_data(netstash_fetch *f, const uint8_t *data, size_t len, void
   progress(s->w, 0);
 }
 
+/* The commit window ran out with no new body: commit what is verified. */
+static void ctimer_cb(uv_timer_t *t) {
+  netstash_warm *w = t->data;
+  if (w->finishing || !w->uncommitted)
+    return;
+  netstash_error e = commit_now(w);
+  if (e != NETSTASH_OK)
+    NS_WARN(w->ctx, "preload", "committing verified bodies failed: %s", netstash_strerror(e));
+}
+
 static void on_res_complete(netstash_fetch *f, netstash_error err, void *ud) {
   slot *s = ud;
   netstash_warm *w = s->w;
@@ -463,13 +506,21 @@ static void on_res_complete(netstash_fetch *f, netstash_error err, void *ud) {
   if (err == NETSTASH_OK && status == 200) {
     err = ns_pl_install_body(w->in, i, s->body.data, s->body.len);
     if (err == NETSTASH_OK) {
-      w->rs[i].st = RS_DONE;
-      cnt_add(w, NETSTASH_WARM_RESOURCES_DONE, 1);
-      emit(w, NETSTASH_WARM_EV_RESOURCE_DONE, r->url, NETSTASH_OK);
-    } else if (err == NETSTASH_E_INTEGRITY) {
+      uint64_t now = mono_ms();
+      w->rs[i].st = RS_VERIFIED;
+      if (!w->uncommitted++)
+        w->first_uncommitted_ms = now;
+      if (ns_pl_install_queued(w->in) && now - w->first_uncommitted_ms >= COMMIT_WINDOW_MS)
+        err = commit_now(w);
+      else
+        report_committed(w); /* the batch was full and went in */
+      if (w->uncommitted && w->timer_init)
+        uv_timer_start(&w->ctimer, ctimer_cb, COMMIT_WINDOW_MS, 0);
+    }
+    if (err == NETSTASH_E_INTEGRITY) {
       snprintf(why, sizeof(why), "body (%zu bytes) does not match its integrity %s",
                s->body.len, s->fallback ? "(from the fallback)" : "");
-    } else {
+    } else if (err != NETSTASH_OK) {
       snprintf(why, sizeof(why), "cannot store: %s", netstash_strerror(err));
     }
   } else if (err == NETSTASH_OK) {
@@ -753,8 +804,12 @@ static void start_resources(netstash_warm *w) {
   for (size_t j = 0; j < nh; j++)
     ns_free(&w->mem, hostbuf[j]);
   if (uv_timer_init(&w->ctx->loop, &w->timer) == 0) {
-    w->timer.data = w;
-    w->timer_init = 1;
+    if (uv_timer_init(&w->ctx->loop, &w->ctimer) == 0) {
+      w->timer.data = w->ctimer.data = w;
+      w->timer_init = 1;
+    } else {
+      uv_close((uv_handle_t *)&w->timer, NULL);
+    }
   }
   pump(w);
 }
