@@ -158,15 +158,20 @@ static int sh(const char *fmt, ...) {
 }
 
 static void sign(const char *dir, const char *mname, const char *k) {
-  assert_int_equal(sh("%s manifest sign %s/pl/%s/%s --key %s >/dev/null 2>&1", cli, nst_site(),
-                      dir, mname, k),
-                   0);
+  int rc = sh("%s manifest sign %s/pl/%s/%s --key %s >/dev/null 2>%s", cli, nst_site(), dir, mname,
+              k, nst_path("sign.err"));
+  if (rc != 0) {
+    char *e = read_all(nst_path("sign.err"), NULL);
+    fail_msg("manifest sign %s/%s: exit %d: %s", dir, mname, rc, e ? e : "");
+  }
 }
 
+/* A new profile directory name (kept for the whole run). */
 static const char *new_profile(void) {
-  static char p[512];
-  snprintf(p, sizeof(p), "%s/prof%d", nst_workdir(), ++profiles);
-  return p;
+  static char p[32][512];
+  int k = profiles++ % 32;
+  snprintf(p[k], sizeof(p[k]), "%s/prof%d", nst_workdir(), profiles);
+  return p[k];
 }
 
 typedef struct opts {
@@ -685,6 +690,77 @@ static void test_fallback_and_rollout(void **state) {
   netstash_ctx_del(ctx);
 }
 
+
+/* Two manifests over one URL: the longer scope answers; then expiry. */
+static void test_overlap_expiry_pin(void **state) {
+  const char *prof = new_profile(), *src;
+  netstash_ctx *ctx = ctx_for(prof, NULL);
+  evlog log;
+  char extra[512], t[32];
+  (void)state;
+  site_file("ov", "z.js", 3000, 80);
+  res_spec rz[1] = {{"z.js", "critical", NULL, NULL}};
+  /* "wide" covers pl/ (scope of the parent dir), "narrow" pl/ov/ */
+  snprintf(extra, sizeof(extra), "{\"scope\": [\"%spl/\"]}", base);
+  src = make_manifest("ov", "wide.json", "wide", 1, rz, 1, extra);
+  sign("ov", "wide.json", key);
+  assert_int_equal(warm(ctx, src, &log, NULL, 0), NETSTASH_OK);
+  netstash_preload_hit *h;
+  assert_int_equal(netstash_preload_hit_new(ctx, &h), NETSTASH_OK);
+  assert_int_equal(netstash_preload_lookup(h, rurl("ov", "z.js")), NETSTASH_OK);
+  assert_string_equal(netstash_preload_hit_manifest_id(h), "wide");
+  /* the narrow one expires in 2 s */
+  time_t soon = time(NULL) + 2;
+  struct tm tm;
+  gmtime_r(&soon, &tm);
+  strftime(t, sizeof(t), "%Y-%m-%dT%H:%M:%SZ", &tm);
+  snprintf(extra, sizeof(extra), "{\"expires\": \"%s\"}", t);
+  src = make_manifest("ov", "narrow.json", "narrow", 1, rz, 1, extra);
+  sign("ov", "narrow.json", key);
+  assert_int_equal(warm(ctx, src, &log, NULL, 0), NETSTASH_OK);
+  assert_int_equal(netstash_preload_lookup(h, rurl("ov", "z.js")), NETSTASH_OK);
+  assert_string_equal(netstash_preload_hit_manifest_id(h), "narrow");
+  /* the same URL in another spelling: upper-case host, explicit default port is
+   * not ours (port), so only the host case */
+  char upper[512];
+  snprintf(upper, sizeof(upper), "%s", rurl("ov", "z.js"));
+  memcpy(upper + 8, "EXAMPLE", 7);
+  assert_int_equal(netstash_preload_lookup(h, upper), NETSTASH_OK);
+  sleep(3);
+  /* expired: the wide manifest answers again */
+  assert_int_equal(netstash_preload_lookup(h, rurl("ov", "z.js")), NETSTASH_OK);
+  assert_string_equal(netstash_preload_hit_manifest_id(h), "wide");
+  assert_int_equal(netstash_preload_hit_manifest_version(h), 1);
+
+  /* pinned version: wide v2, then v3 pins v1 (the previous): v1 serves */
+  site_file("ov", "z.js", 3000, 81);
+  snprintf(extra, sizeof(extra), "{\"scope\": [\"%spl/\"]}", base);
+  src = make_manifest("ov", "wide2.json", "wide", 2, rz, 1, extra);
+  sign("ov", "wide2.json", key);
+  assert_int_equal(warm(ctx, src, &log, NULL, 0), NETSTASH_OK);
+  assert_int_equal(netstash_preload_lookup(h, rurl("ov", "z.js")), NETSTASH_OK);
+  assert_int_equal(netstash_preload_hit_manifest_version(h), 2);
+  snprintf(extra, sizeof(extra), "{\"scope\": [\"%spl/\"], \"rollout\": {\"pinned_version\": 1}}",
+           base);
+  src = make_manifest("ov", "wide3.json", "wide", 3, rz, 1, extra);
+  sign("ov", "wide3.json", key);
+  assert_int_equal(warm(ctx, src, &log, NULL, 0), NETSTASH_OK);
+  assert_int_equal(netstash_preload_lookup(h, rurl("ov", "z.js")), NETSTASH_OK);
+  assert_int_equal(netstash_preload_hit_manifest_version(h), 1);
+  /* pinned to a version no longer held: the id stops serving */
+  {
+    char e2[512];
+    snprintf(e2, sizeof(e2),
+             "{\"scope\": [\"%spl/\"], \"rollout\": {\"pinned_version\": 3}}", base);
+    src = make_manifest("ov", "wide4.json", "wide", 4, rz, 1, e2);
+  }
+  sign("ov", "wide4.json", key);
+  assert_int_equal(warm(ctx, src, &log, NULL, 0), NETSTASH_OK);
+  assert_int_equal(netstash_preload_lookup(h, rurl("ov", "z.js")), NETSTASH_E_NOT_FOUND);
+  netstash_preload_hit_del(h);
+  netstash_ctx_del(ctx);
+}
+
 static void test_cli_offline_and_bundle(void **state) {
   const char *prof = new_profile(), *prof2, *src;
   char out[1024];
@@ -763,6 +839,7 @@ int main(void) {
       cmocka_unit_test(test_budget_pause_cancel),
       cmocka_unit_test(test_kill9_resume),
       cmocka_unit_test(test_fallback_and_rollout),
+      cmocka_unit_test(test_overlap_expiry_pin),
       cmocka_unit_test(test_cli_offline_and_bundle),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
