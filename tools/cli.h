@@ -46,6 +46,7 @@ int cmd_cookies(int argc, char **argv);
 int cmd_manifest(int argc, char **argv);
 int cmd_warm(int argc, char **argv);
 int cmd_install(int argc, char **argv);
+int cmd_pack(int argc, char **argv); /* cmd_bundle.c */
 /* cmd_preload.c */
 int cmd_ls(int argc, char **argv);
 int cmd_show(int argc, char **argv);

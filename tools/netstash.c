@@ -22,6 +22,7 @@ static const char usage[] =
     "  manifest      keygen, sign, verify, lint, make, import preload manifests\n"
     "  warm SOURCE   warm the preload cache from a signed manifest (warm --help)\n"
     "  install FILE  install an offline bundle, no network (install --help)\n"
+    "  pack ID       write an offline bundle of a manifest (pack --help)\n"
     "  ls [ID]       list the preload manifests of the profile (ls --help)\n"
     "  show URL      which preload manifest answers URL, and with what\n"
     "  rollback ID   make the previous version of a manifest active again\n"
@@ -248,6 +249,8 @@ int main(int argc, char **argv) {
     return cmd_warm(argc - 1, argv + 1);
   if (!strcmp(argv[1], "install"))
     return cmd_install(argc - 1, argv + 1);
+  if (!strcmp(argv[1], "pack"))
+    return cmd_pack(argc - 1, argv + 1);
   if (!strcmp(argv[1], "ls"))
     return cmd_ls(argc - 1, argv + 1);
   if (!strcmp(argv[1], "show"))

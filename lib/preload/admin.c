@@ -46,6 +46,13 @@ static netstash_error need_store(netstash_ctx *ctx, const char *fn) {
   return NETSTASH_OK;
 }
 
+/* Manifest ids are 1..128 characters (manifest.c): a longer one names no
+ * installed manifest (and would not fit a store key). */
+static int id_fits(const char *id) {
+  size_t n = strnlen(id, 129);
+  return n >= 1 && n <= 128;
+}
+
 static int64_t wall_ms(void) {
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
@@ -100,7 +107,8 @@ typedef struct dump_ctx {
 
 static int dump_cb(const char *buffer, size_t size, void *data) {
   dump_ctx *d = data;
-  d->err = ns_buf_append(d->b, buffer, size);
+  if (d->err == NETSTASH_OK) /* sticky: jansson may call again after a -1 */
+    d->err = ns_buf_append(d->b, buffer, size);
   return d->err == NETSTASH_OK ? 0 : -1;
 }
 
@@ -113,7 +121,9 @@ static netstash_error hand_out(netstash_ctx *ctx, json_t *o, int oom, char **out
   ns_buf_init(&b, &ctx->mem, JSON_OUT_MAX);
   if (!o || oom)
     goto done;
-  if (json_dump_callback(o, dump_cb, &d, JSON_COMPACT | JSON_PRESERVE_ORDER) != 0) {
+  /* some jansson paths ignore the callback's -1: check the sticky error */
+  if (json_dump_callback(o, dump_cb, &d, JSON_COMPACT | JSON_PRESERVE_ORDER) != 0 ||
+      d.err != NETSTASH_OK) {
     rv = d.err != NETSTASH_OK ? d.err : NETSTASH_E_NOMEM;
     goto done;
   }
@@ -382,6 +392,10 @@ netstash_error netstash_preload_describe(netstash_ctx *ctx, const char *id, int 
     goto done;
   begun = 1;
   if (id) {
+    if (!id_fits(id)) {
+      rv = NETSTASH_E_NOT_FOUND;
+      goto done;
+    }
     if ((rv = describe_one(&a, id, resources, &root)) != NETSTASH_OK)
       goto done;
   } else {
@@ -465,8 +479,9 @@ netstash_error netstash_preload_show(netstash_ctx *ctx, const char *url, char **
   if (rv != NETSTASH_OK)
     goto done;
   if (hit.entry.head_len &&
-      ns_headers_decode(&h, hit.entry.head, hit.entry.head_len, NULL) != NETSTASH_OK) {
-    rv = NETSTASH_E_STORE_CORRUPT;
+      (rv = ns_headers_decode(&h, hit.entry.head, hit.entry.head_len, NULL)) != NETSTASH_OK) {
+    if (rv != NETSTASH_E_NOMEM)
+      rv = NETSTASH_E_STORE_CORRUPT;
     goto done;
   }
   if (!(o = json_object()) || !(hdrs = json_object())) {
@@ -576,6 +591,8 @@ netstash_error netstash_preload_rollback(netstash_ctx *ctx, const char *id) {
     return NETSTASH_E_INVALID_ARGUMENT;
   if ((rv = need_store(ctx, "netstash_preload_rollback")) != NETSTASH_OK)
     return rv;
+  if (!id_fits(id))
+    return NETSTASH_E_NOT_FOUND;
   j.mem = &ctx->mem;
   j.id = id;
   j.now_ms = wall_ms();
@@ -728,7 +745,9 @@ netstash_error netstash_preload_purge(netstash_ctx *ctx, const char *id) {
   ns_buf_init(&j.versions, j.mem, LIST_MAX);
   ns_buf_init(&j.keys, j.mem, LIST_MAX);
   strlist_init(&ids, &ctx->mem);
-  if (id) {
+  if (id && !id_fits(id)) {
+    rv = NETSTASH_E_NOT_FOUND;
+  } else if (id) {
     j.id = id;
     rv = ns_store_write(ctx->store, purge_fn, &j);
     if (rv == NETSTASH_E_NOT_FOUND)
@@ -752,8 +771,12 @@ netstash_error netstash_preload_purge(netstash_ctx *ctx, const char *id) {
     if (rv == NETSTASH_OK)
       rv = ns_store_write(ctx->store, drop_aliases_fn, &j);
   }
-  if (rv == NETSTASH_OK)
-    rv = gc_all(ctx->store, NULL);
+  if (rv == NETSTASH_OK) {
+    /* the purge is done; what GC leaves now, later GC steps collect */
+    netstash_error gc = gc_all(ctx->store, NULL);
+    if (gc != NETSTASH_OK)
+      NS_WARN(ctx, MOD, "purge: bodies not collected yet: %s", netstash_strerror(gc));
+  }
 done:
   if (opened)
     rd_close(&a);
@@ -889,7 +912,7 @@ netstash_error netstash_preload_verify(netstash_ctx *ctx, char **json) {
   strlist ids;
   verify_job vj;
   json_t *o = NULL;
-  char detail[256] = "";
+  char detail[256] = "", *text = NULL;
   int opened = 0;
   netstash_error rv;
   if (json)
@@ -933,10 +956,9 @@ netstash_error netstash_preload_verify(netstash_ctx *ctx, char **json) {
     }
     ns_store_read_end(a.r);
   }
-  if (rv == NETSTASH_OK && vj.bad.len)
-    rv = ns_store_write(ctx->store, unlink_fn, &vj.bad);
   if (rv != NETSTASH_OK)
     goto done;
+  /* the report first: once the entries are unlinked it must not be lost */
   if (json) {
     if (!(o = json_object())) {
       rv = NETSTASH_E_NOMEM;
@@ -946,11 +968,18 @@ netstash_error netstash_preload_verify(netstash_ctx *ctx, char **json) {
     jset(o, "bytes", ju64(vj.bytes), &vj.oom);
     jset(o, "corrupt", vj.corrupt, &vj.oom);
     vj.corrupt = NULL;
-    if ((rv = hand_out(ctx, o, vj.oom, json)) != NETSTASH_OK)
+    if ((rv = hand_out(ctx, o, vj.oom, &text)) != NETSTASH_OK)
       goto done;
+  }
+  if (vj.bad.len && (rv = ns_store_write(ctx->store, unlink_fn, &vj.bad)) != NETSTASH_OK)
+    goto done;
+  if (json) {
+    *json = text;
+    text = NULL;
   }
   rv = vj.bad.len ? NETSTASH_E_INTEGRITY : NETSTASH_OK;
 done:
+  ns_free(&ctx->mem, text);
   if (opened)
     rd_close(&a);
   json_decref(vj.corrupt);

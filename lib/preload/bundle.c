@@ -16,7 +16,10 @@
 #include <openssl/evp.h>
 
 #include "core/buf.h"
+#include "core/ctx.h"
+#include "core/log.h"
 #include "preload/bundle.h"
+#include "preload/install.h"
 #include "preload/manifest.h"
 #include "preload/sign.h"
 
@@ -46,6 +49,7 @@ struct ns_pl_bundle {
   uint8_t *body;
   size_t body_cap;
   uint64_t index;        /* 1-based number of the last entry header read */
+  int bodies_dir;        /* the "bodies/" directory entry was seen */
   netstash_error sticky; /* NETSTASH_OK while readable */
   char sticky_detail[256];
 };
@@ -583,6 +587,12 @@ netstash_error ns_pl_bundle_next_body(ns_pl_bundle *b, uint64_t max_body, uint8_
                    shown);
         return stop(b, NETSTASH_E_MANIFEST_INVALID, d);
       }
+      if (b->bodies_dir) { /* once: no endless run of empty entries */
+        ns_detailf(d, dl, "entry %llu: a second \"%s\" directory", (unsigned long long)b->index,
+                   shown);
+        return stop(b, NETSTASH_E_MANIFEST_INVALID, d);
+      }
+      b->bodies_dir = 1;
       continue;
     case KIND_MANIFEST:
       ns_detailf(d, dl, "entry %llu: a second manifest.json", (unsigned long long)b->index);
@@ -627,4 +637,336 @@ void ns_pl_bundle_close(ns_pl_bundle *b) {
   ns_free(b->mem, b->sig);
   ns_free(b->mem, b->body);
   ns_free(b->mem, b);
+}
+
+/* ------------------------------------------------------------ writer */
+
+/* Distinct body hashes of one version, at most this many bytes of them. */
+#define PACK_HASHES_MAX ((size_t)64 << 20)
+
+typedef struct packer {
+  const ns_mem *mem;
+  const char *id;
+  ns_store_reader *r;
+  struct archive *a;
+  int fd;
+  char *tmp;      /* path + ".tmp" */
+  int created;    /* tmp created by us: removed on failure */
+  ns_buf hashes;  /* 32 bytes each */
+  netstash_error iter_err;
+  int64_t mtime_s;
+  EVP_MD_CTX *md;
+  uint64_t written; /* bytes of the current body */
+  ns_pl_pack_info info;
+  char *detail;
+  size_t detail_len;
+} packer;
+
+static int collect_hash(const uint8_t *key, size_t keylen, const ns_store_record *rec, void *ud) {
+  packer *pk = ud;
+  (void)key;
+  (void)keylen;
+  if (!rec->has_body)
+    return 0;
+  pk->iter_err = ns_buf_append(&pk->hashes, rec->body_hash, NS_STORE_HASH_LEN);
+  return pk->iter_err != NETSTASH_OK;
+}
+
+static int cmp_hash(const void *a, const void *b) { return memcmp(a, b, NS_STORE_HASH_LEN); }
+
+/* A failed archive_write_* call. */
+static netstash_error write_fail(packer *pk) {
+  int e = archive_errno(pk->a);
+  const char *msg = archive_error_string(pk->a);
+  if (e == ENOMEM)
+    return NETSTASH_E_NOMEM;
+  ns_detailf(pk->detail, pk->detail_len, "%s: %s", pk->tmp,
+             msg ? msg : e > 0 ? strerror(e) : "write failed");
+  return NETSTASH_E_IO;
+}
+
+/* Writes one entry header. */
+static netstash_error put_header(packer *pk, const char *name, uint64_t size) {
+  struct archive_entry *e = archive_entry_new();
+  netstash_error rv = NETSTASH_OK;
+  if (!e)
+    return NETSTASH_E_NOMEM;
+  archive_entry_set_pathname(e, name);
+  archive_entry_set_filetype(e, AE_IFREG);
+  archive_entry_set_perm(e, 0644);
+  archive_entry_set_size(e, (la_int64_t)size);
+  archive_entry_set_mtime(e, pk->mtime_s, 0);
+  if (archive_write_header(pk->a, e) != ARCHIVE_OK)
+    rv = write_fail(pk);
+  archive_entry_free(e);
+  return rv;
+}
+
+static netstash_error put_data(packer *pk, const uint8_t *data, size_t len) {
+  while (len > 0) {
+    la_ssize_t n = archive_write_data(pk->a, data, len);
+    if (n <= 0)
+      return write_fail(pk);
+    data += n;
+    len -= (size_t)n;
+  }
+  return NETSTASH_OK;
+}
+
+static netstash_error put_file(packer *pk, const char *name, const uint8_t *data, size_t len) {
+  netstash_error rv = put_header(pk, name, len);
+  if (rv == NETSTASH_OK)
+    rv = put_data(pk, data, len);
+  if (rv == NETSTASH_OK && archive_write_finish_entry(pk->a) != ARCHIVE_OK)
+    rv = write_fail(pk);
+  return rv;
+}
+
+/* ns_store_body_decode sink: hash and write the decoded bytes. */
+static netstash_error body_sink(const uint8_t *data, size_t len, void *ud) {
+  packer *pk = ud;
+  if (!EVP_DigestUpdate(pk->md, data, len))
+    return NETSTASH_E_INTERNAL;
+  pk->written += len;
+  return put_data(pk, data, len);
+}
+
+/* bodies/<hex>: the decoded body, checked against its key on the way. */
+static netstash_error put_body(packer *pk, const uint8_t *hash) {
+  char name[sizeof(NS_PL_BUNDLE_BODIES) + HEX_LEN], hex[HEX_LEN + 1];
+  uint8_t md[EVP_MAX_MD_SIZE];
+  unsigned int mdlen = 0;
+  ns_store_body body;
+  netstash_error rv;
+
+  to_hex(hash, hex);
+  snprintf(name, sizeof(name), "%s%s", NS_PL_BUNDLE_BODIES, hex);
+  rv = ns_store_body_get(pk->r, hash, &body);
+  if (rv == NETSTASH_E_NOT_FOUND) {
+    ns_detailf(pk->detail, pk->detail_len,
+               "body %s of \"%s\" is missing from the store: run netstash verify", hex, pk->id);
+    return NETSTASH_E_STORE_CORRUPT;
+  }
+  if (rv != NETSTASH_OK)
+    return rv;
+  if ((rv = put_header(pk, name, body.decoded_size)) != NETSTASH_OK)
+    return rv;
+  pk->written = 0;
+  if (!EVP_DigestInit_ex(pk->md, EVP_sha256(), NULL))
+    return NETSTASH_E_INTERNAL;
+  rv = ns_store_body_decode(&body, pk->mem, body.decoded_size, body_sink, pk);
+  if (rv == NETSTASH_E_IO || rv == NETSTASH_E_NOMEM || rv == NETSTASH_E_INTERNAL)
+    return rv;
+  if (rv == NETSTASH_OK && !EVP_DigestFinal_ex(pk->md, md, &mdlen))
+    return NETSTASH_E_INTERNAL;
+  if (rv != NETSTASH_OK || pk->written != body.decoded_size || mdlen != 32 ||
+      memcmp(md, hash, 32) != 0) {
+    ns_detailf(pk->detail, pk->detail_len,
+               "body %s of \"%s\" is damaged in the store (%s): run netstash verify", hex, pk->id,
+               rv != NETSTASH_OK ? netstash_strerror(rv) : "SHA-256 differs");
+    return NETSTASH_E_STORE_CORRUPT;
+  }
+  if (archive_write_finish_entry(pk->a) != ARCHIVE_OK)
+    return write_fail(pk);
+  pk->info.bodies++;
+  pk->info.body_bytes += body.decoded_size;
+  return NETSTASH_OK;
+}
+
+/* Everything between opening the reader and closing the archive. */
+static netstash_error pack_version(packer *pk, ns_pl_state *st) {
+  ns_store_record mrec, grec;
+  ns_buf k;
+  size_t i, n;
+  netstash_error rv;
+
+  ns_buf_init(&k, pk->mem, NS_STORE_KEY_MAX + 1);
+  if ((rv = ns_pl_key_state(&k, pk->id)) != NETSTASH_OK)
+    goto done;
+  rv = ns_store_get(pk->r, NS_STORE_MANIFESTS, k.data, k.len, &mrec);
+  if (rv == NETSTASH_E_NOT_FOUND) {
+    ns_detailf(pk->detail, pk->detail_len,
+               "no preload manifest \"%s\" in this profile", pk->id);
+    goto done;
+  }
+  if (rv != NETSTASH_OK || (rv = ns_pl_state_decode(mrec.value, mrec.value_len, st)) != NETSTASH_OK)
+    goto done;
+  if (st->active == 0) {
+    rv = NETSTASH_E_NOT_FOUND;
+    ns_detailf(pk->detail, pk->detail_len,
+               "manifest \"%s\" has no active version (nothing published yet: warm it first)",
+               pk->id);
+    goto done;
+  }
+  pk->info.version = st->active;
+  pk->mtime_s = st->published_ms > 0 ? st->published_ms / 1000 : 0;
+  if ((rv = ns_pl_key_version(&k, 'M', pk->id, st->active)) != NETSTASH_OK)
+    goto done;
+  rv = ns_store_get(pk->r, NS_STORE_MANIFESTS, k.data, k.len, &mrec);
+  if (rv == NETSTASH_E_NOT_FOUND) {
+    rv = NETSTASH_E_STORE_CORRUPT;
+    ns_detailf(pk->detail, pk->detail_len,
+               "the manifest of \"%s\" version %llu is missing from the store: run netstash "
+               "verify",
+               pk->id, (unsigned long long)st->active);
+  }
+  if (rv != NETSTASH_OK || (rv = ns_pl_key_version(&k, 'G', pk->id, st->active)) != NETSTASH_OK)
+    goto done;
+  rv = ns_store_get(pk->r, NS_STORE_MANIFESTS, k.data, k.len, &grec);
+  if (rv == NETSTASH_E_NOT_FOUND) {
+    grec.value = NULL;
+    grec.value_len = 0;
+    rv = NETSTASH_OK;
+  }
+  if (rv != NETSTASH_OK)
+    goto done;
+
+  /* every body of the version, each once */
+  if ((rv = ns_pl_key_entry_prefix(&k, pk->id, st->active)) != NETSTASH_OK)
+    goto done;
+  pk->iter_err = NETSTASH_OK;
+  rv = ns_store_iterate(pk->r, NS_STORE_PRELOAD, k.data, k.len, collect_hash, pk);
+  if (rv == NETSTASH_OK)
+    rv = pk->iter_err;
+  if (rv != NETSTASH_OK)
+    goto done;
+  n = pk->hashes.len / NS_STORE_HASH_LEN;
+  if (n > 1)
+    qsort(pk->hashes.data, n, NS_STORE_HASH_LEN, cmp_hash);
+
+  if ((rv = put_file(pk, NS_PL_BUNDLE_MANIFEST, mrec.value, mrec.value_len)) != NETSTASH_OK)
+    goto done;
+  pk->info.manifest_bytes = mrec.value_len;
+  if (grec.value_len > 0 &&
+      (rv = put_file(pk, NS_PL_BUNDLE_SIG, grec.value, grec.value_len)) != NETSTASH_OK)
+    goto done;
+  pk->info.signed_ = grec.value_len > 0;
+  for (i = 0; i < n; i++) {
+    const uint8_t *h = pk->hashes.data + i * NS_STORE_HASH_LEN;
+    if (i > 0 && !memcmp(h, h - NS_STORE_HASH_LEN, NS_STORE_HASH_LEN))
+      continue;
+    if ((rv = put_body(pk, h)) != NETSTASH_OK)
+      goto done;
+  }
+  if (archive_write_close(pk->a) != ARCHIVE_OK)
+    rv = write_fail(pk);
+done:
+  ns_buf_free(&k);
+  return rv;
+}
+
+netstash_error ns_pl_pack(ns_store *s, const ns_mem *mem, const char *id, const char *path,
+                          ns_pl_pack_info *info, char *detail, size_t detail_len) {
+  packer pk;
+  ns_pl_state st;
+  size_t plen;
+  struct stat sb;
+  netstash_error rv;
+
+  if (detail && detail_len)
+    detail[0] = 0;
+  if (info)
+    memset(info, 0, sizeof(*info));
+  if (!s || !id || !*id || !path || !*path)
+    return NETSTASH_E_INVALID_ARGUMENT;
+  if (!mem)
+    mem = ns_mem_default();
+  memset(&pk, 0, sizeof(pk));
+  pk.mem = mem;
+  pk.id = id;
+  pk.fd = -1;
+  pk.detail = detail;
+  pk.detail_len = detail_len;
+  ns_buf_init(&pk.hashes, mem, PACK_HASHES_MAX);
+  plen = strlen(path);
+  if (!(pk.tmp = ns_malloc(mem, plen + 5)) || !(pk.md = EVP_MD_CTX_new())) {
+    rv = NETSTASH_E_NOMEM;
+    goto done;
+  }
+  memcpy(pk.tmp, path, plen);
+  memcpy(pk.tmp + plen, ".tmp", 5);
+  if ((rv = ns_store_reader_new(s, &pk.r)) != NETSTASH_OK ||
+      (rv = ns_store_read_begin(pk.r)) != NETSTASH_OK)
+    goto done;
+  pk.fd = open(pk.tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (pk.fd < 0) {
+    ns_detailf(detail, detail_len, "cannot create %s: %s", pk.tmp, strerror(errno));
+    rv = NETSTASH_E_IO;
+    goto done;
+  }
+  pk.created = 1;
+  if (!(pk.a = archive_write_new())) {
+    rv = NETSTASH_E_NOMEM;
+    goto done;
+  }
+  /* POSIX pax, extended headers only where ustar cannot say it; the last
+   * block not padded to 10 KiB */
+  if (archive_write_set_format_pax_restricted(pk.a) != ARCHIVE_OK ||
+      archive_write_set_bytes_in_last_block(pk.a, 1) != ARCHIVE_OK ||
+      archive_write_open_fd(pk.a, pk.fd) != ARCHIVE_OK) {
+    rv = write_fail(&pk);
+    goto done;
+  }
+  if ((rv = pack_version(&pk, &st)) != NETSTASH_OK)
+    goto done;
+  if (fsync(pk.fd) != 0 || fstat(pk.fd, &sb) != 0) {
+    ns_detailf(detail, detail_len, "%s: %s", pk.tmp, strerror(errno));
+    rv = NETSTASH_E_IO;
+    goto done;
+  }
+  pk.info.bytes = (uint64_t)sb.st_size;
+  if (close(pk.fd) != 0) {
+    pk.fd = -1;
+    ns_detailf(detail, detail_len, "%s: %s", pk.tmp, strerror(errno));
+    rv = NETSTASH_E_IO;
+    goto done;
+  }
+  pk.fd = -1;
+  if (rename(pk.tmp, path) != 0) {
+    ns_detailf(detail, detail_len, "cannot rename %s to %s: %s", pk.tmp, path, strerror(errno));
+    rv = NETSTASH_E_IO;
+    goto done;
+  }
+  /* the rename itself reaches the disk with the directory */
+  {
+    const char *slash = strrchr(path, '/');
+    char *dir = slash ? ns_strndup(mem, path, slash == path ? 1 : (size_t)(slash - path)) : NULL;
+    int dfd = open(dir ? dir : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) {
+      (void)fsync(dfd);
+      close(dfd);
+    }
+    ns_free(mem, dir);
+  }
+  if (info)
+    *info = pk.info;
+done:
+  if (pk.a)
+    archive_write_free(pk.a); /* closes nothing: the fd is ours */
+  if (pk.fd >= 0)
+    close(pk.fd);
+  if (rv != NETSTASH_OK && pk.created)
+    unlink(pk.tmp);
+  ns_store_reader_del(pk.r);
+  EVP_MD_CTX_free(pk.md);
+  ns_free(mem, pk.tmp);
+  ns_buf_free(&pk.hashes);
+  return rv;
+}
+
+netstash_error netstash_preload_pack(netstash_ctx *ctx, const char *id, const char *path) {
+  char detail[512];
+  netstash_error rv;
+  if (!ctx || !id || !path)
+    return NETSTASH_E_INVALID_ARGUMENT;
+  if (!ctx->store) {
+    NS_ERR(ctx, "preload",
+           "netstash_preload_pack: the context has no profile directory, so no preload store "
+           "(netstash_options_set_profile_dir)");
+    return NETSTASH_E_ILLEGAL_STATE;
+  }
+  rv = ns_pl_pack(ctx->store, &ctx->mem, id, path, NULL, detail, sizeof(detail));
+  if (rv != NETSTASH_OK)
+    NS_ERR(ctx, "preload", "pack %s to %s: %s: %s", id, path, netstash_strerror(rv), detail);
+  return rv;
 }

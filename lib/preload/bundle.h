@@ -75,28 +75,48 @@ const uint8_t *ns_pl_bundle_sig(const ns_pl_bundle *b, size_t *len);
 
 /* Reads the next body: an entry bodies/<64 lowercase hex digits>. The
  * reader checks the name's form and safety, refuses non-regular entries,
- * entries over max_body bytes (NETSTASH_E_TOO_LARGE, nothing read), and
+ * entries over max_body bytes (NETSTASH_E_TOO_LARGE, refused by the
+ * declared size before anything is read when the archive declares it), and
  * checks that the SHA-256 of the data equals the name
  * (NETSTASH_E_INTEGRITY: the entry was damaged). hash receives the 32
- * bytes, *data and *len the body, valid until the next call or
- * ns_pl_bundle_close. NETSTASH_E_NOT_FOUND at the end (again on every later
- * call). Other entries: NETSTASH_E_MANIFEST_INVALID; a damaged or truncated
- * archive: NETSTASH_E_MANIFEST_INVALID; a read failure: NETSTASH_E_IO.
- * After any error but NETSTASH_E_NOT_FOUND the bundle is unusable: every
- * later call returns the same code. */
+ * bytes of the name, *data and *len the body, valid until the next call or
+ * ns_pl_bundle_close (*data NULL on error). NETSTASH_E_NOT_FOUND at the
+ * end (again on every later call).
+ * NETSTASH_E_TOO_LARGE and NETSTASH_E_INTEGRITY concern that entry only
+ * (hash names it): the next call reads the next entry. Every other error
+ * stops the bundle (later calls return the same code and detail): other
+ * entries, a damaged or truncated archive (NETSTASH_E_MANIFEST_INVALID),
+ * a read failure (NETSTASH_E_IO), NETSTASH_E_NOMEM. */
 netstash_error ns_pl_bundle_next_body(ns_pl_bundle *b, uint64_t max_body, uint8_t hash[32],
                                       const uint8_t **data, size_t *len, char *detail,
                                       size_t detail_len);
 /* NULL accepted. */
 void ns_pl_bundle_close(ns_pl_bundle *b);
 
+/* What ns_pl_pack wrote. */
+typedef struct ns_pl_pack_info {
+  uint64_t version;        /* the active version packed */
+  uint64_t bodies;         /* distinct bodies */
+  uint64_t body_bytes;     /* their decoded bytes */
+  uint64_t manifest_bytes;
+  int signed_;             /* 1 when manifest.json.sig was written */
+  uint64_t bytes;          /* size of the bundle file */
+} ns_pl_pack_info;
+
 /* The writer behind netstash_preload_pack: a pax tar of the active version
- * of id in store s, written to path + ".tmp", fsynced, then renamed over
- * path. NETSTASH_E_NOT_FOUND (unknown id, or no active version: the detail
- * says which), NETSTASH_E_IO (detail names the file and the reason), store
- * errors (NETSTASH_E_STORE_CORRUPT: a stored body missing or damaged),
- * NETSTASH_E_NOMEM. On error path is left as it was. */
+ * of id in store s (manifest.json, manifest.json.sig when the version was
+ * signed, then bodies/<hex> in hash order, decoded, each re-hashed on the
+ * way), read from one snapshot, written to path + ".tmp", fsynced, then
+ * renamed over path (and the directory fsynced). Entry times are the
+ * version's publication time, so packing the same version twice gives the
+ * same bytes. info (may be NULL) is filled on success.
+ * NETSTASH_E_NOT_FOUND (unknown id, or no active version: the detail says
+ * which), NETSTASH_E_IO (the detail names the file and the reason),
+ * NETSTASH_E_STORE_CORRUPT (the manifest or a body missing or damaged in
+ * the store), other store errors, NETSTASH_E_NOMEM,
+ * NETSTASH_E_INVALID_ARGUMENT. On error path is left as it was and the
+ * temporary file is removed. */
 netstash_error ns_pl_pack(ns_store *s, const ns_mem *mem, const char *id, const char *path,
-                          char *detail, size_t detail_len);
+                          ns_pl_pack_info *info, char *detail, size_t detail_len);
 
 #endif /* NS_PRELOAD_BUNDLE_H */

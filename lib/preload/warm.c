@@ -115,6 +115,16 @@ static void warm_unref(netstash_warm *w);
 
 /* ------------------------------------------------------------ public knobs */
 
+static int ends_with(const char *s, const char *suffix) {
+  size_t n = strlen(s), m = strlen(suffix);
+  return n >= m && !strcasecmp(s + n - m, suffix);
+}
+
+static int looks_like_bundle(const char *path) {
+  return ends_with(path, ".tar") || ends_with(path, ".tar.gz") || ends_with(path, ".tgz") ||
+         ends_with(path, ".zip") || ends_with(path, ".bundle");
+}
+
 netstash_error netstash_warm_new(netstash_ctx *ctx, const char *source, netstash_warm **out) {
   netstash_warm *w;
   if (!out)
@@ -150,8 +160,10 @@ netstash_error netstash_warm_new(netstash_ctx *ctx, const char *source, netstash
   ns_buf_init(&w->sbuf, &w->mem, NS_SIG_MAX_LEN);
   if (!strncmp(source, "https://", 8) || !strncmp(source, "http://", 7))
     w->kind = SRC_URL;
+  else if (ns_pl_bundle_sniff(source) || looks_like_bundle(source))
+    w->kind = SRC_BUNDLE; /* a damaged archive is reported as one */
   else
-    w->kind = ns_pl_bundle_sniff(source) ? SRC_BUNDLE : SRC_FILE;
+    w->kind = SRC_FILE;
   *out = w;
   return NETSTASH_OK;
 }
@@ -835,6 +847,13 @@ static void bundle_work(uv_work_t *req) {
     if (e == NETSTASH_E_NOT_FOUND) {
       e = NETSTASH_OK;
       break;
+    }
+    if (e == NETSTASH_E_TOO_LARGE || e == NETSTASH_E_INTEGRITY) {
+      /* that entry only (larger than any resource, or damaged): the
+       * resources it would have served stay missing */
+      NS_WARN(w->ctx, "preload", "bundle %s: %s", w->source, det[0] ? det : netstash_strerror(e));
+      e = NETSTASH_OK;
+      continue;
     }
     if (e != NETSTASH_OK) {
       ns_detailf(w->detail, sizeof(w->detail), "bundle: %s", det[0] ? det : netstash_strerror(e));

@@ -21,6 +21,7 @@
 #include <cmocka.h>
 #include <jansson.h>
 #include <openssl/evp.h>
+#include <pthread.h>
 
 #include "core/ctx.h"
 #include "harness.h"
@@ -319,6 +320,15 @@ static void test_describe_show(void **state) {
                    NETSTASH_E_NOT_FOUND);
   assert_int_equal(netstash_preload_show(ctx, "not a url", &text), NETSTASH_E_BAD_URL);
   assert_null(text);
+  {
+    char longid[600];
+    memset(longid, 'x', sizeof(longid) - 1);
+    longid[sizeof(longid) - 1] = 0;
+    assert_int_equal(netstash_preload_describe(ctx, longid, 0, &text), NETSTASH_E_NOT_FOUND);
+    assert_int_equal(netstash_preload_rollback(ctx, longid), NETSTASH_E_NOT_FOUND);
+    assert_int_equal(netstash_preload_purge(ctx, longid), NETSTASH_E_NOT_FOUND);
+    assert_int_equal(netstash_preload_purge(ctx, ""), NETSTASH_E_NOT_FOUND);
+  }
   netstash_ctx_del(ctx);
 }
 
@@ -604,6 +614,116 @@ static void test_states(void **state) {
   netstash_ctx_del(ctx);
 }
 
+/* ------------------------------------------------------------ failmalloc */
+
+/* Allocations of the test's own thread fail at number fail_at while armed
+ * (the loop thread's are never counted: results stay deterministic). */
+static long fail_at, fail_n;
+static int armed;
+static pthread_t armed_thread;
+
+static int fails(void) {
+  return armed && pthread_equal(pthread_self(), armed_thread) && ++fail_n == fail_at;
+}
+static void *f_malloc(size_t n, void *ud) {
+  (void)ud;
+  return fails() ? NULL : malloc(n);
+}
+static void *f_calloc(size_t a, size_t b, void *ud) {
+  (void)ud;
+  return fails() ? NULL : calloc(a, b);
+}
+static void *f_realloc(void *p, size_t n, void *ud) {
+  (void)ud;
+  return fails() ? NULL : realloc(p, n);
+}
+static void f_free(void *p, void *ud) {
+  (void)ud;
+  free(p);
+}
+
+enum { OP_LIST, OP_DESCRIBE, OP_SHOW, OP_STATS, OP_VERIFY, OP_ROLLBACK, OP_PURGE, OP_N };
+
+static netstash_error run_op(netstash_ctx *ctx, int op, char **text) {
+  switch (op) {
+  case OP_LIST:
+    return netstash_preload_describe(ctx, NULL, 1, text);
+  case OP_DESCRIBE:
+    return netstash_preload_describe(ctx, ID, 1, text);
+  case OP_SHOW:
+    return netstash_preload_show(ctx, "https://NEWS.example.com/logo.svg?utm_source=x", text);
+  case OP_STATS:
+    return netstash_preload_stats(ctx, text);
+  case OP_VERIFY:
+    return netstash_preload_verify(ctx, text);
+  case OP_ROLLBACK:
+    return netstash_preload_rollback(ctx, ID);
+  default:
+    return netstash_preload_purge(ctx, "other");
+  }
+}
+
+/* Every allocation of every call fails in turn: NETSTASH_E_NOMEM, no
+ * output, nothing changed, nothing leaked (valgrind); then it succeeds. */
+static void test_failmalloc(void **state) {
+  netstash_allocator al = {NULL, f_malloc, f_free, f_calloc, f_realloc};
+  netstash_options *o;
+  netstash_ctx *ctx = NULL;
+  char detail[256];
+  (void)state;
+  assert_int_equal(netstash_options_new(&o), NETSTASH_OK);
+  assert_int_equal(netstash_options_set_profile_dir(o, nst_path("failmalloc")), NETSTASH_OK);
+  assert_int_equal(netstash_options_set_allocator(o, &al), NETSTASH_OK);
+  assert_int_equal(netstash_ctx_new(&ctx, o, detail, sizeof(detail)), NETSTASH_OK);
+  netstash_options_del(o);
+  assert_int_equal(install(ctx, 1, v1, 3), NETSTASH_OK);
+  assert_int_equal(install(ctx, 2, v2, 4), NETSTASH_OK);
+  assert_int_equal(
+      install_full(ctx, "other", 1, "https://other.example.com/", other, 2, 0, NULL, 0, 0),
+      NETSTASH_OK);
+  armed_thread = pthread_self();
+  for (int op = 0; op < OP_N; op++) {
+    for (fail_at = 1;; fail_at++) {
+      char *text = NULL;
+      netstash_error rv;
+      fail_n = 0;
+      armed = 1;
+      rv = run_op(ctx, op, &text);
+      armed = 0;
+      if (fail_n < fail_at) { /* nothing failed: the real result */
+        assert_int_equal(rv, NETSTASH_OK);
+        netstash_free(ctx, text);
+        print_message("  op %d: %ld allocations\n", op, fail_at - 1);
+        break;
+      }
+      if (op == OP_PURGE && rv == NETSTASH_OK) {
+        /* purged; an allocation of the GC after it failed: collected later */
+        char *t = NULL;
+        assert_int_equal(netstash_preload_describe(ctx, "other", 0, &t), NETSTASH_E_NOT_FOUND);
+        print_message("  op %d: done, GC allocation %ld failed\n", op, fail_at);
+        break;
+      }
+      if (rv != NETSTASH_E_NOMEM)
+        fail_msg("op %d, allocation %ld failing: %s", op, fail_at, netstash_error_name(rv));
+      assert_null(text);
+      if (op == OP_ROLLBACK) {
+        json_t *m = describe(ctx, ID, 0);
+        assert_int_equal(ival(m, "version"), 2); /* not half done */
+        json_decref(m);
+      }
+    }
+  }
+  {
+    json_t *m = describe(ctx, ID, 0);
+    assert_int_equal(ival(m, "version"), 1);
+    json_decref(m);
+    m = describe(ctx, NULL, 0);
+    assert_int_equal(json_array_size(json_object_get(m, "manifests")), 1);
+    json_decref(m);
+  }
+  netstash_ctx_del(ctx);
+}
+
 /* ------------------------------------------------------------ CLI */
 
 /* Runs the CLI with args; returns the exit code and stdout (malloc'd). */
@@ -834,13 +954,10 @@ static int teardown(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_no_profile),
-      cmocka_unit_test(test_describe_show),
-      cmocka_unit_test(test_rollback),
-      cmocka_unit_test(test_verify),
-      cmocka_unit_test(test_purge_gc_stats),
-      cmocka_unit_test(test_states),
-      cmocka_unit_test(test_cli),
+      cmocka_unit_test(test_no_profile),      cmocka_unit_test(test_describe_show),
+      cmocka_unit_test(test_rollback),        cmocka_unit_test(test_verify),
+      cmocka_unit_test(test_purge_gc_stats),  cmocka_unit_test(test_states),
+      cmocka_unit_test(test_failmalloc),      cmocka_unit_test(test_cli),
       cmocka_unit_test(test_cli_get_offline),
   };
   return cmocka_run_group_tests(tests, setup, teardown);

@@ -15,9 +15,13 @@
 #include <archive.h>
 #include <archive_entry.h>
 #include <cmocka.h>
+#include <jansson.h>
 #include <openssl/evp.h>
+#include <time.h>
 
+#include "core/ctx.h"
 #include "preload/bundle.h"
+#include "preload/install.h"
 #include "preload/manifest.h"
 #include "preload/sign.h"
 
@@ -492,6 +496,19 @@ static void test_bad_bodies(void **state) {
            NETSTASH_E_MANIFEST_INVALID, "is a device, FIFO or socket");
   bad_body(FMT_PAX, (tentry)FILE_ENTRY("bodies", "x"), 100, NETSTASH_E_MANIFEST_INVALID,
            "entry 2 \"bodies\" must be a directory");
+  {
+    tentry e[] = {FILE_ENTRY("manifest.json", MANIFEST), {"bodies", NULL, 0, AE_IFDIR, NULL, 0, -1},
+                  {"./bodies/", NULL, 0, AE_IFDIR, NULL, 0, -1}};
+    char detail[256];
+    ns_pl_bundle *b = open_entries(FMT_TAR, e, 3, NETSTASH_OK, detail, sizeof(detail));
+    uint8_t h[32];
+    const uint8_t *p;
+    size_t len;
+    assert_int_equal(ns_pl_bundle_next_body(b, 10, h, &p, &len, detail, sizeof(detail)),
+                     NETSTASH_E_MANIFEST_INVALID);
+    expect_contains(detail, "entry 3: a second \"./bodies/\" directory");
+    ns_pl_bundle_close(b);
+  }
   /* hash mismatch: named after one body, holding another */
   bad_body(FMT_PAX, (tentry){body_name("good", 4), "evil", 4, 0, NULL, 0, -1}, 100,
            NETSTASH_E_INTEGRITY, "the bundle is damaged");
@@ -595,6 +612,245 @@ static void test_compressed_bomb(void **state) {
   ns_pl_bundle_close(b);
 }
 
+/* ------------------------------------------------------------ pack round trip */
+
+typedef struct res {
+  const char *url;
+  const char *body;
+  const char *priority;
+} res;
+
+/* Two resources share a body; one is large enough to span store chunks. */
+static char big_body[200000];
+static const res site[] = {
+    {"https://app.example/", "<html>app</html>", "critical"},
+    {"https://app.example/app.js", big_body, "critical"},
+    {"https://app.example/copy.html", "<html>app</html>", "high"},
+    {"https://app.example/style.css", "body{color:red}", "low"},
+};
+
+static char *site_manifest(const char *id, uint64_t version) {
+  json_t *o = json_object(), *arr = json_array();
+  char *text;
+  size_t i;
+  for (i = 0; i < NS_ARRAY_LEN(site); i++) {
+    uint8_t d[32];
+    char b64[64], integ[80];
+    sha256(site[i].body, strlen(site[i].body), d);
+    EVP_EncodeBlock((unsigned char *)b64, d, 32);
+    snprintf(integ, sizeof(integ), "sha256-%s", b64);
+    json_array_append_new(arr, json_pack("{s:s, s:s, s:I, s:s, s:s}", "url", site[i].url,
+                                         "integrity", integ, "size",
+                                         (json_int_t)strlen(site[i].body), "content_type",
+                                         i == 1 ? "text/javascript" : "text/html", "priority",
+                                         site[i].priority));
+  }
+  json_object_set_new(o, "id", json_string(id));
+  json_object_set_new(o, "version", json_integer((json_int_t)version));
+  json_object_set_new(o, "scope", json_pack("[s]", "https://app.example/"));
+  json_object_set_new(o, "entry_pages", json_pack("[s]", "https://app.example/"));
+  json_object_set_new(o, "expires", json_string("2099-12-31T23:59:59Z"));
+  json_object_set_new(o, "resources", arr);
+  text = json_dumps(o, JSON_PRESERVE_ORDER);
+  json_decref(o);
+  assert_non_null(text);
+  return text;
+}
+
+/* Installs version of id, signed with keyfile (NULL: unsigned), with every
+ * body but those whose bit is set in skip. Returns publication's result;
+ * *text_out (may be NULL) receives the manifest, *sig_out its signature. */
+static netstash_error install_site(netstash_ctx *ctx, const char *id, uint64_t version,
+                                   const char *keyfile, unsigned skip, char **text_out,
+                                   char **sig_out, size_t *sig_len_out) {
+  char *text = site_manifest(id, version), *sig = NULL, detail[256] = "";
+  char kid[NS_KEY_ID_LEN + 1] = "";
+  size_t sig_len = 0, i;
+  ns_manifest_check ck = {(int64_t)time(NULL), 0, 0};
+  ns_manifest *m = NULL;
+  ns_pl_install *in = NULL;
+  ns_pl_device dev = {NULL, NULL, "test-device"};
+  netstash_error rv;
+  static ns_manifest_diags diags;
+  rv = ns_manifest_parse(&ctx->mem, (const uint8_t *)text, strlen(text), &ck, &m, &diags);
+  if (rv != NETSTASH_OK)
+    fail_msg("manifest: %s", diags.n ? diags.d[0].msg : netstash_error_name(rv));
+  if (keyfile)
+    assert_int_equal(ns_sign_create(&ctx->mem, keyfile, (const uint8_t *)text, strlen(text), &sig,
+                                    &sig_len, kid, detail, sizeof(detail)),
+                     NETSTASH_OK);
+  rv = ns_pl_install_begin(ctx->store, &ctx->mem, (const uint8_t *)text, strlen(text),
+                           (const uint8_t *)sig, sig_len, kid, m, &dev, &in, detail,
+                           sizeof(detail));
+  if (rv == NETSTASH_OK) {
+    for (i = 0; i < NS_ARRAY_LEN(site); i++)
+      if (!(skip & (1u << i)) && ns_pl_install_needed(in, i))
+        assert_int_equal(ns_pl_install_body(in, i, (const uint8_t *)site[i].body,
+                                            strlen(site[i].body)),
+                         NETSTASH_OK);
+    rv = ns_pl_install_publish(in);
+  }
+  ns_pl_install_free(in);
+  ns_manifest_del(m);
+  if (text_out)
+    *text_out = text;
+  else
+    free(text);
+  if (sig_out) {
+    *sig_out = sig;
+    *sig_len_out = sig_len;
+  } else {
+    ns_free(&ctx->mem, sig);
+  }
+  return rv;
+}
+
+static uint8_t *slurp(const char *path, size_t *len) {
+  FILE *f = fopen(path, "rb");
+  uint8_t *buf;
+  long n;
+  assert_non_null(f);
+  assert_int_equal(fseek(f, 0, SEEK_END), 0);
+  n = ftell(f);
+  rewind(f);
+  buf = malloc((size_t)n + 1);
+  assert_int_equal(fread(buf, 1, (size_t)n, f), (size_t)n);
+  fclose(f);
+  *len = (size_t)n;
+  return buf;
+}
+
+static void test_pack_roundtrip(void **state) {
+  char profile[512], key[512], out[512], out2[512], tmp[520], detail[512];
+  char *text = NULL, *sig = NULL, kid[NS_KEY_ID_LEN + 1];
+  size_t sig_len = 0, len, len2, i, seen = 0;
+  netstash_options *o;
+  netstash_ctx *ctx = NULL;
+  ns_pl_pack_info info;
+  ns_pl_bundle *b = NULL;
+  const uint8_t *p;
+  uint8_t h[32], *f1, *f2;
+  struct stat st;
+  netstash_error rv;
+  (void)state;
+
+  for (i = 0; i < sizeof(big_body) - 1; i++)
+    big_body[i] = (char)('a' + (i * 31 + i / 7) % 26);
+  big_body[sizeof(big_body) - 1] = 0;
+  snprintf(profile, sizeof(profile), "%s/profile", tmpdir);
+  snprintf(key, sizeof(key), "%s/key", tmpdir);
+  snprintf(out, sizeof(out), "%s/app.bundle", tmpdir);
+  snprintf(out2, sizeof(out2), "%s/app2.bundle", tmpdir);
+  snprintf(tmp, sizeof(tmp), "%s.tmp", out);
+  assert_int_equal(ns_sign_keygen(key, kid, detail, sizeof(detail)), NETSTASH_OK);
+  assert_int_equal(netstash_options_new(&o), NETSTASH_OK);
+  assert_int_equal(netstash_options_set_profile_dir(o, profile), NETSTASH_OK);
+  assert_int_equal(netstash_ctx_new(&ctx, o, detail, sizeof(detail)), NETSTASH_OK);
+  netstash_options_del(o);
+  assert_non_null(ctx->store);
+
+  /* nothing installed yet */
+  assert_int_equal(ns_pl_pack(ctx->store, &ctx->mem, "app", out, &info, detail, sizeof(detail)),
+                   NETSTASH_E_NOT_FOUND);
+  expect_contains(detail, "no preload manifest \"app\" in this profile");
+  assert_int_equal(stat(out, &st), -1);
+  assert_int_equal(stat(tmp, &st), -1);
+
+  /* a version staged but never published (critical body missing) */
+  assert_int_equal(install_site(ctx, "half", 1, NULL, 1u << 1, NULL, NULL, NULL),
+                   NETSTASH_E_INCOMPLETE);
+
+  /* version 1, then version 2 signed (packed: the active one) */
+  assert_int_equal(install_site(ctx, "app", 1, NULL, 0, NULL, NULL, NULL), NETSTASH_OK);
+  assert_int_equal(install_site(ctx, "app", 2, key, 0, &text, &sig, &sig_len), NETSTASH_OK);
+  rv = ns_pl_pack(ctx->store, &ctx->mem, "app", out, &info, detail, sizeof(detail));
+  if (rv != NETSTASH_OK)
+    fail_msg("pack: %s: %s", netstash_error_name(rv), detail);
+  assert_int_equal(info.version, 2);
+  assert_int_equal(info.bodies, 3); /* four resources, one body shared */
+  assert_int_equal(info.body_bytes, strlen(site[0].body) + strlen(big_body) + strlen(site[3].body));
+  assert_int_equal(info.manifest_bytes, strlen(text));
+  assert_int_equal(info.signed_, 1);
+  assert_int_equal(stat(out, &st), 0);
+  assert_int_equal((uint64_t)st.st_size, info.bytes);
+  assert_int_equal(stat(tmp, &st), -1);
+  assert_int_equal(ns_pl_bundle_sniff(out), 1);
+
+  /* read it back: the manifest and signature byte for byte, every body once */
+  assert_int_equal(ns_pl_bundle_open(NULL, out, &b, detail, sizeof(detail)), NETSTASH_OK);
+  p = ns_pl_bundle_manifest(b, &len);
+  assert_int_equal(len, strlen(text));
+  assert_memory_equal(p, text, len);
+  p = ns_pl_bundle_sig(b, &len);
+  assert_non_null(p);
+  assert_int_equal(len, sig_len);
+  assert_memory_equal(p, sig, len);
+  while ((rv = ns_pl_bundle_next_body(b, 1 << 20, h, &p, &len, detail, sizeof(detail))) ==
+         NETSTASH_OK) {
+    int found = 0;
+    for (i = 0; i < NS_ARRAY_LEN(site); i++) {
+      uint8_t want[32];
+      sha256(site[i].body, strlen(site[i].body), want);
+      if (!memcmp(want, h, 32)) {
+        assert_int_equal(len, strlen(site[i].body));
+        assert_memory_equal(p, site[i].body, len);
+        found = 1;
+        break;
+      }
+    }
+    assert_true(found);
+    seen++;
+  }
+  assert_int_equal(rv, NETSTASH_E_NOT_FOUND);
+  assert_int_equal(seen, 3);
+  ns_pl_bundle_close(b);
+
+  /* the same version packs to the same bytes; the public call works too */
+  assert_int_equal(netstash_preload_pack(ctx, "app", out2), NETSTASH_OK);
+  f1 = slurp(out, &len);
+  f2 = slurp(out2, &len2);
+  assert_int_equal(len, len2);
+  assert_memory_equal(f1, f2, len);
+  free(f1);
+  free(f2);
+
+  assert_int_equal(ns_pl_pack(ctx->store, &ctx->mem, "half", out, NULL, detail, sizeof(detail)),
+                   NETSTASH_E_NOT_FOUND);
+  expect_contains(detail, "\"half\" has no active version");
+  assert_int_equal(netstash_preload_pack(ctx, "nope", out), NETSTASH_E_NOT_FOUND);
+  /* failures leave the existing bundle alone, and no temporary file */
+  f1 = slurp(out, &len);
+  assert_int_equal(len, info.bytes);
+  free(f1);
+  assert_int_equal(stat(tmp, &st), -1);
+  assert_int_equal(ns_pl_pack(ctx->store, &ctx->mem, "app", "/nonexistent/dir/b.tar", NULL,
+                              detail, sizeof(detail)),
+                   NETSTASH_E_IO);
+  expect_contains(detail, "cannot create /nonexistent/dir/b.tar.tmp");
+
+  /* an unsigned version: no signature entry */
+  assert_int_equal(install_site(ctx, "plain", 1, NULL, 0, NULL, NULL, NULL), NETSTASH_OK);
+  assert_int_equal(ns_pl_pack(ctx->store, &ctx->mem, "plain", out, &info, detail, sizeof(detail)),
+                   NETSTASH_OK);
+  assert_int_equal(info.signed_, 0);
+  assert_int_equal(ns_pl_bundle_open(NULL, out, &b, detail, sizeof(detail)), NETSTASH_OK);
+  p = ns_pl_bundle_sig(b, &len);
+  assert_null(p);
+  ns_pl_bundle_close(b);
+
+  assert_int_equal(netstash_preload_pack(ctx, NULL, out), NETSTASH_E_INVALID_ARGUMENT);
+  assert_int_equal(ns_pl_pack(ctx->store, NULL, "", out, NULL, NULL, 0),
+                   NETSTASH_E_INVALID_ARGUMENT);
+  free(text);
+  ns_free(&ctx->mem, sig);
+  netstash_ctx_del(ctx);
+
+  /* a context without a profile has no store */
+  assert_int_equal(netstash_ctx_new(&ctx, NULL, detail, sizeof(detail)), NETSTASH_OK);
+  assert_int_equal(netstash_preload_pack(ctx, "app", out), NETSTASH_E_ILLEGAL_STATE);
+  netstash_ctx_del(ctx);
+}
+
 /* ------------------------------------------------------------ failmalloc */
 
 static long fail_at, fail_n;
@@ -662,6 +918,7 @@ int main(void) {
       cmocka_unit_test(test_body_errors_not_sticky),
       cmocka_unit_test(test_compressed_bomb),
       cmocka_unit_test(test_failmalloc),
+      cmocka_unit_test(test_pack_roundtrip),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }
