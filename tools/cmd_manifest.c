@@ -63,7 +63,6 @@ static int manifest_exit(netstash_error err) {
   case NETSTASH_E_MANIFEST_EXPIRED:
   case NETSTASH_E_DOWNGRADE:
   case NETSTASH_E_SIGNATURE:
-  case NETSTASH_E_INTEGRITY:
     return EXIT_MANIFEST;
   default:
     return cli_exit_code(err);
@@ -449,8 +448,9 @@ static const char import_usage[] =
     "                      Workbox's ignoreURLParametersMatching, by name)\n"
     "\n"
     "Exit codes: 0 written, 2 usage or a bad option (also: no --dir), 9 a file\n"
-    "cannot be read or written, 14 not a Workbox manifest, a body that does not\n"
-    "match its integrity, or a result that would not lint. See netstash-manifest(1).\n";
+    "cannot be read or written, 14 not a Workbox manifest or a result that would\n"
+    "not lint, 15 a file in --dir does not match its entry's integrity.\n"
+    "See netstash-manifest(1).\n";
 
 #define MAKE_MAX_LIST 64
 
@@ -480,8 +480,7 @@ static int parse_num(const char *cmd, const char *opt, const char *s, unsigned l
   return 0;
 }
 
-static int add_item(const char *cmd, const char *opt, const char **list, size_t *n,
-                    const char *v) {
+static int add_item(const char *cmd, const char *opt, const char **list, size_t *n, const char *v) {
   if (*n == MAKE_MAX_LIST) {
     cli_error(cmd, "at most %d %s options", MAKE_MAX_LIST, opt);
     return -1;
@@ -526,7 +525,9 @@ static int parse_make_opts(const char *cmd, int import, int argc, char **argv, m
   while ((c = getopt_long(argc, argv, "ho:", lo, NULL)) != -1) {
     if (!import && (c == 'w' || c == 'd' || c == 's')) {
       cli_error(cmd, "%s is an option of netstash manifest import",
-                c == 'w' ? "--workbox" : c == 'd' ? "--dir" : "--scope");
+                c == 'w'   ? "--workbox"
+                : c == 'd' ? "--dir"
+                           : "--scope");
       return -1;
     }
     switch (c) {
@@ -674,8 +675,7 @@ static int emit_manifest(const char *cmd, const make_cli *m, const char *text, s
     ns_manifest *mf = NULL;
     if (d && lint_bytes((const uint8_t *)text, len, 0, d, &mf) == NETSTASH_OK)
       printf("%s: %s version %llu, %zu resources, %llu bytes\n", m->out, mf->id,
-             (unsigned long long)mf->version, mf->n_resources,
-             (unsigned long long)mf->total_bytes);
+             (unsigned long long)mf->version, mf->n_resources, (unsigned long long)mf->total_bytes);
     ns_manifest_del(mf);
     free(d);
   }
@@ -696,8 +696,7 @@ static int cmd_make(int argc, char **argv) {
     free(m);
     return i == -2 ? 0 : EXIT_USAGE;
   }
-  err = ns_manifest_make_dir(ns_mem_default(), argv[i], &m->o, &text, &len, detail,
-                             sizeof(detail));
+  err = ns_manifest_make_dir(ns_mem_default(), argv[i], &m->o, &text, &len, detail, sizeof(detail));
   if (err != NETSTASH_OK) {
     cli_error(cmd, "%s: %s", netstash_strerror(err), *detail ? detail : argv[i]);
     rc = manifest_exit(err);
@@ -721,8 +720,7 @@ static int cmd_import(int argc, char **argv) {
     return EXIT_INTERNAL;
   i = parse_make_opts(cmd, 1, argc, argv, m);
   if (i >= 0 && i < argc) {
-    cli_error(cmd, "unexpected argument \"%s\" (the Workbox manifest is --workbox FILE)",
-              argv[i]);
+    cli_error(cmd, "unexpected argument \"%s\" (the Workbox manifest is --workbox FILE)", argv[i]);
     fputs(import_usage, stderr);
     i = -1;
   }

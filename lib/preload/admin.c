@@ -694,7 +694,7 @@ static netstash_error purge_fn(ns_store_txn *t, void *ud) {
   for (size_t i = 0; i + 8 <= j->versions.len && rv == NETSTASH_OK; i += 8) {
     uint64_t v;
     memcpy(&v, j->versions.data + i, 8);
-    rv = ns_pl_txn_drop_version(t, j->id, v); /* a version dropped twice: no-op */
+    rv = ns_pl_txn_drop_version(t, j->mem, j->id, v); /* a version dropped twice: no-op */
   }
   if (rv == NETSTASH_OK && has_state)
     rv = ns_pl_txn_del_state(t, j->mem, j->id);

@@ -467,8 +467,8 @@ static int collect_cb(const uint8_t *key, size_t keylen, const ns_store_record *
   return l->err != NETSTASH_OK;
 }
 
-netstash_error ns_pl_txn_drop_version(ns_store_txn *t, const char *id, uint64_t v) {
-  const ns_mem *mem = ns_mem_default();
+netstash_error ns_pl_txn_drop_version(ns_store_txn *t, const ns_mem *mem, const char *id,
+                                      uint64_t v) {
   keylist l;
   ns_buf k;
   netstash_error e;
@@ -755,14 +755,14 @@ static netstash_error begin_fn(ns_store_txn *t, void *ud) {
   } else {
     in->plan = NS_PL_PLAN_INSTALL;
     if (st.staged && st.staged != m->version &&
-        (e = ns_pl_txn_drop_version(t, m->id, st.staged)) != NETSTASH_OK)
+        (e = ns_pl_txn_drop_version(t, in->mem, m->id, st.staged)) != NETSTASH_OK)
       goto out;
     st.staged = m->version;
     if ((e = put_version_records(t, in)) != NETSTASH_OK)
       goto out;
   }
   if (in->plan == NS_PL_PLAN_CONTROL && st.staged) {
-    if ((e = ns_pl_txn_drop_version(t, m->id, st.staged)) != NETSTASH_OK)
+    if ((e = ns_pl_txn_drop_version(t, in->mem, m->id, st.staged)) != NETSTASH_OK)
       goto out;
     st.staged = 0;
   }
@@ -1001,7 +1001,7 @@ static netstash_error publish_fn(ns_store_txn *t, void *ud) {
     return NETSTASH_E_DOWNGRADE;
   }
   if (st.previous && st.previous != in->v &&
-      (e = ns_pl_txn_drop_version(t, in->m->id, st.previous)) != NETSTASH_OK)
+      (e = ns_pl_txn_drop_version(t, in->mem, in->m->id, st.previous)) != NETSTASH_OK)
     return e;
   st.previous = st.active != in->v ? st.active : 0;
   st.active = in->v;

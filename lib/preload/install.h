@@ -124,7 +124,8 @@ netstash_error ns_pl_txn_manifest(ns_store_txn *t, const ns_mem *mem, const char
  * pointers in *st live until the transaction ends. */
 netstash_error ns_pl_txn_state(ns_store_txn *t, const char *id, ns_pl_state *st);
 /* Deletes every record of version v of id (entries, manifest, sig). */
-netstash_error ns_pl_txn_drop_version(ns_store_txn *t, const char *id, uint64_t v);
+netstash_error ns_pl_txn_drop_version(ns_store_txn *t, const ns_mem *mem, const char *id,
+                                      uint64_t v);
 
 /* ------------------------------------------------------------ SRI */
 

@@ -180,7 +180,7 @@ typedef struct mk {
   const ns_make_opts *o;
   char *detail;
   size_t detail_len;
-  char *base;     /* normalised, ends in '/' */
+  char *base; /* normalised, ends in '/' */
   size_t base_len;
   char **entries; /* normalised entry pages */
   size_t n_entries;
@@ -252,8 +252,8 @@ static netstash_error https_url(mk *k, const char *what, const char *base, const
   }
   e = NETSTASH_E_INVALID_ARGUMENT;
   if (strcmp(u.scheme, "https") != 0) {
-    ns_detailf(k->detail, k->detail_len, "%s \"%s\": not an https URL (manifests preload https only)",
-               what, ref);
+    ns_detailf(k->detail, k->detail_len,
+               "%s \"%s\": not an https URL (manifests preload https only)", what, ref);
     goto done;
   }
   if (ns_url_canonical_authority(u.url) != 0) {
@@ -292,16 +292,15 @@ static int valid_param(const char *s) {
   if (!*s)
     return 0;
   for (; *s; s++)
-    if ((unsigned char)*s < 0x21 || (unsigned char)*s > 0x7e || *s == '&' || *s == '=' ||
-        *s == '#')
+    if ((unsigned char)*s < 0x21 || (unsigned char)*s > 0x7e || *s == '&' || *s == '=' || *s == '#')
       return 0;
   return 1;
 }
 
-#define BADOPT(...)                                                                            \
-  do {                                                                                         \
-    ns_detailf(k->detail, k->detail_len, __VA_ARGS__);                                         \
-    return NETSTASH_E_INVALID_ARGUMENT;                                                        \
+#define BADOPT(...)                                                                                \
+  do {                                                                                             \
+    ns_detailf(k->detail, k->detail_len, __VA_ARGS__);                                             \
+    return NETSTASH_E_INVALID_ARGUMENT;                                                            \
   } while (0)
 
 /* Checks the options and normalises base, entries, scopes and fallback. */
@@ -728,8 +727,7 @@ static netstash_error walk(mk *k, ns_buf *abs, ns_buf *rel, ns_buf *url) {
 }
 
 netstash_error ns_manifest_make_dir(const ns_mem *mem, const char *dir, const ns_make_opts *o,
-                                    char **out, size_t *out_len, char *detail,
-                                    size_t detail_len) {
+                                    char **out, size_t *out_len, char *detail, size_t detail_len) {
   mk k;
   ns_buf abs, rel, url;
   struct stat st;
@@ -818,10 +816,10 @@ static json_t *workbox_entries(const uint8_t *wb, size_t len, char *detail, size
   while (ns_reader_skip_char(&r, ' ') || ns_reader_skip_char(&r, '\t') ||
          ns_reader_skip_char(&r, '\n') || ns_reader_skip_char(&r, '\r'))
     ;
-  root = ns_reader_peek(&r) == '[' ? json_loadb(r.p + r.pos, ns_reader_left(&r),
-                                                 JSON_DISABLE_EOF_CHECK | JSON_REJECT_DUPLICATES,
-                                                 &jerr)
-                                   : NULL;
+  root = ns_reader_peek(&r) == '['
+             ? json_loadb(r.p + r.pos, ns_reader_left(&r),
+                          JSON_DISABLE_EOF_CHECK | JSON_REJECT_DUPLICATES, &jerr)
+             : NULL;
   if (!root || !json_is_array(root)) {
     ns_detailf(detail, detail_len,
                "self.__WB_MANIFEST is not assigned a JSON array%s%s (quoted keys needed; use "
@@ -864,8 +862,7 @@ static int sri_matches(const char *integrity, const file_hash *h) {
       alg = 64, want = h->sha512;
     else
       continue;
-    if (ns_b64_decode(tok.p + 7, tok.len - 7, dig, sizeof(dig), &dlen) != 0 ||
-        dlen != (size_t)alg)
+    if (ns_b64_decode(tok.p + 7, tok.len - 7, dig, sizeof(dig), &dlen) != 0 || dlen != (size_t)alg)
       continue;
     if (alg > best) {
       best = alg;
@@ -887,8 +884,8 @@ static int url_to_rel(mk *k, size_t i, const char *url, ns_buf *rel, netstash_er
   buf_truncate(rel, 0);
   if (strncmp(url, k->base, k->base_len) != 0) {
     ns_detailf(k->detail, k->detail_len,
-               "workbox[%zu] \"%s\" is not below --base %s: its file cannot be found in --dir",
-               i, url, k->base);
+               "workbox[%zu] \"%s\" is not below --base %s: its file cannot be found in --dir", i,
+               url, k->base);
     return -1;
   }
   path = url + k->base_len;
@@ -918,8 +915,7 @@ static int url_to_rel(mk *k, size_t i, const char *url, ns_buf *rel, netstash_er
 
 /* Reads one entry: url (resolved) and integrity (NULL when only a
  * revision). */
-static netstash_error entry_fields(mk *k, size_t i, json_t *e, char **url,
-                                   const char **integrity) {
+static netstash_error entry_fields(mk *k, size_t i, json_t *e, char **url, const char **integrity) {
   const char *ref = NULL, *key;
   json_t *v;
   char what[64];
@@ -936,8 +932,8 @@ static netstash_error entry_fields(mk *k, size_t i, json_t *e, char **url,
       } else if (!strcmp(key, "revision") && (json_is_string(v) || json_is_null(v))) {
       } else {
         ns_detailf(k->detail, k->detail_len,
-                   "workbox[%zu].%s: %s (an entry has url, revision and integrity, all strings)",
-                   i, key,
+                   "workbox[%zu].%s: %s (an entry has url, revision and integrity, all strings)", i,
+                   key,
                    strcmp(key, "url") && strcmp(key, "integrity") && strcmp(key, "revision")
                        ? "unknown field"
                        : "wrong type");

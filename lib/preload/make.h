@@ -34,13 +34,13 @@ typedef struct ns_make_rule {
 typedef void (*ns_make_warn_cb)(const char *msg, void *user_data);
 
 typedef struct ns_make_opts {
-  const char *base;    /* https URL the root maps to; '/' appended when missing */
-  const char *id;      /* manifest id */
-  uint64_t version;    /* >= 1 */
-  const char *expires; /* RFC 3339; must be later than now_s */
-  int64_t now_s;       /* the clock the output is checked against */
-  uint64_t max_bytes;  /* budgets.max_bytes, 0: no budget */
-  const char *fallback; /* NULL: none */
+  const char *base;          /* https URL the root maps to; '/' appended when missing */
+  const char *id;            /* manifest id */
+  uint64_t version;          /* >= 1 */
+  const char *expires;       /* RFC 3339; must be later than now_s */
+  int64_t now_s;             /* the clock the output is checked against */
+  uint64_t max_bytes;        /* budgets.max_bytes, 0: no budget */
+  const char *fallback;      /* NULL: none */
   const ns_make_rule *rules; /* first match wins, before the defaults */
   size_t n_rules;
   const char *const *ignore; /* query parameters ignored by every resource */
@@ -49,7 +49,7 @@ typedef struct ns_make_opts {
   size_t n_entries;
   const char *const *scopes; /* scope prefixes besides base */
   size_t n_scopes;
-  const char *dir; /* import: build output the entries are read from; NULL: none */
+  const char *dir;      /* import: build output the entries are read from; NULL: none */
   ns_make_warn_cb warn; /* may be NULL */
   void *user_data;
 } ns_make_opts;
@@ -66,8 +66,7 @@ typedef struct ns_make_opts {
  * NETSTASH_E_TOO_LARGE / NETSTASH_E_MANIFEST_EXPIRED (the result would not
  * lint; detail has the first violation), NETSTASH_E_NOMEM. */
 netstash_error ns_manifest_make_dir(const ns_mem *mem, const char *dir, const ns_make_opts *o,
-                                    char **out, size_t *out_len, char *detail,
-                                    size_t detail_len);
+                                    char **out, size_t *out_len, char *detail, size_t detail_len);
 
 /* Converts a Workbox precache manifest: a JSON array of {"url", "revision"}
  * / {"url", "integrity"} entries (or URL strings), an object with

@@ -179,8 +179,7 @@ static int range_holds(const char *field, const char *range, const char *version
 }
 
 int ns_rollout_applies(const ns_manifest_rollout *r, const char *manifest_id,
-                       const ns_pl_device *dev, const char *device_id, char *why,
-                       size_t why_len) {
+                       const ns_pl_device *dev, const char *device_id, char *why, size_t why_len) {
   int bucket;
   if (why && why_len)
     why[0] = '\0';

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include <jansson.h>
+#include <openssl/evp.h>
 
 #include "harness.h"
 
@@ -444,6 +445,321 @@ static void test_cli_manifest(void **state) {
   free(dir);
 }
 
+/* ---- netstash manifest make / import */
+
+static void put_file(const char *dir, const char *rel, const char *content) {
+  char path[2048];
+  FILE *fp;
+  snprintf(path, sizeof(path), "%s/%s", dir, rel);
+  fp = fopen(path, "wb");
+  if (!fp)
+    fail_msg("cannot create %s", path);
+  fputs(content, fp);
+  fclose(fp);
+}
+
+static char *slurp(const char *path) {
+  FILE *fp = fopen(path, "rb");
+  char *buf = calloc(1, 1 << 20);
+  size_t n;
+  assert_non_null(fp);
+  n = fread(buf, 1, (1 << 20) - 1, fp);
+  buf[n] = 0;
+  fclose(fp);
+  return buf;
+}
+
+/* "ALG-BASE64" of content. */
+static void sri_of(const char *alg, const char *content, char *out, size_t out_len) {
+  unsigned char md[EVP_MAX_MD_SIZE], b64[4 * EVP_MAX_MD_SIZE / 3 + 4];
+  unsigned int n = 0;
+  assert_int_equal(EVP_Digest(content, strlen(content), md, &n, EVP_get_digestbyname(alg), NULL),
+                   1);
+  EVP_EncodeBlock(b64, md, (int)n);
+  snprintf(out, out_len, "%s-%s", alg, b64);
+}
+
+/* The resource of m with url, or fails. */
+static json_t *resource(json_t *m, const char *url) {
+  size_t i;
+  json_t *r;
+  json_array_foreach(json_object_get(m, "resources"), i, r) {
+    if (!strcmp(json_string_value(json_object_get(r, "url")), url))
+      return r;
+  }
+  fail_msg("no resource %s", url);
+  return NULL;
+}
+
+static const char *field(json_t *r, const char *key) {
+  return json_string_value(json_object_get(r, key));
+}
+
+/* make → lint → sign → verify over a tree with nested files, odd names,
+ * dotfiles and a symlink out of the tree. */
+static void test_cli_manifest_make(void **state) {
+  char args[16384], site[1024], *out, *err, *file, *again, sri[200];
+  char *dir = strdup(nst_path("cli-make"));
+  json_t *m, *r;
+  (void)state;
+  snprintf(site, sizeof(site), "%s/site", dir);
+  snprintf(args, sizeof(args),
+           "rm -rf %s && mkdir -p '%s/css' '%s/docs/guide' '%s/odd dir' '%s/.git' '%s/empty' && "
+           "echo secret > %s/secret.txt && ln -s ../secret.txt %s/outside && "
+           "ln -s css/app.css %s/alias.css",
+           dir, site, site, site, site, site, dir, site, site);
+  assert_int_equal(system(args), 0);
+  put_file(site, "index.html", "<!doctype html><title>home</title>\n");
+  put_file(site, "css/app.css", "body{margin:0}\n");
+  put_file(site, "app.mjs", "export {};\n");
+  put_file(site, "logo.PNG", "\x89PNG....");
+  put_file(site, "docs/guide/index.html", "<p>guide</p>\n");
+  put_file(site, "odd dir/r\xc3\xa9sum\xc3\xa9 #1+50%.txt", "odd\n");
+  put_file(site, "data.bin", "\x01\x02");
+  put_file(site, ".env", "SECRET=1\n");
+  put_file(site, ".git/config", "[core]\n");
+
+  snprintf(args, sizeof(args),
+           "manifest make %s --base https://www.example.com/app --id site.app --version 7 "
+           "--expires 2099-01-01T00:00:00Z -o %s/m.json --priority 'docs/*=high' --max-bytes 100000",
+           site, dir);
+  assert_int_equal(run(args, &out, &err), 0);
+  assert_non_null(strstr(out, "7, 8 resources")); /* the summary line */
+  assert_non_null(strstr(err, "skipped outside")); /* a symlink out of the tree */
+  free(out);
+  free(err);
+
+  snprintf(args, sizeof(args), "%s/m.json", dir);
+  file = slurp(args);
+  m = parse_one_object(file);
+  assert_string_equal(field(m, "id"), "site.app");
+  assert_int_equal(json_integer_value(json_object_get(m, "version")), 7);
+  assert_string_equal(json_string_value(json_array_get(json_object_get(m, "scope"), 0)),
+                      "https://www.example.com/app/");
+  assert_string_equal(json_string_value(json_array_get(json_object_get(m, "entry_pages"), 0)),
+                      "https://www.example.com/app/");
+  assert_int_equal(json_integer_value(json_object_get(json_object_get(m, "budgets"), "max_bytes")),
+                   100000);
+  assert_int_equal(json_array_size(json_object_get(m, "resources")), 8);
+  /* sorted by path: alias.css, app.mjs, css/, data.bin, docs/, index.html, logo, odd dir */
+  assert_string_equal(field(json_array_get(json_object_get(m, "resources"), 0), "url"),
+                      "https://www.example.com/app/alias.css");
+  assert_string_equal(field(json_array_get(json_object_get(m, "resources"), 7), "url"),
+                      "https://www.example.com/app/odd%20dir/r%C3%A9sum%C3%A9%20%231%2B50%25.txt");
+  r = resource(m, "https://www.example.com/app/"); /* index.html is the directory */
+  assert_string_equal(field(r, "priority"), "critical");
+  assert_string_equal(field(r, "content_type"), "text/html; charset=utf-8");
+  sri_of("sha256", "<!doctype html><title>home</title>\n", sri, sizeof(sri));
+  assert_string_equal(field(r, "integrity"), sri);
+  assert_int_equal(json_integer_value(json_object_get(r, "size")), 35);
+  r = resource(m, "https://www.example.com/app/docs/guide/");
+  assert_string_equal(field(r, "priority"), "high"); /* --priority docs/... */
+  r = resource(m, "https://www.example.com/app/css/app.css");
+  assert_string_equal(field(r, "priority"), "high");
+  assert_string_equal(field(r, "content_type"), "text/css");
+  assert_null(json_object_get(r, "query"));
+  r = resource(m, "https://www.example.com/app/app.mjs");
+  assert_string_equal(field(r, "content_type"), "text/javascript");
+  r = resource(m, "https://www.example.com/app/logo.PNG");
+  assert_string_equal(field(r, "content_type"), "image/png");
+  assert_string_equal(field(r, "priority"), "low");
+  r = resource(m, "https://www.example.com/app/data.bin");
+  assert_string_equal(field(r, "content_type"), "application/octet-stream");
+  assert_null(strstr(file, ".env"));
+  assert_null(strstr(file, ".git"));
+  assert_null(strstr(file, "outside"));
+  assert_non_null(strstr(file, "\n  \"id\": \"site.app\",\n")); /* pretty, in field order */
+  json_decref(m);
+
+  /* reproducible: the same bytes again, on stdout this time */
+  snprintf(args, sizeof(args),
+           "manifest make %s --base https://www.example.com/app --id site.app --version 7 "
+           "--expires 2099-01-01T00:00:00Z --priority 'docs/*=high' --max-bytes 100000",
+           site);
+  assert_int_equal(run(args, &again, NULL), 0);
+  assert_string_equal(again, file);
+  free(again);
+  free(file);
+
+  /* lint, sign, verify */
+  snprintf(args, sizeof(args), "manifest lint %s/m.json", dir);
+  assert_int_equal(run(args, &out, NULL), 0);
+  free(out);
+  snprintf(args, sizeof(args), "manifest keygen %s/k", dir);
+  assert_int_equal(run(args, &out, NULL), 0);
+  free(out);
+  snprintf(args, sizeof(args), "manifest sign %s/m.json --key %s/k", dir, dir);
+  assert_int_equal(run(args, &out, NULL), 0);
+  free(out);
+  snprintf(args, sizeof(args), "manifest verify %s/m.json --trust %s/k.pub --json", dir, dir);
+  assert_int_equal(run(args, &out, NULL), 0);
+  m = parse_one_object(out);
+  assert_true(json_is_true(json_object_get(m, "ok")));
+  json_decref(m);
+  free(out);
+
+  /* defaults: --ttl-days, --ignore-param on every resource */
+  snprintf(args, sizeof(args),
+           "manifest make %s/css --base https://www.example.com/css/ --id c --version 1 "
+           "--entry app.css --ttl-days 2 --ignore-param utm_source --ignore-param fbclid",
+           site);
+  assert_int_equal(run(args, &out, NULL), 0);
+  m = parse_one_object(out);
+  r = resource(m, "https://www.example.com/css/app.css");
+  assert_string_equal(field(r, "priority"), "critical"); /* an entry page */
+  assert_string_equal(
+      json_string_value(json_array_get(json_object_get(json_object_get(r, "query"), "ignore"), 1)),
+      "fbclid");
+  json_decref(m);
+  free(out);
+
+  /* errors say what to do */
+  snprintf(args, sizeof(args), "manifest make %s/css --base https://x.example/ --id c --version 1",
+           site);
+  expect_exit(args, 2, "--entry", NULL); /* no index.html: no entry page */
+  snprintf(args, sizeof(args),
+           "manifest make %s --base https://x.example/ --id c --version 1 --max-bytes 10", site);
+  expect_exit(args, 14, "over the budget", NULL);
+  snprintf(args, sizeof(args), "manifest make %s --base http://x.example/ --id c --version 1",
+           site);
+  expect_exit(args, 2, "not an https URL", NULL);
+  snprintf(args, sizeof(args), "manifest make %s --base https://x.example/ --id c --version 1 "
+           "--expires 2001-01-01T00:00:00Z", site);
+  expect_exit(args, 2, "not in the future", NULL);
+  snprintf(args, sizeof(args), "manifest make %s/nope --base https://x.example/ --id c --version 1",
+           dir);
+  expect_exit(args, 9, "No such file", NULL);
+  expect_exit("manifest make . --id c --version 1", 2, "--base URL is required", NULL);
+  assert_int_equal(run("manifest make --help", &out, NULL), 0);
+  assert_non_null(strstr(out, "--priority GLOB=P"));
+  free(out);
+  free(dir);
+}
+
+/* Workbox precache manifests: integrity entries kept, revision entries
+ * hashed from --dir, and the error when neither is available. */
+static void test_cli_manifest_import(void **state) {
+  char args[16384], site[1024], wb[1024], sri384[200], sri256[200], bad[200], *out, *err;
+  char *dir = strdup(nst_path("cli-import"));
+  FILE *fp;
+  json_t *m, *r;
+  (void)state;
+  snprintf(site, sizeof(site), "%s/dist", dir);
+  snprintf(args, sizeof(args), "rm -rf %s && mkdir -p %s/js", dir, site);
+  assert_int_equal(system(args), 0);
+  put_file(site, "index.html", "<html>app</html>\n");
+  put_file(site, "js/app.3f2a.js", "console.log(1)\n");
+  put_file(site, "icon.svg", "<svg/>\n");
+  sri_of("sha384", "console.log(1)\n", sri384, sizeof(sri384));
+  sri_of("sha256", "<svg/>\n", sri256, sizeof(sri256));
+  sri_of("sha256", "something else\n", bad, sizeof(bad));
+
+  /* a JSON array as workbox-build writes it */
+  snprintf(wb, sizeof(wb), "%s/precache.json", dir);
+  fp = fopen(wb, "w");
+  assert_non_null(fp);
+  fprintf(fp,
+          "[{\"url\": \"index.html\", \"revision\": \"a1b2\"},\n"
+          " {\"url\": \"/js/app.3f2a.js\", \"revision\": null, \"integrity\": \"%s\"},\n"
+          " {\"url\": \"icon.svg\", \"integrity\": \"%s\"}]\n",
+          sri384, sri256);
+  fclose(fp);
+  snprintf(args, sizeof(args),
+           "manifest import --workbox %s --dir %s --base https://pwa.example/ --id pwa "
+           "--version 3 --ignore-param utm_source --expires 2099-01-01T00:00:00Z -o %s/m.json",
+           wb, site, dir);
+  assert_int_equal(run(args, &out, &err), 0);
+  free(out);
+  free(err);
+  snprintf(args, sizeof(args), "%s/m.json", dir);
+  out = slurp(args);
+  m = parse_one_object(out);
+  free(out);
+  assert_int_equal(json_array_size(json_object_get(m, "resources")), 3);
+  r = json_array_get(json_object_get(m, "resources"), 0); /* Workbox order */
+  assert_string_equal(field(r, "url"), "https://pwa.example/");
+  assert_string_equal(field(r, "priority"), "critical");
+  {
+    char want[200];
+    sri_of("sha256", "<html>app</html>\n", want, sizeof(want));
+    assert_string_equal(field(r, "integrity"), want); /* hashed from --dir */
+  }
+  r = resource(m, "https://pwa.example/js/app.3f2a.js");
+  assert_string_equal(field(r, "integrity"), sri384); /* kept as given */
+  assert_int_equal(json_integer_value(json_object_get(r, "size")), 15);
+  assert_string_equal(field(r, "content_type"), "text/javascript");
+  assert_string_equal(field(r, "priority"), "high");
+  assert_string_equal(
+      json_string_value(json_array_get(json_object_get(json_object_get(r, "query"), "ignore"), 0)),
+      "utm_source");
+  r = resource(m, "https://pwa.example/icon.svg");
+  assert_string_equal(field(r, "integrity"), sri256);
+  assert_string_equal(field(r, "content_type"), "image/svg+xml");
+  json_decref(m);
+  snprintf(args, sizeof(args), "manifest lint %s/m.json", dir);
+  assert_int_equal(run(args, &out, NULL), 0);
+  free(out);
+
+  /* the service worker form: self.__WB_MANIFEST = [...] */
+  snprintf(wb, sizeof(wb), "%s/sw.js", dir);
+  fp = fopen(wb, "w");
+  assert_non_null(fp);
+  fprintf(fp, "importScripts('workbox-sw.js');\nself.__WB_MANIFEST = "
+              "[{\"url\":\"icon.svg\",\"integrity\":\"%s\"},{\"url\":\"index.html\","
+              "\"revision\":\"1\"}];\nworkbox.precaching.precacheAndRoute(self.__WB_MANIFEST);\n",
+          sri256);
+  fclose(fp);
+  snprintf(args, sizeof(args),
+           "manifest import --workbox %s --dir %s --base https://pwa.example/ --id pwa "
+           "--version 3 --scope https://cdn.pwa.example/",
+           wb, site);
+  assert_int_equal(run(args, &out, NULL), 0);
+  m = parse_one_object(out);
+  assert_int_equal(json_array_size(json_object_get(m, "resources")), 2);
+  assert_int_equal(json_array_size(json_object_get(m, "scope")), 2);
+  json_decref(m);
+  free(out);
+
+  /* neither integrity nor --dir: the revision-only entries are named */
+  snprintf(wb, sizeof(wb), "%s/precache.json", dir);
+  snprintf(args, sizeof(args),
+           "manifest import --workbox %s --base https://pwa.example/ --id pwa --version 3", wb);
+  assert_int_equal(run(args, &out, &err), 2);
+  assert_non_null(strstr(err, "\"https://pwa.example/index.html\""));
+  assert_null(strstr(err, "app.3f2a.js")); /* has integrity */
+  assert_non_null(strstr(err, "pass --dir"));
+  assert_string_equal(out, ""); /* nothing half-written */
+  free(out);
+  free(err);
+
+  /* a body that does not match its entry's integrity */
+  fp = fopen(wb, "w");
+  assert_non_null(fp);
+  fprintf(fp, "[{\"url\": \"icon.svg\", \"integrity\": \"%s\"}, \"index.html\"]", bad);
+  fclose(fp);
+  snprintf(args, sizeof(args),
+           "manifest import --workbox %s --dir %s --base https://pwa.example/ --id pwa "
+           "--version 3", wb, site);
+  expect_exit(args, 15, "does not match the entry's integrity", NULL);
+  /* an entry whose file is missing; not a Workbox manifest */
+  fp = fopen(wb, "w");
+  assert_non_null(fp);
+  fputs("[\"index.html\", {\"url\": \"gone.js\", \"revision\": \"1\"}]", fp);
+  fclose(fp);
+  expect_exit(args, 9, "workbox[1] \"https://pwa.example/gone.js\"", NULL);
+  fp = fopen(wb, "w");
+  assert_non_null(fp);
+  fputs("{\"files\": []}", fp);
+  fclose(fp);
+  expect_exit(args, 14, "not a Workbox precache manifest", NULL);
+  expect_exit("manifest import --base https://pwa.example/ --id pwa --version 3", 2,
+              "--workbox FILE is required", NULL);
+  assert_int_equal(run("manifest import --help", &out, NULL), 0);
+  assert_non_null(strstr(out, "--ignore-param"));
+  free(out);
+  free(dir);
+}
+
 static int setup(void **state) {
   const char *b = getenv("NST_BUILDDIR");
   (void)state;
@@ -474,6 +790,8 @@ int main(void) {
       cmocka_unit_test(test_cli_cache),      cmocka_unit_test(test_cli_corrupt_store),
       cmocka_unit_test(test_cli_cookies),
       cmocka_unit_test(test_cli_manifest),
+      cmocka_unit_test(test_cli_manifest_make),
+      cmocka_unit_test(test_cli_manifest_import),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }

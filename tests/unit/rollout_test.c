@@ -156,8 +156,7 @@ static const applies_case applies_cases[] = {
     {NULL, NULL, 0, NULL, NULL, "dev-1", 0, "rollout.percent 0: no device is included"},
     {NULL, NULL, 99, NULL, NULL, NULL, 0, "rollout.percent 99: no device id to place the device"},
     /* the version rules are checked before the bucket */
-    {">=5", NULL, 10, "4", NULL, "dev-1", 0,
-     "rollout.app_version \">=5\" excludes app version 4"},
+    {">=5", NULL, 10, "4", NULL, "dev-1", 0, "rollout.app_version \">=5\" excludes app version 4"},
     {">=4", NULL, 10, "4", NULL, "dev-1", 0, "rollout.percent 10: device bucket 41"},
 };
 
@@ -219,7 +218,7 @@ static void test_applies_edges(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_version_in),  cmocka_unit_test(test_bucket),
+      cmocka_unit_test(test_version_in),          cmocka_unit_test(test_bucket),
       cmocka_unit_test(test_bucket_distribution), cmocka_unit_test(test_applies),
       cmocka_unit_test(test_applies_edges),
   };
