@@ -44,6 +44,7 @@ extern "C" {
   X(E_INTERNAL, 9, "internal error")                                           \
   X(E_IO, 10, "local I/O error")                                               \
   X(E_SHUTDOWN, 11, "context is shutting down")                                \
+  X(E_AGAIN, 12, "nothing to read yet: wait for the readable callback")         \
   X(E_DNS_NOT_FOUND, 100, "host name not found")                               \
   X(E_DNS_TIMEOUT, 101, "DNS lookup timed out")                                \
   X(E_DNS_FAILED, 102, "DNS lookup failed")                                    \

@@ -50,6 +50,10 @@ static netstash_error reserve(ns_buf *b, size_t extra) {
   return NETSTASH_OK;
 }
 
+netstash_error ns_buf_reserve(ns_buf *b, size_t extra) {
+  return reserve(b, extra);
+}
+
 netstash_error ns_buf_append(ns_buf *b, const void *data, size_t len) {
   netstash_error rv = reserve(b, len);
   if (rv != NETSTASH_OK)

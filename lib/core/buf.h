@@ -20,6 +20,8 @@ void ns_buf_free(ns_buf *b);
 void ns_buf_reset(ns_buf *b); /* len = 0, keeps the allocation */
 /* NETSTASH_E_TOO_LARGE past max, NETSTASH_E_NOMEM. */
 netstash_error ns_buf_append(ns_buf *b, const void *data, size_t len);
+/* Makes room for extra more bytes (one allocation), within max. */
+netstash_error ns_buf_reserve(ns_buf *b, size_t extra);
 netstash_error ns_buf_append_str(ns_buf *b, const char *s);
 netstash_error ns_buf_printf(ns_buf *b, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));

@@ -579,10 +579,16 @@ static size_t alias_key(const ns_manifest_resource *r, size_t which, uint8_t *ke
 
 typedef struct queued {
   size_t i;
-  uint8_t *data;
+  uint8_t *data; /* owned, allocated with the installer's allocator */
   size_t len;
   uint8_t sha[32];
 } queued;
+
+struct ns_pl_batch {
+  queued *q;
+  size_t nq, qcap, qbytes;
+  int holding; /* also writes the entries of bodies already held (sync flush) */
+};
 
 struct ns_pl_install {
   const ns_mem *mem;
@@ -597,11 +603,13 @@ struct ns_pl_install {
   uint8_t *held;      /* per resource: 0 needed, 1 held (entry written), 2 body held, entry due */
   uint8_t (*sha)[32]; /* per resource, valid when held */
   size_t missing;
-  queued *q;
-  size_t nq, qcap, qbytes;
+  ns_pl_batch cur;  /* verified bodies waiting for a commit */
+  size_t committing; /* bodies in a batch being committed elsewhere */
+  int auto_flush;
   char *detail;
   size_t dlen;
   netstash_error result; /* begin's verdict for CONTROL plans */
+  const ns_pl_source *src;
 };
 
 ns_pl_plan ns_pl_install_plan(const ns_pl_install *in) {
@@ -614,7 +622,16 @@ size_t ns_pl_install_missing(const ns_pl_install *in) {
   return in->missing;
 }
 size_t ns_pl_install_queued(const ns_pl_install *in) {
-  return in->nq;
+  return in->cur.nq;
+}
+size_t ns_pl_install_queued_bytes(const ns_pl_install *in) {
+  return in->cur.qbytes;
+}
+int ns_pl_install_held(const ns_pl_install *in, size_t i) {
+  return i < in->m->n_resources && in->held[i] != 0;
+}
+void ns_pl_install_set_auto_flush(ns_pl_install *in, int on) {
+  in->auto_flush = on;
 }
 
 static netstash_error device_id(ns_store_txn *t, const ns_pl_device *dev, char *out, size_t cap) {
@@ -661,6 +678,31 @@ static netstash_error put_version_records(ns_store_txn *t, ns_pl_install *in) {
 }
 
 /* The state decision, in one write transaction. */
+/* "V" url -> etag \0 last-modified \0 id \0 version */
+static netstash_error put_source(ns_store_txn *t, const ns_pl_install *in) {
+  const ns_pl_source *src = in->src;
+  ns_buf k, v;
+  char ver[24];
+  netstash_error e;
+  if (!src || !src->url || 1 + strlen(src->url) > NS_STORE_KEY_MAX)
+    return NETSTASH_OK;
+  ns_buf_init(&k, in->mem, NS_STORE_KEY_MAX);
+  ns_buf_init(&v, in->mem, 4096);
+  snprintf(ver, sizeof(ver), "%llu", (unsigned long long)in->m->version);
+  if ((e = ns_buf_append(&k, "V", 1)) || (e = ns_buf_append_str(&k, src->url)) ||
+      (e = ns_buf_append(&v, src->etag ? src->etag : "", src->etag ? strlen(src->etag) + 1 : 1)) ||
+      (e = ns_buf_append(&v, src->last_modified ? src->last_modified : "",
+                         src->last_modified ? strlen(src->last_modified) + 1 : 1)) ||
+      (e = ns_buf_append(&v, in->m->id, strlen(in->m->id) + 1)) ||
+      (e = ns_buf_append_str(&v, ver)))
+    goto out;
+  e = ns_store_txn_put(t, NS_STORE_MANIFESTS, k.data, k.len, v.data, v.len, NULL, 0);
+out:
+  ns_buf_free(&k);
+  ns_buf_free(&v);
+  return e == NETSTASH_E_TOO_LARGE ? NETSTASH_OK : e; /* giant validators: not kept */
+}
+
 static netstash_error begin_fn(ns_store_txn *t, void *ud) {
   ns_pl_install *in = ud;
   const ns_manifest *m = in->m;
@@ -671,6 +713,8 @@ static netstash_error begin_fn(ns_store_txn *t, void *ud) {
   int fresh = 0;
 
   in->result = NETSTASH_OK;
+  if ((e = put_source(t, in)) != NETSTASH_OK)
+    return e;
   e = ns_pl_txn_state(t, m->id, &st);
   if (e == NETSTASH_E_NOT_FOUND) {
     memset(&st, 0, sizeof(st));
@@ -831,6 +875,15 @@ netstash_error ns_pl_install_begin(ns_store *s, const ns_mem *mem, const uint8_t
                                    const char *key_id, const ns_manifest *m,
                                    const ns_pl_device *dev, ns_pl_install **out, char *detail,
                                    size_t dlen) {
+  return ns_pl_install_begin_ex(s, mem, mbytes, mlen, sig, sig_len, key_id, m, dev, NULL, out,
+                                detail, dlen);
+}
+
+netstash_error ns_pl_install_begin_ex(ns_store *s, const ns_mem *mem, const uint8_t *mbytes,
+                                      size_t mlen, const uint8_t *sig, size_t sig_len,
+                                      const char *key_id, const ns_manifest *m,
+                                      const ns_pl_device *dev, const ns_pl_source *src,
+                                      ns_pl_install **out, char *detail, size_t dlen) {
   ns_pl_install *in;
   netstash_error e;
   *out = NULL;
@@ -853,6 +906,8 @@ netstash_error ns_pl_install_begin(ns_store *s, const ns_mem *mem, const uint8_t
   in->v = m->version;
   in->detail = detail;
   in->dlen = dlen;
+  in->src = src;
+  in->auto_flush = 1;
   in->held = ns_calloc(mem, m->n_resources + 1, 1);
   in->sha = ns_calloc(mem, m->n_resources + 1, 32);
   if (!in->held || !in->sha) {
@@ -874,39 +929,70 @@ netstash_error ns_pl_install_begin(ns_store *s, const ns_mem *mem, const uint8_t
   return e;
 }
 
+/* Queues a verified body (ownership of data taken). */
+static netstash_error enqueue(ns_pl_install *in, size_t i, uint8_t *data, size_t len,
+                              const uint8_t sha[32]) {
+  ns_pl_batch *b = &in->cur;
+  if (b->nq == b->qcap) {
+    size_t nc = b->qcap ? b->qcap * 2 : 16;
+    queued *nq = ns_realloc(in->mem, b->q, nc * sizeof(*nq));
+    if (!nq) {
+      ns_free(in->mem, data);
+      return NETSTASH_E_NOMEM;
+    }
+    b->q = nq;
+    b->qcap = nc;
+  }
+  b->q[b->nq].i = i;
+  b->q[b->nq].data = data;
+  b->q[b->nq].len = len;
+  memcpy(b->q[b->nq].sha, sha, 32);
+  b->nq++;
+  b->qbytes += len;
+  if (in->auto_flush && (b->qbytes >= NS_PL_BATCH_BYTES || b->nq >= NS_PL_BATCH_BODIES))
+    return ns_pl_install_flush(in);
+  return NETSTASH_OK;
+}
+
+static int queued_already(const ns_pl_install *in, size_t i) {
+  for (size_t k = 0; k < in->cur.nq; k++)
+    if (in->cur.q[k].i == i)
+      return 1;
+  return 0;
+}
+
 netstash_error ns_pl_install_body(ns_pl_install *in, size_t i, const uint8_t *body, size_t len) {
-  queued *q;
+  uint8_t sha[32], *copy;
   netstash_error e;
   if (!in || i >= in->m->n_resources || (len && !body))
     return NETSTASH_E_INVALID_ARGUMENT;
-  if (in->held[i])
+  if (in->held[i] || queued_already(in, i))
     return NETSTASH_OK;
-  for (size_t k = 0; k < in->nq; k++)
-    if (in->q[k].i == i)
-      return NETSTASH_OK;
-  if (in->nq == in->qcap) {
-    size_t nc = in->qcap ? in->qcap * 2 : 16;
-    queued *nq = ns_realloc(in->mem, in->q, nc * sizeof(*nq));
-    if (!nq)
-      return NETSTASH_E_NOMEM;
-    in->q = nq;
-    in->qcap = nc;
-  }
-  q = &in->q[in->nq];
-  e = ns_sri_check(&in->m->resources[i], body, len, q->sha);
-  if (e != NETSTASH_OK)
+  if ((e = ns_sri_check(&in->m->resources[i], body, len, sha)) != NETSTASH_OK)
     return e;
-  q->data = ns_malloc(in->mem, len ? len : 1);
-  if (!q->data)
+  if (!(copy = ns_malloc(in->mem, len ? len : 1)))
     return NETSTASH_E_NOMEM;
-  memcpy(q->data, body, len);
-  q->len = len;
-  q->i = i;
-  in->nq++;
-  in->qbytes += len;
-  if (in->qbytes >= ((size_t)4 << 20) || in->nq >= 64)
-    return ns_pl_install_flush(in);
-  return NETSTASH_OK;
+  memcpy(copy, body, len);
+  return enqueue(in, i, copy, len, sha);
+}
+
+netstash_error ns_pl_install_body_take(ns_pl_install *in, size_t i, uint8_t *body, size_t len) {
+  uint8_t sha[32];
+  netstash_error e;
+  if (!in || i >= in->m->n_resources || !body) {
+    if (in)
+      ns_free(in->mem, body);
+    return NETSTASH_E_INVALID_ARGUMENT;
+  }
+  if (in->held[i] || queued_already(in, i)) {
+    ns_free(in->mem, body);
+    return NETSTASH_OK;
+  }
+  if ((e = ns_sri_check(&in->m->resources[i], body, len, sha)) != NETSTASH_OK) {
+    ns_free(in->mem, body);
+    return e;
+  }
+  return enqueue(in, i, body, len, sha);
 }
 
 static netstash_error put_entry(ns_store_txn *t, ns_pl_install *in, size_t i, const uint8_t *sha,
@@ -927,20 +1013,25 @@ static netstash_error put_entry(ns_store_txn *t, ns_pl_install *in, size_t i, co
                           NS_STORE_REC_PINNED);
 }
 
+typedef struct flush_job {
+  ns_pl_install *in;
+  const ns_pl_batch *b;
+} flush_job;
+
 static netstash_error flush_fn(ns_store_txn *t, void *ud) {
-  ns_pl_install *in = ud;
+  flush_job *j = ud;
+  ns_pl_install *in = j->in;
   ns_buf val;
   netstash_error e = NETSTASH_OK;
   uint8_t ak[2 + 64];
   ns_buf_init(&val, in->mem, SIZE_MAX);
-  for (size_t k = 0; k < in->nq && !e; k++) {
-    queued *q = &in->q[k];
+  for (size_t k = 0; k < j->b->nq && !e; k++) {
+    const queued *q = &j->b->q[k];
     const ns_manifest_resource *res = &in->m->resources[q->i];
     uint8_t h[32];
+    memcpy(h, q->sha, 32); /* verified on arrival: the store need not hash again */
     e = ns_store_txn_body_put(t, q->data, q->len, NS_CODING_IDENTITY, res->content_type,
-                              NS_STORE_BODY_NO_RECOMPRESS, h);
-    if (!e && memcmp(h, q->sha, 32) != 0)
-      e = NETSTASH_E_INTERNAL;
+                              NS_STORE_BODY_NO_RECOMPRESS | NS_STORE_BODY_HASH_GIVEN, h);
     if (!e && strongest(res) != NS_SRI_SHA256) {
       /* remember the verified digests so the next manifest finds the body */
       for (size_t w = 0; !e; w++) {
@@ -957,35 +1048,67 @@ static netstash_error flush_fn(ns_store_txn *t, void *ud) {
     if (!e)
       e = put_entry(t, in, q->i, h, &val);
   }
-  for (size_t i = 0; i < in->m->n_resources && !e; i++)
+  for (size_t i = 0; j->b->holding && i < in->m->n_resources && !e; i++)
     if (in->held[i] == 2)
       e = put_entry(t, in, i, in->sha[i], &val);
   ns_buf_free(&val);
   return e;
 }
 
-netstash_error ns_pl_install_flush(ns_pl_install *in) {
-  netstash_error e = NETSTASH_OK;
-  int due = in->nq > 0;
-  for (size_t i = 0; i < in->m->n_resources && !due; i++)
-    due = in->held[i] == 2;
-  if (due)
-    e = ns_store_write(in->s, flush_fn, in);
-  if (e != NETSTASH_OK)
-    return e;
-  for (size_t k = 0; k < in->nq; k++) {
-    queued *q = &in->q[k];
-    if (!in->held[q->i] && in->missing)
-      in->missing--;
-    in->held[q->i] = 1;
-    memcpy(in->sha[q->i], q->sha, 32);
+ns_pl_batch *ns_pl_install_take_batch(ns_pl_install *in) {
+  ns_pl_batch *b;
+  if (!in->cur.nq || !(b = ns_malloc(in->mem, sizeof(*b))))
+    return NULL;
+  *b = in->cur;
+  b->holding = 0;
+  memset(&in->cur, 0, sizeof(in->cur));
+  in->committing += b->nq;
+  return b;
+}
+
+netstash_error ns_pl_batch_commit(ns_pl_install *in, const ns_pl_batch *b) {
+  flush_job j = {in, b};
+  return ns_store_write(in->s, flush_fn, &j);
+}
+
+void ns_pl_install_batch_done(ns_pl_install *in, ns_pl_batch *b, netstash_error err) {
+  for (size_t k = 0; k < b->nq; k++) {
+    queued *q = &b->q[k];
+    if (err == NETSTASH_OK) {
+      if (!in->held[q->i] && in->missing)
+        in->missing--;
+      in->held[q->i] = 1;
+      memcpy(in->sha[q->i], q->sha, 32);
+    }
     ns_free(in->mem, q->data);
   }
+  if (b != &in->cur) {
+    in->committing -= b->nq;
+    ns_free(in->mem, b->q);
+    ns_free(in->mem, b);
+  } else {
+    ns_free(in->mem, b->q);
+    memset(b, 0, sizeof(*b));
+  }
+}
+
+netstash_error ns_pl_install_flush(ns_pl_install *in) {
+  netstash_error e = NETSTASH_OK;
+  int due = in->cur.nq > 0;
+  for (size_t i = 0; i < in->m->n_resources && !due; i++)
+    due = in->held[i] == 2;
+  if (!due)
+    return NETSTASH_OK;
+  in->cur.holding = 1;
+  e = ns_pl_batch_commit(in, &in->cur);
+  if (e != NETSTASH_OK) {
+    in->cur.holding = 0;
+    return e; /* the batch stays queued */
+  }
+  ns_pl_install_batch_done(in, &in->cur, NETSTASH_OK);
   for (size_t i = 0; i < in->m->n_resources; i++)
     if (in->held[i] == 2)
       in->held[i] = 1;
-  in->nq = 0;
-  in->qbytes = 0;
   return NETSTASH_OK;
 }
 
@@ -1034,9 +1157,9 @@ netstash_error ns_pl_install_publish(ns_pl_install *in) {
 void ns_pl_install_free(ns_pl_install *in) {
   if (!in)
     return;
-  for (size_t k = 0; k < in->nq; k++)
-    ns_free(in->mem, in->q[k].data);
-  ns_free(in->mem, in->q);
+  for (size_t k = 0; k < in->cur.nq; k++)
+    ns_free(in->mem, in->cur.q[k].data);
+  ns_free(in->mem, in->cur.q);
   ns_free(in->mem, in->held);
   ns_free(in->mem, in->sha);
   ns_free(in->mem, in);
@@ -1142,4 +1265,83 @@ netstash_error ns_pl_lookup(ns_store_reader *r, const char *url, size_t url_len,
     }
   }
   return NETSTASH_E_NOT_FOUND;
+}
+
+/* ------------------------------------------------------------ sources */
+
+static uint8_t *dup_bytes(const ns_mem *mem, const void *p, size_t n) {
+  uint8_t *d = ns_malloc(mem, n + 1);
+  if (d) {
+    memcpy(d, p, n);
+    d[n] = 0;
+  }
+  return d;
+}
+
+netstash_error ns_pl_source_get(ns_store *s, const ns_mem *mem, const char *url, char **etag,
+                                char **last_modified, uint8_t **mbytes, size_t *mlen,
+                                uint8_t **sig, size_t *sig_len) {
+  ns_store_reader *r = NULL;
+  ns_store_record rec;
+  ns_buf k;
+  netstash_error e;
+  *etag = *last_modified = NULL;
+  *mbytes = *sig = NULL;
+  *mlen = *sig_len = 0;
+  if (1 + strlen(url) > NS_STORE_KEY_MAX)
+    return NETSTASH_E_NOT_FOUND;
+  if ((e = ns_store_reader_new(s, &r)) != NETSTASH_OK)
+    return e;
+  ns_buf_init(&k, mem, NS_STORE_KEY_MAX);
+  if ((e = ns_store_read_begin(r)) != NETSTASH_OK)
+    goto out_reader;
+  if ((e = ns_buf_append(&k, "V", 1)) || (e = ns_buf_append_str(&k, url)) ||
+      (e = ns_store_get(r, NS_STORE_MANIFESTS, k.data, k.len, &rec)))
+    goto out;
+  {
+    /* etag \0 last-modified \0 id \0 version */
+    const char *p = (const char *)rec.value, *end = p + rec.value_len, *f[4];
+    int nf = 0;
+    for (const char *q = p; q < end && nf < 4; nf++) {
+      f[nf] = q;
+      q = memchr(q, 0, (size_t)(end - q));
+      q = q ? q + 1 : end;
+    }
+    if (nf != 4) {
+      e = NETSTASH_E_NOT_FOUND;
+      goto out;
+    }
+    char ver[24], id[256];
+    snprintf(id, sizeof(id), "%s", f[2]);
+    snprintf(ver, sizeof(ver), "%.*s", (int)(end - f[3]), f[3]);
+    uint64_t v = strtoull(ver, NULL, 10);
+    *etag = f[0][0] ? (char *)dup_bytes(mem, f[0], strlen(f[0])) : NULL;
+    *last_modified = f[1][0] ? (char *)dup_bytes(mem, f[1], strlen(f[1])) : NULL;
+    if ((e = ns_pl_key_version(&k, 'M', id, v)) ||
+        (e = ns_store_get(r, NS_STORE_MANIFESTS, k.data, k.len, &rec)))
+      goto out;
+    *mbytes = dup_bytes(mem, rec.value, rec.value_len);
+    *mlen = rec.value_len;
+    if ((e = ns_pl_key_version(&k, 'G', id, v)) ||
+        (e = ns_store_get(r, NS_STORE_MANIFESTS, k.data, k.len, &rec)))
+      goto out;
+    *sig = dup_bytes(mem, rec.value, rec.value_len);
+    *sig_len = rec.value_len;
+    if (!*mbytes || !*sig)
+      e = NETSTASH_E_NOMEM;
+  }
+out:
+  ns_store_read_end(r);
+out_reader:
+  ns_store_reader_del(r);
+  ns_buf_free(&k);
+  if (e != NETSTASH_OK) {
+    ns_free(mem, *etag);
+    ns_free(mem, *last_modified);
+    ns_free(mem, *mbytes);
+    ns_free(mem, *sig);
+    *etag = *last_modified = NULL;
+    *mbytes = *sig = NULL;
+  }
+  return e;
 }

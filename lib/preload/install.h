@@ -13,6 +13,8 @@
  *                           digest this is (alg = 48 or 64): lets a
  *                           resource without a sha256 find its stored body
  *    "D"                    this profile's random device id (rollout bucket)
+ *    "V" url                validators of a manifest URL, for a conditional
+ *                           fetch: etag \0 last-modified \0 id \0 version
  *    "I"                    the serving index: every "S" value, prefixed by
  *                           its id (u16 length + id + u32 length + value),
  *                           rewritten with every state change, so that a
@@ -166,6 +168,25 @@ netstash_error ns_pl_install_begin(ns_store *s, const ns_mem *mem, const uint8_t
                                    const char *key_id, const ns_manifest *m,
                                    const ns_pl_device *dev, ns_pl_install **out, char *detail,
                                    size_t detail_len);
+/* Where the manifest came from (a URL) and its validators: recorded in the
+ * install's first transaction, for the next conditional fetch. */
+typedef struct ns_pl_source {
+  const char *url;
+  const char *etag;          /* NULL: none */
+  const char *last_modified; /* NULL: none */
+} ns_pl_source;
+netstash_error ns_pl_install_begin_ex(ns_store *s, const ns_mem *mem, const uint8_t *mbytes,
+                                      size_t mlen, const uint8_t *sig, size_t sig_len,
+                                      const char *key_id, const ns_manifest *m,
+                                      const ns_pl_device *dev, const ns_pl_source *src,
+                                      ns_pl_install **out, char *detail, size_t detail_len);
+/* The validators recorded for url, and the manifest and signature bytes of
+ * the version they belong to (each malloc'd with mem; *sig may be empty).
+ * NETSTASH_E_NOT_FOUND when nothing usable is recorded. */
+netstash_error ns_pl_source_get(ns_store *s, const ns_mem *mem, const char *url, char **etag,
+                                char **last_modified, uint8_t **mbytes, size_t *mlen,
+                                uint8_t **sig, size_t *sig_len);
+
 ns_pl_plan ns_pl_install_plan(const ns_pl_install *in);
 /* 1 when resource i still needs a body. */
 int ns_pl_install_needed(const ns_pl_install *in, size_t i);
@@ -184,6 +205,26 @@ netstash_error ns_pl_install_flush(ns_pl_install *in);
 netstash_error ns_pl_install_publish(ns_pl_install *in);
 size_t ns_pl_install_missing(const ns_pl_install *in); /* resources still needed */
 size_t ns_pl_install_queued(const ns_pl_install *in);  /* verified, not committed yet */
+size_t ns_pl_install_queued_bytes(const ns_pl_install *in);
+/* 1 when resource i's body is committed (or was held before). */
+int ns_pl_install_held(const ns_pl_install *in, size_t i);
+
+/* Batches: commits can run on another thread while the caller verifies
+ * more bodies. With auto flush off (the warmer), ns_pl_install_body[_take]
+ * only queue; the caller takes the queued batch (NULL when empty), commits
+ * it (any thread; the installer is not touched except read-only) and hands
+ * it back on its own thread (marks the bodies held on success, frees it).
+ * At most one batch should be committing at a time. */
+#define NS_PL_BATCH_BYTES ((size_t)4 << 20)
+#define NS_PL_BATCH_BODIES 64
+typedef struct ns_pl_batch ns_pl_batch;
+void ns_pl_install_set_auto_flush(ns_pl_install *in, int on);
+ns_pl_batch *ns_pl_install_take_batch(ns_pl_install *in);
+netstash_error ns_pl_batch_commit(ns_pl_install *in, const ns_pl_batch *b);
+void ns_pl_install_batch_done(ns_pl_install *in, ns_pl_batch *b, netstash_error err);
+/* ns_pl_install_body taking ownership of body (allocated with the
+ * installer's allocator), freed on every outcome. */
+netstash_error ns_pl_install_body_take(ns_pl_install *in, size_t i, uint8_t *body, size_t len);
 void ns_pl_install_free(ns_pl_install *in);
 
 /* ------------------------------------------------------------ serving */

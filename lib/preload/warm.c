@@ -84,6 +84,12 @@ struct netstash_warm {
   uint64_t t0_ms;
   ns_buf mbuf, sbuf; /* manifest and signature bytes */
   int sig_missing;
+  /* conditional manifest fetch: validators recorded by the last install from
+   * this URL, the bytes they stand for, and what the server sent now */
+  char *v_etag, *v_lastmod, *etag, *lastmod;
+  uint8_t *v_mbytes, *v_sig;
+  size_t v_mlen, v_siglen;
+  int not_modified;
   int pending_meta;   /* manifest fetches outstanding */
   netstash_error meta_err;
   netstash_fetch *mf, *sf;
@@ -98,6 +104,14 @@ struct netstash_warm {
   uint64_t budget_used; /* bytes planned for fetches started */
   size_t uncommitted;   /* resources RS_VERIFIED */
   uint64_t first_uncommitted_ms;
+  /* batches commit on libuv's thread pool while the loop keeps reading */
+  uv_work_t cwork;
+  ns_pl_batch *cbatch;
+  netstash_error cerr;
+  int committing;
+  int want_all_done;
+  int finish_pending;
+  netstash_error finish_err;
   uv_timer_t timer, ctimer; /* retries; commit window */
   int timer_init, closing;
   uint64_t last_progress_ms, rate_t_ms, rate_bytes;
@@ -308,13 +322,30 @@ static void free_loop_state(netstash_warm *w) {
   w->order = NULL;
   ns_buf_free(&w->mbuf);
   ns_buf_free(&w->sbuf);
+  ns_free(&w->mem, w->v_etag);
+  ns_free(&w->mem, w->v_lastmod);
+  ns_free(&w->mem, w->etag);
+  ns_free(&w->mem, w->lastmod);
+  ns_free(&w->mem, w->v_mbytes);
+  ns_free(&w->mem, w->v_sig);
+  w->v_etag = w->v_lastmod = w->etag = w->lastmod = NULL;
+  w->v_mbytes = w->v_sig = NULL;
 }
 
 /* Terminal: record the result, tell the caller, release the loop's ref. */
 static void finish(netstash_warm *w, netstash_error err) {
-  if (w->finishing)
+  if (w->finishing && !w->finish_pending)
     return;
   w->finishing = 1;
+  if (w->committing) { /* the batch in flight holds w->in: end after it */
+    if (!w->finish_pending)
+      w->finish_err = err;
+    w->finish_pending = 1;
+    return;
+  }
+  if (w->finish_pending)
+    err = w->finish_err;
+  w->finish_pending = 0;
   if (w->in && (err == NETSTASH_E_CANCELED || err == NETSTASH_E_INCOMPLETE)) {
     /* keep what was verified for the next warm */
     netstash_error fe = ns_pl_install_flush(w->in);
@@ -382,31 +413,85 @@ static void progress(netstash_warm *w, int force) {
 
 /* Reports the verified bodies the installer has committed since. */
 static void report_committed(netstash_warm *w) {
-  if (!w->uncommitted || ns_pl_install_queued(w->in))
+  if (!w->uncommitted)
     return;
   for (size_t i = 0; i < w->m->n_resources; i++)
-    if (w->rs[i].st == RS_VERIFIED) {
+    if (w->rs[i].st == RS_VERIFIED && ns_pl_install_held(w->in, i)) {
       w->rs[i].st = RS_DONE;
+      w->uncommitted--;
       cnt_add(w, NETSTASH_WARM_RESOURCES_DONE, 1);
       emit(w, NETSTASH_WARM_EV_RESOURCE_DONE, w->m->resources[i].url, NETSTASH_OK);
     }
-  w->uncommitted = 0;
 }
 
-static netstash_error commit_now(netstash_warm *w) {
-  netstash_error e = ns_pl_install_flush(w->in);
-  if (e == NETSTASH_OK)
-    report_committed(w);
-  return e;
+static void all_done(netstash_warm *w);
+static void maybe_commit(netstash_warm *w, int force);
+
+static void commit_work(uv_work_t *r) {
+  netstash_warm *w = r->data;
+  w->cerr = ns_pl_batch_commit(w->in, w->cbatch);
+}
+
+static void commit_after(uv_work_t *r, int status) {
+  netstash_warm *w = r->data;
+  netstash_error e = status ? NETSTASH_E_INTERNAL : w->cerr;
+  ns_pl_install_batch_done(w->in, w->cbatch, e);
+  w->cbatch = NULL;
+  w->committing = 0;
+  if (w->finish_pending) {
+    finish(w, w->finish_err);
+    return;
+  }
+  if (e != NETSTASH_OK) {
+    /* the store refused (full, busy, corrupt): stop, keep what is in */
+    ns_detailf(w->detail, sizeof(w->detail), "committing verified bodies: %s",
+               netstash_strerror(e));
+    atomic_store(&w->cancel_req, 1);
+    for (uint32_t k = 0; k < w->concurrency; k++)
+      if (w->slots[k].in_use && w->slots[k].f)
+        netstash_fetch_cancel(w->slots[k].f);
+    w->finish_err = e;
+    if (!w->active)
+      finish(w, e);
+    return;
+  }
+  report_committed(w);
+  if (w->want_all_done)
+    all_done(w);
+  else
+    maybe_commit(w, 0);
+}
+
+/* Starts a commit of the queued bodies when due (force: now). */
+static void maybe_commit(netstash_warm *w, int force) {
+  size_t n = ns_pl_install_queued(w->in);
+  if (w->committing || !n)
+    return;
+  if (!force && ns_pl_install_queued_bytes(w->in) < NS_PL_BATCH_BYTES &&
+      n < NS_PL_BATCH_BODIES && mono_ms() - w->first_uncommitted_ms < COMMIT_WINDOW_MS)
+    return;
+  w->cbatch = ns_pl_install_take_batch(w->in);
+  if (!w->cbatch)
+    return;
+  w->committing = 1;
+  w->cwork.data = w;
+  if (uv_queue_work(&w->ctx->loop, &w->cwork, commit_work, commit_after) != 0) {
+    commit_work(&w->cwork); /* no thread pool: commit here */
+    commit_after(&w->cwork, 0);
+  }
 }
 
 static void all_done(netstash_warm *w) {
   netstash_error e;
   int was_fill = ns_pl_install_plan(w->in) == NS_PL_PLAN_FILL;
+  if (w->committing || ns_pl_install_queued(w->in)) {
+    w->want_all_done = 1; /* after the last batch */
+    maybe_commit(w, 1);
+    return;
+  }
+  w->want_all_done = 0;
   progress(w, 1);
-  e = commit_now(w);
-  if (e == NETSTASH_OK)
-    e = ns_pl_install_publish(w->in);
+  e = ns_pl_install_publish(w->in);
   if (e != NETSTASH_OK) {
     if (!w->detail[0])
       ns_detailf(w->detail, sizeof(w->detail), "%s", netstash_strerror(e));
@@ -479,11 +564,8 @@ static void on_res_data(netstash_fetch *f, const uint8_t *data, size_t len, void
 /* The commit window ran out with no new body: commit what is verified. */
 static void ctimer_cb(uv_timer_t *t) {
   netstash_warm *w = t->data;
-  if (w->finishing || !w->uncommitted)
-    return;
-  netstash_error e = commit_now(w);
-  if (e != NETSTASH_OK)
-    NS_WARN(w->ctx, "preload", "committing verified bodies failed: %s", netstash_strerror(e));
+  if (!w->finishing && w->uncommitted)
+    maybe_commit(w, 1);
 }
 
 static void on_res_complete(netstash_fetch *f, netstash_error err, void *ud) {
@@ -509,29 +591,29 @@ static void on_res_complete(netstash_fetch *f, netstash_error err, void *ud) {
   if (atomic_load(&w->cancel_req)) {
     ns_buf_reset(&s->body);
     if (!w->active)
-      finish(w, NETSTASH_E_CANCELED);
+      finish(w, w->finish_err ? w->finish_err : NETSTASH_E_CANCELED);
     return;
   }
   if (err == NETSTASH_E_CANCELED && s->body.len > r->size)
     err = NETSTASH_E_TOO_LARGE;
   why[0] = '\0';
   if (err == NETSTASH_OK && status == 200) {
-    err = ns_pl_install_body(w->in, i, s->body.data, s->body.len);
+    size_t blen;
+    uint8_t *body = ns_buf_steal(&s->body, &blen); /* handed over, not copied */
+    if (!body)
+      body = ns_malloc(&w->mem, 1), blen = 0;
+    err = body ? ns_pl_install_body_take(w->in, i, body, blen) : NETSTASH_E_NOMEM;
     if (err == NETSTASH_OK) {
-      uint64_t now = mono_ms();
       w->rs[i].st = RS_VERIFIED;
-      if (!w->uncommitted++)
-        w->first_uncommitted_ms = now;
-      if (ns_pl_install_queued(w->in) && now - w->first_uncommitted_ms >= COMMIT_WINDOW_MS)
-        err = commit_now(w);
-      else
-        report_committed(w); /* the batch was full and went in */
+      if (!w->uncommitted++ || !ns_pl_install_queued(w->in))
+        w->first_uncommitted_ms = mono_ms();
+      maybe_commit(w, 0);
       if (w->uncommitted && w->timer_init)
         uv_timer_start(&w->ctimer, ctimer_cb, COMMIT_WINDOW_MS, 0);
     }
     if (err == NETSTASH_E_INTEGRITY) {
-      snprintf(why, sizeof(why), "body (%zu bytes) does not match its integrity %s",
-               s->body.len, s->fallback ? "(from the fallback)" : "");
+      snprintf(why, sizeof(why), "body (%zu bytes) does not match its integrity %s", blen,
+               s->fallback ? "(from the fallback)" : "");
     } else if (err != NETSTASH_OK) {
       snprintf(why, sizeof(why), "cannot store: %s", netstash_strerror(err));
     }
@@ -598,6 +680,8 @@ static netstash_error start_resource(netstash_warm *w, slot *s, size_t i) {
   for (size_t k = 0; !e && k < w->nresolve; k++)
     e = netstash_request_add_resolve(req, w->resolve[k]);
   s->body.max = (size_t)r->size + 1;
+  if (!s->body.data)
+    (void)ns_buf_reserve(&s->body, (size_t)r->size); /* one allocation, handed over */
   s->w = w;
   s->i = i;
   s->fallback = fb != NULL;
@@ -628,7 +712,7 @@ static void pump(netstash_warm *w) {
     return;
   if (atomic_load(&w->cancel_req)) {
     if (!w->active)
-      finish(w, NETSTASH_E_CANCELED);
+      finish(w, w->finish_err ? w->finish_err : NETSTASH_E_CANCELED);
     return;
   }
   for (size_t k = 0; k < w->norder && w->active < w->concurrency; k++) {
@@ -756,9 +840,12 @@ static netstash_error accept_manifest(netstash_warm *w) {
                "budgets.network is \"unmetered\" and the network is metered: warm later");
     return NETSTASH_E_DEFERRED;
   }
-  e = ns_pl_install_begin(w->ctx->store, &w->mem, w->mbuf.data, w->mbuf.len,
-                          w->sig_missing ? NULL : w->sbuf.data, w->sig_missing ? 0 : w->sbuf.len,
-                          w->key_id, w->m, &dev, &w->in, w->detail, sizeof(w->detail));
+  ns_pl_source src = {w->source, w->etag, w->lastmod};
+  e = ns_pl_install_begin_ex(w->ctx->store, &w->mem, w->mbuf.data, w->mbuf.len,
+                             w->sig_missing ? NULL : w->sbuf.data,
+                             w->sig_missing ? 0 : w->sbuf.len, w->key_id, w->m, &dev,
+                             w->kind == SRC_URL && !w->not_modified ? &src : NULL, &w->in,
+                             w->detail, sizeof(w->detail));
   if (e != NETSTASH_OK)
     return e;
   emit(w, NETSTASH_WARM_EV_MANIFEST, NULL, NETSTASH_OK);
@@ -775,6 +862,7 @@ static void start_resources(netstash_warm *w) {
     finish(w, NETSTASH_OK);
     return;
   }
+  ns_pl_install_set_auto_flush(w->in, 0);
   w->rs = ns_calloc(&w->mem, m->n_resources + 1, sizeof(*w->rs));
   w->order = ns_calloc(&w->mem, m->n_resources + 1, sizeof(*w->order));
   w->slots = ns_calloc(&w->mem, w->concurrency, sizeof(*w->slots));
@@ -955,7 +1043,13 @@ static void on_meta_complete(netstash_fetch *f, netstash_error err, void *ud) {
   const char *what = is_sig ? "signature" : "manifest";
   if (err == NETSTASH_E_CANCELED && (is_sig ? w->sbuf.len : w->mbuf.len))
     err = NETSTASH_E_TOO_LARGE;
-  if (is_sig && err == NETSTASH_OK && (status == 404 || status == 410)) {
+  if (!is_sig && err == NETSTASH_OK && status == 304 && w->v_mbytes) {
+    w->not_modified = 1; /* the recorded version is current */
+  } else if (!is_sig && err == NETSTASH_OK && status == 200) {
+    const char *et = netstash_fetch_header(f, "etag"), *lm = netstash_fetch_header(f, "last-modified");
+    w->etag = et ? ns_strdup(&w->mem, et) : NULL;
+    w->lastmod = lm ? ns_strdup(&w->mem, lm) : NULL;
+  } else if (is_sig && err == NETSTASH_OK && (status == 404 || status == 410)) {
     w->sig_missing = 1;
   } else if (err == NETSTASH_OK && status != 200) {
     if (!w->meta_err) {
@@ -976,19 +1070,41 @@ static void on_meta_complete(netstash_fetch *f, netstash_error err, void *ud) {
   netstash_fetch_del(f);
   if (--w->pending_meta)
     return;
-  if (atomic_load(&w->cancel_req))
+  if (atomic_load(&w->cancel_req)) {
     finish(w, NETSTASH_E_CANCELED);
-  else if (w->meta_err)
+    return;
+  }
+  if (w->meta_err) {
     finish(w, w->meta_err);
-  else
-    manifest_ready(w);
+    return;
+  }
+  if (w->not_modified) {
+    /* 304: the bytes (and signature) recorded with the validators */
+    ns_buf_reset(&w->mbuf);
+    ns_buf_reset(&w->sbuf);
+    w->sig_missing = w->v_siglen == 0;
+    if (ns_buf_append(&w->mbuf, w->v_mbytes, w->v_mlen) ||
+        ns_buf_append(&w->sbuf, w->v_sig, w->v_siglen)) {
+      finish(w, NETSTASH_E_NOMEM);
+      return;
+    }
+  }
+  manifest_ready(w);
 }
 
-static netstash_error fetch_meta(netstash_warm *w, const char *url, uint64_t max,
+static netstash_error fetch_meta(netstash_warm *w, const char *url, uint64_t max, int conditional,
                                  netstash_fetch **out) {
   netstash_request *req = NULL;
   netstash_fetch_callbacks cbs = {NULL, on_meta_data, on_meta_complete};
   netstash_error e = netstash_request_new(&req, url);
+  /* not through the HTTP cache: the installer records the manifest and its
+   * validators itself (no second copy, no extra commit before warming) */
+  if (!e)
+    e = netstash_request_set_cache_mode(req, NETSTASH_CACHE_BYPASS);
+  if (!e && conditional && w->v_etag)
+    e = netstash_request_add_header(req, "If-None-Match", w->v_etag);
+  if (!e && conditional && w->v_lastmod)
+    e = netstash_request_add_header(req, "If-Modified-Since", w->v_lastmod);
   if (!e)
     e = netstash_request_set_cookies(req, 0);
   if (!e)
@@ -1054,9 +1170,14 @@ static void start_task_run(netstash_ctx *ctx, ns_task *t) {
     }
     memcpy(sig, w->source, n);
     memcpy(sig + n, ".sig", 5);
-    e = fetch_meta(w, w->source, NS_MANIFEST_MAX_LEN, &w->mf);
+    if (ns_pl_source_get(w->ctx->store, &w->mem, w->source, &w->v_etag, &w->v_lastmod,
+                         &w->v_mbytes, &w->v_mlen, &w->v_sig, &w->v_siglen) != NETSTASH_OK) {
+      w->v_etag = w->v_lastmod = NULL;
+      w->v_mbytes = w->v_sig = NULL;
+    }
+    e = fetch_meta(w, w->source, NS_MANIFEST_MAX_LEN, w->v_mbytes != NULL, &w->mf);
     if (!e)
-      e = fetch_meta(w, sig, NS_SIG_MAX_LEN, &w->sf);
+      e = fetch_meta(w, sig, NS_SIG_MAX_LEN, 0, &w->sf);
     ns_free(&w->mem, sig);
     if (e != NETSTASH_OK) {
       if (w->pending_meta) {

@@ -1732,9 +1732,14 @@ netstash_error ns_store_txn_body_put(ns_store_txn *t, const uint8_t *data, size_
   s = t->s;
   if (len > s->p.max_body)
     return NETSTASH_E_TOO_LARGE;
-  err = hash_body(s, data, len, coding, hash, &decoded);
-  if (err != NETSTASH_OK)
-    return err;
+  if ((flags & NS_STORE_BODY_HASH_GIVEN) && coding == NS_CODING_IDENTITY) {
+    memcpy(hash, out_hash, NS_STORE_HASH_LEN); /* the caller hashed it already */
+    decoded = len;
+  } else {
+    err = hash_body(s, data, len, coding, hash, &decoded);
+    if (err != NETSTASH_OK)
+      return err;
+  }
   memcpy(out_hash, hash, NS_STORE_HASH_LEN);
 
   mval(&k, hash, NS_STORE_HASH_LEN);

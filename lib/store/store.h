@@ -89,6 +89,10 @@ typedef enum ns_store_db {
 
 /* ns_store_body_put flags. */
 #define NS_STORE_BODY_NO_RECOMPRESS 0x1u /* store exactly the coding given */
+/* out_hash already holds the SHA-256 of an identity body, computed by the
+ * caller (who just verified it): the store trusts it and does not hash
+ * again. Only for bodies whose hash the caller computed itself. */
+#define NS_STORE_BODY_HASH_GIVEN 0x2u
 
 typedef struct ns_store_params {
   const ns_mem *mem;      /* default ns_mem_default(); must outlive the store */

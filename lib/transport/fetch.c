@@ -83,6 +83,12 @@ netstash_error netstash_fetch_start_versioned(netstash_ctx *ctx, netstash_reques
                                               int version,
                                               const netstash_fetch_callbacks *cbs,
                                               void *ud, netstash_fetch **out) {
+  return ns_fetch_start_ex(ctx, req, version, cbs, ud, NULL, out);
+}
+
+netstash_error ns_fetch_start_ex(netstash_ctx *ctx, netstash_request *req, int version,
+                                 const netstash_fetch_callbacks *cbs, void *ud,
+                                 const ns_fetch_hooks *hooks, netstash_fetch **out) {
   netstash_fetch *f;
   netstash_error rv;
   if (!out)
@@ -108,6 +114,8 @@ netstash_error netstash_fetch_start_versioned(netstash_ctx *ctx, netstash_reques
   }
   if (cbs)
     f->cbs = *cbs; /* V1 is the only layout so far */
+  if (hooks)
+    f->hooks = *hooks;
   f->ud = ud;
   atomic_init(&f->refs, 2); /* caller + loop */
   atomic_init(&f->cancel_requested, 0);

@@ -53,6 +53,16 @@ struct netstash_request {
   int top_level_navigation;
   ns_url initiator;      /* url == NULL: browser-initiated */
   int has_cookie_header;
+  /* browser-level attributes (include/netstash/interceptor.h) */
+  int destination;
+  int mode;
+  int credentials;
+  int from_worker;
+  uint32_t load_flags;
+  int redirect_mode_set;
+  int priority_set;
+  int no_preload; /* never answered from the preload store */
+  uint64_t pull_buffer;
 };
 
 void ns_request_ref(netstash_request *req);
@@ -67,6 +77,13 @@ typedef enum ns_fetch_state {
   NS_FETCH_DONE
 } ns_fetch_state;
 
+/* Internal extras of a fetch (the interceptor's jobs). Loop thread. */
+typedef struct ns_fetch_hooks {
+  /* a redirect is being followed: status, absolute target */
+  void (*on_redirect)(netstash_fetch *f, int status, const char *location, void *ud);
+  void *ud;
+} ns_fetch_hooks;
+
 typedef struct ns_header {
   uint32_t name_off, value_off; /* into fetch->hdr_arena */
 } ns_header;
@@ -78,6 +95,7 @@ struct netstash_fetch {
   atomic_int refs;
   netstash_fetch_callbacks cbs;
   void *ud;
+  ns_fetch_hooks hooks;
 
   ns_task start_task, cancel_task;
   atomic_int cancel_requested;
@@ -139,6 +157,11 @@ struct netstash_fetch {
   char detail[256];
   char errbuf[256]; /* CURL_ERROR_SIZE */
 };
+
+/* netstash_fetch_start_versioned with internal hooks (may be NULL). */
+netstash_error ns_fetch_start_ex(netstash_ctx *ctx, netstash_request *req, int version,
+                                 const netstash_fetch_callbacks *cbs, void *ud,
+                                 const ns_fetch_hooks *hooks, netstash_fetch **out);
 
 /* Starts a fetch nobody holds (background revalidation): refs = loop only. */
 netstash_error ns_fetch_start_detached(netstash_ctx *ctx, netstash_request *req);

@@ -630,6 +630,8 @@ static void follow_redirect(netstash_fetch *f) {
   ns_url_free(&f->mem, &f->cur);
   f->cur = next;
   f->redirects_left--;
+  if (f->hooks.on_redirect && !atomic_load(&f->orphaned))
+    f->hooks.on_redirect(f, status, f->cur.url, f->hooks.ud);
   /* RFC 9110 15.4: 303 turns into GET; 301/302 after POST too, as every
    * browser does. 307/308 keep method and body. */
   if (status == 303 || ((status == 301 || status == 302) && f->req->method &&
@@ -1363,7 +1365,7 @@ static int preload_consult(netstash_fetch *f, int is_head) {
   ns_cache_range r;
   netstash_error rv;
   int partial = 0;
-  if (!f->ctx->store || req->cache_mode == NETSTASH_CACHE_BYPASS || !f->cur.url ||
+  if (!f->ctx->store || req->cache_mode == NETSTASH_CACHE_BYPASS || req->no_preload || !f->cur.url ||
       strncmp(f->cur.url, "https://", 8) != 0)
     return 0;
   if (!tr->pl_reader && ns_store_reader_new(f->ctx->store, &tr->pl_reader) != NETSTASH_OK)
