@@ -610,6 +610,8 @@ struct ns_pl_install {
   size_t dlen;
   netstash_error result; /* begin's verdict for CONTROL plans */
   const ns_pl_source *src;
+  void (*recycle)(void *ud, uint8_t *data);
+  void *recycle_ud;
 };
 
 ns_pl_plan ns_pl_install_plan(const ns_pl_install *in) {
@@ -632,6 +634,10 @@ int ns_pl_install_held(const ns_pl_install *in, size_t i) {
 }
 void ns_pl_install_set_auto_flush(ns_pl_install *in, int on) {
   in->auto_flush = on;
+}
+void ns_pl_install_set_recycle(ns_pl_install *in, void (*fn)(void *ud, uint8_t *data), void *ud) {
+  in->recycle = fn;
+  in->recycle_ud = ud;
 }
 
 static netstash_error device_id(ns_store_txn *t, const ns_pl_device *dev, char *out, size_t cap) {
@@ -1080,7 +1086,10 @@ void ns_pl_install_batch_done(ns_pl_install *in, ns_pl_batch *b, netstash_error 
       in->held[q->i] = 1;
       memcpy(in->sha[q->i], q->sha, 32);
     }
-    ns_free(in->mem, q->data);
+    if (in->recycle)
+      in->recycle(in->recycle_ud, q->data);
+    else
+      ns_free(in->mem, q->data);
   }
   if (b != &in->cur) {
     in->committing -= b->nq;

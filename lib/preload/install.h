@@ -215,10 +215,13 @@ int ns_pl_install_held(const ns_pl_install *in, size_t i);
  * it (any thread; the installer is not touched except read-only) and hands
  * it back on its own thread (marks the bodies held on success, frees it).
  * At most one batch should be committing at a time. */
-#define NS_PL_BATCH_BYTES ((size_t)4 << 20)
-#define NS_PL_BATCH_BODIES 64
+#define NS_PL_BATCH_BYTES ((size_t)1 << 20)
+#define NS_PL_BATCH_BODIES 32
 typedef struct ns_pl_batch ns_pl_batch;
 void ns_pl_install_set_auto_flush(ns_pl_install *in, int on);
+/* Committed (or dropped) bodies go to fn instead of being freed (a buffer
+ * pool: fresh buffers cost page faults). */
+void ns_pl_install_set_recycle(ns_pl_install *in, void (*fn)(void *ud, uint8_t *data), void *ud);
 ns_pl_batch *ns_pl_install_take_batch(ns_pl_install *in);
 netstash_error ns_pl_batch_commit(ns_pl_install *in, const ns_pl_batch *b);
 void ns_pl_install_batch_done(ns_pl_install *in, ns_pl_batch *b, netstash_error err);

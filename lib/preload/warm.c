@@ -34,6 +34,9 @@ enum { RS_QUEUED = 0, RS_RUNNING, RS_WAIT_RETRY, RS_VERIFIED, RS_DONE, RS_PRESEN
 /* A body is reported done once committed: verified bodies wait in the
  * installer's batch at most this long (a kill -9 loses no more). */
 #define COMMIT_WINDOW_MS 100
+#define POOL_MAX 64            /* idle body buffers kept */
+#define POOL_BUF_MAX (4u << 20) /* larger ones are freed */
+#define OUT_MAX 512            /* buffers out with the installer */
 
 typedef struct slot {
   struct netstash_warm *w;
@@ -107,6 +110,12 @@ struct netstash_warm {
   /* batches commit on libuv's thread pool while the loop keeps reading */
   uv_work_t cwork;
   ns_pl_batch *cbatch;
+  /* body buffers: handed to the installer, recycled after their commit */
+  struct {
+    uint8_t *p;
+    size_t cap;
+  } pool[POOL_MAX], out[OUT_MAX];
+  size_t npool, nout;
   netstash_error cerr;
   int committing;
   int want_all_done;
@@ -309,6 +318,10 @@ static void timer_closed(uv_handle_t *h) {
 static void free_loop_state(netstash_warm *w) {
   ns_pl_install_free(w->in);
   w->in = NULL;
+  for (size_t k = 0; k < w->npool; k++)
+    ns_free(&w->mem, w->pool[k].p);
+  w->npool = 0;
+  w->nout = 0;
   ns_manifest_del(w->m);
   w->m = NULL;
   if (w->slots)
@@ -561,6 +574,39 @@ static void on_res_data(netstash_fetch *f, const uint8_t *data, size_t len, void
   progress(s->w, 0);
 }
 
+/* A buffer the installer is done with: back to the pool. */
+static void recycle(void *ud, uint8_t *data) {
+  netstash_warm *w = ud;
+  size_t cap = 0;
+  for (size_t k = 0; k < w->nout; k++)
+    if (w->out[k].p == data) {
+      cap = w->out[k].cap;
+      w->out[k] = w->out[--w->nout];
+      break;
+    }
+  if (cap && cap <= POOL_BUF_MAX && w->npool < POOL_MAX) {
+    w->pool[w->npool].p = data;
+    w->pool[w->npool].cap = cap;
+    w->npool++;
+  } else {
+    ns_free(&w->mem, data);
+  }
+}
+
+/* A pooled buffer of at least need bytes for slot s, if any. */
+static void take_pooled(netstash_warm *w, slot *s, size_t need) {
+  size_t best = SIZE_MAX;
+  for (size_t k = 0; k < w->npool; k++)
+    if (w->pool[k].cap >= need && (best == SIZE_MAX || w->pool[k].cap < w->pool[best].cap))
+      best = k;
+  if (best == SIZE_MAX)
+    return;
+  s->body.data = w->pool[best].p;
+  s->body.cap = w->pool[best].cap;
+  s->body.len = 0;
+  w->pool[best] = w->pool[--w->npool];
+}
+
 /* The commit window ran out with no new body: commit what is verified. */
 static void ctimer_cb(uv_timer_t *t) {
   netstash_warm *w = t->data;
@@ -598,8 +644,13 @@ static void on_res_complete(netstash_fetch *f, netstash_error err, void *ud) {
     err = NETSTASH_E_TOO_LARGE;
   why[0] = '\0';
   if (err == NETSTASH_OK && status == 200) {
-    size_t blen;
+    size_t blen, bcap = s->body.cap;
     uint8_t *body = ns_buf_steal(&s->body, &blen); /* handed over, not copied */
+    if (body && w->nout < OUT_MAX) {
+      w->out[w->nout].p = body;
+      w->out[w->nout].cap = bcap;
+      w->nout++;
+    }
     if (!body)
       body = ns_malloc(&w->mem, 1), blen = 0;
     err = body ? ns_pl_install_body_take(w->in, i, body, blen) : NETSTASH_E_NOMEM;
@@ -680,6 +731,8 @@ static netstash_error start_resource(netstash_warm *w, slot *s, size_t i) {
   for (size_t k = 0; !e && k < w->nresolve; k++)
     e = netstash_request_add_resolve(req, w->resolve[k]);
   s->body.max = (size_t)r->size + 1;
+  if (!s->body.data)
+    take_pooled(w, s, (size_t)r->size + 1);
   if (!s->body.data)
     (void)ns_buf_reserve(&s->body, (size_t)r->size); /* one allocation, handed over */
   s->w = w;
@@ -863,6 +916,7 @@ static void start_resources(netstash_warm *w) {
     return;
   }
   ns_pl_install_set_auto_flush(w->in, 0);
+  ns_pl_install_set_recycle(w->in, recycle, w);
   w->rs = ns_calloc(&w->mem, m->n_resources + 1, sizeof(*w->rs));
   w->order = ns_calloc(&w->mem, m->n_resources + 1, sizeof(*w->order));
   w->slots = ns_calloc(&w->mem, w->concurrency, sizeof(*w->slots));
