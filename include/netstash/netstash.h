@@ -9,5 +9,6 @@
 #include "cache.h"
 #include "cookie.h"
 #include "preload.h"
+#include "interceptor.h"
 
 #endif /* NETSTASH_H */

@@ -186,6 +186,7 @@ netstash_error netstash_request_set_priority(netstash_request *r, netstash_prior
   if ((int)p < NETSTASH_PRIORITY_IDLE || p > NETSTASH_PRIORITY_HIGHEST)
     return NETSTASH_E_INVALID_ARGUMENT;
   r->priority = p;
+  r->priority_set = 1;
   return NETSTASH_OK;
 }
 

@@ -1682,3 +1682,11 @@ void ns_transport_del(ns_transport *tr) {
   curl_share_cleanup(tr->share);
   ns_free(&tr->ctx->mem, tr);
 }
+
+netstash_error ns_transport_pause(netstash_fetch *f, int pause) {
+  if (!f->easy || f->state != NS_FETCH_ACTIVE)
+    return NETSTASH_E_ILLEGAL_STATE;
+  return curl_easy_pause(f->easy, pause ? CURLPAUSE_RECV : CURLPAUSE_CONT) == CURLE_OK
+             ? NETSTASH_OK
+             : NETSTASH_E_INTERNAL;
+}

@@ -20,4 +20,9 @@ void ns_transport_shutdown(ns_transport *tr);
 /* After the loop ended. NULL accepted. */
 void ns_transport_del(ns_transport *tr);
 
+/* Stops (pause 1) or restarts reading a fetch's response (the
+ * interceptor's pull mode). Loop thread; NETSTASH_E_ILLEGAL_STATE when the
+ * fetch has no transfer on the network (answered from a store, ended). */
+netstash_error ns_transport_pause(netstash_fetch *f, int pause);
+
 #endif

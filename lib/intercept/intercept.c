@@ -1,0 +1,447 @@
+/*
+ * intercept.c — the resource-interceptor ABI (include/netstash/interceptor.h)
+ * over the fetch engine: browser-level request attributes mapped onto the
+ * engine's knobs, jobs with push or pull bodies, the synchronous preload
+ * fast path.
+ */
+#include "ns_setup.h"
+
+#include <stdatomic.h>
+#include <string.h>
+#include <time.h>
+#include <uv.h>
+
+#include "core/buf.h"
+#include "core/ctx.h"
+#include "core/url.h"
+#include "transport/fetch.h"
+#include "transport/transport.h"
+
+#define PULL_DEFAULT ((uint64_t)1 << 20)
+#define PULL_MIN ((uint64_t)16 << 10)
+#define FOLLOW_MAX 20
+
+/* ------------------------------------------------------------ request attributes */
+
+static netstash_error frozen(const netstash_request *r) {
+  return atomic_load(&((netstash_request *)r)->frozen) ? NETSTASH_E_ILLEGAL_STATE : NETSTASH_OK;
+}
+
+netstash_error netstash_request_set_destination(netstash_request *r, netstash_destination d) {
+  if (!r || (unsigned)d > NETSTASH_DEST_OTHER)
+    return NETSTASH_E_INVALID_ARGUMENT;
+  if (frozen(r))
+    return NETSTASH_E_ILLEGAL_STATE;
+  r->destination = (int)d;
+  return NETSTASH_OK;
+}
+
+netstash_error netstash_request_set_mode(netstash_request *r, netstash_request_mode m) {
+  if (!r || (unsigned)m > NETSTASH_MODE_NAVIGATE)
+    return NETSTASH_E_INVALID_ARGUMENT;
+  if (frozen(r))
+    return NETSTASH_E_ILLEGAL_STATE;
+  r->mode = (int)m;
+  return NETSTASH_OK;
+}
+
+netstash_error netstash_request_set_credentials(netstash_request *r, netstash_credentials c) {
+  if (!r || (unsigned)c > NETSTASH_CREDENTIALS_OMIT)
+    return NETSTASH_E_INVALID_ARGUMENT;
+  if (frozen(r))
+    return NETSTASH_E_ILLEGAL_STATE;
+  r->credentials = (int)c;
+  return NETSTASH_OK;
+}
+
+netstash_error netstash_request_set_from_worker(netstash_request *r, int from_worker) {
+  if (!r)
+    return NETSTASH_E_INVALID_ARGUMENT;
+  if (frozen(r))
+    return NETSTASH_E_ILLEGAL_STATE;
+  r->from_worker = from_worker ? 1 : 0;
+  return NETSTASH_OK;
+}
+
+netstash_error netstash_request_set_load_flags(netstash_request *r, uint32_t flags) {
+  if (!r || (flags & ~0x1fu))
+    return NETSTASH_E_INVALID_ARGUMENT;
+  if (frozen(r))
+    return NETSTASH_E_ILLEGAL_STATE;
+  r->load_flags = flags;
+  if (flags & NETSTASH_LOAD_DISABLE_CACHE) {
+    r->cache_mode = NETSTASH_CACHE_BYPASS;
+    r->no_preload = 1;
+  } else if (flags & NETSTASH_LOAD_ONLY_FROM_CACHE) {
+    r->cache_mode = NETSTASH_CACHE_ONLY_IF_CACHED;
+  } else if (flags & NETSTASH_LOAD_BYPASS_CACHE) {
+    r->cache_mode = NETSTASH_CACHE_BYPASS;
+  } else if (flags & NETSTASH_LOAD_VALIDATE_CACHE) {
+    r->cache_mode = NETSTASH_CACHE_VALIDATE;
+  } else if (flags & NETSTASH_LOAD_SKIP_VALIDATION) {
+    r->cache_mode = NETSTASH_CACHE_SKIP_VALIDATION;
+  } else {
+    r->cache_mode = NETSTASH_CACHE_DEFAULT;
+  }
+  return NETSTASH_OK;
+}
+
+netstash_error netstash_request_set_redirect_mode(netstash_request *r, netstash_redirect_mode m) {
+  if (!r || (unsigned)m > NETSTASH_REDIRECT_MANUAL)
+    return NETSTASH_E_INVALID_ARGUMENT;
+  if (frozen(r))
+    return NETSTASH_E_ILLEGAL_STATE;
+  r->follow = m == NETSTASH_REDIRECT_FOLLOW ? FOLLOW_MAX : 0;
+  r->redirect_mode_set = 1;
+  return NETSTASH_OK;
+}
+
+netstash_error netstash_request_set_pull_buffer(netstash_request *r, uint64_t bytes) {
+  if (!r || bytes < PULL_MIN)
+    return NETSTASH_E_INVALID_ARGUMENT;
+  if (frozen(r))
+    return NETSTASH_E_ILLEGAL_STATE;
+  r->pull_buffer = bytes;
+  return NETSTASH_OK;
+}
+
+/* Chromium's Accept values per destination (net/http/http_util, blink). */
+static const char *accept_for(int d) {
+  switch (d) {
+  case NETSTASH_DEST_DOCUMENT:
+  case NETSTASH_DEST_IFRAME:
+    return "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,"
+           "*/*;q=0.8";
+  case NETSTASH_DEST_STYLE:
+    return "text/css,*/*;q=0.1";
+  case NETSTASH_DEST_IMAGE:
+    return "image/avif,image/webp,image/apng,image/svg+xml,image/*,*/*;q=0.8";
+  default:
+    return "*/*";
+  }
+}
+
+static netstash_priority priority_for(int d) {
+  switch (d) {
+  case NETSTASH_DEST_DOCUMENT:
+  case NETSTASH_DEST_IFRAME:
+  case NETSTASH_DEST_STYLE:
+  case NETSTASH_DEST_FONT:
+    return NETSTASH_PRIORITY_HIGHEST;
+  case NETSTASH_DEST_SCRIPT:
+  case NETSTASH_DEST_EMPTY:
+  case NETSTASH_DEST_WORKER:
+  case NETSTASH_DEST_MANIFEST:
+    return NETSTASH_PRIORITY_MEDIUM;
+  default:
+    return NETSTASH_PRIORITY_LOW;
+  }
+}
+
+/* scheme://host:port of a normalised URL equals that of origin? */
+static int same_origin(const ns_mem *mem, const char *url, const char *origin) {
+  ns_url a, b;
+  int same;
+  if (ns_url_parse(mem, url, &a, NULL, 0) != NETSTASH_OK)
+    return 0;
+  if (ns_url_parse(mem, origin, &b, NULL, 0) != NETSTASH_OK) {
+    ns_url_free(mem, &a);
+    return 0;
+  }
+  same = !strcmp(a.scheme, b.scheme) && !ns_ascii_casecmp(a.host, b.host) && a.port == b.port;
+  ns_url_free(mem, &a);
+  ns_url_free(mem, &b);
+  return same;
+}
+
+static int has_header(const netstash_request *r, const char *name) {
+  size_t n = strlen(name);
+  for (size_t i = 0; i < r->nheaders; i++)
+    if (!ns_ascii_casecmp_n(r->headers[i], name, n) && r->headers[i][n] == ':')
+      return 1;
+  return 0;
+}
+
+/* Applies the browser-level attributes to the engine's knobs, before the
+ * request is frozen. */
+static netstash_error apply(netstash_ctx *ctx, netstash_request *r) {
+  netstash_error e = NETSTASH_OK;
+  int nav = r->destination == NETSTASH_DEST_DOCUMENT || r->destination == NETSTASH_DEST_IFRAME;
+  if (r->mode == NETSTASH_MODE_SAME_ORIGIN && r->initiator.url &&
+      !same_origin(&ctx->mem, r->url.url, r->initiator.url))
+    return NETSTASH_E_INVALID_ARGUMENT;
+  if (r->credentials == NETSTASH_CREDENTIALS_OMIT ||
+      (r->credentials == NETSTASH_CREDENTIALS_SAME_ORIGIN && r->initiator.url &&
+       !same_origin(&ctx->mem, r->url.url, r->initiator.url)))
+    r->no_cookies = 1;
+  if (r->from_worker && nav)
+    r->no_preload = 1;
+  if (!r->redirect_mode_set && !r->follow)
+    r->follow = FOLLOW_MAX;
+  if (!has_header(r, "accept"))
+    e = netstash_request_add_header(r, "Accept", accept_for(r->destination));
+  if (!e && !r->priority_set)
+    r->priority = priority_for(r->destination);
+  return e;
+}
+
+/* ------------------------------------------------------------ fast path */
+
+netstash_error netstash_intercept_preloaded(const netstash_request *req,
+                                            netstash_preload_hit *hit) {
+  if (!req || !hit)
+    return NETSTASH_E_INVALID_ARGUMENT;
+  if ((req->method && strcmp(req->method, "GET") != 0) || req->has_body || req->no_preload ||
+      req->cache_mode == NETSTASH_CACHE_BYPASS || has_header(req, "range") ||
+      (req->from_worker &&
+       (req->destination == NETSTASH_DEST_DOCUMENT || req->destination == NETSTASH_DEST_IFRAME)))
+    return NETSTASH_E_NOT_FOUND;
+  return netstash_preload_lookup(hit, req->url.url);
+}
+
+/* ------------------------------------------------------------ jobs */
+
+struct netstash_job {
+  ns_mem mem;
+  netstash_ctx *ctx;
+  netstash_fetch *f;
+  netstash_job_callbacks cbs;
+  void *ud;
+  atomic_int refs; /* caller + the fetch's callbacks */
+  atomic_int orphaned;       /* the caller let go: no more callbacks */
+  atomic_int resume_pending; /* resume_task queued */
+  int destination, from_worker;
+  int manual;
+  char *redirect_url;
+
+  /* pull mode, guarded by lock */
+  int pull;
+  uv_mutex_t lock;
+  uv_cond_t cond;
+  ns_buf q;
+  size_t q_off;
+  uint64_t pull_max;
+  int paused;
+  int ended;
+  netstash_error result;
+  ns_task resume_task;
+};
+
+static void job_unref(netstash_job *j) {
+  if (atomic_fetch_sub(&j->refs, 1) != 1)
+    return;
+  netstash_fetch_del(j->f);
+  ns_buf_free(&j->q);
+  ns_free(&j->mem, j->redirect_url);
+  uv_cond_destroy(&j->cond);
+  uv_mutex_destroy(&j->lock);
+  ns_mem mem = j->mem;
+  ns_free(&mem, j);
+}
+
+static int live(netstash_job *j) {
+  return !atomic_load(&j->orphaned);
+}
+
+static void on_redirect_hook(netstash_fetch *f, int status, const char *location, void *ud) {
+  netstash_job *j = ud;
+  (void)f;
+  if (live(j) && j->cbs.on_redirect)
+    j->cbs.on_redirect(j, status, location, j->ud);
+}
+
+static void on_response(netstash_fetch *f, void *ud) {
+  netstash_job *j = ud;
+  int st = netstash_fetch_status(f);
+  if (j->manual && st >= 300 && st < 400 && st != 304) {
+    const char *loc = netstash_fetch_header(f, "location");
+    ns_url u;
+    if (loc && ns_url_resolve(&j->mem, netstash_fetch_effective_url(f), loc, &u, NULL, 0) ==
+                   NETSTASH_OK) {
+      j->redirect_url = ns_strdup(&j->mem, u.url);
+      ns_url_free(&j->mem, &u);
+    }
+  }
+  if (live(j) && j->cbs.on_response)
+    j->cbs.on_response(j, j->ud);
+}
+
+static void on_data(netstash_fetch *f, const uint8_t *data, size_t len, void *ud) {
+  netstash_job *j = ud;
+  int notify;
+  if (!j->pull) {
+    if (live(j))
+      j->cbs.on_data(j, data, len, j->ud);
+    return;
+  }
+  if (!live(j))
+    return;
+  uv_mutex_lock(&j->lock);
+  notify = j->q.len == j->q_off;
+  if (ns_buf_append(&j->q, data, len) != NETSTASH_OK) {
+    uv_mutex_unlock(&j->lock);
+    netstash_fetch_cancel(f); /* out of memory: the job ends */
+    return;
+  }
+  if (!j->paused && j->q.len - j->q_off >= j->pull_max &&
+      ns_transport_pause(f, 1) == NETSTASH_OK)
+    j->paused = 1;
+  uv_cond_broadcast(&j->cond);
+  uv_mutex_unlock(&j->lock);
+  if (notify && live(j) && j->cbs.on_readable)
+    j->cbs.on_readable(j, j->ud);
+}
+
+static void on_complete(netstash_fetch *f, netstash_error err, void *ud) {
+  netstash_job *j = ud;
+  (void)f;
+  uv_mutex_lock(&j->lock);
+  j->ended = 1;
+  j->result = err;
+  uv_cond_broadcast(&j->cond);
+  uv_mutex_unlock(&j->lock);
+  if (j->pull && live(j) && j->cbs.on_readable)
+    j->cbs.on_readable(j, j->ud);
+  if (live(j) && j->cbs.on_complete)
+    j->cbs.on_complete(j, err, j->ud);
+  job_unref(j); /* the callbacks' reference */
+}
+
+static void resume_task_run(netstash_ctx *ctx, ns_task *t) {
+  netstash_job *j = (netstash_job *)((char *)t - offsetof(netstash_job, resume_task));
+  (void)ctx;
+  atomic_store(&j->resume_pending, 0);
+  uv_mutex_lock(&j->lock);
+  int was = j->paused;
+  j->paused = 0;
+  uv_mutex_unlock(&j->lock);
+  if (was)
+    ns_transport_pause(j->f, 0);
+  job_unref(j);
+}
+
+netstash_error netstash_job_start_versioned(netstash_ctx *ctx, netstash_request *req,
+                                            int version, const netstash_job_callbacks *cbs,
+                                            void *ud, netstash_job **out) {
+  netstash_job *j;
+  netstash_error e;
+  netstash_fetch_callbacks fc = {on_response, on_data, on_complete};
+  ns_fetch_hooks hooks;
+  if (!out)
+    return NETSTASH_E_INVALID_ARGUMENT;
+  *out = NULL;
+  if (!ctx || !req || (cbs && version < NETSTASH_JOB_CALLBACKS_V1))
+    return NETSTASH_E_INVALID_ARGUMENT;
+  if (atomic_load(&req->frozen))
+    return NETSTASH_E_ILLEGAL_STATE;
+  if ((e = apply(ctx, req)) != NETSTASH_OK)
+    return e;
+  j = ns_calloc(&ctx->mem, 1, sizeof(*j));
+  if (!j)
+    return NETSTASH_E_NOMEM;
+  j->mem = ctx->mem;
+  j->ctx = ctx;
+  if (cbs)
+    j->cbs = *cbs; /* V1 is the only layout so far */
+  j->ud = ud;
+  j->destination = req->destination;
+  j->from_worker = req->from_worker;
+  j->manual = req->follow == 0;
+  j->pull = !j->cbs.on_data;
+  j->pull_max = req->pull_buffer ? req->pull_buffer : PULL_DEFAULT;
+  j->result = NETSTASH_E_ILLEGAL_STATE;
+  j->resume_task.run = resume_task_run;
+  ns_buf_init(&j->q, &j->mem, SIZE_MAX);
+  if (uv_mutex_init(&j->lock) != 0) {
+    ns_free(&ctx->mem, j);
+    return NETSTASH_E_INTERNAL;
+  }
+  if (uv_cond_init(&j->cond) != 0) {
+    uv_mutex_destroy(&j->lock);
+    ns_free(&ctx->mem, j);
+    return NETSTASH_E_INTERNAL;
+  }
+  atomic_init(&j->refs, 2);
+  hooks.on_redirect = on_redirect_hook;
+  hooks.ud = j;
+  e = ns_fetch_start_ex(ctx, req, NETSTASH_FETCH_CALLBACKS_VERSION, &fc, j, &hooks, &j->f);
+  if (e != NETSTASH_OK) {
+    atomic_store(&j->refs, 1);
+    job_unref(j);
+    return e;
+  }
+  *out = j;
+  return NETSTASH_OK;
+}
+
+netstash_error netstash_job_cancel(netstash_job *j) {
+  return j ? netstash_fetch_cancel(j->f) : NETSTASH_E_INVALID_ARGUMENT;
+}
+
+void netstash_job_del(netstash_job *j) {
+  if (!j)
+    return;
+  atomic_store(&j->orphaned, 1);
+  netstash_fetch_cancel(j->f);
+  job_unref(j);
+}
+
+netstash_error netstash_job_wait(netstash_job *j, uint32_t timeout_ms) {
+  return j ? netstash_fetch_wait(j->f, timeout_ms) : NETSTASH_E_INVALID_ARGUMENT;
+}
+
+netstash_error netstash_job_read(netstash_job *j, uint8_t *buf, size_t cap, size_t *n) {
+  size_t avail;
+  int resume = 0;
+  netstash_error e = NETSTASH_OK;
+  if (!j || !n || (cap && !buf))
+    return NETSTASH_E_INVALID_ARGUMENT;
+  *n = 0;
+  if (!j->pull)
+    return NETSTASH_E_ILLEGAL_STATE;
+  uv_mutex_lock(&j->lock);
+  avail = j->q.len - j->q_off;
+  if (avail) {
+    size_t k = avail < cap ? avail : cap;
+    memcpy(buf, j->q.data + j->q_off, k);
+    j->q_off += k;
+    *n = k;
+    if (j->q_off == j->q.len) {
+      ns_buf_reset(&j->q);
+      j->q_off = 0;
+    }
+    resume = j->paused && j->q.len - j->q_off < j->pull_max / 2;
+  } else if (j->ended) {
+    e = j->result;
+  } else {
+    e = NETSTASH_E_AGAIN;
+  }
+  uv_mutex_unlock(&j->lock);
+  if (resume && !atomic_exchange(&j->resume_pending, 1)) {
+    atomic_fetch_add(&j->refs, 1); /* the queued task's */
+    if (ns_ctx_post(j->ctx, &j->resume_task) != NETSTASH_OK) {
+      atomic_store(&j->resume_pending, 0);
+      job_unref(j);
+    }
+  }
+  return e;
+}
+
+const netstash_fetch *netstash_job_fetch(const netstash_job *j) {
+  return j ? j->f : NULL;
+}
+netstash_source netstash_job_source(const netstash_job *j) {
+  return j ? netstash_fetch_source(j->f) : NETSTASH_SOURCE_NONE;
+}
+int netstash_job_status(const netstash_job *j) {
+  return j ? netstash_fetch_status(j->f) : 0;
+}
+const char *netstash_job_redirect_url(const netstash_job *j) {
+  return j ? j->redirect_url : NULL;
+}
+netstash_destination netstash_job_destination(const netstash_job *j) {
+  return j ? (netstash_destination)j->destination : NETSTASH_DEST_EMPTY;
+}
+int netstash_job_from_worker(const netstash_job *j) {
+  return j ? j->from_worker : 0;
+}
