@@ -1236,11 +1236,19 @@ netstash_error ns_pl_lookup(ns_store_reader *r, const char *url, size_t url_len,
       return NETSTASH_E_STORE_CORRUPT;
     vl = get_le32(p);
     p += 4;
-    if ((size_t)(end - p) < vl || ns_pl_state_decode(p, vl, &x.st) != NETSTASH_OK)
+    if ((size_t)(end - p) < vl || vl < STATE_FIXED + 16)
+      return NETSTASH_E_STORE_CORRUPT;
+    {
+      /* cheap checks on the fixed part before decoding the rest */
+      int64_t exp = (int64_t)get_le64(p + 40);
+      if (!get_le64(p + 8) || get_le32(p + 4) || (exp && exp <= now_s)) {
+        p += vl;
+        continue;
+      }
+    }
+    if (ns_pl_state_decode(p, vl, &x.st) != NETSTASH_OK)
       return NETSTASH_E_STORE_CORRUPT;
     p += vl;
-    if (!x.st.active || x.st.flags || (x.st.expires_s && x.st.expires_s <= now_s))
-      continue;
     x.scope_len = covering(&x.st, url, url_len);
     x.published_ms = x.st.published_ms;
     if (!x.scope_len)

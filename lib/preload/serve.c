@@ -151,7 +151,9 @@ static netstash_error lookup_norm(netstash_preload_hit *hit, const char *url, si
     netstash_preload_hit_release(hit);
     return e;
   }
-  snprintf(hit->id, sizeof(hit->id), "%.*s", (int)hit->h.id_len, hit->h.id);
+  size_t il = hit->h.id_len < sizeof(hit->id) - 1 ? hit->h.id_len : sizeof(hit->id) - 1;
+  memcpy(hit->id, hit->h.id, il);
+  hit->id[il] = '\0';
   hit->valid = 1;
   return NETSTASH_OK;
 }

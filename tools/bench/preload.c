@@ -8,6 +8,8 @@
  * Setup: a profile with 8 manifests (one of RESOURCES resources under
  * https://bench.test/app/, seven small ones with other scopes, one of them
  * overlapping), installed and published with the internal installer.
+ * raw:    LMDB alone: mdb_txn_renew + mdb_get of the entry's key (known in
+ *         advance) + mdb_txn_reset — the physical floor of a head lookup.
  * floor:  ns_store_read_begin + ns_store_get_with_body of the entry's key,
  *         known in advance + read_end: what any lookup must at least do.
  * hit:    netstash_preload_lookup(url) (URL form check, serving index, scope
@@ -28,6 +30,8 @@
 
 #include <netstash/netstash.h>
 #include <openssl/evp.h>
+
+#include <lmdb.h>
 
 #include "preload/install.h"
 #include "preload/manifest.h"
@@ -225,10 +229,48 @@ int main(int argc, char **argv) {
   fl.allocs = n_alloc - a0;
   fl.rss_kb = peak_rss_kb();
   qsort(t, lookups, sizeof(uint64_t), cmp_u64);
-  uint64_t floor_p50 = t[lookups / 2];
+  uint64_t floor_p50 = t[lookups / 2], raw_p50 = 0;
   report(&fl, lookups, floor_p50);
   ns_store_reader_del(r);
   ns_store_close(s);
+
+  /* raw LMDB: one mdb_get of the entry record (its key known) per lookup */
+  {
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi dbi;
+    char sdir[512];
+    snprintf(sdir, sizeof(sdir), "%s/store", dir);
+    if (mdb_env_create(&env) || mdb_env_set_maxdbs(env, 16) ||
+        mdb_env_open(env, sdir, MDB_RDONLY | MDB_NOTLS, 0600) ||
+        mdb_txn_begin(env, NULL, MDB_RDONLY, &txn) || mdb_dbi_open(txn, "preload", 0, &dbi) ||
+        mdb_txn_commit(txn) || mdb_txn_begin(env, NULL, MDB_RDONLY, &txn))
+      die("raw LMDB open");
+    mdb_txn_reset(txn);
+    size_t found = 0;
+    phase raw = {"raw mdb_get (head)", t, 0, 0};
+    a0 = n_alloc;
+    for (size_t k = 0; k < lookups; k++) {
+      MDB_val key = {keys[pick[k]].len, keys[pick[k]].data}, val;
+      uint64_t t0 = now_ns();
+      mdb_txn_renew(txn);
+      if (mdb_get(txn, dbi, &key, &val) == 0) {
+        sink += ((const uint8_t *)val.mv_data)[0];
+        found++;
+      }
+      mdb_txn_reset(txn);
+      t[k] = now_ns() - t0;
+    }
+    raw.allocs = n_alloc - a0;
+    if (found != lookups)
+      die("raw mdb_get missed");
+    raw.rss_kb = peak_rss_kb();
+    report(&raw, lookups, floor_p50);
+    qsort(t, lookups, sizeof(uint64_t), cmp_u64);
+    raw_p50 = t[lookups / 2];
+    mdb_txn_abort(txn);
+    mdb_env_close(env);
+  }
 
   /* the public lookup through a context on the same profile */
   netstash_options *o;
@@ -256,6 +298,7 @@ int main(int argc, char **argv) {
   hit.allocs = n_alloc - a0;
   hit.rss_kb = peak_rss_kb();
   report(&hit, lookups, floor_p50);
+  printf("%-22s %.2fx raw mdb_get p50\n", "  hit vs raw", (double)t[lookups / 2] / (double)raw_p50);
 
   phase miss = {"miss (in scope)", t, 0, 0};
   a0 = n_alloc;
