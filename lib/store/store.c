@@ -306,7 +306,26 @@ void ns_store_params_init(ns_store_params *p) {
   p->max_readers = 126;
 }
 
+/* mkdir -p with mode 0700 for what it creates (a default profile such as
+ * ~/.local/share/netstash may miss its parents on a fresh account). */
 static netstash_error mkdir0700(const char *path, char *detail, size_t dlen) {
+  if (mkdir(path, 0700) == 0 || errno == EEXIST)
+    return NETSTASH_OK;
+  if (errno == ENOENT) {
+    char tmp[4096];
+    size_t n = strlen(path);
+    if (n < sizeof(tmp)) {
+      memcpy(tmp, path, n + 1);
+      for (char *q = tmp + 1; *q; q++) {
+        if (*q != '/')
+          continue;
+        *q = '\0';
+        if (mkdir(tmp, 0700) != 0 && errno != EEXIST)
+          break;
+        *q = '/';
+      }
+    }
+  }
   if (mkdir(path, 0700) == 0 || errno == EEXIST)
     return NETSTASH_OK;
   ns_detailf(detail, dlen, "cannot create %s: %s", path, strerror(errno));

@@ -332,6 +332,23 @@ static void set_schema(uint32_t v) {
   mdb_env_close(env);
 }
 
+/* A profile whose parents do not exist yet (a default profile on a fresh
+ * account): created, 0700 all the way. */
+static void test_create_parents(void **state) {
+  ns_store_params p;
+  char deep[1200];
+  struct stat st;
+  (void)state;
+  snprintf(deep, sizeof(deep), "%s/a/b/c/profile", tmpdir);
+  ns_store_params_init(&p);
+  p.dir = deep;
+  ns_store *s = open_with(&p);
+  ns_store_close(s);
+  snprintf(deep, sizeof(deep), "%s/a/b", tmpdir);
+  assert_int_equal(stat(deep, &st), 0);
+  assert_int_equal(st.st_mode & 0777, 0700);
+}
+
 static void test_schema_too_new(void **state) {
   (void)state;
   ns_store_params p;
@@ -1463,6 +1480,7 @@ static void test_failmalloc(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_create_reopen, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_create_parents, setup, teardown),
       cmocka_unit_test_setup_teardown(test_schema_too_new, setup, teardown),
       cmocka_unit_test_setup_teardown(test_truncated, setup, teardown),
       cmocka_unit_test_setup_teardown(test_garbage, setup, teardown),
