@@ -1201,14 +1201,17 @@ typedef struct cand {
   ns_pl_state st;
 } cand;
 
-static int entry_at(ns_store_reader *r, const cand *c, const char *url, size_t ul,
+static int entry_at(ns_store_reader *r, const cand *c, const char *url, size_t ul, int with_body,
                     ns_pl_hit *out) {
   uint8_t key[NS_STORE_KEY_MAX + 1];
   ns_store_record rec;
   size_t kl = entry_key(key, c->id, c->id_len, c->st.active, url, ul);
-  if (!kl || ns_store_get_with_body(r, NS_STORE_PRELOAD, key, kl, &rec, &out->body) != NETSTASH_OK)
+  if (!kl || ns_store_get(r, NS_STORE_PRELOAD, key, kl, &rec) != NETSTASH_OK || !rec.has_body)
     return 0;
-  if (!rec.has_body || ns_pl_entry_decode(rec.value, rec.value_len, &out->entry) != NETSTASH_OK)
+  if (with_body && ns_store_body_get(r, rec.body_hash, &out->body) != NETSTASH_OK)
+    return 0;
+  memcpy(out->body_hash, rec.body_hash, 32);
+  if (ns_pl_entry_decode(rec.value, rec.value_len, &out->entry) != NETSTASH_OK)
     return 0;
   out->id = c->id;
   out->id_len = c->id_len;
@@ -1218,6 +1221,11 @@ static int entry_at(ns_store_reader *r, const cand *c, const char *url, size_t u
 
 netstash_error ns_pl_lookup(ns_store_reader *r, const char *url, size_t url_len, int64_t now_s,
                             ns_pl_hit *out) {
+  return ns_pl_lookup_ex(r, url, url_len, now_s, 1, out);
+}
+
+netstash_error ns_pl_lookup_ex(ns_store_reader *r, const char *url, size_t url_len, int64_t now_s,
+                               int with_body, ns_pl_hit *out) {
   ns_store_record rec;
   cand c[LOOKUP_MAX_CANDIDATES];
   size_t nc = 0;
@@ -1270,14 +1278,14 @@ netstash_error ns_pl_lookup(ns_store_reader *r, const char *url, size_t url_len,
   for (size_t i = 0; i < nc; i++) {
     size_t it = 0, n;
     const uint8_t *list;
-    if (entry_at(r, &c[i], url, url_len, out))
+    if (entry_at(r, &c[i], url, url_len, with_body, out))
       return NETSTASH_OK;
     if (!memchr(url, '?', url_len))
       continue;
     while (ns_pl_state_ignore(&c[i].st, &it, &list, &n)) {
       char s[8192];
       size_t sl = strip_into(s, sizeof(s), url, url_len, list, NULL, n);
-      if (sl && sl != url_len && entry_at(r, &c[i], s, sl, out))
+      if (sl && sl != url_len && entry_at(r, &c[i], s, sl, with_body, out))
         return NETSTASH_OK;
     }
   }

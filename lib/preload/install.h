@@ -234,7 +234,8 @@ void ns_pl_install_free(ns_pl_install *in);
 
 typedef struct ns_pl_hit {
   ns_pl_entry entry;
-  ns_store_body body;
+  ns_store_body body;    /* filled when looked up with the body */
+  uint8_t body_hash[32]; /* the entry's body (always) */
   const char *id; /* points into the state key (not NUL-terminated) */
   size_t id_len;
   uint64_t version;
@@ -244,6 +245,10 @@ typedef struct ns_pl_hit {
  * now_s. NETSTASH_E_NOT_FOUND on a miss. Allocation-free. */
 netstash_error ns_pl_lookup(ns_store_reader *r, const char *url, size_t url_len, int64_t now_s,
                             ns_pl_hit *out);
+/* The same; with_body 0 leaves out->body unset (one get fewer: a head-only
+ * answer; load it later with ns_store_body_get(r, out->body_hash, ...)). */
+netstash_error ns_pl_lookup_ex(ns_store_reader *r, const char *url, size_t url_len, int64_t now_s,
+                               int with_body, ns_pl_hit *out);
 
 /* ------------------------------------------------------------ rollout */
 

@@ -21,6 +21,7 @@ struct netstash_preload_hit {
   ns_store_reader *r;
   int open; /* read transaction open */
   int valid;
+  int body_loaded; /* h.body fetched (lazily: a head-only answer needs no body) */
   ns_pl_hit h;
   char id[HIT_MAX_ID];
   size_t nf;
@@ -144,7 +145,8 @@ static netstash_error lookup_norm(netstash_preload_hit *hit, const char *url, si
       return e;
     hit->open = 1;
   }
-  e = ns_pl_lookup(hit->r, url, n, (int64_t)ts.tv_sec, &hit->h);
+  hit->body_loaded = 0;
+  e = ns_pl_lookup_ex(hit->r, url, n, (int64_t)ts.tv_sec, 0, &hit->h);
   if (e == NETSTASH_OK)
     e = index_head(hit);
   if (e != NETSTASH_OK) {
@@ -208,12 +210,26 @@ netstash_error netstash_preload_hit_header_at(const netstash_preload_hit *hit, s
   return NETSTASH_OK;
 }
 
+/* The body view, fetched on first use (one store read, no allocation). The
+ * hit is used by one thread at a time: the lazy fill is not shared. */
+static int body_of(const netstash_preload_hit *chit) {
+  netstash_preload_hit *hit = (netstash_preload_hit *)chit;
+  if (!hit || !hit->valid)
+    return 0;
+  if (!hit->body_loaded) {
+    if (ns_store_body_get(hit->r, hit->h.body_hash, &hit->h.body) != NETSTASH_OK)
+      return 0;
+    hit->body_loaded = 1;
+  }
+  return 1;
+}
+
 uint64_t netstash_preload_hit_body_size(const netstash_preload_hit *hit) {
-  return hit && hit->valid ? hit->h.body.decoded_size : 0;
+  return hit && hit->valid ? hit->h.entry.size : 0; /* verified equal to the body's */
 }
 
 uint32_t netstash_preload_hit_chunk_count(const netstash_preload_hit *hit) {
-  return hit && hit->valid ? hit->h.body.nchunks : 0;
+  return body_of(hit) ? hit->h.body.nchunks : 0;
 }
 
 netstash_error netstash_preload_hit_chunk(const netstash_preload_hit *hit, uint32_t i,
@@ -222,6 +238,8 @@ netstash_error netstash_preload_hit_chunk(const netstash_preload_hit *hit, uint3
     return NETSTASH_E_INVALID_ARGUMENT;
   if (!hit->valid)
     return NETSTASH_E_ILLEGAL_STATE;
+  if (!body_of(hit))
+    return NETSTASH_E_STORE_CORRUPT;
   if (i >= hit->h.body.nchunks)
     return NETSTASH_E_NOT_FOUND;
   if (hit->h.body.coding != NS_CODING_IDENTITY)
