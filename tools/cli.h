@@ -47,6 +47,7 @@ int cmd_manifest(int argc, char **argv);
 int cmd_warm(int argc, char **argv);
 int cmd_install(int argc, char **argv);
 int cmd_pack(int argc, char **argv); /* cmd_bundle.c */
+int cmd_load(int argc, char **argv);
 /* cmd_preload.c */
 int cmd_ls(int argc, char **argv);
 int cmd_show(int argc, char **argv);

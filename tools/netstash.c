@@ -16,6 +16,7 @@ static const char usage[] =
     "\n"
     "Commands:\n"
     "  get URL       fetch a URL over HTTP/1.1 or HTTP/2 (netstash get --help)\n"
+    "  load URL      load a page and its subresources as a browser would (load --help)\n"
     "  verify        check the profile's store and re-hash its preload bodies\n"
     "  purge [ID]    delete the profile's store, or one preload manifest\n"
     "  cookies       list, import, export, clear cookie jars (cookies --help)\n"
@@ -237,6 +238,8 @@ int main(int argc, char **argv) {
   }
   if (!strcmp(argv[1], "get"))
     return cmd_get(argc - 1, argv + 1);
+  if (!strcmp(argv[1], "load"))
+    return cmd_load(argc - 1, argv + 1);
   if (!strcmp(argv[1], "verify"))
     return cmd_verify(argc - 1, argv + 1);
   if (!strcmp(argv[1], "purge"))
