@@ -55,7 +55,7 @@ status=0
 for name in "$@"; do
   # shellcheck disable=SC2086
   if $CC $cflags -fsanitize=fuzzer "$top/fuzz/$name.c" "$out/libnetstash-fuzz.a" \
-      $dep_libs -lpthread -o "$out/$name"; then
+      $dep_libs -larchive -lpthread -o "$out/$name"; then
     echo "built fuzz/out/$name"
   else
     echo "error: fuzz/out/$name failed to build" >&2

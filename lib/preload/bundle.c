@@ -13,7 +13,9 @@
 
 #include <archive.h>
 #include <archive_entry.h>
+#include <dlfcn.h>
 #include <openssl/evp.h>
+#include <pthread.h>
 
 #include "core/buf.h"
 #include "core/ctx.h"
@@ -22,6 +24,97 @@
 #include "preload/install.h"
 #include "preload/manifest.h"
 #include "preload/sign.h"
+
+/* ------------------------------------------------------------ libarchive, loaded on first use
+ *
+ * libarchive drags libxml2, ICU (a 30 MB data file), libstdc++, lzma, lz4, bz2
+ * and acl into every process that links it: measured, it doubled the dynamic
+ * loader's time of every netstash process, bundles or not. Only bundle work
+ * needs it, so it is loaded with dlopen the first time a bundle is touched;
+ * without it, bundle calls fail with NETSTASH_E_UNSUPPORTED and say which
+ * package to install. The pointers keep libarchive's own prototypes. */
+#define NS_AR_FUNCS(X)                                                                             \
+  X(archive_read_new) X(archive_read_free) X(archive_read_next_header) X(archive_read_data)        \
+  X(archive_read_open_memory) X(archive_read_open_filename) X(archive_read_support_format_zip)      \
+  X(archive_read_support_format_tar) X(archive_read_support_filter_gzip) X(archive_errno)          \
+  X(archive_error_string) X(archive_format) X(archive_write_new) X(archive_write_free)            \
+  X(archive_write_header) X(archive_write_data) X(archive_write_close)                            \
+  X(archive_write_finish_entry) X(archive_write_open_fd) X(archive_write_set_format_pax_restricted) \
+  X(archive_write_set_bytes_in_last_block) X(archive_entry_new) X(archive_entry_free)             \
+  X(archive_entry_size) X(archive_entry_size_is_set) X(archive_entry_pathname)                    \
+  X(archive_entry_filetype) X(archive_entry_symlink) X(archive_entry_hardlink)                    \
+  X(archive_entry_set_size) X(archive_entry_set_perm) X(archive_entry_set_pathname)               \
+  X(archive_entry_set_mtime) X(archive_entry_set_filetype)
+
+static struct {
+#define NS_AR_PTR(f) __typeof__(f) *f;
+  NS_AR_FUNCS(NS_AR_PTR)
+#undef NS_AR_PTR
+} ns_ar;
+static pthread_once_t ns_ar_once = PTHREAD_ONCE_INIT;
+static int ns_ar_ok;
+static char ns_ar_why[160];
+
+static void ns_ar_load(void) {
+  void *h = dlopen("libarchive.so.13", RTLD_NOW | RTLD_LOCAL);
+  if (!h) {
+    snprintf(ns_ar_why, sizeof(ns_ar_why),
+             "offline bundles need libarchive.so.13 (Debian package libarchive13): %s", dlerror());
+    return;
+  }
+#define NS_AR_SYM(f)                                                                               \
+  if (!(*(void **)&ns_ar.f = dlsym(h, #f))) {                                                      \
+    snprintf(ns_ar_why, sizeof(ns_ar_why), "libarchive.so.13 lacks %s (too old?)", #f);           \
+    return;                                                                                        \
+  }
+  NS_AR_FUNCS(NS_AR_SYM)
+#undef NS_AR_SYM
+  ns_ar_ok = 1;
+}
+
+/* 1 when libarchive is usable; else detail says why. */
+static int ar_ready(char *detail, size_t dlen) {
+  pthread_once(&ns_ar_once, ns_ar_load);
+  if (!ns_ar_ok && detail && dlen)
+    snprintf(detail, dlen, "%s", ns_ar_why);
+  return ns_ar_ok;
+}
+
+#define NS_AR_REDIRECT(f) ns_ar.f
+#define archive_read_new NS_AR_REDIRECT(archive_read_new)
+#define archive_read_free NS_AR_REDIRECT(archive_read_free)
+#define archive_read_next_header NS_AR_REDIRECT(archive_read_next_header)
+#define archive_read_data NS_AR_REDIRECT(archive_read_data)
+#define archive_read_open_memory NS_AR_REDIRECT(archive_read_open_memory)
+#define archive_read_open_filename NS_AR_REDIRECT(archive_read_open_filename)
+#define archive_read_support_format_zip NS_AR_REDIRECT(archive_read_support_format_zip)
+#define archive_read_support_format_tar NS_AR_REDIRECT(archive_read_support_format_tar)
+#define archive_read_support_filter_gzip NS_AR_REDIRECT(archive_read_support_filter_gzip)
+#define archive_errno NS_AR_REDIRECT(archive_errno)
+#define archive_error_string NS_AR_REDIRECT(archive_error_string)
+#define archive_format NS_AR_REDIRECT(archive_format)
+#define archive_write_new NS_AR_REDIRECT(archive_write_new)
+#define archive_write_free NS_AR_REDIRECT(archive_write_free)
+#define archive_write_header NS_AR_REDIRECT(archive_write_header)
+#define archive_write_data NS_AR_REDIRECT(archive_write_data)
+#define archive_write_close NS_AR_REDIRECT(archive_write_close)
+#define archive_write_finish_entry NS_AR_REDIRECT(archive_write_finish_entry)
+#define archive_write_open_fd NS_AR_REDIRECT(archive_write_open_fd)
+#define archive_write_set_format_pax_restricted NS_AR_REDIRECT(archive_write_set_format_pax_restricted)
+#define archive_write_set_bytes_in_last_block NS_AR_REDIRECT(archive_write_set_bytes_in_last_block)
+#define archive_entry_new NS_AR_REDIRECT(archive_entry_new)
+#define archive_entry_free NS_AR_REDIRECT(archive_entry_free)
+#define archive_entry_size NS_AR_REDIRECT(archive_entry_size)
+#define archive_entry_size_is_set NS_AR_REDIRECT(archive_entry_size_is_set)
+#define archive_entry_pathname NS_AR_REDIRECT(archive_entry_pathname)
+#define archive_entry_filetype NS_AR_REDIRECT(archive_entry_filetype)
+#define archive_entry_symlink NS_AR_REDIRECT(archive_entry_symlink)
+#define archive_entry_hardlink NS_AR_REDIRECT(archive_entry_hardlink)
+#define archive_entry_set_size NS_AR_REDIRECT(archive_entry_set_size)
+#define archive_entry_set_perm NS_AR_REDIRECT(archive_entry_set_perm)
+#define archive_entry_set_pathname NS_AR_REDIRECT(archive_entry_set_pathname)
+#define archive_entry_set_mtime NS_AR_REDIRECT(archive_entry_set_mtime)
+#define archive_entry_set_filetype NS_AR_REDIRECT(archive_entry_set_filetype)
 
 /* Libarchive's read block for files. */
 #define BUNDLE_BLOCK 65536
@@ -394,7 +487,7 @@ static int sniff(struct archive *a) {
 int ns_pl_bundle_sniff(const char *path) {
   struct archive *a;
   int yes = 0;
-  if (!path || !(a = reader_new()))
+  if (!path || !ar_ready(NULL, 0) || !(a = reader_new()))
     return 0;
   if (archive_read_open_filename(a, path, BUNDLE_BLOCK) == ARCHIVE_OK)
     yes = sniff(a);
@@ -405,7 +498,7 @@ int ns_pl_bundle_sniff(const char *path) {
 int ns_pl_bundle_sniff_mem(const uint8_t *data, size_t len) {
   struct archive *a;
   int yes = 0;
-  if (!data || !(a = reader_new()))
+  if (!data || !ar_ready(NULL, 0) || !(a = reader_new()))
     return 0;
   if (archive_read_open_memory(a, data, len) == ARCHIVE_OK)
     yes = sniff(a);
@@ -516,12 +609,22 @@ netstash_error ns_pl_bundle_open(const ns_mem *mem, const char *path, ns_pl_bund
       *out = NULL;
     return NETSTASH_E_INVALID_ARGUMENT;
   }
+  if (!ar_ready(detail, detail_len)) {
+    if (out)
+      *out = NULL;
+    return NETSTASH_E_UNSUPPORTED;
+  }
   return bundle_open(mem, path, NULL, 0, out, detail, detail_len);
 }
 
 netstash_error ns_pl_bundle_open_mem(const ns_mem *mem, const uint8_t *data, size_t len,
                                      ns_pl_bundle **out, char *detail, size_t detail_len) {
   static const uint8_t empty[1] = {0};
+  if (!ar_ready(detail, detail_len)) {
+    if (out)
+      *out = NULL;
+    return NETSTASH_E_UNSUPPORTED;
+  }
   return bundle_open(mem, NULL, data ? data : empty, data ? len : 0, out, detail, detail_len);
 }
 
@@ -867,6 +970,8 @@ netstash_error ns_pl_pack(ns_store *s, const ns_mem *mem, const char *id, const 
     detail[0] = 0;
   if (info)
     memset(info, 0, sizeof(*info));
+  if (!ar_ready(detail, detail_len))
+    return NETSTASH_E_UNSUPPORTED;
   if (!s || !id || !*id || !path || !*path)
     return NETSTASH_E_INVALID_ARGUMENT;
   if (!mem)
