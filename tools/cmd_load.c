@@ -1700,7 +1700,9 @@ static netstash_error build_request(load *L, res *r, netstash_request **out) {
 /* The fast path answered r: status, body and headers are in L->hit. */
 static void take_preload_hit(load *L, res *r) {
   size_t i, nh = netstash_preload_hit_header_count(L->hit);
-  uint32_t k, nc = netstash_preload_hit_chunk_count(L->hit);
+  /* the body view is opened only for what is parsed (a kernel hands the
+   * view on; opening it costs a store read) */
+  uint32_t k, nc = r->parse ? netstash_preload_hit_chunk_count(L->hit) : 0;
   r->source = NETSTASH_SOURCE_PRELOAD;
   r->status = netstash_preload_hit_status(L->hit);
   r->bytes = netstash_preload_hit_body_size(L->hit);
