@@ -41,32 +41,11 @@
 #include "preload/manifest.h"
 #include "store/store.h"
 
-extern void *__libc_malloc(size_t);
-extern void *__libc_calloc(size_t, size_t);
-extern void *__libc_realloc(void *, size_t);
-static volatile unsigned long n_alloc;
-void *malloc(size_t n) {
-  n_alloc++;
-  return __libc_malloc(n);
-}
-void *calloc(size_t a, size_t b) {
-  n_alloc++;
-  return __libc_calloc(a, b);
-}
-void *realloc(void *p, size_t n) {
-  n_alloc++;
-  return __libc_realloc(p, n);
-}
+#include "benchutil.h"
 
 __attribute__((noreturn)) static void die(const char *msg) {
   fprintf(stderr, "bench/hit: %s\n", msg);
   exit(1);
-}
-
-static uint64_t now_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
 static uint64_t rs = 0x9E3779B97F4A7C15ull;
@@ -75,24 +54,6 @@ static double urand(void) {
   rs ^= rs >> 7;
   rs ^= rs << 17;
   return (double)(rs >> 11) / 9007199254740992.0;
-}
-
-static int cmp_u64(const void *a, const void *b) {
-  uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-  return x < y ? -1 : x > y;
-}
-
-static long peak_rss_mb(void) {
-  struct rusage ru;
-  getrusage(RUSAGE_SELF, &ru);
-  return ru.ru_maxrss / 1024;
-}
-
-static int rm_cb(const char *p, const struct stat *sb, int flag, struct FTW *f) {
-  (void)sb;
-  (void)flag;
-  (void)f;
-  return remove(p);
 }
 
 static size_t nent;
@@ -475,12 +436,12 @@ int main(int argc, char **argv) {
          "%llu/%llu ns\n",
          (unsigned long long)idle.p50, (unsigned long long)idle.p99,
          (unsigned long long)busy.p50, (unsigned long long)busy.p99);
-  printf("peak RSS %ld MB (the store is mapped)\n", peak_rss_mb());
+  printf("peak RSS %ld MB (the store is mapped)\n", peak_rss_kb() / 1024);
 
   for (size_t i = 0; i < nent; i++) {
     ns_buf_free(&keys[i]);
     netstash_request_del(reqs[i]);
   }
-  nftw(dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+  bench_rmtree(dir);
   return 0;
 }

@@ -37,32 +37,11 @@
 #include "preload/manifest.h"
 #include "store/store.h"
 
-extern void *__libc_malloc(size_t);
-extern void *__libc_calloc(size_t, size_t);
-extern void *__libc_realloc(void *, size_t);
-static volatile unsigned long n_alloc;
-void *malloc(size_t n) {
-  n_alloc++;
-  return __libc_malloc(n);
-}
-void *calloc(size_t a, size_t b) {
-  n_alloc++;
-  return __libc_calloc(a, b);
-}
-void *realloc(void *p, size_t n) {
-  n_alloc++;
-  return __libc_realloc(p, n);
-}
+#include "benchutil.h"
 
 __attribute__((noreturn)) static void die(const char *msg) {
   fprintf(stderr, "bench/preload: %s\n", msg);
   exit(1);
-}
-
-static uint64_t now_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
 static uint32_t rs = 2463534242u;
@@ -71,24 +50,6 @@ static uint32_t rnd(void) {
   rs ^= rs >> 17;
   rs ^= rs << 5;
   return rs;
-}
-
-static int cmp_u64(const void *a, const void *b) {
-  uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-  return x < y ? -1 : x > y;
-}
-
-static long peak_rss_kb(void) {
-  struct rusage ru;
-  getrusage(RUSAGE_SELF, &ru);
-  return ru.ru_maxrss;
-}
-
-static int rm_cb(const char *p, const struct stat *sb, int flag, struct FTW *f) {
-  (void)sb;
-  (void)flag;
-  (void)f;
-  return remove(p);
 }
 
 /* sha256-<base64> of data */
@@ -336,6 +297,6 @@ int main(int argc, char **argv) {
   free(t);
   free(pick);
   free(urls);
-  nftw(dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+  bench_rmtree(dir);
   return 0;
 }
