@@ -96,7 +96,7 @@ int main(int argc, char **argv) {
   unsigned *seq = malloc(lookups * sizeof(unsigned));
   uint64_t *t = malloc(lookups * sizeof(uint64_t));
   uint8_t head[300];
-  result floor_r, hit_r, view_r;
+  result floor_r = {0}, hit_r = {0}, view_r = {0};
   long rss_floor, rss_store;
   volatile uint8_t sink = 0;
 
