@@ -68,8 +68,8 @@ static void fill(uint8_t *b, size_t len, size_t i, unsigned seed) {
 }
 
 /* Installs n resources under scope (sizes[] when sz, else 64 KB each). */
-static void install(ns_store *s, const char *id, const char *scope, size_t n, const size_t *sz,
-                    unsigned seed) {
+static void install(ns_store *s, const char *id, unsigned version, const char *scope, size_t n,
+                    const size_t *sz, unsigned seed) {
   ns_buf j;
   size_t maxlen = 0;
   for (size_t i = 0; i < n; i++)
@@ -84,9 +84,9 @@ static void install(ns_store *s, const char *id, const char *scope, size_t n, co
   ns_pl_device dev = {NULL, NULL, "bench"};
   ns_buf_init(&j, ns_mem_default(), SIZE_MAX);
   ns_buf_printf(&j,
-                "{\"id\": \"%s\", \"version\": 1, \"scope\": [\"%s\"], \"entry_pages\": "
+                "{\"id\": \"%s\", \"version\": %u, \"scope\": [\"%s\"], \"entry_pages\": "
                 "[\"%s0\"], \"expires\": \"2099-01-01T00:00:00Z\", \"resources\": [",
-                id, scope, scope);
+                id, version, scope, scope);
   for (size_t i = 0; i < n; i++) {
     size_t len = sz ? sz[i] : 65536;
     fill(body, len, i, seed);
@@ -326,8 +326,8 @@ static uint64_t parallel_rate(int procs, double secs) {
   return (uint64_t)((double)total / secs);
 }
 
-/* A writer process: commits 16 new 64 KB bodies (1 MiB) per batch, in new
- * manifests, every 50 ms, until killed. */
+/* A writer process: publishes a new version of one manifest with 16 new
+ * 64 KB bodies (1 MiB) every 50 ms, until killed. */
 static pid_t start_writer(void) {
   pid_t pid = fork();
   if (pid == 0) {
@@ -339,11 +339,10 @@ static pid_t start_writer(void) {
     sp.map_size = sp.size_limit = (uint64_t)4 << 30;
     if (ns_store_open(&sp, &s, det, sizeof(det)))
       _exit(1);
-    for (unsigned v = 0;; v++) {
-      char id[32], scope[64];
-      snprintf(id, sizeof(id), "w%u", v);
-      snprintf(scope, sizeof(scope), "https://writer.test/%u/", v);
-      install(s, id, scope, 16, NULL, 1000 + v);
+    for (unsigned v = 1;; v++) {
+      /* one manifest, a new version with new bodies each time, as a warmer
+       * publishing updates does */
+      install(s, "writer", v, "https://writer.test/", 16, NULL, 1000 + v);
       usleep(50000); /* ~20 MB/s: a fast warm over a good network */
     }
   }
@@ -378,7 +377,7 @@ int main(int argc, char **argv) {
   sp.map_size = sp.size_limit = (uint64_t)4 << 30;
   if (ns_store_open(&sp, &s, det, sizeof(det)))
     die(det);
-  install(s, "hit", "https://hit.test/r/", nent, sizes, 1);
+  install(s, "hit", 1, "https://hit.test/r/", nent, sizes, 1);
   ns_store_close(s);
   printf("hit: %zu entries, %.1f MB (0.5-200 KB, log-uniform), %zu lookups per row\n", nent,
          (double)total / 1e6, lookups);
