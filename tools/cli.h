@@ -1,11 +1,14 @@
 /*
- * cli.h — shared bits of the netstash command line tool.
+ * cli.h — shared bits of the netstash command line tool (tools/cli.c).
  */
 #ifndef NETSTASH_CLI_H
 #define NETSTASH_CLI_H
 
 #include <netstash/netstash.h>
+#include <stdint.h>
 #include <stdio.h>
+
+#include <jansson.h>
 
 /* Exit codes (documented in netstash(1) and README.md). Stable. */
 enum {
@@ -32,6 +35,8 @@ int cli_exit_code(netstash_error err);
 /* Prints "netstash: CMD: reason" plus an optional hint line to stderr. */
 void cli_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 const char *cli_hint(netstash_error err);
+/* Prints "hint: ..." to stderr when err has a hint. */
+void cli_print_hint(netstash_error err);
 
 netstash_error cli_read_file(const char *path, size_t max, uint8_t **out, size_t *len,
                              char *detail, size_t detail_len);
@@ -60,5 +65,54 @@ int cli_store_exists(const char *profile);
 /* A context on profile (its store opened, created if absent); on failure
  * prints "netstash: CMD: cannot open the profile ..." and a hint. */
 netstash_error cli_profile_ctx(const char *cmd, const char *profile, netstash_ctx **ctx);
+/* netstash_ctx_new on o; on failure prints "netstash: CMD: cannot start:
+ * reason[: detail]" and a hint. */
+netstash_error cli_ctx_new(const char *cmd, const netstash_options *o, netstash_ctx **ctx);
+
+/* A decimal uint32 (the whole string): 0, or -1. */
+int cli_parse_u32(const char *s, uint32_t *out);
+/* "network", "cache", "revalidated", "preload" or "none" (the --json
+ * "source" values). */
+const char *cli_source_name(netstash_source s);
+
+/* SIGINT and SIGTERM only set a flag, which cli_interrupted() returns: the
+ * command cancels its transfers and reports. */
+void cli_catch_signals(void);
+int cli_interrupted(void);
+
+/* The arguments of the profile commands (verify, purge, ls, show, rollback,
+ * gc, stats): [--profile DIR] [--json] [--resources] and positional ones. */
+#define CLI_ARGS_MAX_POS 2
+typedef struct cli_args {
+  const char *profile; /* --profile DIR, else the default profile */
+  char *defprofile;    /* the default profile's storage (cli_args_free) */
+  int json;
+  int resources;
+  const char *pos[CLI_ARGS_MAX_POS]; /* NULL past npos */
+  int npos;
+} cli_args;
+
+/* What --resources is to a command: not an option (getopt's message), an
+ * option of another command ("unknown option --resources"), or taken. */
+typedef enum cli_resources {
+  CLI_RESOURCES_NONE,
+  CLI_RESOURCES_REFUSE,
+  CLI_RESOURCES_ALLOW
+} cli_resources;
+
+/* Parses argv into a with min_pos..max_pos (at most CLI_ARGS_MAX_POS)
+ * positional arguments. Returns -1 to go on, else the exit code (--help: 0,
+ * usage error: 2, both printed). Call cli_args_free in either case. */
+int cli_parse_args(const char *cmd, const char *usage, int argc, char **argv, int min_pos,
+                   int max_pos, cli_resources resources, cli_args *a);
+void cli_args_free(cli_args *a);
+
+/* Prints o as one compact line on stdout, keys in insertion order, with
+ * extra json_dumpf flags (JSON_REAL_PRECISION); o stays the caller's.
+ * Returns json_dumpf's result. */
+int cli_print_json(const json_t *o, size_t flags);
+/* {"profile", "ok", "error": null or NETSTASH_E_..., "message"}: the --json
+ * result of the profile commands (new reference). */
+json_t *cli_status_json(const char *profile, netstash_error err, const char *message);
 
 #endif

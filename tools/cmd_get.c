@@ -5,7 +5,6 @@
 #define _GNU_SOURCE 1
 #include <errno.h>
 #include <getopt.h>
-#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -66,13 +65,6 @@ typedef struct get_state {
   uint64_t got;
   struct timespec last;
 } get_state;
-
-static volatile sig_atomic_t interrupted;
-
-static void on_sigint(int sig) {
-  (void)sig;
-  interrupted = 1;
-}
 
 static void on_response(netstash_fetch *f, void *ud) {
   get_state *st = ud;
@@ -137,22 +129,6 @@ static json_t *timings_json(const netstash_fetch *f) {
                    "total_ms", ms(f, NETSTASH_TIMING_TOTAL));
 }
 
-static const char *source_name(netstash_source s) {
-  switch (s) {
-  case NETSTASH_SOURCE_NETWORK:
-    return "network";
-  case NETSTASH_SOURCE_CACHE:
-    return "cache";
-  case NETSTASH_SOURCE_REVALIDATED:
-    return "revalidated";
-  case NETSTASH_SOURCE_PRELOAD:
-    return "preload";
-  case NETSTASH_SOURCE_NONE:
-    break;
-  }
-  return "none";
-}
-
 static int print_json(const char *url, netstash_fetch *f, netstash_error err,
                       const char *local_error) {
   json_t *o = json_object(), *hdrs = json_object(), *list = json_array();
@@ -191,7 +167,7 @@ static int print_json(const char *url, netstash_fetch *f, netstash_error err,
   json_object_set_new(o, "wire_bytes",
                       json_integer(f ? (json_int_t)netstash_fetch_wire_bytes(f) : 0));
   json_object_set_new(o, "source",
-                      json_string(f ? source_name(netstash_fetch_source(f)) : "none"));
+                      json_string(f ? cli_source_name(netstash_fetch_source(f)) : "none"));
   json_object_set_new(o, "cache_reason", json_string(f ? netstash_fetch_cache_reason(f) : ""));
   json_object_set_new(o, "new_connections",
                       json_integer(f ? netstash_fetch_new_connections(f) : 0));
@@ -207,8 +183,7 @@ static int print_json(const char *url, netstash_fetch *f, netstash_error err,
   } else {
     json_object_set_new(o, "error", json_null());
   }
-  rc = json_dumpf(o, stdout, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6));
-  fputc('\n', stdout);
+  rc = cli_print_json(o, JSON_REAL_PRECISION(6));
   fflush(stdout);
   json_decref(o);
   return rc;
@@ -272,17 +247,6 @@ static const struct option get_opts[] = {
 
 #define MAX_LIST 64
 
-static int parse_u32(const char *s, uint32_t *out) {
-  char *end;
-  unsigned long v;
-  errno = 0;
-  v = strtoul(s, &end, 10);
-  if (errno || end == s || *end || v > UINT32_MAX)
-    return -1;
-  *out = (uint32_t)v;
-  return 0;
-}
-
 int cmd_get(int argc, char **argv) {
   const char *outfile = NULL, *method = NULL, *datafile = NULL, *cacert = NULL;
   const char *dns = NULL, *profile = NULL, *url;
@@ -300,11 +264,10 @@ int cmd_get(int argc, char **argv) {
   netstash_fetch *f = NULL;
   netstash_error err;
   get_state st;
-  char detail[256], *defprofile = NULL, *local_error = NULL, errtext[300];
+  char *defprofile = NULL, *local_error = NULL, errtext[300];
   uint8_t *body = NULL;
   size_t body_len = 0;
   netstash_fetch_callbacks cbs = {on_response, on_data, NULL};
-  struct sigaction sa;
 
   memset(&st, 0, sizeof(st));
   optind = 1;
@@ -355,13 +318,13 @@ int cmd_get(int argc, char **argv) {
       json = 1;
       break;
     case OPT_TIMEOUT:
-      if (parse_u32(optarg, &timeout)) {
+      if (cli_parse_u32(optarg, &timeout)) {
         cli_error("get", "--timeout needs milliseconds, got \"%s\"", optarg);
         return EXIT_USAGE;
       }
       break;
     case OPT_CTIMEOUT:
-      if (parse_u32(optarg, &ctimeout) || !ctimeout) {
+      if (cli_parse_u32(optarg, &ctimeout) || !ctimeout) {
         cli_error("get", "--connect-timeout needs milliseconds > 0, got \"%s\"", optarg);
         return EXIT_USAGE;
       }
@@ -383,7 +346,7 @@ int cmd_get(int argc, char **argv) {
       follow = 1;
       break;
     case OPT_MAXREDIRS:
-      if (parse_u32(optarg, &maxredirs) || maxredirs > 64) {
+      if (cli_parse_u32(optarg, &maxredirs) || maxredirs > 64) {
         cli_error("get", "--max-redirs takes 0..64, got \"%s\"", optarg);
         return EXIT_USAGE;
       }
@@ -441,6 +404,7 @@ int cmd_get(int argc, char **argv) {
               "the profile's caches)");
     return EXIT_USAGE;
   }
+
   if (httpv == NETSTASH_HTTP_3) {
     cli_error("get", "HTTP/3 is not available in this release; use --http2 or --http1.1");
     return EXIT_USAGE;
@@ -469,13 +433,8 @@ int cmd_get(int argc, char **argv) {
     rc = EXIT_USAGE;
     goto done;
   }
-  err = netstash_ctx_new(&ctx, opts, detail, sizeof(detail));
-  if (err != NETSTASH_OK) {
-    cli_error("get", "cannot start: %s%s%s", netstash_strerror(err), *detail ? ": " : "",
-              detail);
-    if (cli_hint(err))
-      fprintf(stderr, "hint: %s\n", cli_hint(err));
-    rc = err == NETSTASH_E_INVALID_ARGUMENT ? EXIT_USAGE : cli_exit_code(err);
+  if ((err = cli_ctx_new("get", opts, &ctx)) != NETSTASH_OK) {
+    rc = cli_exit_code(err);
     goto done;
   }
 
@@ -564,10 +523,7 @@ int cmd_get(int argc, char **argv) {
   st.verbose = verbose;
   clock_gettime(CLOCK_MONOTONIC, &st.last);
 
-  memset(&sa, 0, sizeof(sa));
-  sa.sa_handler = on_sigint;
-  sigaction(SIGINT, &sa, NULL);
-  sigaction(SIGTERM, &sa, NULL);
+  cli_catch_signals();
 
   err = netstash_fetch_start(ctx, req, &cbs, &st, &f);
   if (err != NETSTASH_OK) {
@@ -576,7 +532,7 @@ int cmd_get(int argc, char **argv) {
     goto done;
   }
   while ((err = netstash_fetch_wait(f, 100)) == NETSTASH_E_WAIT_TIMEOUT) {
-    if (interrupted)
+    if (cli_interrupted())
       netstash_fetch_cancel(f);
   }
   if (st.progress)
@@ -602,7 +558,7 @@ int cmd_get(int argc, char **argv) {
     fprintf(stderr, "* %llu body bytes (%llu on the wire), source %s, new connections %u\n",
             (unsigned long long)netstash_fetch_body_bytes(f),
             (unsigned long long)netstash_fetch_wire_bytes(f),
-            source_name(netstash_fetch_source(f)), netstash_fetch_new_connections(f));
+            cli_source_name(netstash_fetch_source(f)), netstash_fetch_new_connections(f));
     if (*netstash_fetch_cache_reason(f))
       fprintf(stderr, "* cache: %s\n", netstash_fetch_cache_reason(f));
   }
@@ -612,12 +568,8 @@ int cmd_get(int argc, char **argv) {
     cli_error("get", "%s", local_error);
     rc = EXIT_IO;
   } else if (err != NETSTASH_OK) {
-    const char *hint = cli_hint(err);
-    {
-      cli_error("get", "%s: %s", netstash_strerror(err), netstash_fetch_error_detail(f));
-      if (hint)
-        fprintf(stderr, "hint: %s\n", hint);
-    }
+    cli_error("get", "%s: %s", netstash_strerror(err), netstash_fetch_error_detail(f));
+    cli_print_hint(err);
     rc = cli_exit_code(err);
   } else {
     rc = 0;

@@ -22,7 +22,6 @@
 #include <errno.h>
 #include <getopt.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -131,13 +130,6 @@ struct load {
   size_t ndone, done_cap;
 };
 
-static volatile sig_atomic_t interrupted;
-
-static void on_signal(int sig) {
-  (void)sig;
-  interrupted = 1;
-}
-
 static double now_ms(const load *L) {
   struct timespec t;
   clock_gettime(CLOCK_MONOTONIC, &t);
@@ -170,22 +162,6 @@ static const char *dest_name(netstash_destination d) {
     break;
   }
   return "other";
-}
-
-static const char *source_name(netstash_source s) {
-  switch (s) {
-  case NETSTASH_SOURCE_NETWORK:
-    return "network";
-  case NETSTASH_SOURCE_CACHE:
-    return "cache";
-  case NETSTASH_SOURCE_REVALIDATED:
-    return "revalidated";
-  case NETSTASH_SOURCE_PRELOAD:
-    return "preload";
-  case NETSTASH_SOURCE_NONE:
-    break;
-  }
-  return "none";
 }
 
 static int res_failed(const res *r) {
@@ -1798,7 +1774,7 @@ static void run_load(load *L) {
   for (;;) {
     res **batch = NULL;
     size_t nb = 0, i;
-    if (!interrupted) {
+    if (!cli_interrupted()) {
       res *r;
       while (L->running < L->concurrency && (r = next_queued(L)) != NULL)
         start_res(L, r);
@@ -1813,7 +1789,7 @@ static void run_load(load *L) {
         dl.tv_nsec -= 1000000000L;
       }
       pthread_cond_timedwait(&L->cond, &L->lock, &dl);
-      if (interrupted)
+      if (cli_interrupted())
         break;
     }
     if (L->ndone) {
@@ -1823,7 +1799,7 @@ static void run_load(load *L) {
       L->ndone = L->done_cap = 0;
     }
     pthread_mutex_unlock(&L->lock);
-    if (interrupted)
+    if (cli_interrupted())
       for (i = 0; i < L->n; i++)
         if (L->v[i]->state == ST_RUNNING && L->v[i]->job)
           netstash_job_cancel(L->v[i]->job);
@@ -1834,7 +1810,7 @@ static void run_load(load *L) {
     for (i = 0; i < L->n; i++)
       if (L->v[i]->state == ST_DONE && L->v[i]->applied && !L->v[i]->parsed)
         parse_res(L, L->v[i]);
-    if (!L->running && (interrupted || !next_queued(L)))
+    if (!L->running && (cli_interrupted() || !next_queued(L)))
       break;
   }
 }
@@ -1938,8 +1914,9 @@ static void print_waterfall(const load *L, res **order, const totals *t, size_t 
       else
         snprintf(st, sizeof(st), "%d", r->status);
       printf("%3zu  %-11s %6s %10llu %9.1f %9.1f  %-8s  %-48s  |%s|\n", pos[r->id],
-             r->err != NETSTASH_OK ? "-" : source_name(r->source), st, (unsigned long long)r->bytes,
-             r->start_ms, r->end_ms - r->start_ms, dest_name(r->dest), u, bar);
+             r->err != NETSTASH_OK ? "-" : cli_source_name(r->source), st,
+             (unsigned long long)r->bytes, r->start_ms, r->end_ms - r->start_ms, dest_name(r->dest),
+             u, bar);
       if (r->err != NETSTASH_OK)
         printf("     error: %s%s%s\n", netstash_error_name(r->err), r->detail ? ": " : "",
                r->detail ? r->detail : "");
@@ -1984,7 +1961,8 @@ static void print_json(const load *L, res **order, const totals *t, size_t *pos)
     json_object_set_new(e, "url", json_string(r->url));
     json_object_set_new(e, "destination", json_string(dest_name(r->dest)));
     json_object_set_new(
-        e, "source", json_string(done && r->err == NETSTASH_OK ? source_name(r->source) : "none"));
+        e, "source",
+        json_string(done && r->err == NETSTASH_OK ? cli_source_name(r->source) : "none"));
     json_object_set_new(e, "status", json_integer(done ? r->status : 0));
     json_object_set_new(e, "bytes", json_integer(done ? (json_int_t)r->bytes : 0));
     json_object_set_new(e, "start_ms", done ? ms_json(r->start_ms) : json_null());
@@ -2042,8 +2020,7 @@ static void print_json(const load *L, res **order, const totals *t, size_t *pos)
   json_object_set_new(tot, "not_started", json_integer((json_int_t)t->not_started));
   json_object_set_new(tot, "skipped", json_integer((json_int_t)L->skipped));
   json_object_set_new(o, "totals", tot);
-  json_dumpf(o, stdout, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(12));
-  fputc('\n', stdout);
+  cli_print_json(o, JSON_REAL_PRECISION(12));
   fflush(stdout);
   json_decref(o);
 }
@@ -2061,17 +2038,6 @@ static const struct option load_opts[] = {{"profile", required_argument, NULL, O
                                           {"timeout", required_argument, NULL, OPT_TIMEOUT},
                                           {"help", no_argument, NULL, 'h'},
                                           {NULL, 0, NULL, 0}};
-
-static int parse_u32(const char *s, uint32_t *out) {
-  char *end;
-  unsigned long v;
-  errno = 0;
-  v = strtoul(s, &end, 10);
-  if (errno || end == s || *end || v > UINT32_MAX)
-    return -1;
-  *out = (uint32_t)v;
-  return 0;
-}
 
 static void free_load(load *L) {
   for (size_t i = 0; i < L->n; i++) {
@@ -2093,11 +2059,10 @@ int cmd_load(int argc, char **argv) {
   size_t nresolves = 0, i, *pos = NULL;
   int json = 0, c, rc = EXIT_INTERNAL, mutex_ok = 0, cond_ok = 0;
   uint32_t conc = 16, timeout = 0;
-  char *defprofile = NULL, detail[256];
+  char *defprofile = NULL;
   netstash_options *opts = NULL;
   netstash_error err;
   pthread_condattr_t ca;
-  struct sigaction sa;
   res **order = NULL;
   totals t;
   load L;
@@ -2127,13 +2092,13 @@ int cmd_load(int argc, char **argv) {
       json = 1;
       break;
     case OPT_CONC:
-      if (parse_u32(optarg, &conc) || conc < 1 || conc > 256) {
+      if (cli_parse_u32(optarg, &conc) || conc < 1 || conc > 256) {
         cli_error("load", "--concurrency takes 1..256, got \"%s\"", optarg);
         return EXIT_USAGE;
       }
       break;
     case OPT_TIMEOUT:
-      if (parse_u32(optarg, &timeout)) {
+      if (cli_parse_u32(optarg, &timeout)) {
         cli_error("load", "--timeout needs milliseconds, got \"%s\"", optarg);
         return EXIT_USAGE;
       }
@@ -2199,12 +2164,8 @@ int cmd_load(int argc, char **argv) {
   netstash_options_set_profile_dir(opts, profile);
   if (cacert)
     netstash_options_set_ca_file(opts, cacert);
-  err = netstash_ctx_new(&L.ctx, opts, detail, sizeof(detail));
-  if (err != NETSTASH_OK) {
-    cli_error("load", "cannot start: %s%s%s", netstash_strerror(err), *detail ? ": " : "", detail);
-    if (cli_hint(err))
-      fprintf(stderr, "hint: %s\n", cli_hint(err));
-    rc = err == NETSTASH_E_INVALID_ARGUMENT ? EXIT_USAGE : cli_exit_code(err);
+  if ((err = cli_ctx_new("load", opts, &L.ctx)) != NETSTASH_OK) {
+    rc = cli_exit_code(err);
     goto done;
   }
   if (netstash_preload_hit_new(L.ctx, &L.hit) != NETSTASH_OK)
@@ -2214,10 +2175,7 @@ int cmd_load(int argc, char **argv) {
   L.concurrency = conc;
   L.timeout_ms = timeout;
 
-  memset(&sa, 0, sizeof(sa));
-  sa.sa_handler = on_signal;
-  sigaction(SIGINT, &sa, NULL);
-  sigaction(SIGTERM, &sa, NULL);
+  cli_catch_signals();
 
   clock_gettime(CLOCK_MONOTONIC, &L.t0);
   doc_opts = plain_ref(NETSTASH_DEST_DOCUMENT, CLASS_BLOCKING);
@@ -2249,14 +2207,13 @@ int cmd_load(int argc, char **argv) {
 
   {
     const res *doc = L.v[0];
-    if (doc->state != ST_DONE || interrupted) {
+    if (doc->state != ST_DONE || cli_interrupted()) {
       cli_error("load", "interrupted");
       rc = EXIT_CANCELED;
     } else if (doc->err != NETSTASH_OK) {
       cli_error("load", "%s: %s%s%s", doc->url, netstash_strerror(doc->err),
                 doc->detail ? ": " : "", doc->detail ? doc->detail : "");
-      if (cli_hint(doc->err))
-        fprintf(stderr, "hint: %s\n", cli_hint(doc->err));
+      cli_print_hint(doc->err);
       rc = cli_exit_code(doc->err);
     } else {
       rc = 0;

@@ -6,13 +6,8 @@
  * rollback and gc print {"profile", "ok", ...}; every failure under --json
  * prints {"profile", "ok": false, "error", "message"}.
  */
-#define _GNU_SOURCE 1
-#include <errno.h>
-#include <getopt.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include <jansson.h>
 
@@ -20,51 +15,18 @@
 
 /* ------------------------------------------------------------ shared */
 
-int cli_store_exists(const char *profile) {
-  char path[4096];
-  struct stat st;
-  int n = snprintf(path, sizeof(path), "%s/store/data.mdb", profile);
-  return n > 0 && (size_t)n < sizeof(path) && stat(path, &st) == 0;
-}
-
-netstash_error cli_profile_ctx(const char *cmd, const char *profile, netstash_ctx **ctx) {
-  netstash_options *o = NULL;
-  char detail[512] = "";
-  netstash_error err = netstash_options_new(&o);
-  *ctx = NULL;
-  if (err == NETSTASH_OK)
-    err = netstash_options_set_profile_dir(o, profile);
-  if (err == NETSTASH_OK)
-    err = netstash_ctx_new(ctx, o, detail, sizeof(detail));
-  netstash_options_del(o);
-  if (err != NETSTASH_OK) {
-    cli_error(cmd, "cannot open the profile %s: %s%s%s", profile, netstash_strerror(err),
-              *detail ? ": " : "", detail);
-    if (cli_hint(err))
-      fprintf(stderr, "hint: %s\n", cli_hint(err));
-  }
-  return err;
-}
-
-static void print_json(json_t *o) {
-  json_dumpf(o, stdout, JSON_COMPACT | JSON_PRESERVE_ORDER);
-  fputc('\n', stdout);
-}
-
 /* A failure: "netstash: CMD: reason" (and a hint) on stderr; under --json
  * also the error object on stdout. Returns the exit code. */
 static int fail(const char *cmd, int json, const char *profile, netstash_error err,
                 const char *what) {
   const char *msg = what ? what : netstash_strerror(err);
   if (json) {
-    json_t *o = json_pack("{s:s, s:b, s:s, s:s}", "profile", profile, "ok", 0, "error",
-                          netstash_error_name(err), "message", msg);
-    print_json(o);
+    json_t *o = cli_status_json(profile, err, msg);
+    cli_print_json(o, 0);
     json_decref(o);
   }
   cli_error(cmd, "%s", msg);
-  if (cli_hint(err))
-    fprintf(stderr, "hint: %s\n", cli_hint(err));
+  cli_print_hint(err);
   return cli_exit_code(err);
 }
 
@@ -94,92 +56,69 @@ static const char *js(const json_t *o, const char *k) {
   return s ? s : "-";
 }
 
-typedef struct pl_args {
-  const char *profile;
-  char *defprofile;
-  int json;
-  int resources;
-  const char *pos[2];
-  int npos;
-} pl_args;
+/* One run of an administration command: its arguments, the context on the
+ * profile's store, the library's JSON answer and that answer parsed. */
+typedef struct admin {
+  const char *cmd;
+  cli_args a;
+  netstash_ctx *ctx;
+  char *text;
+  json_t *j;
+} admin;
 
-/* Parses [--profile DIR] [--json] [--resources] and min..max positional
- * arguments. Returns -1 to go on, else the exit code (help, usage error). */
-static int parse_args(const char *cmd, const char *usage, int argc, char **argv, int min_pos,
-                      int max_pos, int allow_resources, pl_args *a) {
-  static const struct option opts[] = {{"profile", required_argument, NULL, 'p'},
-                                       {"json", no_argument, NULL, 'j'},
-                                       {"resources", no_argument, NULL, 'r'},
-                                       {"help", no_argument, NULL, 'h'},
-                                       {NULL, 0, NULL, 0}};
-  int c;
-  memset(a, 0, sizeof(*a));
-  optind = 1;
-  while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-    switch (c) {
-    case 'p':
-      a->profile = optarg;
-      break;
-    case 'j':
-      a->json = 1;
-      break;
-    case 'r':
-      if (!allow_resources) {
-        cli_error(cmd, "unknown option --resources");
-        fputs(usage, stderr);
-        return EXIT_USAGE;
-      }
-      a->resources = 1;
-      break;
-    case 'h':
-      fputs(usage, stdout);
-      return 0;
-    default:
-      fputs(usage, stderr);
-      return EXIT_USAGE;
-    }
-  }
-  for (; optind < argc; optind++) {
-    if (a->npos == max_pos) {
-      cli_error(cmd, "unexpected argument \"%s\"", argv[optind]);
-      fputs(usage, stderr);
-      return EXIT_USAGE;
-    }
-    a->pos[a->npos++] = argv[optind];
-  }
-  if (a->npos < min_pos) {
-    cli_error(cmd, "missing argument");
-    fputs(usage, stderr);
-    return EXIT_USAGE;
-  }
-  if (!a->profile && !(a->profile = a->defprofile = cli_default_profile())) {
-    cli_error(cmd, "out of memory");
-    return EXIT_INTERNAL;
-  }
-  return -1;
+/* Parses the arguments (cli_parse_args). Returns -1 to go on, else the
+ * exit code; call admin_end in either case. */
+static int admin_begin(admin *s, const char *cmd, const char *usage, int argc, char **argv,
+                       int min_pos, int max_pos, cli_resources resources) {
+  memset(s, 0, sizeof(*s));
+  s->cmd = cmd;
+  return cli_parse_args(cmd, usage, argc, argv, min_pos, max_pos, resources, &s->a);
 }
 
-/* The context of a command that needs an existing store: exit code, or -1
- * with *ctx set. */
-static int open_store(const char *cmd, const pl_args *a, netstash_ctx **ctx) {
+/* Opens the profile's store, which must exist: -1 with s->ctx set, else the
+ * exit code (the failure printed). */
+static int admin_open(admin *s) {
   char msg[4200];
   netstash_error err;
-  *ctx = NULL;
-  if (!cli_store_exists(a->profile)) {
-    snprintf(msg, sizeof(msg), "no store in %s (nothing warmed there yet)", a->profile);
-    return fail(cmd, a->json, a->profile, NETSTASH_E_NOT_FOUND, msg);
+  if (!cli_store_exists(s->a.profile)) {
+    snprintf(msg, sizeof(msg), "no store in %s (nothing warmed there yet)", s->a.profile);
+    return fail(s->cmd, s->a.json, s->a.profile, NETSTASH_E_NOT_FOUND, msg);
   }
-  err = cli_profile_ctx(cmd, a->profile, ctx);
+  err = cli_profile_ctx(s->cmd, s->a.profile, &s->ctx);
   if (err != NETSTASH_OK) {
-    if (a->json) {
-      json_t *o = json_pack("{s:s, s:b, s:s, s:s}", "profile", a->profile, "ok", 0, "error",
-                            netstash_error_name(err), "message", netstash_strerror(err));
-      print_json(o);
+    if (s->a.json) { /* the reason is on stderr already */
+      json_t *o = cli_status_json(s->a.profile, err, netstash_strerror(err));
+      cli_print_json(o, 0);
       json_decref(o);
     }
     return cli_exit_code(err);
   }
   return -1;
+}
+
+/* After the library call that wrote s->text: a failure is reported (what,
+ * or the error's text when NULL); under --json the text is printed as it
+ * is; else it is parsed into s->j (unreadable: that failure). Returns -1
+ * when the caller prints s->j for people, else the exit code. */
+static int admin_answer(admin *s, netstash_error err, const char *what, const char *unreadable) {
+  if (err != NETSTASH_OK)
+    return fail(s->cmd, s->a.json, s->a.profile, err, what);
+  if (s->a.json) {
+    puts(s->text);
+    return 0;
+  }
+  if (!(s->j = json_loads(s->text, 0, NULL)))
+    return fail(s->cmd, 0, s->a.profile, NETSTASH_E_INTERNAL, unreadable);
+  return -1;
+}
+
+/* Frees what the run holds; returns rc. */
+static int admin_end(admin *s, int rc) {
+  json_decref(s->j);
+  netstash_free(s->ctx, s->text);
+  netstash_ctx_del(s->ctx);
+  cli_args_free(&s->a);
+  return rc;
 }
 
 /* ------------------------------------------------------------ ls */
@@ -256,56 +195,38 @@ int cmd_ls(int argc, char **argv) {
       "--resources adds every resource (priority, held or not, size, URL).\n"
       "--json prints the object of netstash_preload_describe: {\"manifests\": [...]},\n"
       "or with ID that manifest's object. Exit 0; 9 when ID is not installed.\n";
-  pl_args a;
-  netstash_ctx *ctx = NULL;
-  char *text = NULL;
-  json_t *j = NULL;
+  admin r;
   netstash_error err;
-  int rc = parse_args("ls", usage, argc, argv, 0, 1, 1, &a);
+  char msg[512];
+  int rc = admin_begin(&r, "ls", usage, argc, argv, 0, 1, CLI_RESOURCES_ALLOW);
   if (rc >= 0)
     goto done;
-  if (!a.pos[0] && !cli_store_exists(a.profile)) {
+  if (!r.a.pos[0] && !cli_store_exists(r.a.profile)) {
     /* nothing warmed there yet: an empty list, and no store created for it */
-    if (a.json)
+    if (r.a.json)
       puts("{\"manifests\":[]}");
     else
-      printf("no preload manifests in %s\n", a.profile);
+      printf("no preload manifests in %s\n", r.a.profile);
     rc = 0;
     goto done;
   }
-  if ((rc = open_store("ls", &a, &ctx)) >= 0)
+  if ((rc = admin_open(&r)) >= 0)
     goto done;
-  err = netstash_preload_describe(ctx, a.pos[0], a.resources, &text);
-  if (err != NETSTASH_OK) {
-    char msg[512];
-    if (err == NETSTASH_E_NOT_FOUND)
-      snprintf(msg, sizeof(msg), "no manifest \"%s\" in %s", a.pos[0], a.profile);
-    else
-      snprintf(msg, sizeof(msg), "%s", netstash_strerror(err));
-    rc = fail("ls", a.json, a.profile, err, msg);
+  err = netstash_preload_describe(r.ctx, r.a.pos[0], r.a.resources, &r.text);
+  if (err == NETSTASH_E_NOT_FOUND)
+    snprintf(msg, sizeof(msg), "no manifest \"%s\" in %s", r.a.pos[0], r.a.profile);
+  if ((rc = admin_answer(&r, err, err == NETSTASH_E_NOT_FOUND ? msg : NULL,
+                         "unreadable description")) >= 0)
     goto done;
-  }
   rc = 0;
-  if (a.json) {
-    puts(text);
-    goto done;
-  }
-  if (!(j = json_loads(text, 0, NULL))) {
-    rc = fail("ls", 0, a.profile, NETSTASH_E_INTERNAL, "unreadable description");
-    goto done;
-  }
-  if (a.pos[0])
-    print_manifest(j, a.resources);
-  else if (json_array_size(json_object_get(j, "manifests")) == 0)
-    printf("no preload manifests in %s\n", a.profile);
+  if (r.a.pos[0])
+    print_manifest(r.j, r.a.resources);
+  else if (json_array_size(json_object_get(r.j, "manifests")) == 0)
+    printf("no preload manifests in %s\n", r.a.profile);
   else
-    print_table(json_object_get(j, "manifests"), a.resources);
+    print_table(json_object_get(r.j, "manifests"), r.a.resources);
 done:
-  json_decref(j);
-  netstash_free(ctx, text);
-  netstash_ctx_del(ctx);
-  free(a.defprofile);
-  return rc;
+  return admin_end(&r, rc);
 }
 
 /* ------------------------------------------------------------ show */
@@ -319,49 +240,32 @@ int cmd_show(int argc, char **argv) {
       "--json prints the object of netstash_preload_show: {\"url\", \"id\",\n"
       "\"version\", \"size\", \"status\", \"priority\", \"headers\", \"sha256\"}.\n"
       "Exit 0; 9 when no active manifest serves URL; 3 for a malformed URL.\n";
-  pl_args a;
-  netstash_ctx *ctx = NULL;
-  char *text = NULL;
-  json_t *j = NULL;
+  admin r;
   netstash_error err;
-  int rc = parse_args("show", usage, argc, argv, 1, 1, 0, &a);
-  if (rc >= 0)
+  char msg[512] = "";
+  const char *name;
+  json_t *v;
+  int rc = admin_begin(&r, "show", usage, argc, argv, 1, 1, CLI_RESOURCES_REFUSE);
+  if (rc >= 0 || (rc = admin_open(&r)) >= 0)
     goto done;
-  if ((rc = open_store("show", &a, &ctx)) >= 0)
+  err = netstash_preload_show(r.ctx, r.a.pos[0], &r.text);
+  if (err == NETSTASH_E_NOT_FOUND)
+    snprintf(msg, sizeof(msg), "%s: not served by any active preload manifest", r.a.pos[0]);
+  else if (err != NETSTASH_OK)
+    snprintf(msg, sizeof(msg), "%s: %s", r.a.pos[0], netstash_strerror(err));
+  if ((rc = admin_answer(&r, err, msg, "unreadable answer")) >= 0)
     goto done;
-  err = netstash_preload_show(ctx, a.pos[0], &text);
-  if (err != NETSTASH_OK) {
-    char msg[512];
-    if (err == NETSTASH_E_NOT_FOUND)
-      snprintf(msg, sizeof(msg), "%s: not served by any active preload manifest", a.pos[0]);
-    else
-      snprintf(msg, sizeof(msg), "%s: %s", a.pos[0], netstash_strerror(err));
-    rc = fail("show", a.json, a.profile, err, msg);
-    goto done;
-  }
   rc = 0;
-  if (a.json) {
-    puts(text);
-  } else if ((j = json_loads(text, 0, NULL)) != NULL) {
-    const char *name;
-    json_t *v;
-    printf("%s\n", js(j, "url"));
-    printf("  manifest  %s version %llu\n", js(j, "id"), (unsigned long long)ju(j, "version"));
-    printf("  status    %llu, %llu bytes, priority %s\n", (unsigned long long)ju(j, "status"),
-           (unsigned long long)ju(j, "size"), js(j, "priority"));
-    printf("  sha256    %s\n", js(j, "sha256"));
-    json_object_foreach(json_object_get(j, "headers"), name, v) {
-      printf("  %s: %s\n", name, json_string_value(v));
-    }
-  } else {
-    rc = fail("show", 0, a.profile, NETSTASH_E_INTERNAL, "unreadable answer");
+  printf("%s\n", js(r.j, "url"));
+  printf("  manifest  %s version %llu\n", js(r.j, "id"), (unsigned long long)ju(r.j, "version"));
+  printf("  status    %llu, %llu bytes, priority %s\n", (unsigned long long)ju(r.j, "status"),
+         (unsigned long long)ju(r.j, "size"), js(r.j, "priority"));
+  printf("  sha256    %s\n", js(r.j, "sha256"));
+  json_object_foreach(json_object_get(r.j, "headers"), name, v) {
+    printf("  %s: %s\n", name, json_string_value(v));
   }
 done:
-  json_decref(j);
-  netstash_free(ctx, text);
-  netstash_ctx_del(ctx);
-  free(a.defprofile);
-  return rc;
+  return admin_end(&r, rc);
 }
 
 /* ------------------------------------------------------------ rollback */
@@ -375,49 +279,40 @@ int cmd_rollback(int argc, char **argv) {
       "version rolled back does not re-activate it: publish a higher version.\n"
       "--json prints {\"profile\", \"ok\", \"id\", \"version\", \"previous\"}.\n"
       "Exit 0; 9 when ID is not installed or has no previous version.\n";
-  pl_args a;
-  netstash_ctx *ctx = NULL;
-  char *text = NULL;
-  json_t *j = NULL;
+  admin r;
   netstash_error err;
-  int rc = parse_args("rollback", usage, argc, argv, 1, 1, 0, &a);
-  if (rc >= 0)
+  int rc = admin_begin(&r, "rollback", usage, argc, argv, 1, 1, CLI_RESOURCES_REFUSE);
+  if (rc >= 0 || (rc = admin_open(&r)) >= 0)
     goto done;
-  if ((rc = open_store("rollback", &a, &ctx)) >= 0)
-    goto done;
-  err = netstash_preload_rollback(ctx, a.pos[0]);
+  err = netstash_preload_rollback(r.ctx, r.a.pos[0]);
   if (err == NETSTASH_OK)
-    err = netstash_preload_describe(ctx, a.pos[0], 0, &text);
-  if (err == NETSTASH_OK && !(j = json_loads(text, 0, NULL)))
+    err = netstash_preload_describe(r.ctx, r.a.pos[0], 0, &r.text);
+  if (err == NETSTASH_OK && !(r.j = json_loads(r.text, 0, NULL)))
     err = NETSTASH_E_INTERNAL;
   if (err != NETSTASH_OK) {
     char msg[512];
     if (err == NETSTASH_E_NOT_FOUND)
-      snprintf(msg, sizeof(msg), "\"%s\" is not installed or has no previous version", a.pos[0]);
+      snprintf(msg, sizeof(msg), "\"%s\" is not installed or has no previous version", r.a.pos[0]);
     else
-      snprintf(msg, sizeof(msg), "%s: %s", a.pos[0], netstash_strerror(err));
-    rc = fail("rollback", a.json, a.profile, err, msg);
+      snprintf(msg, sizeof(msg), "%s: %s", r.a.pos[0], netstash_strerror(err));
+    rc = fail("rollback", r.a.json, r.a.profile, err, msg);
     goto done;
   }
   rc = 0;
-  if (a.json) {
-    json_t *o = json_pack("{s:s, s:b, s:s, s:I, s:I}", "profile", a.profile, "ok", 1, "id",
-                          a.pos[0], "version", (json_int_t)ju(j, "version"), "previous",
-                          (json_int_t)ju(j, "previous"));
-    print_json(o);
+  if (r.a.json) {
+    json_t *o = json_pack("{s:s, s:b, s:s, s:I, s:I}", "profile", r.a.profile, "ok", 1, "id",
+                          r.a.pos[0], "version", (json_int_t)ju(r.j, "version"), "previous",
+                          (json_int_t)ju(r.j, "previous"));
+    cli_print_json(o, 0);
     json_decref(o);
   } else {
-    printf("%s: version %llu active (previous %llu)\n", a.pos[0],
-           (unsigned long long)ju(j, "version"), (unsigned long long)ju(j, "previous"));
-    if (strcmp(js(j, "state"), "active") != 0)
-      printf("note: %s serves nothing: it is %s\n", a.pos[0], js(j, "state"));
+    printf("%s: version %llu active (previous %llu)\n", r.a.pos[0],
+           (unsigned long long)ju(r.j, "version"), (unsigned long long)ju(r.j, "previous"));
+    if (strcmp(js(r.j, "state"), "active") != 0)
+      printf("note: %s serves nothing: it is %s\n", r.a.pos[0], js(r.j, "state"));
   }
 done:
-  json_decref(j);
-  netstash_free(ctx, text);
-  netstash_ctx_del(ctx);
-  free(a.defprofile);
-  return rc;
+  return admin_end(&r, rc);
 }
 
 /* ------------------------------------------------------------ gc */
@@ -432,33 +327,28 @@ int cmd_gc(int argc, char **argv) {
       "yet (a warm in progress) are kept.\n"
       "--json prints {\"profile\", \"ok\", \"collected\"}. Exit 0; 9 when there is no\n"
       "store; 13 when the store is busy or damaged.\n";
-  pl_args a;
-  netstash_ctx *ctx = NULL;
+  admin r;
   uint64_t n = 0;
   netstash_error err;
-  int rc = parse_args("gc", usage, argc, argv, 0, 0, 0, &a);
-  if (rc >= 0)
+  int rc = admin_begin(&r, "gc", usage, argc, argv, 0, 0, CLI_RESOURCES_REFUSE);
+  if (rc >= 0 || (rc = admin_open(&r)) >= 0)
     goto done;
-  if ((rc = open_store("gc", &a, &ctx)) >= 0)
-    goto done;
-  err = netstash_preload_gc(ctx, &n);
+  err = netstash_preload_gc(r.ctx, &n);
   if (err != NETSTASH_OK) {
-    rc = fail("gc", a.json, a.profile, err, NULL);
+    rc = fail("gc", r.a.json, r.a.profile, err, NULL);
     goto done;
   }
   rc = 0;
-  if (a.json) {
+  if (r.a.json) {
     json_t *o =
-        json_pack("{s:s, s:b, s:I}", "profile", a.profile, "ok", 1, "collected", (json_int_t)n);
-    print_json(o);
+        json_pack("{s:s, s:b, s:I}", "profile", r.a.profile, "ok", 1, "collected", (json_int_t)n);
+    cli_print_json(o, 0);
     json_decref(o);
   } else {
-    printf("%s: %llu bod%s collected\n", a.profile, (unsigned long long)n, n == 1 ? "y" : "ies");
+    printf("%s: %llu bod%s collected\n", r.a.profile, (unsigned long long)n, n == 1 ? "y" : "ies");
   }
 done:
-  netstash_ctx_del(ctx);
-  free(a.defprofile);
-  return rc;
+  return admin_end(&r, rc);
 }
 
 /* ------------------------------------------------------------ stats */
@@ -474,36 +364,23 @@ int cmd_stats(int argc, char **argv) {
       "\"resources\", \"bytes\", \"store\": {\"used_bytes\", \"map_size\", \"bodies\",\n"
       "\"gc_queued\", \"records\": {\"http\", \"preload\", \"manifests\", \"cookies\"}}}.\n"
       "Exit 0; 9 when there is no store.\n";
-  pl_args a;
-  netstash_ctx *ctx = NULL;
-  char *text = NULL, s1[32], s2[32], s3[32];
-  json_t *j = NULL, *st, *rec;
+  admin r;
+  char s1[32], s2[32], s3[32];
+  const json_t *st, *rec;
   netstash_error err;
-  int rc = parse_args("stats", usage, argc, argv, 0, 0, 0, &a);
-  if (rc >= 0)
+  int rc = admin_begin(&r, "stats", usage, argc, argv, 0, 0, CLI_RESOURCES_REFUSE);
+  if (rc >= 0 || (rc = admin_open(&r)) >= 0)
     goto done;
-  if ((rc = open_store("stats", &a, &ctx)) >= 0)
+  err = netstash_preload_stats(r.ctx, &r.text);
+  if ((rc = admin_answer(&r, err, NULL, "unreadable figures")) >= 0)
     goto done;
-  err = netstash_preload_stats(ctx, &text);
-  if (err != NETSTASH_OK) {
-    rc = fail("stats", a.json, a.profile, err, NULL);
-    goto done;
-  }
   rc = 0;
-  if (a.json) {
-    puts(text);
-    goto done;
-  }
-  if (!(j = json_loads(text, 0, NULL))) {
-    rc = fail("stats", 0, a.profile, NETSTASH_E_INTERNAL, "unreadable figures");
-    goto done;
-  }
-  st = json_object_get(j, "store");
+  st = json_object_get(r.j, "store");
   rec = json_object_get(st, "records");
   printf("preload  %llu manifest%s (%llu active), %llu resources, %s served\n",
-         (unsigned long long)ju(j, "manifests"), ju(j, "manifests") == 1 ? "" : "s",
-         (unsigned long long)ju(j, "active"), (unsigned long long)ju(j, "resources"),
-         human_bytes(ju(j, "bytes"), s1, sizeof(s1)));
+         (unsigned long long)ju(r.j, "manifests"), ju(r.j, "manifests") == 1 ? "" : "s",
+         (unsigned long long)ju(r.j, "active"), (unsigned long long)ju(r.j, "resources"),
+         human_bytes(ju(r.j, "bytes"), s1, sizeof(s1)));
   printf("store    %s used of a %s map, %llu bodies, %llu waiting for GC\n",
          human_bytes(ju(st, "used_bytes"), s2, sizeof(s2)),
          human_bytes(ju(st, "map_size"), s3, sizeof(s3)), (unsigned long long)ju(st, "bodies"),
@@ -512,9 +389,5 @@ int cmd_stats(int argc, char **argv) {
          (unsigned long long)ju(rec, "http"), (unsigned long long)ju(rec, "preload"),
          (unsigned long long)ju(rec, "manifests"), (unsigned long long)ju(rec, "cookies"));
 done:
-  json_decref(j);
-  netstash_free(ctx, text);
-  netstash_ctx_del(ctx);
-  free(a.defprofile);
-  return rc;
+  return admin_end(&r, rc);
 }

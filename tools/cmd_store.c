@@ -4,7 +4,6 @@
  * plus "preload" (verify: {"checked", "bytes", "corrupt"}) and "id" (purge
  * ID).
  */
-#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,66 +12,17 @@
 
 #include "cli.h"
 
-typedef struct store_args {
-  const char *profile;
-  char *defprofile;
-  const char *id; /* purge ID */
-  int json;
-} store_args;
-
-/* Returns -1 to go on, else the exit code. */
-static int parse_args(const char *name, const char *usage, int allow_id, int argc, char **argv,
-                      store_args *a) {
-  static const struct option opts[] = {{"profile", required_argument, NULL, 'p'},
-                                       {"json", no_argument, NULL, 'j'},
-                                       {"help", no_argument, NULL, 'h'},
-                                       {NULL, 0, NULL, 0}};
-  int c;
-  memset(a, 0, sizeof(*a));
-  optind = 1;
-  while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-    switch (c) {
-    case 'p':
-      a->profile = optarg;
-      break;
-    case 'j':
-      a->json = 1;
-      break;
-    case 'h':
-      fputs(usage, stdout);
-      return 0;
-    default:
-      fputs(usage, stderr);
-      return EXIT_USAGE;
-    }
-  }
-  if (allow_id && optind < argc)
-    a->id = argv[optind++];
-  if (optind != argc) {
-    cli_error(name, "unexpected argument \"%s\"", argv[optind]);
-    fputs(usage, stderr);
-    return EXIT_USAGE;
-  }
-  if (!a->profile)
-    a->profile = a->defprofile = cli_default_profile();
-  return -1;
-}
-
 /* Prints the result (and the error line on stderr); returns the exit code.
  * extra_key/extra (consumed, may be NULL) go into the JSON object. */
-static int report(const char *name, const store_args *a, netstash_error err, const char *detail,
+static int report(const char *name, const cli_args *a, netstash_error err, const char *detail,
                   const char *done_msg, const char *extra_key, json_t *extra) {
   if (a->json) {
-    json_t *o =
-        json_pack("{s:s, s:b, s:o, s:s}", "profile", a->profile, "ok", err == NETSTASH_OK, "error",
-                  err == NETSTASH_OK ? json_null() : json_string(netstash_error_name(err)),
-                  "message", *detail ? detail : netstash_strerror(err));
-    if (a->id)
-      json_object_set_new(o, "id", json_string(a->id));
+    json_t *o = cli_status_json(a->profile, err, *detail ? detail : netstash_strerror(err));
+    if (a->pos[0])
+      json_object_set_new(o, "id", json_string(a->pos[0]));
     if (extra)
       json_object_set(o, extra_key, extra);
-    json_dumpf(o, stdout, JSON_COMPACT | JSON_PRESERVE_ORDER);
-    fputc('\n', stdout);
+    cli_print_json(o, 0);
     json_decref(o);
   } else if (err == NETSTASH_OK) {
     printf("%s: %s\n", a->profile, done_msg);
@@ -98,12 +48,12 @@ int cmd_verify(int argc, char **argv) {
       "Exit 0 when intact, 13 when the store is corrupt (then: netstash purge),\n"
       "15 when preload bodies did not match (now unlinked), 9 when there is no\n"
       "store.\n";
-  store_args a;
+  cli_args a;
   netstash_ctx *ctx = NULL;
   char detail[512] = "", *text = NULL;
   json_t *pre = NULL;
   netstash_error err;
-  int rc = parse_args("verify", usage, 0, argc, argv, &a);
+  int rc = cli_parse_args("verify", usage, argc, argv, 0, 0, CLI_RESOURCES_NONE, &a);
   if (rc >= 0)
     goto done;
   /* the store first, read-only: a damaged one is never opened for writing */
@@ -145,7 +95,7 @@ done:
   json_decref(pre);
   netstash_free(ctx, text);
   netstash_ctx_del(ctx);
-  free(a.defprofile);
+  cli_args_free(&a);
   return rc;
 }
 
@@ -159,14 +109,15 @@ int cmd_purge(int argc, char **argv) {
       "With ID: removes preload manifest ID (every version of it) and collects\n"
       "the bodies nothing else references; the rest of the store stays.\n"
       "Exit 9 when there is no store, or no manifest ID.\n";
-  store_args a;
+  cli_args a;
   netstash_ctx *ctx = NULL;
   char detail[512] = "", done_msg[512];
+  const char *id;
   netstash_error err;
-  int rc = parse_args("purge", usage, 1, argc, argv, &a);
+  int rc = cli_parse_args("purge", usage, argc, argv, 0, 1, CLI_RESOURCES_NONE, &a);
   if (rc >= 0)
     goto done;
-  if (!a.id) {
+  if (!(id = a.pos[0])) {
     err = netstash_store_purge(a.profile, detail, sizeof(detail));
     rc = report("purge", &a, err, detail, "store deleted", NULL, NULL);
     goto done;
@@ -180,13 +131,13 @@ int cmd_purge(int argc, char **argv) {
     rc = cli_exit_code(err);
     goto done;
   }
-  err = netstash_preload_purge(ctx, a.id);
+  err = netstash_preload_purge(ctx, id);
   if (err == NETSTASH_E_NOT_FOUND)
-    snprintf(detail, sizeof(detail), "no manifest \"%s\" in %s", a.id, a.profile);
-  snprintf(done_msg, sizeof(done_msg), "manifest \"%s\" purged", a.id);
+    snprintf(detail, sizeof(detail), "no manifest \"%s\" in %s", id, a.profile);
+  snprintf(done_msg, sizeof(done_msg), "manifest \"%s\" purged", id);
   rc = report("purge", &a, err, detail, done_msg, NULL, NULL);
 done:
   netstash_ctx_del(ctx);
-  free(a.defprofile);
+  cli_args_free(&a);
   return rc;
 }

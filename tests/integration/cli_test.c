@@ -12,60 +12,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <jansson.h>
 #include <openssl/evp.h>
 
+#include "cli_run.h"
 #include "harness.h"
 
 static nst_server caddy, raw;
-static char cli[1024];
-
-/* Runs the CLI with args (a shell-quoted string); returns the exit code and
- * stdout (malloc'd, NUL-terminated) in *out. stderr goes to *err_out. */
-static int run(const char *args, char **out, char **err_out) {
-  char cmd[4096], errfile[1024];
-  FILE *p;
-  size_t cap = 1 << 16, len = 0, r;
-  char *buf = malloc(cap);
-  int status;
-  snprintf(errfile, sizeof(errfile), "%s", nst_path("cli-stderr.txt"));
-  snprintf(cmd, sizeof(cmd), "%s %s 2>%s", cli, args, errfile);
-  p = popen(cmd, "r");
-  assert_non_null(p);
-  while ((r = fread(buf + len, 1, cap - len - 1, p)) > 0) {
-    len += r;
-    if (len + 1 == cap) {
-      cap *= 2;
-      buf = realloc(buf, cap);
-    }
-  }
-  buf[len] = 0;
-  status = pclose(p);
-  *out = buf;
-  if (err_out) {
-    FILE *e = fopen(errfile, "r");
-    char *eb = calloc(1, 65536);
-    if (e) {
-      size_t n = fread(eb, 1, 65535, e);
-      eb[n] = 0;
-      fclose(e);
-    }
-    *err_out = eb;
-  }
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
-
-static json_t *parse_one_object(const char *text) {
-  json_error_t jerr;
-  json_t *j = json_loads(text, 0, &jerr); /* rejects trailing garbage */
-  if (!j)
-    fail_msg("stdout is not exactly one JSON object: %s\n%s", jerr.text, text);
-  assert_true(json_is_object(j));
-  return j;
-}
 
 static void test_json_contract(void **state) {
   char args[1024], *out, *err;
@@ -73,8 +28,8 @@ static void test_json_contract(void **state) {
   (void)state;
   snprintf(args, sizeof(args), "get --json --cacert %s https://127.0.0.1:%d/hello.txt",
            nst_cert("ca.pem"), caddy.port);
-  assert_int_equal(run(args, &out, &err), 0);
-  j = parse_one_object(out);
+  assert_int_equal(cli_run(args, &out, &err), 0);
+  j = cli_run_json(out);
   assert_int_equal(json_integer_value(json_object_get(j, "status")), 200);
   assert_string_equal(json_string_value(json_object_get(j, "protocol")), "h2");
   assert_string_equal(json_string_value(json_object_get(j, "tls_version")), "TLSv1.3");
@@ -104,14 +59,14 @@ static void test_body_stdout_and_file(void **state) {
   (void)state;
   snprintf(args, sizeof(args), "get --cacert %s https://127.0.0.1:%d/hello.txt",
            nst_cert("ca.pem"), caddy.port);
-  assert_int_equal(run(args, &out, NULL), 0);
+  assert_int_equal(cli_run(args, &out, NULL), 0);
   assert_string_equal(out, "hello, netstash\n");
   free(out);
   file = strdup(nst_path("cli-out.txt"));
   snprintf(args, sizeof(args), "get --json -o %s --cacert %s https://127.0.0.1:%d/hello.txt",
            file, nst_cert("ca.pem"), caddy.port);
-  assert_int_equal(run(args, &out, &err), 0);
-  json_decref(parse_one_object(out)); /* body not on stdout under --json */
+  assert_int_equal(cli_run(args, &out, &err), 0);
+  json_decref(cli_run_json(out)); /* body not on stdout under --json */
   fp = fopen(file, "r");
   assert_non_null(fp);
   assert_true(fread(buf, 1, sizeof(buf) - 1, fp) > 0);
@@ -126,9 +81,9 @@ static void test_http_error_status_exit_0(void **state) {
   char args[512], *out;
   (void)state;
   snprintf(args, sizeof(args), "get --json http://127.0.0.1:%d/status/404", raw.port);
-  assert_int_equal(run(args, &out, NULL), 0);
+  assert_int_equal(cli_run(args, &out, NULL), 0);
   {
-    json_t *j = parse_one_object(out);
+    json_t *j = cli_run_json(out);
     assert_int_equal(json_integer_value(json_object_get(j, "status")), 404);
     assert_string_equal(json_string_value(json_object_get(j, "protocol")), "http/1.1");
     json_decref(j);
@@ -136,63 +91,46 @@ static void test_http_error_status_exit_0(void **state) {
   free(out);
 }
 
-static void expect_exit(const char *args, int code, const char *err_has, const char *json_error) {
-  char *out, *err;
-  int rc = run(args, &out, &err);
-  if (rc != code)
-    fail_msg("netstash %s: exit %d, expected %d; stderr: %s", args, rc, code, err);
-  if (err_has && !strstr(err, err_has))
-    fail_msg("netstash %s: stderr lacks \"%s\": %s", args, err_has, err);
-  if (json_error) {
-    json_t *j = parse_one_object(out);
-    assert_string_equal(json_string_value(json_object_get(j, "error")), json_error);
-    assert_true(json_is_string(json_object_get(j, "message")));
-    json_decref(j);
-  }
-  free(out);
-  free(err);
-}
-
 static void test_exit_codes(void **state) {
   char args[1024];
   nst_server bad;
   (void)state;
-  expect_exit("get", 2, "missing URL", NULL);
-  expect_exit("get --bogus-option x", 2, NULL, NULL);
-  expect_exit("get 'ftp://x/'", 3, "bad URL", NULL);
+  cli_run_expect("get", 2, "missing URL", NULL);
+  cli_run_expect("get --bogus-option x", 2, NULL, NULL);
+  cli_run_expect("get 'ftp://x/'", 3, "bad URL", NULL);
   snprintf(args, sizeof(args), "get --json https://127.0.0.1:%d/", nst_closed_port());
-  expect_exit(args, 5, "refused", "NETSTASH_E_CONNECT_REFUSED");
+  cli_run_expect(args, 5, "refused", "NETSTASH_E_CONNECT_REFUSED");
   snprintf(args, sizeof(args), "get --json --dns-server 127.0.0.1:%d https://x.example.test:%d/",
            nst_udp_blackhole(), caddy.port);
-  expect_exit(args, 4, NULL, "NETSTASH_E_DNS_TIMEOUT");
+  cli_run_expect(args, 4, NULL, "NETSTASH_E_DNS_TIMEOUT");
   assert_int_equal(nst_badtls_start("expired", &bad), 0);
   snprintf(args, sizeof(args), "get --cacert %s https://127.0.0.1:%d/", nst_cert("ca.pem"),
            bad.port);
-  expect_exit(args, 6, "expired", NULL);
+  cli_run_expect(args, 6, "expired", NULL);
   nst_stop(&bad);
   snprintf(args, sizeof(args), "get --json http://127.0.0.1:%d/truncate", raw.port);
-  expect_exit(args, 8, "truncated", "NETSTASH_E_TRUNCATED");
+  cli_run_expect(args, 8, "truncated", "NETSTASH_E_TRUNCATED");
   snprintf(args, sizeof(args), "get --timeout 300 http://127.0.0.1:%d/hang", raw.port);
-  expect_exit(args, 7, "timed out", NULL);
+  cli_run_expect(args, 7, "timed out", NULL);
   snprintf(args, sizeof(args), "get --max-body 1000 --cacert %s https://127.0.0.1:%d/bomb.txt",
            nst_cert("ca.pem"), caddy.port);
-  expect_exit(args, 10, NULL, NULL);
+  cli_run_expect(args, 10, NULL, NULL);
   snprintf(args, sizeof(args), "get -o /nonexistent-dir/x http://127.0.0.1:%d/ok", raw.port);
-  expect_exit(args, 9, "cannot write", NULL);
-  expect_exit("get --http3 https://127.0.0.1/", 2, "HTTP/3", NULL);
+  cli_run_expect(args, 9, "cannot write", NULL);
+  cli_run_expect("get --http3 https://127.0.0.1/", 2, "HTTP/3", NULL);
 }
 
 static void test_help(void **state) {
   char *out;
   (void)state;
-  assert_int_equal(run("--help", &out, NULL), 0);
+  assert_int_equal(cli_run("--help", &out, NULL), 0);
   assert_non_null(strstr(out, "get URL"));
   free(out);
-  assert_int_equal(run("get --help", &out, NULL), 0);
+  assert_int_equal(cli_run("get --help", &out, NULL), 0);
   assert_non_null(strstr(out, "--json"));
   assert_non_null(strstr(out, "--resolve"));
   free(out);
-  assert_int_equal(run("--version", &out, NULL), 0);
+  assert_int_equal(cli_run("--version", &out, NULL), 0);
   assert_non_null(strstr(out, "netstash 0."));
   free(out);
 }
@@ -203,7 +141,7 @@ static void test_verbose_and_headers(void **state) {
   snprintf(args, sizeof(args), "get -v -X POST --data - -H 'X-Test: 1' http://127.0.0.1:%d/echo "
            "< /dev/null", raw.port);
   /* stdin is /dev/null: an empty POST body */
-  assert_int_equal(run(args, &out, &err), 0);
+  assert_int_equal(cli_run(args, &out, &err), 0);
   assert_non_null(strstr(out, "POST /echo"));
   assert_non_null(strcasestr(out, "x-test: 1"));
   assert_non_null(strstr(err, "< http/1.1 200"));
@@ -222,14 +160,14 @@ static void test_cli_cache(void **state) {
   (void)state;
   snprintf(args, sizeof(args), "get --json --profile %s http://127.0.0.1:%d/cache/max-age/600/cli",
            prof, raw.port);
-  assert_int_equal(run(args, &out, NULL), 0);
-  j = parse_one_object(out);
+  assert_int_equal(cli_run(args, &out, NULL), 0);
+  j = cli_run_json(out);
   assert_string_equal(json_string_value(json_object_get(j, "source")), "network");
   assert_non_null(strstr(json_string_value(json_object_get(j, "cache_reason")), "stored"));
   json_decref(j);
   free(out);
-  assert_int_equal(run(args, &out, NULL), 0);
-  j = parse_one_object(out);
+  assert_int_equal(cli_run(args, &out, NULL), 0);
+  j = cli_run_json(out);
   assert_string_equal(json_string_value(json_object_get(j, "source")), "cache");
   assert_non_null(strstr(json_string_value(json_object_get(j, "cache_reason")), "fresh"));
   json_decref(j);
@@ -237,22 +175,22 @@ static void test_cli_cache(void **state) {
   snprintf(args, sizeof(args),
            "get --json --no-cache --profile %s http://127.0.0.1:%d/cache/max-age/600/cli", prof,
            raw.port);
-  assert_int_equal(run(args, &out, NULL), 0);
-  j = parse_one_object(out);
+  assert_int_equal(cli_run(args, &out, NULL), 0);
+  j = cli_run_json(out);
   assert_string_equal(json_string_value(json_object_get(j, "source")), "network");
   json_decref(j);
   free(out);
 
   /* stale-while-revalidate across three one-shot runs */
   snprintf(args, sizeof(args), "get --profile %s http://127.0.0.1:%d/cache/swr", prof, raw.port);
-  assert_int_equal(run(args, &out, NULL), 0);
+  assert_int_equal(cli_run(args, &out, NULL), 0);
   snprintf(first, sizeof(first), "%s", out);
   free(out);
   usleep(2100000);
-  assert_int_equal(run(args, &out, NULL), 0);
+  assert_int_equal(cli_run(args, &out, NULL), 0);
   assert_string_equal(out, first); /* stale, served at once */
   free(out);
-  assert_int_equal(run(args, &out, NULL), 0);
+  assert_int_equal(cli_run(args, &out, NULL), 0);
   assert_string_not_equal(out, first); /* the second run stored the refresh */
   free(out);
   free(prof);
@@ -266,10 +204,10 @@ static void test_cli_corrupt_store(void **state) {
   (void)state;
   snprintf(args, sizeof(args), "get --profile %s http://127.0.0.1:%d/cache/max-age/600/z", prof,
            raw.port);
-  assert_int_equal(run(args, &out, NULL), 0);
+  assert_int_equal(cli_run(args, &out, NULL), 0);
   free(out);
   snprintf(args, sizeof(args), "verify --profile %s", prof);
-  assert_int_equal(run(args, &out, NULL), 0);
+  assert_int_equal(cli_run(args, &out, NULL), 0);
   free(out);
   snprintf(path, sizeof(path), "%s/store/data.mdb", prof);
   fp = fopen(path, "r+b");
@@ -279,29 +217,29 @@ static void test_cli_corrupt_store(void **state) {
   fclose(fp);
   snprintf(args, sizeof(args), "get --profile %s http://127.0.0.1:%d/cache/max-age/600/z", prof,
            raw.port);
-  assert_int_equal(run(args, &out, &err), 13);
+  assert_int_equal(cli_run(args, &out, &err), 13);
   assert_non_null(strstr(err, "netstash purge"));
   free(out);
   free(err);
   snprintf(args, sizeof(args), "verify --json --profile %s", prof);
-  assert_int_equal(run(args, &out, NULL), 13);
+  assert_int_equal(cli_run(args, &out, NULL), 13);
   {
-    json_t *j = parse_one_object(out);
+    json_t *j = cli_run_json(out);
     assert_false(json_is_true(json_object_get(j, "ok")));
     assert_string_equal(json_string_value(json_object_get(j, "error")), "NETSTASH_E_STORE_CORRUPT");
     json_decref(j);
   }
   free(out);
   snprintf(args, sizeof(args), "purge --profile %s", prof);
-  assert_int_equal(run(args, &out, NULL), 0);
+  assert_int_equal(cli_run(args, &out, NULL), 0);
   free(out);
-  assert_int_equal(run(args, &out, NULL), 9); /* nothing left */
+  assert_int_equal(cli_run(args, &out, NULL), 9); /* nothing left */
   free(out);
   snprintf(args, sizeof(args), "get --json --profile %s http://127.0.0.1:%d/cache/max-age/600/z",
            prof, raw.port);
-  assert_int_equal(run(args, &out, NULL), 0);
+  assert_int_equal(cli_run(args, &out, NULL), 0);
   {
-    json_t *j = parse_one_object(out);
+    json_t *j = cli_run_json(out);
     assert_string_equal(json_string_value(json_object_get(j, "source")), "network");
     json_decref(j);
   }
@@ -321,37 +259,37 @@ static void test_cli_cookies(void **state) {
               "#HttpOnly_.example.com\tTRUE\t/\tTRUE\t4102444800\th\tx\n");
   fclose(fp);
   snprintf(args, sizeof(args), "cookies import %s --profile %s --json", txt, prof);
-  assert_int_equal(run(args, &out, NULL), 0);
-  j = parse_one_object(out);
+  assert_int_equal(cli_run(args, &out, NULL), 0);
+  j = cli_run_json(out);
   assert_int_equal(json_integer_value(json_object_get(j, "count")), 2);
   json_decref(j);
   free(out);
   snprintf(args, sizeof(args), "cookies list --profile %s --json", prof);
-  assert_int_equal(run(args, &out, NULL), 0);
-  j = parse_one_object(out);
+  assert_int_equal(cli_run(args, &out, NULL), 0);
+  j = cli_run_json(out);
   assert_int_equal(json_array_size(json_object_get(j, "cookies")), 2);
   json_decref(j);
   free(out);
   snprintf(args, sizeof(args), "cookies export --profile %s", prof);
-  assert_int_equal(run(args, &out, NULL), 0);
+  assert_int_equal(cli_run(args, &out, NULL), 0);
   assert_non_null(strstr(out, "#HttpOnly_.example.com\tTRUE\t/\tTRUE\t"));
   free(out);
   snprintf(args, sizeof(args), "get --profile %s http://127.0.0.1:%d/echo", prof, raw.port);
-  assert_int_equal(run(args, &out, NULL), 0);
+  assert_int_equal(cli_run(args, &out, NULL), 0);
   assert_non_null(strstr(out, "k=v"));
   free(out);
   snprintf(args, sizeof(args), "get --no-cookies --profile %s http://127.0.0.1:%d/echo", prof,
            raw.port);
-  assert_int_equal(run(args, &out, NULL), 0);
+  assert_int_equal(cli_run(args, &out, NULL), 0);
   assert_null(strstr(out, "k=v"));
   free(out);
   snprintf(args, sizeof(args), "cookies clear --domain example.com --profile %s --json", prof);
-  assert_int_equal(run(args, &out, NULL), 0);
-  j = parse_one_object(out);
+  assert_int_equal(cli_run(args, &out, NULL), 0);
+  j = cli_run_json(out);
   assert_int_equal(json_integer_value(json_object_get(j, "count")), 1);
   json_decref(j);
   free(out);
-  assert_int_equal(run("cookies bogus", &out, NULL), 2);
+  assert_int_equal(cli_run("cookies bogus", &out, NULL), 2);
   free(out);
   free(prof);
   free(txt);
@@ -377,35 +315,35 @@ static void test_cli_manifest(void **state) {
   fclose(in);
   fclose(o);
   snprintf(args, sizeof(args), "manifest keygen %s/ops.key", dir);
-  assert_int_equal(run(args, &out, NULL), 0);
+  assert_int_equal(cli_run(args, &out, NULL), 0);
   assert_int_equal(strlen(out), 17); /* 16 hex digits and a newline */
   free(out);
   snprintf(args, sizeof(args), "manifest keygen %s/other.key --json", dir);
-  assert_int_equal(run(args, &out, NULL), 0);
-  j = parse_one_object(out);
+  assert_int_equal(cli_run(args, &out, NULL), 0);
+  j = cli_run_json(out);
   assert_int_equal(strlen(json_string_value(json_object_get(j, "key_id"))), 16);
   json_decref(j);
   free(out);
   snprintf(args, sizeof(args), "manifest lint %s/site.json --json", dir);
-  assert_int_equal(run(args, &out, NULL), 0);
-  j = parse_one_object(out);
+  assert_int_equal(cli_run(args, &out, NULL), 0);
+  j = cli_run_json(out);
   assert_true(json_is_true(json_object_get(j, "ok")));
   assert_int_equal(json_array_size(json_object_get(j, "violations")), 0);
   json_decref(j);
   free(out);
   snprintf(args, sizeof(args), "manifest sign %s/site.json --key %s/ops.key", dir, dir);
-  assert_int_equal(run(args, &out, NULL), 0);
+  assert_int_equal(cli_run(args, &out, NULL), 0);
   free(out);
   snprintf(args, sizeof(args), "manifest verify %s/site.json --trust %s/ops.key.pub --json", dir,
            dir);
-  assert_int_equal(run(args, &out, NULL), 0);
-  j = parse_one_object(out);
+  assert_int_equal(cli_run(args, &out, NULL), 0);
+  j = cli_run_json(out);
   assert_true(json_is_true(json_object_get(j, "ok")));
   json_decref(j);
   free(out);
   /* wrong key: 14 with the reason */
   snprintf(args, sizeof(args), "manifest verify %s/site.json --trust %s/other.key.pub", dir, dir);
-  assert_int_equal(run(args, &out, &err), 14);
+  assert_int_equal(cli_run(args, &out, &err), 14);
   assert_non_null(strstr(err, "unknown key id"));
   free(out);
   free(err);
@@ -413,7 +351,7 @@ static void test_cli_manifest(void **state) {
   snprintf(args, sizeof(args), "sed -i 's/\"version\": 42/\"version\": 43/' %s/site.json", dir);
   assert_int_equal(system(args), 0);
   snprintf(args, sizeof(args), "manifest verify %s/site.json --trust %s/ops.key.pub", dir, dir);
-  assert_int_equal(run(args, &out, &err), 14);
+  assert_int_equal(cli_run(args, &out, &err), 14);
   assert_non_null(strstr(err, "bad signature"));
   free(out);
   free(err);
@@ -428,8 +366,8 @@ static void test_cli_manifest(void **state) {
         o);
   fclose(o);
   snprintf(args, sizeof(args), "manifest lint %s/bad.json --json", dir);
-  assert_int_equal(run(args, &out, NULL), 14);
-  j = parse_one_object(out);
+  assert_int_equal(cli_run(args, &out, NULL), 14);
+  j = cli_run_json(out);
   assert_int_equal(json_array_size(json_object_get(j, "violations")), 2);
   assert_string_equal(
       json_string_value(json_object_get(json_array_get(json_object_get(j, "violations"), 1),
@@ -437,10 +375,10 @@ static void test_cli_manifest(void **state) {
       "resources[0].integrity");
   json_decref(j);
   free(out);
-  assert_int_equal(run("manifest --help", &out, NULL), 0);
+  assert_int_equal(cli_run("manifest --help", &out, NULL), 0);
   assert_non_null(strstr(out, "netstash manifest lint"));
   free(out);
-  assert_int_equal(run("manifest bogus", &out, NULL), 2);
+  assert_int_equal(cli_run("manifest bogus", &out, NULL), 2);
   free(out);
   free(dir);
 }
@@ -523,7 +461,7 @@ static void test_cli_manifest_make(void **state) {
            "manifest make %s --base https://www.example.com/app --id site.app --version 7 "
            "--expires 2099-01-01T00:00:00Z -o %s/m.json --priority 'docs/*=high' --max-bytes 100000",
            site, dir);
-  assert_int_equal(run(args, &out, &err), 0);
+  assert_int_equal(cli_run(args, &out, &err), 0);
   assert_non_null(strstr(out, "7, 8 resources")); /* the summary line */
   assert_non_null(strstr(err, "skipped outside")); /* a symlink out of the tree */
   free(out);
@@ -531,7 +469,7 @@ static void test_cli_manifest_make(void **state) {
 
   snprintf(args, sizeof(args), "%s/m.json", dir);
   file = slurp(args);
-  m = parse_one_object(file);
+  m = cli_run_json(file);
   assert_string_equal(field(m, "id"), "site.app");
   assert_int_equal(json_integer_value(json_object_get(m, "version")), 7);
   assert_string_equal(json_string_value(json_array_get(json_object_get(m, "scope"), 0)),
@@ -576,24 +514,24 @@ static void test_cli_manifest_make(void **state) {
            "manifest make %s --base https://www.example.com/app --id site.app --version 7 "
            "--expires 2099-01-01T00:00:00Z --priority 'docs/*=high' --max-bytes 100000",
            site);
-  assert_int_equal(run(args, &again, NULL), 0);
+  assert_int_equal(cli_run(args, &again, NULL), 0);
   assert_string_equal(again, file);
   free(again);
   free(file);
 
   /* lint, sign, verify */
   snprintf(args, sizeof(args), "manifest lint %s/m.json", dir);
-  assert_int_equal(run(args, &out, NULL), 0);
+  assert_int_equal(cli_run(args, &out, NULL), 0);
   free(out);
   snprintf(args, sizeof(args), "manifest keygen %s/k", dir);
-  assert_int_equal(run(args, &out, NULL), 0);
+  assert_int_equal(cli_run(args, &out, NULL), 0);
   free(out);
   snprintf(args, sizeof(args), "manifest sign %s/m.json --key %s/k", dir, dir);
-  assert_int_equal(run(args, &out, NULL), 0);
+  assert_int_equal(cli_run(args, &out, NULL), 0);
   free(out);
   snprintf(args, sizeof(args), "manifest verify %s/m.json --trust %s/k.pub --json", dir, dir);
-  assert_int_equal(run(args, &out, NULL), 0);
-  m = parse_one_object(out);
+  assert_int_equal(cli_run(args, &out, NULL), 0);
+  m = cli_run_json(out);
   assert_true(json_is_true(json_object_get(m, "ok")));
   json_decref(m);
   free(out);
@@ -603,8 +541,8 @@ static void test_cli_manifest_make(void **state) {
            "manifest make %s/css --base https://www.example.com/css/ --id c --version 1 "
            "--entry app.css --ttl-days 2 --ignore-param utm_source --ignore-param fbclid",
            site);
-  assert_int_equal(run(args, &out, NULL), 0);
-  m = parse_one_object(out);
+  assert_int_equal(cli_run(args, &out, NULL), 0);
+  m = cli_run_json(out);
   r = resource(m, "https://www.example.com/css/app.css");
   assert_string_equal(field(r, "priority"), "critical"); /* an entry page */
   assert_string_equal(
@@ -616,21 +554,21 @@ static void test_cli_manifest_make(void **state) {
   /* errors say what to do */
   snprintf(args, sizeof(args), "manifest make %s/css --base https://x.example/ --id c --version 1",
            site);
-  expect_exit(args, 2, "--entry", NULL); /* no index.html: no entry page */
+  cli_run_expect(args, 2, "--entry", NULL); /* no index.html: no entry page */
   snprintf(args, sizeof(args),
            "manifest make %s --base https://x.example/ --id c --version 1 --max-bytes 10", site);
-  expect_exit(args, 14, "over the budget", NULL);
+  cli_run_expect(args, 14, "over the budget", NULL);
   snprintf(args, sizeof(args), "manifest make %s --base http://x.example/ --id c --version 1",
            site);
-  expect_exit(args, 2, "not an https URL", NULL);
+  cli_run_expect(args, 2, "not an https URL", NULL);
   snprintf(args, sizeof(args), "manifest make %s --base https://x.example/ --id c --version 1 "
            "--expires 2001-01-01T00:00:00Z", site);
-  expect_exit(args, 2, "not in the future", NULL);
+  cli_run_expect(args, 2, "not in the future", NULL);
   snprintf(args, sizeof(args), "manifest make %s/nope --base https://x.example/ --id c --version 1",
            dir);
-  expect_exit(args, 9, "No such file", NULL);
-  expect_exit("manifest make . --id c --version 1", 2, "--base URL is required", NULL);
-  assert_int_equal(run("manifest make --help", &out, NULL), 0);
+  cli_run_expect(args, 9, "No such file", NULL);
+  cli_run_expect("manifest make . --id c --version 1", 2, "--base URL is required", NULL);
+  assert_int_equal(cli_run("manifest make --help", &out, NULL), 0);
   assert_non_null(strstr(out, "--priority GLOB=P"));
   free(out);
   free(dir);
@@ -668,12 +606,12 @@ static void test_cli_manifest_import(void **state) {
            "manifest import --workbox %s --dir %s --base https://pwa.example/ --id pwa "
            "--version 3 --ignore-param utm_source --expires 2099-01-01T00:00:00Z -o %s/m.json",
            wb, site, dir);
-  assert_int_equal(run(args, &out, &err), 0);
+  assert_int_equal(cli_run(args, &out, &err), 0);
   free(out);
   free(err);
   snprintf(args, sizeof(args), "%s/m.json", dir);
   out = slurp(args);
-  m = parse_one_object(out);
+  m = cli_run_json(out);
   free(out);
   assert_int_equal(json_array_size(json_object_get(m, "resources")), 3);
   r = json_array_get(json_object_get(m, "resources"), 0); /* Workbox order */
@@ -697,7 +635,7 @@ static void test_cli_manifest_import(void **state) {
   assert_string_equal(field(r, "content_type"), "image/svg+xml");
   json_decref(m);
   snprintf(args, sizeof(args), "manifest lint %s/m.json", dir);
-  assert_int_equal(run(args, &out, NULL), 0);
+  assert_int_equal(cli_run(args, &out, NULL), 0);
   free(out);
 
   /* the service worker form: self.__WB_MANIFEST = [...] */
@@ -713,8 +651,8 @@ static void test_cli_manifest_import(void **state) {
            "manifest import --workbox %s --dir %s --base https://pwa.example/ --id pwa "
            "--version 3 --scope https://cdn.pwa.example/",
            wb, site);
-  assert_int_equal(run(args, &out, NULL), 0);
-  m = parse_one_object(out);
+  assert_int_equal(cli_run(args, &out, NULL), 0);
+  m = cli_run_json(out);
   assert_int_equal(json_array_size(json_object_get(m, "resources")), 2);
   assert_int_equal(json_array_size(json_object_get(m, "scope")), 2);
   json_decref(m);
@@ -724,7 +662,7 @@ static void test_cli_manifest_import(void **state) {
   snprintf(wb, sizeof(wb), "%s/precache.json", dir);
   snprintf(args, sizeof(args),
            "manifest import --workbox %s --base https://pwa.example/ --id pwa --version 3", wb);
-  assert_int_equal(run(args, &out, &err), 2);
+  assert_int_equal(cli_run(args, &out, &err), 2);
   assert_non_null(strstr(err, "\"https://pwa.example/index.html\""));
   assert_null(strstr(err, "app.3f2a.js")); /* has integrity */
   assert_non_null(strstr(err, "pass --dir"));
@@ -740,37 +678,30 @@ static void test_cli_manifest_import(void **state) {
   snprintf(args, sizeof(args),
            "manifest import --workbox %s --dir %s --base https://pwa.example/ --id pwa "
            "--version 3", wb, site);
-  expect_exit(args, 15, "does not match the entry's integrity", NULL);
+  cli_run_expect(args, 15, "does not match the entry's integrity", NULL);
   /* an entry whose file is missing; not a Workbox manifest */
   fp = fopen(wb, "w");
   assert_non_null(fp);
   fputs("[\"index.html\", {\"url\": \"gone.js\", \"revision\": \"1\"}]", fp);
   fclose(fp);
-  expect_exit(args, 9, "workbox[1] \"https://pwa.example/gone.js\"", NULL);
+  cli_run_expect(args, 9, "workbox[1] \"https://pwa.example/gone.js\"", NULL);
   fp = fopen(wb, "w");
   assert_non_null(fp);
   fputs("{\"files\": []}", fp);
   fclose(fp);
-  expect_exit(args, 14, "not a Workbox precache manifest", NULL);
-  expect_exit("manifest import --base https://pwa.example/ --id pwa --version 3", 2,
-              "--workbox FILE is required", NULL);
-  assert_int_equal(run("manifest import --help", &out, NULL), 0);
+  cli_run_expect(args, 14, "not a Workbox precache manifest", NULL);
+  cli_run_expect("manifest import --base https://pwa.example/ --id pwa --version 3", 2,
+                 "--workbox FILE is required", NULL);
+  assert_int_equal(cli_run("manifest import --help", &out, NULL), 0);
   assert_non_null(strstr(out, "--ignore-param"));
   free(out);
   free(dir);
 }
 
 static int setup(void **state) {
-  const char *b = getenv("NST_BUILDDIR");
   (void)state;
-  /* the default profile (no --profile) lives under XDG_DATA_HOME: keep it in
-   * the test's work dir, not in the user's home */
-  setenv("XDG_DATA_HOME", nst_workdir(), 1);
-  snprintf(cli, sizeof(cli), "%s/tools/netstash", b ? b : ".");
-  if (access(cli, X_OK) != 0) {
-    fprintf(stderr, "cli_test: %s not found (set NST_BUILDDIR)\n", cli);
+  if (cli_run_setup("cli") != 0)
     return -1;
-  }
   if (!nst_certs() || !nst_site() || nst_caddy_start("h2", &caddy) || nst_rawserver_start(&raw))
     return -1;
   return 0;

@@ -21,16 +21,16 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <jansson.h>
 
+#include "cli_run.h"
 #include "harness.h"
 
 static nst_server caddy;
-static char cli[1024], dir[1024], base[256], common[1024];
+static char dir[1024], base[256], common[1024];
 
 /* The site, under nst_site()/load/. mtime: "new" files get one in the
  * future (never heuristically fresh: revalidated on every load), "old" ones
@@ -183,49 +183,6 @@ static int write_site(void) {
   return 0;
 }
 
-/* Runs the CLI with args (shell-quoted); exit code, stdout in *out. */
-static int run(const char *args, char **out, char **err_out) {
-  char cmd[8192], errfile[1024];
-  FILE *p;
-  size_t cap = 1 << 16, len = 0, r;
-  char *buf = malloc(cap);
-  int status;
-  snprintf(errfile, sizeof(errfile), "%s", nst_path("load-stderr.txt"));
-  snprintf(cmd, sizeof(cmd), "%s %s 2>%s", cli, args, errfile);
-  p = popen(cmd, "r");
-  assert_non_null(p);
-  while ((r = fread(buf + len, 1, cap - len - 1, p)) > 0) {
-    len += r;
-    if (len + 1 == cap) {
-      cap *= 2;
-      buf = realloc(buf, cap);
-    }
-  }
-  buf[len] = 0;
-  status = pclose(p);
-  *out = buf;
-  if (err_out) {
-    FILE *e = fopen(errfile, "r");
-    char *eb = calloc(1, 65536);
-    if (e) {
-      size_t n = fread(eb, 1, 65535, e);
-      eb[n] = 0;
-      fclose(e);
-    }
-    *err_out = eb;
-  }
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
-
-static json_t *parse_one_object(const char *text) {
-  json_error_t jerr;
-  json_t *j = json_loads(text, 0, &jerr);
-  if (!j)
-    fail_msg("stdout is not exactly one JSON object: %s\n%s", jerr.text, text);
-  assert_true(json_is_object(j));
-  return j;
-}
-
 /* `netstash load --json` of base + page with the common options and a
  * profile; exit code checked. */
 static json_t *load_json(const char *extra, const char *profile, const char *page, int want_rc) {
@@ -234,11 +191,11 @@ static json_t *load_json(const char *extra, const char *profile, const char *pag
   int rc;
   snprintf(args, sizeof(args), "load --json %s %s --profile %s '%s%s'", common, extra, profile,
            base, page);
-  rc = run(args, &out, &err);
+  rc = cli_run(args, &out, &err);
   if (rc != want_rc)
     fail_msg("netstash %s: exit %d, expected %d; stderr: %s\nstdout: %s", args, rc, want_rc, err,
              out);
-  j = parse_one_object(out);
+  j = cli_run_json(out);
   free(out);
   free(err);
   return j;
@@ -360,12 +317,12 @@ static void test_offline_preload(void **state) {
   snprintf(prof, sizeof(prof), "%s", nst_path("prof-preload"));
   snprintf(args, sizeof(args), "manifest make %s --base '%s' --id load.test --version 1 -o %s", dir,
            base, manifest);
-  assert_int_equal(run(args, &out, &err), 0);
+  assert_int_equal(cli_run(args, &out, &err), 0);
   free(out);
   free(err);
   snprintf(args, sizeof(args), "warm %s --allow-unsigned --profile %s %s --no-progress", manifest,
            prof, common);
-  if (run(args, &out, &err) != 0)
+  if (cli_run(args, &out, &err) != 0)
     fail_msg("warm failed: %s", err);
   free(out);
   free(err);
@@ -465,7 +422,7 @@ static void test_waterfall_text(void **state) {
   char args[4096], *out, *err;
   (void)state;
   snprintf(args, sizeof(args), "load %s --profile %s '%s'", common, nst_path("prof-text"), base);
-  assert_int_equal(run(args, &out, &err), 0);
+  assert_int_equal(cli_run(args, &out, &err), 0);
   assert_non_null(strstr(out, "15 resources (14 subresources)"));
   assert_non_null(strstr(out, "sources: preload 0, cache 0, revalidated 0, network 15"));
   assert_non_null(strstr(out, "failures 0"));
@@ -477,53 +434,37 @@ static void test_waterfall_text(void **state) {
   free(err);
 }
 
-static void expect_exit(const char *args, int code, const char *err_has) {
-  char *out, *err;
-  int rc = run(args, &out, &err);
-  if (rc != code)
-    fail_msg("netstash %s: exit %d, expected %d; stderr: %s", args, rc, code, err);
-  if (err_has && !strstr(err, err_has))
-    fail_msg("netstash %s: stderr lacks \"%s\": %s", args, err_has, err);
-  free(out);
-  free(err);
-}
-
 static void test_usage_and_errors(void **state) {
   char args[4096], *out;
   json_t *j;
   (void)state;
-  expect_exit("load", 2, "missing URL");
-  expect_exit("load --bogus x", 2, NULL);
-  expect_exit("load --concurrency 0 https://example.test/", 2, "--concurrency");
-  expect_exit("load 'ftp://example.test/'", 3, "bad URL");
-  expect_exit("load relative/path.html", 3, "bad URL");
+  cli_run_expect("load", 2, "missing URL", NULL);
+  cli_run_expect("load --bogus x", 2, NULL, NULL);
+  cli_run_expect("load --concurrency 0 https://example.test/", 2, "--concurrency", NULL);
+  cli_run_expect("load 'ftp://example.test/'", 3, "bad URL", NULL);
+  cli_run_expect("load relative/path.html", 3, "bad URL", NULL);
   snprintf(args, sizeof(args), "load --json --profile %s https://127.0.0.1:%d/",
            nst_path("prof-err"), nst_closed_port());
-  assert_int_equal(run(args, &out, NULL), 5);
-  j = parse_one_object(out);
+  assert_int_equal(cli_run(args, &out, NULL), 5);
+  j = cli_run_json(out);
   assert_string_equal(str(j, "error"), "NETSTASH_E_CONNECT_REFUSED");
   assert_true(json_is_false(json_object_get(j, "ok")));
   assert_int_equal(num(json_object_get(j, "totals"), "failures"), 1);
   json_decref(j);
   free(out);
-  assert_int_equal(run("load --help", &out, NULL), 0);
+  assert_int_equal(cli_run("load --help", &out, NULL), 0);
   assert_non_null(strstr(out, "--offline"));
   assert_non_null(strstr(out, "--resolve"));
   free(out);
-  assert_int_equal(run("--help", &out, NULL), 0);
+  assert_int_equal(cli_run("--help", &out, NULL), 0);
   assert_non_null(strstr(out, "load URL"));
   free(out);
 }
 
 static int setup(void **state) {
-  const char *b = getenv("NST_BUILDDIR");
   (void)state;
-  setenv("XDG_DATA_HOME", nst_workdir(), 1);
-  snprintf(cli, sizeof(cli), "%s/tools/netstash", b ? b : ".");
-  if (access(cli, X_OK) != 0) {
-    fprintf(stderr, "load_test: %s not found (set NST_BUILDDIR)\n", cli);
+  if (cli_run_setup("load") != 0)
     return -1;
-  }
   if (!nst_certs() || !nst_site())
     return -1;
   snprintf(dir, sizeof(dir), "%s/load", nst_site());
