@@ -30,7 +30,8 @@ static const char get_usage[] =
     "      --data FILE          send FILE as the request body ('-' for stdin)\n"
     "      --http1.1            use HTTP/1.1 only\n"
     "      --http2              prefer HTTP/2 (prior knowledge for http://)\n"
-    "      --http3              HTTP/3 (not in this release: exits 2)\n"
+    "      --http3              HTTP/3 only (QUIC; no fallback to TCP)\n"
+    "      --no-http3           never HTTP/3, even when the server offers it\n"
     "      --cacert FILE        trust the CAs in FILE instead of the system store\n"
     "      --tls-min 1.2|1.3    lowest TLS version accepted (default 1.3)\n"
     "      --resolve H:P:ADDR   pin host H port P to ADDR (repeatable)\n"
@@ -194,6 +195,7 @@ enum {
   OPT_HTTP11,
   OPT_HTTP2,
   OPT_HTTP3,
+  OPT_NO_HTTP3,
   OPT_CACERT,
   OPT_RESOLVE,
   OPT_DNS,
@@ -222,6 +224,7 @@ static const struct option get_opts[] = {
     {"http1.1", no_argument, NULL, OPT_HTTP11},
     {"http2", no_argument, NULL, OPT_HTTP2},
     {"http3", no_argument, NULL, OPT_HTTP3},
+    {"no-http3", no_argument, NULL, OPT_NO_HTTP3},
     {"cacert", required_argument, NULL, OPT_CACERT},
     {"resolve", required_argument, NULL, OPT_RESOLVE},
     {"dns-server", required_argument, NULL, OPT_DNS},
@@ -253,7 +256,7 @@ int cmd_get(int argc, char **argv) {
   const char *jar = NULL, *sfc = NULL, *initiator = NULL, *topsite = NULL;
   const char *headers[MAX_LIST], *resolves[MAX_LIST];
   size_t nheaders = 0, nresolves = 0, i;
-  int json = 0, verbose = 0, raw = 0, follow = 0, nocache = 0, offline = 0, nocookies = 0, c, rc;
+  int json = 0, verbose = 0, raw = 0, follow = 0, nocache = 0, offline = 0, nocookies = 0, no_http3 = 0, c, rc;
   uint32_t timeout = 0, ctimeout = 0, maxredirs = 20;
   uint64_t maxbody = 0;
   netstash_http_version httpv = NETSTASH_HTTP_ANY;
@@ -297,6 +300,9 @@ int cmd_get(int argc, char **argv) {
       break;
     case OPT_HTTP3:
       httpv = NETSTASH_HTTP_3;
+      break;
+    case OPT_NO_HTTP3:
+      no_http3 = 1;
       break;
     case OPT_CACERT:
       cacert = optarg;
@@ -405,11 +411,6 @@ int cmd_get(int argc, char **argv) {
     return EXIT_USAGE;
   }
 
-  if (httpv == NETSTASH_HTTP_3) {
-    cli_error("get", "HTTP/3 is not available in this release; use --http2 or --http1.1");
-    return EXIT_USAGE;
-  }
-
   rc = EXIT_INTERNAL;
   if (netstash_options_new(&opts) != NETSTASH_OK)
     goto done;
@@ -417,6 +418,8 @@ int cmd_get(int argc, char **argv) {
     profile = defprofile = cli_default_profile();
   netstash_options_set_profile_dir(opts, profile);
   netstash_options_set_tls_min_version(opts, tlsmin);
+  if (no_http3)
+    netstash_options_set_http3(opts, 0);
   if (ctimeout)
     netstash_options_set_connect_timeout_ms(opts, ctimeout);
   if (maxbody)

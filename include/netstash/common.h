@@ -214,6 +214,18 @@ NETSTASH_EXTERN netstash_error netstash_options_set_max_decoded_body(
 /* Honour Strict-Transport-Security (default on). */
 NETSTASH_EXTERN netstash_error netstash_options_set_hsts(netstash_options *opts,
                                                          int enable);
+/* HTTP/3 (default on): an https origin that advertised h3 with Alt-Svc
+ * (RFC 7838, remembered in the profile's store, or in memory without a
+ * profile) is fetched over QUIC; when QUIC fails or is slow the request goes
+ * over TCP without failing, and the origin's h3 is left alone for a while
+ * (5 min, doubling per failure). Off: never h3 unless a request forces it
+ * with netstash_request_set_http_version(NETSTASH_HTTP_3). */
+NETSTASH_EXTERN netstash_error netstash_options_set_http3(netstash_options *opts, int enable);
+/* How long a request waits for a new QUIC connection's handshake before it
+ * goes over TCP instead (default 300 ms, 1..60000); the handshake goes on,
+ * and later requests use h3 once it is done. */
+NETSTASH_EXTERN netstash_error netstash_options_set_h3_race_ms(netstash_options *opts,
+                                                               uint32_t ms);
 /* User-Agent sent when a request sets none (default "netstash/VERSION"). */
 NETSTASH_EXTERN netstash_error netstash_options_set_user_agent(netstash_options *opts,
                                                                const char *ua);

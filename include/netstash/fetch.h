@@ -29,7 +29,7 @@ typedef enum netstash_http_version {
   NETSTASH_HTTP_ANY = 0, /* h2 via ALPN when the server offers it, else 1.1 */
   NETSTASH_HTTP_1_1 = 1,
   NETSTASH_HTTP_2 = 2,   /* h2 via ALPN over TLS; prior knowledge over http */
-  NETSTASH_HTTP_3 = 3    /* not yet: returns NETSTASH_E_UNSUPPORTED */
+  NETSTASH_HTTP_3 = 3    /* h3 only (https): no Alt-Svc needed, no fallback to TCP */
 } netstash_http_version;
 
 typedef enum netstash_priority {

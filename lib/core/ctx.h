@@ -41,6 +41,8 @@ typedef struct ns_config {
   uint32_t max_total_connections;
   uint64_t max_decoded_body;
   int hsts;
+  int http3;               /* h3 when Alt-Svc offers it (default 1) */
+  uint32_t h3_race_ms;     /* wait for a new QUIC handshake before TCP (300) */
   char *user_agent;
   char *profile_dir;
   int http_cache;          /* use the profile's HTTP cache (default 1) */

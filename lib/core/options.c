@@ -14,6 +14,8 @@ static void config_defaults(ns_config *c) {
   c->max_total_connections = 0;
   c->max_decoded_body = (uint64_t)256 << 20;
   c->hsts = 1;
+  c->http3 = 1;
+  c->h3_race_ms = 300;
   c->http_cache = 1;
   c->cache_partition = 1;
   c->cache_max_bytes = (uint64_t)256 << 20;
@@ -190,6 +192,20 @@ netstash_error netstash_options_set_hsts(netstash_options *o, int enable) {
   if (!o)
     return NETSTASH_E_INVALID_ARGUMENT;
   o->cfg.hsts = enable ? 1 : 0;
+  return NETSTASH_OK;
+}
+
+netstash_error netstash_options_set_http3(netstash_options *o, int enable) {
+  if (!o)
+    return NETSTASH_E_INVALID_ARGUMENT;
+  o->cfg.http3 = enable ? 1 : 0;
+  return NETSTASH_OK;
+}
+
+netstash_error netstash_options_set_h3_race_ms(netstash_options *o, uint32_t ms) {
+  if (!o || ms == 0 || ms > 60000)
+    return NETSTASH_E_INVALID_ARGUMENT;
+  o->cfg.h3_race_ms = ms;
   return NETSTASH_OK;
 }
 

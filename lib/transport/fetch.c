@@ -96,8 +96,8 @@ netstash_error ns_fetch_start_ex(netstash_ctx *ctx, netstash_request *req, int v
   *out = NULL;
   if (!ctx || !req || (cbs && version < NETSTASH_FETCH_CALLBACKS_V1))
     return NETSTASH_E_INVALID_ARGUMENT;
-  if (req->http_version == NETSTASH_HTTP_3)
-    return NETSTASH_E_UNSUPPORTED;
+  if (req->http_version == NETSTASH_HTTP_3 && strcmp(req->url.scheme, "https") != 0)
+    return NETSTASH_E_UNSUPPORTED; /* HTTP/3 is https only */
   f = ns_calloc(&ctx->mem, 1, sizeof(*f));
   if (!f)
     return NETSTASH_E_NOMEM;

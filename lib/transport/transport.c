@@ -34,7 +34,10 @@
 #include "core/log.h"
 #include "dns/dns.h"
 #include "transport/decode.h"
+#include "transport/altsvc.h"
 #include "transport/fetch.h"
+#include "transport/h3.h"
+#include "transport/hop.h"
 #include "transport/hsts.h"
 #include "transport/transport.h"
 #include "preload/install.h"
@@ -58,6 +61,10 @@ struct ns_transport {
   ns_hsts_entry *hsts;
   size_t nhsts, hsts_next;
   ns_store_reader *pl_reader; /* preload lookups (loop thread) */
+  /* HTTP/3 */
+  ns_h3 *h3;
+  ns_altsvc_broken *h3_broken;
+  struct ns_altsvc_mem *altsvc_mem; /* Alt-Svc known to this context */
 };
 
 typedef struct sock_ctx {
@@ -227,6 +234,11 @@ static void reset_response(netstash_fetch *f) {
   f->dec = NULL;
 }
 
+void ns_hop_status(netstash_fetch *f, int status) {
+  reset_response(f);
+  f->status = status;
+}
+
 static void capture_tls(netstash_fetch *f, CURL *e) {
   struct curl_tlssessioninfo *info = NULL;
   long v = 0;
@@ -281,12 +293,15 @@ static void deliver_head(netstash_fetch *f) {
 }
 
 /* End of a header block (the empty line). Returns 0 to abort the transfer. */
+static void note_altsvc(netstash_fetch *f);
+
 static int head_end(netstash_fetch *f) {
   const char *ce;
   if (f->status < 200)
     return 1; /* 1xx: another block follows (RFC 9110 15.2) */
   f->resp_time_ms = wall_ms();
   store_cookies(f);
+  note_altsvc(f);
   if (f->hc_validating) {
     if (f->status == 304) {
       f->hc_got_304 = 1; /* answered from the stored body at the end */
@@ -438,12 +453,17 @@ static size_t hdr_cb(char *buf, size_t size, size_t n, void *ud) {
   return size * n;
 }
 
-static size_t write_cb(char *data, size_t size, size_t n, void *ud) {
-  netstash_fetch *f = ud;
-  size_t len = size * n;
+int ns_hop_head_end(netstash_fetch *f) { return head_end(f); }
+
+netstash_error ns_hop_header(netstash_fetch *f, const char *name, size_t nlen,
+                             const char *value, size_t vlen) {
+  return add_header_nv(f, name, nlen, value, vlen);
+}
+
+int ns_hop_body(netstash_fetch *f, const uint8_t *data, size_t len) {
   netstash_error rv;
   if (f->redirecting || f->hc_got_304 || f->hc_sie)
-    return len; /* body of a redirect we follow, of a 304, of a 5xx we replace */
+    return 1; /* body of a redirect we follow, of a 304, of a 5xx we replace */
   if (f->hc_store && ns_buf_append(&f->hc_body, data, len) != NETSTASH_OK) {
     f->hc_store = 0; /* too large for the cache: keep streaming, store nothing */
     ns_buf_free(&f->hc_body);
@@ -453,9 +473,9 @@ static size_t write_cb(char *data, size_t size, size_t n, void *ud) {
   f->wire_bytes += len;
   ns_stat_add(f->ctx, NETSTASH_STAT_BYTES_RECEIVED, (int64_t)len);
   if (f->dec)
-    rv = ns_decoder_write(f->dec, (const uint8_t *)data, len, deliver, f);
+    rv = ns_decoder_write(f->dec, data, len, deliver, f);
   else
-    rv = deliver((const uint8_t *)data, len, f);
+    rv = deliver(data, len, f);
   if (rv != NETSTASH_OK) {
     f->fail = rv;
     if (!f->detail[0])
@@ -463,7 +483,12 @@ static size_t write_cb(char *data, size_t size, size_t n, void *ud) {
                netstash_strerror(rv));
     return 0;
   }
-  return len;
+  return 1;
+}
+
+static size_t write_cb(char *data, size_t size, size_t n, void *ud) {
+  size_t len = size * n;
+  return ns_hop_body(ud, (const uint8_t *)data, len) ? len : 0;
 }
 
 static size_t read_cb(char *buf, size_t size, size_t n, void *ud) {
@@ -590,6 +615,7 @@ static void end_fetch(netstash_fetch *f, netstash_error err) {
     f->dnsq = NULL;
   }
   ns_list_remove(&f->node);
+  ns_h3_detach(f);
   release_easy(f);
   ns_fetch_finish(f, err);
 }
@@ -630,6 +656,7 @@ static void follow_redirect(netstash_fetch *f) {
   ns_url_free(&f->mem, &f->cur);
   f->cur = next;
   f->redirects_left--;
+  ns_h3_detach(f);
   if (f->hooks.on_redirect && !atomic_load(&f->orphaned))
     f->hooks.on_redirect(f, status, f->cur.url, f->hooks.ud);
   /* RFC 9110 15.4: 303 turns into GET; 301/302 after POST too, as every
@@ -693,10 +720,10 @@ static void cache_after_response(netstash_fetch *f) {
   ns_buf_free(&f->hc_body);
 }
 
-static void hop_done(netstash_fetch *f, CURLcode res) {
+/* The hop is over: res is NETSTASH_OK for a complete response. */
+static void hop_result(netstash_fetch *f, netstash_error res) {
   netstash_error err;
-  hop_timings(f);
-  if (res == CURLE_OK && f->fail == NETSTASH_OK && f->hc_got_304) {
+  if (res == NETSTASH_OK && f->hc_got_304) {
     ns_headers h304;
     ns_cache_stored st = {f->hce.status, &f->hce.headers, &f->hce.vary,
                           f->hce.request_time_ms, f->hce.response_time_ms};
@@ -714,13 +741,13 @@ static void hop_done(netstash_fetch *f, CURLcode res) {
     return;
   }
   if (f->hc_validating && f->hce.decision.stale_if_error &&
-      (f->hc_sie || res != CURLE_OK)) {
+      (f->hc_sie || res != NETSTASH_OK)) {
     snprintf(f->cache_reason, sizeof(f->cache_reason), "stale-if-error (%s): %s",
              f->hc_sie ? "server error" : "network error", f->hce.decision.reason);
     serve_cached(f, NETSTASH_SOURCE_CACHE);
     return;
   }
-  if (res == CURLE_OK && f->fail == NETSTASH_OK) {
+  if (res == NETSTASH_OK) {
     if (f->redirecting) {
       cache_after_response(f); /* a permanent redirect is cacheable too */
       follow_redirect(f);
@@ -743,12 +770,28 @@ static void hop_done(netstash_fetch *f, CURLcode res) {
     end_fetch(f, NETSTASH_OK);
     return;
   }
-  err = f->fail != NETSTASH_OK ? f->fail : map_error(f, res);
-  if (!f->detail[0]) {
-    ns_fetch_detail(f, "%s (%s:%d)",
-             f->errbuf[0] ? f->errbuf : curl_easy_strerror(res), f->cur.host, f->cur.port);
+  end_fetch(f, res);
+}
+
+static void hop_done(netstash_fetch *f, CURLcode res) {
+  netstash_error err = NETSTASH_OK;
+  hop_timings(f);
+  if (res != CURLE_OK || f->fail != NETSTASH_OK) {
+    err = f->fail != NETSTASH_OK ? f->fail : map_error(f, res);
+    if (!f->detail[0])
+      ns_fetch_detail(f, "%s (%s:%d)", f->errbuf[0] ? f->errbuf : curl_easy_strerror(res),
+                      f->cur.host, f->cur.port);
   }
-  end_fetch(f, err);
+  hop_result(f, err);
+}
+
+void ns_hop_end(netstash_fetch *f, netstash_error err) {
+  if (err == NETSTASH_OK && f->fail != NETSTASH_OK)
+    err = f->fail;
+  if (err != NETSTASH_OK && !f->detail[0])
+    ns_fetch_detail(f, "%s over HTTP/3 (%s:%d)", netstash_strerror(err), f->cur.host,
+                    f->cur.port);
+  hop_result(f, err);
 }
 
 static void check_done(ns_transport *tr) {
@@ -836,15 +879,271 @@ static void on_dns(void *ud, netstash_error err, const ns_dns_result *res,
   add_to_multi(f);
 }
 
+/* ------------------------------------------------------------ HTTP/3 routing */
+
+#define ALTSVC_SLOTS 64
+#define ALTSVC_RECHECK_MS 10000 /* an origin without Alt-Svc: store re-read */
+
+/* What the transport knows of one origin's h3 alternative (memory; the
+ * store is read once per origin and written only when the answer changes
+ * or its lifetime grows by more than half: caddy sends Alt-Svc on every
+ * response, and a write per response would cost a commit each). */
+struct ns_altsvc_mem {
+  struct {
+    char host[256];
+    int port;
+    int has;            /* alt holds an h3 alternative */
+    ns_altsvc alt;
+    int64_t recheck_ms; /* !has: store re-read after this */
+    int64_t saved_ms;   /* expiry last written to the store */
+    uint64_t used;
+  } slot[ALTSVC_SLOTS];
+  uint64_t clock;
+};
+
+static int altsvc_slot(ns_transport *tr, const char *host, int port, int create) {
+  struct ns_altsvc_mem *m = tr->altsvc_mem;
+  int i, victim = 0;
+  for (i = 0; i < ALTSVC_SLOTS; i++) {
+    if (m->slot[i].port == port && ns_ascii_casecmp(m->slot[i].host, host) == 0) {
+      m->slot[i].used = ++m->clock;
+      return i;
+    }
+    if (m->slot[i].used < m->slot[victim].used)
+      victim = i;
+  }
+  if (!create || strlen(host) >= sizeof(m->slot[0].host))
+    return -1;
+  memset(&m->slot[victim], 0, sizeof(m->slot[victim]));
+  snprintf(m->slot[victim].host, sizeof(m->slot[victim].host), "%s", host);
+  m->slot[victim].port = port;
+  m->slot[victim].used = ++m->clock;
+  return victim;
+}
+
+/* The unexpired h3 alternative of the fetch's origin, if any. */
+static int altsvc_find(netstash_fetch *f, ns_altsvc *out) {
+  ns_transport *tr = f->ctx->transport;
+  struct ns_altsvc_mem *m = tr->altsvc_mem;
+  int64_t now = wall_ms();
+  int i = altsvc_slot(tr, f->cur.host, f->cur.port, 1);
+  if (i < 0)
+    return 0;
+  if (m->slot[i].has && m->slot[i].alt.expires_ms <= now)
+    m->slot[i].has = 0;
+  if (!m->slot[i].has && f->ctx->store && now >= m->slot[i].recheck_ms) {
+    if (ns_altsvc_lookup(f->ctx->store, f->cur.host, f->cur.port, now, &m->slot[i].alt) ==
+        NETSTASH_OK) {
+      m->slot[i].has = 1;
+      m->slot[i].saved_ms = m->slot[i].alt.expires_ms;
+    } else {
+      m->slot[i].recheck_ms = now + ALTSVC_RECHECK_MS;
+    }
+  }
+  if (!m->slot[i].has)
+    return 0;
+  *out = m->slot[i].alt;
+  return 1;
+}
+
+/* An Alt-Svc field on an https response (RFC 7838 §3): remembered. */
+static void note_altsvc(netstash_fetch *f) {
+  ns_transport *tr = f->ctx->transport;
+  struct ns_altsvc_mem *m = tr->altsvc_mem;
+  const char *v;
+  ns_altsvc alts[2];
+  int clear = 0, n, i, changed;
+  int64_t now;
+  if (!tr->h3 || !f->ctx->cfg.http3 || strcmp(f->cur.scheme, "https") != 0 ||
+      !(v = netstash_fetch_header(f, "alt-svc")))
+    return;
+  now = wall_ms();
+  n = ns_altsvc_parse(v, strlen(v), now, alts, 2, &clear);
+  if (n < 0 || (i = altsvc_slot(tr, f->cur.host, f->cur.port, 1)) < 0)
+    return;
+  if (clear || n == 0) {
+    changed = 1; /* rare; the store may hold it though this context never read it */
+    m->slot[i].has = 0;
+    m->slot[i].saved_ms = 0;
+    m->slot[i].recheck_ms = INT64_MAX; /* cleared: no store read either */
+  } else {
+    changed = !m->slot[i].has || m->slot[i].alt.port != alts[0].port ||
+              strcmp(m->slot[i].alt.host, alts[0].host) != 0 ||
+              alts[0].expires_ms - m->slot[i].saved_ms > (alts[0].expires_ms - now) / 2;
+    m->slot[i].alt = alts[0];
+    m->slot[i].has = 1;
+  }
+  if (changed && f->ctx->store) {
+    netstash_error rv =
+        ns_altsvc_save(f->ctx->store, f->cur.host, f->cur.port, alts, (size_t)(n > 0 ? n : 0),
+                       clear);
+    if (rv != NETSTASH_OK)
+      NS_WARN(f->ctx, MOD, "Alt-Svc for %s not saved: %s", f->cur.host, netstash_strerror(rv));
+    else if (m->slot[i].has)
+      m->slot[i].saved_ms = m->slot[i].alt.expires_ms;
+  }
+}
+
+void ns_hop_h3_conn_status(netstash_ctx *ctx, const char *host, int port, int ok) {
+  ns_transport *tr = ctx->transport;
+  if (!tr || !tr->h3_broken)
+    return;
+  if (ok)
+    ns_altsvc_confirm(tr->h3_broken, host, port);
+  else
+    ns_altsvc_mark_broken(tr->h3_broken, host, port, wall_ms());
+}
+
+const char *ns_hop_method(const netstash_fetch *f) { return method_of(f); }
+
+const char *ns_hop_user_agent(const netstash_fetch *f) {
+  const ns_config *cfg = &f->ctx->cfg;
+  return cfg->user_agent ? cfg->user_agent : f->ctx->transport->user_agent;
+}
+
+static void start_net(netstash_fetch *f);
+
+/* The first address of a pin "host:port:addr[,addr]" or of a DNS answer. */
+static void first_addr(const char *list, char *out, size_t cap) {
+  size_t n;
+  if (*list == '[')
+    list++;
+  n = strcspn(list, "],");
+  if (n >= cap)
+    n = cap - 1;
+  memcpy(out, list, n);
+  out[n] = 0;
+}
+
+static void h3_go(netstash_fetch *f, const char *addr) {
+  ns_transport *tr = f->ctx->transport;
+  ns_h3_target t = {f->cur.host, f->cur.port, addr, f->h3_port};
+  netstash_error rv;
+  rv = ns_h3_start(tr->h3, f, &t, f->h3_plan == 2 ? 0 : f->ctx->cfg.h3_race_ms);
+  if (rv == NETSTASH_OK) {
+    f->state = NS_FETCH_ACTIVE;
+    return;
+  }
+  if (f->h3_plan == 2) {
+    end_fetch(f, rv);
+    return;
+  }
+  NS_DEBUG(f->ctx, MOD, "h3 to %s not started (%s): TCP", f->cur.host, f->detail);
+  f->detail[0] = 0;
+  f->h3_tried = 1;
+  start_net(f);
+}
+
+void ns_hop_h3_fallback(netstash_fetch *f, int why) {
+  NS_DEBUG(f->ctx, MOD, "h3 to %s %s: TCP", f->cur.host,
+           why == NS_H3_FB_SLOW ? "still handshaking" : "failed");
+  f->detail[0] = 0;
+  f->h3_tried = 1;
+  start_net(f);
+}
+
+static void on_dns_h3(void *ud, netstash_error err, const ns_dns_result *res,
+                      const char *detail) {
+  netstash_fetch *f = ud;
+  char addr[64];
+  f->dnsq = NULL;
+  f->dns_us += ns_now_us() - f->t_added;
+  if (err != NETSTASH_OK || res->naddrs == 0) {
+    if (f->h3_plan == 1) {
+      f->h3_tried = 1;
+      start_net(f);
+      return;
+    }
+    ns_fetch_detail(f, "cannot resolve %s: %s", f->cur.host,
+                    err != NETSTASH_OK && detail && detail[0] ? detail
+                                                              : netstash_strerror(err));
+    end_fetch(f, err != NETSTASH_OK ? err : NETSTASH_E_DNS_NOT_FOUND);
+    return;
+  }
+  first_addr(res->addrs[0], addr, sizeof(addr));
+  h3_go(f, addr);
+}
+
+/* 2: h3 forced by the request; 1: h3 offered by Alt-Svc, may fall back;
+ * 0: TCP. Sets f->h3_port. */
+static int h3_plan(netstash_fetch *f) {
+  ns_transport *tr = f->ctx->transport;
+  ns_altsvc alt;
+  f->h3_port = f->cur.port;
+  if (!tr->h3 || f->h3_tried || strcmp(f->cur.scheme, "https") != 0)
+    return 0;
+  if (f->req->http_version == NETSTASH_HTTP_3)
+    return 2;
+  if (f->req->http_version != NETSTASH_HTTP_ANY || !f->ctx->cfg.http3 ||
+      (f->req->body_cb && !f->hop_get))
+    return 0;
+  if (ns_altsvc_is_broken(tr->h3_broken, f->cur.host, f->cur.port, wall_ms()))
+    return 0;
+  if (!altsvc_find(f, &alt))
+    return 0;
+  if (alt.host[0] && ns_ascii_casecmp(alt.host, f->cur.host) != 0)
+    return 0; /* another host: its certificate must be valid for the origin;
+               * not used yet (DESIGN.md, HTTP/3) */
+  f->h3_port = alt.port;
+  return 1;
+}
+
 static void start_hop(netstash_fetch *f) {
+  if (cache_consult(f))
+    return; /* answered (or failed, or redirected) from the cache */
+  f->h3_tried = 0;
+  start_net(f);
+}
+
+static void start_net(netstash_fetch *f) {
   ns_transport *tr = f->ctx->transport;
   netstash_error rv;
   size_t i;
   const char *host = f->cur.host;
   size_t hl = strlen(host);
+  char addr[64];
 
-  if (cache_consult(f))
-    return; /* answered (or failed, or redirected) from the cache */
+  f->h3_plan = h3_plan(f);
+  if (f->h3_plan) {
+    /* A pin for the UDP port, else for the origin's port. */
+    for (int pass = 0; pass < 2; pass++) {
+      int want = pass ? f->cur.port : f->h3_port;
+      for (i = 0; i < f->req->nresolve; i++) {
+        const char *e = f->req->resolve[i];
+        const char *rest;
+        if (ns_ascii_casecmp_n(e, host, hl) != 0 || e[hl] != ':' ||
+            (int)strtol(e + hl + 1, NULL, 10) != want)
+          continue;
+        rest = strchr(e + hl + 1, ':');
+        if (rest) {
+          first_addr(rest + 1, addr, sizeof(addr));
+          h3_go(f, addr);
+          return;
+        }
+      }
+    }
+    if (f->cur.host_is_ip) {
+      h3_go(f, host);
+      return;
+    }
+    f->state = NS_FETCH_DNS;
+    f->t_added = ns_now_us();
+    rv = ns_dns_resolve(tr->ctx->dns, host, on_dns_h3, f, &f->dnsq);
+    if (rv != NETSTASH_OK) {
+      f->dnsq = NULL;
+      ns_fetch_detail(f, "cannot resolve %s: %s", host, netstash_strerror(rv));
+      end_fetch(f, rv);
+    }
+    return;
+  }
+  if (f->req->http_version == NETSTASH_HTTP_3) {
+    ns_fetch_detail(f, "HTTP/3 needs https (%s)", f->cur.url);
+    end_fetch(f, NETSTASH_E_UNSUPPORTED);
+    return;
+  }
+  curl_slist_free_all(f->resolve_list);
+  f->resolve_list = NULL;
+  curl_easy_setopt(f->easy, CURLOPT_RESOLVE, NULL);
 
   /* Pinned by the caller (curl --resolve style) for this host and port? */
   for (i = 0; i < f->req->nresolve; i++) {
@@ -1646,6 +1945,14 @@ netstash_error ns_transport_new(netstash_ctx *ctx, ns_transport **out, char *det
   }
   tr->timer.data = tr;
   tr->timer_ok = 1;
+  tr->altsvc_mem = ns_calloc(&ctx->mem, 1, sizeof(*tr->altsvc_mem));
+  if (!tr->altsvc_mem || ns_h3_new(ctx, &tr->h3) != NETSTASH_OK ||
+      ns_altsvc_broken_new(&ctx->mem, &tr->h3_broken) != NETSTASH_OK) {
+    uv_close((uv_handle_t *)&tr->timer, NULL);
+    tr->timer_ok = 0;
+    ns_transport_del(tr);
+    return NETSTASH_E_NOMEM;
+  }
   *out = tr;
   return NETSTASH_OK;
 }
@@ -1660,6 +1967,7 @@ void ns_transport_shutdown(ns_transport *tr) {
     ns_fetch_detail(f, "context shut down");
     end_fetch(f, NETSTASH_E_CANCELED);
   }
+  ns_h3_shutdown(tr->h3);
   curl_multi_cleanup(tr->multi);
   tr->multi = NULL;
   ns_list_foreach_safe(pos, tmp, &tr->socks) {
@@ -1676,6 +1984,9 @@ void ns_transport_del(ns_transport *tr) {
   if (!tr)
     return;
   ns_store_reader_del(tr->pl_reader);
+  ns_h3_del(tr->h3);
+  ns_altsvc_broken_del(tr->h3_broken);
+  ns_free(&tr->ctx->mem, tr->altsvc_mem);
   ns_free(&tr->ctx->mem, tr->hsts);
   if (tr->multi)
     curl_multi_cleanup(tr->multi);
@@ -1684,6 +1995,8 @@ void ns_transport_del(ns_transport *tr) {
 }
 
 netstash_error ns_transport_pause(netstash_fetch *f, int pause) {
+  if (f->h3s)
+    return ns_h3_pause(f, pause);
   if (!f->easy || f->state != NS_FETCH_ACTIVE)
     return NETSTASH_E_ILLEGAL_STATE;
   return curl_easy_pause(f->easy, pause ? CURLPAUSE_RECV : CURLPAUSE_CONT) == CURLE_OK

@@ -7,7 +7,9 @@
  * (other sessions share this machine) and a start that loses the port to
  * somebody else is retried on a new port. A server counts as ready once its
  * own pid holds the listening socket (checked through /proc) and a probe on
- * the port succeeds (TCP connect, or a real DNS query for dnsmasq).
+ * the port succeeds (TCP connect, a real DNS query for dnsmasq, a QUIC
+ * Version Negotiation exchange for the HTTP/3 servers — caddy's h3
+ * variants need both TCP and QUIC).
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE 1
@@ -65,6 +67,8 @@ static char g_workdir[256];
 static pid_t g_owner;        /* process that created the work dir */
 static int g_certs_state;    /* 0 not yet, 1 done, -1 failed */
 static int g_site_state;     /* same */
+static int g_big50_state;    /* same, for site/big50.bin */
+static char g_big50_hex[65]; /* its SHA-256, lowercase hex */
 static uint64_t g_rng;
 
 static struct {
@@ -165,6 +169,7 @@ const char *nst_workdir(void) {
     g_owner = getpid();
     g_certs_state = 0;
     g_site_state = 0;
+    g_big50_state = 0;
     if (!registered) {
       registered = 1;
       atexit(atexit_cleanup);
@@ -600,6 +605,64 @@ static int dns_probe(int port) {
   return nst_dns_query(port, "example.test", 1, 200, r, sizeof(r)) > 0;
 }
 
+/* --------------------------------------------------------------- QUIC */
+
+int nst_quic_probe(int port, int timeout_ms) {
+  unsigned char pkt[1200], r[1500];
+  struct sockaddr_in sa;
+  uint64_t dcid = rng_next(), scid = rng_next();
+  int fd, rv = 0;
+  int64_t deadline;
+
+  /* RFC 9000 §17.2: long header (0x80) with the fixed bit (0x40), then a
+   * version from the range reserved to force negotiation (0x?a?a?a?a,
+   * RFC 9000 §15), DCID and SCID of 8 bytes each. Padded to 1200 bytes: a
+   * server answers only datagrams big enough to start a connection
+   * (RFC 9000 §14.1, §6.1). */
+  memset(pkt, 0, sizeof(pkt));
+  pkt[0] = 0xc0;
+  pkt[1] = 0x1a;
+  pkt[2] = 0x2a;
+  pkt[3] = 0x3a;
+  pkt[4] = 0x4a;
+  pkt[5] = 8;
+  memcpy(pkt + 6, &dcid, 8);
+  pkt[14] = 8;
+  memcpy(pkt + 15, &scid, 8);
+
+  fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0)
+    return 0;
+  memset(&sa, 0, sizeof(sa));
+  sa.sin_family = AF_INET;
+  sa.sin_port = htons((uint16_t)port);
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0 ||
+      send(fd, pkt, sizeof(pkt), 0) != (ssize_t)sizeof(pkt))
+    goto done;
+  deadline = now_ms() + timeout_ms;
+  for (;;) {
+    struct pollfd pfd = {fd, POLLIN, 0};
+    int64_t left = deadline - now_ms();
+    ssize_t n;
+    if (left <= 0 || poll(&pfd, 1, (int)left) <= 0)
+      goto done;
+    n = recv(fd, r, sizeof(r), 0);
+    if (n < 0)
+      goto done; /* ECONNREFUSED: nothing bound on the port */
+    /* Version Negotiation (RFC 9000 §17.2.1): long header, version 0, our
+     * SCID echoed as its DCID, then at least one supported version */
+    if (n >= 7 + 8 + 1 + 8 + 4 && (r[0] & 0x80) && r[1] == 0 && r[2] == 0 && r[3] == 0 &&
+        r[4] == 0 && r[5] == 8 && memcmp(r + 6, &scid, 8) == 0) {
+      rv = 1;
+      goto done;
+    }
+  }
+done:
+  close(fd);
+  return rv;
+}
+
 /* --------------------------------------------------------- server start */
 
 /* argv under construction, with its own string storage */
@@ -633,11 +696,29 @@ static int cmd_add(cmdline *c, const char *fmt, ...) {
   return 0;
 }
 
+/* Adds the space-separated words of `words` (NULL: none) as arguments. */
+static int cmd_add_words(cmdline *c, const char *words) {
+  const char *p = words;
+  while (p != NULL && *p != '\0') {
+    size_t n;
+    while (*p == ' ' || *p == '\t')
+      p++;
+    n = strcspn(p, " \t");
+    if (n > 0 && cmd_add(c, "%.*s", (int)n, p) != 0)
+      return -1;
+    p += n;
+  }
+  return 0;
+}
+
 /* Builds the command for one attempt on `port`; 0 or -1. May write config
  * files and set *envp (heap, freed by the caller with free_env). */
 typedef int (*build_fn)(cmdline *c, int port, void *ud, char ***envp);
 
-enum probe_kind { PROBE_TCP, PROBE_DNS };
+/* PROBE_TCP: listening + connect; PROBE_DNS: UDP bound + a DNS answer;
+ * PROBE_QUIC: UDP bound + a Version Negotiation answer (nst_quic_probe);
+ * PROBE_TCP_QUIC: both of PROBE_TCP and PROBE_QUIC on the same port. */
+enum probe_kind { PROBE_TCP, PROBE_DNS, PROBE_QUIC, PROBE_TCP_QUIC };
 
 static void free_env(char **envp) {
   size_t i;
@@ -653,15 +734,17 @@ enum wait_result { READY = 0, EXITED = 1, TIMEOUT = 2 };
 static enum wait_result wait_ready(pid_t pid, int port, enum probe_kind probe, int *exit_code) {
   int64_t deadline = now_ms() + READY_TIMEOUT_MS;
   for (;;) {
+    int tcp_ok = 1, udp_ok = 1;
     if (exited_nowait(pid, exit_code))
       return EXITED;
-    if (probe == PROBE_TCP) {
-      if (pid_owns_port(pid, port, 0) != 0 && tcp_connect_ok(port))
-        return READY;
-    } else {
-      if (pid_owns_port(pid, port, 1) != 0 && dns_probe(port))
-        return READY;
-    }
+    if (probe == PROBE_TCP || probe == PROBE_TCP_QUIC)
+      tcp_ok = pid_owns_port(pid, port, 0) != 0 && tcp_connect_ok(port);
+    if (tcp_ok && probe == PROBE_DNS)
+      udp_ok = pid_owns_port(pid, port, 1) != 0 && dns_probe(port);
+    if (tcp_ok && (probe == PROBE_QUIC || probe == PROBE_TCP_QUIC))
+      udp_ok = pid_owns_port(pid, port, 1) != 0 && nst_quic_probe(port, 200);
+    if (tcp_ok && udp_ok)
+      return READY;
     if (now_ms() >= deadline)
       return TIMEOUT;
     msleep(20);
@@ -690,7 +773,7 @@ static int start_server(const char *name, const char *prog, build_fn build, void
   for (attempt = 0; attempt < START_ATTEMPTS; attempt++) {
     cmdline c;
     char **envp = NULL;
-    int port = random_port(probe == PROBE_DNS);
+    int port = random_port(probe != PROBE_TCP);
     int logfd, exit_code = 0;
     pid_t pid;
     enum wait_result wr;
@@ -942,15 +1025,21 @@ static uint64_t det_next(uint64_t *s) {
   return *s * 0x2545F4914F6CDD1Dull;
 }
 
-static void det_fill(unsigned char *p, size_t n, uint64_t seed) {
-  uint64_t s = seed ? seed : 1;
+/* n bytes of the xorshift64* stream in state *s, each 64-bit output
+ * little-endian; n a multiple of 8 continues the stream seamlessly. */
+static void det_fill_stream(unsigned char *p, size_t n, uint64_t *s) {
   size_t i;
   for (i = 0; i < n; i += 8) {
-    uint64_t v = det_next(&s);
+    uint64_t v = det_next(s);
     size_t j;
     for (j = 0; j < 8 && i + j < n; j++)
       p[i + j] = (unsigned char)(v >> (8 * j));
   }
+}
+
+static void det_fill(unsigned char *p, size_t n, uint64_t seed) {
+  uint64_t s = seed ? seed : 1;
+  det_fill_stream(p, n, &s);
 }
 
 /* compresses `in` into `out` with `prog` (argv given); 0 or -1 */
@@ -1075,6 +1164,82 @@ const char *nst_site(void) {
   return dir;
 }
 
+/* big50.bin: 50 MiB of the xorshift64* stream seeded with BIG50_SEED,
+ * written in 4 MiB blocks and hashed on the way; big50.bin.sha256 next to
+ * it in sha256sum format. */
+#define BIG50_SEED 0xB1650B1650B1650Bull
+#define BIG50_SIZE (50u << 20)
+
+static int generate_big50(char hex[65]) {
+  const size_t block = 4u << 20;
+  unsigned char *buf = malloc(block), md[32];
+  unsigned mdlen = 0;
+  EVP_MD_CTX *md_ctx = EVP_MD_CTX_new();
+  uint64_t s = BIG50_SEED;
+  size_t done_bytes = 0;
+  char path[PATH_MAX], line[128];
+  FILE *f = NULL;
+  int i, rv = -1;
+
+  if (buf == NULL || md_ctx == NULL || EVP_DigestInit_ex(md_ctx, EVP_sha256(), NULL) != 1)
+    goto done;
+  if (fmt_path(path, sizeof(path), "%s/big50.bin", nst_path("site")) != 0)
+    goto done;
+  f = fopen(path, "wb");
+  if (f == NULL) {
+    harness_log("cannot create %s: %s", path, strerror(errno));
+    goto done;
+  }
+  while (done_bytes < BIG50_SIZE) {
+    size_t n = BIG50_SIZE - done_bytes < block ? BIG50_SIZE - done_bytes : block;
+    det_fill_stream(buf, n, &s);
+    if (EVP_DigestUpdate(md_ctx, buf, n) != 1 || fwrite(buf, 1, n, f) != n)
+      goto done;
+    done_bytes += n;
+  }
+  if (fclose(f) != 0) {
+    f = NULL;
+    goto done;
+  }
+  f = NULL;
+  if (EVP_DigestFinal_ex(md_ctx, md, &mdlen) != 1 || mdlen != 32)
+    goto done;
+  for (i = 0; i < 32; i++)
+    snprintf(hex + 2 * i, 3, "%02x", md[i]);
+  snprintf(line, sizeof(line), "%s  big50.bin\n", hex);
+  if (write_file(nst_path("site/big50.bin.sha256"), line, strlen(line)) != 0)
+    goto done;
+  rv = 0;
+done:
+  if (f != NULL)
+    fclose(f);
+  EVP_MD_CTX_free(md_ctx);
+  free(buf);
+  if (rv != 0)
+    harness_log("big50.bin generation failed");
+  return rv;
+}
+
+static int big50_ready(void) {
+  int ok;
+  if (nst_site() == NULL)
+    return 0;
+  pthread_mutex_lock(&g_lock);
+  if (g_big50_state == 0)
+    g_big50_state = generate_big50(g_big50_hex) == 0 ? 1 : -1;
+  ok = g_big50_state == 1;
+  pthread_mutex_unlock(&g_lock);
+  return ok;
+}
+
+const char *nst_site_big50(void) {
+  return big50_ready() ? nst_path("site/big50.bin") : NULL;
+}
+
+const char *nst_site_big50_sha256(void) {
+  return big50_ready() ? g_big50_hex : NULL;
+}
+
 /* ---------------------------------------------------------------- caddy */
 
 static char **env_with(const char *const *overrides, size_t n) {
@@ -1104,16 +1269,89 @@ static char **env_with(const char *const *overrides, size_t n) {
   return envp;
 }
 
+/* The caddy variants of nst_caddy_start(). */
+typedef struct caddy_variant {
+  const char *name;
+  const char *protocols;
+  const char *cert; /* base name in nst_certs(): CERT.pem / CERT.key */
+  int tls12;        /* TLS 1.2 only */
+  int altsvc_short; /* Alt-Svc: h3=":PORT"; ma=2 instead of caddy's own */
+  int with_issuer;  /* send the leaf's (untrusted) issuer as chain */
+  const int *altsvc_port; /* Alt-Svc: h3=":*altsvc_port"; ma=60 */
+} caddy_variant;
+
+static int altsvc_to_port;
+
+static const caddy_variant caddy_variants[] = {
+    {"h2", "h1 h2", "good", 0, 0, 0, NULL},
+    {"h1", "h1", "good", 0, 0, 0, NULL},
+    {"tls12", "h1 h2", "good", 1, 0, 0, NULL},
+    {"h3", "h1 h2 h3", "good", 0, 0, 0, NULL},
+    {"h3-altsvc-short", "h1 h2 h3", "good", 0, 1, 0, NULL},
+    {"h3-badcert-untrusted", "h1 h2 h3", "untrusted", 0, 0, 1, NULL},
+    {"h3-badcert-wronghost", "h1 h2 h3", "wronghost", 0, 0, 0, NULL},
+    {"h2-altsvc-to", "h1 h2", "good", 0, 0, 0, &altsvc_to_port},
+};
+
+int nst_caddy_start_altsvc_to(int udp_port, nst_server *srv) {
+  altsvc_to_port = udp_port;
+  return nst_caddy_start("h2-altsvc-to", srv);
+}
+
+static const caddy_variant *find_caddy_variant(const char *name) {
+  size_t i;
+  for (i = 0; name != NULL && i < sizeof(caddy_variants) / sizeof(caddy_variants[0]); i++) {
+    if (strcmp(caddy_variants[i].name, name) == 0)
+      return &caddy_variants[i];
+  }
+  return NULL;
+}
+
+/* Concatenates the files `a` and `b` into `out`; 0 or -1. */
+static int concat_files(const char *out, const char *a, const char *b) {
+  const char *in[2];
+  FILE *o = fopen(out, "wb");
+  int i, rv = 0;
+  in[0] = a;
+  in[1] = b;
+  if (o == NULL)
+    return -1;
+  for (i = 0; i < 2 && rv == 0; i++) {
+    FILE *f = fopen(in[i], "rb");
+    char buf[4096];
+    size_t n;
+    if (f == NULL) {
+      rv = -1;
+      break;
+    }
+    while ((n = fread(buf, 1, sizeof(buf), f)) > 0) {
+      if (fwrite(buf, 1, n, o) != n)
+        rv = -1;
+    }
+    if (ferror(f))
+      rv = -1;
+    fclose(f);
+  }
+  if (fclose(o) != 0)
+    rv = -1;
+  if (rv != 0)
+    harness_log("cannot write %s", out);
+  return rv;
+}
+
 static int build_caddy(cmdline *c, int port, void *ud, char ***envp) {
-  const char *variant = ud;
-  char dir[PATH_MAX], file[PATH_MAX + 32], ov[3][PATH_MAX + 32];
+  const caddy_variant *v = ud;
+  char dir[PATH_MAX], file[PATH_MAX + 32], ov[3][PATH_MAX + 32], cert[PATH_MAX + 32], key[PATH_MAX],
+      altsvc[128] = "";
   const char *ovp[3];
-  const char *protocols = strcmp(variant, "h1") == 0 ? "h1" : "h1 h2";
-  int tls12 = strcmp(variant, "tls12") == 0;
+  /* a certificate that does not cover the site's names would make caddy
+   * try to obtain one (ACME over the network, its internal CA for IPs):
+   * automatic HTTPS off keeps the bad certificate the only one */
+  int badcert = strcmp(v->cert, "good") != 0;
   FILE *f;
   int i;
 
-  snprintf(dir, sizeof(dir), "%s/caddy-%s-%d", nst_workdir(), variant, port);
+  snprintf(dir, sizeof(dir), "%s/caddy-%s-%d", nst_workdir(), v->name, port);
   for (i = 0; i < 4; i++) {
     static const char *const sub[] = {"home", "data", "config", "storage"};
     char d[PATH_MAX + 16];
@@ -1121,6 +1359,26 @@ static int build_caddy(cmdline *c, int port, void *ud, char ***envp) {
     if (mkdir_p(d) != 0)
       return -1;
   }
+  if (fmt_path(key, sizeof(key), "%s/certs/%s.key", nst_workdir(), v->cert) != 0)
+    return -1;
+  if (v->with_issuer) {
+    /* leaf first, then its issuer, as caddy expects a chain file */
+    char leaf[PATH_MAX], issuer[PATH_MAX];
+    snprintf(cert, sizeof(cert), "%s/chain.pem", dir);
+    if (fmt_path(leaf, sizeof(leaf), "%s/certs/%s.pem", nst_workdir(), v->cert) != 0 ||
+        fmt_path(issuer, sizeof(issuer), "%s/certs/%s-ca.pem", nst_workdir(), v->cert) != 0 ||
+        concat_files(cert, leaf, issuer) != 0)
+      return -1;
+  } else {
+    snprintf(cert, sizeof(cert), "%s/certs/%s.pem", nst_workdir(), v->cert);
+  }
+  /* `header` replaces the Alt-Svc caddy sets before the handlers run (one
+   * header results), on every response, HTTP/3 ones included */
+  if (v->altsvc_short)
+    snprintf(altsvc, sizeof(altsvc), "\theader Alt-Svc \"h3=\\\":%d\\\"; ma=2\"\n", port);
+  else if (v->altsvc_port)
+    snprintf(altsvc, sizeof(altsvc), "\theader Alt-Svc \"h3=\\\":%d\\\"; ma=60\"\n",
+             *v->altsvc_port);
   snprintf(file, sizeof(file), "%s/Caddyfile", dir);
   f = fopen(file, "w");
   if (f == NULL)
@@ -1131,7 +1389,7 @@ static int build_caddy(cmdline *c, int port, void *ud, char ***envp) {
   fprintf(f,
           "{\n"
           "\tadmin off\n"
-          "\tauto_https disable_redirects\n"
+          "\tauto_https %s\n"
           "\tskip_install_trust\n"
           "\tstorage file_system %s/storage\n"
           "\tdefault_bind 127.0.0.1\n"
@@ -1144,14 +1402,15 @@ static int build_caddy(cmdline *c, int port, void *ud, char ***envp) {
           "https://*.example.test:%d {\n"
           "\ttls %s %s%s\n"
           "\troot * %s\n"
+          "%s"
           "\theader /hsts Strict-Transport-Security \"max-age=3600\"\n"
           "\trespond /hsts \"hsts\" 200\n"
           "\tfile_server {\n"
           "\t\tprecompressed br gzip\n"
           "\t}\n"
           "}\n",
-          dir, protocols, port, port, port, port, nst_cert("good.pem"), nst_cert("good.key"),
-          tls12 ? " {\n\t\tprotocols tls1.2 tls1.2\n\t}" : "", nst_site());
+          badcert ? "off" : "disable_redirects", dir, v->protocols, port, port, port, port, cert,
+          key, v->tls12 ? " {\n\t\tprotocols tls1.2 tls1.2\n\t}" : "", nst_site(), altsvc);
   if (fclose(f) != 0)
     return -1;
 
@@ -1170,19 +1429,23 @@ static int build_caddy(cmdline *c, int port, void *ud, char ***envp) {
 }
 
 int nst_caddy_start(const char *variant, nst_server *srv) {
+  const caddy_variant *v = find_caddy_variant(variant);
   char name[32];
   memset(srv, 0, sizeof(*srv));
   srv->pid = -1;
   srv->port = -1;
-  if (variant == NULL ||
-      (strcmp(variant, "h2") != 0 && strcmp(variant, "h1") != 0 && strcmp(variant, "tls12") != 0)) {
-    harness_log("unknown caddy variant '%s' (h2, h1 or tls12)", variant ? variant : "(null)");
+  if (v == NULL) {
+    harness_log("unknown caddy variant '%s' (h2, h1, tls12, h3, h3-altsvc-short, "
+                "h3-badcert-untrusted or h3-badcert-wronghost)",
+                variant ? variant : "(null)");
     return -1;
   }
   if (nst_certs() == NULL || nst_site() == NULL)
     return -1;
-  snprintf(name, sizeof(name), "caddy-%s", variant);
-  return start_server(name, "caddy", build_caddy, (void *)variant, PROBE_TCP, srv);
+  snprintf(name, sizeof(name), "caddy-%s", v->name);
+  /* HTTP/3 variants: ready once TCP accepts and QUIC answers on UDP */
+  return start_server(name, "caddy", build_caddy, (void *)v,
+                      strstr(v->protocols, "h3") != NULL ? PROBE_TCP_QUIC : PROBE_TCP, srv);
 }
 
 /* ------------------------------------------------------ openssl s_server */
@@ -1231,18 +1494,8 @@ static int build_nghttpd(cmdline *c, int port, void *ud, char ***envp) {
   if (cmd_add(c, "nghttpd") || cmd_add(c, "--address=127.0.0.1") ||
       cmd_add(c, "--htdocs=%s", nst_site()))
     return -1;
-  if (extra != NULL) {
-    const char *p = extra;
-    while (*p != '\0') {
-      size_t n;
-      while (*p == ' ' || *p == '\t')
-        p++;
-      n = strcspn(p, " \t");
-      if (n > 0 && cmd_add(c, "%.*s", (int)n, p) != 0)
-        return -1;
-      p += n;
-    }
-  }
+  if (cmd_add_words(c, extra) != 0)
+    return -1;
   if (cmd_add(c, "%d", port) || cmd_add(c, "%s", nst_cert("good.key")) ||
       cmd_add(c, "%s", nst_cert("good.pem")))
     return -1;
@@ -1256,6 +1509,32 @@ int nst_nghttpd_start(const char *extra_args, nst_server *srv) {
   if (nst_certs() == NULL || nst_site() == NULL)
     return -1;
   return start_server("nghttpd", "nghttpd", build_nghttpd, (void *)extra_args, PROBE_TCP, srv);
+}
+
+/* ------------------------------------------------------------- gtlsserver */
+
+static int build_gtlsserver(cmdline *c, int port, void *ud, char ***envp) {
+  const char *extra = ud;
+  (void)envp;
+  /* --quiet: without it every packet and frame is logged (MBs per request) */
+  if (cmd_add(c, "gtlsserver") || cmd_add(c, "--quiet") || cmd_add(c, "--htdocs=%s", nst_site()))
+    return -1;
+  if (cmd_add_words(c, extra) != 0)
+    return -1;
+  if (cmd_add(c, "127.0.0.1") || cmd_add(c, "%d", port) || cmd_add(c, "%s", nst_cert("good.key")) ||
+      cmd_add(c, "%s", nst_cert("good.pem")))
+    return -1;
+  return 0;
+}
+
+int nst_gtlsserver_start(const char *extra_args, nst_server *srv) {
+  memset(srv, 0, sizeof(*srv));
+  srv->pid = -1;
+  srv->port = -1;
+  if (nst_certs() == NULL || nst_site() == NULL)
+    return -1;
+  return start_server("gtlsserver", "gtlsserver", build_gtlsserver, (void *)extra_args, PROBE_QUIC,
+                      srv);
 }
 
 /* ---------------------------------------------------------------- dnsmasq */
@@ -1381,6 +1660,19 @@ int nst_udp_blackhole(void) {
   return bound_port(SOCK_DGRAM);
 }
 
+int nst_udp_closed_port(void) {
+  /* Reserving a UDP port means binding it, and a bound port is not closed:
+   * this only picks one that is free now (best effort). */
+  int i;
+  for (i = 0; i < 500; i++) {
+    int port = PORT_MIN + (int)(rng_next() % (PORT_MAX - PORT_MIN + 1));
+    if (port_bindable(port, SOCK_DGRAM))
+      return port;
+  }
+  harness_log("no free UDP port found in %d-%d", PORT_MIN, PORT_MAX);
+  return -1;
+}
+
 int nst_closed_port(void) {
   /* bound but never listening: connects are refused, and nobody else can
    * take the port while the test runs */
@@ -1423,6 +1715,7 @@ void nst_cleanup(void) {
   g_workdir[0] = '\0';
   g_certs_state = 0;
   g_site_state = 0;
+  g_big50_state = 0;
   pthread_mutex_unlock(&g_lock);
 }
 

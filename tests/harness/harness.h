@@ -58,22 +58,60 @@ const char *nst_cert(const char *name);
  * Returns the directory, NULL on failure. */
 const char *nst_site(void);
 
+/* /big50.bin in nst_site(), for HTTP/3 bulk tests: 50 MiB (52,428,800
+ * bytes) of deterministic pseudo-random content (xorshift64* seeded with
+ * 0xB1650B1650B1650B, each 64-bit output little-endian; same bytes every
+ * run), written on the first call only (~0.1 s) so other tests do not pay
+ * for it, together with /big50.bin.sha256 ("HEX  big50.bin\n", the
+ * sha256sum format; `sha256sum -c` in the site dir checks it). Servers
+ * already running serve it too (they read the site dir per request).
+ * nst_site_big50() returns the file's absolute path (nst_path()'s buffer
+ * ring), nst_site_big50_sha256() its SHA-256 as 64 lowercase hex digits
+ * (static storage, valid until nst_cleanup()); both generate the file if
+ * needed and return NULL on failure. */
+const char *nst_site_big50(void);
+const char *nst_site_big50_sha256(void);
+
 typedef struct nst_server {
   pid_t pid;
   int port;
   char name[32];
 } nst_server;
 
-/* caddy serving nst_site() over HTTPS with good.pem, on 127.0.0.1 only.
- * Variants:
+/* caddy (2.6) serving nst_site() over HTTPS with good.pem, on 127.0.0.1
+ * only. Variants:
  *   "h2"     protocols h1 h2, TLS 1.2+1.3 (default caddy), file_server with
  *            precompressed br gzip; path /hsts adds
  *            Strict-Transport-Security: max-age=3600; the site block also
- *            matches the names example.test and *.example.test
+ *            matches the names localhost, example.test and *.example.test
  *   "h1"     protocols h1 only (ALPN offers http/1.1 only)
  *   "tls12"  TLS 1.2 only (also for clients that send no SNI)
- * No HTTP/3. Returns 0 and fills srv, or -1. */
+ * HTTP/3 variants: everything "h2" has, plus HTTP/3 (QUIC v1, ALPN h3, TLS
+ * 1.3) on UDP 127.0.0.1:srv->port, the same number as the TCP port; the
+ * start returns once TCP accepts and QUIC answers (nst_quic_probe):
+ *   "h3"     protocols h1 h2 h3; h1/h2 responses (404s too) carry caddy's
+ *            own `Alt-Svc: h3=":PORT"; ma=2592000` (one header, PORT =
+ *            srv->port); h3 responses carry no Alt-Svc
+ *   "h3-altsvc-short"
+ *            as "h3", but every response, h3 ones included, carries exactly
+ *            one `Alt-Svc: h3=":PORT"; ma=2` (caddy's own one replaced), for
+ *            Alt-Svc expiry tests
+ *   "h3-badcert-untrusted"
+ *            as "h3" with untrusted.pem/.key; leaf and untrusted-ca.pem
+ *            are sent as the chain, over TCP and QUIC alike
+ *   "h3-badcert-wronghost"
+ *            as "h3" with wronghost.pem/.key (SAN other.invalid only), for
+ *            every name and for clients without SNI, over TCP and QUIC
+ * The badcert variants run with automatic HTTPS off (no redirects, no
+ * certificate management: caddy never looks for a better certificate).
+ * Returns 0 and fills srv, or -1. */
 int nst_caddy_start(const char *variant, nst_server *srv);
+
+/* caddy "h2" (no HTTP/3 anywhere) whose responses advertise
+ * `Alt-Svc: h3=":udp_port"; ma=60`: an h3 alternative that does not work
+ * (point it at nst_udp_blackhole() for "UDP blocked", or at
+ * nst_udp_closed_port() for an ICMP port-unreachable). */
+int nst_caddy_start_altsvc_to(int udp_port, nst_server *srv);
 
 /* openssl s_server -www with a bad certificate: kind is "expired",
  * "wronghost" or "untrusted" (sent with its untrusted issuer as chain).
@@ -83,6 +121,36 @@ int nst_badtls_start(const char *kind, nst_server *srv);
 /* nghttpd (TLS, h2 only, good.pem) serving nst_site(); extra_args may be
  * NULL or space-separated options (e.g. "--max-concurrent-streams=8"). */
 int nst_nghttpd_start(const char *extra_args, nst_server *srv);
+
+/* gtlsserver, the ngtcp2 0.12 example HTTP/3 server (GnuTLS; Debian
+ * package ngtcp2-server): QUIC v1 on UDP 127.0.0.1:srv->port (nothing on
+ * TCP), TLS 1.3 with good.pem (leaf only), serving nst_site() as its
+ * document root. Responses carry only server, content-type (from
+ * /etc/mime.types, else application/octet-stream) and content-length: no
+ * date, ETag, Last-Modified or Alt-Svc. It answers:
+ *   /FILE          200 with the file
+ *   / and DIR/     DIR/index.html
+ *   /DIR           308 with a broken Location "//DIR/" (a network-path
+ *                  reference): do not rely on it
+ *   /N (digits)    N generated zero bytes (up to --max-dyn-length, 20M),
+ *                  even if a file of that name exists
+ *   anything else  404, a small HTML page
+ * Defaults (its transport parameters): idle timeout 30 s, 100
+ * bidirectional and 3 unidirectional streams, 1 MiB connection / 256 KiB
+ * stream flow-control windows (auto-tuned up to 6 MiB). Runs with --quiet
+ * (its log has one line); extra_args may be NULL or space-separated
+ * options, placed before the address (e.g. "--timeout=2s
+ * --max-streams-bidi=4"). Ready once it holds the UDP port and answers
+ * nst_quic_probe(). */
+int nst_gtlsserver_start(const char *extra_args, nst_server *srv);
+
+/* Sends one 1200-byte QUIC long-header packet with a reserved version
+ * (0x1a2a3a4a) to UDP 127.0.0.1:port and waits up to timeout_ms for the
+ * Version Negotiation packet every QUIC server answers with (RFC 9000
+ * §6.1). Returns 1 if one came back, 0 otherwise (nothing bound, a
+ * blackhole, or not QUIC). Used as the readiness probe of the HTTP/3
+ * servers; no connection state is created on the server. */
+int nst_quic_probe(int port, int timeout_ms);
 
 /* dnsmasq answering: example.test, *.example.test and *.test -> 127.0.0.1
  * (TTL 60 s; AAAA queries get an empty NOERROR answer); names under
@@ -120,9 +188,16 @@ int nst_dns_query(int port, const char *name, int qtype, int timeout_ms, unsigne
  * A query string is ignored when matching paths. */
 int nst_rawserver_start(nst_server *srv);
 
-/* A bound UDP port on 127.0.0.1 that never answers (DNS timeouts); kept
- * open by the harness until nst_cleanup(). */
+/* A bound UDP port on 127.0.0.1 that never answers (DNS timeouts, "UDP
+ * blocked" for QUIC: no Version Negotiation, no ICMP, a client's handshake
+ * times out); kept open by the harness until nst_cleanup(). Datagrams are
+ * never read: once the socket buffer is full they are dropped silently. */
 int nst_udp_blackhole(void);
+/* A UDP port on 127.0.0.1 with nothing bound: datagrams to it get an ICMP
+ * port unreachable (a connected UDP socket sees ECONNREFUSED). Best effort:
+ * a UDP port cannot be reserved without binding it, so this only picks a
+ * port that is free when called; somebody may take it later. */
+int nst_udp_closed_port(void);
 /* A TCP port on 127.0.0.1 with nothing listening (connection refused); the
  * harness keeps it bound (not listening) so nobody else takes it. */
 int nst_closed_port(void);

@@ -117,7 +117,9 @@ static void test_exit_codes(void **state) {
   cli_run_expect(args, 10, NULL, NULL);
   snprintf(args, sizeof(args), "get -o /nonexistent-dir/x http://127.0.0.1:%d/ok", raw.port);
   cli_run_expect(args, 9, "cannot write", NULL);
-  cli_run_expect("get --http3 https://127.0.0.1/", 2, "HTTP/3", NULL);
+  /* HTTP/3 only, to a UDP port nobody listens on: refused, no fallback */
+  snprintf(args, sizeof(args), "get --http3 --json https://127.0.0.1:%d/", nst_udp_closed_port());
+  cli_run_expect(args, 5, "refused", "NETSTASH_E_CONNECT_REFUSED");
 }
 
 static void test_help(void **state) {

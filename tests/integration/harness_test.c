@@ -257,6 +257,163 @@ static off_t file_size(const char *rel) {
   return sb.st_size;
 }
 
+/* ------------------------------------------------------ HTTP/3 client */
+
+/* gtlsclient (ngtcp2 0.12 example client, GnuTLS) logs everything on
+ * stderr, and does not verify the server's certificate. */
+#define GTLSCLIENT "timeout 20 gtlsclient --exit-on-all-streams-close "
+
+typedef struct h3_response {
+  int status;         /* -1: no response */
+  char headers[2048]; /* "name: value\n" per field, pseudo-headers included */
+  char body[65536];
+  size_t body_len;
+} h3_response;
+
+static int h3_seq;
+
+/* GET https://127.0.0.1:port/path over HTTP/3 with gtlsclient; the body
+ * is what --download saved. Returns the status, -1 if none came. */
+static int h3_get(int port, const char *path, h3_response *res) {
+  char dir[4096], file[4200], *out = malloc(1 << 20), *line;
+  const char *base = strrchr(path, '/');
+  FILE *f;
+
+  assert_non_null(out);
+  memset(res, 0, sizeof(*res));
+  res->status = -1;
+  snprintf(dir, sizeof(dir), "%s", nst_path("h3dl"));
+  mkdir(dir, 0755);
+  snprintf(dir + strlen(dir), sizeof(dir) - strlen(dir), "/%d", ++h3_seq);
+  assert_int_equal(mkdir(dir, 0755), 0);
+  run_capture(out, 1 << 20,
+              GTLSCLIENT "--no-quic-dump --no-http-dump --download=%s 127.0.0.1 %d "
+                         "'https://127.0.0.1:%d%s' 2>&1",
+              dir, port, port, path);
+  /* http: stream 0x0 [name: value] */
+  for (line = strtok(out, "\n"); line != NULL; line = strtok(NULL, "\n")) {
+    const char *pre = "http: stream 0x0 [";
+    size_t l = strlen(line);
+    if (strncmp(line, pre, strlen(pre)) != 0 || line[l - 1] != ']')
+      continue;
+    line[l - 1] = '\0';
+    line += strlen(pre);
+    if (strncmp(line, ":status: ", 9) == 0)
+      res->status = atoi(line + 9);
+    if (strlen(res->headers) + strlen(line) + 2 < sizeof(res->headers)) {
+      strcat(res->headers, line);
+      strcat(res->headers, "\n");
+    }
+  }
+  free(out);
+  base = (base == NULL || base[1] == '\0') ? "index.html" : base + 1;
+  snprintf(file, sizeof(file), "%s/%.*s", dir, (int)strcspn(base, "?"), base);
+  f = fopen(file, "rb");
+  if (f != NULL) {
+    res->body_len = fread(res->body, 1, sizeof(res->body) - 1, f);
+    fclose(f);
+  }
+  res->body[res->body_len] = '\0';
+  return res->status;
+}
+
+/* Number of "name: " lines in a header block (case-insensitive). */
+static int header_count(const char *headers, const char *name) {
+  const char *p = headers;
+  size_t n = strlen(name);
+  int count = 0;
+  while (*p != '\0') {
+    if (strncasecmp(p, name, n) == 0 && p[n] == ':')
+      count++;
+    p = strchr(p, '\n');
+    if (p == NULL)
+      break;
+    p++;
+  }
+  return count;
+}
+
+static int hexval(int c) {
+  if (c >= '0' && c <= '9')
+    return c - '0';
+  if (c >= 'a' && c <= 'f')
+    return c - 'a' + 10;
+  return -1;
+}
+
+/* The server's TLS handshake messages (EncryptedExtensions, Certificate,
+ * ...) of one QUIC connection, rebuilt from gtlsclient's hexdump of the
+ * Handshake-level CRYPTO data ("*" lines repeat the previous row).
+ * Returns the length. */
+static size_t h3_handshake_bytes(int port, unsigned char *hs, size_t cap) {
+  char *out = malloc(1 << 21), *line;
+  size_t len = 0, base = 0;
+  unsigned char prev[16];
+  size_t prev_len = 0;
+  int in_dump = 0;
+  assert_non_null(out);
+  run_capture(out, 1 << 21,
+              GTLSCLIENT "--no-http-dump 127.0.0.1 %d https://127.0.0.1:%d/hello.txt 2>&1", port,
+              port);
+  for (line = strtok(out, "\n"); line != NULL; line = strtok(NULL, "\n")) {
+    unsigned long off;
+    char *p;
+    size_t n = 0;
+    if (strcmp(line, "Ordered CRYPTO data in Handshake crypto level") == 0) {
+      in_dump = 1;
+      base = len;
+      continue;
+    }
+    if (!in_dump)
+      continue;
+    if (strcmp(line, "*") == 0)
+      continue; /* the gap shows in the next row's offset */
+    if (strlen(line) < 8 || sscanf(line, "%8lx", &off) != 1 ||
+        (line[8] != ' ' && line[8] != '\0')) {
+      in_dump = 0;
+      continue;
+    }
+    while (len < base + off && prev_len > 0 && len + prev_len <= cap) {
+      memcpy(hs + len, prev, prev_len);
+      len += prev_len;
+    }
+    /* "OOOOOOOO  hh hh .. hh  hh .. hh  |ascii|" */
+    for (p = line + 8; *p != '\0' && *p != '|' && n < 16; p++) {
+      if (hexval(p[0]) >= 0 && hexval(p[1]) >= 0 && (p[2] == ' ' || p[2] == '\0')) {
+        prev[n++] = (unsigned char)(hexval(p[0]) * 16 + hexval(p[1]));
+        p += 2;
+        if (*p == '\0')
+          break;
+      }
+    }
+    if (n > 0 && len + n <= cap) {
+      memcpy(hs + len, prev, n);
+      len += n;
+      prev_len = n;
+    }
+  }
+  free(out);
+  return len;
+}
+
+/* 1 if the DER of certificate `name` (in nst_certs()) is in buf. */
+static int has_cert_der(const unsigned char *buf, size_t len, const char *name) {
+  FILE *f = fopen(nst_cert(name), "r");
+  X509 *x;
+  unsigned char *der = NULL;
+  int n, found;
+  assert_non_null(f);
+  x = PEM_read_X509(f, NULL, NULL, NULL);
+  fclose(f);
+  assert_non_null(x);
+  n = i2d_X509(x, &der);
+  assert_true(n > 0);
+  found = memmem(buf, len, der, (size_t)n) != NULL;
+  OPENSSL_free(der);
+  X509_free(x);
+  return found;
+}
+
 /* ---------------------------------------------------------------- tests */
 
 static void test_workdir(void **state) {
@@ -527,6 +684,223 @@ static void test_nghttpd(void **state) {
   nst_stop(&srv);
 }
 
+static void test_caddy_h3(void **state) {
+  nst_server srv;
+  char out[4096], want[128];
+  h3_response r;
+  (void)state;
+  assert_int_equal(nst_caddy_start("h3", &srv), 0);
+  assert_string_equal(srv.name, "caddy-h3");
+  assert_int_equal(nst_quic_probe(srv.port, 1000), 1);
+
+  /* HTTP/3 on UDP, same port number */
+  assert_int_equal(h3_get(srv.port, "/hello.txt", &r), 200);
+  assert_int_equal(r.body_len, 16);
+  assert_string_equal(r.body, "hello, netstash\n");
+  assert_non_null(strstr(r.headers, "content-length: 16\n"));
+  assert_int_equal(header_count(r.headers, "alt-svc"), 0); /* not over h3 */
+  assert_int_equal(h3_get(srv.port, "/r/7.bin", &r), 200);
+  run_capture(out, sizeof(out), "cmp -s %s/r/7.bin %s/h3dl/%d/7.bin; echo $?", nst_site(),
+              nst_workdir(), h3_seq);
+  assert_string_equal(out, "0\n");
+  assert_int_equal(h3_get(srv.port, "/hsts", &r), 200);
+  assert_non_null(strstr(r.headers, "strict-transport-security: max-age=3600\n"));
+  assert_int_equal(h3_get(srv.port, "/nope", &r), 404);
+
+  /* TCP: h2 as before, advertising h3 on the same port, on 404s too */
+  snprintf(want, sizeof(want), "alt-svc: h3=\":%d\"; ma=2592000\r\n", srv.port);
+  run_capture(out, sizeof(out), CURL "-sI https://127.0.0.1:%d/hello.txt", nst_cert("ca.pem"),
+              srv.port);
+  assert_non_null(strstr(out, "HTTP/2 200"));
+  assert_non_null(strstr(out, want));
+  assert_int_equal(header_count(strstr(out, "\n") + 1, "alt-svc"), 1);
+  run_capture(out, sizeof(out), CURL "-sI --http1.1 https://127.0.0.1:%d/nope", nst_cert("ca.pem"),
+              srv.port);
+  assert_non_null(strstr(out, "HTTP/1.1 404"));
+  snprintf(want, sizeof(want), "Alt-Svc: h3=\":%d\"; ma=2592000\r\n", srv.port);
+  assert_non_null(strstr(out, want));
+  run_capture(out, sizeof(out), CURL "-w '|%%{http_version}' https://127.0.0.1:%d/hello.txt",
+              nst_cert("ca.pem"), srv.port);
+  assert_string_equal(out, "hello, netstash\n|2");
+  nst_stop(&srv);
+  assert_int_equal(nst_quic_probe(srv.port, 200), 0);
+}
+
+static void test_caddy_h3_altsvc_short(void **state) {
+  nst_server srv;
+  char out[4096], want[128];
+  h3_response r;
+  (void)state;
+  assert_int_equal(nst_caddy_start("h3-altsvc-short", &srv), 0);
+  snprintf(want, sizeof(want), "alt-svc: h3=\":%d\"; ma=2\r\n", srv.port);
+  run_capture(out, sizeof(out), CURL "-sI https://127.0.0.1:%d/hello.txt", nst_cert("ca.pem"),
+              srv.port);
+  assert_non_null(strstr(out, "HTTP/2 200"));
+  assert_non_null(strstr(out, want));
+  assert_int_equal(header_count(strstr(out, "\n") + 1, "alt-svc"), 1); /* caddy's own is gone */
+  run_capture(out, sizeof(out), CURL "-sI https://127.0.0.1:%d/nope", nst_cert("ca.pem"), srv.port);
+  assert_non_null(strstr(out, want));
+  assert_int_equal(header_count(strstr(out, "\n") + 1, "alt-svc"), 1);
+  /* over h3 too */
+  snprintf(want, sizeof(want), "alt-svc: h3=\":%d\"; ma=2\n", srv.port);
+  assert_int_equal(h3_get(srv.port, "/hello.txt", &r), 200);
+  assert_string_equal(r.body, "hello, netstash\n");
+  assert_non_null(strstr(r.headers, want));
+  assert_int_equal(header_count(r.headers, "alt-svc"), 1);
+  nst_stop(&srv);
+}
+
+/* The same certificate over TCP and QUIC: TLS verification fails the same
+ * way on TCP, the QUIC handshake carries the same DER. */
+static void test_caddy_h3_badcert(void **state) {
+  static const struct {
+    const char *variant, *leaf, *issuer;
+    long expect;
+  } cases[] = {
+      {"h3-badcert-untrusted", "untrusted.pem", "untrusted-ca.pem",
+       X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN},
+      {"h3-badcert-wronghost", "wronghost.pem", NULL, X509_V_ERR_HOSTNAME_MISMATCH},
+  };
+  static unsigned char hs[1 << 16];
+  size_t i;
+  (void)state;
+  for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+    nst_server srv;
+    tls_probe tp;
+    h3_response r;
+    char out[4096];
+    size_t hs_len;
+    assert_int_equal(nst_caddy_start(cases[i].variant, &srv), 0);
+    /* TCP */
+    tls_connect(srv.port, "example.test", 1, ALPN_H2_H1, ALPN_H2_H1_LEN, 0, 0, &tp);
+    assert_false(tp.handshake_ok);
+    assert_int_equal(tp.verify_result, cases[i].expect);
+    tls_connect(srv.port, "127.0.0.1", 0, ALPN_H2_H1, ALPN_H2_H1_LEN, 0, 0, &tp);
+    assert_true(tp.handshake_ok);
+    assert_string_equal(tp.alpn, "h2");
+    run_capture(out, sizeof(out), CURL "https://127.0.0.1:%d/hello.txt ; printf '|%%d' $?",
+                nst_cert("ca.pem"), srv.port);
+    assert_string_equal(out, "|60");
+    run_capture(out, sizeof(out), "curl -sk --max-time 10 https://127.0.0.1:%d/hello.txt",
+                srv.port);
+    assert_string_equal(out, "hello, netstash\n");
+    /* QUIC: answers (gtlsclient does not verify), with the same chain */
+    assert_int_equal(h3_get(srv.port, "/hello.txt", &r), 200);
+    assert_string_equal(r.body, "hello, netstash\n");
+    hs_len = h3_handshake_bytes(srv.port, hs, sizeof(hs));
+    assert_true(hs_len > 300);
+    assert_true(has_cert_der(hs, hs_len, cases[i].leaf));
+    assert_false(has_cert_der(hs, hs_len, "good.pem"));
+    if (cases[i].issuer != NULL)
+      assert_true(has_cert_der(hs, hs_len, cases[i].issuer));
+    nst_stop(&srv);
+  }
+  {
+    nst_server srv;
+    assert_int_equal(nst_caddy_start("h3-nonsense", &srv), -1);
+    assert_int_equal(srv.pid, -1);
+  }
+}
+
+static void test_gtlsserver(void **state) {
+  static unsigned char hs[1 << 16];
+  nst_server srv;
+  char out[4096];
+  h3_response r;
+  size_t hs_len;
+  (void)state;
+  assert_int_equal(nst_gtlsserver_start(NULL, &srv), 0);
+  assert_string_equal(srv.name, "gtlsserver");
+  assert_true(srv.port >= 20000 && srv.port <= 60000);
+  assert_int_equal(nst_quic_probe(srv.port, 1000), 1);
+  assert_int_equal(tcp_connect(srv.port), -1); /* UDP only */
+
+  assert_int_equal(h3_get(srv.port, "/hello.txt", &r), 200);
+  assert_string_equal(r.body, "hello, netstash\n");
+  assert_non_null(strstr(r.headers, "content-type: text/plain\n"));
+  assert_int_equal(header_count(r.headers, "etag") + header_count(r.headers, "last-modified") +
+                       header_count(r.headers, "date") + header_count(r.headers, "alt-svc"),
+                   0);
+  assert_int_equal(h3_get(srv.port, "/r/7.bin", &r), 200);
+  assert_int_equal(r.body_len, 20000);
+  run_capture(out, sizeof(out), "cmp -s %s/r/7.bin %s/h3dl/%d/7.bin; echo $?", nst_site(),
+              nst_workdir(), h3_seq);
+  assert_string_equal(out, "0\n");
+  assert_int_equal(h3_get(srv.port, "/", &r), 200); /* index.html */
+  assert_non_null(strstr(r.body, "netstash fixture site"));
+  assert_int_equal(h3_get(srv.port, "/nope", &r), 404);
+  assert_int_equal(h3_get(srv.port, "/r", &r), 308); /* a directory, broken Location */
+  assert_non_null(strstr(r.headers, "location: //r/\n"));
+  assert_int_equal(h3_get(srv.port, "/1000", &r), 200); /* generated zeros */
+  assert_int_equal(r.body_len, 1000);
+  assert_int_equal(r.body[0], 0);
+  /* TLS with good.pem */
+  hs_len = h3_handshake_bytes(srv.port, hs, sizeof(hs));
+  assert_true(has_cert_der(hs, hs_len, "good.pem"));
+  /* the log stays small (--quiet) */
+  run_capture(out, sizeof(out), "wc -c < %s/logs/gtlsserver-%d.log", nst_workdir(), srv.port);
+  assert_true(strtol(out, NULL, 10) < 1000);
+  nst_stop(&srv);
+  assert_int_equal(nst_quic_probe(srv.port, 200), 0);
+
+  /* extra options reach the server: 2 s idle timeout in its transport
+   * parameters */
+  assert_int_equal(nst_gtlsserver_start("--timeout=2s --max-streams-bidi=4", &srv), 0);
+  run_capture(out, sizeof(out),
+              GTLSCLIENT
+              "--no-quic-dump --no-http-dump 127.0.0.1 %d https://127.0.0.1:%d/hello.txt "
+              "2>&1 | grep -c -E 'remote transport_parameters "
+              "(max_idle_timeout=2000|initial_max_streams_bidi=4)$'",
+              srv.port, srv.port);
+  assert_string_equal(out, "2\n");
+  nst_stop(&srv);
+}
+
+static void test_big50(void **state) {
+  nst_server srv;
+  char out[4096], want[128];
+  const char *path, *hex;
+  struct stat sb;
+  (void)state;
+  assert_int_equal(file_size("big50.bin"), -1); /* not part of nst_site() */
+  path = nst_site_big50();
+  assert_non_null(path);
+  assert_string_equal(path, nst_path("site/big50.bin"));
+  assert_int_equal(stat(path, &sb), 0);
+  assert_int_equal(sb.st_size, 50 * 1024 * 1024);
+  hex = nst_site_big50_sha256();
+  assert_non_null(hex);
+  assert_int_equal(strlen(hex), 64);
+  run_capture(out, sizeof(out), "sha256sum < %s", path);
+  snprintf(want, sizeof(want), "%s  -\n", hex);
+  assert_string_equal(out, want);
+  run_capture(out, sizeof(out), "cd %s && sha256sum -c big50.bin.sha256", nst_site());
+  assert_string_equal(out, "big50.bin: OK\n");
+  /* deterministic: the documented stream, first 8 bytes little-endian */
+  run_capture(out, sizeof(out), "head -c 8 %s | od -An -tx8 | tr -d ' \n'", path);
+  {
+    uint64_t s = 0xB1650B1650B1650Bull, v;
+    char exp[32];
+    s ^= s >> 12;
+    s ^= s << 25;
+    s ^= s >> 27;
+    v = s * 0x2545F4914F6CDD1Dull;
+    snprintf(exp, sizeof(exp), "%016llx", (unsigned long long)v);
+    assert_string_equal(out, exp);
+  }
+  assert_string_equal(nst_site_big50(), path); /* once */
+
+  /* over HTTP/3, whole */
+  assert_int_equal(nst_gtlsserver_start(NULL, &srv), 0);
+  run_capture(
+      out, sizeof(out),
+      "d=%s/big50dl && mkdir -p $d && " GTLSCLIENT
+      "-q --download=$d 127.0.0.1 %d https://127.0.0.1:%d/big50.bin && sha256sum < $d/big50.bin",
+      nst_workdir(), srv.port, srv.port);
+  assert_string_equal(out, want);
+  nst_stop(&srv);
+}
+
 /* Parses the first A record of a DNS answer. */
 static void dns_expect_a(int port, const char *name, const char *ip, uint32_t ttl) {
   unsigned char r[512];
@@ -730,16 +1104,55 @@ static void test_rawserver_without_env(void **state) {
   assert_int_equal(srv.pid, -1);
 }
 
+/* Sends one datagram to 127.0.0.1:port on a connected UDP socket and
+ * returns the errno of the following recv (ETIMEDOUT if nothing came). */
+static int udp_send_recv_errno(int port, int timeout_ms) {
+  struct sockaddr_in sa;
+  struct pollfd pfd;
+  char buf[64];
+  int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0), e = 0;
+  assert_true(fd >= 0);
+  memset(&sa, 0, sizeof(sa));
+  sa.sin_family = AF_INET;
+  sa.sin_port = htons((uint16_t)port);
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+  assert_int_equal(send(fd, "x", 1, 0), 1);
+  pfd.fd = fd;
+  pfd.events = POLLIN;
+  pfd.revents = 0;
+  if (poll(&pfd, 1, timeout_ms) <= 0)
+    e = ETIMEDOUT;
+  else if (recv(fd, buf, sizeof(buf), 0) < 0)
+    e = errno;
+  close(fd);
+  return e;
+}
+
 static void test_odd_ports(void **state) {
   unsigned char r[512];
-  int bh = nst_udp_blackhole(), cp = nst_closed_port(), fd;
+  char out[256];
+  int bh = nst_udp_blackhole(), cp = nst_closed_port(), ucp = nst_udp_closed_port(), fd;
   (void)state;
   assert_true(bh > 0);
   assert_true(cp > 0);
+  assert_true(ucp > 0);
   assert_int_equal(nst_dns_query(bh, "example.test", 1, 300, r, sizeof(r)), -1);
   fd = tcp_connect(cp);
   assert_int_equal(fd, -1);
   assert_int_equal(errno, ECONNREFUSED);
+  /* blackhole: silence, for QUIC too; a QUIC client times out */
+  assert_int_equal(udp_send_recv_errno(bh, 200), ETIMEDOUT);
+  assert_int_equal(nst_quic_probe(bh, 200), 0);
+  /* (gtlsclient exits 0 even then: its log tells) */
+  run_capture(out, sizeof(out),
+              "timeout 10 gtlsclient --handshake-timeout=300ms 127.0.0.1 %d "
+              "https://127.0.0.1:%d/ 2>&1 | grep -E -o 'ERR_HANDSHAKE_TIMEOUT|:status' | sort -u",
+              bh, bh);
+  assert_string_equal(out, "ERR_HANDSHAKE_TIMEOUT\n");
+  /* closed UDP port: ICMP port unreachable */
+  assert_int_equal(udp_send_recv_errno(ucp, 1000), ECONNREFUSED);
+  assert_int_equal(nst_quic_probe(ucp, 1000), 0);
 }
 
 static void test_stop_reaps_and_fds(void **state) {
@@ -789,6 +1202,11 @@ int main(void) {
       cmocka_unit_test(test_caddy_tls12),
       cmocka_unit_test(test_badtls),
       cmocka_unit_test(test_nghttpd),
+      cmocka_unit_test(test_caddy_h3),
+      cmocka_unit_test(test_caddy_h3_altsvc_short),
+      cmocka_unit_test(test_caddy_h3_badcert),
+      cmocka_unit_test(test_gtlsserver),
+      cmocka_unit_test(test_big50),
       cmocka_unit_test(test_dnsmasq),
       cmocka_unit_test(test_rawserver),
       cmocka_unit_test(test_rawserver_without_env),

@@ -111,7 +111,7 @@ static void test_version(void **state) {
   assert_string_equal(netstash_version(&num, &feat), "0.1.0");
   assert_int_equal(num, NETSTASH_VERSION_NUM);
   assert_true(feat & NETSTASH_FEATURE_HTTP2);
-  assert_false(feat & NETSTASH_FEATURE_HTTP3);
+  assert_true(feat & NETSTASH_FEATURE_HTTP3);
 }
 
 static void test_url(void **state) {

@@ -1,9 +1,14 @@
 /*
  * fetch-client — benchmark helper: one process, one netstash context, fetch
- * every URL of a list concurrently over HTTP/2, verify each completed with
- * 200 and the expected size, exit 0 on success.
+ * every URL of a list concurrently, verify each completed with 200 and the
+ * expected size, exit 0 on success.
  *
- *   fetch-client URLS_FILE CAFILE RESOLVE EXPECT_BYTES
+ *   fetch-client URLS_FILE CAFILE RESOLVE EXPECT_BYTES [PROTO]
+ *
+ * PROTO h2 or h3 sets every request's HTTP version (NETSTASH_HTTP_2 or
+ * NETSTASH_HTTP_3) and fails any fetch whose protocol is not that one, so a
+ * silent fallback is never measured as the protocol asked for. Without it the
+ * library chooses (h2 via ALPN today).
  *
  * Driven by tools/bench/fetch, which measures wall time, CPU time and peak
  * RSS of this process beside curl and h2load doing the same work.
@@ -17,13 +22,24 @@
 
 static atomic_int bad;
 
+struct want {
+  uint64_t bytes;
+  const char *proto; /* "h2", "h3" or NULL: not checked */
+};
+
 static void on_complete(netstash_fetch *f, netstash_error err, void *ud) {
-  uint64_t expect = *(uint64_t *)ud;
+  const struct want *w = ud;
+  const char *proto = netstash_fetch_protocol_name(f);
   if (err != NETSTASH_OK || netstash_fetch_status(f) != 200 ||
-      netstash_fetch_body_bytes(f) != expect) {
-    fprintf(stderr, "fetch-client: %s: %s %d %llu\n", netstash_fetch_effective_url(f),
+      netstash_fetch_body_bytes(f) != w->bytes) {
+    fprintf(stderr, "fetch-client: %s: %s %d %llu (%s) %s\n", netstash_fetch_effective_url(f),
             netstash_error_name(err), netstash_fetch_status(f),
-            (unsigned long long)netstash_fetch_body_bytes(f));
+            (unsigned long long)netstash_fetch_body_bytes(f), proto[0] ? proto : "-",
+            netstash_fetch_error_detail(f));
+    atomic_fetch_add(&bad, 1);
+  } else if (w->proto && strcmp(proto, w->proto) != 0) {
+    fprintf(stderr, "fetch-client: %s: fetched over \"%s\", not %s\n",
+            netstash_fetch_effective_url(f), proto, w->proto);
     atomic_fetch_add(&bad, 1);
   }
 }
@@ -35,15 +51,22 @@ int main(int argc, char **argv) {
   netstash_ctx *ctx;
   netstash_fetch **fs = NULL;
   size_t n = 0, cap = 0, i;
-  uint64_t expect;
+  struct want want = {0, NULL};
+  netstash_http_version version = NETSTASH_HTTP_ANY;
   char detail[256];
   netstash_fetch_callbacks cbs = {NULL, NULL, on_complete};
 
-  if (argc != 5) {
-    fprintf(stderr, "usage: fetch-client URLS_FILE CAFILE HOST:PORT:ADDR EXPECT_BYTES\n");
+  if (argc == 6 && strcmp(argv[5], "h2") == 0)
+    version = NETSTASH_HTTP_2;
+  else if (argc == 6 && strcmp(argv[5], "h3") == 0)
+    version = NETSTASH_HTTP_3;
+  if (argc < 5 || argc > 6 || (argc == 6 && version == NETSTASH_HTTP_ANY)) {
+    fprintf(stderr, "usage: fetch-client URLS_FILE CAFILE HOST:PORT:ADDR EXPECT_BYTES [h2|h3]\n");
     return 2;
   }
-  expect = strtoull(argv[4], NULL, 10);
+  want.bytes = strtoull(argv[4], NULL, 10);
+  if (version != NETSTASH_HTTP_ANY)
+    want.proto = argv[5];
   if (!(fp = fopen(argv[1], "r"))) {
     perror(argv[1]);
     return 2;
@@ -68,7 +91,9 @@ int main(int argc, char **argv) {
     }
     if (netstash_request_new(&req, line) != NETSTASH_OK ||
         netstash_request_add_resolve(req, argv[3]) != NETSTASH_OK ||
-        netstash_fetch_start(ctx, req, &cbs, &expect, &fs[n]) != NETSTASH_OK) {
+        (version != NETSTASH_HTTP_ANY &&
+         netstash_request_set_http_version(req, version) != NETSTASH_OK) ||
+        netstash_fetch_start(ctx, req, &cbs, &want, &fs[n]) != NETSTASH_OK) {
       fprintf(stderr, "fetch-client: cannot start %s\n", line);
       return 1;
     }
