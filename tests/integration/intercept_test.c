@@ -289,18 +289,28 @@ static void test_redirects_ranges_post(void **state) {
   netstash_request_del(q);
 }
 
-static void test_pull(void **state) {
-  char url[512];
-  (void)state;
-  /* 4 MiB from the network, pulled through a 64 KiB buffer */
-  snprintf(url, sizeof(url), "%sbig.bin?pull", base);
-  netstash_request *q = req_for(url);
+/* 4 MiB from the network, pulled through a 64 KiB buffer by a slow reader;
+ * the bytes must arrive intact and in order */
+static void pull_4mib(const char *url, const char *resolve_pin, netstash_http_version v) {
+  netstash_request *q;
+  assert_int_equal(netstash_request_new(&q, url), NETSTASH_OK);
+  netstash_request_add_resolve(q, resolve_pin);
+  netstash_request_set_http_version(q, v);
   netstash_request_set_load_flags(q, NETSTASH_LOAD_BYPASS_CACHE);
   netstash_request_set_pull_buffer(q, 64 << 10);
   netstash_job *j;
   assert_int_equal(netstash_job_start(ctx, q, NULL, NULL, &j), NETSTASH_OK);
-  uint8_t *buf = malloc(32768);
-  size_t total = 0, n;
+  uint8_t *buf = malloc(32768), *want;
+  size_t total = 0, n, want_len;
+  char path[1024];
+  FILE *fp;
+  snprintf(path, sizeof(path), "%s/big.bin", nst_site());
+  fp = fopen(path, "rb");
+  assert_non_null(fp);
+  want = malloc(4u << 20);
+  want_len = fread(want, 1, 4u << 20, fp);
+  fclose(fp);
+  assert_int_equal(want_len, 4u << 20);
   netstash_error e;
   for (int spins = 0; spins < 200000; spins++) {
     e = netstash_job_read(j, buf, 32768, &n);
@@ -311,6 +321,8 @@ static void test_pull(void **state) {
     assert_int_equal(e, NETSTASH_OK);
     if (n == 0)
       break;
+    if (total + n <= want_len)
+      assert_memory_equal(buf, want + total, n);
     total += n;
     if (total < (1u << 20))
       usleep(100); /* a slow reader: the transfer must wait for it */
@@ -319,8 +331,29 @@ static void test_pull(void **state) {
   assert_int_equal(netstash_job_status(j), 200);
   assert_int_equal(netstash_job_source(j), NETSTASH_SOURCE_NETWORK);
   free(buf);
+  free(want);
   netstash_job_del(j);
   netstash_request_del(q);
+}
+
+static void test_pull(void **state) {
+  char url[512];
+  (void)state;
+  snprintf(url, sizeof(url), "%sbig.bin?pull", base);
+  pull_4mib(url, resolve, NETSTASH_HTTP_ANY);
+}
+
+/* The same over HTTP/3: pausing holds received data and stops extending
+ * the stream's flow-control window. */
+static void test_pull_h3(void **state) {
+  nst_server h3;
+  char url[512], pin[128];
+  (void)state;
+  assert_int_equal(nst_caddy_start("h3", &h3), 0);
+  snprintf(url, sizeof(url), "https://example.test:%d/big.bin?pull", h3.port);
+  snprintf(pin, sizeof(pin), "example.test:%d:127.0.0.1", h3.port);
+  pull_4mib(url, pin, NETSTASH_HTTP_3);
+  nst_stop(&h3);
 }
 
 typedef struct racer {
@@ -446,6 +479,7 @@ int main(void) {
       cmocka_unit_test(test_fast_path),
       cmocka_unit_test(test_redirects_ranges_post),
       cmocka_unit_test(test_pull),
+      cmocka_unit_test(test_pull_h3),
       cmocka_unit_test(test_cancel_races),
       cmocka_unit_test(test_credentials_mode),
   };
