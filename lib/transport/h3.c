@@ -264,40 +264,45 @@ static void capture_tls(h3_stream *s) {
            gnutls_cipher_get_name(gnutls_cipher_get(tls)));
 }
 
-/* Runs the outcome of finished streams, outside every library call. */
+/* Runs the outcome of finished streams, outside every library call. A
+ * completion or fallback runs the transport (and the caller's callbacks),
+ * which may start, detach or free other streams of this connection: the walk
+ * starts over after each one. */
 static int reap(h3_conn *c) {
   ns_list *pos, *tmp;
   int did = 0;
+again:
   ns_list_foreach_safe(pos, tmp, &c->streams) {
     h3_stream *s = ns_list_entry(pos, h3_stream, node);
     netstash_fetch *f = s->f;
+    netstash_error err;
     if (!f) {
       if (s->closed || s->id < 0 || c->state == C_DEAD)
         stream_free(s);
       continue;
     }
     if (s->fallback) {
+      int why = s->fallback;
       f->h3s = NULL;
       s->f = NULL;
       stream_free(s);
-      ns_hop_h3_fallback(f, s->fallback);
+      ns_hop_h3_fallback(f, why);
       did = 1;
-      continue;
+      goto again;
     }
     if (!s->done)
       continue;
-    {
-      netstash_error err = s->err;
-      stream_timings(s);
-      f->h3s = NULL;
-      s->f = NULL;
-      if (!s->closed && s->id >= 0 && c->state != C_DEAD)
-        ngtcp2_conn_shutdown_stream(c->qc, s->id, NGHTTP3_H3_REQUEST_CANCELLED);
-      else
-        stream_free(s);
-      ns_hop_end(f, err);
-    }
+    err = s->err;
+    stream_timings(s);
+    f->h3s = NULL;
+    s->f = NULL;
+    if (!s->closed && s->id >= 0 && c->state != C_DEAD)
+      ngtcp2_conn_shutdown_stream(c->qc, s->id, NGHTTP3_H3_REQUEST_CANCELLED);
+    else
+      stream_free(s);
+    ns_hop_end(f, err);
     did = 1;
+    goto again;
   }
   return did;
 }
