@@ -267,13 +267,15 @@ NETSTASH_EXTERN netstash_error netstash_ctx_new(netstash_ctx **out,
 NETSTASH_EXTERN void netstash_ctx_del(netstash_ctx *ctx);
 
 typedef enum netstash_stat {
-  NETSTASH_STAT_CONNECTIONS_OPENED = 0, /* TCP sockets opened */
+  NETSTASH_STAT_CONNECTIONS_OPENED = 0, /* TCP connections and QUIC connections opened */
   NETSTASH_STAT_TLS_HANDSHAKES = 1,     /* TLS handshakes completed */
   NETSTASH_STAT_DNS_QUERIES = 2,        /* lookups sent to the resolver */
   NETSTASH_STAT_DNS_CACHE_HITS = 3,     /* lookups answered by the DNS cache */
   NETSTASH_STAT_FETCHES_STARTED = 4,
   NETSTASH_STAT_FETCHES_ACTIVE = 5,
-  NETSTASH_STAT_BYTES_RECEIVED = 6      /* body bytes off the wire */
+  NETSTASH_STAT_BYTES_RECEIVED = 6,     /* body bytes off the wire */
+  NETSTASH_STAT_H3_REQUESTS = 7,        /* requests sent over HTTP/3 */
+  NETSTASH_STAT_TLS_RESUMED = 8         /* handshakes (TCP or QUIC) that resumed a session */
 } netstash_stat;
 
 /* A counter of the context; 0 for an unknown stat. */

@@ -94,7 +94,7 @@ struct netstash_ctx {
   uv_mutex_t cookie_lock;
   ns_list cookie_hooks; /* embedder listeners/policies (lib/cookie/api.c) */
 
-  _Atomic uint64_t stats[8];
+  _Atomic uint64_t stats[16];
 };
 
 /* Queue task to run on the loop thread. Returns NETSTASH_E_SHUTDOWN when the

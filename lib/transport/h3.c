@@ -101,6 +101,7 @@ typedef struct h3_conn {
   socklen_t lalen, ralen;
   int state;
   int busy;       /* inside conn_after_io or a library call */
+  int keepalive;  /* PINGs on: a response is awaited */
   int freeing;
   ns_list streams; /* h3_stream.node: waiting and open */
   uint8_t pend[TX_BUF]; /* a datagram the socket refused (EAGAIN) */
@@ -557,8 +558,10 @@ static int q_handshake_completed(ngtcp2_conn *qc, void *ud) {
   (void)qc;
   c->t_ready_us = ns_now_us();
   c->h->st.handshakes++;
-  if (gnutls_session_is_resumed(c->tls))
+  if (gnutls_session_is_resumed(c->tls)) {
     c->h->st.resumed++;
+    ns_stat_add(c->h->ctx, NETSTASH_STAT_TLS_RESUMED, 1);
+  }
   ns_stat_add(c->h->ctx, NETSTASH_STAT_TLS_HANDSHAKES, 1);
   if (setup_http(c) != 0) {
     ngtcp2_connection_close_error_set_application_error(&c->ccerr, NGHTTP3_H3_INTERNAL_ERROR,
@@ -862,6 +865,24 @@ static void conn_after_io(h3_conn *c) {
       break;
   }
   c->busy = 0;
+  if (c->state == C_READY) {
+    /* While a response is awaited, 1 s without a packet sends a PING: a
+     * server that died is noticed from the ICMP error (or the PING's loss)
+     * instead of after the 30 s idle timeout. No PINGs on an idle connection. */
+    int active = 0;
+    ns_list *pos, *tmp;
+    ns_list_foreach_safe(pos, tmp, &c->streams) {
+      h3_stream *s = ns_list_entry(pos, h3_stream, node);
+      if (s->f && s->id >= 0 && !s->done) {
+        active = 1;
+        break;
+      }
+    }
+    if (active != c->keepalive) {
+      c->keepalive = active;
+      ngtcp2_conn_set_keep_alive_timeout(c->qc, active ? NGTCP2_SECONDS : 0);
+    }
+  }
   if (c->state == C_DEAD) {
     reap(c);
     if (ns_list_empty(&c->streams))
@@ -1390,6 +1411,7 @@ static int submit(h3_stream *s) {
     return 0;
   }
   c->h->st.streams++;
+  ns_stat_add(c->h->ctx, NETSTASH_STAT_H3_REQUESTS, 1);
   return 0;
 }
 

@@ -211,8 +211,11 @@ static void ssl_info_cb(const SSL *ssl, int where, int ret) {
   (void)ret;
   if (where & SSL_CB_HANDSHAKE_DONE) {
     netstash_ctx *ctx = SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), ssl_ex_index);
-    if (ctx)
+    if (ctx) {
       ns_stat_add(ctx, NETSTASH_STAT_TLS_HANDSHAKES, 1);
+      if (SSL_session_reused((SSL *)ssl))
+        ns_stat_add(ctx, NETSTASH_STAT_TLS_RESUMED, 1);
+    }
   }
 }
 

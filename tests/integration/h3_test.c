@@ -443,6 +443,31 @@ static void test_cancel_mid_body(void **state) {
   netstash_ctx_del(ctx);
 }
 
+/* A later connection to the origin resumes the TLS session (ticket kept by
+ * the context). gtlsserver with a 1 s idle timeout closes the first one. */
+static void test_h3_resumption(void **state) {
+  nst_server srv;
+  netstash_ctx *ctx;
+  netstash_fetch *f;
+  (void)state;
+  assert_int_equal(nst_gtlsserver_start("--timeout=1s", &srv), 0);
+  ctx = new_ctx();
+  f = get_v(ctx, url_of(srv.port, "/hello.txt"), NETSTASH_HTTP_3, NETSTASH_OK);
+  netstash_fetch_del(f);
+  assert_int_equal(netstash_ctx_stat(ctx, NETSTASH_STAT_TLS_RESUMED), 0);
+  usleep(1600 * 1000);
+  f = get_v(ctx, url_of(srv.port, "/hello.txt"), NETSTASH_HTTP_3, NETSTASH_OK);
+  expect_body(f, "hello.txt");
+  assert_int_equal(netstash_fetch_new_connections(f), 1);
+  netstash_fetch_del(f);
+  assert_int_equal(netstash_ctx_stat(ctx, NETSTASH_STAT_CONNECTIONS_OPENED), 2);
+  assert_int_equal(netstash_ctx_stat(ctx, NETSTASH_STAT_TLS_HANDSHAKES), 2);
+  assert_int_equal(netstash_ctx_stat(ctx, NETSTASH_STAT_TLS_RESUMED), 1);
+  assert_int_equal(netstash_ctx_stat(ctx, NETSTASH_STAT_H3_REQUESTS), 2);
+  netstash_ctx_del(ctx);
+  nst_stop(&srv);
+}
+
 static void test_h3_needs_https(void **state) {
   netstash_ctx *ctx = new_ctx();
   netstash_request *req;
@@ -482,6 +507,7 @@ int main(void) {
       cmocka_unit_test(test_badcert_same_as_tcp),
       cmocka_unit_test(test_server_killed_mid_body),
       cmocka_unit_test(test_cancel_mid_body),
+      cmocka_unit_test(test_h3_resumption),
       cmocka_unit_test(test_h3_needs_https),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
