@@ -349,6 +349,11 @@ static void test_warm_update_rollback(void **state) {
   assert_int_equal(log.done, 5);
   assert_int_equal(log.published, 1);
   assert_int_equal(req, 2 + 5); /* manifest + sig + bodies */
+  /* caddy advertises h3 (Alt-Svc) on the manifest's response: the bodies came
+   * over QUIC */
+  if (netstash_ctx_stat(ctx, NETSTASH_STAT_H3_REQUESTS) < 5)
+    fail_msg("%llu of the warm's requests over h3; the 5 bodies expected",
+             (unsigned long long)netstash_ctx_stat(ctx, NETSTASH_STAT_H3_REQUESTS));
   for (size_t i = 0; i < 5; i++)
     assert_true(body_is(ctx, rurl("inc", five[i].name), "inc", five[i].name));
   assert_null(lookup(ctx, rurl("inc", "nope.js"), NULL));
@@ -811,7 +816,8 @@ static int setup(void **state) {
   char d[1024];
   snprintf(d, sizeof(d), "%s/pl", nst_site());
   mkdir(d, 0755);
-  if (nst_caddy_start("h2", &caddy))
+  /* h1/h2/h3 with Alt-Svc: warms learn h3 from the manifest's response */
+  if (nst_caddy_start("h3", &caddy))
     return -1;
   snprintf(base, sizeof(base), "https://example.test:%d/", caddy.port);
   snprintf(resolve, sizeof(resolve), "example.test:%d:127.0.0.1", caddy.port);
