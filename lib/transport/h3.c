@@ -28,6 +28,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <curl/curl.h>
@@ -1451,7 +1452,11 @@ netstash_error ns_h3_start(ns_h3 *h, netstash_fetch *f, const ns_h3_target *t, u
     s->body_len = req->body_len;
   }
   f->t_added = ns_now_us();
-  f->req_time_ms = 0;
+  {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    f->req_time_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000; /* RFC 9111 §4.2.3 */
+  }
   s->new_conn = c->state == C_CONNECTING;
   if (race_ms && c->state == C_CONNECTING)
     s->race_deadline = f->t_added + (uint64_t)race_ms * 1000;

@@ -227,6 +227,23 @@ static void test_altsvc_upgrade_and_persist(void **state) {
   assert_string_equal(netstash_fetch_protocol_name(f), "h3");
   expect_body(f, "hello.txt");
   netstash_fetch_del(f);
+  /* stored from an h3 response with the right request time: a small age */
+  {
+    netstash_request *req;
+    const char *why, *age;
+    assert_int_equal(netstash_request_new(&req, url_of(caddy_h3.port, "/r/9.bin")), NETSTASH_OK);
+    netstash_request_set_collect_body(req, 1 << 20);
+    assert_int_equal(netstash_fetch_sync(ctx, req, &f), NETSTASH_OK);
+    assert_string_equal(netstash_fetch_protocol_name(f), "h3");
+    netstash_fetch_del(f);
+    assert_int_equal(netstash_fetch_sync(ctx, req, &f), NETSTASH_OK);
+    why = netstash_fetch_cache_reason(f);
+    age = why ? strstr(why, "age ") : NULL;
+    if (!age || strtol(age + 4, NULL, 10) > 60)
+      fail_msg("cache reason \"%s\": the stored response's age should be seconds", why);
+    netstash_fetch_del(f);
+    netstash_request_del(req);
+  }
   /* an explicit HTTP/2 request stays on TCP */
   f = get_v(ctx, url_of(caddy_h3.port, "/hello.txt"), NETSTASH_HTTP_2, NETSTASH_OK);
   assert_string_equal(netstash_fetch_protocol_name(f), "h2");
