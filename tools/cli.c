@@ -238,6 +238,22 @@ netstash_error cli_ctx_new(const char *cmd, const netstash_options *o, netstash_
   return err;
 }
 
+const char *cli_human_bytes(uint64_t b, char *buf, size_t n) {
+  static const char *const unit[] = {"KiB", "MiB", "GiB", "TiB"};
+  double v = (double)b;
+  int u = -1;
+  if (b < 1024) {
+    snprintf(buf, n, "%llu B", (unsigned long long)b);
+    return buf;
+  }
+  while (v >= 1024 && u < 3) {
+    v /= 1024;
+    u++;
+  }
+  snprintf(buf, n, "%.1f %s", v, unit[u]);
+  return buf;
+}
+
 int cli_parse_u32(const char *s, uint32_t *out) {
   char *end;
   unsigned long v;

@@ -59,6 +59,8 @@ int cmd_show(int argc, char **argv);
 int cmd_rollback(int argc, char **argv);
 int cmd_gc(int argc, char **argv);
 int cmd_stats(int argc, char **argv);
+/* cmd_daemon.c: argv[0] is "--daemon" or "--daemon=SOCKET" */
+int cmd_daemon(int argc, char **argv);
 
 /* Nonzero when profile holds a store (DIR/store/data.mdb). */
 int cli_store_exists(const char *profile);
@@ -68,6 +70,12 @@ netstash_error cli_profile_ctx(const char *cmd, const char *profile, netstash_ct
 /* netstash_ctx_new on o; on failure prints "netstash: CMD: cannot start:
  * reason[: detail]" and a hint. */
 netstash_error cli_ctx_new(const char *cmd, const netstash_options *o, netstash_ctx **ctx);
+
+/* "512 B", "1.5 KiB", ... "2.0 TiB" into buf; returns buf. */
+const char *cli_human_bytes(uint64_t b, char *buf, size_t n);
+/* The table `netstash ls` prints for a "manifests" array of
+ * netstash_preload_describe (cmd_preload.c); resources: also every entry. */
+void cli_print_manifest_table(const json_t *list, int resources);
 
 /* A decimal uint32 (the whole string): 0, or -1. */
 int cli_parse_u32(const char *s, uint32_t *out);

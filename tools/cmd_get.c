@@ -32,6 +32,8 @@ static const char get_usage[] =
     "      --http2              prefer HTTP/2 (prior knowledge for http://)\n"
     "      --http3              HTTP/3 only (QUIC; no fallback to TCP)\n"
     "      --no-http3           never HTTP/3, even when the server offers it\n"
+    "      --remote SOCKET      ask a running netd (remote mode): its profile's\n"
+    "                           preload store, cache and cookies answer\n"
     "      --cacert FILE        trust the CAs in FILE instead of the system store\n"
     "      --tls-min 1.2|1.3    lowest TLS version accepted (default 1.3)\n"
     "      --resolve H:P:ADDR   pin host H port P to ADDR (repeatable)\n"
@@ -196,6 +198,7 @@ enum {
   OPT_HTTP2,
   OPT_HTTP3,
   OPT_NO_HTTP3,
+  OPT_REMOTE,
   OPT_CACERT,
   OPT_RESOLVE,
   OPT_DNS,
@@ -225,6 +228,7 @@ static const struct option get_opts[] = {
     {"http2", no_argument, NULL, OPT_HTTP2},
     {"http3", no_argument, NULL, OPT_HTTP3},
     {"no-http3", no_argument, NULL, OPT_NO_HTTP3},
+    {"remote", required_argument, NULL, OPT_REMOTE},
     {"cacert", required_argument, NULL, OPT_CACERT},
     {"resolve", required_argument, NULL, OPT_RESOLVE},
     {"dns-server", required_argument, NULL, OPT_DNS},
@@ -252,11 +256,12 @@ static const struct option get_opts[] = {
 
 int cmd_get(int argc, char **argv) {
   const char *outfile = NULL, *method = NULL, *datafile = NULL, *cacert = NULL;
-  const char *dns = NULL, *profile = NULL, *url;
+  const char *dns = NULL, *profile = NULL, *remote = NULL, *url;
   const char *jar = NULL, *sfc = NULL, *initiator = NULL, *topsite = NULL;
   const char *headers[MAX_LIST], *resolves[MAX_LIST];
   size_t nheaders = 0, nresolves = 0, i;
-  int json = 0, verbose = 0, raw = 0, follow = 0, nocache = 0, offline = 0, nocookies = 0, no_http3 = 0, c, rc;
+  int json = 0, verbose = 0, raw = 0, follow = 0, nocache = 0, offline = 0, nocookies = 0;
+  int no_http3 = 0, c, rc;
   uint32_t timeout = 0, ctimeout = 0, maxredirs = 20;
   uint64_t maxbody = 0;
   netstash_http_version httpv = NETSTASH_HTTP_ANY;
@@ -303,6 +308,9 @@ int cmd_get(int argc, char **argv) {
       break;
     case OPT_NO_HTTP3:
       no_http3 = 1;
+      break;
+    case OPT_REMOTE:
+      remote = optarg;
       break;
     case OPT_CACERT:
       cacert = optarg;
@@ -420,6 +428,8 @@ int cmd_get(int argc, char **argv) {
   netstash_options_set_tls_min_version(opts, tlsmin);
   if (no_http3)
     netstash_options_set_http3(opts, 0);
+  if (remote)
+    netstash_options_set_remote(opts, remote);
   if (ctimeout)
     netstash_options_set_connect_timeout_ms(opts, ctimeout);
   if (maxbody)

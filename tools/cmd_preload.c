@@ -30,22 +30,6 @@ static int fail(const char *cmd, int json, const char *profile, netstash_error e
   return cli_exit_code(err);
 }
 
-static const char *human_bytes(uint64_t b, char *buf, size_t n) {
-  static const char *const unit[] = {"KiB", "MiB", "GiB", "TiB"};
-  double v = (double)b;
-  int u = -1;
-  if (b < 1024) {
-    snprintf(buf, n, "%llu B", (unsigned long long)b);
-    return buf;
-  }
-  while (v >= 1024 && u < 3) {
-    v /= 1024;
-    u++;
-  }
-  snprintf(buf, n, "%.1f %s", v, unit[u]);
-  return buf;
-}
-
 static uint64_t ju(const json_t *o, const char *k) {
   json_int_t v = json_integer_value(json_object_get(o, k));
   return v > 0 ? (uint64_t)v : 0;
@@ -131,7 +115,7 @@ static void print_entries(const json_t *m) {
   json_array_foreach(json_object_get(m, "entries"), i, e) {
     printf("  %-8s  %-4s  %10s  %s\n", js(e, "priority"),
            json_is_true(json_object_get(e, "present")) ? "yes" : "no",
-           human_bytes(ju(e, "size"), sz, sizeof(sz)), js(e, "url"));
+           cli_human_bytes(ju(e, "size"), sz, sizeof(sz)), js(e, "url"));
   }
 }
 
@@ -153,12 +137,12 @@ static void print_manifest(const json_t *m, int resources) {
     printf("  %-9s  %s\n", i ? "" : "scope", json_string_value(s));
   }
   printf("  resources  %llu of %llu held, %s\n", (unsigned long long)ju(m, "resources_present"),
-         (unsigned long long)ju(m, "resources"), human_bytes(ju(m, "bytes"), sz, sizeof(sz)));
+         (unsigned long long)ju(m, "resources"), cli_human_bytes(ju(m, "bytes"), sz, sizeof(sz)));
   if (resources)
     print_entries(m);
 }
 
-static void print_table(const json_t *list, int resources) {
+void cli_print_manifest_table(const json_t *list, int resources) {
   const json_t *m;
   size_t i;
   int w = 2;
@@ -175,7 +159,7 @@ static void print_table(const json_t *list, int resources) {
              (unsigned long long)ju(m, "resources"));
     printf("%-*s  %-14s  %8llu  %8llu  %11s  %10s  %s\n", w, js(m, "id"), js(m, "state"),
            (unsigned long long)ju(m, "version"), (unsigned long long)ju(m, "previous"), held,
-           human_bytes(ju(m, "bytes"), sz, sizeof(sz)), js(m, "expires"));
+           cli_human_bytes(ju(m, "bytes"), sz, sizeof(sz)), js(m, "expires"));
   }
   if (!resources)
     return;
@@ -224,7 +208,7 @@ int cmd_ls(int argc, char **argv) {
   else if (json_array_size(json_object_get(r.j, "manifests")) == 0)
     printf("no preload manifests in %s\n", r.a.profile);
   else
-    print_table(json_object_get(r.j, "manifests"), r.a.resources);
+    cli_print_manifest_table(json_object_get(r.j, "manifests"), r.a.resources);
 done:
   return admin_end(&r, rc);
 }
@@ -380,10 +364,10 @@ int cmd_stats(int argc, char **argv) {
   printf("preload  %llu manifest%s (%llu active), %llu resources, %s served\n",
          (unsigned long long)ju(r.j, "manifests"), ju(r.j, "manifests") == 1 ? "" : "s",
          (unsigned long long)ju(r.j, "active"), (unsigned long long)ju(r.j, "resources"),
-         human_bytes(ju(r.j, "bytes"), s1, sizeof(s1)));
+         cli_human_bytes(ju(r.j, "bytes"), s1, sizeof(s1)));
   printf("store    %s used of a %s map, %llu bodies, %llu waiting for GC\n",
-         human_bytes(ju(st, "used_bytes"), s2, sizeof(s2)),
-         human_bytes(ju(st, "map_size"), s3, sizeof(s3)), (unsigned long long)ju(st, "bodies"),
+         cli_human_bytes(ju(st, "used_bytes"), s2, sizeof(s2)),
+         cli_human_bytes(ju(st, "map_size"), s3, sizeof(s3)), (unsigned long long)ju(st, "bodies"),
          (unsigned long long)ju(st, "gc_queued"));
   printf("records  http %llu, preload %llu, manifests %llu, cookies %llu\n",
          (unsigned long long)ju(rec, "http"), (unsigned long long)ju(rec, "preload"),

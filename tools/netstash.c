@@ -9,6 +9,7 @@
 
 static const char usage[] =
     "usage: netstash [--version] [--help] COMMAND [ARGS]\n"
+    "       netstash --daemon SOCKET status|warm|ls|signals|metrics [--json]\n"
     "\n"
     "Commands:\n"
     "  get URL       fetch a URL over HTTP/1.1 or HTTP/2 (netstash get --help)\n"
@@ -26,10 +27,14 @@ static const char usage[] =
     "  gc            delete unreferenced bodies now\n"
     "  stats         preload and store figures\n"
     "\n"
+    "--daemon SOCKET asks the netd serving SOCKET instead of opening a profile\n"
+    "(netstash --daemon SOCKET --help).\n"
+    "\n"
     "Exit codes: 0 success (any HTTP status), 1 internal error, 2 usage,\n"
-    "3 bad URL, 4 DNS, 5 connect, 6 TLS, 7 timeout, 8 HTTP protocol error or\n"
-    "truncated body, 9 local I/O, 10 size limit, 11 canceled, 12 not in the\n"
-    "cache (offline), 13 store unusable (corrupt, newer, full, busy),\n"
+    "3 bad URL, 4 DNS, 5 connect (--daemon: netd is not running on SOCKET),\n"
+    "6 TLS, 7 timeout, 8 HTTP protocol error or truncated body (--daemon: an\n"
+    "unexpected answer), 9 local I/O, 10 size limit, 11 canceled, 12 not in\n"
+    "the cache (offline), 13 store unusable (corrupt, newer, full, busy),\n"
     "14 manifest invalid or signature refused, 15 integrity mismatch or\n"
     "critical preload resources missing, 16 manifest not for this device\n"
     "(rollout) or deferred (metered network).\n"
@@ -54,6 +59,8 @@ int main(int argc, char **argv) {
            feat & NETSTASH_FEATURE_HSTS ? " hsts" : "");
     return 0;
   }
+  if (!strcmp(argv[1], "--daemon") || !strncmp(argv[1], "--daemon=", 9))
+    return cmd_daemon(argc - 1, argv + 1);
   if (!strcmp(argv[1], "get"))
     return cmd_get(argc - 1, argv + 1);
   if (!strcmp(argv[1], "load"))

@@ -221,6 +221,15 @@ NETSTASH_EXTERN netstash_error netstash_options_set_hsts(netstash_options *opts,
  * (5 min, doubling per failure). Off: never h3 unless a request forces it
  * with netstash_request_set_http_version(NETSTASH_HTTP_3). */
 NETSTASH_EXTERN netstash_error netstash_options_set_http3(netstash_options *opts, int enable);
+/* Remote mode: the context sends every fetch and job to a running netd on
+ * this unix socket (HTTP/2), which answers from its profile's preload store,
+ * HTTP cache and cookie jar, or the network; the API is unchanged (one
+ * header, two backends). Local caches, cookies and DNS are then unused; the
+ * answer's source and cache reason are netd's. A request in flight when netd
+ * stops fails (never a cut body taken as complete); later requests reconnect.
+ * NULL: local mode (default). */
+NETSTASH_EXTERN netstash_error netstash_options_set_remote(netstash_options *opts,
+                                                           const char *socket_path);
 /* How long a request waits for a new QUIC connection's handshake before it
  * goes over TCP instead (default 300 ms, 1..60000); the handshake goes on,
  * and later requests use h3 once it is done. */

@@ -42,6 +42,7 @@ typedef struct ns_config {
   uint64_t max_decoded_body;
   int hsts;
   int http3;               /* h3 when Alt-Svc offers it (default 1) */
+  char *remote_socket;     /* remote mode: every fetch goes to netd there */
   uint32_t h3_race_ms;     /* wait for a new QUIC handshake before TCP (300) */
   char *user_agent;
   char *profile_dir;

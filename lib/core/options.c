@@ -26,6 +26,7 @@ void ns_config_free(const ns_mem *m, ns_config *c) {
   ns_free(m, c->ca_dir);
   ns_free(m, c->dns_servers);
   ns_free(m, c->user_agent);
+  ns_free(m, c->remote_socket);
   ns_free(m, c->profile_dir);
   ns_free(m, c->trusted_keys);
   ns_free(m, c->app_version);
@@ -38,7 +39,7 @@ netstash_error ns_config_copy(const ns_mem *m, ns_config *dst, const ns_config *
   *dst = *src;
   dst->ca_file = dst->ca_dir = dst->dns_servers = dst->user_agent =
       dst->profile_dir = dst->trusted_keys = dst->app_version = dst->kernel_version =
-          dst->device_id = NULL;
+          dst->device_id = dst->remote_socket = NULL;
   if ((src->ca_file && !(dst->ca_file = ns_strdup(m, src->ca_file))) ||
       (src->ca_dir && !(dst->ca_dir = ns_strdup(m, src->ca_dir))) ||
       (src->dns_servers && !(dst->dns_servers = ns_strdup(m, src->dns_servers))) ||
@@ -47,7 +48,8 @@ netstash_error ns_config_copy(const ns_mem *m, ns_config *dst, const ns_config *
       (src->trusted_keys && !(dst->trusted_keys = ns_strdup(m, src->trusted_keys))) ||
       (src->app_version && !(dst->app_version = ns_strdup(m, src->app_version))) ||
       (src->kernel_version && !(dst->kernel_version = ns_strdup(m, src->kernel_version))) ||
-      (src->device_id && !(dst->device_id = ns_strdup(m, src->device_id)))) {
+      (src->device_id && !(dst->device_id = ns_strdup(m, src->device_id))) ||
+      (src->remote_socket && !(dst->remote_socket = ns_strdup(m, src->remote_socket)))) {
     ns_config_free(m, dst);
     return NETSTASH_E_NOMEM;
   }
@@ -200,6 +202,12 @@ netstash_error netstash_options_set_http3(netstash_options *o, int enable) {
     return NETSTASH_E_INVALID_ARGUMENT;
   o->cfg.http3 = enable ? 1 : 0;
   return NETSTASH_OK;
+}
+
+netstash_error netstash_options_set_remote(netstash_options *o, const char *socket_path) {
+  if (!o)
+    return NETSTASH_E_INVALID_ARGUMENT;
+  return set_str(&o->cfg.remote_socket, socket_path);
 }
 
 netstash_error netstash_options_set_h3_race_ms(netstash_options *o, uint32_t ms) {

@@ -111,9 +111,11 @@ struct netstash_fetch {
   ns_list node; /* transport's list of running fetches */
   void *easy;   /* CURL * */
   void *h3s;    /* the HTTP/3 stream of this hop (h3.c), NULL over TCP */
+  void *rs;     /* remote mode: the stream to netd (remote.c) */
   int h3_tried; /* this hop fell back from h3 to TCP */
   int h3_plan;  /* 0 TCP, 1 h3 by Alt-Svc (may fall back), 2 h3 forced */
   int h3_port;  /* UDP port of the h3 alternative */
+  netstash_error remote_err; /* remote mode: netd's x-netstash-error */
   struct curl_slist *hdr_list, *resolve_list;
   struct ns_dns_query *dnsq;
   ns_url cur;   /* URL of the current hop */

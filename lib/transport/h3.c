@@ -31,7 +31,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <curl/curl.h>
 #include <gnutls/crypto.h>
 #include <gnutls/gnutls.h>
 #include <nghttp3/nghttp3.h>
@@ -77,6 +76,7 @@ struct ns_h3 {
   ticket tickets[MAX_TICKETS];
   size_t ntickets, ticket_next;
   ns_h3_stats st;
+  ns_hop_fields fields; /* scratch for one request's fields (loop thread) */
   uint8_t rx[65536];
 };
 
@@ -1306,99 +1306,24 @@ static h3_conn *conn_find(ns_h3 *h, const ns_h3_target *t) {
 
 /* ------------------------------------------------------------ requests */
 
-static int hdr_skip(const char *name, size_t len) {
-  static const char *const drop[] = {"connection", "keep-alive", "proxy-connection",
-                                     "transfer-encoding", "upgrade", "host"};
-  for (size_t i = 0; i < sizeof(drop) / sizeof(drop[0]); i++)
-    if (strlen(drop[i]) == len && ns_ascii_casecmp_n(name, drop[i], len) == 0)
-      return 1;
-  return 0;
-}
-
-#define MAX_NV 128
-
 static int submit(h3_stream *s) {
   h3_conn *c = s->c;
   netstash_fetch *f = s->f;
-  nghttp3_nv nva[MAX_NV];
-  char lower[MAX_NV][64];
-  char authority[300], prio[16];
-  size_t n = 0;
-  const char *path, *url = f->cur.url, *p;
-  size_t plen;
-  const char *method = ns_hop_method(f);
-  const char *ua = ns_hop_user_agent(f);
-  int has_ua = 0, rv;
+  nghttp3_nv nva[NS_HOP_MAX_FIELDS];
+  ns_hop_fields *hf = &c->h->fields;
+  int rv;
   int64_t id;
   nghttp3_data_reader dr = {.read_data = read_body};
-  struct curl_slist *l;
+  size_t n;
 
-#define NV(nm, nl, v, vl)                                                      \
-  do {                                                                         \
-    nva[n].name = (uint8_t *)(nm);                                             \
-    nva[n].namelen = (nl);                                                     \
-    nva[n].value = (uint8_t *)(v);                                             \
-    nva[n].valuelen = (vl);                                                    \
-    nva[n].flags = NGHTTP3_NV_FLAG_NONE;                                       \
-    n++;                                                                       \
-  } while (0)
-
-  if (c->port == 443)
-    snprintf(authority, sizeof(authority), "%s%s%s", strchr(c->host, ':') ? "[" : "", c->host,
-             strchr(c->host, ':') ? "]" : "");
-  else
-    snprintf(authority, sizeof(authority), "%s%s%s:%d", strchr(c->host, ':') ? "[" : "",
-             c->host, strchr(c->host, ':') ? "]" : "", c->port);
-  NV(":method", 7, method, strlen(method));
-  NV(":scheme", 7, "https", 5);
-  NV(":authority", 10, authority, strlen(authority));
-  /* :path from the normalised URL (libcurl's: "https://h?q" became
-   * "https://h/?q"): path and query, never the fragment */
-  p = strstr(url, "://");
-  path = strchr(p ? p + 3 : url, '/');
-  if (!path)
-    path = "/";
-  plen = strcspn(path, "#");
-  NV(":path", 5, path, plen);
-  for (l = f->hdr_list; l && n < MAX_NV - 2; l = l->next) {
-    const char *line = l->data, *colon = strchr(line, ':');
-    const char *v;
-    size_t nl, vl, i;
-    if (!colon || colon == line)
-      continue;
-    nl = (size_t)(colon - line);
-    if (nl >= sizeof(lower[0]) || hdr_skip(line, nl))
-      continue;
-    v = colon + 1;
-    while (*v == ' ' || *v == '\t')
-      v++;
-    vl = strlen(v);
-    while (vl && (v[vl - 1] == ' ' || v[vl - 1] == '\t'))
-      vl--;
-    if (!vl)
-      continue; /* "Name:" removes a header for libcurl */
-    for (i = 0; i < nl; i++)
-      lower[n][i] = ns_ascii_lower(line[i]);
-    lower[n][nl] = 0;
-    if (strcmp(lower[n], "user-agent") == 0)
-      has_ua = 1;
-    if (strcmp(lower[n], "te") == 0 && !(vl == 8 && ns_ascii_casecmp_n(v, "trailers", 8) == 0))
-      continue;
-    NV(lower[n], nl, v, vl);
+  ns_hop_request_fields(f, "https", 1, hf);
+  for (n = 0; n < hf->n; n++) {
+    nva[n].name = (uint8_t *)(uintptr_t)hf->f[n].name;
+    nva[n].namelen = hf->f[n].nlen;
+    nva[n].value = (uint8_t *)(uintptr_t)hf->f[n].value;
+    nva[n].valuelen = hf->f[n].vlen;
+    nva[n].flags = NGHTTP3_NV_FLAG_NONE;
   }
-  if (!has_ua && ua)
-    NV("user-agent", 10, ua, strlen(ua));
-  {
-    /* RFC 9218 urgency from the request priority (0 lowest .. 4 highest) */
-    static const int urg[] = {6, 5, 3, 2, 0};
-    int pr = (int)f->req->priority;
-    if (pr < 0 || pr > 4)
-      pr = 2;
-    snprintf(prio, sizeof(prio), "u=%d", urg[pr]);
-    if (urg[pr] != 3)
-      NV("priority", 8, prio, strlen(prio));
-  }
-#undef NV
   rv = ngtcp2_conn_open_bidi_stream(c->qc, &id, s);
   if (rv != 0)
     return -1; /* no credit yet: waits for MAX_STREAMS */

@@ -28,6 +28,26 @@ void ns_hop_h3_fallback(netstash_fetch *f, int why);
 /* A QUIC connection to host:port (the origin) worked or failed: feeds the
  * broken-alternative bookkeeping. */
 void ns_hop_h3_conn_status(netstash_ctx *ctx, const char *host, int port, int ok);
+/* The current hop's request as HTTP/2 / HTTP/3 fields: :method, :scheme,
+ * :authority, :path (from the URL, no fragment), then f->hdr_list's fields
+ * with lower-case names, connection-specific ones dropped, User-Agent added
+ * when missing; with_priority adds an RFC 9218 priority field. Pointers
+ * refer to out itself, the URL and the header list: valid until the hop's
+ * header list changes. */
+#define NS_HOP_MAX_FIELDS 128
+typedef struct ns_hop_field {
+  const char *name, *value;
+  size_t nlen, vlen;
+} ns_hop_field;
+typedef struct ns_hop_fields {
+  ns_hop_field f[NS_HOP_MAX_FIELDS];
+  size_t n;
+  char lower[NS_HOP_MAX_FIELDS][64];
+  char authority[300];
+  char prio[16];
+} ns_hop_fields;
+void ns_hop_request_fields(netstash_fetch *f, const char *scheme, int with_priority,
+                           ns_hop_fields *out);
 /* Method and User-Agent of the current hop. */
 const char *ns_hop_method(const netstash_fetch *f);
 const char *ns_hop_user_agent(const netstash_fetch *f);

@@ -39,6 +39,7 @@
 #include "transport/h3.h"
 #include "transport/hop.h"
 #include "transport/hsts.h"
+#include "transport/remote.h"
 #include "transport/transport.h"
 #include "preload/install.h"
 #include "store/store.h"
@@ -63,6 +64,7 @@ struct ns_transport {
   ns_store_reader *pl_reader; /* preload lookups (loop thread) */
   /* HTTP/3 */
   ns_h3 *h3;
+  ns_remote *remote; /* remote mode */
   ns_altsvc_broken *h3_broken;
   struct ns_altsvc_mem *altsvc_mem; /* Alt-Svc known to this context */
 };
@@ -89,6 +91,9 @@ static void hsts_setup(ns_transport *tr, CURL *e);
 static const char *method_of(const netstash_fetch *f);
 static int cache_consult(netstash_fetch *f);
 static void store_cookies(netstash_fetch *f);
+
+/* Remote mode (netstash_options_set_remote): every hop goes to netd. */
+static int is_remote(const netstash_fetch *f) { return f->ctx->cfg.remote_socket != NULL; }
 
 static int64_t wall_ms(void) {
   struct timespec ts;
@@ -303,6 +308,12 @@ static int head_end(netstash_fetch *f) {
   if (f->status < 200)
     return 1; /* 1xx: another block follows (RFC 9110 15.2) */
   f->resp_time_ms = wall_ms();
+  if (is_remote(f)) {
+    if (f->remote_err != NETSTASH_OK)
+      return 1; /* its body is the detail (ns_hop_body) */
+    deliver_head(f);
+    return 1; /* netd decoded, stored and followed what it had to */
+  }
   store_cookies(f);
   note_altsvc(f);
   if (f->hc_validating) {
@@ -361,11 +372,43 @@ static int head_end(netstash_fetch *f) {
   return 1;
 }
 
+static netstash_error error_by_name(const char *name, size_t len) {
+  for (int e = 0; e < 400; e++) {
+    const char *n = netstash_error_name((netstash_error)e);
+    if (n && strlen(n) == len && memcmp(n, name, len) == 0 && strcmp(n, "NETSTASH_E_UNKNOWN"))
+      return (netstash_error)e;
+  }
+  return NETSTASH_E_NETWORK;
+}
+
+/* Remote mode: netd's x-netstash-* response fields describe the answer. */
+static void remote_field(netstash_fetch *f, const char *name, size_t nlen, const char *value,
+                         size_t vlen) {
+  if (nlen == 17 && ns_ascii_casecmp_n(name, "x-netstash-source", 17) == 0) {
+    if (vlen == 7 && !memcmp(value, "preload", 7))
+      f->source = NETSTASH_SOURCE_PRELOAD;
+    else if (vlen == 5 && !memcmp(value, "cache", 5))
+      f->source = NETSTASH_SOURCE_CACHE;
+    else if (vlen == 11 && !memcmp(value, "revalidated", 11))
+      f->source = NETSTASH_SOURCE_REVALIDATED;
+    else
+      f->source = NETSTASH_SOURCE_NETWORK;
+  } else if (nlen == 23 && ns_ascii_casecmp_n(name, "x-netstash-cache-reason", 23) == 0) {
+    snprintf(f->cache_reason, sizeof(f->cache_reason), "%.*s", (int)vlen, value);
+  } else if (nlen == 16 && ns_ascii_casecmp_n(name, "x-netstash-error", 16) == 0) {
+    f->remote_err = error_by_name(value, vlen);
+  }
+}
+
 static netstash_error add_header_nv(netstash_fetch *f, const char *name, size_t nlen,
                                     const char *value, size_t vlen) {
   size_t i, bytes;
   ns_header *h;
   netstash_error rv;
+  if (nlen > 11 && ns_ascii_casecmp_n(name, "x-netstash-", 11) == 0 && is_remote(f)) {
+    remote_field(f, name, nlen, value, vlen);
+    return NETSTASH_OK;
+  }
   uint32_t name_off, value_off;
   if (f->nhdrs == f->hdrs_cap) {
     size_t ncap = f->hdrs_cap ? f->hdrs_cap * 2 : 16;
@@ -465,6 +508,13 @@ netstash_error ns_hop_header(netstash_fetch *f, const char *name, size_t nlen,
 
 int ns_hop_body(netstash_fetch *f, const uint8_t *data, size_t len) {
   netstash_error rv;
+  if (f->remote_err != NETSTASH_OK) {
+    size_t l = strlen(f->detail);
+    if (l + 1 < sizeof(f->detail))
+      snprintf(f->detail + l, sizeof(f->detail) - l, "%.*s", (int)NS_MIN(len, sizeof(f->detail) - l - 1),
+               (const char *)data);
+    return 1;
+  }
   if (f->redirecting || f->hc_got_304 || f->hc_sie)
     return 1; /* body of a redirect we follow, of a 304, of a 5xx we replace */
   if (f->hc_store && ns_buf_append(&f->hc_body, data, len) != NETSTASH_OK) {
@@ -619,6 +669,7 @@ static void end_fetch(netstash_fetch *f, netstash_error err) {
   }
   ns_list_remove(&f->node);
   ns_h3_detach(f);
+  ns_remote_detach(f);
   release_easy(f);
   ns_fetch_finish(f, err);
 }
@@ -660,6 +711,7 @@ static void follow_redirect(netstash_fetch *f) {
   f->cur = next;
   f->redirects_left--;
   ns_h3_detach(f);
+  ns_remote_detach(f);
   if (f->hooks.on_redirect && !atomic_load(&f->orphaned))
     f->hooks.on_redirect(f, status, f->cur.url, f->hooks.ud);
   /* RFC 9110 15.4: 303 turns into GET; 301/302 after POST too, as every
@@ -726,6 +778,13 @@ static void cache_after_response(netstash_fetch *f) {
 /* The hop is over: res is NETSTASH_OK for a complete response. */
 static void hop_result(netstash_fetch *f, netstash_error res) {
   netstash_error err;
+  if (res == NETSTASH_OK && f->remote_err != NETSTASH_OK) {
+    size_t l = strlen(f->detail);
+    while (l && (f->detail[l - 1] == '\n' || f->detail[l - 1] == '\r'))
+      f->detail[--l] = 0;
+    end_fetch(f, f->remote_err);
+    return;
+  }
   if (res == NETSTASH_OK && f->hc_got_304) {
     ns_headers h304;
     ns_cache_stored st = {f->hce.status, &f->hce.headers, &f->hce.vary,
@@ -814,6 +873,7 @@ static void add_to_multi(netstash_fetch *f) {
   ns_transport *tr = f->ctx->transport;
   CURLMcode mc;
   curl_easy_setopt(f->easy, CURLOPT_URL, f->cur.url);
+
   if (f->ctx->cfg.hsts)
     hsts_setup(tr, f->easy); /* the first transfer that reaches libcurl */
   f->errbuf[0] = 0;
@@ -999,6 +1059,89 @@ void ns_hop_h3_conn_status(netstash_ctx *ctx, const char *host, int port, int ok
 
 const char *ns_hop_method(const netstash_fetch *f) { return method_of(f); }
 
+static int hdr_skip(const char *name, size_t len) {
+  static const char *const drop[] = {"connection", "keep-alive", "proxy-connection",
+                                     "transfer-encoding", "upgrade", "host"};
+  for (size_t i = 0; i < sizeof(drop) / sizeof(drop[0]); i++)
+    if (strlen(drop[i]) == len && ns_ascii_casecmp_n(name, drop[i], len) == 0)
+      return 1;
+  return 0;
+}
+
+void ns_hop_request_fields(netstash_fetch *f, const char *scheme, int with_priority,
+                           ns_hop_fields *out) {
+  const char *url = f->cur.url, *p, *path, *method = ns_hop_method(f);
+  const char *ua = ns_hop_user_agent(f);
+  const char *host = f->cur.host;
+  int v6 = strchr(host, ':') != NULL, has_ua = 0;
+  size_t n = 0;
+  struct curl_slist *l;
+#define FIELD(nm, nl, v, vl)                                                   \
+  do {                                                                         \
+    out->f[n].name = (nm);                                                     \
+    out->f[n].nlen = (nl);                                                     \
+    out->f[n].value = (v);                                                     \
+    out->f[n].vlen = (vl);                                                     \
+    n++;                                                                       \
+  } while (0)
+  if (f->cur.port == (strcmp(f->cur.scheme, "https") == 0 ? 443 : 80))
+    snprintf(out->authority, sizeof(out->authority), "%s%s%s", v6 ? "[" : "", host,
+             v6 ? "]" : "");
+  else
+    snprintf(out->authority, sizeof(out->authority), "%s%s%s:%d", v6 ? "[" : "", host,
+             v6 ? "]" : "", f->cur.port);
+  /* :path from the normalised URL (libcurl's: "https://h?q" became
+   * "https://h/?q"): path and query, never the fragment */
+  p = strstr(url, "://");
+  path = strchr(p ? p + 3 : url, '/');
+  if (!path)
+    path = "/";
+  FIELD(":method", 7, method, strlen(method));
+  FIELD(":scheme", 7, scheme, strlen(scheme));
+  FIELD(":authority", 10, out->authority, strlen(out->authority));
+  FIELD(":path", 5, path, strcspn(path, "#"));
+  for (l = f->hdr_list; l && n < NS_HOP_MAX_FIELDS - 2; l = l->next) {
+    const char *line = l->data, *colon = strchr(line, ':'), *v;
+    size_t nl, vl, i;
+    if (!colon || colon == line)
+      continue;
+    nl = (size_t)(colon - line);
+    if (nl >= sizeof(out->lower[0]) || hdr_skip(line, nl))
+      continue;
+    v = colon + 1;
+    while (*v == ' ' || *v == '\t')
+      v++;
+    vl = strlen(v);
+    while (vl && (v[vl - 1] == ' ' || v[vl - 1] == '\t'))
+      vl--;
+    if (!vl)
+      continue; /* "Name:" removes a header for libcurl */
+    for (i = 0; i < nl; i++)
+      out->lower[n][i] = ns_ascii_lower(line[i]);
+    out->lower[n][nl] = 0;
+    if (strcmp(out->lower[n], "user-agent") == 0)
+      has_ua = 1;
+    if (strcmp(out->lower[n], "te") == 0 &&
+        !(vl == 8 && ns_ascii_casecmp_n(v, "trailers", 8) == 0))
+      continue;
+    FIELD(out->lower[n], nl, v, vl);
+  }
+  if (!has_ua && ua)
+    FIELD("user-agent", 10, ua, strlen(ua));
+  if (with_priority) {
+    /* RFC 9218 urgency from the request priority (0 lowest .. 4 highest) */
+    static const int urg[] = {6, 5, 3, 2, 0};
+    int pr = (int)f->req->priority;
+    if (pr < 0 || pr > 4)
+      pr = 2;
+    snprintf(out->prio, sizeof(out->prio), "u=%d", urg[pr]);
+    if (urg[pr] != 3)
+      FIELD("priority", 8, out->prio, strlen(out->prio));
+  }
+#undef FIELD
+  out->n = n;
+}
+
 const char *ns_hop_user_agent(const netstash_fetch *f) {
   const ns_config *cfg = &f->ctx->cfg;
   return cfg->user_agent ? cfg->user_agent : f->ctx->transport->user_agent;
@@ -1092,6 +1235,15 @@ static int h3_plan(netstash_fetch *f) {
 }
 
 static void start_hop(netstash_fetch *f) {
+  if (is_remote(f)) {
+    /* netd routes: preload, cache, network */
+    netstash_error rv = ns_remote_start(f->ctx->transport->remote, f);
+    if (rv != NETSTASH_OK)
+      end_fetch(f, rv);
+    else
+      f->state = NS_FETCH_ACTIVE;
+    return;
+  }
   if (cache_consult(f))
     return; /* answered (or failed, or redirected) from the cache */
   f->h3_tried = 0;
@@ -1348,6 +1500,43 @@ static void store_cookies(netstash_fetch *f) {
 
 /* The request's header lines for libcurl (rebuilt per hop: validators of a
  * revalidation are added to it by the cache). */
+/* Remote mode: the request's browser-level attributes for netd, as
+ * x-netstash-* fields (netd/ipc.c reads them). */
+static netstash_error remote_attrs(netstash_fetch *f) {
+  const netstash_request *r = f->req;
+  char line[1200];
+  struct curl_slist *l;
+#define ADD(...)                                                               \
+  do {                                                                         \
+    snprintf(line, sizeof(line), __VA_ARGS__);                                 \
+    if (!(l = curl_slist_append(f->hdr_list, line)))                           \
+      return NETSTASH_E_NOMEM;                                                 \
+    f->hdr_list = l;                                                           \
+  } while (0)
+  ADD("x-netstash-destination: %d", r->destination);
+  ADD("x-netstash-mode: %d", r->mode);
+  ADD("x-netstash-credentials: %d", r->credentials);
+  ADD("x-netstash-load-flags: %u", (unsigned)r->load_flags);
+  if (r->priority_set)
+    ADD("x-netstash-priority: %d", (int)r->priority);
+  if (r->from_worker)
+    ADD("x-netstash-worker: 1");
+  if (!r->follow)
+    ADD("x-netstash-redirect: manual");
+  if (r->top_level_site.url)
+    ADD("x-netstash-top-level-site: %.1000s", r->top_level_site.url);
+  if (r->initiator.url)
+    ADD("x-netstash-initiator: %.1000s", r->initiator.url);
+  if (r->sfc_set && r->site_for_cookies.url)
+    ADD("x-netstash-site-for-cookies: %.1000s", r->site_for_cookies.url);
+  if (r->sfc_set && r->top_level_navigation)
+    ADD("x-netstash-top-level-navigation: 1");
+  if (r->jar)
+    ADD("x-netstash-jar: %.200s", r->jar);
+#undef ADD
+  return NETSTASH_OK;
+}
+
 static netstash_error build_hdr_list(netstash_fetch *f) {
   struct curl_slist *l;
   size_t i;
@@ -1358,6 +1547,12 @@ static netstash_error build_hdr_list(netstash_fetch *f) {
     if (!l)
       return NETSTASH_E_NOMEM;
     f->hdr_list = l;
+  }
+  if (is_remote(f)) {
+    if (remote_attrs(f) != NETSTASH_OK)
+      return NETSTASH_E_NOMEM;
+    curl_easy_setopt(f->easy, CURLOPT_HTTPHEADER, f->hdr_list);
+    return NETSTASH_OK;
   }
   if (!f->req->has_accept_encoding) {
     l = curl_slist_append(f->hdr_list, "Accept-Encoding: br, gzip");
@@ -1468,9 +1663,10 @@ static netstash_error setup_easy(netstash_fetch *f) {
   if (req->method) {
     if (strcmp(req->method, "HEAD") == 0)
       curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
-    else if (strcmp(req->method, "GET") != 0 &&
-             !(strcmp(req->method, "POST") == 0 && req->has_body))
-      curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, req->method);
+    else if ((strcmp(req->method, "GET") != 0 &&
+              !(strcmp(req->method, "POST") == 0 && req->has_body)) ||
+             (strcmp(req->method, "GET") == 0 && req->has_body))
+      curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, req->method); /* GET with a body stays GET */
   }
   return NETSTASH_OK;
 }
@@ -1950,6 +2146,7 @@ netstash_error ns_transport_new(netstash_ctx *ctx, ns_transport **out, char *det
   tr->timer_ok = 1;
   tr->altsvc_mem = ns_calloc(&ctx->mem, 1, sizeof(*tr->altsvc_mem));
   if (!tr->altsvc_mem || ns_h3_new(ctx, &tr->h3) != NETSTASH_OK ||
+      (cfg->remote_socket && ns_remote_new(ctx, &tr->remote) != NETSTASH_OK) ||
       ns_altsvc_broken_new(&ctx->mem, &tr->h3_broken) != NETSTASH_OK) {
     uv_close((uv_handle_t *)&tr->timer, NULL);
     tr->timer_ok = 0;
@@ -1971,6 +2168,7 @@ void ns_transport_shutdown(ns_transport *tr) {
     end_fetch(f, NETSTASH_E_CANCELED);
   }
   ns_h3_shutdown(tr->h3);
+  ns_remote_shutdown(tr->remote);
   curl_multi_cleanup(tr->multi);
   tr->multi = NULL;
   ns_list_foreach_safe(pos, tmp, &tr->socks) {
@@ -1988,6 +2186,7 @@ void ns_transport_del(ns_transport *tr) {
     return;
   ns_store_reader_del(tr->pl_reader);
   ns_h3_del(tr->h3);
+  ns_remote_del(tr->remote);
   ns_altsvc_broken_del(tr->h3_broken);
   ns_free(&tr->ctx->mem, tr->altsvc_mem);
   ns_free(&tr->ctx->mem, tr->hsts);
@@ -2000,6 +2199,8 @@ void ns_transport_del(ns_transport *tr) {
 netstash_error ns_transport_pause(netstash_fetch *f, int pause) {
   if (f->h3s)
     return ns_h3_pause(f, pause);
+  if (f->rs)
+    return ns_remote_pause(f, pause);
   if (!f->easy || f->state != NS_FETCH_ACTIVE)
     return NETSTASH_E_ILLEGAL_STATE;
   return curl_easy_pause(f->easy, pause ? CURLPAUSE_RECV : CURLPAUSE_CONT) == CURLE_OK

@@ -12,6 +12,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <jansson.h>
@@ -120,6 +122,63 @@ static void test_exit_codes(void **state) {
   /* HTTP/3 only, to a UDP port nobody listens on: refused, no fallback */
   snprintf(args, sizeof(args), "get --http3 --json https://127.0.0.1:%d/", nst_udp_closed_port());
   cli_run_expect(args, 5, "refused", "NETSTASH_E_CONNECT_REFUSED");
+}
+
+/* netstash --daemon SOCKET: the client side without a netd (netd_test
+ * covers the answers of a running one). */
+static void test_cli_daemon_client(void **state) {
+  char args[2048], sock[1024], stale[1024], file[1024], *out, *err;
+  struct sockaddr_un a;
+  int fd;
+  FILE *f;
+  (void)state;
+  snprintf(sock, sizeof(sock), "%s", nst_path("no-netd.sock"));
+  snprintf(stale, sizeof(stale), "%s", nst_path("stale-netd.sock"));
+  snprintf(file, sizeof(file), "%s", nst_path("not-a-socket"));
+  /* nothing there */
+  snprintf(args, sizeof(args), "--daemon %s status", sock);
+  cli_run_expect(args, 5, "netd is not running on", NULL);
+  snprintf(args, sizeof(args), "--daemon %s warm --json", sock);
+  cli_run_expect(args, 5, "start it with: netd --profile", "NETSTASH_E_CONNECT_REFUSED");
+  snprintf(args, sizeof(args), "--daemon=%s ls --json", sock);
+  cli_run_expect(args, 5, NULL, "NETSTASH_E_CONNECT_REFUSED");
+  /* a socket file left by a netd that is gone: refused */
+  memset(&a, 0, sizeof(a));
+  a.sun_family = AF_UNIX;
+  assert_true(strlen(stale) < sizeof(a.sun_path));
+  memcpy(a.sun_path, stale, strlen(stale) + 1);
+  fd = socket(AF_UNIX, SOCK_STREAM, 0);
+  assert_true(fd >= 0);
+  assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+  close(fd);
+  snprintf(args, sizeof(args), "--daemon %s status --json", stale);
+  cli_run_expect(args, 5, "netd is not running on", "NETSTASH_E_CONNECT_REFUSED");
+  /* not a socket */
+  f = fopen(file, "w");
+  assert_non_null(f);
+  fclose(f);
+  snprintf(args, sizeof(args), "--daemon %s status", file);
+  cli_run_expect(args, 5, "is not a socket", NULL);
+  /* usage */
+  cli_run_expect("--daemon", 2, "needs the path", NULL);
+  snprintf(args, sizeof(args), "--daemon %s", sock);
+  cli_run_expect(args, 2, "missing command", NULL);
+  snprintf(args, sizeof(args), "--daemon %s bogus", sock);
+  cli_run_expect(args, 2, "unknown command", NULL);
+  snprintf(args, sizeof(args), "--daemon %s status extra", sock);
+  cli_run_expect(args, 2, "unexpected argument", NULL);
+  snprintf(args, sizeof(args), "--daemon %s signals metered=2", sock);
+  cli_run_expect(args, 2, "metered=0|1", NULL);
+  snprintf(args, sizeof(args), "--daemon %s signals roaming=1", sock);
+  cli_run_expect(args, 2, NULL, NULL);
+  snprintf(args, sizeof(args), "--daemon %s status --help", sock);
+  assert_int_equal(cli_run(args, &out, &err), 0);
+  assert_non_null(strstr(out, "usage: netstash --daemon SOCKET"));
+  free(out);
+  free(err);
+  assert_int_equal(cli_run("--help", &out, NULL), 0);
+  assert_non_null(strstr(out, "--daemon SOCKET"));
+  free(out);
 }
 
 static void test_help(void **state) {
@@ -725,6 +784,7 @@ int main(void) {
       cmocka_unit_test(test_cli_manifest),
       cmocka_unit_test(test_cli_manifest_make),
       cmocka_unit_test(test_cli_manifest_import),
+      cmocka_unit_test(test_cli_daemon_client),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -688,6 +688,21 @@ static void test_streamed_upload(void **state) {
   assert_int_equal(u.sent, 50000);
   netstash_fetch_del(f);
   netstash_request_del(req);
+  /* a GET with a body stays a GET (libcurl would send it as POST) */
+  assert_int_equal(netstash_request_new(&req, http_url(raw.port, "/echo")), NETSTASH_OK);
+  netstash_request_set_method(req, "GET");
+  assert_int_equal(netstash_request_set_body(req, (const uint8_t *)"q=1", 3), NETSTASH_OK);
+  netstash_request_set_collect_body(req, 1 << 20);
+  assert_int_equal(netstash_fetch_sync(ctx, req, &f), NETSTASH_OK);
+  assert_int_equal(netstash_fetch_body(f, &body, &len), NETSTASH_OK);
+  {
+    char *text = strndup((const char *)body, len);
+    assert_true(strncmp(text, "GET /echo", 9) == 0);
+    assert_non_null(strstr(text, "\r\n\r\nq=1"));
+    free(text);
+  }
+  netstash_fetch_del(f);
+  netstash_request_del(req);
   netstash_ctx_del(ctx);
 }
 

@@ -1,0 +1,927 @@
+/*
+ * ipc.c — netd's IPC: HTTP/2 with prior knowledge (nghttp2, server side)
+ * over a unix socket. A request to netd is a request for a URL: :scheme,
+ * :authority and :path are the target's; the browser-level attributes ride
+ * in x-netstash-* request fields (see doc/DESIGN.md, "netd"). The answer is
+ * the response as the library produced it, with x-netstash-source and
+ * x-netstash-cache-reason added; a failure before the head is a 502 with
+ * x-netstash-error; a failure after it resets the stream (INTERNAL_ERROR) —
+ * a client never mistakes a cut body for a complete one.
+ *
+ * Requests for the authority "netd" are control requests: GET /status,
+ * GET /metrics, GET /ls, POST /warm, POST /signals?metered=&low_battery=&foreground=.
+ *
+ * Bodies are pulled from the job (netstash_job_read) into nghttp2's frames
+ * as the client's flow-control window and the socket allow: a slow client
+ * slows the transfer down instead of growing buffers.
+ */
+#include "ns_setup.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <jansson.h>
+#include <nghttp2/nghttp2.h>
+
+#include <netstash/netstash.h>
+
+#include "netd/netd.h"
+
+#define MAX_REQ_BODY (64u << 20)
+#define MAX_HEADER_BYTES (64u << 10)
+#define WRITE_HIGH (256u << 10) /* stop producing frames above this backlog */
+#define GRACE_MS 5000           /* stop: in-flight requests get this long */
+
+struct netd_ipc {
+  netd *d;
+  uv_pipe_t listener;
+  int listening;
+  ns_list sessions;
+  uv_timer_t grace;
+  int grace_ok;
+  void (*done)(void *);
+  void *done_ud;
+  int stopping;
+  size_t nsessions;
+};
+
+typedef struct ipc_sess {
+  netd_ipc *ipc;
+  ns_list node;
+  uv_pipe_t pipe;
+  nghttp2_session *ng;
+  ns_list streams;
+  size_t backlog; /* bytes handed to uv_write, not yet written */
+  int closing;
+  int in_send;
+} ipc_sess;
+
+typedef struct ipc_stream {
+  ipc_sess *s;
+  ns_list node;
+  int32_t id;
+  /* request */
+  char *method, *scheme, *authority, *path;
+  char **hdrs; /* "name: value" */
+  size_t nhdrs, hdr_bytes;
+  int dest, mode, cred, worker, manual_redirect, prio, top_nav, raw;
+  int scheme_set; /* x-netstash-scheme seen: :scheme is the transport's */
+  uint32_t load_flags;
+  char *top_site, *initiator, *jar, *site_for_cookies;
+  int has_dest, has_mode, has_cred, has_flags, has_prio;
+  uint8_t *body;
+  size_t body_len, body_cap;
+  int too_big;
+  /* answer */
+  netstash_job *job;
+  int head_sent, job_done, eof, data_deferred;
+  netstash_error err;
+  uint64_t t0;
+  char *ctrl; /* control answer body */
+  size_t ctrl_len, ctrl_off;
+} ipc_stream;
+
+static void sess_flush(ipc_sess *s);
+static void sess_close(ipc_sess *s);
+
+/* ------------------------------------------------------------ streams */
+
+static void stream_free(ipc_stream *st) {
+  ns_list_remove(&st->node);
+  if (st->job) {
+    netstash_job_del(st->job); /* cancels when still running */
+    st->job = NULL;
+  }
+  free(st->method);
+  free(st->scheme);
+  free(st->authority);
+  free(st->path);
+  for (size_t i = 0; i < st->nhdrs; i++)
+    free(st->hdrs[i]);
+  free(st->hdrs);
+  free(st->top_site);
+  free(st->initiator);
+  free(st->jar);
+  free(st->site_for_cookies);
+  free(st->body);
+  free(st->ctrl);
+  free(st);
+}
+
+static ipc_stream *stream_get(ipc_sess *s, int32_t id) {
+  return nghttp2_session_get_stream_user_data(s->ng, id);
+}
+
+/* ------------------------------------------------------------ answers */
+
+#define NV(n, v)                                                               \
+  {                                                                            \
+    (uint8_t *)(uintptr_t)(n), (uint8_t *)(uintptr_t)(v), strlen(n), strlen(v), \
+        NGHTTP2_NV_FLAG_NONE                                                   \
+  }
+
+static ssize_t read_ctrl(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t len,
+                         uint32_t *flags, nghttp2_data_source *src, void *ud) {
+  ipc_stream *st = src->ptr;
+  size_t n = st->ctrl_len - st->ctrl_off;
+  (void)ng;
+  (void)id;
+  (void)ud;
+  if (n > len)
+    n = len;
+  memcpy(buf, st->ctrl + st->ctrl_off, n);
+  st->ctrl_off += n;
+  if (st->ctrl_off == st->ctrl_len)
+    *flags |= NGHTTP2_DATA_FLAG_EOF;
+  return (ssize_t)n;
+}
+
+/* A small answer from memory (control requests, 502s); takes body. */
+static void answer_mem(ipc_stream *st, int status, const char *ctype, char *body,
+                       const char *err_name) {
+  char code[8];
+  nghttp2_nv nva[4];
+  size_t n = 2;
+  nghttp2_data_provider dp = {.source.ptr = st, .read_callback = read_ctrl};
+  snprintf(code, sizeof(code), "%d", status);
+  nva[0] = (nghttp2_nv)NV(":status", code);
+  nva[1] = (nghttp2_nv)NV("content-type", ctype);
+  if (err_name) {
+    nghttp2_nv e = NV("x-netstash-error", err_name);
+    nva[n++] = e;
+  }
+  free(st->ctrl);
+  st->ctrl = body;
+  st->ctrl_len = body ? strlen(body) : 0;
+  st->ctrl_off = 0;
+  st->head_sent = 1;
+  nghttp2_submit_response(st->s->ng, st->id, nva, n, &dp);
+}
+
+static char *json_str(json_t *o) {
+  char *s = json_dumps(o, JSON_COMPACT);
+  size_t n = s ? strlen(s) : 0;
+  char *t = s ? realloc(s, n + 2) : NULL;
+  json_decref(o);
+  if (!t) {
+    free(s);
+    return NULL;
+  }
+  t[n] = '\n';
+  t[n + 1] = 0;
+  return t;
+}
+
+static int query_flag(const char *path, const char *name, int *out) {
+  const char *q = strchr(path, '?');
+  size_t nl = strlen(name);
+  while (q) {
+    q++;
+    if (strncmp(q, name, nl) == 0 && q[nl] == '=') {
+      *out = q[nl + 1] == '1';
+      return 1;
+    }
+    q = strchr(q, '&');
+  }
+  return 0;
+}
+
+static void control(ipc_stream *st) {
+  netd *d = st->s->ipc->d;
+  const char *p = st->path;
+  size_t plen = strcspn(p, "?");
+  int get = !strcmp(st->method, "GET"), post = !strcmp(st->method, "POST");
+  if (get && plen == 7 && !strncmp(p, "/status", 7)) {
+    json_t *o = json_object(), *req = json_object(), *w;
+    char *warms = netd_warmer_status_json(d);
+    static const char *const names[] = {"preload", "cache", "revalidated", "network", "error"};
+    for (int i = 0; i < NETD_SRC_N; i++)
+      json_object_set_new(req, names[i], json_integer((json_int_t)atomic_load(&d->metrics.requests[i])));
+    json_object_set_new(o, "version", json_string(netstash_version(NULL, NULL)));
+    json_object_set_new(o, "pid", json_integer(getpid()));
+    json_object_set_new(o, "uptime_s", json_integer((json_int_t)((ns_now_us() - d->started_us) / 1000000)));
+    json_object_set_new(o, "profile", json_string(d->cfg.profile));
+    json_object_set_new(o, "socket", json_string(d->cfg.socket_path));
+    json_object_set_new(o, "ipc_clients", json_integer((json_int_t)netd_ipc_clients(d)));
+    json_object_set_new(o, "requests", req);
+    json_object_set_new(o, "signals", json_pack("{s:b,s:b,s:b}", "metered", atomic_load(&d->metered),
+                                                "low_battery", atomic_load(&d->low_battery),
+                                                "foreground", atomic_load(&d->foreground)));
+    w = warms ? json_loads(warms, 0, NULL) : NULL;
+    json_object_set_new(o, "warms", w ? w : json_array());
+    free(warms);
+    answer_mem(st, 200, "application/json", json_str(o), NULL);
+  } else if (get && plen == 8 && !strncmp(p, "/metrics", 8)) {
+    answer_mem(st, 200, "text/plain; version=0.0.4", netd_metrics_render(&d->metrics, d->ctx),
+               NULL);
+  } else if (get && plen == 3 && !strncmp(p, "/ls", 3)) {
+    char *js = NULL;
+    netstash_error e = netstash_preload_describe(d->ctx, NULL, 0, &js);
+    if (e != NETSTASH_OK) {
+      json_t *o = json_pack("{s:s,s:s}", "error", netstash_error_name(e), "message",
+                            netstash_strerror(e));
+      answer_mem(st, 500, "application/json", json_str(o), netstash_error_name(e));
+    } else {
+      char *copy = strdup(js);
+      netstash_free(d->ctx, js);
+      answer_mem(st, 200, "application/json", copy, NULL);
+    }
+  } else if (post && plen == 5 && !strncmp(p, "/warm", 5)) {
+    int n = netd_warmer_kick(d);
+    answer_mem(st, 200, "application/json", json_str(json_pack("{s:i}", "started", n)), NULL);
+  } else if (post && plen == 8 && !strncmp(p, "/signals", 8)) {
+    int v;
+    if (query_flag(p, "metered", &v))
+      atomic_store(&d->metered, v);
+    if (query_flag(p, "low_battery", &v))
+      atomic_store(&d->low_battery, v);
+    if (query_flag(p, "foreground", &v))
+      atomic_store(&d->foreground, v);
+    netd_warmer_signals(d);
+    netd_log(d, NETSTASH_LOG_INFO, "host signals: metered %d, low battery %d, foreground %d",
+             atomic_load(&d->metered), atomic_load(&d->low_battery),
+             atomic_load(&d->foreground));
+    answer_mem(st, 200, "application/json",
+               json_str(json_pack("{s:b,s:b,s:b}", "metered", atomic_load(&d->metered),
+                                  "low_battery", atomic_load(&d->low_battery), "foreground",
+                                  atomic_load(&d->foreground))),
+               NULL);
+  } else {
+    answer_mem(st, 404, "text/plain",
+               strdup("netd: unknown control request (GET /status, /metrics, /ls; POST /warm, "
+                      "/signals)\n"),
+               NULL);
+  }
+}
+
+static ssize_t read_job(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t len,
+                        uint32_t *flags, nghttp2_data_source *src, void *ud) {
+  ipc_stream *st = src->ptr;
+  size_t n = 0;
+  netstash_error e;
+  (void)ng;
+  (void)id;
+  (void)ud;
+  if (st->s->backlog > WRITE_HIGH) {
+    st->data_deferred = 1;
+    return NGHTTP2_ERR_DEFERRED;
+  }
+  e = netstash_job_read(st->job, buf, len, &n);
+  if (e == NETSTASH_E_AGAIN) {
+    st->data_deferred = 1;
+    return NGHTTP2_ERR_DEFERRED;
+  }
+  if (e != NETSTASH_OK)
+    return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* resets the stream */
+  if (n == 0) {
+    *flags |= NGHTTP2_DATA_FLAG_EOF;
+    st->eof = 1;
+    return 0;
+  }
+  atomic_fetch_add(&st->s->ipc->d->metrics.bytes_out, n);
+  return (ssize_t)n;
+}
+
+static int hop_by_hop(const char *n) {
+  static const char *const drop[] = {"connection", "keep-alive", "proxy-connection",
+                                     "transfer-encoding", "upgrade", "te", "trailer"};
+  for (size_t i = 0; i < sizeof(drop) / sizeof(drop[0]); i++)
+    if (!strcmp(n, drop[i]))
+      return 1;
+  return 0;
+}
+
+static const char *source_name(netstash_source s) {
+  switch (s) {
+  case NETSTASH_SOURCE_PRELOAD:
+    return "preload";
+  case NETSTASH_SOURCE_CACHE:
+    return "cache";
+  case NETSTASH_SOURCE_REVALIDATED:
+    return "revalidated";
+  default:
+    return "network";
+  }
+}
+
+static void job_response(netstash_job *job, void *ud) {
+  ipc_stream *st = ud;
+  const netstash_fetch *f = netstash_job_fetch(job);
+  size_t n = netstash_fetch_header_count(f), k = 0;
+  nghttp2_nv *nva = calloc(n + 4, sizeof(*nva));
+  char code[8];
+  const char *reason = netstash_fetch_cache_reason(f);
+  const char *ce = netstash_fetch_header(f, "content-encoding");
+  int decoded = ce && ce[0] && strcmp(ce, "identity") != 0;
+  nghttp2_data_provider dp = {.source.ptr = st, .read_callback = read_job};
+  netd *d = st->s->ipc->d;
+  if (!nva) {
+    nghttp2_submit_rst_stream(st->s->ng, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_INTERNAL_ERROR);
+    sess_flush(st->s);
+    return;
+  }
+  snprintf(code, sizeof(code), "%d", netstash_fetch_status(f));
+  nva[k++] = (nghttp2_nv)NV(":status", code);
+  for (size_t i = 0; i < n; i++) {
+    const char *hn, *hv;
+    if (netstash_fetch_header_at(f, i, &hn, &hv) != NETSTASH_OK || hop_by_hop(hn))
+      continue;
+    /* the library decoded the body (unless raw): its coding is not the
+     * bytes that follow, nor is a length — HTTP/2 frames the body anyway */
+    if (!st->raw && ((decoded && !strcmp(hn, "content-encoding")) ||
+                     !strcmp(hn, "content-length")))
+      continue;
+    nva[k++] = (nghttp2_nv)NV(hn, hv);
+  }
+  nva[k++] = (nghttp2_nv)NV("x-netstash-source", source_name(netstash_fetch_source(f)));
+  if (reason && reason[0])
+    nva[k++] = (nghttp2_nv)NV("x-netstash-cache-reason", reason);
+  st->head_sent = 1;
+  netd_metrics_request(&d->metrics, netd_source_index(netstash_fetch_source(f)),
+                       ns_now_us() - st->t0);
+  if (!strcmp(st->method, "HEAD"))
+    nghttp2_submit_response(st->s->ng, st->id, nva, k, NULL);
+  else
+    nghttp2_submit_response(st->s->ng, st->id, nva, k, &dp);
+  free(nva);
+  sess_flush(st->s);
+}
+
+static void job_readable(netstash_job *job, void *ud) {
+  ipc_stream *st = ud;
+  (void)job;
+  if (st->data_deferred) {
+    st->data_deferred = 0;
+    nghttp2_session_resume_data(st->s->ng, st->id);
+    sess_flush(st->s);
+  }
+}
+
+static void job_complete(netstash_job *job, netstash_error err, void *ud) {
+  ipc_stream *st = ud;
+  netd *d = st->s->ipc->d;
+  st->job_done = 1;
+  st->err = err;
+  if (err != NETSTASH_OK && !st->head_sent) {
+    const netstash_fetch *f = netstash_job_fetch(job);
+    char *body = NULL;
+    const char *detail = f ? netstash_fetch_error_detail(f) : "";
+    size_t n = strlen(detail) + 128;
+    body = malloc(n);
+    if (body)
+      snprintf(body, n, "netd: %s: %s\n", netstash_error_name(err), detail);
+    netd_metrics_request(&d->metrics, NETD_SRC_ERROR, ns_now_us() - st->t0);
+    answer_mem(st, 502, "text/plain", body, netstash_error_name(err));
+  } else if (err != NETSTASH_OK) {
+    /* the head is out: the body cannot be completed */
+    nghttp2_submit_rst_stream(st->s->ng, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_INTERNAL_ERROR);
+  } else if (st->data_deferred) {
+    st->data_deferred = 0;
+    nghttp2_session_resume_data(st->s->ng, st->id);
+  }
+  sess_flush(st->s);
+}
+
+static const netstash_job_callbacks job_cbs = {
+    .on_response = job_response, .on_readable = job_readable, .on_complete = job_complete};
+
+static void start_request(ipc_stream *st) {
+  netd *d = st->s->ipc->d;
+  netstash_request *req = NULL;
+  netstash_error e;
+  char *url;
+  size_t ul;
+  st->t0 = ns_now_us();
+  if (!st->method || !st->path || !st->authority) {
+    answer_mem(st, 400, "text/plain", strdup("netd: :method, :authority and :path are required\n"),
+               "NETSTASH_E_INVALID_ARGUMENT");
+    return;
+  }
+  if (!strcmp(st->authority, "netd")) {
+    control(st);
+    return;
+  }
+  if (st->too_big) {
+    answer_mem(st, 413, "text/plain", strdup("netd: request body over 64 MiB\n"),
+               "NETSTASH_E_TOO_LARGE");
+    return;
+  }
+  ul = strlen(st->authority) + strlen(st->path) + 16;
+  url = malloc(ul);
+  if (!url)
+    return;
+  snprintf(url, ul, "%s://%s%s", st->scheme && !strcmp(st->scheme, "http") ? "http" : "https",
+           st->authority, st->path);
+  e = netstash_request_new(&req, url);
+  free(url);
+  if (e == NETSTASH_OK && strcmp(st->method, "GET"))
+    e = netstash_request_set_method(req, st->method);
+  for (size_t i = 0; e == NETSTASH_OK && i < st->nhdrs; i++) {
+    char *c = strchr(st->hdrs[i], ':');
+    *c = 0;
+    e = netstash_request_add_header(req, st->hdrs[i], c + 2);
+    *c = ':';
+  }
+  if (e == NETSTASH_OK && st->body)
+    e = netstash_request_set_body(req, st->body, st->body_len);
+  if (e == NETSTASH_OK && st->has_dest)
+    e = netstash_request_set_destination(req, (netstash_destination)st->dest);
+  if (e == NETSTASH_OK && st->has_mode)
+    e = netstash_request_set_mode(req, (netstash_request_mode)st->mode);
+  if (e == NETSTASH_OK && st->has_cred)
+    e = netstash_request_set_credentials(req, (netstash_credentials)st->cred);
+  if (e == NETSTASH_OK && st->has_flags)
+    e = netstash_request_set_load_flags(req, st->load_flags);
+  if (e == NETSTASH_OK && st->has_prio)
+    e = netstash_request_set_priority(req, (netstash_priority)st->prio);
+  if (e == NETSTASH_OK && st->worker)
+    e = netstash_request_set_from_worker(req, 1);
+  if (e == NETSTASH_OK && st->manual_redirect)
+    e = netstash_request_set_redirect_mode(req, NETSTASH_REDIRECT_MANUAL);
+  if (e == NETSTASH_OK && st->top_site)
+    e = netstash_request_set_top_level_site(req, st->top_site);
+  if (e == NETSTASH_OK && st->initiator)
+    e = netstash_request_set_initiator(req, st->initiator);
+  if (e == NETSTASH_OK && st->site_for_cookies)
+    e = netstash_request_set_site_for_cookies(req, st->site_for_cookies, st->top_nav);
+  if (e == NETSTASH_OK && st->jar)
+    e = netstash_request_set_cookie_jar(req, st->jar);
+  if (e == NETSTASH_OK && st->raw)
+    e = netstash_request_set_raw_body(req, 1);
+  if (e == NETSTASH_OK && d->cfg.resolve) {
+    char *pins = strdup(d->cfg.resolve), *save = NULL, *p;
+    for (p = pins ? strtok_r(pins, "\n", &save) : NULL; p && e == NETSTASH_OK;
+         p = strtok_r(NULL, "\n", &save))
+      e = netstash_request_add_resolve(req, p);
+    free(pins);
+  }
+  if (e == NETSTASH_OK)
+    e = netstash_job_start(d->ctx, req, &job_cbs, st, &st->job);
+  netstash_request_del(req);
+  if (e != NETSTASH_OK) {
+    char msg[160];
+    snprintf(msg, sizeof(msg), "netd: bad request: %s\n", netstash_strerror(e));
+    netd_metrics_request(&d->metrics, NETD_SRC_ERROR, 0);
+    answer_mem(st, 400, "text/plain", strdup(msg), netstash_error_name(e));
+  }
+}
+
+/* ------------------------------------------------------------ nghttp2 callbacks */
+
+static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame, void *ud) {
+  ipc_sess *s = ud;
+  ipc_stream *st;
+  if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST)
+    return 0;
+  st = calloc(1, sizeof(*st));
+  if (!st)
+    return NGHTTP2_ERR_CALLBACK_FAILURE;
+  st->s = s;
+  st->id = frame->hd.stream_id;
+  ns_list_insert_tail(&s->streams, &st->node);
+  nghttp2_session_set_stream_user_data(ng, st->id, st);
+  return 0;
+}
+
+static int set_dup(char **dst, const uint8_t *v, size_t n) {
+  char *c = strndup((const char *)v, n);
+  if (!c)
+    return -1;
+  free(*dst);
+  *dst = c;
+  return 0;
+}
+
+static int attr_int(const uint8_t *v, size_t n, int max) {
+  char buf[16];
+  long x;
+  char *end;
+  if (n == 0 || n >= sizeof(buf))
+    return -1;
+  memcpy(buf, v, n);
+  buf[n] = 0;
+  x = strtol(buf, &end, 10);
+  return *end || x < 0 || x > max ? -1 : (int)x;
+}
+
+static int on_header(nghttp2_session *ng, const nghttp2_frame *frame, const uint8_t *name,
+                     size_t nlen, const uint8_t *value, size_t vlen, uint8_t flags, void *ud) {
+  ipc_stream *st = stream_get(ud, frame->hd.stream_id);
+  (void)ng;
+  (void)flags;
+  if (!st || frame->hd.type != NGHTTP2_HEADERS)
+    return 0;
+  st->hdr_bytes += nlen + vlen + 32;
+  if (st->hdr_bytes > MAX_HEADER_BYTES)
+    return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+#define IS(lit) (nlen == sizeof(lit) - 1 && !memcmp(name, lit, nlen))
+  if (IS(":method"))
+    return set_dup(&st->method, value, vlen) ? NGHTTP2_ERR_CALLBACK_FAILURE : 0;
+  if (IS(":scheme"))
+    return st->scheme ? 0 : set_dup(&st->scheme, value, vlen) ? NGHTTP2_ERR_CALLBACK_FAILURE : 0;
+  if (IS(":authority"))
+    return set_dup(&st->authority, value, vlen) ? NGHTTP2_ERR_CALLBACK_FAILURE : 0;
+  if (IS(":path"))
+    return set_dup(&st->path, value, vlen) ? NGHTTP2_ERR_CALLBACK_FAILURE : 0;
+  if (nlen > 11 && !memcmp(name, "x-netstash-", 11)) {
+    int x;
+    if (IS("x-netstash-destination") && (x = attr_int(value, vlen, 64)) >= 0)
+      st->dest = x, st->has_dest = 1;
+    else if (IS("x-netstash-mode") && (x = attr_int(value, vlen, 8)) >= 0)
+      st->mode = x, st->has_mode = 1;
+    else if (IS("x-netstash-credentials") && (x = attr_int(value, vlen, 8)) >= 0)
+      st->cred = x, st->has_cred = 1;
+    else if (IS("x-netstash-load-flags") && (x = attr_int(value, vlen, 0xffff)) >= 0)
+      st->load_flags = (uint32_t)x, st->has_flags = 1;
+    else if (IS("x-netstash-priority") && (x = attr_int(value, vlen, 4)) >= 0)
+      st->prio = x, st->has_prio = 1;
+    else if (IS("x-netstash-worker"))
+      st->worker = vlen == 1 && value[0] == '1';
+    else if (IS("x-netstash-redirect"))
+      st->manual_redirect = vlen == 6 && !memcmp(value, "manual", 6);
+    else if (IS("x-netstash-top-level-site"))
+      set_dup(&st->top_site, value, vlen);
+    else if (IS("x-netstash-initiator"))
+      set_dup(&st->initiator, value, vlen);
+    else if (IS("x-netstash-site-for-cookies"))
+      set_dup(&st->site_for_cookies, value, vlen);
+    else if (IS("x-netstash-scheme"))
+      set_dup(&st->scheme, value, vlen);
+    else if (IS("x-netstash-raw"))
+      st->raw = vlen == 1 && value[0] == '1';
+    else if (IS("x-netstash-top-level-navigation"))
+      st->top_nav = vlen == 1 && value[0] == '1';
+    else if (IS("x-netstash-jar"))
+      set_dup(&st->jar, value, vlen);
+    return 0; /* never forwarded */
+  }
+#undef IS
+  if (name[0] == ':')
+    return 0;
+  {
+    char **h = realloc(st->hdrs, (st->nhdrs + 1) * sizeof(*h));
+    char *line;
+    if (!h)
+      return NGHTTP2_ERR_CALLBACK_FAILURE;
+    st->hdrs = h;
+    line = malloc(nlen + vlen + 3);
+    if (!line)
+      return NGHTTP2_ERR_CALLBACK_FAILURE;
+    memcpy(line, name, nlen);
+    memcpy(line + nlen, ": ", 2);
+    memcpy(line + nlen + 2, value, vlen);
+    line[nlen + vlen + 2] = 0;
+    st->hdrs[st->nhdrs++] = line;
+  }
+  return 0;
+}
+
+static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t id, const uint8_t *data,
+                         size_t len, void *ud) {
+  ipc_stream *st = stream_get(ud, id);
+  (void)ng;
+  (void)flags;
+  if (!st || st->too_big)
+    return 0;
+  if (st->body_len + len > MAX_REQ_BODY) {
+    st->too_big = 1;
+    return 0;
+  }
+  if (st->body_len + len > st->body_cap) {
+    size_t cap = st->body_cap ? st->body_cap * 2 : 16384;
+    uint8_t *b;
+    while (cap < st->body_len + len)
+      cap *= 2;
+    b = realloc(st->body, cap);
+    if (!b)
+      return NGHTTP2_ERR_CALLBACK_FAILURE;
+    st->body = b;
+    st->body_cap = cap;
+  }
+  memcpy(st->body + st->body_len, data, len);
+  st->body_len += len;
+  return 0;
+}
+
+static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *ud) {
+  ipc_stream *st;
+  (void)ng;
+  if ((frame->hd.type != NGHTTP2_HEADERS && frame->hd.type != NGHTTP2_DATA) ||
+      !(frame->hd.flags & NGHTTP2_FLAG_END_STREAM))
+    return 0;
+  st = stream_get(ud, frame->hd.stream_id);
+  if (st && !st->job && !st->head_sent)
+    start_request(st);
+  return 0;
+}
+
+static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t code, void *ud) {
+  ipc_stream *st = stream_get(ud, id);
+  (void)ng;
+  (void)code;
+  if (st)
+    stream_free(st); /* a job still running is cancelled */
+  return 0;
+}
+
+/* ------------------------------------------------------------ session I/O */
+
+typedef struct wreq {
+  uv_write_t w;
+  ipc_sess *s;
+  size_t len;
+  uint8_t data[];
+} wreq;
+
+static void ipc_maybe_done(netd_ipc *ipc);
+
+static void sess_closed(uv_handle_t *h) {
+  ipc_sess *s = h->data;
+  netd_ipc *ipc = s->ipc;
+  free(s);
+  ipc->nsessions--;
+  ipc_maybe_done(ipc);
+}
+
+static void sess_close(ipc_sess *s) {
+  if (s->closing)
+    return;
+  s->closing = 1;
+  atomic_fetch_sub(&s->ipc->d->metrics.ipc_conns_open, 1);
+  while (!ns_list_empty(&s->streams))
+    stream_free(ns_list_entry(s->streams.next, ipc_stream, node));
+  nghttp2_session_del(s->ng);
+  s->ng = NULL;
+  ns_list_remove(&s->node);
+  uv_close((uv_handle_t *)&s->pipe, sess_closed);
+}
+
+static void on_written(uv_write_t *w, int status) {
+  wreq *r = (wreq *)w;
+  ipc_sess *s = r->s;
+  s->backlog -= r->len;
+  free(r);
+  if (s->closing)
+    return;
+  if (status < 0) {
+    sess_close(s);
+    return;
+  }
+  if (s->backlog < WRITE_HIGH / 2) {
+    /* resume streams that stopped on the backlog */
+    ns_list *pos, *tmp;
+    ns_list_foreach_safe(pos, tmp, &s->streams) {
+      ipc_stream *st = ns_list_entry(pos, ipc_stream, node);
+      if (st->data_deferred && st->job) {
+        st->data_deferred = 0;
+        nghttp2_session_resume_data(s->ng, st->id);
+      }
+    }
+    sess_flush(s);
+  }
+}
+
+/* Sends what nghttp2 has, in one write per call (frames coalesced). */
+static void sess_flush(ipc_sess *s) {
+  uint8_t *acc = NULL;
+  size_t len = 0, cap = 0;
+  if (s->closing || s->in_send)
+    return;
+  s->in_send = 1;
+  for (;;) {
+    const uint8_t *data;
+    ssize_t n = nghttp2_session_mem_send(s->ng, &data);
+    if (n < 0) {
+      free(acc);
+      s->in_send = 0;
+      sess_close(s);
+      return;
+    }
+    if (n == 0)
+      break;
+    if (len + (size_t)n > cap) {
+      size_t nc = cap ? cap * 2 : 65536;
+      uint8_t *na;
+      while (nc < len + (size_t)n)
+        nc *= 2;
+      na = realloc(acc, sizeof(wreq) + nc);
+      if (!na) {
+        free(acc);
+        s->in_send = 0;
+        sess_close(s);
+        return;
+      }
+      acc = na;
+      cap = nc;
+    }
+    memcpy(acc + sizeof(wreq) + len, data, (size_t)n);
+    len += (size_t)n;
+    if (len >= WRITE_HIGH)
+      break;
+  }
+  s->in_send = 0;
+  if (len) {
+    wreq *r = (wreq *)acc;
+    uv_buf_t b = uv_buf_init((char *)r->data, (unsigned)len);
+    r->s = s;
+    r->len = len;
+    s->backlog += len;
+    if (uv_write(&r->w, (uv_stream_t *)&s->pipe, &b, 1, on_written) != 0) {
+      s->backlog -= len;
+      free(r);
+      sess_close(s);
+      return;
+    }
+  } else {
+    free(acc);
+  }
+  if (!nghttp2_session_want_read(s->ng) && !nghttp2_session_want_write(s->ng) && !s->backlog)
+    sess_close(s);
+}
+
+static void on_alloc(uv_handle_t *h, size_t sz, uv_buf_t *b) {
+  static char buf[65536]; /* loop thread only; consumed before the next read */
+  (void)h;
+  (void)sz;
+  *b = uv_buf_init(buf, sizeof(buf));
+}
+
+static void on_read(uv_stream_t *str, ssize_t n, const uv_buf_t *b) {
+  ipc_sess *s = str->data;
+  ssize_t r;
+  if (n < 0) {
+    sess_close(s);
+    return;
+  }
+  if (n == 0)
+    return;
+  r = nghttp2_session_mem_recv(s->ng, (const uint8_t *)b->base, (size_t)n);
+  if (r < 0) {
+    netd_log(s->ipc->d, NETSTASH_LOG_INFO, "IPC client dropped: %s", nghttp2_strerror((int)r));
+    /* GOAWAY if possible, then close */
+    nghttp2_session_terminate_session(s->ng, NGHTTP2_PROTOCOL_ERROR);
+    sess_flush(s);
+    sess_close(s);
+    return;
+  }
+  sess_flush(s);
+}
+
+static void on_conn(uv_stream_t *srv, int status) {
+  netd_ipc *ipc = srv->data;
+  netd *d = ipc->d;
+  ipc_sess *s;
+  nghttp2_session_callbacks *cb;
+  nghttp2_settings_entry iv[] = {{NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, 256},
+                                 {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, 1 << 20}};
+  if (status < 0 || ipc->stopping)
+    return;
+  s = calloc(1, sizeof(*s));
+  if (!s)
+    return;
+  s->ipc = ipc;
+  ns_list_init(&s->streams);
+  if (uv_pipe_init(d->loop, &s->pipe, 0) != 0) {
+    free(s);
+    return;
+  }
+  s->pipe.data = s;
+  ipc->nsessions++;
+  ns_list_insert_tail(&ipc->sessions, &s->node);
+  if (uv_accept(srv, (uv_stream_t *)&s->pipe) != 0 ||
+      nghttp2_session_callbacks_new(&cb) != 0) {
+    s->closing = 1;
+    ns_list_remove(&s->node);
+    uv_close((uv_handle_t *)&s->pipe, sess_closed);
+    return;
+  }
+  nghttp2_session_callbacks_set_on_begin_headers_callback(cb, on_begin_headers);
+  nghttp2_session_callbacks_set_on_header_callback(cb, on_header);
+  nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, on_data_chunk);
+  nghttp2_session_callbacks_set_on_frame_recv_callback(cb, on_frame_recv);
+  nghttp2_session_callbacks_set_on_stream_close_callback(cb, on_stream_close);
+  if (nghttp2_session_server_new(&s->ng, cb, s) != 0) {
+    nghttp2_session_callbacks_del(cb);
+    s->closing = 1;
+    ns_list_remove(&s->node);
+    uv_close((uv_handle_t *)&s->pipe, sess_closed);
+    return;
+  }
+  nghttp2_session_callbacks_del(cb);
+  nghttp2_submit_settings(s->ng, NGHTTP2_FLAG_NONE, iv, sizeof(iv) / sizeof(iv[0]));
+  nghttp2_session_set_local_window_size(s->ng, NGHTTP2_FLAG_NONE, 0, 16 << 20);
+  atomic_fetch_add(&d->metrics.ipc_conns, 1);
+  atomic_fetch_add(&d->metrics.ipc_conns_open, 1);
+  uv_read_start((uv_stream_t *)&s->pipe, on_alloc, on_read);
+  sess_flush(s);
+}
+
+/* ------------------------------------------------------------ start / stop */
+
+int netd_ipc_start(netd *d, char *err, size_t errlen) {
+  netd_ipc *ipc = calloc(1, sizeof(*ipc));
+  const char *path = d->cfg.socket_path;
+  int rv;
+  if (!ipc) {
+    snprintf(err, errlen, "out of memory");
+    return -1;
+  }
+  ipc->d = d;
+  ns_list_init(&ipc->sessions);
+  d->ipc = ipc;
+  if (uv_pipe_init(d->loop, &ipc->listener, 0) != 0) {
+    snprintf(err, errlen, "uv_pipe_init failed");
+    return -1;
+  }
+  ipc->listener.data = ipc;
+  ipc->listening = 1;
+  /* The profile lock is held: a socket file left by a netd that died is ours
+   * to replace. */
+  unlink(path);
+  {
+    mode_t old = umask(0777 & ~d->cfg.socket_mode);
+    rv = uv_pipe_bind(&ipc->listener, path);
+    umask(old);
+  }
+  if (rv == 0)
+    rv = uv_listen((uv_stream_t *)&ipc->listener, 128, on_conn);
+  if (rv != 0) {
+    snprintf(err, errlen, "cannot listen on %s: %s", path, uv_strerror(rv));
+    return -1;
+  }
+  chmod(path, d->cfg.socket_mode);
+  return 0;
+}
+
+size_t netd_ipc_clients(const netd *d) { return d->ipc ? d->ipc->nsessions : 0; }
+
+static void grace_closed(uv_handle_t *h) {
+  netd_ipc *ipc = h->data;
+  free(ipc);
+}
+
+/* Stopping and everything closed: report, then free (after the timer's
+ * close callback when there is a timer). */
+static void ipc_maybe_done(netd_ipc *ipc) {
+  void (*done)(void *);
+  void *ud;
+  if (!ipc->stopping || ipc->listening || ipc->nsessions || !ipc->done)
+    return;
+  done = ipc->done;
+  ud = ipc->done_ud;
+  ipc->done = NULL;
+  ipc->d->ipc = NULL;
+  if (ipc->grace_ok) {
+    uv_timer_stop(&ipc->grace);
+    uv_close((uv_handle_t *)&ipc->grace, grace_closed);
+  } else {
+    free(ipc);
+  }
+  done(ud);
+}
+
+static void listener_closed(uv_handle_t *h) {
+  netd_ipc *ipc = h->data;
+  ipc->listening = 0;
+  ipc_maybe_done(ipc);
+}
+
+static void grace_over(uv_timer_t *t) {
+  netd_ipc *ipc = t->data;
+  ns_list *pos, *tmp;
+  netd_log(ipc->d, NETSTASH_LOG_INFO, "stop: closing %zu client connection(s) still busy",
+           ipc->nsessions);
+  ns_list_foreach_safe(pos, tmp, &ipc->sessions) {
+    sess_close(ns_list_entry(pos, ipc_sess, node));
+  }
+}
+
+/* Stop: no new connections; each session gets GOAWAY (streams in flight
+ * finish, then the session ends), and whatever is still open after GRACE_MS
+ * is closed. */
+void netd_ipc_stop(netd *d, void (*done)(void *), void *ud) {
+  netd_ipc *ipc = d->ipc;
+  ns_list *pos, *tmp;
+  ipc->stopping = 1;
+  ipc->done = done;
+  ipc->done_ud = ud;
+  ns_list_foreach_safe(pos, tmp, &ipc->sessions) {
+    ipc_sess *s = ns_list_entry(pos, ipc_sess, node);
+    nghttp2_submit_goaway(s->ng, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(s->ng),
+                          NGHTTP2_NO_ERROR, NULL, 0);
+    sess_flush(s);
+  }
+  if (uv_timer_init(d->loop, &ipc->grace) == 0) {
+    ipc->grace_ok = 1;
+    ipc->grace.data = ipc;
+    uv_timer_start(&ipc->grace, grace_over, GRACE_MS, 0);
+  }
+  if (ipc->listening)
+    uv_close((uv_handle_t *)&ipc->listener, listener_closed);
+  else
+    ipc_maybe_done(ipc);
+}

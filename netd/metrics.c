@@ -1,0 +1,203 @@
+/*
+ * metrics.c — netd's counters and their Prometheus text exposition
+ * (format version 0.0.4: https://prometheus.io/docs/instrumenting/exposition_formats/).
+ *
+ * Counters are atomics (netd.h): the fronts and the IPC server bump them on
+ * the loop thread, the metrics front renders them there too, and nothing
+ * else needs a lock. Numbers are printed without printf's %f, so the output
+ * does not depend on the process locale (STYLE.md, "Parsing and input").
+ */
+#include "ns_setup.h"
+
+#include <inttypes.h>
+#include <stdatomic.h>
+
+#include "core/buf.h"
+#include "netd/netd.h"
+
+/* Upper bounds of the latency buckets in microseconds (NETD_LAT_BUCKETS - 1
+ * finite ones; the last bucket is +Inf). */
+static const uint64_t lat_bounds_us[NETD_LAT_BUCKETS - 1] = {
+    500, 1000, 2000, 5000, 10000, 25000, 50000, 100000, 250000, 500000, 1000000};
+
+/* The same bounds as Prometheus "le" labels, in seconds. */
+static const char *const lat_labels[NETD_LAT_BUCKETS] = {"0.0005", "0.001", "0.002", "0.005",
+                                                         "0.01",   "0.025", "0.05",  "0.1",
+                                                         "0.25",   "0.5",   "1",     "+Inf"};
+
+static const char *const src_names[NETD_SRC_N] = {"preload", "cache", "revalidated", "network",
+                                                  "error"};
+
+void netd_metrics_request(netd_metrics *m, int src, uint64_t head_us) {
+  size_t b = 0;
+  if (src < 0 || src >= NETD_SRC_N)
+    src = NETD_SRC_ERROR;
+  while (b < NS_ARRAY_LEN(lat_bounds_us) && head_us > lat_bounds_us[b])
+    b++;
+  atomic_fetch_add_explicit(&m->requests[src], 1, memory_order_relaxed);
+  atomic_fetch_add_explicit(&m->lat[b], 1, memory_order_relaxed);
+  atomic_fetch_add_explicit(&m->lat_sum_us, head_us, memory_order_relaxed);
+  atomic_fetch_add_explicit(&m->lat_count, 1, memory_order_relaxed);
+}
+
+int netd_source_index(netstash_source s) {
+  switch (s) {
+  case NETSTASH_SOURCE_PRELOAD:
+    return NETD_SRC_PRELOAD;
+  case NETSTASH_SOURCE_CACHE:
+    return NETD_SRC_CACHE;
+  case NETSTASH_SOURCE_REVALIDATED:
+    return NETD_SRC_REVALIDATED;
+  case NETSTASH_SOURCE_NETWORK:
+    return NETD_SRC_NETWORK;
+  case NETSTASH_SOURCE_NONE:
+  default:
+    return NETD_SRC_ERROR; /* no response: nothing answered it */
+  }
+}
+
+static uint64_t load(const _Atomic uint64_t *v) {
+  return atomic_load_explicit(v, memory_order_relaxed);
+}
+
+/* "# HELP" and "# TYPE" lines of a metric family. */
+static netstash_error family(ns_buf *b, const char *name, const char *type, const char *help) {
+  return ns_buf_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+/* num/den as a decimal with 6 fractional digits ("0.250000"), den > 0. */
+static netstash_error ratio(ns_buf *b, uint64_t num, uint64_t den) {
+  uint64_t micro;
+  if (num > den)
+    num = den;
+  while (num > UINT64_MAX / 1000000) { /* never in practice: keep num * 1e6 in range */
+    num >>= 1;
+    den >>= 1;
+  }
+  micro = num * 1000000 / den;
+  return ns_buf_printf(b, "%" PRIu64 ".%06" PRIu64, micro / 1000000, micro % 1000000);
+}
+
+typedef struct lib_counter {
+  netstash_stat stat;
+  const char *name;
+  const char *type;
+  const char *help;
+} lib_counter;
+
+static const lib_counter lib_counters[] = {
+    {NETSTASH_STAT_CONNECTIONS_OPENED, "netstash_connections_opened_total", "counter",
+     "TCP and QUIC connections opened by the library."},
+    {NETSTASH_STAT_TLS_HANDSHAKES, "netstash_tls_handshakes_total", "counter",
+     "TLS handshakes completed."},
+    {NETSTASH_STAT_TLS_RESUMED, "netstash_tls_resumed_total", "counter",
+     "TLS handshakes (TCP or QUIC) that resumed a session."},
+    {NETSTASH_STAT_DNS_QUERIES, "netstash_dns_queries_total", "counter",
+     "DNS lookups sent to the resolver."},
+    {NETSTASH_STAT_DNS_CACHE_HITS, "netstash_dns_cache_hits_total", "counter",
+     "DNS lookups answered by the DNS cache."},
+    {NETSTASH_STAT_FETCHES_STARTED, "netstash_fetches_started_total", "counter",
+     "Fetches started by the library (every hop, background revalidations included)."},
+    /* a level, not a count: a gauge, so no _total suffix */
+    {NETSTASH_STAT_FETCHES_ACTIVE, "netstash_fetches_active", "gauge", "Fetches running now."},
+    {NETSTASH_STAT_BYTES_RECEIVED, "netstash_bytes_received_total", "counter",
+     "Response body bytes received off the wire."},
+    {NETSTASH_STAT_H3_REQUESTS, "netstash_h3_requests_total", "counter",
+     "Requests sent over HTTP/3."},
+};
+
+char *netd_metrics_render(const netd_metrics *m, const netstash_ctx *ctx) {
+  ns_buf b;
+  netstash_error e;
+  uint64_t req[NETD_SRC_N], answered = 0, cum = 0, sum_us;
+  size_t i;
+
+  ns_buf_init(&b, ns_mem_default(), 1024 * 1024);
+  for (i = 0; i < NETD_SRC_N; i++) {
+    req[i] = load(&m->requests[i]);
+    answered += req[i];
+  }
+
+  e = family(&b, "netd_requests_total", "counter",
+             "Requests answered through netd (fronts and IPC), by what answered them.");
+  for (i = 0; e == NETSTASH_OK && i < NETD_SRC_N; i++)
+    e = ns_buf_printf(&b, "netd_requests_total{source=\"%s\"} %" PRIu64 "\n", src_names[i], req[i]);
+
+  if (e == NETSTASH_OK)
+    e = family(&b, "netd_response_bytes_total", "counter",
+               "Response body bytes sent to netd's clients.");
+  if (e == NETSTASH_OK)
+    e = ns_buf_printf(&b, "netd_response_bytes_total %" PRIu64 "\n", load(&m->bytes_out));
+
+  if (e == NETSTASH_OK)
+    e = family(&b, "netd_hit_ratio", "gauge",
+               "Share of answered requests (errors included) served by the preload store "
+               "or the HTTP cache, revalidations included; 0 before the first request.");
+  if (e == NETSTASH_OK)
+    e = ns_buf_append_str(&b, "netd_hit_ratio ");
+  if (e == NETSTASH_OK)
+    e = answered
+            ? ratio(&b, req[NETD_SRC_PRELOAD] + req[NETD_SRC_CACHE] + req[NETD_SRC_REVALIDATED],
+                    answered)
+            : ns_buf_append_str(&b, "0");
+  if (e == NETSTASH_OK)
+    e = ns_buf_append_str(&b, "\n");
+
+  if (e == NETSTASH_OK)
+    e = family(&b, "netd_ipc_connections_total", "counter",
+               "Connections accepted on the IPC socket.");
+  if (e == NETSTASH_OK)
+    e = ns_buf_printf(&b, "netd_ipc_connections_total %" PRIu64 "\n", load(&m->ipc_conns));
+  if (e == NETSTASH_OK)
+    e = family(&b, "netd_ipc_connections_open", "gauge", "IPC connections open now.");
+  if (e == NETSTASH_OK)
+    e = ns_buf_printf(&b, "netd_ipc_connections_open %" PRIu64 "\n", load(&m->ipc_conns_open));
+  if (e == NETSTASH_OK)
+    e = family(&b, "netd_front_connections_total", "counter",
+               "Connections accepted by the HTTP/1.1 fronts (proxy, gateway, metrics).");
+  if (e == NETSTASH_OK)
+    e = ns_buf_printf(&b, "netd_front_connections_total %" PRIu64 "\n", load(&m->front_conns));
+
+  if (e == NETSTASH_OK)
+    e = family(&b, "netd_warm_runs_total", "counter", "Background preload warms, by result.");
+  if (e == NETSTASH_OK)
+    e = ns_buf_printf(&b,
+                      "netd_warm_runs_total{result=\"ok\"} %" PRIu64 "\n"
+                      "netd_warm_runs_total{result=\"failed\"} %" PRIu64 "\n"
+                      "netd_warm_runs_total{result=\"deferred\"} %" PRIu64 "\n",
+                      load(&m->warm_ok), load(&m->warm_failed), load(&m->warm_deferred));
+
+  /* Histogram: cumulative buckets; the +Inf bucket and _count are the same
+   * number (the sum of the buckets read here), so a scrape racing a request
+   * stays consistent. */
+  if (e == NETSTASH_OK)
+    e = family(&b, "netd_request_head_seconds", "histogram",
+               "Time from a request's start to its response head.");
+  for (i = 0; e == NETSTASH_OK && i < NETD_LAT_BUCKETS; i++) {
+    cum += load(&m->lat[i]);
+    e = ns_buf_printf(&b, "netd_request_head_seconds_bucket{le=\"%s\"} %" PRIu64 "\n",
+                      lat_labels[i], cum);
+  }
+  sum_us = load(&m->lat_sum_us);
+  if (e == NETSTASH_OK)
+    e = ns_buf_printf(&b,
+                      "netd_request_head_seconds_sum %" PRIu64 ".%06" PRIu64 "\n"
+                      "netd_request_head_seconds_count %" PRIu64 "\n",
+                      sum_us / 1000000, sum_us % 1000000, cum);
+
+  /* The library's own counters. netstash_ctx_stat only reads atomics; its
+   * parameter is not const for historical reasons. */
+  for (i = 0; ctx && e == NETSTASH_OK && i < NS_ARRAY_LEN(lib_counters); i++) {
+    const lib_counter *lc = &lib_counters[i];
+    e = family(&b, lc->name, lc->type, lc->help);
+    if (e == NETSTASH_OK)
+      e = ns_buf_printf(&b, "%s %" PRIu64 "\n", lc->name,
+                        netstash_ctx_stat((netstash_ctx *)(uintptr_t)ctx, lc->stat));
+  }
+
+  if (e != NETSTASH_OK) {
+    ns_buf_free(&b);
+    return NULL;
+  }
+  return (char *)ns_buf_steal(&b, NULL);
+}

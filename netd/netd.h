@@ -1,0 +1,148 @@
+/*
+ * netd.h — the network service daemon: one process owns a profile (its
+ * store, cookie jars, preload cache, connections) and serves every kernel
+ * process of the device through a unix socket (HTTP/2 with prior knowledge),
+ * plus optional HTTP/1.1 fronts on loopback (forward proxy, gateway) and a
+ * Prometheus metrics listener.
+ *
+ * Threading: everything of netd runs on the library context's loop thread
+ * (the daemon links the library's internals for that): its listeners, its
+ * HTTP/2 sessions, the jobs' callbacks. The main thread only waits for the
+ * end. No locks, no hand-offs between threads.
+ */
+#ifndef NETD_NETD_H
+#define NETD_NETD_H
+
+#include "ns_setup.h"
+
+#include <stdatomic.h>
+#include <uv.h>
+
+#include "core/ctx.h"
+#include "core/list.h"
+
+/* ------------------------------------------------------------ config */
+
+typedef struct netd_warm_entry {
+  char *manifest;    /* URL (or path) of a signed manifest */
+  uint32_t interval_s; /* check interval (default 3600) */
+  uint32_t jitter_pct; /* +- this share of the interval (default 10) */
+} netd_warm_entry;
+
+typedef struct netd_config {
+  char *profile;       /* required */
+  char *socket_path;   /* default PROFILE/netd.sock */
+  uint32_t socket_mode; /* default 0660 */
+  /* HTTP/1.1 fronts, 0 = off */
+  char *proxy_host;
+  int proxy_port;
+  int proxy_allow_remote; /* a non-loopback listener is refused unless set */
+  char *gateway_host;
+  int gateway_port;
+  char *upstream;      /* gateway's origin, e.g. https://example.test:8443 */
+  char *metrics_host;
+  int metrics_port;
+  /* library options */
+  char *ca_file;
+  char *trusted_keys;  /* '\n'-separated public key files */
+  int allow_unsigned;
+  char *resolve;       /* '\n'-separated HOST:PORT:ADDR pins (tests, labs) */
+  /* logging */
+  int log_json;
+  netstash_log_level log_level;
+  /* background warming */
+  netd_warm_entry *warms;
+  size_t nwarms;
+} netd_config;
+
+/* Loads FILE (JSON object, documented in netd(8)) over the defaults; then the
+ * command line overrides. Returns 0, or -1 with a message naming the key. */
+int netd_config_load(netd_config *c, const char *file, char *err, size_t errlen);
+void netd_config_defaults(netd_config *c);
+void netd_config_free(netd_config *c);
+/* "HOST:PORT" / "[V6]:PORT" into a malloc'd host and a port; 0 or -1. */
+int netd_parse_hostport(const char *s, char **host, int *port);
+/* Checks values (ports, paths, a front's address); 0 or -1 with a message. */
+int netd_config_check(const netd_config *c, char *err, size_t errlen);
+
+/* ------------------------------------------------------------ metrics */
+
+enum {
+  NETD_SRC_PRELOAD = 0,
+  NETD_SRC_CACHE,
+  NETD_SRC_REVALIDATED,
+  NETD_SRC_NETWORK,
+  NETD_SRC_ERROR,
+  NETD_SRC_N
+};
+
+#define NETD_LAT_BUCKETS 12 /* 0.5 1 2 5 10 25 50 100 250 500 1000 +Inf ms */
+
+typedef struct netd_metrics {
+  _Atomic uint64_t requests[NETD_SRC_N]; /* by how they were answered */
+  _Atomic uint64_t bytes_out;            /* response body bytes sent to clients */
+  _Atomic uint64_t ipc_conns, ipc_conns_open, front_conns;
+  _Atomic uint64_t warm_runs, warm_ok, warm_failed, warm_deferred;
+  _Atomic uint64_t lat[NETD_LAT_BUCKETS]; /* time to response head */
+  _Atomic uint64_t lat_sum_us, lat_count;
+} netd_metrics;
+
+/* Records one answered request: its source (NETD_SRC_*) and time to head. */
+void netd_metrics_request(netd_metrics *m, int src, uint64_t head_us);
+/* Prometheus text exposition format (version 0.0.4) into a malloc'd string. */
+char *netd_metrics_render(const netd_metrics *m, const netstash_ctx *ctx);
+int netd_source_index(netstash_source s);
+
+/* ------------------------------------------------------------ daemon */
+
+typedef struct netd netd;
+typedef struct netd_ipc netd_ipc;
+typedef struct netd_front netd_front;
+typedef struct netd_warmer netd_warmer;
+
+struct netd {
+  netd_config cfg;
+  netstash_ctx *ctx;
+  uv_loop_t *loop; /* the context's loop (loop thread only) */
+  netd_metrics metrics;
+  int lock_fd;
+  uint64_t started_us;
+  netd_ipc *ipc;
+  netd_front *proxy, *gateway, *metrics_front;
+  netd_warmer *warmer;
+  /* host signals (embedder): pause background work */
+  atomic_int metered, low_battery, foreground;
+  atomic_int stopping;
+};
+
+/* Loop-thread entry points of the parts. Each start returns 0 or -1 with a
+ * message; each stop closes its handles and calls done(ud) once they are
+ * closed (done may run before stop returns). */
+int netd_ipc_start(netd *d, char *err, size_t errlen);
+void netd_ipc_stop(netd *d, void (*done)(void *), void *ud);
+size_t netd_ipc_clients(const netd *d);
+
+typedef enum netd_front_kind {
+  NETD_FRONT_PROXY = 1,   /* forward proxy: absolute-form http, CONNECT tunnels */
+  NETD_FRONT_GATEWAY = 2, /* reverse proxy to cfg.upstream */
+  NETD_FRONT_METRICS = 3  /* GET /metrics: Prometheus text */
+} netd_front_kind;
+int netd_front_start(netd *d, netd_front_kind kind, const char *host, int port,
+                     netd_front **out, char *err, size_t errlen);
+void netd_front_stop(netd_front *fr, void (*done)(void *), void *ud);
+
+int netd_warmer_start(netd *d, char *err, size_t errlen);
+void netd_warmer_stop(netd *d);
+/* Host signals changed: pause or resume background warms. */
+void netd_warmer_signals(netd *d);
+/* Runs every configured manifest's warm now (a "warm" control request);
+ * returns the number started. */
+int netd_warmer_kick(netd *d);
+/* JSON array describing schedules and last results (malloc'd). */
+char *netd_warmer_status_json(netd *d);
+
+/* Logging (stderr; text or JSON lines). */
+void netd_log(const netd *d, netstash_log_level lvl, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+#endif

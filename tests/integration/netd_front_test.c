@@ -1,0 +1,970 @@
+/*
+ * netd_front_test — netd's HTTP/1.1 fronts (netd/front.c) and its metrics
+ * (netd/metrics.c), end to end: netd runs as a child process
+ * ($NST_BUILDDIR/netd/netd) with a proxy, a gateway to nst-rawserver and a
+ * metrics listener; the test talks to it over plain sockets (exact bytes in,
+ * exact bytes out) and with curl for the CONNECT tunnel to caddy.
+ *
+ * A second netd serves a gateway to a tiny upstream inside this test that
+ * answers with several Set-Cookie lines (nst-rawserver sends one at most).
+ */
+#define _GNU_SOURCE 1
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "harness.h"
+
+#define IO_TIMEOUT_MS 15000
+
+typedef struct netd_proc {
+  pid_t pid;
+  int proxy, gateway, metrics; /* ports, 0 = off */
+  char log[600];
+} netd_proc;
+
+static nst_server raw, caddy;
+static netd_proc nd = {-1, 0, 0, 0, ""}, nd_cookies = {-1, 0, 0, 0, ""};
+static char netd_bin[1024];
+static int cookie_port = -1, cookie_lfd = -1;
+static pthread_t cookie_thread;
+
+static uint64_t now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* A TCP port on 127.0.0.1 that is free now (bound to 0, then released). */
+static int free_port(void) {
+  struct sockaddr_in sa;
+  socklen_t sl = sizeof(sa);
+  int fd = socket(AF_INET, SOCK_STREAM, 0), port = -1;
+  memset(&sa, 0, sizeof(sa));
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (fd >= 0 && bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 &&
+      getsockname(fd, (struct sockaddr *)&sa, &sl) == 0)
+    port = ntohs(sa.sin_port);
+  if (fd >= 0)
+    close(fd);
+  return port;
+}
+
+static int connect_port(int port) {
+  struct sockaddr_in sa;
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  memset(&sa, 0, sizeof(sa));
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  sa.sin_port = htons((uint16_t)port);
+  if (fd < 0)
+    return -1;
+  if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+/* ------------------------------------------------------------ netd as a child */
+
+static int find_netd(void) {
+  const char *b = getenv("NST_BUILDDIR");
+  snprintf(netd_bin, sizeof(netd_bin), "%s/netd/netd", b ? b : ".");
+  if (access(netd_bin, X_OK) != 0) {
+    fprintf(stderr, "netd_front_test: %s not found (set NST_BUILDDIR)\n", netd_bin);
+    return -1;
+  }
+  return 0;
+}
+
+/* Runs netd with args (a NULL-terminated list, after the binary) with its
+ * output in log; returns the pid. */
+static pid_t spawn_netd(const char *const *args, const char *log) {
+  const char *argv[32];
+  size_t n = 0;
+  pid_t pid;
+  argv[n++] = netd_bin;
+  while (*args && n < 31)
+    argv[n++] = *args++;
+  argv[n] = NULL;
+  pid = fork();
+  if (pid == 0) {
+    int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (fd >= 0) {
+      dup2(fd, 1);
+      dup2(fd, 2);
+    }
+    execv(netd_bin, (char *const *)argv);
+    _exit(127);
+  }
+  return pid;
+}
+
+/* Waits until every nonzero port accepts (netd is up) or the child died. */
+static int wait_ready(netd_proc *p) {
+  int ports[3] = {p->proxy, p->gateway, p->metrics};
+  uint64_t end = now_ms() + 15000;
+  for (int i = 0; i < 3; i++) {
+    while (ports[i]) {
+      int fd = connect_port(ports[i]), st;
+      if (fd >= 0) {
+        close(fd);
+        break;
+      }
+      if (waitpid(p->pid, &st, WNOHANG) == p->pid) {
+        fprintf(stderr, "netd_front_test: netd exited early (status %d), see %s\n", st, p->log);
+        p->pid = -1;
+        return -1;
+      }
+      if (now_ms() > end) {
+        fprintf(stderr, "netd_front_test: netd not listening on %d after 15 s\n", ports[i]);
+        return -1;
+      }
+      usleep(20000);
+    }
+  }
+  return 0;
+}
+
+static int start_netd_once(netd_proc *p, const char *name, const char *upstream, int with_proxy,
+                           int with_metrics) {
+  char profile[512], proxy[64], gateway[64], metrics[64];
+  const char *args[24];
+  size_t n = 0;
+  snprintf(profile, sizeof(profile), "%s", nst_path(name));
+  snprintf(p->log, sizeof(p->log), "%s.log", profile);
+  p->proxy = with_proxy ? free_port() : 0;
+  p->gateway = upstream ? free_port() : 0;
+  p->metrics = with_metrics ? free_port() : 0;
+  args[n++] = "--profile";
+  args[n++] = profile;
+  args[n++] = "--cacert";
+  args[n++] = nst_cert("ca.pem");
+  args[n++] = "-v";
+  if (p->proxy) {
+    snprintf(proxy, sizeof(proxy), "127.0.0.1:%d", p->proxy);
+    args[n++] = "--proxy";
+    args[n++] = proxy;
+  }
+  if (upstream) {
+    snprintf(gateway, sizeof(gateway), "127.0.0.1:%d", p->gateway);
+    args[n++] = "--gateway";
+    args[n++] = gateway;
+    args[n++] = "--upstream";
+    args[n++] = upstream;
+  }
+  if (p->metrics) {
+    snprintf(metrics, sizeof(metrics), "127.0.0.1:%d", p->metrics);
+    args[n++] = "--metrics";
+    args[n++] = metrics;
+  }
+  args[n] = NULL;
+  p->pid = spawn_netd(args, p->log);
+  if (p->pid < 0)
+    return -1;
+  return wait_ready(p);
+}
+
+static int stop_netd(netd_proc *p);
+
+/* The ports are picked free but not held: another test may take one in
+ * between, so a failed start is retried with new ones. */
+static int start_netd(netd_proc *p, const char *name, const char *upstream, int with_proxy,
+                      int with_metrics) {
+  for (int attempt = 0; attempt < 3; attempt++) {
+    if (start_netd_once(p, name, upstream, with_proxy, with_metrics) == 0)
+      return 0;
+    stop_netd(p);
+  }
+  return -1;
+}
+
+/* SIGTERM, then the exit status (-1: killed after 10 s). */
+static int stop_netd(netd_proc *p) {
+  int st = 0;
+  uint64_t end = now_ms() + 10000;
+  if (p->pid <= 0)
+    return 0;
+  kill(p->pid, SIGTERM);
+  while (waitpid(p->pid, &st, WNOHANG) == 0) {
+    if (now_ms() > end) {
+      kill(p->pid, SIGKILL);
+      waitpid(p->pid, &st, 0);
+      p->pid = -1;
+      return -1;
+    }
+    usleep(20000);
+  }
+  p->pid = -1;
+  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* ------------------------------------------------------------ raw HTTP */
+
+typedef struct resp {
+  char *raw; /* everything received (NUL-terminated) */
+  size_t len;
+  int status;
+  char *head; /* raw, up to and including the blank line */
+  size_t head_len;
+  const char *body;
+  size_t body_len;
+} resp;
+
+static void resp_free(resp *r) {
+  free(r->raw);
+  memset(r, 0, sizeof(*r));
+}
+
+static int send_all(int fd, const void *p, size_t n) {
+  const char *c = p;
+  while (n) {
+    ssize_t w = send(fd, c, n, MSG_NOSIGNAL);
+    if (w < 0 && errno == EINTR)
+      continue;
+    if (w <= 0)
+      return -1;
+    c += w;
+    n -= (size_t)w;
+  }
+  return 0;
+}
+
+/* Reads until EOF (requests say "Connection: close"). */
+static char *read_all(int fd, size_t *len) {
+  size_t cap = 65536, n = 0;
+  char *b = malloc(cap);
+  uint64_t end = now_ms() + IO_TIMEOUT_MS;
+  for (;;) {
+    struct pollfd pf = {fd, POLLIN, 0};
+    ssize_t r;
+    int left = (int)(end - now_ms());
+    if (left <= 0 || poll(&pf, 1, left) <= 0) {
+      fprintf(stderr, "netd_front_test: read timed out after %zu bytes\n", n);
+      break;
+    }
+    if (n + 1 >= cap) {
+      cap *= 2;
+      b = realloc(b, cap);
+    }
+    r = recv(fd, b + n, cap - n - 1, 0);
+    if (r < 0 && errno == EINTR)
+      continue;
+    if (r <= 0)
+      break;
+    n += (size_t)r;
+  }
+  b[n] = 0;
+  *len = n;
+  return b;
+}
+
+static void resp_parse(resp *r) {
+  char *eoh = r->raw ? strstr(r->raw, "\r\n\r\n") : NULL;
+  r->status = 0;
+  if (r->len > 12 && strncmp(r->raw, "HTTP/1.1 ", 9) == 0)
+    r->status = atoi(r->raw + 9);
+  if (eoh) {
+    r->head = r->raw;
+    r->head_len = (size_t)(eoh + 4 - r->raw);
+    r->body = eoh + 4;
+    r->body_len = r->len - r->head_len;
+  }
+}
+
+/* One request on a new connection; the whole answer until the server closes. */
+static resp exchange(int port, const void *req, size_t req_len) {
+  resp r;
+  int fd = connect_port(port);
+  memset(&r, 0, sizeof(r));
+  assert_true(fd >= 0);
+  assert_int_equal(send_all(fd, req, req_len), 0);
+  r.raw = read_all(fd, &r.len);
+  close(fd);
+  resp_parse(&r);
+  return r;
+}
+
+static resp exchange_str(int port, const char *req) {
+  return exchange(port, req, strlen(req));
+}
+
+/* Value of the first header line "Name: value" in the head (case-insensitive
+ * name), copied into a static ring buffer; NULL if absent. */
+static const char *header(const resp *r, const char *name) {
+  static char bufs[8][1024];
+  static int k;
+  size_t nl = strlen(name);
+  const char *p = r->head;
+  if (!p)
+    return NULL;
+  while ((p = strstr(p, "\r\n")) != NULL && p < r->head + r->head_len) {
+    p += 2;
+    if (strncasecmp(p, name, nl) == 0 && p[nl] == ':') {
+      const char *v = p + nl + 1, *e = strstr(v, "\r\n");
+      char *out = bufs[k++ % 8];
+      while (*v == ' ')
+        v++;
+      snprintf(out, sizeof(bufs[0]), "%.*s", (int)(e - v), v);
+      return out;
+    }
+  }
+  return NULL;
+}
+
+static size_t count_headers(const resp *r, const char *name) {
+  size_t n = 0, nl = strlen(name);
+  const char *p = r->head;
+  while (p && (p = strstr(p, "\r\n")) != NULL && p < r->head + r->head_len) {
+    p += 2;
+    if (strncasecmp(p, name, nl) == 0 && p[nl] == ':')
+      n++;
+  }
+  return n;
+}
+
+/* ------------------------------------------------------------ a second upstream */
+
+#define BIG_LEN (64u << 20)
+
+/* 64 MiB, not cacheable, in 64 KiB writes (blocks while netd does not read). */
+static void send_big(int fd) {
+  static const char head[] = "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+                             "Cache-Control: no-store\r\nContent-Length: 67108864\r\n"
+                             "Connection: close\r\n\r\n";
+  char *chunk = malloc(65536);
+  memset(chunk, 'z', 65536);
+  if (send_all(fd, head, sizeof(head) - 1) == 0)
+    for (unsigned i = 0; i < BIG_LEN / 65536; i++)
+      if (send_all(fd, chunk, 65536) != 0)
+        break;
+  free(chunk);
+}
+
+/* The second upstream: "POST /big" is send_big(), anything else three Set-Cookie
+ * lines around another field. One connection at a time. */
+static void *cookie_server(void *arg) {
+  static const char answer[] = "HTTP/1.1 200 OK\r\n"
+                               "Content-Type: text/plain\r\n"
+                               "Set-Cookie: a=1; Path=/\r\n"
+                               "X-Between: yes\r\n"
+                               "Set-Cookie: b=2; Path=/; HttpOnly\r\n"
+                               "Set-Cookie: c=3; Path=/x\r\n"
+                               "Content-Length: 8\r\n"
+                               "Connection: close\r\n"
+                               "\r\n"
+                               "cookies\n";
+  (void)arg;
+  for (;;) {
+    char buf[8192];
+    size_t n = 0;
+    int fd = accept(cookie_lfd, NULL, NULL);
+    if (fd < 0) {
+      if (errno == EINTR)
+        continue;
+      return NULL; /* closed: the end */
+    }
+    buf[0] = 0;
+    while (n < sizeof(buf) - 1) {
+      ssize_t r = recv(fd, buf + n, sizeof(buf) - 1 - n, 0);
+      if (r <= 0)
+        break;
+      n += (size_t)r;
+      buf[n] = 0;
+      if (strstr(buf, "\r\n\r\n"))
+        break;
+    }
+    if (strncmp(buf, "POST /big ", 10) == 0)
+      send_big(fd);
+    else
+      send_all(fd, answer, sizeof(answer) - 1);
+    close(fd);
+  }
+}
+
+static int start_cookie_server(void) {
+  struct sockaddr_in sa;
+  socklen_t sl = sizeof(sa);
+  cookie_lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  memset(&sa, 0, sizeof(sa));
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (cookie_lfd < 0 || bind(cookie_lfd, (struct sockaddr *)&sa, sizeof(sa)) != 0 ||
+      listen(cookie_lfd, 16) != 0 || getsockname(cookie_lfd, (struct sockaddr *)&sa, &sl) != 0)
+    return -1;
+  cookie_port = ntohs(sa.sin_port);
+  return pthread_create(&cookie_thread, NULL, cookie_server, NULL) == 0 ? 0 : -1;
+}
+
+/* ------------------------------------------------------------ gateway */
+
+static void test_gateway_echo(void **state) {
+  static const char body[] = "a=1&b=\0binary\r\n\r\nGET / HTTP/1.1\r\n"; /* NUL and CRLFs intact */
+  char req[2048];
+  int n;
+  resp r;
+  (void)state;
+  n = snprintf(req, sizeof(req),
+               "POST /echo?x=1&y=two%%20words HTTP/1.1\r\n"
+               "Host: front.example\r\n"
+               "X-Dup: first\r\n"
+               "X-Other: o\r\n"
+               "X-Dup: second\r\n"
+               "Content-Type: application/octet-stream\r\n"
+               "Content-Length: %zu\r\n"
+               "Connection: close\r\n"
+               "\r\n",
+               sizeof(body) - 1);
+  memcpy(req + n, body, sizeof(body) - 1);
+  r = exchange(nd.gateway, req, (size_t)n + sizeof(body) - 1);
+  assert_int_equal(r.status, 200);
+  assert_string_equal(header(&r, "X-Netstash-Source"), "network");
+  /* what the upstream saw: method, path and query, Host replaced, the
+   * duplicates in order, the body byte for byte */
+  assert_non_null(strstr(r.body, "POST /echo?x=1&y=two%20words HTTP/1.1\r\n"));
+  {
+    char host[64];
+    snprintf(host, sizeof(host), "\r\nHost: 127.0.0.1:%d\r\n", raw.port);
+    assert_non_null(strstr(r.body, host));
+    assert_null(strstr(r.body, "front.example"));
+  }
+  assert_non_null(strstr(r.body, "\r\nX-Dup: first\r\nX-Other: o\r\nX-Dup: second\r\n"));
+  assert_non_null(strstr(r.body, "\r\nContent-Type: application/octet-stream\r\n"));
+  assert_null(strstr(r.body, "Connection: close")); /* hop-by-hop: not forwarded */
+  assert_true(r.body_len >= sizeof(body) - 1);
+  assert_memory_equal(r.body + r.body_len - (sizeof(body) - 1), body, sizeof(body) - 1);
+  resp_free(&r);
+
+  /* a chunked request body arrives whole (re-framed by the library) */
+  r = exchange_str(nd.gateway, "PUT /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                               "Connection: close\r\n\r\n"
+                               "4\r\nwiki\r\n5\r\npedia\r\n0\r\n\r\n");
+  assert_int_equal(r.status, 200);
+  assert_non_null(strstr(r.body, "PUT /echo HTTP/1.1\r\n"));
+  assert_true(r.body_len >= 9);
+  assert_memory_equal(r.body + r.body_len - 9, "wikipedia", 9);
+  resp_free(&r);
+}
+
+static void test_gateway_status_and_redirect(void **state) {
+  resp r;
+  (void)state;
+  r = exchange_str(nd.gateway, "GET /status/404 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+  assert_int_equal(r.status, 404);
+  assert_string_equal(header(&r, "Content-Length"), "11");
+  assert_int_equal(r.body_len, 11);
+  assert_memory_equal(r.body, "status 404\n", 11);
+  resp_free(&r);
+
+  /* redirects are relayed, not followed */
+  r = exchange_str(nd.gateway, "GET /redirect/1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+  assert_int_equal(r.status, 302);
+  assert_string_equal(header(&r, "Location"), "/redirect/0");
+  assert_non_null(strstr(r.body, "redirecting to /redirect/0"));
+  resp_free(&r);
+
+  /* HEAD: the head only */
+  r = exchange_str(nd.gateway, "HEAD /ok HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+  assert_int_equal(r.status, 200);
+  assert_string_equal(header(&r, "Content-Length"), "5");
+  assert_int_equal(r.body_len, 0);
+  resp_free(&r);
+}
+
+static void test_gateway_keepalive_pipelined(void **state) {
+  static const char reqs[] = "GET /ok HTTP/1.1\r\nHost: x\r\n\r\n"
+                             "GET /status/201 HTTP/1.1\r\nHost: x\r\n\r\n"
+                             "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
+                             "GET /ok HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+  resp r;
+  const char *p;
+  (void)state;
+  r = exchange(nd.gateway, reqs, sizeof(reqs) - 1);
+  /* four answers on one connection, in order */
+  p = strstr(r.raw, "HTTP/1.1 200 OK\r\n");
+  assert_non_null(p);
+  p = strstr(p + 1, "HTTP/1.1 201 ");
+  assert_non_null(p);
+  p = strstr(p + 1, "HTTP/1.1 200 OK\r\n");
+  assert_non_null(p);
+  assert_non_null(strstr(p, "POST /echo HTTP/1.1\r\n"));
+  p = strstr(p + 1, "HTTP/1.1 200 OK\r\n");
+  assert_non_null(p);
+  assert_non_null(strstr(p, "Connection: close\r\n"));
+  assert_int_equal(memcmp(r.raw + r.len - 5, "hello", 5), 0);
+  resp_free(&r);
+}
+
+static void test_gateway_set_cookies(void **state) {
+  resp r;
+  const char *p;
+  (void)state;
+  r = exchange_str(nd_cookies.gateway, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+  assert_int_equal(r.status, 200);
+  assert_int_equal(count_headers(&r, "Set-Cookie"), 3);
+  p = strstr(r.head, "set-cookie: a=1; Path=/\r\n");
+  assert_non_null(p);
+  p = strstr(p, "x-between: yes\r\n");
+  assert_non_null(p);
+  p = strstr(p, "set-cookie: b=2; Path=/; HttpOnly\r\n");
+  assert_non_null(p);
+  assert_non_null(strstr(p, "set-cookie: c=3; Path=/x\r\n"));
+  assert_int_equal(r.body_len, 8);
+  resp_free(&r);
+}
+
+/* Resident memory of a process, KiB. */
+static long rss_kib(pid_t pid) {
+  char path[64], line[256];
+  long kib = -1;
+  FILE *f;
+  snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+  f = fopen(path, "r");
+  while (f && fgets(line, sizeof(line), f))
+    if (strncmp(line, "VmRSS:", 6) == 0)
+      kib = strtol(line + 6, NULL, 10);
+  if (f)
+    fclose(f);
+  return kib;
+}
+
+/* Measured: ~2 MiB (the library's 1 MiB pull buffer, the front's 256 KiB
+ * backlog); under ASan its quarantine keeps freed buffers around (~19 MiB). */
+#ifdef __SANITIZE_ADDRESS__
+#define STALL_GROWTH_KIB (40 * 1024)
+#else
+#define STALL_GROWTH_KIB (16 * 1024)
+#endif
+
+/* A client that stops reading stops netd reading the upstream: netd's
+ * memory does not grow by the body (64 MiB) while the client waits. */
+static void test_gateway_backpressure(void **state) {
+  static char buf[1 << 16];
+  long before, during;
+  size_t got = 0;
+  int fd;
+  (void)state;
+  before = rss_kib(nd_cookies.pid);
+  fd = connect_port(nd_cookies.gateway);
+  assert_true(fd >= 0);
+  {
+    /* POST: the library's HTTP cache buffers GET bodies (up to 32 MiB) until
+     * it knows whether to store them; this test is about the front's own
+     * buffering */
+    static const char req[] = "POST /big HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n"
+                              "Connection: close\r\n\r\n";
+    assert_int_equal(send_all(fd, req, sizeof(req) - 1), 0);
+  }
+  while (got < (1u << 20)) {
+    ssize_t r = recv(fd, buf, sizeof(buf), 0);
+    assert_true(r > 0);
+    got += (size_t)r;
+  }
+  sleep(2); /* the client stalls; everything that can fill up fills up */
+  during = rss_kib(nd_cookies.pid);
+  if (getenv("NST_VERBOSE") || during - before > STALL_GROWTH_KIB)
+    fprintf(stderr, "netd grew from %ld to %ld KiB while its client stalled\n", before, during);
+  assert_true(during - before <= STALL_GROWTH_KIB);
+  for (;;) {
+    ssize_t r = recv(fd, buf, sizeof(buf), 0);
+    if (r <= 0)
+      break;
+    got += (size_t)r;
+  }
+  close(fd);
+  /* head + 64 MiB */
+  assert_true(got > BIG_LEN);
+  assert_true(got < BIG_LEN + 1024);
+}
+
+#define NCONC 64
+
+static void test_gateway_64_concurrent(void **state) {
+  int fds[NCONC], i;
+  (void)state;
+  /* all connections open at once, then all requests, then all answers */
+  for (i = 0; i < NCONC; i++) {
+    fds[i] = connect_port(nd.gateway);
+    assert_true(fds[i] >= 0);
+  }
+  for (i = 0; i < NCONC; i++) {
+    char req[256];
+    int n = snprintf(req, sizeof(req),
+                     "GET /echo?i=%d HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", i);
+    assert_int_equal(send_all(fds[i], req, (size_t)n), 0);
+  }
+  for (i = 0; i < NCONC; i++) {
+    char want[64];
+    resp r;
+    memset(&r, 0, sizeof(r));
+    r.raw = read_all(fds[i], &r.len);
+    close(fds[i]);
+    resp_parse(&r);
+    assert_int_equal(r.status, 200);
+    snprintf(want, sizeof(want), "GET /echo?i=%d HTTP/1.1\r\n", i);
+    assert_non_null(strstr(r.body, want));
+    resp_free(&r);
+  }
+}
+
+static void test_gateway_limits(void **state) {
+  char *req;
+  size_t n;
+  resp r;
+  (void)state;
+  /* a header section over 64 KiB: 431 */
+  req = malloc(80 * 1024);
+  n = (size_t)sprintf(req, "GET /ok HTTP/1.1\r\nHost: x\r\nX-Big: ");
+  memset(req + n, 'a', 70 * 1024);
+  n += 70 * 1024;
+  memcpy(req + n, "\r\n\r\n", 4);
+  n += 4;
+  r = exchange(nd.gateway, req, n);
+  assert_int_equal(r.status, 431);
+  resp_free(&r);
+  free(req);
+  /* a declared body over 64 MiB: 413 before any of it is read */
+  r = exchange_str(nd.gateway,
+                   "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 67108865\r\n\r\n");
+  assert_int_equal(r.status, 413);
+  resp_free(&r);
+  /* garbage: 400 */
+  r = exchange_str(nd.gateway, "NOT HTTP AT ALL\r\n\r\n");
+  assert_int_equal(r.status, 400);
+  resp_free(&r);
+  /* the gateway takes origin-form targets only */
+  r = exchange_str(nd.gateway, "GET http://elsewhere.test/ HTTP/1.1\r\nHost: x\r\n"
+                               "Connection: close\r\n\r\n");
+  assert_int_equal(r.status, 400);
+  resp_free(&r);
+}
+
+static void test_gateway_cache(void **state) {
+  resp r1, r2;
+  static const char req[] = "GET /cache/max-age/600/gw HTTP/1.1\r\nHost: x\r\n"
+                            "Connection: close\r\n\r\n";
+  (void)state;
+  r1 = exchange_str(nd.gateway, req);
+  assert_int_equal(r1.status, 200);
+  assert_string_equal(header(&r1, "X-Netstash-Source"), "network");
+  r2 = exchange_str(nd.gateway, req);
+  assert_int_equal(r2.status, 200);
+  assert_string_equal(header(&r2, "X-Netstash-Source"), "cache");
+  /* the same body: the upstream's counter did not move */
+  assert_int_equal(r1.body_len, r2.body_len);
+  assert_memory_equal(r1.body, r2.body, r1.body_len);
+  resp_free(&r1);
+  resp_free(&r2);
+}
+
+/* ------------------------------------------------------------ proxy */
+
+static void test_proxy_get_and_cache(void **state) {
+  char req[512];
+  resp r1, r2;
+  (void)state;
+  snprintf(req, sizeof(req),
+           "GET http://127.0.0.1:%d/cache/max-age/600/proxy HTTP/1.1\r\n"
+           "Host: 127.0.0.1:%d\r\nProxy-Connection: keep-alive\r\nConnection: close\r\n\r\n",
+           raw.port, raw.port);
+  r1 = exchange_str(nd.proxy, req);
+  assert_int_equal(r1.status, 200);
+  assert_string_equal(header(&r1, "X-Netstash-Source"), "network");
+  assert_string_equal(header(&r1, "Cache-Control"), "max-age=600");
+  r2 = exchange_str(nd.proxy, req);
+  assert_int_equal(r2.status, 200);
+  assert_string_equal(header(&r2, "X-Netstash-Source"), "cache");
+  assert_int_equal(r1.body_len, r2.body_len);
+  assert_memory_equal(r1.body, r2.body, r1.body_len);
+  resp_free(&r1);
+  resp_free(&r2);
+
+  /* what the origin sees through the proxy: origin-form, no Proxy-* */
+  snprintf(req, sizeof(req),
+           "GET http://127.0.0.1:%d/echo?q=1 HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n"
+           "Proxy-Authorization: Basic Zm9vOmJhcg==\r\nSec-Fetch-Dest: document\r\n"
+           "Connection: close\r\n\r\n",
+           raw.port, raw.port);
+  r1 = exchange_str(nd.proxy, req);
+  assert_int_equal(r1.status, 200);
+  assert_non_null(strstr(r1.body, "GET /echo?q=1 HTTP/1.1\r\n"));
+  assert_null(strstr(r1.body, "Proxy-"));
+  assert_non_null(strstr(r1.body, "Sec-Fetch-Dest: document\r\n"));
+  resp_free(&r1);
+}
+
+static void test_proxy_refusals(void **state) {
+  char req[512];
+  resp r;
+  (void)state;
+  /* https URLs come through CONNECT */
+  r = exchange_str(nd.proxy, "GET https://127.0.0.1/ HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                             "Connection: close\r\n\r\n");
+  assert_int_equal(r.status, 400);
+  assert_non_null(strstr(r.body, "CONNECT"));
+  resp_free(&r);
+  /* origin-form at a proxy */
+  r = exchange_str(nd.proxy, "GET /ok HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+  assert_int_equal(r.status, 400);
+  resp_free(&r);
+  /* a library error is a 502 that names it */
+  snprintf(req, sizeof(req),
+           "GET http://127.0.0.1:%d/ HTTP/1.1\r\nHost: x\r\n"
+           "Connection: close\r\n\r\n",
+           nst_closed_port());
+  r = exchange_str(nd.proxy, req);
+  assert_int_equal(r.status, 502);
+  assert_string_equal(header(&r, "X-Netstash-Error"), "NETSTASH_E_CONNECT_REFUSED");
+  assert_non_null(strstr(r.body, "NETSTASH_E_CONNECT_REFUSED"));
+  resp_free(&r);
+  /* CONNECT to a closed port */
+  snprintf(req, sizeof(req), "CONNECT 127.0.0.1:%d HTTP/1.1\r\nHost: x\r\n\r\n", nst_closed_port());
+  r = exchange_str(nd.proxy, req);
+  assert_int_equal(r.status, 502);
+  assert_string_equal(header(&r, "X-Netstash-Error"), "NETSTASH_E_CONNECT_REFUSED");
+  resp_free(&r);
+}
+
+static char *run_capture(const char *cmd, int *status) {
+  FILE *p = popen(cmd, "r");
+  size_t cap = 1 << 16, len = 0, n;
+  char *b = malloc(cap);
+  assert_non_null(p);
+  while ((n = fread(b + len, 1, cap - len - 1, p)) > 0) {
+    len += n;
+    if (len + 1 >= cap)
+      b = realloc(b, cap *= 2);
+  }
+  b[len] = 0;
+  *status = pclose(p);
+  return b;
+}
+
+static void test_proxy_connect_tunnel(void **state) {
+  char cmd[2048];
+  char *out;
+  int st;
+  (void)state;
+  /* two requests over one tunnel (curl reuses the proxied connection) */
+  snprintf(cmd, sizeof(cmd),
+           "curl -sS --max-time 20 --proxy http://127.0.0.1:%d --cacert %s "
+           "https://127.0.0.1:%d/hello.txt -o /dev/null https://127.0.0.1:%d/r/7.bin -o /dev/null "
+           "-w '%%{http_code} %%{size_download}\\n' 2>&1",
+           nd.proxy, nst_cert("ca.pem"), caddy.port, caddy.port);
+  out = run_capture(cmd, &st);
+  if (st != 0 || strcmp(out, "200 16\n200 20000\n") != 0)
+    fprintf(stderr, "curl through the tunnel: status %d, output:\n%s", st, out);
+  assert_int_equal(st, 0);
+  assert_string_equal(out, "200 16\n200 20000\n");
+  free(out);
+
+  snprintf(cmd, sizeof(cmd),
+           "curl -sS --max-time 20 --proxy http://127.0.0.1:%d --cacert %s "
+           "https://127.0.0.1:%d/hello.txt 2>&1",
+           nd.proxy, nst_cert("ca.pem"), caddy.port);
+  out = run_capture(cmd, &st);
+  assert_int_equal(st, 0);
+  assert_string_equal(out, "hello, netstash\n");
+  free(out);
+
+  /* a 4 MiB body, both ways intact */
+  snprintf(cmd, sizeof(cmd),
+           "curl -sS --max-time 30 --proxy http://127.0.0.1:%d --cacert %s "
+           "https://127.0.0.1:%d/big.bin | cmp - %s/big.bin && echo same",
+           nd.proxy, nst_cert("ca.pem"), caddy.port, nst_site());
+  out = run_capture(cmd, &st);
+  assert_int_equal(st, 0);
+  assert_string_equal(out, "same\n");
+  free(out);
+}
+
+static void test_remote_bind_refused(void **state) {
+  char log[600], profile[512], addr[64];
+  const char *args[8];
+  netd_proc p;
+  int st;
+  (void)state;
+  snprintf(profile, sizeof(profile), "%s", nst_path("netd-remote"));
+  snprintf(log, sizeof(log), "%s.log", profile);
+  snprintf(addr, sizeof(addr), "0.0.0.0:%d", free_port());
+  args[0] = "--profile";
+  args[1] = profile;
+  args[2] = "--proxy";
+  args[3] = addr;
+  args[4] = NULL;
+  memset(&p, 0, sizeof(p));
+  p.pid = spawn_netd(args, log);
+  assert_true(p.pid > 0);
+  assert_int_equal(waitpid(p.pid, &st, 0), p.pid);
+  assert_true(WIFEXITED(st));
+  assert_int_not_equal(WEXITSTATUS(st), 0);
+  {
+    FILE *f = fopen(log, "r");
+    char text[4096];
+    size_t n = f ? fread(text, 1, sizeof(text) - 1, f) : 0;
+    text[n] = 0;
+    if (f)
+      fclose(f);
+    if (!strstr(text, "loopback"))
+      fprintf(stderr, "netd said: %s\n", text);
+    assert_non_null(strstr(text, "loopback"));
+  }
+}
+
+/* ------------------------------------------------------------ metrics */
+
+/* The value of a sample line "NAME VALUE" in a scrape (NAME with labels). */
+static double sample(const char *text, const char *name) {
+  size_t nl = strlen(name);
+  const char *p = text;
+  while ((p = strstr(p, name)) != NULL) {
+    if ((p == text || p[-1] == '\n') && p[nl] == ' ')
+      return strtod(p + nl + 1, NULL);
+    p += nl;
+  }
+  fail_msg("metric %s missing", name);
+  return -1;
+}
+
+static resp scrape(void) {
+  return exchange_str(nd.metrics, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+}
+
+static void test_metrics(void **state) {
+  static const char *const families[] = {"# TYPE netd_requests_total counter",
+                                         "# TYPE netd_response_bytes_total counter",
+                                         "# TYPE netd_hit_ratio gauge",
+                                         "# TYPE netd_ipc_connections_total counter",
+                                         "# TYPE netd_ipc_connections_open gauge",
+                                         "# TYPE netd_front_connections_total counter",
+                                         "# TYPE netd_warm_runs_total counter",
+                                         "# TYPE netd_request_head_seconds histogram",
+                                         "# TYPE netstash_fetches_started_total counter",
+                                         "# TYPE netstash_connections_opened_total counter",
+                                         "# HELP netd_requests_total "};
+  resp m1, m2, r;
+  double net1, bytes1, conns1, count1, cache1;
+  (void)state;
+  m1 = scrape();
+  assert_int_equal(m1.status, 200);
+  assert_string_equal(header(&m1, "Content-Type"), "text/plain; version=0.0.4; charset=utf-8");
+  for (size_t i = 0; i < sizeof(families) / sizeof(families[0]); i++)
+    if (!strstr(m1.body, families[i]))
+      fail_msg("scrape lacks \"%s\":\n%s", families[i], m1.body);
+  assert_non_null(strstr(m1.body, "netd_request_head_seconds_bucket{le=\"+Inf\"} "));
+  assert_non_null(strstr(m1.body, "netd_warm_runs_total{result=\"deferred\"} "));
+  net1 = sample(m1.body, "netd_requests_total{source=\"network\"}");
+  cache1 = sample(m1.body, "netd_requests_total{source=\"cache\"}");
+  bytes1 = sample(m1.body, "netd_response_bytes_total");
+  conns1 = sample(m1.body, "netd_front_connections_total");
+  count1 = sample(m1.body, "netd_request_head_seconds_count");
+
+  /* one network answer (5 body bytes), one cache answer */
+  r = exchange_str(nd.gateway, "GET /status/200 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+  assert_int_equal(r.status, 200);
+  resp_free(&r);
+  r = exchange_str(nd.gateway,
+                   "GET /cache/max-age/600/m HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+  resp_free(&r);
+  r = exchange_str(nd.gateway,
+                   "GET /cache/max-age/600/m HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+  assert_string_equal(header(&r, "X-Netstash-Source"), "cache");
+  resp_free(&r);
+
+  m2 = scrape();
+  assert_int_equal(m2.status, 200);
+  assert_true(sample(m2.body, "netd_requests_total{source=\"network\"}") >= net1 + 2);
+  assert_true(sample(m2.body, "netd_requests_total{source=\"cache\"}") >= cache1 + 1);
+  assert_true(sample(m2.body, "netd_response_bytes_total") >= bytes1 + 11);
+  assert_true(sample(m2.body, "netd_front_connections_total") >= conns1 + 4);
+  assert_true(sample(m2.body, "netd_request_head_seconds_count") >= count1 + 3);
+  assert_true(sample(m2.body, "netd_hit_ratio") > 0.0);
+  assert_true(sample(m2.body, "netstash_fetches_started_total") >= 1);
+  resp_free(&m1);
+  resp_free(&m2);
+
+  r = exchange_str(nd.metrics, "GET /other HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+  assert_int_equal(r.status, 404);
+  resp_free(&r);
+}
+
+/* ------------------------------------------------------------ setup */
+
+static int setup(void **state) {
+  char upstream[128];
+  (void)state;
+  signal(SIGPIPE, SIG_IGN);
+  if (find_netd() != 0)
+    return -1;
+  if (!nst_certs() || !nst_site() || nst_rawserver_start(&raw) != 0 ||
+      nst_caddy_start("h2", &caddy) != 0 || start_cookie_server() != 0)
+    return -1;
+  snprintf(upstream, sizeof(upstream), "http://127.0.0.1:%d", raw.port);
+  if (start_netd(&nd, "netd-main", upstream, 1, 1) != 0)
+    return -1;
+  snprintf(upstream, sizeof(upstream), "http://127.0.0.1:%d/", cookie_port);
+  if (start_netd(&nd_cookies, "netd-cookies", upstream, 0, 0) != 0)
+    return -1;
+  return 0;
+}
+
+static int teardown(void **state) {
+  int a, b;
+  (void)state;
+  /* a graceful stop closes fronts and connections, and exits 0 */
+  a = stop_netd(&nd);
+  b = stop_netd(&nd_cookies);
+  if (cookie_lfd >= 0) {
+    shutdown(cookie_lfd, SHUT_RDWR);
+    close(cookie_lfd);
+    pthread_join(cookie_thread, NULL);
+  }
+  nst_stop(&caddy);
+  nst_stop(&raw);
+  if (a != 0 || b != 0) {
+    fprintf(stderr, "netd_front_test: netd exited with %d / %d on SIGTERM\n", a, b);
+    return -1;
+  }
+  return 0;
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_gateway_echo),
+      cmocka_unit_test(test_gateway_status_and_redirect),
+      cmocka_unit_test(test_gateway_keepalive_pipelined),
+      cmocka_unit_test(test_gateway_set_cookies),
+      cmocka_unit_test(test_gateway_64_concurrent),
+      cmocka_unit_test(test_gateway_backpressure),
+      cmocka_unit_test(test_gateway_limits),
+      cmocka_unit_test(test_gateway_cache),
+      cmocka_unit_test(test_proxy_get_and_cache),
+      cmocka_unit_test(test_proxy_refusals),
+      cmocka_unit_test(test_proxy_connect_tunnel),
+      cmocka_unit_test(test_remote_bind_refused),
+      cmocka_unit_test(test_metrics),
+  };
+  return cmocka_run_group_tests(tests, setup, teardown);
+}

@@ -1,0 +1,571 @@
+/*
+ * netd_test — the daemon through its unix socket: the library in remote mode
+ * (one header, two backends), several client processes, restart under load,
+ * the profile lock, socket permissions, control requests, a hostile client.
+ * netd runs as a child process ($NST_BUILDDIR/netd/netd).
+ */
+#define _GNU_SOURCE 1
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <netstash/netstash.h>
+
+#include "harness.h"
+
+static nst_server caddy;
+static char netd_bin[1024];
+
+static uint64_t now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static char *url_of(const char *path) {
+  static char bufs[8][512];
+  static int i;
+  char *b = bufs[i++ % 8];
+  snprintf(b, sizeof(bufs[0]), "https://127.0.0.1:%d%s", caddy.port, path);
+  return b;
+}
+
+typedef struct daemon_proc {
+  pid_t pid;
+  char profile[512], sock[600], log[600];
+} daemon_proc;
+
+static int sock_ready(const char *path) {
+  struct sockaddr_un a;
+  int fd = socket(AF_UNIX, SOCK_STREAM, 0), ok;
+  memset(&a, 0, sizeof(a));
+  a.sun_family = AF_UNIX;
+  snprintf(a.sun_path, sizeof(a.sun_path), "%.100s", path);
+  ok = connect(fd, (struct sockaddr *)&a, sizeof(a)) == 0;
+  close(fd);
+  return ok;
+}
+
+/* Starts netd on profile (created) with extra args; waits for its socket. */
+static void netd_start(daemon_proc *dp, const char *name, const char *extra) {
+  char cmd[4096];
+  if (!dp->profile[0]) {
+    snprintf(dp->profile, sizeof(dp->profile), "%s", nst_path(name));
+    snprintf(dp->sock, sizeof(dp->sock), "%s/netd.sock", dp->profile);
+    snprintf(dp->log, sizeof(dp->log), "%s.log", dp->profile);
+  }
+  snprintf(cmd, sizeof(cmd), "exec %s --profile %s --cacert %s %s >>%s 2>&1", netd_bin,
+           dp->profile, nst_cert("ca.pem"), extra ? extra : "", dp->log);
+  dp->pid = fork();
+  assert_true(dp->pid >= 0);
+  if (dp->pid == 0) {
+    execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+    _exit(127);
+  }
+  for (int i = 0; i < 200; i++) {
+    if (sock_ready(dp->sock))
+      return;
+    usleep(25 * 1000);
+  }
+  fail_msg("netd did not come up (log %s)", dp->log);
+}
+
+/* SIGTERM and reap; returns the exit status. */
+static int netd_stop(daemon_proc *dp) {
+  int st = 0;
+  if (dp->pid <= 0)
+    return -1;
+  kill(dp->pid, SIGTERM);
+  waitpid(dp->pid, &st, 0);
+  dp->pid = -1;
+  return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+static netstash_ctx *remote_ctx(const char *sock) {
+  netstash_options *o;
+  netstash_ctx *ctx = NULL;
+  char detail[256];
+  assert_int_equal(netstash_options_new(&o), NETSTASH_OK);
+  assert_int_equal(netstash_options_set_remote(o, sock), NETSTASH_OK);
+  assert_int_equal(netstash_ctx_new(&ctx, o, detail, sizeof(detail)), NETSTASH_OK);
+  netstash_options_del(o);
+  return ctx;
+}
+
+static netstash_error get(netstash_ctx *ctx, const char *url, netstash_fetch **out) {
+  netstash_request *req;
+  netstash_error rv;
+  assert_int_equal(netstash_request_new(&req, url), NETSTASH_OK);
+  assert_int_equal(netstash_request_set_collect_body(req, 16u << 20), NETSTASH_OK);
+  rv = netstash_fetch_sync(ctx, req, out);
+  if (rv != NETSTASH_OK && getenv("NETD_TEST_VERBOSE"))
+    fprintf(stderr, "%s: %s (%s)\n", url, netstash_error_name(rv),
+            netstash_fetch_error_detail(*out));
+  netstash_request_del(req);
+  return rv;
+}
+
+static int body_matches(netstash_fetch *f, const char *site_file) {
+  char path[1024];
+  const uint8_t *body;
+  size_t len;
+  FILE *fp;
+  long n;
+  int ok;
+  unsigned char *want;
+  snprintf(path, sizeof(path), "%s/%s", nst_site(), site_file);
+  if (!(fp = fopen(path, "rb")))
+    return 0;
+  fseek(fp, 0, SEEK_END);
+  n = ftell(fp);
+  fseek(fp, 0, SEEK_SET);
+  want = malloc((size_t)n + 1);
+  ok = fread(want, 1, (size_t)n, fp) == (size_t)n && netstash_fetch_body(f, &body, &len) == NETSTASH_OK &&
+       len == (size_t)n && memcmp(body, want, len) == 0;
+  free(want);
+  fclose(fp);
+  return ok;
+}
+
+static char *run_capture(const char *cmd, int *status) {
+  FILE *p = popen(cmd, "r");
+  char *out = calloc(1, 1 << 20);
+  size_t n = 0;
+  int st;
+  assert_non_null(p);
+  while (n < (1u << 20) - 1) {
+    size_t r = fread(out + n, 1, (1u << 20) - 1 - n, p);
+    if (r == 0)
+      break;
+    n += r;
+  }
+  st = pclose(p);
+  if (status)
+    *status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  return out;
+}
+
+/* ------------------------------------------------------------------ cases */
+
+/* The library in remote mode: same API, answers from netd's profile. */
+static void test_remote_mode_basic(void **state) {
+  daemon_proc dp = {0};
+  netstash_ctx *ctx;
+  netstash_fetch *f;
+  (void)state;
+  netd_start(&dp, "netd-basic", NULL);
+  ctx = remote_ctx(dp.sock);
+  assert_int_equal(get(ctx, url_of("/hello.txt"), &f), NETSTASH_OK);
+  assert_int_equal(netstash_fetch_status(f), 200);
+  assert_true(body_matches(f, "hello.txt"));
+  assert_int_equal(netstash_fetch_source(f), NETSTASH_SOURCE_NETWORK);
+  assert_null(netstash_fetch_header(f, "x-netstash-source"));
+  netstash_fetch_del(f);
+  /* compressed on the wire, decoded by netd once */
+  assert_int_equal(get(ctx, url_of("/text.txt"), &f), NETSTASH_OK);
+  assert_true(body_matches(f, "text.txt"));
+  assert_null(netstash_fetch_header(f, "content-encoding"));
+  netstash_fetch_del(f);
+  /* the second time from netd's HTTP cache */
+  assert_int_equal(get(ctx, url_of("/r/5.bin"), &f), NETSTASH_OK);
+  netstash_fetch_del(f);
+  assert_int_equal(get(ctx, url_of("/r/5.bin"), &f), NETSTASH_OK);
+  assert_true(body_matches(f, "r/5.bin"));
+  if (netstash_fetch_source(f) == NETSTASH_SOURCE_NETWORK)
+    fail_msg("second fetch from the network (%s)", netstash_fetch_cache_reason(f));
+  netstash_fetch_del(f);
+  /* errors keep their code across the socket */
+  {
+    char u[128];
+    snprintf(u, sizeof(u), "https://127.0.0.1:%d/", nst_closed_port());
+    assert_int_equal(get(ctx, u, &f), NETSTASH_E_CONNECT_REFUSED);
+    assert_non_null(strstr(netstash_fetch_error_detail(f), "NETSTASH_E_CONNECT_REFUSED"));
+    netstash_fetch_del(f);
+  }
+  netstash_ctx_del(ctx);
+  assert_int_equal(netd_stop(&dp), 0);
+  /* stopped cleanly: the socket is gone */
+  assert_int_equal(access(dp.sock, F_OK), -1);
+}
+
+/* Several client processes at once through the socket. */
+static void test_many_processes(void **state) {
+  enum { PROCS = 4, EACH = 40 };
+  daemon_proc dp = {0};
+  pid_t kids[PROCS];
+  (void)state;
+  netd_start(&dp, "netd-procs", NULL);
+  for (int p = 0; p < PROCS; p++) {
+    kids[p] = fork();
+    assert_true(kids[p] >= 0);
+    if (kids[p] == 0) {
+      netstash_options *o;
+      netstash_ctx *ctx = NULL;
+      int bad = 0;
+      netstash_options_new(&o);
+      netstash_options_set_remote(o, dp.sock);
+      if (netstash_ctx_new(&ctx, o, NULL, 0) != NETSTASH_OK)
+        _exit(2);
+      netstash_options_del(o);
+      for (int i = 0; i < EACH; i++) {
+        char path[64];
+        netstash_fetch *f = NULL;
+        snprintf(path, sizeof(path), "r/%d.bin", (p * EACH + i) % 200);
+        char u[128];
+        snprintf(u, sizeof(u), "/%s", path);
+        if (get(ctx, url_of(u), &f) != NETSTASH_OK || !body_matches(f, path))
+          bad++;
+        netstash_fetch_del(f);
+      }
+      netstash_ctx_del(ctx);
+      _exit(bad ? 1 : 0);
+    }
+  }
+  for (int p = 0; p < PROCS; p++) {
+    int st;
+    waitpid(kids[p], &st, 0);
+    assert_true(WIFEXITED(st));
+    assert_int_equal(WEXITSTATUS(st), 0);
+  }
+  assert_int_equal(netd_stop(&dp), 0);
+}
+
+typedef struct load_state {
+  const char *sock;
+  atomic_int stop, ok, failed, wrong;
+} load_state;
+
+static void *load_loop(void *p) {
+  load_state *ls = p;
+  netstash_ctx *ctx = remote_ctx(ls->sock);
+  int i = 0;
+  while (!atomic_load(&ls->stop)) {
+    char path[64], u[80];
+    netstash_fetch *f = NULL;
+    snprintf(path, sizeof(path), "r/%d.bin", i++ % 200);
+    snprintf(u, sizeof(u), "/%s", path);
+    if (get(ctx, url_of(u), &f) == NETSTASH_OK) {
+      if (body_matches(f, path))
+        atomic_fetch_add(&ls->ok, 1);
+      else
+        atomic_fetch_add(&ls->wrong, 1);
+    } else {
+      atomic_fetch_add(&ls->failed, 1);
+      usleep(10 * 1000);
+    }
+    netstash_fetch_del(f);
+  }
+  netstash_ctx_del(ctx);
+  return NULL;
+}
+
+/* netd restarts under load: clients recover, nothing is answered wrongly. */
+static void test_restart_under_load(void **state) {
+  daemon_proc dp = {0};
+  load_state ls;
+  pthread_t th[2];
+  int ok_before;
+  (void)state;
+  memset(&ls, 0, sizeof(ls));
+  netd_start(&dp, "netd-restart", NULL);
+  ls.sock = dp.sock;
+  for (int i = 0; i < 2; i++)
+    pthread_create(&th[i], NULL, load_loop, &ls);
+  usleep(500 * 1000);
+  assert_int_equal(netd_stop(&dp), 0);
+  usleep(200 * 1000);
+  netd_start(&dp, "netd-restart", NULL);
+  ok_before = atomic_load(&ls.ok);
+  usleep(800 * 1000);
+  atomic_store(&ls.stop, 1);
+  for (int i = 0; i < 2; i++)
+    pthread_join(th[i], NULL);
+  assert_int_equal(atomic_load(&ls.wrong), 0);
+  if (atomic_load(&ls.ok) <= ok_before)
+    fail_msg("no request succeeded after the restart (%d ok, %d failed)", atomic_load(&ls.ok),
+             atomic_load(&ls.failed));
+  assert_int_equal(netd_stop(&dp), 0);
+}
+
+/* One netd per profile; --check-config. */
+static void test_lock_and_config(void **state) {
+  daemon_proc dp = {0};
+  char cmd[2048], *out;
+  int st;
+  FILE *fp;
+  (void)state;
+  netd_start(&dp, "netd-lock", NULL);
+  snprintf(cmd, sizeof(cmd), "%s --profile %s 2>&1", netd_bin, dp.profile);
+  out = run_capture(cmd, &st);
+  assert_int_equal(st, 4);
+  assert_non_null(strstr(out, "another netd"));
+  free(out);
+  assert_int_equal(netd_stop(&dp), 0);
+
+  snprintf(cmd, sizeof(cmd), "%s/good.json", dp.profile);
+  fp = fopen(cmd, "w");
+  fprintf(fp, "{\"profile\": \"%s\", \"proxy\": \"127.0.0.1:18080\", \"log\": {\"level\": \"debug\"},"
+              " \"warm\": [{\"manifest\": \"https://example.test/m.json\", \"interval_s\": 600}]}",
+          dp.profile);
+  fclose(fp);
+  snprintf(cmd, sizeof(cmd), "%s --config %s/good.json --check-config 2>&1", netd_bin, dp.profile);
+  out = run_capture(cmd, &st);
+  assert_int_equal(st, 0);
+  assert_non_null(strstr(out, "configuration OK"));
+  free(out);
+  snprintf(cmd, sizeof(cmd), "%s/bad.json", dp.profile);
+  fp = fopen(cmd, "w");
+  fprintf(fp, "{\"profile\": \"/tmp/x\", \"proxy\": \"10.1.2.3:8080\"}");
+  fclose(fp);
+  snprintf(cmd, sizeof(cmd), "%s --config %s/bad.json --check-config 2>&1", netd_bin, dp.profile);
+  out = run_capture(cmd, &st);
+  assert_int_equal(st, 3);
+  assert_non_null(strstr(out, "not a loopback address"));
+  free(out);
+  snprintf(cmd, sizeof(cmd), "%s/typo.json", dp.profile);
+  fp = fopen(cmd, "w");
+  fprintf(fp, "{\"profile\": \"/tmp/x\", \"sockett\": \"/tmp/s\"}");
+  fclose(fp);
+  snprintf(cmd, sizeof(cmd), "%s --config %s/typo.json --check-config 2>&1", netd_bin, dp.profile);
+  out = run_capture(cmd, &st);
+  assert_int_equal(st, 3);
+  assert_non_null(strstr(out, "unknown key \"sockett\""));
+  free(out);
+}
+
+/* The socket is 0660 and other users cannot connect. */
+static void test_socket_permissions(void **state) {
+  daemon_proc dp = {0};
+  struct stat sb;
+  pid_t kid;
+  int st;
+  (void)state;
+  netd_start(&dp, "netd-perm", NULL);
+  assert_int_equal(stat(dp.sock, &sb), 0);
+  assert_int_equal(sb.st_mode & 0777, 0660);
+  if (getuid() == 0) {
+    kid = fork();
+    if (kid == 0) {
+      struct sockaddr_un a;
+      int fd;
+      if (setgid(65534) != 0 || setuid(65534) != 0)
+        _exit(3);
+      fd = socket(AF_UNIX, SOCK_STREAM, 0);
+      memset(&a, 0, sizeof(a));
+      a.sun_family = AF_UNIX;
+      snprintf(a.sun_path, sizeof(a.sun_path), "%.100s", dp.sock);
+      _exit(connect(fd, (struct sockaddr *)&a, sizeof(a)) == 0 ? 1 : (errno == EACCES ? 0 : 2));
+    }
+    waitpid(kid, &st, 0);
+    assert_int_equal(WEXITSTATUS(st), 0);
+  }
+  assert_int_equal(netd_stop(&dp), 0);
+}
+
+/* Control requests (curl over the socket, HTTP/2 prior knowledge) and a
+ * client that sends garbage frames: dropped, netd unharmed. */
+static void test_control_and_hostile_client(void **state) {
+  daemon_proc dp = {0};
+  char cmd[2048], *out;
+  int st;
+  netstash_ctx *ctx;
+  netstash_fetch *f;
+  (void)state;
+  netd_start(&dp, "netd-ctl", NULL);
+  ctx = remote_ctx(dp.sock);
+  assert_int_equal(get(ctx, url_of("/hello.txt"), &f), NETSTASH_OK);
+  netstash_fetch_del(f);
+  snprintf(cmd, sizeof(cmd), "curl -s --http2-prior-knowledge --unix-socket %s http://netd/status",
+           dp.sock);
+  out = run_capture(cmd, &st);
+  assert_int_equal(st, 0);
+  assert_non_null(strstr(out, "\"network\":"));
+  assert_non_null(strstr(out, "\"uptime_s\""));
+  free(out);
+  snprintf(cmd, sizeof(cmd), "curl -s --http2-prior-knowledge --unix-socket %s http://netd/metrics",
+           dp.sock);
+  out = run_capture(cmd, &st);
+  assert_int_equal(st, 0);
+  assert_non_null(strstr(out, "netd_requests_total"));
+  free(out);
+  snprintf(cmd, sizeof(cmd),
+           "curl -s -X POST --http2-prior-knowledge --unix-socket %s "
+           "'http://netd/signals?metered=1&foreground=0'",
+           dp.sock);
+  out = run_capture(cmd, &st);
+  assert_non_null(strstr(out, "\"metered\":true"));
+  free(out);
+
+  /* garbage instead of the HTTP/2 preface */
+  {
+    struct sockaddr_un a;
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    char junk[4096], back[256];
+    memset(&a, 0, sizeof(a));
+    a.sun_family = AF_UNIX;
+    snprintf(a.sun_path, sizeof(a.sun_path), "%.100s", dp.sock);
+    assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+    memset(junk, 0xff, sizeof(junk));
+    (void)!write(fd, "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 24);
+    (void)!write(fd, junk, sizeof(junk));
+    /* netd answers GOAWAY and closes */
+    while (read(fd, back, sizeof(back)) > 0)
+      ;
+    close(fd);
+  }
+  assert_int_equal(get(ctx, url_of("/hello.txt"), &f), NETSTASH_OK);
+  assert_true(body_matches(f, "hello.txt"));
+  netstash_fetch_del(f);
+  netstash_ctx_del(ctx);
+  assert_int_equal(netd_stop(&dp), 0);
+}
+
+static long json_num(const char *js, const char *key) {
+  char k[64];
+  const char *p;
+  snprintf(k, sizeof(k), "\"%s\":", key);
+  p = strstr(js, k);
+  return p ? strtol(p + strlen(k), NULL, 10) : -1;
+}
+
+static char *ctl(const daemon_proc *dp, const char *method, const char *path) {
+  char cmd[1024];
+  snprintf(cmd, sizeof(cmd),
+           "curl -s -m 10 -X %s --http2-prior-knowledge --unix-socket %s http://netd%s", method,
+           dp->sock, path);
+  return run_capture(cmd, NULL);
+}
+
+/* SIGTERM while netd warms a manifest in the background: it stops cleanly,
+ * and after a restart the warm completes without fetching again what was
+ * verified before. */
+static void test_sigterm_during_warm(void **state) {
+  enum { FILES = 48, SIZE = 1 << 20 };
+  daemon_proc dp = {0};
+  char dir[1024], cmd[4096], base[256], conf[1100], key[1100];
+  const char *cli = getenv("NST_BUILDDIR");
+  char *out;
+  unsigned char *buf = malloc(SIZE);
+  long done_before = -1, last_bytes;
+  FILE *fp;
+  (void)state;
+  snprintf(dir, sizeof(dir), "%s/nwarm/www", nst_site());
+  snprintf(cmd, sizeof(cmd), "mkdir -p %s", dir);
+  assert_int_equal(system(cmd), 0);
+  for (int i = 0; i < FILES; i++) {
+    char path[1200];
+    for (int k = 0; k < SIZE; k++)
+      buf[k] = (unsigned char)((k * 131 + i * 7919) >> 3);
+    snprintf(path, sizeof(path), "%s/f%02d.bin", dir, i);
+    fp = fopen(path, "wb");
+    assert_int_equal(fwrite(buf, 1, SIZE, fp), SIZE);
+    fclose(fp);
+  }
+  free(buf);
+  snprintf(base, sizeof(base), "https://127.0.0.1:%d/nwarm/", caddy.port);
+  snprintf(key, sizeof(key), "%s/nwarm/k", nst_site());
+  snprintf(cmd, sizeof(cmd),
+           "%s/tools/netstash manifest make %s --base %swww/ --id nwarm --version 1 --entry f00.bin -o %s/nwarm/m.json "
+           ">/dev/null && %s/tools/netstash manifest keygen %s >/dev/null && "
+           "%s/tools/netstash manifest sign %s/nwarm/m.json --key %s >/dev/null",
+           cli, dir, base, nst_site(), cli, key, cli, nst_site(), key);
+  assert_int_equal(system(cmd), 0);
+  snprintf(conf, sizeof(conf), "%s/nwarm.json", nst_workdir());
+  fp = fopen(conf, "w");
+  fprintf(fp, "{\"trusted_keys\": [\"%s.pub\"], \"warm\": [{\"manifest\": \"%sm.json\", "
+              "\"interval_s\": 3600}]}",
+          key, base);
+  fclose(fp);
+  snprintf(cmd, sizeof(cmd), "--config %s", conf);
+  netd_start(&dp, "netd-warm", cmd);
+  free(ctl(&dp, "POST", "/warm"));
+  for (int i = 0; i < 2000 && done_before <= 0; i++) {
+    out = ctl(&dp, "GET", "/status");
+    done_before = json_num(out, "bytes_done");
+    free(out);
+    if (done_before <= 0)
+      usleep(5 * 1000);
+  }
+  assert_true(done_before > 0);
+  assert_int_equal(netd_stop(&dp), 0); /* mid-warm */
+  netd_start(&dp, "netd-warm", cmd);
+  out = ctl(&dp, "GET", "/status");
+  if (strstr(out, "\"state\":\"idle\"") && strstr(out, "NETSTASH_OK"))
+    fail_msg("the first warm finished before SIGTERM; the test needs a slower warm");
+  free(out);
+  free(ctl(&dp, "POST", "/warm"));
+  out = NULL;
+  for (int i = 0; i < 3000; i++) {
+    free(out);
+    out = ctl(&dp, "GET", "/status");
+    if (strstr(out, "\"last_result\":\"NETSTASH_OK\""))
+      break;
+    usleep(10 * 1000);
+  }
+  assert_non_null(strstr(out, "\"last_result\":\"NETSTASH_OK\""));
+  last_bytes = json_num(out, "last_bytes");
+  free(out);
+  /* what was verified before SIGTERM was not fetched again */
+  if (last_bytes < 0 || last_bytes >= (long)FILES * SIZE)
+    fail_msg("second warm fetched %ld bytes of %ld", last_bytes, (long)FILES * SIZE);
+  {
+    netstash_ctx *ctx = remote_ctx(dp.sock);
+    netstash_fetch *f;
+    char u[300];
+    snprintf(u, sizeof(u), "%swww/f07.bin", base);
+    assert_int_equal(get(ctx, u, &f), NETSTASH_OK);
+    assert_int_equal(netstash_fetch_source(f), NETSTASH_SOURCE_PRELOAD);
+    netstash_fetch_del(f);
+    netstash_ctx_del(ctx);
+  }
+  assert_int_equal(netd_stop(&dp), 0);
+}
+
+static int setup(void **state) {
+  const char *b = getenv("NST_BUILDDIR");
+  (void)state;
+  snprintf(netd_bin, sizeof(netd_bin), "%s/netd/netd", b ? b : ".");
+  if (access(netd_bin, X_OK) != 0) {
+    fprintf(stderr, "netd_test: %s missing (set NST_BUILDDIR)\n", netd_bin);
+    return -1;
+  }
+  if (!nst_certs() || !nst_site() || nst_caddy_start("h2", &caddy) != 0)
+    return -1;
+  (void)now_ms;
+  return 0;
+}
+
+static int teardown(void **state) {
+  (void)state;
+  nst_cleanup();
+  return 0;
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_remote_mode_basic),
+      cmocka_unit_test(test_many_processes),
+      cmocka_unit_test(test_restart_under_load),
+      cmocka_unit_test(test_lock_and_config),
+      cmocka_unit_test(test_socket_permissions),
+      cmocka_unit_test(test_control_and_hostile_client),
+      cmocka_unit_test(test_sigterm_during_warm),
+  };
+  return cmocka_run_group_tests(tests, setup, teardown);
+}
