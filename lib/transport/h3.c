@@ -46,7 +46,11 @@
 
 #define MOD "h3"
 
-#define RX_BATCH 64          /* datagrams read per poll event */
+
+
+#define RX_MSGS 32           /* datagrams per recvmmsg */
+#define RX_ROUNDS 4          /* recvmmsg calls per poll event */
+#define RX_SLOT 2048         /* receive buffer per datagram = max_udp_payload_size */
 #define TX_BUF 1500          /* one datagram */
 #define MAX_TICKETS 64       /* origins with a remembered TLS ticket */
 #define STREAM_WINDOW (4u << 20)
@@ -77,7 +81,7 @@ struct ns_h3 {
   size_t ntickets, ticket_next;
   ns_h3_stats st;
   ns_hop_fields fields; /* scratch for one request's fields (loop thread) */
-  uint8_t rx[65536];
+  uint8_t rx[RX_MSGS * RX_SLOT];
 };
 
 enum { C_CONNECTING, C_READY, C_DEAD };
@@ -918,61 +922,90 @@ static netstash_error tls_error(h3_conn *c, char *why, size_t cap) {
   return NETSTASH_E_TLS_HANDSHAKE;
 }
 
-static void on_read(h3_conn *c) {
+/* Handles one failed recv: 1 when reading must stop. */
+static int read_error(h3_conn *c, int err) {
+  if (err == EINTR)
+    return 0;
+  if (err == EAGAIN || err == EWOULDBLOCK)
+    return 1;
+  if (err == ECONNREFUSED)
+    conn_fail(c, NETSTASH_E_CONNECT_REFUSED, "UDP %s:%d refused (nothing listens there)", c->addr,
+              c->udp_port);
+  else
+    conn_fail(c, NETSTASH_E_RECV, "recv from %s:%d: %s", c->addr, c->udp_port, strerror(err));
+  return 1;
+}
+
+/* Feeds one datagram to ngtcp2: 0, or 1 when the connection ended. */
+static int read_one(h3_conn *c, const uint8_t *data, size_t len) {
   ngtcp2_path path;
   ngtcp2_pkt_info pi = {0};
-  ns_h3 *h = c->h;
-  for (int i = 0; i < RX_BATCH && c->state != C_DEAD; i++) {
-    ssize_t n = recv(c->fd, h->rx, sizeof(h->rx), 0);
-    int rv;
-    if (n < 0) {
-      if (errno == EINTR)
-        continue;
-      if (errno == EAGAIN || errno == EWOULDBLOCK)
-        break;
-      if (errno == ECONNREFUSED)
-        conn_fail(c, NETSTASH_E_CONNECT_REFUSED, "UDP %s:%d refused (nothing listens there)",
-                  c->addr, c->udp_port);
-      else
-        conn_fail(c, NETSTASH_E_RECV, "recv from %s:%d: %s", c->addr, c->udp_port,
-                  strerror(errno));
-      break;
-    }
-    path.local.addr = (ngtcp2_sockaddr *)&c->la;
-    path.local.addrlen = c->lalen;
-    path.remote.addr = (ngtcp2_sockaddr *)&c->ra;
-    path.remote.addrlen = c->ralen;
-    path.user_data = NULL;
-    rv = ngtcp2_conn_read_pkt(c->qc, &path, &pi, h->rx, (size_t)n, now_ns());
-    if (rv == 0)
-      continue;
-    if (rv == NGTCP2_ERR_DRAINING) {
-      ngtcp2_connection_close_error cc;
-      ngtcp2_conn_get_connection_close_error(c->qc, &cc);
-      conn_fail(c, c->state == C_READY ? NETSTASH_E_RECV : NETSTASH_E_CONNECT_FAILED,
-                "the server closed the QUIC connection (error 0x%llx%s%.*s)",
-                (unsigned long long)cc.error_code, cc.reasonlen ? ": " : "",
-                (int)NS_MIN(cc.reasonlen, (size_t)80), cc.reason ? (const char *)cc.reason : "");
-      c->ccerr.type = NGTCP2_CONNECTION_CLOSE_ERROR_CODE_TYPE_TRANSPORT_IDLE_CLOSE;
-      break;
-    }
-    if (rv == NGTCP2_ERR_CRYPTO || (c->state == C_CONNECTING && ngtcp2_conn_get_tls_alert(c->qc))) {
-      char why[160] = "";
-      netstash_error e = tls_error(c, why, sizeof(why));
-      if (!c->ccerr.error_code)
-        ngtcp2_connection_close_error_set_transport_error_tls_alert(
-            &c->ccerr, ngtcp2_conn_get_tls_alert(c->qc), NULL, 0);
-      conn_fail(c, e, "%s:%d over QUIC: %s", c->host, c->port, why);
-      break;
-    }
-    if (rv == NGTCP2_ERR_CALLBACK_FAILURE && c->detail[0]) {
-      conn_fail(c, NETSTASH_E_PROTOCOL, "%s", c->detail);
-      break;
-    }
+  int rv;
+  path.local.addr = (ngtcp2_sockaddr *)&c->la;
+  path.local.addrlen = c->lalen;
+  path.remote.addr = (ngtcp2_sockaddr *)&c->ra;
+  path.remote.addrlen = c->ralen;
+  path.user_data = NULL;
+  rv = ngtcp2_conn_read_pkt(c->qc, &path, &pi, data, len, now_ns());
+  if (rv == 0)
+    return 0;
+  if (rv == NGTCP2_ERR_DRAINING) {
+    ngtcp2_connection_close_error cc;
+    ngtcp2_conn_get_connection_close_error(c->qc, &cc);
+    conn_fail(c, c->state == C_READY ? NETSTASH_E_RECV : NETSTASH_E_CONNECT_FAILED,
+              "the server closed the QUIC connection (error 0x%llx%s%.*s)",
+              (unsigned long long)cc.error_code, cc.reasonlen ? ": " : "",
+              (int)NS_MIN(cc.reasonlen, (size_t)80), cc.reason ? (const char *)cc.reason : "");
+    c->ccerr.type = NGTCP2_CONNECTION_CLOSE_ERROR_CODE_TYPE_TRANSPORT_IDLE_CLOSE;
+    return 1;
+  }
+  if (rv == NGTCP2_ERR_CRYPTO || (c->state == C_CONNECTING && ngtcp2_conn_get_tls_alert(c->qc))) {
+    char why[160] = "";
+    netstash_error e = tls_error(c, why, sizeof(why));
     if (!c->ccerr.error_code)
-      ngtcp2_connection_close_error_set_transport_error_liberr(&c->ccerr, rv, NULL, 0);
-    conn_fail(c, NETSTASH_E_PROTOCOL, "QUIC: %s", ngtcp2_strerror(rv));
-    break;
+      ngtcp2_connection_close_error_set_transport_error_tls_alert(
+          &c->ccerr, ngtcp2_conn_get_tls_alert(c->qc), NULL, 0);
+    conn_fail(c, e, "%s:%d over QUIC: %s", c->host, c->port, why);
+    return 1;
+  }
+  if (rv == NGTCP2_ERR_CALLBACK_FAILURE && c->detail[0]) {
+    conn_fail(c, NETSTASH_E_PROTOCOL, "%s", c->detail);
+    return 1;
+  }
+  if (!c->ccerr.error_code)
+    ngtcp2_connection_close_error_set_transport_error_liberr(&c->ccerr, rv, NULL, 0);
+  conn_fail(c, NETSTASH_E_PROTOCOL, "QUIC: %s", ngtcp2_strerror(rv));
+  return 1;
+}
+
+/* Reads what the socket holds, RX_MSGS datagrams per recvmmsg call. */
+static void on_read(h3_conn *c) {
+  ns_h3 *h = c->h;
+  struct mmsghdr msgs[RX_MSGS];
+  struct iovec iov[RX_MSGS];
+  for (int round = 0; round < RX_ROUNDS && c->state != C_DEAD; round++) {
+    int n;
+    for (int i = 0; i < RX_MSGS; i++) {
+      iov[i].iov_base = h->rx + (size_t)i * RX_SLOT;
+      iov[i].iov_len = RX_SLOT;
+      memset(&msgs[i].msg_hdr, 0, sizeof(msgs[i].msg_hdr));
+      msgs[i].msg_hdr.msg_iov = &iov[i];
+      msgs[i].msg_hdr.msg_iovlen = 1;
+    }
+    n = recvmmsg(c->fd, msgs, RX_MSGS, 0, NULL);
+    if (n < 0) {
+      if (read_error(c, errno))
+        break;
+      continue;
+    }
+    for (int i = 0; i < n && c->state != C_DEAD; i++) {
+      if (msgs[i].msg_hdr.msg_flags & MSG_TRUNC)
+        continue; /* larger than we announced: not a datagram of ours */
+      if (read_one(c, h->rx + (size_t)i * RX_SLOT, msgs[i].msg_len))
+        return;
+    }
+    if (n < RX_MSGS)
+      break;
   }
 }
 
@@ -1253,6 +1286,7 @@ static netstash_error conn_new(ns_h3 *h, const ns_h3_target *t, h3_conn **out, c
   params.initial_max_streams_bidi = 0;
   params.initial_max_streams_uni = 16;
   params.max_idle_timeout = (uint64_t)IDLE_TIMEOUT_MS * NGTCP2_MILLISECONDS;
+  params.max_udp_payload_size = RX_SLOT; /* our receive slots */
   path.local.addr = (ngtcp2_sockaddr *)&c->la;
   path.local.addrlen = c->lalen;
   path.remote.addr = (ngtcp2_sockaddr *)&c->ra;
