@@ -2134,25 +2134,22 @@ netstash_error ns_transport_new(netstash_ctx *ctx, ns_transport **out, char *det
   curl_multi_setopt(tr->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS,
                     (long)cfg->max_total_connections);
   curl_multi_setopt(tr->multi, CURLMOPT_MAX_CONCURRENT_STREAMS, 256L);
+  /* before the timer: a failure here frees tr with no handle open */
+  tr->altsvc_mem = ns_calloc(&ctx->mem, 1, sizeof(*tr->altsvc_mem));
+  if (!tr->altsvc_mem || ns_h3_new(ctx, &tr->h3) != NETSTASH_OK ||
+      (cfg->remote_socket && ns_remote_new(ctx, &tr->remote) != NETSTASH_OK) ||
+      ns_altsvc_broken_new(&ctx->mem, &tr->h3_broken) != NETSTASH_OK) {
+    ns_transport_del(tr);
+    return NETSTASH_E_NOMEM;
+  }
   if (uv_timer_init(&ctx->loop, &tr->timer) != 0) {
-    curl_multi_cleanup(tr->multi);
-    curl_share_cleanup(tr->share);
-    ns_free(&ctx->mem, tr);
+    ns_transport_del(tr);
     if (detail && detail_len)
       snprintf(detail, detail_len, "uv_timer_init failed");
     return NETSTASH_E_INTERNAL;
   }
   tr->timer.data = tr;
   tr->timer_ok = 1;
-  tr->altsvc_mem = ns_calloc(&ctx->mem, 1, sizeof(*tr->altsvc_mem));
-  if (!tr->altsvc_mem || ns_h3_new(ctx, &tr->h3) != NETSTASH_OK ||
-      (cfg->remote_socket && ns_remote_new(ctx, &tr->remote) != NETSTASH_OK) ||
-      ns_altsvc_broken_new(&ctx->mem, &tr->h3_broken) != NETSTASH_OK) {
-    uv_close((uv_handle_t *)&tr->timer, NULL);
-    tr->timer_ok = 0;
-    ns_transport_del(tr);
-    return NETSTASH_E_NOMEM;
-  }
   *out = tr;
   return NETSTASH_OK;
 }
