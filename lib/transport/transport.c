@@ -302,6 +302,23 @@ static void deliver_head(netstash_fetch *f) {
 
 /* End of a header block (the empty line). Returns 0 to abort the transfer. */
 static void note_altsvc(netstash_fetch *f);
+static netstash_error head_as_headers(const netstash_fetch *f, ns_headers *out);
+
+/* At the head: a response the cache will not keep (no-store, an uncacheable
+ * status, ...) is not buffered for it (RFC 9111 §3). */
+static void decide_storage(netstash_fetch *f) {
+  ns_headers resp;
+  const char *why = NULL;
+  ns_cache_request cr = {method_of(f), f->cur.url, &f->hc_req};
+  ns_headers_init(&resp, &f->mem);
+  if (head_as_headers(f, &resp) == NETSTASH_OK && !ns_cache_storable(&cr, f->status, &resp, &why)) {
+    size_t l = strlen(f->cache_reason);
+    f->hc_store = 0;
+    snprintf(f->cache_reason + l, sizeof(f->cache_reason) - l, "%snot stored: %s", l ? "; " : "",
+             why ? why : "?");
+  }
+  ns_headers_free(&resp);
+}
 
 static int head_end(netstash_fetch *f) {
   const char *ce;
@@ -368,6 +385,8 @@ static int head_end(netstash_fetch *f) {
       }
     }
   }
+  if (f->hc_store && !f->redirecting)
+    decide_storage(f);
   deliver_head(f);
   return 1;
 }
