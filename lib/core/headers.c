@@ -315,6 +315,53 @@ fail:
   return rv;
 }
 
+int ns_headers_walk_begin(ns_headers_walk *w, const uint8_t *data, size_t len) {
+  memset(w, 0, sizeof(*w));
+  w->data = data;
+  w->len = len;
+  w->bad = 1;
+  if (!data || len < 2 || data[0] != NS_HEADERS_FORMAT_V1)
+    return 0;
+  w->pos = 1;
+  if (!get_varint(data, len, &w->pos, &w->left) || w->left > NS_HEADERS_MAX_FIELDS ||
+      w->left > (len - w->pos) / 3)
+    return 0;
+  w->bad = 0;
+  return 1;
+}
+
+int ns_headers_walk_next(ns_headers_walk *w, const char **name, size_t *nlen, const char **value,
+                         size_t *vlen) {
+  uint32_t nl, vl;
+  const uint8_t *d = w->data;
+  if (w->bad)
+    return 0;
+  if (!w->left) {
+    w->bad = w->pos != w->len;
+    return 0;
+  }
+  if (!get_varint(d, w->len, &w->pos, &nl) || nl > w->len - w->pos ||
+      nl > NS_HEADERS_MAX_FIELD_LEN)
+    goto bad;
+  *name = (const char *)d + w->pos;
+  w->pos += nl;
+  if (!get_varint(d, w->len, &w->pos, &vl) || vl > w->len - w->pos ||
+      vl > NS_HEADERS_MAX_FIELD_LEN)
+    goto bad;
+  *value = (const char *)d + w->pos;
+  w->pos += vl;
+  if (!ns_header_name_valid(*name, nl) || !ns_header_value_valid(*value, vl) ||
+      (vl && (ns_is_ows((unsigned char)(*value)[0]) || ns_is_ows((unsigned char)(*value)[vl - 1]))))
+    goto bad;
+  *nlen = nl;
+  *vlen = vl;
+  w->left--;
+  return 1;
+bad:
+  w->bad = 1;
+  return 0;
+}
+
 netstash_error ns_headers_decode(ns_headers *h, const uint8_t *data, size_t len,
                                  size_t *consumed) {
   size_t pos = 0, i;

@@ -98,6 +98,21 @@ netstash_error ns_headers_encode(const ns_headers *h, ns_buf *out);
 netstash_error ns_headers_decode(ns_headers *h, const uint8_t *data, size_t len,
                                  size_t *consumed);
 
+/* Walks a binary form without allocating: names and values point into data.
+ * ns_headers_walk_begin returns 0 when the blob is not a header list;
+ * ns_headers_walk_next returns 1 per field, then 0 at the end — with w->bad
+ * set when the blob was malformed (the fields seen are then not to be used).
+ * The same checks as ns_headers_decode. */
+typedef struct ns_headers_walk {
+  const uint8_t *data;
+  size_t len, pos;
+  uint32_t left;
+  int bad;
+} ns_headers_walk;
+int ns_headers_walk_begin(ns_headers_walk *w, const uint8_t *data, size_t len);
+int ns_headers_walk_next(ns_headers_walk *w, const char **name, size_t *nlen, const char **value,
+                         size_t *vlen);
+
 /* Field-name check (token, RFC 9110 §5.1) and value check (RFC 9110 §5.5). */
 int ns_header_name_valid(const char *name, size_t len);
 int ns_header_value_valid(const char *value, size_t len);

@@ -3,6 +3,7 @@
  * from the store's memory map with no allocation (install.c does the
  * lookup; this file owns the reader and the head's field offsets).
  */
+#include "core/headers.h"
 #include "ns_setup.h"
 
 #include <string.h>
@@ -94,46 +95,24 @@ static int canonical(const char *u, size_t n) {
   return 1;
 }
 
-static size_t varint(const uint8_t **p, const uint8_t *end, uint32_t *out) {
-  uint32_t v = 0;
-  for (int s = 0; s < 35 && *p < end; s += 7) {
-    uint8_t b = *(*p)++;
-    v |= (uint32_t)(b & 0x7f) << s;
-    if (!(b & 0x80)) {
-      *out = v;
-      return 1;
-    }
-  }
-  return 0;
-}
-
 /* Field offsets of the stored head (format of ns_headers_encode). */
 static netstash_error index_head(netstash_preload_hit *hit) {
-  const uint8_t *p = hit->h.entry.head, *end = p + hit->h.entry.head_len;
-  uint32_t n, l;
+  ns_headers_walk w;
+  const char *name, *value;
+  size_t nl, vl;
   hit->nf = 0;
-  if (p >= end || *p++ != 1 || !varint(&p, end, &n))
+  if (!ns_headers_walk_begin(&w, hit->h.entry.head, hit->h.entry.head_len))
     return NETSTASH_E_STORE_CORRUPT;
-  for (uint32_t i = 0; i < n; i++) {
-    const char *name;
-    if (!varint(&p, end, &l) || (size_t)(end - p) < l)
-      return NETSTASH_E_STORE_CORRUPT;
-    name = (const char *)p;
-    p += l;
+  while (ns_headers_walk_next(&w, &name, &nl, &value, &vl)) {
     if (hit->nf < HIT_MAX_FIELDS) {
       hit->f[hit->nf].name = name;
-      hit->f[hit->nf].name_len = l;
-    }
-    if (!varint(&p, end, &l) || (size_t)(end - p) < l)
-      return NETSTASH_E_STORE_CORRUPT;
-    if (hit->nf < HIT_MAX_FIELDS) {
-      hit->f[hit->nf].value = (const char *)p;
-      hit->f[hit->nf].value_len = l;
+      hit->f[hit->nf].name_len = (uint32_t)nl;
+      hit->f[hit->nf].value = value;
+      hit->f[hit->nf].value_len = (uint32_t)vl;
       hit->nf++;
     }
-    p += l;
   }
-  return NETSTASH_OK;
+  return w.bad ? NETSTASH_E_STORE_CORRUPT : NETSTASH_OK;
 }
 
 static netstash_error lookup_norm(netstash_preload_hit *hit, const char *url, size_t n) {

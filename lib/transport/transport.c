@@ -1879,6 +1879,7 @@ static int preload_consult(netstash_fetch *f, int is_head) {
   netstash_request *req = f->req;
   ns_pl_hit hit;
   ns_headers h, rq;
+  ns_headers_walk walk;
   ns_cache_range r;
   netstash_error rv;
   int partial = 0;
@@ -1896,11 +1897,18 @@ static int preload_consult(netstash_fetch *f, int is_head) {
   }
   ns_headers_init(&h, &f->mem);
   ns_headers_init(&rq, &f->mem);
-  rv = ns_headers_decode(&h, hit.entry.head, hit.entry.head_len, NULL);
-  if (rv != NETSTASH_OK || hit.body.coding != NS_CODING_IDENTITY) {
-    ns_store_read_end(tr->pl_reader);
-    ns_headers_free(&h);
-    return 0; /* not servable as stored: let the cache / network answer */
+  {
+    /* a whole pass first: a damaged head is left to the cache / network */
+    const char *hn, *hv;
+    size_t hnl, hvl;
+    int ok = ns_headers_walk_begin(&walk, hit.entry.head, hit.entry.head_len);
+    while (ok && ns_headers_walk_next(&walk, &hn, &hnl, &hv, &hvl))
+      ;
+    if (!ok || walk.bad || hit.body.coding != NS_CODING_IDENTITY) {
+      ns_store_read_end(tr->pl_reader);
+      return 0; /* not servable as stored: let the cache / network answer */
+    }
+    ns_headers_walk_begin(&walk, hit.entry.head, hit.entry.head_len);
   }
   for (size_t i = 0; i < req->nheaders; i++)
     if (!ns_ascii_casecmp_n(req->headers[i], "range:", 6) ||
@@ -1908,6 +1916,12 @@ static int preload_consult(netstash_fetch *f, int is_head) {
       (void)ns_headers_add_line(&rq, req->headers[i], strlen(req->headers[i]));
   memset(&r, 0, sizeof(r));
   if (ns_headers_get(&rq, "range")) {
+    /* a Range request (media seeking) decodes the head to decide */
+    if (ns_headers_decode(&h, hit.entry.head, hit.entry.head_len, NULL) != NETSTASH_OK) {
+      ns_store_read_end(tr->pl_reader);
+      ns_headers_free(&rq);
+      return 0;
+    }
     ns_cache_range_decide(&rq, 200, &h, hit.body.decoded_size, &r);
     partial = r.status == 206 || r.status == 416;
   }
@@ -1918,12 +1932,14 @@ static int preload_consult(netstash_fetch *f, int is_head) {
   reset_response(f);
   f->status = partial ? r.status : hit.entry.status;
   {
-    const ns_header_field *fld;
-    size_t it = 0;
-    while (rv == NETSTASH_OK && (fld = ns_headers_next(&h, &it, NULL)) != NULL) {
-      if (partial && ns_ascii_casecmp(fld->name, "content-length") == 0)
+    /* the stored head straight into the fetch's header arena: a hit
+     * allocates nothing it does not hand out */
+    const char *hn, *hv;
+    size_t hnl, hvl;
+    while (rv == NETSTASH_OK && ns_headers_walk_next(&walk, &hn, &hnl, &hv, &hvl)) {
+      if (partial && hnl == 14 && ns_ascii_casecmp_n(hn, "content-length", 14) == 0)
         continue;
-      rv = add_header_nv(f, fld->name, fld->name_len, fld->value, fld->value_len);
+      rv = add_header_nv(f, hn, hnl, hv, hvl);
     }
   }
   if (rv == NETSTASH_OK && partial) {

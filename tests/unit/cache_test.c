@@ -324,13 +324,39 @@ static void roundtrip(const ns_headers *h) {
     assert_int_equal(d.f[i].value_len, h->f[i].value_len);
     assert_memory_equal(d.f[i].value, h->f[i].value, h->f[i].value_len);
   }
+  /* the allocation-free walk yields the same fields */
+  {
+    ns_headers_walk w;
+    const char *n, *v;
+    size_t nl, vl, k = 0;
+    assert_true(ns_headers_walk_begin(&w, b.data, b.len));
+    while (ns_headers_walk_next(&w, &n, &nl, &v, &vl)) {
+      assert_true(k < h->len);
+      assert_int_equal(nl, h->f[k].name_len);
+      assert_memory_equal(n, h->f[k].name, nl);
+      assert_int_equal(vl, h->f[k].value_len);
+      assert_memory_equal(v, h->f[k].value, vl);
+      k++;
+    }
+    assert_false(w.bad);
+    assert_int_equal(k, h->len);
+  }
   /* every proper prefix is refused (truncation), never read past */
   for (i = 0; i < b.len; i++) {
     uint8_t *copy = malloc(i ? i : 1);
+    ns_headers_walk w;
+    const char *n, *v;
+    size_t nl, vl;
     memcpy(copy, b.data, i);
     if (ns_headers_decode(&d, copy, i, NULL) != NETSTASH_E_DECODE)
       fail_msg("prefix of %zu/%zu bytes accepted", i, b.len);
     assert_int_equal(d.len, 0);
+    if (ns_headers_walk_begin(&w, copy, i)) {
+      while (ns_headers_walk_next(&w, &n, &nl, &v, &vl))
+        ;
+      if (!w.bad)
+        fail_msg("walk accepted a prefix of %zu/%zu bytes", i, b.len);
+    }
     free(copy);
   }
   /* trailing bytes: refused, unless the caller asks for the used length */
