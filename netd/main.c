@@ -104,6 +104,7 @@ typedef struct sync_task {
   int done;
   int rc;
   int pending; /* stop: parts still closing */
+  netd_config *newcfg; /* reload: the configuration read again */
   char err[256];
 } sync_task;
 
@@ -115,7 +116,9 @@ static void task_finish(sync_task *t) {
 }
 
 static int run_on_loop(netd *d, sync_task *t, ns_task_fn fn) {
+  netd_config *nc = t->newcfg;
   memset(t, 0, sizeof(*t));
+  t->newcfg = nc;
   t->d = d;
   t->task.run = fn;
   uv_mutex_init(&t->lock);
@@ -188,9 +191,24 @@ static void stop_task(netstash_ctx *ctx, ns_task *task) {
   part_stopped(t);
 }
 
+/* On the loop, where everything reads the configuration: what a reload
+ * changes is logging and the warm schedules (sockets, fronts and the profile
+ * need a restart). */
 static void reload_task(netstash_ctx *ctx, ns_task *task) {
   sync_task *t = (sync_task *)task;
+  netd *d = t->d;
+  netd_config *nc = t->newcfg;
   (void)ctx;
+  d->cfg.log_json = nc->log_json;
+  d->cfg.log_level = nc->log_level;
+  {
+    netd_warm_entry *w = d->cfg.warms;
+    size_t nw = d->cfg.nwarms;
+    d->cfg.warms = nc->warms;
+    d->cfg.nwarms = nc->nwarms;
+    nc->warms = w;
+    nc->nwarms = nw;
+  }
   netd_warmer_stop(t->d);
   t->rc = netd_warmer_start(t->d, t->err, sizeof(t->err));
   task_finish(t);
@@ -385,6 +403,7 @@ int main(int argc, char **argv) {
   int c, sig, rc = EX_OK_;
 
   memset(&o, 0, sizeof(o));
+  memset(&t, 0, sizeof(t));
   while ((c = getopt_long(argc, argv, "vh", longopts, NULL)) != -1) {
     switch (c) {
     case OPT_PROFILE: o.profile = optarg; break;
@@ -500,24 +519,14 @@ int main(int argc, char **argv) {
         netd_config_free(&nc);
         continue;
       }
-      /* What a reload changes: logging and warm schedules. Sockets, fronts and
-       * the profile need a restart. */
-      d->cfg.log_json = nc.log_json;
-      d->cfg.log_level = nc.log_level;
-      {
-        netd_warm_entry *w = d->cfg.warms;
-        size_t nw = d->cfg.nwarms;
-        d->cfg.warms = nc.warms;
-        d->cfg.nwarms = nc.nwarms;
-        nc.warms = w;
-        nc.nwarms = nw;
-      }
-      netd_config_free(&nc);
+      t.newcfg = &nc;
       if (run_on_loop(d, &t, reload_task) != 0)
         netd_log(d, NETSTASH_LOG_ERROR, "SIGHUP: %s", t.err);
       else
         netd_log(d, NETSTASH_LOG_INFO, "configuration reloaded (%zu warm schedule(s))",
                  d->cfg.nwarms);
+      netd_config_free(&nc); /* now holds the previous schedules */
+      t.newcfg = NULL;
       continue;
     }
     netd_log(d, NETSTASH_LOG_INFO, "%s: stopping", sig == SIGTERM ? "SIGTERM" : "SIGINT");

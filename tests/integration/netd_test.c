@@ -537,6 +537,50 @@ static void test_sigterm_during_warm(void **state) {
   assert_int_equal(netd_stop(&dp), 0);
 }
 
+/* SIGHUP re-reads the configuration: a warm schedule added to the file
+ * appears in /status without a restart. */
+static void test_sighup_reload(void **state) {
+  daemon_proc dp = {0};
+  char conf[1100], args[1200], *out = NULL;
+  FILE *fp;
+  (void)state;
+  snprintf(conf, sizeof(conf), "%s/hup.json", nst_workdir());
+  fp = fopen(conf, "w");
+  fprintf(fp, "{\"log\": {\"level\": \"info\"}}");
+  fclose(fp);
+  snprintf(args, sizeof(args), "--config %s", conf);
+  netd_start(&dp, "netd-hup", args);
+  out = ctl(&dp, "GET", "/status");
+  assert_non_null(strstr(out, "\"warms\":[]"));
+  free(out);
+  fp = fopen(conf, "w");
+  fprintf(fp, "{\"log\": {\"level\": \"debug\"}, \"warm\": [{\"manifest\": "
+              "\"https://127.0.0.1:%d/none/m.json\", \"interval_s\": 3600}]}",
+          caddy.port);
+  fclose(fp);
+  kill(dp.pid, SIGHUP);
+  out = NULL;
+  for (int i = 0; i < 200; i++) {
+    free(out);
+    out = ctl(&dp, "GET", "/status");
+    if (strstr(out, "none/m.json"))
+      break;
+    usleep(10 * 1000);
+  }
+  assert_non_null(strstr(out, "none/m.json"));
+  free(out);
+  /* a broken file leaves the running configuration alone */
+  fp = fopen(conf, "w");
+  fprintf(fp, "{\"warm\": 3}");
+  fclose(fp);
+  kill(dp.pid, SIGHUP);
+  usleep(200 * 1000);
+  out = ctl(&dp, "GET", "/status");
+  assert_non_null(strstr(out, "none/m.json"));
+  free(out);
+  assert_int_equal(netd_stop(&dp), 0);
+}
+
 static int setup(void **state) {
   const char *b = getenv("NST_BUILDDIR");
   (void)state;
@@ -566,6 +610,7 @@ int main(void) {
       cmocka_unit_test(test_socket_permissions),
       cmocka_unit_test(test_control_and_hostile_client),
       cmocka_unit_test(test_sigterm_during_warm),
+      cmocka_unit_test(test_sighup_reload),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }
