@@ -733,6 +733,9 @@ static void on_job_response(netstash_job *job, void *ud) {
       continue;
     if (hop_by_hop(name) || in_connection(conn_hdr, name))
       continue;
+    /* an upstream netd's (or stored) answer fields: ours replace them */
+    if (ns_ascii_casecmp_n(name, "x-netstash-", 11) == 0)
+      continue;
     /* a length we could not use (absent, invalid, or a list) is not relayed:
      * the body goes chunked, and both together would be a framing error */
     if (!c->no_body && c->clen < 0 && ns_ascii_casecmp(name, "content-length") == 0)

@@ -328,8 +328,9 @@ static void job_response(netstash_job *job, void *ud) {
   nva[k++] = (nghttp2_nv)NV(":status", code);
   for (size_t i = 0; i < n; i++) {
     const char *hn, *hv;
-    if (netstash_fetch_header_at(f, i, &hn, &hv) != NETSTASH_OK || hop_by_hop(hn))
-      continue;
+    if (netstash_fetch_header_at(f, i, &hn, &hv) != NETSTASH_OK || hop_by_hop(hn) ||
+        !strncmp(hn, "x-netstash-", 11))
+      continue; /* hop-by-hop, or answer fields of an upstream netd: ours follow */
     /* the library decoded the body (unless raw): its coding is not the
      * bytes that follow, nor is a length — HTTP/2 frames the body anyway */
     if (!st->raw && ((decoded && !strcmp(hn, "content-encoding")) ||

@@ -1,5 +1,7 @@
 #include "ns_setup.h"
 
+#include <signal.h>
+
 #include <pthread.h>
 #include <stdio.h>
 
@@ -96,6 +98,14 @@ static void on_wake(uv_async_t *h) {
 
 static void loop_main(void *arg) {
   netstash_ctx *ctx = arg;
+  sigset_t pipe_set;
+  /* A write to a peer that went away (netd restarting, a proxy client
+   * leaving) must be an EPIPE error on this thread, never a SIGPIPE that
+   * kills the embedding process: the library owns this thread, so it blocks
+   * the signal here instead of touching the process's disposition. */
+  sigemptyset(&pipe_set);
+  sigaddset(&pipe_set, SIGPIPE);
+  pthread_sigmask(SIG_BLOCK, &pipe_set, NULL);
   ctx->loop_tid = uv_thread_self();
   atomic_store(&ctx->loop_running, 1);
   uv_run(&ctx->loop, UV_RUN_DEFAULT);

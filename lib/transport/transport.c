@@ -32,6 +32,7 @@
 #include "cookie/jar.h"
 #include "core/headers.h"
 #include "core/log.h"
+#include "core/reader.h"
 #include "dns/dns.h"
 #include "transport/decode.h"
 #include "transport/altsvc.h"
@@ -87,6 +88,8 @@ static void check_done(ns_transport *tr);
 static void start_hop(netstash_fetch *f);
 static void end_fetch(netstash_fetch *f, netstash_error err);
 static void serve_cached(netstash_fetch *f, netstash_source source);
+static int caller_validators_match(netstash_fetch *f);
+static void serve_304(netstash_fetch *f, netstash_source source);
 static void hsts_setup(ns_transport *tr, CURL *e);
 static const char *method_of(const netstash_fetch *f);
 static int cache_consult(netstash_fetch *f);
@@ -818,7 +821,10 @@ static void hop_result(netstash_fetch *f, netstash_error res) {
       NS_WARN(f->ctx, MOD, "304 for %s not applied: %s", f->cur.url, netstash_strerror(err));
     snprintf(f->cache_reason, sizeof(f->cache_reason), "revalidated (304): %s",
              f->hce.decision.reason);
-    serve_cached(f, NETSTASH_SOURCE_REVALIDATED);
+    if (caller_validators_match(f))
+      serve_304(f, NETSTASH_SOURCE_REVALIDATED); /* the caller's own conditional */
+    else
+      serve_cached(f, NETSTASH_SOURCE_REVALIDATED);
     return;
   }
   if (f->hc_validating && f->hce.decision.stale_if_error &&
@@ -1787,9 +1793,89 @@ static void serve_cached(netstash_fetch *f, netstash_source source) {
 }
 
 /* Serves a usable stored response, honouring a Range request. */
+/* One entity-tag of an If-None-Match list against the stored one, weak
+ * comparison (RFC 9110 §8.8.3.2: W/ ignored). */
+static int etag_weak_eq(const char *a, size_t al, const char *b, size_t bl) {
+  if (al >= 2 && a[0] == 'W' && a[1] == '/')
+    a += 2, al -= 2;
+  if (bl >= 2 && b[0] == 'W' && b[1] == '/')
+    b += 2, bl -= 2;
+  return al == bl && al >= 2 && a[0] == '"' && memcmp(a, b, al) == 0;
+}
+
+/* The caller's own conditional request against a response we serve from the
+ * cache (RFC 9111 §4.3.2, RFC 9110 §13.2.2): 1 when a 304 is the answer.
+ * If-None-Match wins over If-Modified-Since. */
+static int caller_validators_match(netstash_fetch *f) {
+  const char *inm = ns_headers_get(&f->hc_req, "if-none-match");
+  const char *ims = ns_headers_get(&f->hc_req, "if-modified-since");
+  if (inm) {
+    const char *etag = ns_headers_get(&f->hce.headers, "etag");
+    const char *p = inm;
+    while (*p) {
+      size_t n;
+      while (*p == ' ' || *p == '\t' || *p == ',')
+        p++;
+      if (!*p)
+        break;
+      if (*p == '*')
+        return 1;
+      n = strcspn(p, ",");
+      while (n && (p[n - 1] == ' ' || p[n - 1] == '\t'))
+        n--;
+      if (etag && etag_weak_eq(p, n, etag, strlen(etag)))
+        return 1;
+      p += strcspn(p, ",");
+    }
+    return 0;
+  }
+  if (ims && f->hce.status == 200) {
+    const char *lm = ns_headers_get(&f->hce.headers, "last-modified");
+    int64_t t_ims, t_lm, now = wall_ms() / 1000;
+    return lm && ns_http_date_parse(ims, strlen(ims), now, &t_ims) == NETSTASH_OK &&
+           ns_http_date_parse(lm, strlen(lm), now, &t_lm) == NETSTASH_OK && t_lm <= t_ims;
+  }
+  return 0;
+}
+
+/* 304 for the caller's validators, from the stored head (RFC 9110 §15.4.5:
+ * the fields a 200 would carry that describe the representation). */
+static void serve_304(netstash_fetch *f, netstash_source source) {
+  static const char *const keep[] = {"cache-control", "content-location", "date", "etag",
+                                     "expires", "vary", "last-modified"};
+  const ns_header_field *fld;
+  size_t it = 0, l;
+  netstash_error rv = NETSTASH_OK;
+  reset_response(f);
+  f->status = 304;
+  while (rv == NETSTASH_OK && (fld = ns_headers_next(&f->hce.headers, &it, NULL)) != NULL) {
+    for (size_t k = 0; k < sizeof(keep) / sizeof(keep[0]); k++)
+      if (ns_ascii_casecmp(fld->name, keep[k]) == 0) {
+        rv = add_header_nv(f, fld->name, fld->name_len, fld->value, fld->value_len);
+        break;
+      }
+  }
+  l = strlen(f->cache_reason);
+  snprintf(f->cache_reason + l, sizeof(f->cache_reason) - l,
+           "; 304: the request's validators match the stored response");
+  f->source = source;
+  if (source == NETSTASH_SOURCE_CACHE) {
+    f->proto = NETSTASH_HTTP_ANY;
+    f->tls_version[0] = f->tls_cipher[0] = 0;
+  }
+  f->timing[NETSTASH_TIMING_TTFB] = ns_now_us() - f->t_start;
+  if (rv == NETSTASH_OK)
+    deliver_head(f);
+  end_fetch(f, rv);
+}
+
 static void serve_stored(netstash_fetch *f) {
   ns_cache_range r;
   uint64_t size = 0;
+  if (caller_validators_match(f)) {
+    serve_304(f, NETSTASH_SOURCE_CACHE);
+    return;
+  }
   if (ns_headers_get(&f->hc_req, "range") &&
       ns_httpcache_body_size(f->ctx->hc, &f->hce, &size) == NETSTASH_OK) {
     ns_cache_range_decide(&f->hc_req, f->hce.status, &f->hce.headers, size, &r);

@@ -133,6 +133,60 @@ static void test_revalidation_304(void **state) {
   netstash_ctx_del(ctx);
 }
 
+/* The caller's own conditional request (a browser revalidating its cache
+ * through netstash) gets a 304 from a fresh stored response whose
+ * validators match, and after a revalidation (RFC 9111 §4.3.2). */
+static result cond(netstash_ctx *ctx, const char *path, const char *name, const char *value) {
+  netstash_request *req;
+  netstash_fetch *f;
+  result r;
+  const uint8_t *b;
+  size_t len;
+  memset(&r, 0, sizeof(r));
+  assert_int_equal(netstash_request_new(&req, url(path)), NETSTASH_OK);
+  netstash_request_set_collect_body(req, 1 << 20);
+  assert_int_equal(netstash_request_add_header(req, name, value), NETSTASH_OK);
+  r.err = netstash_fetch_sync(ctx, req, &f);
+  r.status = netstash_fetch_status(f);
+  r.source = netstash_fetch_source(f);
+  if (netstash_fetch_body(f, &b, &len) == NETSTASH_OK)
+    snprintf(r.body, sizeof(r.body), "%.*s", (int)len, (const char *)b);
+  snprintf(r.reason, sizeof(r.reason), "%s", netstash_fetch_cache_reason(f));
+  if (netstash_fetch_header(f, "etag"))
+    snprintf(r.hdr, sizeof(r.hdr), "%s", netstash_fetch_header(f, "etag"));
+  netstash_fetch_del(f);
+  netstash_request_del(req);
+  return r;
+}
+
+static void test_caller_conditionals(void **state) {
+  netstash_ctx *ctx = ctx_for(new_profile(), 1);
+  result a, r;
+  (void)state;
+  a = GET(ctx, "/cache/max-age/600/cond");
+  assert_int_equal(a.source, NETSTASH_SOURCE_NETWORK);
+  r = cond(ctx, "/cache/max-age/600/cond", "If-None-Match", "\"v1\"");
+  assert_int_equal(r.err, NETSTASH_OK);
+  assert_int_equal(r.status, 304);
+  assert_int_equal(r.source, NETSTASH_SOURCE_CACHE);
+  assert_string_equal(r.body, "");
+  assert_string_equal(r.hdr, "\"v1\"");
+  assert_non_null(strstr(r.reason, "304"));
+  r = cond(ctx, "/cache/max-age/600/cond", "If-None-Match", "\"x\", W/\"v1\"");
+  assert_int_equal(r.status, 304); /* weak comparison, any of the list */
+  r = cond(ctx, "/cache/max-age/600/cond", "If-None-Match", "\"other\"");
+  assert_int_equal(r.status, 200);
+  assert_int_equal(r.source, NETSTASH_SOURCE_CACHE);
+  assert_string_equal(r.body, a.body);
+  /* no-cache: the origin revalidates, the caller still gets its 304 */
+  a = GET(ctx, "/cache/etag");
+  r = cond(ctx, "/cache/etag", "If-None-Match", "\"e1\"");
+  assert_int_equal(r.err, NETSTASH_OK);
+  assert_int_equal(r.status, 304);
+  assert_int_equal(r.source, NETSTASH_SOURCE_REVALIDATED);
+  netstash_ctx_del(ctx);
+}
+
 static void test_no_store_and_bypass(void **state) {
   netstash_ctx *ctx = ctx_for(new_profile(), 1);
   result a, b;
@@ -391,6 +445,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_fresh_hit_and_persistence),
       cmocka_unit_test(test_revalidation_304),
+      cmocka_unit_test(test_caller_conditionals),
       cmocka_unit_test(test_no_store_and_bypass),
       cmocka_unit_test(test_vary_variants),
       cmocka_unit_test(test_stale_while_revalidate),
