@@ -47,6 +47,13 @@ struct netd_ipc {
   void *done_ud;
   int stopping;
   size_t nsessions;
+  /* one write per session per loop turn: callbacks mark sessions dirty, the
+   * check handle (after the turn's I/O) flushes them */
+  uv_check_t flusher;
+  uv_idle_t kick;    /* while sessions are dirty: the loop must not block first */
+  int flusher_state; /* 0 closed, 1 open, 2 closing */
+  int flusher_closing; /* handles whose close callback is pending */
+  ns_list dirty;
 };
 
 typedef struct ipc_sess {
@@ -58,6 +65,9 @@ typedef struct ipc_sess {
   size_t backlog; /* bytes handed to uv_write, not yet written */
   int closing;
   int in_send;
+  int dirty;
+  ns_list dirty_node;
+  struct wreq *spare; /* the last write's buffer, kept for the next */
 } ipc_sess;
 
 typedef struct ipc_stream {
@@ -86,6 +96,7 @@ typedef struct ipc_stream {
 } ipc_stream;
 
 static void sess_flush(ipc_sess *s);
+static void sess_mark(ipc_sess *s);
 static void sess_close(ipc_sess *s);
 
 /* ------------------------------------------------------------ streams */
@@ -277,6 +288,19 @@ static ssize_t read_job(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t le
   }
   if (e != NETSTASH_OK)
     return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* resets the stream */
+  /* fill the frame; when the body is complete, END_STREAM rides on it */
+  while (n > 0 && n < len) {
+    size_t more = 0;
+    e = netstash_job_read(st->job, buf + n, len - n, &more);
+    if (e != NETSTASH_OK)
+      break; /* AGAIN: the rest later; an error: reported by the next call */
+    if (more == 0) {
+      *flags |= NGHTTP2_DATA_FLAG_EOF;
+      st->eof = 1;
+      break;
+    }
+    n += more;
+  }
   if (n == 0) {
     *flags |= NGHTTP2_DATA_FLAG_EOF;
     st->eof = 1;
@@ -321,7 +345,7 @@ static void job_response(netstash_job *job, void *ud) {
   netd *d = st->s->ipc->d;
   if (!nva) {
     nghttp2_submit_rst_stream(st->s->ng, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_INTERNAL_ERROR);
-    sess_flush(st->s);
+    sess_mark(st->s);
     return;
   }
   snprintf(code, sizeof(code), "%d", netstash_fetch_status(f));
@@ -349,7 +373,7 @@ static void job_response(netstash_job *job, void *ud) {
   else
     nghttp2_submit_response(st->s->ng, st->id, nva, k, &dp);
   free(nva);
-  sess_flush(st->s);
+  sess_mark(st->s);
 }
 
 static void job_readable(netstash_job *job, void *ud) {
@@ -358,7 +382,7 @@ static void job_readable(netstash_job *job, void *ud) {
   if (st->data_deferred) {
     st->data_deferred = 0;
     nghttp2_session_resume_data(st->s->ng, st->id);
-    sess_flush(st->s);
+    sess_mark(st->s);
   }
 }
 
@@ -384,7 +408,7 @@ static void job_complete(netstash_job *job, netstash_error err, void *ud) {
     st->data_deferred = 0;
     nghttp2_session_resume_data(st->s->ng, st->id);
   }
-  sess_flush(st->s);
+  sess_mark(st->s);
 }
 
 static const netstash_job_callbacks job_cbs = {
@@ -634,7 +658,7 @@ static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t code, void 
 typedef struct wreq {
   uv_write_t w;
   ipc_sess *s;
-  size_t len;
+  size_t len, cap;
   uint8_t data[];
 } wreq;
 
@@ -652,6 +676,12 @@ static void sess_close(ipc_sess *s) {
   if (s->closing)
     return;
   s->closing = 1;
+  if (s->dirty) {
+    s->dirty = 0;
+    ns_list_remove(&s->dirty_node);
+  }
+  free(s->spare);
+  s->spare = NULL;
   atomic_fetch_sub(&s->ipc->d->metrics.ipc_conns_open, 1);
   while (!ns_list_empty(&s->streams))
     stream_free(ns_list_entry(s->streams.next, ipc_stream, node));
@@ -665,7 +695,10 @@ static void on_written(uv_write_t *w, int status) {
   wreq *r = (wreq *)w;
   ipc_sess *s = r->s;
   s->backlog -= r->len;
-  free(r);
+  if (!s->closing && !s->spare)
+    s->spare = r; /* no malloc (and no glibc trim/re-fault) per answer */
+  else
+    free(r);
   if (s->closing)
     return;
   if (status < 0) {
@@ -682,9 +715,37 @@ static void on_written(uv_write_t *w, int status) {
         nghttp2_session_resume_data(s->ng, st->id);
       }
     }
+    sess_mark(s);
+  }
+}
+
+static void on_kick(uv_idle_t *h);
+
+/* A session has frames to send: they go out at the end of this loop turn
+ * (check phase). A mark made after this turn's check (a timer's or a close
+ * callback) starts the idle handle so that the next poll does not block. */
+static void sess_mark(ipc_sess *s) {
+  netd_ipc *ipc = s->ipc;
+  if (s->closing || s->dirty)
+    return;
+  s->dirty = 1;
+  if (ns_list_empty(&ipc->dirty) && ipc->flusher_state == 1)
+    uv_idle_start(&ipc->kick, on_kick);
+  ns_list_insert_tail(&ipc->dirty, &s->dirty_node);
+}
+
+static void flush_dirty(netd_ipc *ipc) {
+  uv_idle_stop(&ipc->kick);
+  while (!ns_list_empty(&ipc->dirty)) {
+    ipc_sess *s = ns_list_entry(ipc->dirty.next, ipc_sess, dirty_node);
+    ns_list_remove(&s->dirty_node);
+    s->dirty = 0;
     sess_flush(s);
   }
 }
+
+static void on_flush_check(uv_check_t *h) { flush_dirty(h->data); }
+static void on_kick(uv_idle_t *h) { flush_dirty(h->data); }
 
 /* Sends what nghttp2 has, in one write per call (frames coalesced). */
 static void sess_flush(ipc_sess *s) {
@@ -692,6 +753,11 @@ static void sess_flush(ipc_sess *s) {
   size_t len = 0, cap = 0;
   if (s->closing || s->in_send)
     return;
+  if (s->spare) {
+    acc = (uint8_t *)s->spare;
+    cap = s->spare->cap;
+    s->spare = NULL;
+  }
   s->in_send = 1;
   for (;;) {
     const uint8_t *data;
@@ -730,6 +796,7 @@ static void sess_flush(ipc_sess *s) {
     uv_buf_t b = uv_buf_init((char *)r->data, (unsigned)len);
     r->s = s;
     r->len = len;
+    r->cap = cap;
     s->backlog += len;
     if (uv_write(&r->w, (uv_stream_t *)&s->pipe, &b, 1, on_written) != 0) {
       s->backlog -= len;
@@ -737,6 +804,9 @@ static void sess_flush(ipc_sess *s) {
       sess_close(s);
       return;
     }
+  } else if (acc && !s->spare) {
+    s->spare = (wreq *)acc;
+    s->spare->cap = cap;
   } else {
     free(acc);
   }
@@ -769,7 +839,7 @@ static void on_read(uv_stream_t *str, ssize_t n, const uv_buf_t *b) {
     sess_close(s);
     return;
   }
-  sess_flush(s);
+  sess_mark(s); /* answers that are ready by the end of this turn go in one write */
 }
 
 static void on_conn(uv_stream_t *srv, int status) {
@@ -833,7 +903,16 @@ int netd_ipc_start(netd *d, char *err, size_t errlen) {
   }
   ipc->d = d;
   ns_list_init(&ipc->sessions);
+  ns_list_init(&ipc->dirty);
   d->ipc = ipc;
+  if (uv_check_init(d->loop, &ipc->flusher) != 0 || uv_idle_init(d->loop, &ipc->kick) != 0 ||
+      uv_check_start(&ipc->flusher, on_flush_check) != 0) {
+    snprintf(err, errlen, "uv_check_init failed");
+    return -1;
+  }
+  ipc->flusher.data = ipc;
+  ipc->kick.data = ipc;
+  ipc->flusher_state = 1;
   if (uv_pipe_init(d->loop, &ipc->listener, 0) != 0) {
     snprintf(err, errlen, "uv_pipe_init failed");
     return -1;
@@ -867,11 +946,29 @@ static void grace_closed(uv_handle_t *h) {
 
 /* Stopping and everything closed: report, then free (after the timer's
  * close callback when there is a timer). */
+static void flusher_closed(uv_handle_t *h) {
+  netd_ipc *ipc = h->data;
+  if (--ipc->flusher_closing == 0) {
+    ipc->flusher_state = 0;
+    ipc_maybe_done(ipc);
+  }
+}
+
 static void ipc_maybe_done(netd_ipc *ipc) {
   void (*done)(void *);
   void *ud;
   if (!ipc->stopping || ipc->listening || ipc->nsessions || !ipc->done)
     return;
+  if (ipc->flusher_state == 1) {
+    ipc->flusher_state = 2;
+    ipc->flusher_closing = 2;
+    uv_check_stop(&ipc->flusher);
+    uv_idle_stop(&ipc->kick);
+    uv_close((uv_handle_t *)&ipc->flusher, flusher_closed);
+    uv_close((uv_handle_t *)&ipc->kick, flusher_closed);
+  }
+  if (ipc->flusher_state)
+    return; /* again from flusher_closed */
   done = ipc->done;
   ud = ipc->done_ud;
   ipc->done = NULL;

@@ -70,8 +70,9 @@ static void netd_start(daemon_proc *dp, const char *name, const char *extra) {
     snprintf(dp->sock, sizeof(dp->sock), "%s/netd.sock", dp->profile);
     snprintf(dp->log, sizeof(dp->log), "%s.log", dp->profile);
   }
-  snprintf(cmd, sizeof(cmd), "exec %s --profile %s --cacert %s %s >>%s 2>&1", netd_bin,
-           dp->profile, nst_cert("ca.pem"), extra ? extra : "", dp->log);
+  snprintf(cmd, sizeof(cmd), "exec %s --profile %s --cacert %s %s %s >>%s 2>&1", netd_bin,
+           dp->profile, nst_cert("ca.pem"), getenv("NETD_TEST_VERBOSE") ? "-v" : "",
+           extra ? extra : "", dp->log);
   dp->pid = fork();
   assert_true(dp->pid >= 0);
   if (dp->pid == 0) {
