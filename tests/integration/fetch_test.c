@@ -21,6 +21,7 @@
 #include <netstash/netstash.h>
 
 #include "harness.h"
+#include "site_cmp.h"
 
 static nst_server caddy_h2, caddy_h1, caddy_tls12, raw, dnsmasq;
 
@@ -77,25 +78,6 @@ static netstash_fetch *get(netstash_ctx *ctx, const char *url, netstash_error ex
   assert_int_equal(rv, expect);
   netstash_request_del(req);
   return f;
-}
-
-static unsigned char *read_site_file(const char *name, size_t *len) {
-  char path[1024];
-  FILE *fp;
-  unsigned char *buf;
-  long n;
-  snprintf(path, sizeof(path), "%s/%s", nst_site(), name);
-  fp = fopen(path, "rb");
-  assert_non_null(fp);
-  fseek(fp, 0, SEEK_END);
-  n = ftell(fp);
-  fseek(fp, 0, SEEK_SET);
-  buf = malloc((size_t)n + 1);
-  assert_non_null(buf);
-  assert_int_equal(fread(buf, 1, (size_t)n, fp), (size_t)n);
-  fclose(fp);
-  *len = (size_t)n;
-  return buf;
 }
 
 /* ------------------------------------------------------------------ cases */
@@ -410,7 +392,7 @@ static void coded_case(const char *accept, const char *expect_coding) {
   netstash_fetch *f;
   const uint8_t *body;
   size_t len, flen;
-  unsigned char *file = read_site_file("text.txt", &flen);
+  unsigned char *file = site_cmp_read("text.txt", &flen);
   assert_int_equal(netstash_request_new(&req, url_of(caddy_h2.port, "127.0.0.1", "/text.txt")),
                    NETSTASH_OK);
   if (accept)
@@ -444,7 +426,7 @@ static void test_raw_body(void **state) {
   netstash_fetch *f;
   const uint8_t *body;
   size_t len, blen;
-  unsigned char *br = read_site_file("text.txt.br", &blen);
+  unsigned char *br = site_cmp_read("text.txt.br", &blen);
   (void)state;
   assert_int_equal(netstash_request_new(&req, url_of(caddy_h2.port, "127.0.0.1", "/text.txt")),
                    NETSTASH_OK);

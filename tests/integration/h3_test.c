@@ -22,6 +22,7 @@
 #include <netstash/netstash.h>
 
 #include "harness.h"
+#include "site_cmp.h"
 
 static nst_server caddy_h3, gtls;
 
@@ -74,29 +75,6 @@ static netstash_fetch *get_v(netstash_ctx *ctx, const char *url, netstash_http_v
   return f;
 }
 
-static void expect_body(netstash_fetch *f, const char *site_file) {
-  char path[1024];
-  const uint8_t *body;
-  size_t len;
-  FILE *fp;
-  unsigned char *want;
-  long n;
-  snprintf(path, sizeof(path), "%s/%s", nst_site(), site_file);
-  fp = fopen(path, "rb");
-  assert_non_null(fp);
-  fseek(fp, 0, SEEK_END);
-  n = ftell(fp);
-  fseek(fp, 0, SEEK_SET);
-  want = malloc((size_t)n + 1);
-  assert_non_null(want);
-  assert_int_equal(fread(want, 1, (size_t)n, fp), (size_t)n);
-  fclose(fp);
-  assert_int_equal(netstash_fetch_body(f, &body, &len), NETSTASH_OK);
-  assert_int_equal(len, (size_t)n);
-  assert_memory_equal(body, want, len);
-  free(want);
-}
-
 static const char *tmp_profile(const char *name) {
   const char *p = nst_path(name);
   char cmd[1200];
@@ -118,7 +96,7 @@ static void test_forced_h3_caddy(void **state) {
   assert_string_equal(netstash_fetch_tls_version(f), "TLSv1.3");
   assert_true(strlen(netstash_fetch_tls_cipher(f)) > 0);
   assert_non_null(netstash_fetch_header(f, "content-type"));
-  expect_body(f, "hello.txt");
+  site_cmp_expect(f, "hello.txt");
   assert_int_equal(netstash_fetch_new_connections(f), 1);
   assert_true(netstash_fetch_timing_us(f, NETSTASH_TIMING_TLS) > 0);
   assert_true(netstash_fetch_timing_us(f, NETSTASH_TIMING_TTFB) >=
@@ -126,7 +104,7 @@ static void test_forced_h3_caddy(void **state) {
   netstash_fetch_del(f);
   /* the next request reuses the connection */
   f = get_v(ctx, url_of(caddy_h3.port, "/r/3.bin"), NETSTASH_HTTP_3, NETSTASH_OK);
-  expect_body(f, "r/3.bin");
+  site_cmp_expect(f, "r/3.bin");
   assert_int_equal(netstash_fetch_new_connections(f), 0);
   assert_int_equal(netstash_fetch_timing_us(f, NETSTASH_TIMING_TLS), 0);
   netstash_fetch_del(f);
@@ -141,10 +119,10 @@ static void test_forced_h3_gtlsserver(void **state) {
   f = get_v(ctx, url_of(gtls.port, "/hello.txt"), NETSTASH_HTTP_3, NETSTASH_OK);
   assert_int_equal(netstash_fetch_status(f), 200);
   assert_string_equal(netstash_fetch_protocol_name(f), "h3");
-  expect_body(f, "hello.txt");
+  site_cmp_expect(f, "hello.txt");
   netstash_fetch_del(f);
   f = get_v(ctx, url_of(gtls.port, "/big.bin"), NETSTASH_HTTP_3, NETSTASH_OK);
-  expect_body(f, "big.bin");
+  site_cmp_expect(f, "big.bin");
   netstash_fetch_del(f);
   f = get_v(ctx, url_of(gtls.port, "/no-such-file"), NETSTASH_HTTP_3, NETSTASH_OK);
   assert_int_equal(netstash_fetch_status(f), 404);
@@ -207,7 +185,7 @@ static void test_h3_big50(void **state) {
   assert_non_null(nst_site_big50());
   f = get_v(ctx, url_of(caddy_h3.port, "/big50.bin"), NETSTASH_HTTP_3, NETSTASH_OK);
   assert_string_equal(netstash_fetch_protocol_name(f), "h3");
-  expect_body(f, "big50.bin");
+  site_cmp_expect(f, "big50.bin");
   netstash_fetch_del(f);
   netstash_ctx_del(ctx);
 }
@@ -225,7 +203,7 @@ static void test_altsvc_upgrade_and_persist(void **state) {
   netstash_fetch_del(f);
   f = get_v(ctx, url_of(caddy_h3.port, "/hello.txt"), NETSTASH_HTTP_ANY, NETSTASH_OK);
   assert_string_equal(netstash_fetch_protocol_name(f), "h3");
-  expect_body(f, "hello.txt");
+  site_cmp_expect(f, "hello.txt");
   netstash_fetch_del(f);
   /* stored from an h3 response with the right request time: a small age */
   {
@@ -254,7 +232,7 @@ static void test_altsvc_upgrade_and_persist(void **state) {
   ctx = new_ctx_profile(prof, 1);
   f = get_v(ctx, url_of(caddy_h3.port, "/r/1.bin"), NETSTASH_HTTP_ANY, NETSTASH_OK);
   assert_string_equal(netstash_fetch_protocol_name(f), "h3");
-  expect_body(f, "r/1.bin");
+  site_cmp_expect(f, "r/1.bin");
   netstash_fetch_del(f);
   netstash_ctx_del(ctx);
 
@@ -309,7 +287,7 @@ static void test_udp_blocked_fallback(void **state) {
   f = get_v(ctx, url_of(srv.port, "/r/2.bin"), NETSTASH_HTTP_ANY, NETSTASH_OK);
   dt = now_ms() - t0;
   assert_string_equal(netstash_fetch_protocol_name(f), "h2");
-  expect_body(f, "r/2.bin");
+  site_cmp_expect(f, "r/2.bin");
   netstash_fetch_del(f);
   if (dt < 250 || dt > 2000)
     fail_msg("fallback took %llu ms (race delay 300 ms)", (unsigned long long)dt);
@@ -454,7 +432,7 @@ static void test_cancel_mid_body(void **state) {
   assert_int_equal(netstash_fetch_result(f), NETSTASH_E_CANCELED);
   netstash_fetch_del(f);
   f = get_v(ctx, url_of(caddy_h3.port, "/hello.txt"), NETSTASH_HTTP_3, NETSTASH_OK);
-  expect_body(f, "hello.txt");
+  site_cmp_expect(f, "hello.txt");
   assert_int_equal(netstash_fetch_new_connections(f), 0);
   netstash_fetch_del(f);
   netstash_ctx_del(ctx);
@@ -474,7 +452,7 @@ static void test_h3_resumption(void **state) {
   assert_int_equal(netstash_ctx_stat(ctx, NETSTASH_STAT_TLS_RESUMED), 0);
   usleep(1600 * 1000);
   f = get_v(ctx, url_of(srv.port, "/hello.txt"), NETSTASH_HTTP_3, NETSTASH_OK);
-  expect_body(f, "hello.txt");
+  site_cmp_expect(f, "hello.txt");
   assert_int_equal(netstash_fetch_new_connections(f), 1);
   netstash_fetch_del(f);
   assert_int_equal(netstash_ctx_stat(ctx, NETSTASH_STAT_CONNECTIONS_OPENED), 2);

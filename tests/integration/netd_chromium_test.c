@@ -52,26 +52,22 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
 #include <jansson.h>
-#include <netinet/in.h>
-#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/prctl.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "harness.h"
+#include "netd_run.h"
 
 #ifndef NST_TOP_SRCDIR
 #define NST_TOP_SRCDIR "."
@@ -90,10 +86,9 @@
 #define MAX_RESOURCES 128
 
 static nst_server caddy;
-static pid_t netd_pid = -1;
+static netd_proc nd = {.pid = -1};
 static volatile pid_t child_pgid = -1; /* the process group of run_bounded()'s child */
-static int proxy_port, gateway_port, metrics_port;
-static char netd_bin[1024], netd_log[600], chromium_bin[1024], site_dir[600];
+static char chromium_bin[1024], site_dir[600];
 static char pac_url[4096];
 
 /* The site's resources: every file make-site wrote except the .br/.gz
@@ -104,44 +99,6 @@ static size_t nresources;
 static int verbose(void) {
   const char *v = getenv("NST_VERBOSE");
   return v && *v && strcmp(v, "0") != 0;
-}
-
-static uint64_t now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
-/* A TCP port on 127.0.0.1 that is free now (bound to 0, then released). */
-static int free_port(void) {
-  struct sockaddr_in sa;
-  socklen_t sl = sizeof(sa);
-  int fd = socket(AF_INET, SOCK_STREAM, 0), port = -1;
-  memset(&sa, 0, sizeof(sa));
-  sa.sin_family = AF_INET;
-  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (fd >= 0 && bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 &&
-      getsockname(fd, (struct sockaddr *)&sa, &sl) == 0)
-    port = ntohs(sa.sin_port);
-  if (fd >= 0)
-    close(fd);
-  return port;
-}
-
-static int connect_port(int port) {
-  struct sockaddr_in sa;
-  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  memset(&sa, 0, sizeof(sa));
-  sa.sin_family = AF_INET;
-  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  sa.sin_port = htons((uint16_t)port);
-  if (fd < 0)
-    return -1;
-  if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
-    close(fd);
-    return -1;
-  }
-  return fd;
 }
 
 /* A whole file, NUL-terminated (malloc'd); NULL if it cannot be read. */
@@ -189,16 +146,6 @@ static void print_tail(const char *what, const char *path, size_t max) {
 
 /* ------------------------------------------------------------ programs */
 
-static int find_netd(void) {
-  const char *b = getenv("NST_BUILDDIR");
-  snprintf(netd_bin, sizeof(netd_bin), "%s/netd/netd", b ? b : ".");
-  if (access(netd_bin, X_OK) != 0) {
-    fprintf(stderr, "netd_chromium_test: %s not found (set NST_BUILDDIR)\n", netd_bin);
-    return -1;
-  }
-  return 0;
-}
-
 /* $CHROMIUM, else "chromium" on PATH (Debian's /usr/bin/chromium wrapper). */
 static int find_chromium(void) {
   const char *env = getenv("CHROMIUM"), *path = getenv("PATH");
@@ -233,7 +180,7 @@ static int find_chromium(void) {
  * did not start; *ms is how long it ran. */
 static int run_bounded(const char *const *argv, const char *out_path, const char *err_path,
                        const char *home, int timeout_ms, uint64_t *ms) {
-  uint64_t t0 = now_ms(), end = t0 + (uint64_t)timeout_ms;
+  uint64_t t0 = netd_run_now_ms(), end = t0 + (uint64_t)timeout_ms;
   int st = 0, killed = 0;
   pid_t pid = fork();
   if (pid == 0) {
@@ -262,7 +209,7 @@ static int run_bounded(const char *const *argv, const char *out_path, const char
   setpgid(pid, pid); /* also here: no race with the kills below */
   child_pgid = pid;
   while (waitpid(pid, &st, WNOHANG) == 0) {
-    if (now_ms() > end) {
+    if (netd_run_now_ms() > end) {
       fprintf(stderr, "netd_chromium_test: %s still running after %d ms: killed\n", argv[0],
               timeout_ms);
       kill(-pid, SIGKILL);
@@ -275,7 +222,7 @@ static int run_bounded(const char *const *argv, const char *out_path, const char
   kill(-pid, SIGKILL);
   child_pgid = -1;
   if (ms)
-    *ms = now_ms() - t0;
+    *ms = netd_run_now_ms() - t0;
   if (killed)
     return -1;
   return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
@@ -341,93 +288,41 @@ static int find_resource(const char *path) {
 /* ------------------------------------------------------------ netd */
 
 static int spawn_netd(void) {
-  char profile[512], proxy[64], gateway[64], metrics[64], upstream[128], resolve[128];
-  const char *argv[24];
+  char proxy[64], gateway[64], metrics[64], upstream[128], resolve[128];
+  const char *args[24];
   size_t n = 0;
-  uint64_t end;
-  snprintf(profile, sizeof(profile), "%s", nst_path("netd-chromium"));
-  snprintf(netd_log, sizeof(netd_log), "%s", nst_path("netd.log"));
-  proxy_port = free_port();
-  gateway_port = free_port();
-  metrics_port = free_port();
-  snprintf(proxy, sizeof(proxy), "127.0.0.1:%d", proxy_port);
-  snprintf(gateway, sizeof(gateway), "127.0.0.1:%d", gateway_port);
-  snprintf(metrics, sizeof(metrics), "127.0.0.1:%d", metrics_port);
+  snprintf(nd.profile, sizeof(nd.profile), "%s", nst_path("netd-chromium"));
+  snprintf(nd.log, sizeof(nd.log), "%s", nst_path("netd.log"));
+  nd.proxy = netd_run_free_port();
+  nd.gateway = netd_run_free_port();
+  nd.metrics = netd_run_free_port();
+  snprintf(proxy, sizeof(proxy), "127.0.0.1:%d", nd.proxy);
+  snprintf(gateway, sizeof(gateway), "127.0.0.1:%d", nd.gateway);
+  snprintf(metrics, sizeof(metrics), "127.0.0.1:%d", nd.metrics);
   snprintf(upstream, sizeof(upstream), "https://127.0.0.1:%d", caddy.port);
-  snprintf(resolve, sizeof(resolve), SITE_HOST ":%d:127.0.0.1", gateway_port);
-  argv[n++] = netd_bin;
-  argv[n++] = "--profile";
-  argv[n++] = profile;
-  argv[n++] = "--cacert";
-  argv[n++] = nst_cert("ca.pem");
-  argv[n++] = "--gateway";
-  argv[n++] = gateway;
-  argv[n++] = "--upstream";
-  argv[n++] = upstream;
-  argv[n++] = "--proxy";
-  argv[n++] = proxy;
-  argv[n++] = "--metrics";
-  argv[n++] = metrics;
-  argv[n++] = "--resolve";
-  argv[n++] = resolve;
-  argv[n] = NULL;
-  netd_pid = fork();
-  if (netd_pid == 0) {
-    int fd = open(netd_log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (fd >= 0) {
-      dup2(fd, 1);
-      dup2(fd, 2);
-    }
-    execv(netd_bin, (char *const *)argv);
-    _exit(127);
-  }
-  if (netd_pid < 0)
-    return -1;
+  snprintf(resolve, sizeof(resolve), SITE_HOST ":%d:127.0.0.1", nd.gateway);
+  args[n++] = "--profile";
+  args[n++] = nd.profile;
+  args[n++] = "--cacert";
+  args[n++] = nst_cert("ca.pem");
+  args[n++] = "--gateway";
+  args[n++] = gateway;
+  args[n++] = "--upstream";
+  args[n++] = upstream;
+  args[n++] = "--proxy";
+  args[n++] = proxy;
+  args[n++] = "--metrics";
+  args[n++] = metrics;
+  args[n++] = "--resolve";
+  args[n++] = resolve;
+  args[n] = NULL;
   /* up once every front accepts */
-  end = now_ms() + 15000;
-  for (int i = 0; i < 3; i++) {
-    int port = i == 0 ? proxy_port : i == 1 ? gateway_port : metrics_port;
-    for (;;) {
-      int fd = connect_port(port), st;
-      if (fd >= 0) {
-        close(fd);
-        break;
-      }
-      if (waitpid(netd_pid, &st, WNOHANG) == netd_pid) {
-        fprintf(stderr, "netd_chromium_test: netd exited early (status %d)\n", st);
-        print_tail("netd", netd_log, 2000);
-        netd_pid = -1;
-        return -1;
-      }
-      if (now_ms() > end) {
-        fprintf(stderr, "netd_chromium_test: netd not listening on %d after 15 s\n", port);
-        return -1;
-      }
-      usleep(20000);
-    }
+  if (netd_run_start(&nd, args, 15000) != 0) {
+    if (nd.pid < 0)
+      print_tail("netd", nd.log, 2000);
+    return -1;
   }
   return 0;
-}
-
-/* SIGTERM, then the exit status (-1: killed after 10 s, or by a signal). */
-static int stop_netd(void) {
-  int st = 0;
-  uint64_t end = now_ms() + 10000;
-  if (netd_pid <= 0)
-    return 0;
-  kill(netd_pid, SIGTERM);
-  while (waitpid(netd_pid, &st, WNOHANG) == 0) {
-    if (now_ms() > end) {
-      kill(netd_pid, SIGKILL);
-      waitpid(netd_pid, &st, 0);
-      netd_pid = -1;
-      return -1;
-    }
-    usleep(20000);
-  }
-  netd_pid = -1;
-  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
 /* The ports are picked free but not held: another test may take one in
@@ -436,7 +331,7 @@ static int start_netd(void) {
   for (int attempt = 0; attempt < 3; attempt++) {
     if (spawn_netd() == 0)
       return 0;
-    stop_netd();
+    netd_run_stop(&nd);
   }
   return -1;
 }
@@ -450,54 +345,29 @@ typedef struct scrape {
 
 static const char *const source_names[5] = {"preload", "cache", "revalidated", "network", "error"};
 
-/* The value of the sample line "NAME VALUE" (NAME with its labels); -1 if absent. */
-static double sample(const char *text, const char *name) {
-  size_t nl = strlen(name);
-  const char *p = text;
-  while ((p = strstr(p, name)) != NULL) {
-    if ((p == text || p[-1] == '\n') && p[nl] == ' ')
-      return strtod(p + nl + 1, NULL);
-    p += nl;
-  }
-  return -1;
-}
-
 static int get_metrics(scrape *s) {
   static const char req[] = "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
-  char buf[65536], name[96];
+  char *buf = NULL, name[96];
   size_t n = 0;
-  uint64_t end = now_ms() + IO_TIMEOUT_MS;
-  int fd = connect_port(metrics_port), rc = -1;
-  if (fd < 0 || send(fd, req, sizeof(req) - 1, MSG_NOSIGNAL) != (ssize_t)(sizeof(req) - 1))
+  int fd = netd_run_connect(nd.metrics), rc = -1;
+  if (fd < 0 || netd_run_send(fd, req, sizeof(req) - 1) != 0 ||
+      netd_run_read(fd, IO_TIMEOUT_MS, &buf, &n) != 0)
     goto done;
-  while (n < sizeof(buf) - 1) {
-    struct pollfd pf = {fd, POLLIN, 0};
-    ssize_t r;
-    int left = (int)(end - now_ms());
-    if (left <= 0 || poll(&pf, 1, left) <= 0)
-      goto done;
-    r = recv(fd, buf + n, sizeof(buf) - 1 - n, 0);
-    if (r < 0 && errno == EINTR)
-      continue;
-    if (r <= 0)
-      break;
-    n += (size_t)r;
-  }
-  buf[n] = 0;
   if (strncmp(buf, "HTTP/1.1 200 ", 13) != 0)
     goto done;
   for (int i = 0; i < 5; i++) {
     snprintf(name, sizeof(name), "netd_requests_total{source=\"%s\"}", source_names[i]);
-    if ((s->src[i] = sample(buf, name)) < 0)
+    if ((s->src[i] = netd_run_sample(buf, name)) < 0)
       goto done;
   }
-  if ((s->front_conns = sample(buf, "netd_front_connections_total")) < 0)
+  if ((s->front_conns = netd_run_sample(buf, "netd_front_connections_total")) < 0)
     goto done;
   rc = 0;
 done:
   if (rc != 0)
-    fprintf(stderr, "netd_chromium_test: scrape of 127.0.0.1:%d/metrics failed:\n%s\n",
-            metrics_port, n ? buf : "(nothing)");
+    fprintf(stderr, "netd_chromium_test: scrape of 127.0.0.1:%d/metrics failed:\n%s\n", nd.metrics,
+            n ? buf : "(nothing)");
+  free(buf);
   if (fd >= 0)
     close(fd);
   return rc;
@@ -536,7 +406,7 @@ static void make_pac(void) {
                    "  if (host == \"" SITE_HOST "\") return \"PROXY 127.0.0.1:%d\";\n"
                    "  return \"PROXY 127.0.0.1:%d\";\n"
                    "}\n",
-                   proxy_port, nst_closed_port());
+                   nd.proxy, nst_closed_port());
   base64((const unsigned char *)pac, (size_t)n, b64, sizeof(b64));
   snprintf(pac_url, sizeof(pac_url), "data:application/x-javascript-config;base64,%s", b64);
 }
@@ -568,7 +438,7 @@ static int run_chromium(int n, load *ld) {
   snprintf(udd_arg, sizeof(udd_arg), "--user-data-dir=%s", udd);
   snprintf(netlog_arg, sizeof(netlog_arg), "--log-net-log=%s", ld->netlog);
   snprintf(pac_arg, sizeof(pac_arg), "--proxy-pac-url=%s", pac_url);
-  snprintf(url, sizeof(url), "http://" SITE_HOST ":%d/daily/index.html", gateway_port);
+  snprintf(url, sizeof(url), "http://" SITE_HOST ":%d/daily/index.html", nd.gateway);
   argv[a++] = chromium_bin;
   argv[a++] = "--headless";
   argv[a++] = "--no-sandbox";
@@ -641,7 +511,7 @@ static int read_netlog(const char *path, netlog_result *out) {
   char host[128];
   int t_start, t_headers, rc = -1;
   memset(out, 0, sizeof(*out));
-  snprintf(host, sizeof(host), "http://" SITE_HOST ":%d/", gateway_port);
+  snprintf(host, sizeof(host), "http://" SITE_HOST ":%d/", nd.gateway);
   if (root == NULL) {
     fprintf(stderr, "netd_chromium_test: %s: %s (line %d)\n", path, jerr.text, jerr.line);
     return -1;
@@ -875,9 +745,9 @@ static void test_second_load_from_netstash(void **state) {
 static void test_netd_stops_cleanly(void **state) {
   int st;
   (void)state;
-  st = stop_netd();
+  st = netd_run_stop(&nd);
   if (st != 0) {
-    print_tail("netd", netd_log, 2000);
+    print_tail("netd", nd.log, 2000);
     fail_msg("netd exited with %d on SIGTERM, want 0", st);
   }
 }
@@ -887,7 +757,7 @@ static void test_netd_stops_cleanly(void **state) {
 static int setup(void **state) {
   (void)state;
   signal(SIGPIPE, SIG_IGN);
-  if (find_chromium() != 0 || find_netd() != 0)
+  if (find_chromium() != 0 || netd_run_setup("netd_chromium") != 0)
     return -1;
   if (!nst_certs() || !nst_site() || make_site() != 0 || nst_caddy_start("h2", &caddy) != 0)
     return -1;
@@ -900,7 +770,7 @@ static int setup(void **state) {
 
 static int teardown(void **state) {
   (void)state;
-  stop_netd(); /* if test_netd_stops_cleanly did not run */
+  netd_run_stop(&nd); /* if test_netd_stops_cleanly did not run */
   nst_stop(&caddy);
   for (size_t i = 0; i < nresources; i++)
     free(resources[i]);
@@ -917,8 +787,8 @@ static void watchdog(int sig) {
   (void)sig;
   if (child_pgid > 0)
     kill(-child_pgid, SIGKILL);
-  if (netd_pid > 0)
-    kill(netd_pid, SIGKILL);
+  if (nd.pid > 0)
+    kill(nd.pid, SIGKILL);
   w = write(2, msg, sizeof(msg) - 1);
   (void)w;
   _exit(1);

@@ -17,149 +17,41 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <netinet/in.h>
-#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "harness.h"
+#include "netd_run.h"
 
 #define IO_TIMEOUT_MS 15000
 
-typedef struct netd_proc {
-  pid_t pid;
-  int proxy, gateway, metrics; /* ports, 0 = off */
-  char log[600];
-} netd_proc;
-
 static nst_server raw, caddy;
-static netd_proc nd = {-1, 0, 0, 0, ""}, nd_cookies = {-1, 0, 0, 0, ""};
-static char netd_bin[1024];
+static netd_proc nd = {.pid = -1}, nd_cookies = {.pid = -1};
 static int cookie_port = -1, cookie_lfd = -1;
 static pthread_t cookie_thread;
 
-static uint64_t now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
-/* A TCP port on 127.0.0.1 that is free now (bound to 0, then released). */
-static int free_port(void) {
-  struct sockaddr_in sa;
-  socklen_t sl = sizeof(sa);
-  int fd = socket(AF_INET, SOCK_STREAM, 0), port = -1;
-  memset(&sa, 0, sizeof(sa));
-  sa.sin_family = AF_INET;
-  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (fd >= 0 && bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 &&
-      getsockname(fd, (struct sockaddr *)&sa, &sl) == 0)
-    port = ntohs(sa.sin_port);
-  if (fd >= 0)
-    close(fd);
-  return port;
-}
-
-static int connect_port(int port) {
-  struct sockaddr_in sa;
-  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  memset(&sa, 0, sizeof(sa));
-  sa.sin_family = AF_INET;
-  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  sa.sin_port = htons((uint16_t)port);
-  if (fd < 0)
-    return -1;
-  if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
-    close(fd);
-    return -1;
-  }
-  return fd;
-}
-
 /* ------------------------------------------------------------ netd as a child */
-
-static int find_netd(void) {
-  const char *b = getenv("NST_BUILDDIR");
-  snprintf(netd_bin, sizeof(netd_bin), "%s/netd/netd", b ? b : ".");
-  if (access(netd_bin, X_OK) != 0) {
-    fprintf(stderr, "netd_front_test: %s not found (set NST_BUILDDIR)\n", netd_bin);
-    return -1;
-  }
-  return 0;
-}
-
-/* Runs netd with args (a NULL-terminated list, after the binary) with its
- * output in log; returns the pid. */
-static pid_t spawn_netd(const char *const *args, const char *log) {
-  const char *argv[32];
-  size_t n = 0;
-  pid_t pid;
-  argv[n++] = netd_bin;
-  while (*args && n < 31)
-    argv[n++] = *args++;
-  argv[n] = NULL;
-  pid = fork();
-  if (pid == 0) {
-    int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (fd >= 0) {
-      dup2(fd, 1);
-      dup2(fd, 2);
-    }
-    execv(netd_bin, (char *const *)argv);
-    _exit(127);
-  }
-  return pid;
-}
-
-/* Waits until every nonzero port accepts (netd is up) or the child died. */
-static int wait_ready(netd_proc *p) {
-  int ports[3] = {p->proxy, p->gateway, p->metrics};
-  uint64_t end = now_ms() + 15000;
-  for (int i = 0; i < 3; i++) {
-    while (ports[i]) {
-      int fd = connect_port(ports[i]), st;
-      if (fd >= 0) {
-        close(fd);
-        break;
-      }
-      if (waitpid(p->pid, &st, WNOHANG) == p->pid) {
-        fprintf(stderr, "netd_front_test: netd exited early (status %d), see %s\n", st, p->log);
-        p->pid = -1;
-        return -1;
-      }
-      if (now_ms() > end) {
-        fprintf(stderr, "netd_front_test: netd not listening on %d after 15 s\n", ports[i]);
-        return -1;
-      }
-      usleep(20000);
-    }
-  }
-  return 0;
-}
 
 static int start_netd_once(netd_proc *p, const char *name, const char *upstream, int with_proxy,
                            int with_metrics) {
-  char profile[512], proxy[64], gateway[64], metrics[64];
+  char proxy[64], gateway[64], metrics[64];
   const char *args[24];
   size_t n = 0;
-  snprintf(profile, sizeof(profile), "%s", nst_path(name));
-  snprintf(p->log, sizeof(p->log), "%s.log", profile);
-  p->proxy = with_proxy ? free_port() : 0;
-  p->gateway = upstream ? free_port() : 0;
-  p->metrics = with_metrics ? free_port() : 0;
+  snprintf(p->profile, sizeof(p->profile), "%s", nst_path(name));
+  snprintf(p->log, sizeof(p->log), "%s.log", p->profile);
+  p->proxy = with_proxy ? netd_run_free_port() : 0;
+  p->gateway = upstream ? netd_run_free_port() : 0;
+  p->metrics = with_metrics ? netd_run_free_port() : 0;
   args[n++] = "--profile";
-  args[n++] = profile;
+  args[n++] = p->profile;
   args[n++] = "--cacert";
   args[n++] = nst_cert("ca.pem");
   args[n++] = "-v";
@@ -181,13 +73,8 @@ static int start_netd_once(netd_proc *p, const char *name, const char *upstream,
     args[n++] = metrics;
   }
   args[n] = NULL;
-  p->pid = spawn_netd(args, p->log);
-  if (p->pid < 0)
-    return -1;
-  return wait_ready(p);
+  return netd_run_start(p, args, 15000);
 }
-
-static int stop_netd(netd_proc *p);
 
 /* The ports are picked free but not held: another test may take one in
  * between, so a failed start is retried with new ones. */
@@ -196,29 +83,9 @@ static int start_netd(netd_proc *p, const char *name, const char *upstream, int 
   for (int attempt = 0; attempt < 3; attempt++) {
     if (start_netd_once(p, name, upstream, with_proxy, with_metrics) == 0)
       return 0;
-    stop_netd(p);
+    netd_run_stop(p);
   }
   return -1;
-}
-
-/* SIGTERM, then the exit status (-1: killed after 10 s). */
-static int stop_netd(netd_proc *p) {
-  int st = 0;
-  uint64_t end = now_ms() + 10000;
-  if (p->pid <= 0)
-    return 0;
-  kill(p->pid, SIGTERM);
-  while (waitpid(p->pid, &st, WNOHANG) == 0) {
-    if (now_ms() > end) {
-      kill(p->pid, SIGKILL);
-      waitpid(p->pid, &st, 0);
-      p->pid = -1;
-      return -1;
-    }
-    usleep(20000);
-  }
-  p->pid = -1;
-  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
 /* ------------------------------------------------------------ raw HTTP */
@@ -238,49 +105,6 @@ static void resp_free(resp *r) {
   memset(r, 0, sizeof(*r));
 }
 
-static int send_all(int fd, const void *p, size_t n) {
-  const char *c = p;
-  while (n) {
-    ssize_t w = send(fd, c, n, MSG_NOSIGNAL);
-    if (w < 0 && errno == EINTR)
-      continue;
-    if (w <= 0)
-      return -1;
-    c += w;
-    n -= (size_t)w;
-  }
-  return 0;
-}
-
-/* Reads until EOF (requests say "Connection: close"). */
-static char *read_all(int fd, size_t *len) {
-  size_t cap = 65536, n = 0;
-  char *b = malloc(cap);
-  uint64_t end = now_ms() + IO_TIMEOUT_MS;
-  for (;;) {
-    struct pollfd pf = {fd, POLLIN, 0};
-    ssize_t r;
-    int left = (int)(end - now_ms());
-    if (left <= 0 || poll(&pf, 1, left) <= 0) {
-      fprintf(stderr, "netd_front_test: read timed out after %zu bytes\n", n);
-      break;
-    }
-    if (n + 1 >= cap) {
-      cap *= 2;
-      b = realloc(b, cap);
-    }
-    r = recv(fd, b + n, cap - n - 1, 0);
-    if (r < 0 && errno == EINTR)
-      continue;
-    if (r <= 0)
-      break;
-    n += (size_t)r;
-  }
-  b[n] = 0;
-  *len = n;
-  return b;
-}
-
 static void resp_parse(resp *r) {
   char *eoh = r->raw ? strstr(r->raw, "\r\n\r\n") : NULL;
   r->status = 0;
@@ -297,11 +121,11 @@ static void resp_parse(resp *r) {
 /* One request on a new connection; the whole answer until the server closes. */
 static resp exchange(int port, const void *req, size_t req_len) {
   resp r;
-  int fd = connect_port(port);
+  int fd = netd_run_connect(port);
   memset(&r, 0, sizeof(r));
   assert_true(fd >= 0);
-  assert_int_equal(send_all(fd, req, req_len), 0);
-  r.raw = read_all(fd, &r.len);
+  assert_int_equal(netd_run_send(fd, req, req_len), 0);
+  netd_run_read(fd, IO_TIMEOUT_MS, &r.raw, &r.len);
   close(fd);
   resp_parse(&r);
   return r;
@@ -356,9 +180,9 @@ static void send_big(int fd) {
                              "Connection: close\r\n\r\n";
   char *chunk = malloc(65536);
   memset(chunk, 'z', 65536);
-  if (send_all(fd, head, sizeof(head) - 1) == 0)
+  if (netd_run_send(fd, head, sizeof(head) - 1) == 0)
     for (unsigned i = 0; i < BIG_LEN / 65536; i++)
-      if (send_all(fd, chunk, 65536) != 0)
+      if (netd_run_send(fd, chunk, 65536) != 0)
         break;
   free(chunk);
 }
@@ -399,7 +223,7 @@ static void *cookie_server(void *arg) {
     if (strncmp(buf, "POST /big ", 10) == 0)
       send_big(fd);
     else
-      send_all(fd, answer, sizeof(answer) - 1);
+      netd_run_send(fd, answer, sizeof(answer) - 1);
     close(fd);
   }
 }
@@ -567,7 +391,7 @@ static void test_gateway_backpressure(void **state) {
   int fd;
   (void)state;
   before = rss_kib(nd_cookies.pid);
-  fd = connect_port(nd_cookies.gateway);
+  fd = netd_run_connect(nd_cookies.gateway);
   assert_true(fd >= 0);
   {
     /* POST: the library's HTTP cache buffers GET bodies (up to 32 MiB) until
@@ -575,7 +399,7 @@ static void test_gateway_backpressure(void **state) {
      * buffering */
     static const char req[] = "POST /big HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n"
                               "Connection: close\r\n\r\n";
-    assert_int_equal(send_all(fd, req, sizeof(req) - 1), 0);
+    assert_int_equal(netd_run_send(fd, req, sizeof(req) - 1), 0);
   }
   while (got < (1u << 20)) {
     ssize_t r = recv(fd, buf, sizeof(buf), 0);
@@ -606,20 +430,20 @@ static void test_gateway_64_concurrent(void **state) {
   (void)state;
   /* all connections open at once, then all requests, then all answers */
   for (i = 0; i < NCONC; i++) {
-    fds[i] = connect_port(nd.gateway);
+    fds[i] = netd_run_connect(nd.gateway);
     assert_true(fds[i] >= 0);
   }
   for (i = 0; i < NCONC; i++) {
     char req[256];
     int n = snprintf(req, sizeof(req),
                      "GET /echo?i=%d HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", i);
-    assert_int_equal(send_all(fds[i], req, (size_t)n), 0);
+    assert_int_equal(netd_run_send(fds[i], req, (size_t)n), 0);
   }
   for (i = 0; i < NCONC; i++) {
     char want[64];
     resp r;
     memset(&r, 0, sizeof(r));
-    r.raw = read_all(fds[i], &r.len);
+    netd_run_read(fds[i], IO_TIMEOUT_MS, &r.raw, &r.len);
     close(fds[i]);
     resp_parse(&r);
     assert_int_equal(r.status, 200);
@@ -747,21 +571,6 @@ static void test_proxy_refusals(void **state) {
   resp_free(&r);
 }
 
-static char *run_capture(const char *cmd, int *status) {
-  FILE *p = popen(cmd, "r");
-  size_t cap = 1 << 16, len = 0, n;
-  char *b = malloc(cap);
-  assert_non_null(p);
-  while ((n = fread(b + len, 1, cap - len - 1, p)) > 0) {
-    len += n;
-    if (len + 1 >= cap)
-      b = realloc(b, cap *= 2);
-  }
-  b[len] = 0;
-  *status = pclose(p);
-  return b;
-}
-
 static void test_proxy_connect_tunnel(void **state) {
   char cmd[2048];
   char *out;
@@ -773,7 +582,7 @@ static void test_proxy_connect_tunnel(void **state) {
            "https://127.0.0.1:%d/hello.txt -o /dev/null https://127.0.0.1:%d/r/7.bin -o /dev/null "
            "-w '%%{http_code} %%{size_download}\\n' 2>&1",
            nd.proxy, nst_cert("ca.pem"), caddy.port, caddy.port);
-  out = run_capture(cmd, &st);
+  out = netd_run_capture(cmd, &st);
   if (st != 0 || strcmp(out, "200 16\n200 20000\n") != 0)
     fprintf(stderr, "curl through the tunnel: status %d, output:\n%s", st, out);
   assert_int_equal(st, 0);
@@ -784,7 +593,7 @@ static void test_proxy_connect_tunnel(void **state) {
            "curl -sS --max-time 20 --proxy http://127.0.0.1:%d --cacert %s "
            "https://127.0.0.1:%d/hello.txt 2>&1",
            nd.proxy, nst_cert("ca.pem"), caddy.port);
-  out = run_capture(cmd, &st);
+  out = netd_run_capture(cmd, &st);
   assert_int_equal(st, 0);
   assert_string_equal(out, "hello, netstash\n");
   free(out);
@@ -794,34 +603,34 @@ static void test_proxy_connect_tunnel(void **state) {
            "curl -sS --max-time 30 --proxy http://127.0.0.1:%d --cacert %s "
            "https://127.0.0.1:%d/big.bin | cmp - %s/big.bin && echo same",
            nd.proxy, nst_cert("ca.pem"), caddy.port, nst_site());
-  out = run_capture(cmd, &st);
+  out = netd_run_capture(cmd, &st);
   assert_int_equal(st, 0);
   assert_string_equal(out, "same\n");
   free(out);
 }
 
 static void test_remote_bind_refused(void **state) {
-  char log[600], profile[512], addr[64];
+  char addr[64];
   const char *args[8];
   netd_proc p;
   int st;
   (void)state;
-  snprintf(profile, sizeof(profile), "%s", nst_path("netd-remote"));
-  snprintf(log, sizeof(log), "%s.log", profile);
-  snprintf(addr, sizeof(addr), "0.0.0.0:%d", free_port());
+  memset(&p, 0, sizeof(p));
+  snprintf(p.profile, sizeof(p.profile), "%s", nst_path("netd-remote"));
+  snprintf(p.log, sizeof(p.log), "%s.log", p.profile);
+  snprintf(addr, sizeof(addr), "0.0.0.0:%d", netd_run_free_port());
   args[0] = "--profile";
-  args[1] = profile;
+  args[1] = p.profile;
   args[2] = "--proxy";
   args[3] = addr;
   args[4] = NULL;
-  memset(&p, 0, sizeof(p));
-  p.pid = spawn_netd(args, log);
+  netd_run_spawn(&p, args);
   assert_true(p.pid > 0);
   assert_int_equal(waitpid(p.pid, &st, 0), p.pid);
   assert_true(WIFEXITED(st));
   assert_int_not_equal(WEXITSTATUS(st), 0);
   {
-    FILE *f = fopen(log, "r");
+    FILE *f = fopen(p.log, "r");
     char text[4096];
     size_t n = f ? fread(text, 1, sizeof(text) - 1, f) : 0;
     text[n] = 0;
@@ -837,15 +646,10 @@ static void test_remote_bind_refused(void **state) {
 
 /* The value of a sample line "NAME VALUE" in a scrape (NAME with labels). */
 static double sample(const char *text, const char *name) {
-  size_t nl = strlen(name);
-  const char *p = text;
-  while ((p = strstr(p, name)) != NULL) {
-    if ((p == text || p[-1] == '\n') && p[nl] == ' ')
-      return strtod(p + nl + 1, NULL);
-    p += nl;
-  }
-  fail_msg("metric %s missing", name);
-  return -1;
+  double v = netd_run_sample(text, name);
+  if (v < 0)
+    fail_msg("metric %s missing", name);
+  return v;
 }
 
 static resp scrape(void) {
@@ -916,7 +720,7 @@ static int setup(void **state) {
   char upstream[128];
   (void)state;
   signal(SIGPIPE, SIG_IGN);
-  if (find_netd() != 0)
+  if (netd_run_setup("netd_front") != 0)
     return -1;
   if (!nst_certs() || !nst_site() || nst_rawserver_start(&raw) != 0 ||
       nst_caddy_start("h2", &caddy) != 0 || start_cookie_server() != 0)
@@ -934,8 +738,8 @@ static int teardown(void **state) {
   int a, b;
   (void)state;
   /* a graceful stop closes fronts and connections, and exits 0 */
-  a = stop_netd(&nd);
-  b = stop_netd(&nd_cookies);
+  a = netd_run_stop(&nd);
+  b = netd_run_stop(&nd_cookies);
   if (cookie_lfd >= 0) {
     shutdown(cookie_lfd, SHUT_RDWR);
     close(cookie_lfd);

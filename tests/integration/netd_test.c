@@ -18,25 +18,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/un.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <netstash/netstash.h>
 
 #include "harness.h"
+#include "netd_run.h"
+#include "site_cmp.h"
 
 static nst_server caddy;
-static char netd_bin[1024];
-
-static uint64_t now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
 
 static char *url_of(const char *path) {
   static char bufs[8][512];
@@ -46,56 +38,29 @@ static char *url_of(const char *path) {
   return b;
 }
 
-typedef struct daemon_proc {
-  pid_t pid;
-  char profile[512], sock[600], log[600];
-} daemon_proc;
-
-static int sock_ready(const char *path) {
-  struct sockaddr_un a;
-  int fd = socket(AF_UNIX, SOCK_STREAM, 0), ok;
-  memset(&a, 0, sizeof(a));
-  a.sun_family = AF_UNIX;
-  snprintf(a.sun_path, sizeof(a.sun_path), "%.100s", path);
-  ok = connect(fd, (struct sockaddr *)&a, sizeof(a)) == 0;
-  close(fd);
-  return ok;
-}
-
-/* Starts netd on profile (created) with extra args; waits for its socket. */
-static void netd_start(daemon_proc *dp, const char *name, const char *extra) {
-  char cmd[4096];
+/* Starts netd on profile name (created) with a configuration file (NULL:
+ * none); waits for its socket. A restart keeps the profile and the log. */
+static void netd_start(netd_proc *dp, const char *name, const char *config) {
+  const char *args[10];
+  size_t n = 0;
   if (!dp->profile[0]) {
     snprintf(dp->profile, sizeof(dp->profile), "%s", nst_path(name));
     snprintf(dp->sock, sizeof(dp->sock), "%s/netd.sock", dp->profile);
     snprintf(dp->log, sizeof(dp->log), "%s.log", dp->profile);
   }
-  snprintf(cmd, sizeof(cmd), "exec %s --profile %s --cacert %s %s %s >>%s 2>&1", netd_bin,
-           dp->profile, nst_cert("ca.pem"), getenv("NETD_TEST_VERBOSE") ? "-v" : "",
-           extra ? extra : "", dp->log);
-  dp->pid = fork();
-  assert_true(dp->pid >= 0);
-  if (dp->pid == 0) {
-    execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
-    _exit(127);
+  args[n++] = "--profile";
+  args[n++] = dp->profile;
+  args[n++] = "--cacert";
+  args[n++] = nst_cert("ca.pem");
+  if (getenv("NETD_TEST_VERBOSE"))
+    args[n++] = "-v";
+  if (config) {
+    args[n++] = "--config";
+    args[n++] = config;
   }
-  for (int i = 0; i < 200; i++) {
-    if (sock_ready(dp->sock))
-      return;
-    usleep(25 * 1000);
-  }
-  fail_msg("netd did not come up (log %s)", dp->log);
-}
-
-/* SIGTERM and reap; returns the exit status. */
-static int netd_stop(daemon_proc *dp) {
-  int st = 0;
-  if (dp->pid <= 0)
-    return -1;
-  kill(dp->pid, SIGTERM);
-  waitpid(dp->pid, &st, 0);
-  dp->pid = -1;
-  return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+  args[n] = NULL;
+  if (netd_run_start(dp, args, 5000) != 0)
+    fail_msg("netd did not come up (log %s)", dp->log);
 }
 
 static netstash_ctx *remote_ctx(const char *sock) {
@@ -122,51 +87,11 @@ static netstash_error get(netstash_ctx *ctx, const char *url, netstash_fetch **o
   return rv;
 }
 
-static int body_matches(netstash_fetch *f, const char *site_file) {
-  char path[1024];
-  const uint8_t *body;
-  size_t len;
-  FILE *fp;
-  long n;
-  int ok;
-  unsigned char *want;
-  snprintf(path, sizeof(path), "%s/%s", nst_site(), site_file);
-  if (!(fp = fopen(path, "rb")))
-    return 0;
-  fseek(fp, 0, SEEK_END);
-  n = ftell(fp);
-  fseek(fp, 0, SEEK_SET);
-  want = malloc((size_t)n + 1);
-  ok = fread(want, 1, (size_t)n, fp) == (size_t)n && netstash_fetch_body(f, &body, &len) == NETSTASH_OK &&
-       len == (size_t)n && memcmp(body, want, len) == 0;
-  free(want);
-  fclose(fp);
-  return ok;
-}
-
-static char *run_capture(const char *cmd, int *status) {
-  FILE *p = popen(cmd, "r");
-  char *out = calloc(1, 1 << 20);
-  size_t n = 0;
-  int st;
-  assert_non_null(p);
-  while (n < (1u << 20) - 1) {
-    size_t r = fread(out + n, 1, (1u << 20) - 1 - n, p);
-    if (r == 0)
-      break;
-    n += r;
-  }
-  st = pclose(p);
-  if (status)
-    *status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-  return out;
-}
-
 /* ------------------------------------------------------------------ cases */
 
 /* The library in remote mode: same API, answers from netd's profile. */
 static void test_remote_mode_basic(void **state) {
-  daemon_proc dp = {0};
+  netd_proc dp = {0};
   netstash_ctx *ctx;
   netstash_fetch *f;
   (void)state;
@@ -174,20 +99,20 @@ static void test_remote_mode_basic(void **state) {
   ctx = remote_ctx(dp.sock);
   assert_int_equal(get(ctx, url_of("/hello.txt"), &f), NETSTASH_OK);
   assert_int_equal(netstash_fetch_status(f), 200);
-  assert_true(body_matches(f, "hello.txt"));
+  assert_true(site_cmp_matches(f, "hello.txt"));
   assert_int_equal(netstash_fetch_source(f), NETSTASH_SOURCE_NETWORK);
   assert_null(netstash_fetch_header(f, "x-netstash-source"));
   netstash_fetch_del(f);
   /* compressed on the wire, decoded by netd once */
   assert_int_equal(get(ctx, url_of("/text.txt"), &f), NETSTASH_OK);
-  assert_true(body_matches(f, "text.txt"));
+  assert_true(site_cmp_matches(f, "text.txt"));
   assert_null(netstash_fetch_header(f, "content-encoding"));
   netstash_fetch_del(f);
   /* the second time from netd's HTTP cache */
   assert_int_equal(get(ctx, url_of("/r/5.bin"), &f), NETSTASH_OK);
   netstash_fetch_del(f);
   assert_int_equal(get(ctx, url_of("/r/5.bin"), &f), NETSTASH_OK);
-  assert_true(body_matches(f, "r/5.bin"));
+  assert_true(site_cmp_matches(f, "r/5.bin"));
   if (netstash_fetch_source(f) == NETSTASH_SOURCE_NETWORK)
     fail_msg("second fetch from the network (%s)", netstash_fetch_cache_reason(f));
   netstash_fetch_del(f);
@@ -200,7 +125,7 @@ static void test_remote_mode_basic(void **state) {
     netstash_fetch_del(f);
   }
   netstash_ctx_del(ctx);
-  assert_int_equal(netd_stop(&dp), 0);
+  assert_int_equal(netd_run_stop(&dp), 0);
   /* stopped cleanly: the socket is gone */
   assert_int_equal(access(dp.sock, F_OK), -1);
 }
@@ -208,7 +133,7 @@ static void test_remote_mode_basic(void **state) {
 /* Several client processes at once through the socket. */
 static void test_many_processes(void **state) {
   enum { PROCS = 4, EACH = 40 };
-  daemon_proc dp = {0};
+  netd_proc dp = {0};
   pid_t kids[PROCS];
   (void)state;
   netd_start(&dp, "netd-procs", NULL);
@@ -230,7 +155,7 @@ static void test_many_processes(void **state) {
         snprintf(path, sizeof(path), "r/%d.bin", (p * EACH + i) % 200);
         char u[128];
         snprintf(u, sizeof(u), "/%s", path);
-        if (get(ctx, url_of(u), &f) != NETSTASH_OK || !body_matches(f, path))
+        if (get(ctx, url_of(u), &f) != NETSTASH_OK || !site_cmp_matches(f, path))
           bad++;
         netstash_fetch_del(f);
       }
@@ -244,7 +169,7 @@ static void test_many_processes(void **state) {
     assert_true(WIFEXITED(st));
     assert_int_equal(WEXITSTATUS(st), 0);
   }
-  assert_int_equal(netd_stop(&dp), 0);
+  assert_int_equal(netd_run_stop(&dp), 0);
 }
 
 typedef struct load_state {
@@ -262,7 +187,7 @@ static void *load_loop(void *p) {
     snprintf(path, sizeof(path), "r/%d.bin", i++ % 200);
     snprintf(u, sizeof(u), "/%s", path);
     if (get(ctx, url_of(u), &f) == NETSTASH_OK) {
-      if (body_matches(f, path))
+      if (site_cmp_matches(f, path))
         atomic_fetch_add(&ls->ok, 1);
       else
         atomic_fetch_add(&ls->wrong, 1);
@@ -278,7 +203,7 @@ static void *load_loop(void *p) {
 
 /* netd restarts under load: clients recover, nothing is answered wrongly. */
 static void test_restart_under_load(void **state) {
-  daemon_proc dp = {0};
+  netd_proc dp = {0};
   load_state ls;
   pthread_t th[2];
   int ok_before;
@@ -289,7 +214,7 @@ static void test_restart_under_load(void **state) {
   for (int i = 0; i < 2; i++)
     pthread_create(&th[i], NULL, load_loop, &ls);
   usleep(500 * 1000);
-  assert_int_equal(netd_stop(&dp), 0);
+  assert_int_equal(netd_run_stop(&dp), 0);
   usleep(200 * 1000);
   netd_start(&dp, "netd-restart", NULL);
   ok_before = atomic_load(&ls.ok);
@@ -301,23 +226,23 @@ static void test_restart_under_load(void **state) {
   if (atomic_load(&ls.ok) <= ok_before)
     fail_msg("no request succeeded after the restart (%d ok, %d failed)", atomic_load(&ls.ok),
              atomic_load(&ls.failed));
-  assert_int_equal(netd_stop(&dp), 0);
+  assert_int_equal(netd_run_stop(&dp), 0);
 }
 
 /* One netd per profile; --check-config. */
 static void test_lock_and_config(void **state) {
-  daemon_proc dp = {0};
+  netd_proc dp = {0};
   char cmd[2048], *out;
   int st;
   FILE *fp;
   (void)state;
   netd_start(&dp, "netd-lock", NULL);
-  snprintf(cmd, sizeof(cmd), "%s --profile %s 2>&1", netd_bin, dp.profile);
-  out = run_capture(cmd, &st);
+  snprintf(cmd, sizeof(cmd), "%s --profile %s 2>&1", netd_run_bin(), dp.profile);
+  out = netd_run_capture(cmd, &st);
   assert_int_equal(st, 4);
   assert_non_null(strstr(out, "another netd"));
   free(out);
-  assert_int_equal(netd_stop(&dp), 0);
+  assert_int_equal(netd_run_stop(&dp), 0);
 
   snprintf(cmd, sizeof(cmd), "%s/good.json", dp.profile);
   fp = fopen(cmd, "w");
@@ -325,8 +250,9 @@ static void test_lock_and_config(void **state) {
               " \"warm\": [{\"manifest\": \"https://example.test/m.json\", \"interval_s\": 600}]}",
           dp.profile);
   fclose(fp);
-  snprintf(cmd, sizeof(cmd), "%s --config %s/good.json --check-config 2>&1", netd_bin, dp.profile);
-  out = run_capture(cmd, &st);
+  snprintf(cmd, sizeof(cmd), "%s --config %s/good.json --check-config 2>&1", netd_run_bin(),
+           dp.profile);
+  out = netd_run_capture(cmd, &st);
   assert_int_equal(st, 0);
   assert_non_null(strstr(out, "configuration OK"));
   free(out);
@@ -334,8 +260,9 @@ static void test_lock_and_config(void **state) {
   fp = fopen(cmd, "w");
   fprintf(fp, "{\"profile\": \"/tmp/x\", \"proxy\": \"10.1.2.3:8080\"}");
   fclose(fp);
-  snprintf(cmd, sizeof(cmd), "%s --config %s/bad.json --check-config 2>&1", netd_bin, dp.profile);
-  out = run_capture(cmd, &st);
+  snprintf(cmd, sizeof(cmd), "%s --config %s/bad.json --check-config 2>&1", netd_run_bin(),
+           dp.profile);
+  out = netd_run_capture(cmd, &st);
   assert_int_equal(st, 3);
   assert_non_null(strstr(out, "not a loopback address"));
   free(out);
@@ -343,8 +270,9 @@ static void test_lock_and_config(void **state) {
   fp = fopen(cmd, "w");
   fprintf(fp, "{\"profile\": \"/tmp/x\", \"sockett\": \"/tmp/s\"}");
   fclose(fp);
-  snprintf(cmd, sizeof(cmd), "%s --config %s/typo.json --check-config 2>&1", netd_bin, dp.profile);
-  out = run_capture(cmd, &st);
+  snprintf(cmd, sizeof(cmd), "%s --config %s/typo.json --check-config 2>&1", netd_run_bin(),
+           dp.profile);
+  out = netd_run_capture(cmd, &st);
   assert_int_equal(st, 3);
   assert_non_null(strstr(out, "unknown key \"sockett\""));
   free(out);
@@ -352,7 +280,7 @@ static void test_lock_and_config(void **state) {
 
 /* The socket is 0660 and other users cannot connect. */
 static void test_socket_permissions(void **state) {
-  daemon_proc dp = {0};
+  netd_proc dp = {0};
   struct stat sb;
   pid_t kid;
   int st;
@@ -363,26 +291,22 @@ static void test_socket_permissions(void **state) {
   if (getuid() == 0) {
     kid = fork();
     if (kid == 0) {
-      struct sockaddr_un a;
       int fd;
       if (setgid(65534) != 0 || setuid(65534) != 0)
         _exit(3);
-      fd = socket(AF_UNIX, SOCK_STREAM, 0);
-      memset(&a, 0, sizeof(a));
-      a.sun_family = AF_UNIX;
-      snprintf(a.sun_path, sizeof(a.sun_path), "%.100s", dp.sock);
-      _exit(connect(fd, (struct sockaddr *)&a, sizeof(a)) == 0 ? 1 : (errno == EACCES ? 0 : 2));
+      fd = netd_run_connect_unix(dp.sock);
+      _exit(fd >= 0 ? 1 : (errno == EACCES ? 0 : 2));
     }
     waitpid(kid, &st, 0);
     assert_int_equal(WEXITSTATUS(st), 0);
   }
-  assert_int_equal(netd_stop(&dp), 0);
+  assert_int_equal(netd_run_stop(&dp), 0);
 }
 
 /* Control requests (curl over the socket, HTTP/2 prior knowledge) and a
  * client that sends garbage frames: dropped, netd unharmed. */
 static void test_control_and_hostile_client(void **state) {
-  daemon_proc dp = {0};
+  netd_proc dp = {0};
   char cmd[2048], *out;
   int st;
   netstash_ctx *ctx;
@@ -394,14 +318,14 @@ static void test_control_and_hostile_client(void **state) {
   netstash_fetch_del(f);
   snprintf(cmd, sizeof(cmd), "curl -s --http2-prior-knowledge --unix-socket %s http://netd/status",
            dp.sock);
-  out = run_capture(cmd, &st);
+  out = netd_run_capture(cmd, &st);
   assert_int_equal(st, 0);
   assert_non_null(strstr(out, "\"network\":"));
   assert_non_null(strstr(out, "\"uptime_s\""));
   free(out);
   snprintf(cmd, sizeof(cmd), "curl -s --http2-prior-knowledge --unix-socket %s http://netd/metrics",
            dp.sock);
-  out = run_capture(cmd, &st);
+  out = netd_run_capture(cmd, &st);
   assert_int_equal(st, 0);
   assert_non_null(strstr(out, "netd_requests_total"));
   free(out);
@@ -409,19 +333,15 @@ static void test_control_and_hostile_client(void **state) {
            "curl -s -X POST --http2-prior-knowledge --unix-socket %s "
            "'http://netd/signals?metered=1&foreground=0'",
            dp.sock);
-  out = run_capture(cmd, &st);
+  out = netd_run_capture(cmd, &st);
   assert_non_null(strstr(out, "\"metered\":true"));
   free(out);
 
   /* garbage instead of the HTTP/2 preface */
   {
-    struct sockaddr_un a;
-    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    int fd = netd_run_connect_unix(dp.sock);
     char junk[4096], back[256];
-    memset(&a, 0, sizeof(a));
-    a.sun_family = AF_UNIX;
-    snprintf(a.sun_path, sizeof(a.sun_path), "%.100s", dp.sock);
-    assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+    assert_true(fd >= 0);
     memset(junk, 0xff, sizeof(junk));
     (void)!write(fd, "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 24);
     (void)!write(fd, junk, sizeof(junk));
@@ -431,10 +351,10 @@ static void test_control_and_hostile_client(void **state) {
     close(fd);
   }
   assert_int_equal(get(ctx, url_of("/hello.txt"), &f), NETSTASH_OK);
-  assert_true(body_matches(f, "hello.txt"));
+  assert_true(site_cmp_matches(f, "hello.txt"));
   netstash_fetch_del(f);
   netstash_ctx_del(ctx);
-  assert_int_equal(netd_stop(&dp), 0);
+  assert_int_equal(netd_run_stop(&dp), 0);
 }
 
 static long json_num(const char *js, const char *key) {
@@ -445,12 +365,12 @@ static long json_num(const char *js, const char *key) {
   return p ? strtol(p + strlen(k), NULL, 10) : -1;
 }
 
-static char *ctl(const daemon_proc *dp, const char *method, const char *path) {
+static char *ctl(const netd_proc *dp, const char *method, const char *path) {
   char cmd[1024];
   snprintf(cmd, sizeof(cmd),
            "curl -s -m 10 -X %s --http2-prior-knowledge --unix-socket %s http://netd%s", method,
            dp->sock, path);
-  return run_capture(cmd, NULL);
+  return netd_run_capture(cmd, NULL);
 }
 
 /* SIGTERM while netd warms a manifest in the background: it stops cleanly,
@@ -458,7 +378,7 @@ static char *ctl(const daemon_proc *dp, const char *method, const char *path) {
  * verified before. */
 static void test_sigterm_during_warm(void **state) {
   enum { FILES = 48, SIZE = 1 << 20 };
-  daemon_proc dp = {0};
+  netd_proc dp = {0};
   char dir[1024], cmd[4096], base[256], conf[1100], key[1100];
   const char *cli = getenv("NST_BUILDDIR");
   char *out;
@@ -493,8 +413,7 @@ static void test_sigterm_during_warm(void **state) {
               "\"interval_s\": 3600}]}",
           key, base);
   fclose(fp);
-  snprintf(cmd, sizeof(cmd), "--config %s", conf);
-  netd_start(&dp, "netd-warm", cmd);
+  netd_start(&dp, "netd-warm", conf);
   free(ctl(&dp, "POST", "/warm"));
   for (int i = 0; i < 2000 && done_before <= 0; i++) {
     out = ctl(&dp, "GET", "/status");
@@ -504,8 +423,8 @@ static void test_sigterm_during_warm(void **state) {
       usleep(5 * 1000);
   }
   assert_true(done_before > 0);
-  assert_int_equal(netd_stop(&dp), 0); /* mid-warm */
-  netd_start(&dp, "netd-warm", cmd);
+  assert_int_equal(netd_run_stop(&dp), 0); /* mid-warm */
+  netd_start(&dp, "netd-warm", conf);
   out = ctl(&dp, "GET", "/status");
   if (strstr(out, "\"state\":\"idle\"") && strstr(out, "NETSTASH_OK"))
     fail_msg("the first warm finished before SIGTERM; the test needs a slower warm");
@@ -535,22 +454,21 @@ static void test_sigterm_during_warm(void **state) {
     netstash_fetch_del(f);
     netstash_ctx_del(ctx);
   }
-  assert_int_equal(netd_stop(&dp), 0);
+  assert_int_equal(netd_run_stop(&dp), 0);
 }
 
 /* SIGHUP re-reads the configuration: a warm schedule added to the file
  * appears in /status without a restart. */
 static void test_sighup_reload(void **state) {
-  daemon_proc dp = {0};
-  char conf[1100], args[1200], *out = NULL;
+  netd_proc dp = {0};
+  char conf[1100], *out = NULL;
   FILE *fp;
   (void)state;
   snprintf(conf, sizeof(conf), "%s/hup.json", nst_workdir());
   fp = fopen(conf, "w");
   fprintf(fp, "{\"log\": {\"level\": \"info\"}}");
   fclose(fp);
-  snprintf(args, sizeof(args), "--config %s", conf);
-  netd_start(&dp, "netd-hup", args);
+  netd_start(&dp, "netd-hup", conf);
   out = ctl(&dp, "GET", "/status");
   assert_non_null(strstr(out, "\"warms\":[]"));
   free(out);
@@ -579,20 +497,15 @@ static void test_sighup_reload(void **state) {
   out = ctl(&dp, "GET", "/status");
   assert_non_null(strstr(out, "none/m.json"));
   free(out);
-  assert_int_equal(netd_stop(&dp), 0);
+  assert_int_equal(netd_run_stop(&dp), 0);
 }
 
 static int setup(void **state) {
-  const char *b = getenv("NST_BUILDDIR");
   (void)state;
-  snprintf(netd_bin, sizeof(netd_bin), "%s/netd/netd", b ? b : ".");
-  if (access(netd_bin, X_OK) != 0) {
-    fprintf(stderr, "netd_test: %s missing (set NST_BUILDDIR)\n", netd_bin);
+  if (netd_run_setup("netd") != 0)
     return -1;
-  }
   if (!nst_certs() || !nst_site() || nst_caddy_start("h2", &caddy) != 0)
     return -1;
-  (void)now_ms;
   return 0;
 }
 
