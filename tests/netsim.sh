@@ -219,17 +219,25 @@ measure() {
     t=$(cli "$PY" "$TMP/helper.py" udp-rtt $SRV 9000 9)
     check "$p UDP RTT" "$(within "${t/none/0}" "$rtt" 15)" "$t ms (expected $rtt ms ±15 %)"
 
-    # download goodput: body bytes over the time from the first to the last byte
-    out=$(cli curl -s -o /dev/null -w '%{size_download} %{time_starttransfer} %{time_total}' \
-        http://$SRV:8080/bytes/"$dl")
-    kbps=$(echo "$out" | awk '{ print ($3 > $2) ? $1 * 8 / ($3 - $2) / 1000 : 0 }')
+    # download goodput: body bytes over the time from the first to the last byte. A
+    # measurement out of bounds is taken once more (a busy 2-core machine can starve the
+    # delayer for a moment); both must be out for a failure.
+    for try in 1 2; do
+        out=$(cli curl -s -o /dev/null -w '%{size_download} %{time_starttransfer} %{time_total}' \
+            http://$SRV:8080/bytes/"$dl")
+        kbps=$(echo "$out" | awk '{ print ($3 > $2) ? $1 * 8 / ($3 - $2) / 1000 : 0 }')
+        [ "$(within "$kbps" "$down" 15)" -eq 1 ] && break
+    done
     check "$p download" "$(within "$kbps" "$down" 15)" \
         "$(awk -v k="$kbps" -v c="$down" -v n="$dl" 'BEGIN { printf "%d bytes at %.0f kbit/s = %.1f %% of %d kbit/s (±15 %%)", n, k, 100 * k / c, c }')"
 
     # upload goodput, timed by the server from the request head to the last body byte
     head -c "$ul" /dev/urandom >"$TMP/up.bin"
-    out=$(cli curl -s -T "$TMP/up.bin" -H 'Expect:' http://$SRV:8080/upload)
-    kbps=$(echo "$out" | awk '{ print ($2 > 0 && $1 == '"$ul"') ? $1 * 8 / $2 / 1000 : 0 }')
+    for try in 1 2; do
+        out=$(cli curl -s -T "$TMP/up.bin" -H 'Expect:' http://$SRV:8080/upload)
+        kbps=$(echo "$out" | awk '{ print ($2 > 0 && $1 == '"$ul"') ? $1 * 8 / $2 / 1000 : 0 }')
+        [ "$(within "$kbps" "$up" 15)" -eq 1 ] && break
+    done
     check "$p upload" "$(within "$kbps" "$up" 15)" \
         "$(awk -v k="$kbps" -v c="$up" -v n="$ul" 'BEGIN { printf "%d bytes at %.0f kbit/s = %.1f %% of %d kbit/s (±15 %%)", n, k, 100 * k / c, c }')"
     down
