@@ -13,12 +13,14 @@
  */
 #include "ns_setup.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -419,6 +421,12 @@ static const char make_usage[] =
     "                      with no / matches file names). Default: entry pages\n"
     "                      critical, css/js/fonts high, the rest low\n"
     "  --ignore-param NAME query parameter every resource ignores (repeatable)\n"
+    "  --header GLOB=NAME: VALUE\n"
+    "                      a response header for files matching GLOB, e.g.\n"
+    "                      '*.js=Cache-Control: max-age=31536000, immutable'\n"
+    "                      (repeatable; per header name the first match wins).\n"
+    "                      Every preloaded answer also carries an ETag derived\n"
+    "                      from its integrity unless the manifest names one\n"
     "  --max-bytes N       budgets.max_bytes (fails if the files are larger)\n"
     "  --fallback URL      fallback base URL\n"
     "\n"
@@ -442,7 +450,8 @@ static const char import_usage[] =
     "                      sizes, and revision-only entries no hash)\n"
     "  --base URL          https URL the service worker's URLs are relative to\n"
     "  --id ID, --version N, -o FILE, --expires TIME, --ttl-days N, --entry URL,\n"
-    "  --priority GLOB=P, --max-bytes N, --fallback URL   as for make\n"
+    "  --priority GLOB=P, --header GLOB=NAME: VALUE, --max-bytes N,\n"
+    "  --fallback URL      as for make\n"
     "  --scope URL         a scope prefix besides --base (repeatable)\n"
     "  --ignore-param NAME query parameter every resource ignores (repeatable;\n"
     "                      Workbox's ignoreURLParametersMatching, by name)\n"
@@ -461,6 +470,7 @@ typedef struct make_cli {
   const char *expires;
   long long ttl_days; /* -1: not given */
   ns_make_rule rules[MAKE_MAX_LIST];
+  ns_make_header headers[MAKE_MAX_LIST];
   const char *ignore[MAKE_MAX_LIST];
   const char *entries[MAKE_MAX_LIST];
   const char *scopes[MAKE_MAX_LIST];
@@ -489,6 +499,46 @@ static int add_item(const char *cmd, const char *opt, const char **list, size_t 
   return 0;
 }
 
+/* --header GLOB=NAME: VALUE (argv is ours to cut). */
+static int parse_header_rule(const char *cmd, char *arg, make_cli *m) {
+  static const char *const framing[] = {"content-length", "content-encoding",
+                                        "transfer-encoding", "content-type"};
+  char *eq = strchr(arg, '='), *colon, *value;
+  size_t i;
+  if (!eq || eq == arg || !(colon = strchr(eq + 1, ':')) || colon == eq + 1) {
+    cli_error(cmd, "--header \"%s\": expected GLOB=NAME: VALUE (e.g. '*.js=Cache-Control: "
+                   "max-age=31536000, immutable')", arg);
+    return -1;
+  }
+  for (char *p = eq + 1; p < colon; p++)
+    if (!strchr("!#$%&'*+.^_`|~-", *p) && !isalnum((unsigned char)*p)) {
+      cli_error(cmd, "--header \"%s\": the header name is not an HTTP token", arg);
+      return -1;
+    }
+  value = colon + 1;
+  while (*value == ' ' || *value == '\t')
+    value++;
+  for (const char *p = value; *p; p++)
+    if ((unsigned char)*p < 0x20 && *p != '\t') {
+      cli_error(cmd, "--header \"%s\": control characters in the value", arg);
+      return -1;
+    }
+  *eq = *colon = '\0';
+  for (i = 0; i < sizeof(framing) / sizeof(framing[0]); i++)
+    if (!strcasecmp(eq + 1, framing[i])) {
+      cli_error(cmd, "--header: %s is set by netstash from the file itself", framing[i]);
+      return -1;
+    }
+  if (m->o.n_headers == MAKE_MAX_LIST) {
+    cli_error(cmd, "at most %d --header options", MAKE_MAX_LIST);
+    return -1;
+  }
+  m->headers[m->o.n_headers].glob = arg;
+  m->headers[m->o.n_headers].name = eq + 1;
+  m->headers[m->o.n_headers++].value = value;
+  return 0;
+}
+
 static void make_warn(const char *msg, void *user_data) {
   fprintf(stderr, "netstash: %s: warning: %s\n", (const char *)user_data, msg);
 }
@@ -505,6 +555,7 @@ static int parse_make_opts(const char *cmd, int import, int argc, char **argv, m
                                      {"entry", required_argument, NULL, 'E'},
                                      {"priority", required_argument, NULL, 'p'},
                                      {"ignore-param", required_argument, NULL, 'q'},
+                                     {"header", required_argument, NULL, 'H'},
                                      {"max-bytes", required_argument, NULL, 'm'},
                                      {"fallback", required_argument, NULL, 'f'},
                                      {"workbox", required_argument, NULL, 'w'},
@@ -518,6 +569,7 @@ static int parse_make_opts(const char *cmd, int import, int argc, char **argv, m
   memset(m, 0, sizeof(*m));
   m->ttl_days = -1;
   m->o.rules = m->rules;
+  m->o.headers = m->headers;
   m->o.ignore = m->ignore;
   m->o.entries = m->entries;
   m->o.scopes = m->scopes;
@@ -587,6 +639,10 @@ static int parse_make_opts(const char *cmd, int import, int argc, char **argv, m
       m->rules[m->o.n_rules++].priority = p;
       break;
     }
+    case 'H':
+      if (parse_header_rule(cmd, optarg, m) != 0)
+        return -1;
+      break;
     case 'q':
       if (add_item(cmd, "--ignore-param", m->ignore, &m->o.n_ignore, optarg) != 0)
         return -1;

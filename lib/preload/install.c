@@ -217,6 +217,7 @@ netstash_error ns_pl_entry_encode(const ns_manifest_resource *r, ns_buf *out) {
   ns_headers h;
   netstash_error e;
   char len[24];
+  int has_etag = 0;
   memset(fixed, 0, sizeof(fixed));
   le32(fixed, NS_PL_ENTRY_FORMAT);
   fixed[4] = 200;
@@ -239,7 +240,23 @@ netstash_error ns_pl_entry_encode(const ns_manifest_resource *r, ns_buf *out) {
         !strcasecmp(r->headers[i].name, "transfer-encoding") ||
         !strcasecmp(r->headers[i].name, "content-type"))
       continue;
+    if (!strcasecmp(r->headers[i].name, "etag"))
+      has_etag = 1;
     e = ns_headers_add_str(&h, r->headers[i].name, r->headers[i].value);
+  }
+  if (!e && !has_etag && r->n_hashes) {
+    /* A strong validator for every preloaded answer, so that a browser's
+     * own cache can revalidate it (If-None-Match → 304, no body): the
+     * integrity itself, which names exactly these bytes. */
+    char etag[2 + 7 + 88 + 1];
+    int n;
+    etag[0] = '"';
+    n = snprintf(etag + 1, 8, "sha%d-", r->hashes[0].alg * 8);
+    n = 1 + n + EVP_EncodeBlock((unsigned char *)etag + 1 + n, r->hashes[0].digest,
+                                (int)r->hashes[0].alg);
+    etag[n] = '"';
+    etag[n + 1] = 0;
+    e = ns_headers_add_str(&h, "etag", etag);
   }
   if (!e)
     e = ns_headers_encode(&h, out);

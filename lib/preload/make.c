@@ -467,6 +467,26 @@ static netstash_error add_resource(mk *k, const char *url, const char *rel, cons
                 prio_name(pick_priority(k, rel, url)));
   if (!r)
     return NETSTASH_E_NOMEM;
+  if (k->o->n_headers) {
+    const char *name = strrchr(rel, '/');
+    json_t *hs = NULL;
+    name = name ? name + 1 : rel;
+    for (i = 0; i < k->o->n_headers; i++) {
+      const ns_make_header *hr = &k->o->headers[i];
+      if (!ns_make_glob_match(hr->glob, strchr(hr->glob, '/') ? rel : name))
+        continue;
+      if (!hs && (!(hs = json_object()) || json_object_set_new(r, "headers", hs) != 0)) {
+        json_decref(r);
+        return NETSTASH_E_NOMEM;
+      }
+      if (json_object_get(hs, hr->name))
+        continue; /* first matching rule wins */
+      if (json_object_set_new(hs, hr->name, json_string(hr->value)) != 0) {
+        json_decref(r);
+        return NETSTASH_E_NOMEM;
+      }
+    }
+  }
   if (k->o->n_ignore) {
     if (!(names = json_array()) || !(q = json_pack("{s:o}", "ignore", names)) ||
         json_object_set_new(r, "query", q) != 0) {

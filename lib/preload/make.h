@@ -30,6 +30,15 @@ typedef struct ns_make_rule {
   ns_manifest_priority priority;
 } ns_make_rule;
 
+/* A --header rule: files whose path matches glob (as for ns_make_rule) get
+ * the response header name: value. For each header name the first matching
+ * rule wins. */
+typedef struct ns_make_header {
+  const char *glob;
+  const char *name;
+  const char *value;
+} ns_make_header;
+
 /* Receives non-fatal notes ("skipped a symlink to outside DIR"). */
 typedef void (*ns_make_warn_cb)(const char *msg, void *user_data);
 
@@ -43,6 +52,8 @@ typedef struct ns_make_opts {
   const char *fallback;      /* NULL: none */
   const ns_make_rule *rules; /* first match wins, before the defaults */
   size_t n_rules;
+  const ns_make_header *headers; /* response headers by glob */
+  size_t n_headers;
   const char *const *ignore; /* query parameters ignored by every resource */
   size_t n_ignore;
   const char *const *entries; /* entry pages (resolved against base); none: base */

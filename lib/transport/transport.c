@@ -1806,28 +1806,34 @@ static int etag_weak_eq(const char *a, size_t al, const char *b, size_t bl) {
 /* The caller's own conditional request against a response we serve from the
  * cache (RFC 9111 §4.3.2, RFC 9110 §13.2.2): 1 when a 304 is the answer.
  * If-None-Match wins over If-Modified-Since. */
+/* 1 when the If-None-Match list inm names etag (etag_len bytes; NULL: the
+ * response has none, so only "*" matches). */
+static int inm_matches(const char *inm, const char *etag, size_t etag_len) {
+  const char *p = inm;
+  while (*p) {
+    size_t n;
+    while (*p == ' ' || *p == '\t' || *p == ',')
+      p++;
+    if (!*p)
+      break;
+    if (*p == '*')
+      return 1;
+    n = strcspn(p, ",");
+    while (n && (p[n - 1] == ' ' || p[n - 1] == '\t'))
+      n--;
+    if (etag && etag_weak_eq(p, n, etag, etag_len))
+      return 1;
+    p += strcspn(p, ",");
+  }
+  return 0;
+}
+
 static int caller_validators_match(netstash_fetch *f) {
   const char *inm = ns_headers_get(&f->hc_req, "if-none-match");
   const char *ims = ns_headers_get(&f->hc_req, "if-modified-since");
   if (inm) {
     const char *etag = ns_headers_get(&f->hce.headers, "etag");
-    const char *p = inm;
-    while (*p) {
-      size_t n;
-      while (*p == ' ' || *p == '\t' || *p == ',')
-        p++;
-      if (!*p)
-        break;
-      if (*p == '*')
-        return 1;
-      n = strcspn(p, ",");
-      while (n && (p[n - 1] == ' ' || p[n - 1] == '\t'))
-        n--;
-      if (etag && etag_weak_eq(p, n, etag, strlen(etag)))
-        return 1;
-      p += strcspn(p, ",");
-    }
-    return 0;
+    return inm_matches(inm, etag, etag ? strlen(etag) : 0);
   }
   if (ims && f->hce.status == 200) {
     const char *lm = ns_headers_get(&f->hce.headers, "last-modified");
@@ -1840,21 +1846,24 @@ static int caller_validators_match(netstash_fetch *f) {
 
 /* 304 for the caller's validators, from the stored head (RFC 9110 §15.4.5:
  * the fields a 200 would carry that describe the representation). */
-static void serve_304(netstash_fetch *f, netstash_source source) {
+static int is_304_field(const char *name, size_t len) {
   static const char *const keep[] = {"cache-control", "content-location", "date", "etag",
                                      "expires", "vary", "last-modified"};
+  for (size_t k = 0; k < sizeof(keep) / sizeof(keep[0]); k++)
+    if (strlen(keep[k]) == len && ns_ascii_casecmp_n(name, keep[k], len) == 0)
+      return 1;
+  return 0;
+}
+
+static void serve_304(netstash_fetch *f, netstash_source source) {
   const ns_header_field *fld;
   size_t it = 0, l;
   netstash_error rv = NETSTASH_OK;
   reset_response(f);
   f->status = 304;
-  while (rv == NETSTASH_OK && (fld = ns_headers_next(&f->hce.headers, &it, NULL)) != NULL) {
-    for (size_t k = 0; k < sizeof(keep) / sizeof(keep[0]); k++)
-      if (ns_ascii_casecmp(fld->name, keep[k]) == 0) {
-        rv = add_header_nv(f, fld->name, fld->name_len, fld->value, fld->value_len);
-        break;
-      }
-  }
+  while (rv == NETSTASH_OK && (fld = ns_headers_next(&f->hce.headers, &it, NULL)) != NULL)
+    if (is_304_field(fld->name, fld->name_len))
+      rv = add_header_nv(f, fld->name, fld->name_len, fld->value, fld->value_len);
   l = strlen(f->cache_reason);
   snprintf(f->cache_reason + l, sizeof(f->cache_reason) - l,
            "; 304: the request's validators match the stored response");
@@ -1968,7 +1977,8 @@ static int preload_consult(netstash_fetch *f, int is_head) {
   ns_headers_walk walk;
   ns_cache_range r;
   netstash_error rv;
-  int partial = 0;
+  int partial = 0, not_modified = 0;
+  const char *inm;
   if (!f->ctx->store || req->cache_mode == NETSTASH_CACHE_BYPASS || req->no_preload || !f->cur.url ||
       strncmp(f->cur.url, "https://", 8) != 0)
     return 0;
@@ -1998,10 +2008,23 @@ static int preload_consult(netstash_fetch *f, int is_head) {
   }
   for (size_t i = 0; i < req->nheaders; i++)
     if (!ns_ascii_casecmp_n(req->headers[i], "range:", 6) ||
-        !ns_ascii_casecmp_n(req->headers[i], "if-range:", 9))
+        !ns_ascii_casecmp_n(req->headers[i], "if-range:", 9) ||
+        !ns_ascii_casecmp_n(req->headers[i], "if-none-match:", 14))
       (void)ns_headers_add_line(&rq, req->headers[i], strlen(req->headers[i]));
   memset(&r, 0, sizeof(r));
-  if (ns_headers_get(&rq, "range")) {
+  if ((inm = ns_headers_get(&rq, "if-none-match")) != NULL) {
+    /* the caller's own validators against the stored ETag (the manifest's,
+     * or the one derived from the integrity at install): a 304, no body */
+    ns_headers_walk w2;
+    const char *hn, *hv = NULL;
+    size_t hnl, hvl = 0;
+    int found = 0;
+    ns_headers_walk_begin(&w2, hit.entry.head, hit.entry.head_len);
+    while (!found && ns_headers_walk_next(&w2, &hn, &hnl, &hv, &hvl))
+      found = hnl == 4 && ns_ascii_casecmp_n(hn, "etag", 4) == 0;
+    not_modified = inm_matches(inm, found ? hv : NULL, found ? hvl : 0);
+  }
+  if (!not_modified && ns_headers_get(&rq, "range")) {
     /* a Range request (media seeking) decodes the head to decide */
     if (ns_headers_decode(&h, hit.entry.head, hit.entry.head_len, NULL) != NETSTASH_OK) {
       ns_store_read_end(tr->pl_reader);
@@ -2016,7 +2039,7 @@ static int preload_consult(netstash_fetch *f, int is_head) {
     f->state = NS_FETCH_NEW;
   }
   reset_response(f);
-  f->status = partial ? r.status : hit.entry.status;
+  f->status = not_modified ? 304 : partial ? r.status : hit.entry.status;
   {
     /* the stored head straight into the fetch's header arena: a hit
      * allocates nothing it does not hand out */
@@ -2024,6 +2047,8 @@ static int preload_consult(netstash_fetch *f, int is_head) {
     size_t hnl, hvl;
     while (rv == NETSTASH_OK && ns_headers_walk_next(&walk, &hn, &hnl, &hv, &hvl)) {
       if (partial && hnl == 14 && ns_ascii_casecmp_n(hn, "content-length", 14) == 0)
+        continue;
+      if (not_modified && !is_304_field(hn, hnl))
         continue;
       rv = add_header_nv(f, hn, hnl, hv, hvl);
     }
@@ -2040,7 +2065,9 @@ static int preload_consult(netstash_fetch *f, int is_head) {
   ns_headers_free(&rq);
   snprintf(f->cache_reason, sizeof(f->cache_reason), "preload: manifest \"%.*s\" version %llu%s",
            (int)hit.id_len, hit.id, (unsigned long long)hit.version,
-           partial ? (r.status == 206 ? "; range 206" : "; range 416") : "");
+           not_modified ? "; 304: the request's validators match the preloaded response"
+           : partial    ? (r.status == 206 ? "; range 206" : "; range 416")
+                        : "");
   if (rv != NETSTASH_OK) {
     ns_store_read_end(tr->pl_reader);
     end_fetch(f, rv);
@@ -2051,7 +2078,7 @@ static int preload_consult(netstash_fetch *f, int is_head) {
   f->tls_version[0] = f->tls_cipher[0] = 0;
   f->timing[NETSTASH_TIMING_TTFB] = ns_now_us() - f->t_start;
   deliver_head(f);
-  if (!is_head && !(partial && r.status == 416)) {
+  if (!is_head && !not_modified && !(partial && r.status == 416)) {
     uint64_t skip = partial ? r.first : 0;
     uint64_t left = partial ? r.last - r.first + 1 : hit.body.decoded_size;
     if (f->max_body && left > f->max_body) {

@@ -418,6 +418,65 @@ static void test_warm_update_rollback(void **state) {
   assert_string_equal(netstash_fetch_header(f, "content-range"), "bytes 100-199/70000");
   netstash_fetch_del(f);
   netstash_request_del(r);
+
+  /* every preloaded answer carries a strong validator derived from its
+   * integrity; the caller's If-None-Match with it gets a 304 without body */
+  char etag[128];
+  assert_int_equal(netstash_request_new(&r, rurl("inc", "c.js")), NETSTASH_OK);
+  netstash_request_set_collect_body(r, 1 << 20);
+  assert_int_equal(netstash_fetch_sync(ctx, r, &f), NETSTASH_OK);
+  assert_non_null(netstash_fetch_header(f, "etag"));
+  snprintf(etag, sizeof(etag), "%s", netstash_fetch_header(f, "etag"));
+  assert_int_equal(strlen(etag), 1 + 7 + 44 + 1);
+  assert_memory_equal(etag, "\"sha256-", 8);
+  netstash_fetch_del(f);
+  netstash_request_del(r);
+  {
+    char weak[160], list[200];
+    const char *inm[] = {etag, weak, list, "*"};
+    snprintf(weak, sizeof(weak), "W/%s", etag);
+    snprintf(list, sizeof(list), "\"other\", %s", etag);
+    for (size_t i = 0; i < 4; i++) {
+      assert_int_equal(netstash_request_new(&r, rurl("inc", "c.js")), NETSTASH_OK);
+      netstash_request_add_header(r, "If-None-Match", inm[i]);
+      netstash_request_set_collect_body(r, 1 << 20);
+      assert_int_equal(netstash_fetch_sync(ctx, r, &f), NETSTASH_OK);
+      assert_int_equal(netstash_fetch_status(f), 304);
+      assert_int_equal(netstash_fetch_source(f), NETSTASH_SOURCE_PRELOAD);
+      assert_int_equal(netstash_fetch_body_bytes(f), 0);
+      assert_string_equal(netstash_fetch_header(f, "etag"), etag);
+      assert_null(netstash_fetch_header(f, "content-length"));
+      assert_null(netstash_fetch_header(f, "content-type"));
+      netstash_fetch_del(f);
+      netstash_request_del(r);
+    }
+  }
+  /* another version's validator: the whole body */
+  assert_int_equal(netstash_request_new(&r, rurl("inc", "c.js")), NETSTASH_OK);
+  netstash_request_add_header(r, "If-None-Match", "\"sha256-AAAA\"");
+  netstash_request_set_collect_body(r, 1 << 20);
+  assert_int_equal(netstash_fetch_sync(ctx, r, &f), NETSTASH_OK);
+  assert_int_equal(netstash_fetch_status(f), 200);
+  assert_int_equal(netstash_fetch_body_bytes(f), 70000);
+  netstash_fetch_del(f);
+  netstash_request_del(r);
+  /* b.js changed between versions: so did its validator */
+  {
+    char e1[128];
+    assert_int_equal(netstash_request_new(&r, rurl("inc", "b.js")), NETSTASH_OK);
+    assert_int_equal(netstash_fetch_sync(ctx, r, &f), NETSTASH_OK);
+    snprintf(e1, sizeof(e1), "%s", netstash_fetch_header(f, "etag"));
+    netstash_fetch_del(f);
+    netstash_request_del(r);
+    assert_int_equal(netstash_preload_rollback(ctx, "inc"), NETSTASH_OK);
+    assert_int_equal(netstash_request_new(&r, rurl("inc", "b.js")), NETSTASH_OK);
+    netstash_request_add_header(r, "If-None-Match", e1);
+    assert_int_equal(netstash_fetch_sync(ctx, r, &f), NETSTASH_OK);
+    assert_int_equal(netstash_fetch_status(f), 200);
+    assert_string_not_equal(netstash_fetch_header(f, "etag"), e1);
+    netstash_fetch_del(f);
+    netstash_request_del(r);
+  }
   netstash_ctx_del(ctx);
 }
 

@@ -199,12 +199,17 @@ static void test_make_dir(void **state) {
   size_t len = 0;
   ns_make_opts o = opts();
   ns_make_rule rules[] = {{"deep.js", NS_MANIFEST_PRIO_LOW}};
+  ns_make_header hdrs[] = {{"a/b/*.js", "Cache-Control", "no-cache"},
+                           {"*.js", "Cache-Control", "max-age=31536000, immutable"},
+                           {"*.js", "X-Kind", "script"}};
   ns_manifest *m;
   const ns_manifest_resource *r;
   (void)state;
   snprintf(dir, sizeof(dir), "%s/site", tmpdir);
   o.rules = rules;
   o.n_rules = 1;
+  o.headers = hdrs;
+  o.n_headers = 3;
   warnings[0] = '\0';
   assert_int_equal(
       ns_manifest_make_dir(ns_mem_default(), dir, &o, &out, &len, detail, sizeof(detail)),
@@ -231,6 +236,16 @@ static void test_make_dir(void **state) {
   assert_int_equal(find(m, "https://site.example/app/sp%20ace%26plus%2B.woff2")->priority,
                    NS_MANIFEST_PRIO_HIGH);
   assert_int_equal(find(m, "https://site.example/app/a/b/")->priority, NS_MANIFEST_PRIO_LOW);
+  /* --header rules: per name the first match, several names per file */
+  r = find(m, "https://site.example/app/a/b/deep.js");
+  assert_int_equal(r->n_headers, 2);
+  assert_string_equal(r->headers[0].name, "Cache-Control");
+  assert_string_equal(r->headers[0].value, "no-cache");
+  assert_string_equal(r->headers[1].name, "X-Kind");
+  r = find(m, "https://site.example/app/again.js");
+  assert_int_equal(r->n_headers, 2);
+  assert_string_equal(r->headers[0].value, "max-age=31536000, immutable");
+  assert_int_equal(find(m, "https://site.example/app/")->n_headers, 0);
   assert_non_null(strstr(warnings, "skipped link.txt: a symlink to"));
   assert_non_null(strstr(warnings, "skipped a/loop: a symlink loop"));
   assert_null(m->fallback);
