@@ -92,6 +92,8 @@ static const lib_counter lib_counters[] = {
      "TLS handshakes completed."},
     {NETSTASH_STAT_TLS_RESUMED, "netstash_tls_resumed_total", "counter",
      "TLS handshakes (TCP or QUIC) that resumed a session."},
+    {NETSTASH_STAT_EARLY_DATA, "netstash_early_data_requests_total", "counter",
+     "Requests sent as HTTP/3 0-RTT early data and accepted by the server."},
     {NETSTASH_STAT_DNS_QUERIES, "netstash_dns_queries_total", "counter",
      "DNS lookups sent to the resolver."},
     {NETSTASH_STAT_DNS_CACHE_HITS, "netstash_dns_cache_hits_total", "counter",

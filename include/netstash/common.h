@@ -284,7 +284,9 @@ typedef enum netstash_stat {
   NETSTASH_STAT_FETCHES_ACTIVE = 5,
   NETSTASH_STAT_BYTES_RECEIVED = 6,     /* body bytes off the wire */
   NETSTASH_STAT_H3_REQUESTS = 7,        /* requests sent over HTTP/3 */
-  NETSTASH_STAT_TLS_RESUMED = 8         /* handshakes (TCP or QUIC) that resumed a session */
+  NETSTASH_STAT_TLS_RESUMED = 8,        /* handshakes (TCP or QUIC) that resumed a session */
+  NETSTASH_STAT_EARLY_DATA = 9          /* requests sent as 0-RTT early data (HTTP/3, safe
+                                           methods) that the server accepted */
 } netstash_stat;
 
 /* A counter of the context; 0 for an unknown stat. */

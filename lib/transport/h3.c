@@ -19,6 +19,15 @@
  *   experimental).
  * - Session tickets are kept per origin in memory: a later connection to the
  *   same origin resumes TLS (one fewer certificate check, smaller handshake).
+ * - 0-RTT (RFC 9001 §4.6, RFC 9114 §10.9): with a ticket, the server's
+ *   transport parameters of that connection are kept beside it, and a new
+ *   connection sends safe requests (GET, HEAD, OPTIONS without a body) as
+ *   early data, before the handshake completes. Everything else waits for
+ *   the handshake. A server that refuses the early data makes us resend
+ *   those requests after the handshake (ngtcp2_conn_early_data_rejected,
+ *   a fresh nghttp3 connection); a race deadline that passes first sends
+ *   them over TCP instead (a safe request may be seen twice by the server,
+ *   which is what "safe" permits).
  */
 #include "ns_setup.h"
 
@@ -67,6 +76,8 @@ static const char tls_priority[] =
 typedef struct ticket {
   char key[300]; /* host:port */
   gnutls_datum_t data;
+  ngtcp2_transport_params tp; /* the server's, for 0-RTT (has_tp) */
+  int has_tp;
 } ticket;
 
 struct ns_h3 {
@@ -107,6 +118,7 @@ typedef struct h3_conn {
   int state;
   int busy;       /* inside conn_after_io or a library call */
   int keepalive;  /* PINGs on: a response is awaited */
+  int early;      /* resuming with 0-RTT: safe requests go before the handshake */
   int freeing;
   ns_list streams; /* h3_stream.node: waiting and open */
   uint8_t pend[TX_BUF]; /* a datagram the socket refused (EAGAIN) */
@@ -131,6 +143,7 @@ typedef struct h3_stream {
   int has_body;
   int paused, eos, closed, done, failed, fallback, got_final;
   int new_conn; /* sent on a connection opened for it */
+  int early;    /* submitted as 0-RTT early data */
   netstash_error err;
   ns_buf held; /* body received while paused */
 } h3_stream;
@@ -221,6 +234,19 @@ static int ticket_hook(gnutls_session_t session, unsigned htype, unsigned when,
   }
   gnutls_free(t->data.data);
   t->data = d;
+  t->has_tp = 0;
+  if (c->qc) {
+    /* RFC 9000 §7.4.1: a 0-RTT attempt uses the parameters of the
+     * connection the ticket came from */
+    const ngtcp2_transport_params *p = ngtcp2_conn_get_remote_transport_params(c->qc);
+    if (p) {
+      t->tp = *p;
+      t->tp.version_info_present = 0;
+      t->tp.version_info.other_versions = NULL; /* points into that connection */
+      t->tp.version_info.other_versionslen = 0;
+      t->has_tp = 1;
+    }
+  }
   return 0;
 }
 
@@ -291,7 +317,10 @@ again:
       int why = s->fallback;
       f->h3s = NULL;
       s->f = NULL;
-      stream_free(s);
+      if (s->id >= 0 && !s->closed && c->state != C_DEAD)
+        ngtcp2_conn_shutdown_stream(c->qc, s->id, NGHTTP3_H3_REQUEST_CANCELLED); /* freed once closed */
+      else
+        stream_free(s);
       ns_hop_h3_fallback(f, why);
       did = 1;
       goto again;
@@ -543,13 +572,25 @@ static int setup_http(h3_conn *c) {
   return 0;
 }
 
+/* A request that may go as 0-RTT early data (RFC 9110 §9.2.1 safe
+ * methods, no request body: a replay does no harm). */
+static int early_safe(const h3_stream *s) {
+  const char *m = s->req->method ? s->req->method : "GET";
+  return !s->has_body && (!strcmp(m, "GET") || !strcmp(m, "HEAD") || !strcmp(m, "OPTIONS"));
+}
+
+/* Whether stream s may be submitted now on c. */
+static int can_submit(const h3_conn *c, const h3_stream *s) {
+  return c->state == C_READY || (c->state == C_CONNECTING && c->early && c->hc && early_safe(s));
+}
+
 static void start_waiting(h3_conn *c) {
   ns_list *pos, *tmp;
-  if (c->state != C_READY)
+  if (c->state == C_DEAD)
     return;
   ns_list_foreach_safe(pos, tmp, &c->streams) {
     h3_stream *s = ns_list_entry(pos, h3_stream, node);
-    if (s->id >= 0 || !s->f || s->done || s->fallback)
+    if (s->id >= 0 || !s->f || s->done || s->fallback || !can_submit(c, s))
       continue;
     if (ngtcp2_conn_get_streams_bidi_left(c->qc) == 0)
       break;
@@ -558,9 +599,33 @@ static void start_waiting(h3_conn *c) {
   }
 }
 
+/* The server refused our 0-RTT data (or GnuTLS sent none): ngtcp2 has
+ * forgotten the streams; the requests go again after the handshake. */
+static int q_early_rejected(ngtcp2_conn *qc, void *ud) {
+  h3_conn *c = ud;
+  ns_list *pos, *tmp;
+  (void)qc;
+  NS_DEBUG(c->h->ctx, MOD, "%s:%d refused 0-RTT; requests are sent again", c->host, c->port);
+  nghttp3_conn_del(c->hc);
+  c->hc = NULL;
+  ns_list_foreach_safe(pos, tmp, &c->streams) {
+    h3_stream *s = ns_list_entry(pos, h3_stream, node);
+    if (s->id < 0)
+      continue;
+    if (!s->f) {
+      stream_free(s); /* detached while in flight: nothing to resend */
+      continue;
+    }
+    s->id = -1;
+    s->early = 0;
+    s->body_off = 0;
+    s->eos = s->closed = 0;
+  }
+  return 0;
+}
+
 static int q_handshake_completed(ngtcp2_conn *qc, void *ud) {
   h3_conn *c = ud;
-  (void)qc;
   c->t_ready_us = ns_now_us();
   c->h->st.handshakes++;
   if (gnutls_session_is_resumed(c->tls)) {
@@ -568,7 +633,22 @@ static int q_handshake_completed(ngtcp2_conn *qc, void *ud) {
     ns_stat_add(c->h->ctx, NETSTASH_STAT_TLS_RESUMED, 1);
   }
   ns_stat_add(c->h->ctx, NETSTASH_STAT_TLS_HANDSHAKES, 1);
-  if (setup_http(c) != 0) {
+  if (c->early) {
+    c->early = 0;
+    if (gnutls_session_get_flags(c->tls) & GNUTLS_SFLAGS_EARLY_DATA) {
+      ns_list *pos, *tmp;
+      uint64_t n = 0;
+      ns_list_foreach_safe(pos, tmp, &c->streams) {
+        h3_stream *s = ns_list_entry(pos, h3_stream, node);
+        n += s->early && s->id >= 0;
+      }
+      c->h->st.zero_rtt += n;
+      ns_stat_add(c->h->ctx, NETSTASH_STAT_EARLY_DATA, n);
+    } else if (ngtcp2_conn_early_data_rejected(qc) != 0) {
+      return NGTCP2_ERR_CALLBACK_FAILURE; /* q_early_rejected resets the streams */
+    }
+  }
+  if (!c->hc && setup_http(c) != 0) {
     ngtcp2_connection_close_error_set_application_error(&c->ccerr, NGHTTP3_H3_INTERNAL_ERROR,
                                                         NULL, 0);
     return NGTCP2_ERR_CALLBACK_FAILURE;
@@ -1073,9 +1153,8 @@ static void on_timer(uv_timer_t *t) {
       if (s->id >= 0)
         stream_consume(c, s->id, n);
     }
-    if (s->race_deadline && s->id < 0 && c->state == C_CONNECTING &&
-        now_us >= s->race_deadline) {
-      s->fallback = NS_H3_FB_SLOW;
+    if (s->race_deadline && c->state == C_CONNECTING && now_us >= s->race_deadline) {
+      s->fallback = NS_H3_FB_SLOW; /* also a 0-RTT request: reap cancels its stream */
       continue;
     }
     if (s->deadline && now_us >= s->deadline && !s->done) {
@@ -1170,6 +1249,7 @@ static netstash_error conn_new(ns_h3 *h, const ns_h3_target *t, h3_conn **out, c
       .stream_stop_sending = q_stop_sending,
       .extend_max_local_streams_bidi = q_extend_streams,
       .extend_max_stream_data = q_extend_stream_data,
+      .early_data_rejected = q_early_rejected,
   };
   gnutls_datum_t alpn = {(unsigned char *)"h3", 2};
   char key[300];
@@ -1301,6 +1381,16 @@ static netstash_error conn_new(ns_h3 *h, const ns_h3_target *t, h3_conn **out, c
     goto fail;
   }
   ngtcp2_conn_set_tls_native_handle(c->qc, c->tls);
+  if (tk && tk->data.size && tk->has_tp) {
+    /* 0-RTT: the HTTP/3 control streams and safe requests go at once */
+    ngtcp2_conn_set_early_remote_transport_params(c->qc, &tk->tp);
+    if (setup_http(c) != 0) {
+      snprintf(why, cap, "HTTP/3 setup for 0-RTT failed");
+      err = NETSTASH_E_NOMEM;
+      goto fail;
+    }
+    c->early = 1;
+  }
 
   if (uv_poll_init_socket(&ctx->loop, &c->poll, c->fd) != 0) {
     err = NETSTASH_E_INTERNAL;
@@ -1362,6 +1452,7 @@ static int submit(h3_stream *s) {
   if (rv != 0)
     return -1; /* no credit yet: waits for MAX_STREAMS */
   s->id = id;
+  s->early = c->state == C_CONNECTING;
   s->t_submit = ns_now_us();
   rv = nghttp3_conn_submit_request(c->hc, id, nva, n, s->has_body ? &dr : NULL, s);
   if (rv != 0) {
@@ -1423,7 +1514,7 @@ netstash_error ns_h3_start(ns_h3 *h, netstash_fetch *f, const ns_h3_target *t, u
     s->deadline = f->t_start + (uint64_t)req->timeout_ms * 1000;
   f->h3s = s;
   ns_list_insert_tail(&c->streams, &s->node);
-  if (c->state == C_READY && ngtcp2_conn_get_streams_bidi_left(c->qc) > 0)
+  if (can_submit(c, s) && ngtcp2_conn_get_streams_bidi_left(c->qc) > 0)
     submit(s);
   conn_after_io(c);
   return NETSTASH_OK;

@@ -751,6 +751,9 @@ static enum wait_result wait_ready(pid_t pid, int port, enum probe_kind probe, i
   }
 }
 
+/* nst_gtlsserver_start_port: the port of the next start (0: a random one). */
+static int g_fixed_port;
+
 static int start_server(const char *name, const char *prog, build_fn build, void *ud,
                         enum probe_kind probe, nst_server *srv) {
   char path[PATH_MAX], logpath[PATH_MAX];
@@ -773,7 +776,7 @@ static int start_server(const char *name, const char *prog, build_fn build, void
   for (attempt = 0; attempt < START_ATTEMPTS; attempt++) {
     cmdline c;
     char **envp = NULL;
-    int port = random_port(probe != PROBE_TCP);
+    int port = g_fixed_port > 0 ? g_fixed_port : random_port(probe != PROBE_TCP);
     int logfd, exit_code = 0;
     pid_t pid;
     enum wait_result wr;
@@ -1535,6 +1538,14 @@ int nst_gtlsserver_start(const char *extra_args, nst_server *srv) {
     return -1;
   return start_server("gtlsserver", "gtlsserver", build_gtlsserver, (void *)extra_args, PROBE_QUIC,
                       srv);
+}
+
+int nst_gtlsserver_start_port(const char *extra_args, int port, nst_server *srv) {
+  int rv;
+  g_fixed_port = port;
+  rv = nst_gtlsserver_start(extra_args, srv);
+  g_fixed_port = 0;
+  return rv;
 }
 
 /* ---------------------------------------------------------------- dnsmasq */

@@ -143,6 +143,9 @@ int nst_nghttpd_start(const char *extra_args, nst_server *srv);
  * --max-streams-bidi=4"). Ready once it holds the UDP port and answers
  * nst_quic_probe(). */
 int nst_gtlsserver_start(const char *extra_args, nst_server *srv);
+/* The same on UDP port (e.g. a restart on a stopped server's port: a new
+ * process with new session-ticket keys). */
+int nst_gtlsserver_start_port(const char *extra_args, int port, nst_server *srv);
 
 /* Sends one 1200-byte QUIC long-header packet with a reserved version
  * (0x1a2a3a4a) to UDP 127.0.0.1:port and waits up to timeout_ms for the

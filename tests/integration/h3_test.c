@@ -459,6 +459,52 @@ static void test_h3_resumption(void **state) {
   assert_int_equal(netstash_ctx_stat(ctx, NETSTASH_STAT_TLS_HANDSHAKES), 2);
   assert_int_equal(netstash_ctx_stat(ctx, NETSTASH_STAT_TLS_RESUMED), 1);
   assert_int_equal(netstash_ctx_stat(ctx, NETSTASH_STAT_H3_REQUESTS), 2);
+  /* the resumed connection sent the GET as 0-RTT early data, and
+   * gtlsserver (GnuTLS, early data on) took it */
+  assert_int_equal(netstash_ctx_stat(ctx, NETSTASH_STAT_EARLY_DATA), 1);
+  usleep(1600 * 1000);
+  {
+    /* not a POST: unsafe methods wait for the handshake */
+    netstash_request *req;
+    assert_int_equal(netstash_request_new(&req, url_of(srv.port, "/hello.txt")), NETSTASH_OK);
+    netstash_request_set_http_version(req, NETSTASH_HTTP_3);
+    netstash_request_set_method(req, "POST");
+    netstash_request_set_body(req, (const uint8_t *)"x=1", 3);
+    assert_int_equal(netstash_fetch_sync(ctx, req, &f), NETSTASH_OK);
+    netstash_fetch_del(f);
+    netstash_request_del(req);
+  }
+  assert_int_equal(netstash_ctx_stat(ctx, NETSTASH_STAT_TLS_RESUMED), 2);
+  assert_int_equal(netstash_ctx_stat(ctx, NETSTASH_STAT_EARLY_DATA), 1);
+  netstash_ctx_del(ctx);
+  nst_stop(&srv);
+}
+
+/* A server that no longer knows our ticket (restarted: new ticket keys)
+ * refuses the 0-RTT data: the GET goes again after the handshake, and its
+ * answer is whole and right. */
+static void test_h3_early_data_rejected(void **state) {
+  nst_server srv;
+  netstash_ctx *ctx;
+  netstash_fetch *f;
+  int port;
+  (void)state;
+  assert_int_equal(nst_gtlsserver_start("--timeout=1s", &srv), 0);
+  port = srv.port;
+  ctx = new_ctx();
+  f = get_v(ctx, url_of(port, "/hello.txt"), NETSTASH_HTTP_3, NETSTASH_OK);
+  netstash_fetch_del(f);
+  usleep(1600 * 1000); /* both ends drop the idle connection after 1 s */
+  nst_stop(&srv);
+  assert_int_equal(nst_gtlsserver_start_port("--timeout=1s", port, &srv), 0);
+  f = get_v(ctx, url_of(port, "/r/3.bin"), NETSTASH_HTTP_3, NETSTASH_OK);
+  site_cmp_expect(f, "r/3.bin");
+  assert_int_equal(netstash_fetch_new_connections(f), 1);
+  netstash_fetch_del(f);
+  assert_int_equal(netstash_ctx_stat(ctx, NETSTASH_STAT_TLS_HANDSHAKES), 2);
+  assert_int_equal(netstash_ctx_stat(ctx, NETSTASH_STAT_TLS_RESUMED), 0);
+  assert_int_equal(netstash_ctx_stat(ctx, NETSTASH_STAT_EARLY_DATA), 0);
+  assert_int_equal(netstash_ctx_stat(ctx, NETSTASH_STAT_H3_REQUESTS), 3); /* the GET twice */
   netstash_ctx_del(ctx);
   nst_stop(&srv);
 }
@@ -503,6 +549,7 @@ int main(void) {
       cmocka_unit_test(test_server_killed_mid_body),
       cmocka_unit_test(test_cancel_mid_body),
       cmocka_unit_test(test_h3_resumption),
+      cmocka_unit_test(test_h3_early_data_rejected),
       cmocka_unit_test(test_h3_needs_https),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
