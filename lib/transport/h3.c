@@ -665,10 +665,24 @@ static int q_recv_stream_data(ngtcp2_conn *qc, uint32_t flags, int64_t id, uint6
   nghttp3_ssize n;
   (void)qc;
   (void)offset;
-  (void)sud;
   if (!c->hc)
     return 0;
   n = nghttp3_conn_read_stream(c->hc, id, data, len, flags & NGTCP2_STREAM_DATA_FLAG_FIN);
+  if ((n == NGHTTP3_ERR_MALFORMED_HTTP_MESSAGING || n == NGHTTP3_ERR_MALFORMED_HTTP_HEADER) &&
+      (id & 0x3) == 0) {
+    /* RFC 9114 §4.1.2: a malformed response (e.g. fewer DATA bytes than its
+     * Content-Length before FIN) is a stream error: that request fails, the
+     * connection and its other streams go on */
+    h3_stream *s = sud;
+    if (s && s->f && !s->done) {
+      ns_fetch_detail(s->f, "HTTP/3 response malformed (%s)%s", nghttp3_strerror((int)n),
+                      s->got_final ? ": its body ends before its Content-Length" : "");
+      stream_finish(s, s->got_final ? NETSTASH_E_TRUNCATED : NETSTASH_E_PROTOCOL);
+    }
+    ngtcp2_conn_shutdown_stream(c->qc, id, NGHTTP3_H3_MESSAGE_ERROR);
+    stream_consume(c, id, len);
+    return 0;
+  }
   if (n < 0) {
     ngtcp2_connection_close_error_set_application_error(
         &c->ccerr, nghttp3_err_infer_quic_app_error_code((int)n), NULL, 0);
@@ -1049,7 +1063,9 @@ static int read_one(h3_conn *c, const uint8_t *data, size_t len) {
     return 1;
   }
   if (rv == NGTCP2_ERR_CALLBACK_FAILURE && c->detail[0]) {
-    conn_fail(c, NETSTASH_E_PROTOCOL, "%s", c->detail);
+    char why[sizeof(c->detail)];
+    memcpy(why, c->detail, sizeof(why)); /* conn_fail formats into c->detail */
+    conn_fail(c, NETSTASH_E_PROTOCOL, "%s", why);
     return 1;
   }
   if (!c->ccerr.error_code)

@@ -1284,6 +1284,7 @@ typedef struct caddy_variant {
 } caddy_variant;
 
 static int altsvc_to_port;
+static int proxy_to_port; /* nst_caddy_start_proxy_to: the upstream of /up/ */
 
 static const caddy_variant caddy_variants[] = {
     {"h2", "h1 h2", "good", 0, 0, 0, NULL},
@@ -1299,6 +1300,14 @@ static const caddy_variant caddy_variants[] = {
 int nst_caddy_start_altsvc_to(int udp_port, nst_server *srv) {
   altsvc_to_port = udp_port;
   return nst_caddy_start("h2-altsvc-to", srv);
+}
+
+int nst_caddy_start_proxy_to(const char *variant, int upstream_port, nst_server *srv) {
+  int rv;
+  proxy_to_port = upstream_port;
+  rv = nst_caddy_start(variant, srv);
+  proxy_to_port = 0;
+  return rv;
 }
 
 static const caddy_variant *find_caddy_variant(const char *name) {
@@ -1345,7 +1354,7 @@ static int concat_files(const char *out, const char *a, const char *b) {
 static int build_caddy(cmdline *c, int port, void *ud, char ***envp) {
   const caddy_variant *v = ud;
   char dir[PATH_MAX], file[PATH_MAX + 32], ov[3][PATH_MAX + 32], cert[PATH_MAX + 32], key[PATH_MAX],
-      altsvc[128] = "";
+      altsvc[128] = "", proxy[128] = "";
   const char *ovp[3];
   /* a certificate that does not cover the site's names would make caddy
    * try to obtain one (ACME over the network, its internal CA for IPs):
@@ -1382,6 +1391,9 @@ static int build_caddy(cmdline *c, int port, void *ud, char ***envp) {
   else if (v->altsvc_port)
     snprintf(altsvc, sizeof(altsvc), "\theader Alt-Svc \"h3=\\\":%d\\\"; ma=60\"\n",
              *v->altsvc_port);
+  if (proxy_to_port > 0)
+    snprintf(proxy, sizeof(proxy), "\thandle_path /up/* {\n\t\treverse_proxy 127.0.0.1:%d\n\t}\n",
+             proxy_to_port);
   snprintf(file, sizeof(file), "%s/Caddyfile", dir);
   f = fopen(file, "w");
   if (f == NULL)
@@ -1405,7 +1417,7 @@ static int build_caddy(cmdline *c, int port, void *ud, char ***envp) {
           "https://*.example.test:%d {\n"
           "\ttls %s %s%s\n"
           "\troot * %s\n"
-          "%s"
+          "%s%s"
           "\theader /hsts Strict-Transport-Security \"max-age=3600\"\n"
           "\trespond /hsts \"hsts\" 200\n"
           "\tfile_server {\n"
@@ -1413,7 +1425,7 @@ static int build_caddy(cmdline *c, int port, void *ud, char ***envp) {
           "\t}\n"
           "}\n",
           badcert ? "off" : "disable_redirects", dir, v->protocols, port, port, port, port, cert,
-          key, v->tls12 ? " {\n\t\tprotocols tls1.2 tls1.2\n\t}" : "", nst_site(), altsvc);
+          key, v->tls12 ? " {\n\t\tprotocols tls1.2 tls1.2\n\t}" : "", nst_site(), altsvc, proxy);
   if (fclose(f) != 0)
     return -1;
 
