@@ -67,6 +67,9 @@
 #define MAX_STREAM_WINDOW (16u << 20)
 #define MAX_CONN_WINDOW (32u << 20)
 #define IDLE_TIMEOUT_MS 30000
+#define BODY_CHUNK (16u << 10)  /* a streamed request body is read in these */
+#define BODY_INFLIGHT 64        /* chunks read and not yet acknowledged, at most */
+#define BODY_RETRY_MS 2         /* a reader with nothing to give is asked again */
 
 static const char tls_priority[] =
     "NORMAL:-VERS-ALL:+VERS-TLS1.3:-CIPHER-ALL:+AES-128-GCM:+AES-256-GCM:"
@@ -129,6 +132,14 @@ typedef struct h3_conn {
   ngtcp2_connection_close_error ccerr;
 } h3_conn;
 
+/* A piece of a streamed request body: nghttp3 sends from it, and it must
+ * stay put until the peer acknowledges it. */
+typedef struct body_chunk {
+  struct body_chunk *next;
+  size_t len;
+  uint8_t data[BODY_CHUNK];
+} body_chunk;
+
 typedef struct h3_stream {
   ns_list node;
   h3_conn *c;
@@ -141,6 +152,11 @@ typedef struct h3_stream {
   const uint8_t *body;
   size_t body_len, body_off;
   int has_body;
+  /* a body from the request's reader callback (has_body too) */
+  int body_reader, body_eof, body_wait;
+  body_chunk *bc_head, *bc_tail; /* read, not yet acknowledged */
+  size_t bc_n;
+  uint64_t bc_acked; /* bytes of bc_head already acknowledged */
   int paused, eos, closed, done, failed, fallback, got_final;
   int new_conn; /* sent on a connection opened for it */
   int early;    /* submitted as 0-RTT early data */
@@ -254,8 +270,20 @@ static int ticket_hook(gnutls_session_t session, unsigned htype, unsigned when,
 
 static h3_stream *stream_of(netstash_fetch *f) { return f->h3s; }
 
+static void body_chunks_free(h3_stream *s) {
+  while (s->bc_head) {
+    body_chunk *b = s->bc_head;
+    s->bc_head = b->next;
+    ns_free(&s->c->h->ctx->mem, b);
+  }
+  s->bc_tail = NULL;
+  s->bc_n = 0;
+  s->bc_acked = 0;
+}
+
 static void stream_free(h3_stream *s) {
   h3_conn *c = s->c;
+  body_chunks_free(s);
   ns_list_remove(&s->node);
   ns_buf_free(&s->held);
   if (s->req)
@@ -514,7 +542,54 @@ static nghttp3_ssize read_body(nghttp3_conn *hc, int64_t id, nghttp3_vec *vec, s
   (void)ud;
   if (!veccnt)
     return 0;
-  if (!s || !s->f || s->body_off >= s->body_len) {
+  if (s && s->f && s->body_reader && !s->body_eof) {
+    /* the request's reader, one chunk at a time, kept until acknowledged */
+    const netstash_request *req = s->req;
+    body_chunk *b;
+    size_t got = 0;
+    int eof = 0;
+    netstash_error rv;
+    if (s->bc_n >= BODY_INFLIGHT)
+      return NGHTTP3_ERR_WOULDBLOCK; /* resumed by h_acked */
+    b = ns_malloc(&s->c->h->ctx->mem, sizeof(*b));
+    if (!b) {
+      stream_finish(s, NETSTASH_E_NOMEM);
+      return NGHTTP3_ERR_CALLBACK_FAILURE;
+    }
+    rv = req->body_cb(b->data, sizeof(b->data), &got, &eof, req->body_ud);
+    if (rv != NETSTASH_OK || got > sizeof(b->data)) {
+      ns_free(&s->c->h->ctx->mem, b);
+      ns_fetch_detail(s->f, "request body reader failed: %s", netstash_strerror(rv));
+      stream_finish(s, NETSTASH_E_CALLBACK);
+      return NGHTTP3_ERR_CALLBACK_FAILURE;
+    }
+    if (!got) {
+      ns_free(&s->c->h->ctx->mem, b);
+      if (eof) {
+        s->body_eof = 1;
+        *pflags |= NGHTTP3_DATA_FLAG_EOF;
+        return 0;
+      }
+      s->body_wait = 1; /* nothing now: on_timer resumes the stream */
+      return NGHTTP3_ERR_WOULDBLOCK;
+    }
+    b->len = got;
+    b->next = NULL;
+    if (s->bc_tail)
+      s->bc_tail->next = b;
+    else
+      s->bc_head = b;
+    s->bc_tail = b;
+    s->bc_n++;
+    vec[0].base = b->data;
+    vec[0].len = got;
+    if (eof) {
+      s->body_eof = 1;
+      *pflags |= NGHTTP3_DATA_FLAG_EOF;
+    }
+    return 1;
+  }
+  if (!s || !s->f || s->body_reader || s->body_off >= s->body_len) {
     *pflags |= NGHTTP3_DATA_FLAG_EOF;
     return 0;
   }
@@ -524,6 +599,27 @@ static nghttp3_ssize read_body(nghttp3_conn *hc, int64_t id, nghttp3_vec *vec, s
   s->body_off += n;
   *pflags |= NGHTTP3_DATA_FLAG_EOF;
   return 1;
+}
+
+/* The peer acknowledged datalen more bytes of the request body. */
+static int h_acked(nghttp3_conn *hc, int64_t id, uint64_t datalen, void *ud, void *sud) {
+  h3_stream *s = sud;
+  (void)ud;
+  if (!s || !s->body_reader)
+    return 0;
+  s->bc_acked += datalen;
+  while (s->bc_head && s->bc_acked >= s->bc_head->len) {
+    body_chunk *b = s->bc_head;
+    s->bc_acked -= b->len;
+    s->bc_head = b->next;
+    if (!s->bc_head)
+      s->bc_tail = NULL;
+    s->bc_n--;
+    ns_free(&s->c->h->ctx->mem, b);
+  }
+  if (s->bc_n < BODY_INFLIGHT && !s->body_eof && !s->body_wait)
+    (void)nghttp3_conn_resume_stream(hc, id);
+  return 0;
 }
 
 /* ------------------------------------------------------------ ngtcp2 callbacks */
@@ -555,6 +651,7 @@ static int setup_http(h3_conn *c) {
       .stream_close = h_stream_close,
       .reset_stream = h_reset_stream,
       .stop_sending = h_stop_sending,
+      .acked_stream_data = h_acked,
   };
   nghttp3_settings settings;
   int64_t ctrl, enc, dec;
@@ -937,7 +1034,9 @@ static void arm_timer(h3_conn *c) {
       continue;
     if (s->held.len && !s->paused)
       d = 0; /* held body to deliver */
-    else if (s->race_deadline && s->id < 0)
+    else if (s->body_wait)
+      d = BODY_RETRY_MS * 1000;
+    else if (s->race_deadline && c->state == C_CONNECTING)
       d = s->race_deadline > now_us ? s->race_deadline - now_us : 0;
     else if (s->deadline)
       d = s->deadline > now_us ? s->deadline - now_us : 0;
@@ -1168,6 +1267,10 @@ static void on_timer(uv_timer_t *t) {
       ns_buf_free(&held);
       if (s->id >= 0)
         stream_consume(c, s->id, n);
+    }
+    if (s->body_wait && s->id >= 0 && c->hc) {
+      s->body_wait = 0;
+      (void)nghttp3_conn_resume_stream(c->hc, s->id);
     }
     if (s->race_deadline && c->state == C_CONNECTING && now_us >= s->race_deadline) {
       s->fallback = NS_H3_FB_SLOW; /* also a 0-RTT request: reap cancels its stream */
@@ -1491,10 +1594,6 @@ netstash_error ns_h3_start(ns_h3 *h, netstash_fetch *f, const ns_h3_target *t, u
 
   if (h->shutting_down)
     return NETSTASH_E_CANCELED;
-  if (req->body_cb && !f->hop_get) {
-    ns_fetch_detail(f, "streamed request bodies are not sent over HTTP/3 yet");
-    return NETSTASH_E_UNSUPPORTED;
-  }
   c = conn_find(h, t);
   if (!c) {
     err = conn_new(h, t, &c, why, sizeof(why));
@@ -1512,7 +1611,9 @@ netstash_error ns_h3_start(ns_h3 *h, netstash_fetch *f, const ns_h3_target *t, u
   ns_buf_init(&s->held, &h->ctx->mem, SIZE_MAX / 2);
   s->req = f->req;
   ns_request_ref(s->req);
-  if (req->has_body && !f->hop_get && !(req->method && strcmp(req->method, "HEAD") == 0)) {
+  if (req->body_cb && !f->hop_get && !(req->method && strcmp(req->method, "HEAD") == 0)) {
+    s->has_body = s->body_reader = 1; /* never 0-RTT: never replayed over TCP */
+  } else if (req->has_body && !f->hop_get && !(req->method && strcmp(req->method, "HEAD") == 0)) {
     s->has_body = 1;
     s->body = req->body ? req->body : (const uint8_t *)"";
     s->body_len = req->body_len;
@@ -1545,6 +1646,7 @@ void ns_h3_detach(netstash_fetch *f) {
   f->h3s = NULL;
   s->f = NULL;
   s->body_len = s->body_off; /* nothing more to send */
+  s->body_eof = 1;
   if (s->id >= 0 && !s->closed && c->state != C_DEAD) {
     ngtcp2_conn_shutdown_stream(c->qc, s->id, NGHTTP3_H3_REQUEST_CANCELLED);
   } else {

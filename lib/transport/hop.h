@@ -45,6 +45,7 @@ typedef struct ns_hop_fields {
   char lower[NS_HOP_MAX_FIELDS][64];
   char authority[300];
   char prio[16];
+  char clen[24];
 } ns_hop_fields;
 void ns_hop_request_fields(netstash_fetch *f, const char *scheme, int with_priority,
                            ns_hop_fields *out);

@@ -1098,7 +1098,7 @@ void ns_hop_request_fields(netstash_fetch *f, const char *scheme, int with_prior
   const char *url = f->cur.url, *p, *path, *method = ns_hop_method(f);
   const char *ua = ns_hop_user_agent(f);
   const char *host = f->cur.host;
-  int v6 = strchr(host, ':') != NULL, has_ua = 0;
+  int v6 = strchr(host, ':') != NULL, has_ua = 0, has_cl = 0;
   size_t n = 0;
   struct curl_slist *l;
 #define FIELD(nm, nl, v, vl)                                                   \
@@ -1146,6 +1146,8 @@ void ns_hop_request_fields(netstash_fetch *f, const char *scheme, int with_prior
     out->lower[n][nl] = 0;
     if (strcmp(out->lower[n], "user-agent") == 0)
       has_ua = 1;
+    if (strcmp(out->lower[n], "content-length") == 0)
+      has_cl = 1;
     if (strcmp(out->lower[n], "te") == 0 &&
         !(vl == 8 && ns_ascii_casecmp_n(v, "trailers", 8) == 0))
       continue;
@@ -1153,6 +1155,14 @@ void ns_hop_request_fields(netstash_fetch *f, const char *scheme, int with_prior
   }
   if (!has_ua && ua)
     FIELD("user-agent", 10, ua, strlen(ua));
+  if (!has_cl && !f->hop_get && strcmp(method, "HEAD") != 0 &&
+      (f->req->has_body || (f->req->body_cb && f->req->body_total != UINT64_MAX))) {
+    /* the length of a body known up front (RFC 9114 §4.1.2 lets it be
+     * absent, but servers and their upstreams read it) */
+    snprintf(out->clen, sizeof(out->clen), "%llu",
+             (unsigned long long)(f->req->body_cb ? f->req->body_total : f->req->body_len));
+    FIELD("content-length", 14, out->clen, strlen(out->clen));
+  }
   if (with_priority) {
     /* RFC 9218 urgency from the request priority (0 lowest .. 4 highest) */
     static const int urg[] = {6, 5, 3, 2, 0};
@@ -1245,8 +1255,7 @@ static int h3_plan(netstash_fetch *f) {
     return 0;
   if (f->req->http_version == NETSTASH_HTTP_3)
     return 2;
-  if (f->req->http_version != NETSTASH_HTTP_ANY || !f->ctx->cfg.http3 ||
-      (f->req->body_cb && !f->hop_get))
+  if (f->req->http_version != NETSTASH_HTTP_ANY || !f->ctx->cfg.http3)
     return 0;
   if (ns_altsvc_is_broken(tr->h3_broken, f->cur.host, f->cur.port, wall_ms()))
     return 0;

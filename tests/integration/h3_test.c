@@ -466,6 +466,72 @@ static void test_stream_reset_mid_body(void **state) {
   nst_stop(&raw);
 }
 
+/* A streamed request body (reader callback) over h3: 1 MiB in uneven
+ * pieces, with "nothing yet" answers in between, arrives intact (caddy
+ * proxies it to nst-rawserver's /echo, which sends it back). */
+typedef struct body_src {
+  size_t off, total, calls;
+} body_src;
+
+static uint8_t body_byte(size_t i) { return (uint8_t)((i * 2654435761u) >> 13); }
+
+static netstash_error body_read(uint8_t *buf, size_t cap, size_t *len, int *eof, void *ud) {
+  body_src *b = ud;
+  size_t n = 1 + (b->calls * 7919) % 40000;
+  if (++b->calls % 5 == 0) {
+    *len = 0; /* nothing yet: asked again later */
+    return NETSTASH_OK;
+  }
+  if (n > cap)
+    n = cap;
+  if (n > b->total - b->off)
+    n = b->total - b->off;
+  for (size_t i = 0; i < n; i++)
+    buf[i] = body_byte(b->off + i);
+  b->off += n;
+  *len = n;
+  *eof = b->off == b->total;
+  return NETSTASH_OK;
+}
+
+static void test_h3_streamed_request_body(void **state) {
+  nst_server raw, srv;
+  netstash_ctx *ctx;
+  netstash_fetch *f = NULL;
+  netstash_request *req;
+  body_src src = {0, 1u << 20, 0};
+  const uint8_t *body;
+  size_t len;
+  const char *sep;
+  (void)state;
+  assert_int_equal(nst_rawserver_start(&raw), 0);
+  assert_int_equal(nst_caddy_start_proxy_to("h3", raw.port, &srv), 0);
+  ctx = new_ctx();
+  assert_int_equal(netstash_request_new(&req, url_of(srv.port, "/up/echo")), NETSTASH_OK);
+  netstash_request_set_http_version(req, NETSTASH_HTTP_3);
+  netstash_request_set_method(req, "POST");
+  netstash_request_set_body_reader(req, body_read, src.total, &src);
+  netstash_request_set_collect_body(req, 4u << 20);
+  assert_int_equal(netstash_fetch_sync(ctx, req, &f), NETSTASH_OK);
+  assert_int_equal(netstash_fetch_status(f), 200);
+  assert_string_equal(netstash_fetch_protocol_name(f), "h3");
+  assert_int_equal(netstash_fetch_body(f, &body, &len), NETSTASH_OK);
+  /* the echo: the request head as caddy sent it upstream, then the body */
+  sep = memmem(body, len, "\r\n\r\n", 4);
+  assert_non_null(sep);
+  sep += 4;
+  assert_int_equal(len - (size_t)(sep - (const char *)body), src.total);
+  for (size_t i = 0; i < src.total; i++)
+    if ((uint8_t)sep[i] != body_byte(i))
+      fail_msg("echoed body differs at byte %zu", i);
+  assert_true(src.calls > 30);
+  netstash_fetch_del(f);
+  netstash_request_del(req);
+  netstash_ctx_del(ctx);
+  nst_stop(&srv);
+  nst_stop(&raw);
+}
+
 typedef struct cancel_state {
   atomic_int got_data;
   netstash_fetch *f;
@@ -613,6 +679,7 @@ int main(void) {
       cmocka_unit_test(test_badcert_same_as_tcp),
       cmocka_unit_test(test_server_killed_mid_body),
       cmocka_unit_test(test_stream_reset_mid_body),
+      cmocka_unit_test(test_h3_streamed_request_body),
       cmocka_unit_test(test_cancel_mid_body),
       cmocka_unit_test(test_h3_resumption),
       cmocka_unit_test(test_h3_early_data_rejected),
