@@ -1125,7 +1125,8 @@ void ns_hop_request_fields(netstash_fetch *f, const char *scheme, int with_prior
   FIELD(":scheme", 7, scheme, strlen(scheme));
   FIELD(":authority", 10, out->authority, strlen(out->authority));
   FIELD(":path", 5, path, strcspn(path, "#"));
-  for (l = f->hdr_list; l && n < NS_HOP_MAX_FIELDS - 3; l = l->next) { /* room: UA, length, priority */
+  /* room kept for user-agent, content-length and priority */
+  for (l = f->hdr_list; l && n < NS_HOP_MAX_FIELDS - 3; l = l->next) {
     const char *line = l->data, *colon = strchr(line, ':'), *v;
     size_t nl, vl, i;
     if (!colon || colon == line)
