@@ -297,7 +297,61 @@ static uint64_t spin(double secs, uint64_t *lat, size_t lat_cap, size_t *nlat) {
   return count;
 }
 
-static uint64_t parallel_rate(int procs, double secs) {
+/* The floors of scaling: raw LMDB lookups (renew + get + reset, the same
+ * keys), and pure arithmetic that touches no shared memory at all (what the
+ * machine gives two processes: on a VM, two vCPUs are not always two
+ * whole cores). Both count operations done in secs. */
+static uint64_t spin_raw(double secs) {
+  MDB_env *env;
+  MDB_txn *txn;
+  MDB_dbi dbi;
+  char sdir[512];
+  volatile unsigned sink = 0;
+  uint64_t count = 0, end = now_ns() + (uint64_t)(secs * 1e9);
+  snprintf(sdir, sizeof(sdir), "%s/store", dir);
+  if (mdb_env_create(&env) || mdb_env_set_maxdbs(env, 16) ||
+      mdb_env_open(env, sdir, MDB_RDONLY | MDB_NOTLS, 0600) ||
+      mdb_txn_begin(env, NULL, MDB_RDONLY, &txn) || mdb_dbi_open(txn, "preload", 0, &dbi) ||
+      mdb_txn_commit(txn) || mdb_txn_begin(env, NULL, MDB_RDONLY, &txn))
+    die("raw LMDB open");
+  mdb_txn_reset(txn);
+  while (now_ns() < end) {
+    for (int b = 0; b < 256; b++) {
+      uint32_t i = (uint32_t)(urand() * (double)nent);
+      MDB_val key = {keys[i].len, keys[i].data}, val;
+      mdb_txn_renew(txn);
+      if (mdb_get(txn, dbi, &key, &val) != 0)
+        die("raw miss");
+      sink += ((const uint8_t *)val.mv_data)[0];
+      mdb_txn_reset(txn);
+      count++;
+    }
+  }
+  mdb_txn_abort(txn);
+  mdb_env_close(env);
+  return count;
+}
+
+static uint64_t spin_compute(double secs) {
+  uint64_t count = 0, x = 88172645463325252ull, end = now_ns() + (uint64_t)(secs * 1e9);
+  volatile uint64_t sink;
+  while (now_ns() < end) {
+    for (int b = 0; b < 4096; b++) {
+      x ^= x << 13;
+      x ^= x >> 7;
+      x ^= x << 17;
+      x *= 0x2545F4914F6CDD1Dull;
+    }
+    count += 4096;
+  }
+  sink = x;
+  (void)sink;
+  return count;
+}
+
+enum { RATE_ABI, RATE_RAW, RATE_COMPUTE };
+
+static uint64_t parallel_rate(int procs, double secs, int kind) {
   int fds[2];
   uint64_t total = 0;
   if (pipe(fds))
@@ -308,7 +362,9 @@ static uint64_t parallel_rate(int procs, double secs) {
       size_t nl;
       uint64_t *lat = malloc(sizeof(uint64_t));
       rs ^= (uint64_t)getpid() * 0x2545F4914F6CDD1Dull;
-      uint64_t c = spin(secs, lat, 0, &nl);
+      uint64_t c = kind == RATE_ABI   ? spin(secs, lat, 0, &nl)
+                   : kind == RATE_RAW ? spin_raw(secs)
+                                      : spin_compute(secs);
       if (write(fds[1], &c, sizeof(c)) != sizeof(c))
         _exit(1);
       _exit(0);
@@ -417,9 +473,15 @@ int main(int argc, char **argv) {
            (unsigned long long)copy.p50, (unsigned long long)copy.p99);
   }
 
-  uint64_t r1 = parallel_rate(1, secs), r2 = parallel_rate(2, secs);
+  uint64_t r1 = parallel_rate(1, secs, RATE_ABI), r2 = parallel_rate(2, secs, RATE_ABI);
+  uint64_t q1 = parallel_rate(1, secs, RATE_RAW), q2 = parallel_rate(2, secs, RATE_RAW);
+  uint64_t c1 = parallel_rate(1, secs, RATE_COMPUTE), c2 = parallel_rate(2, secs, RATE_COMPUTE);
+  double sa = (double)r2 / (double)r1, sr = (double)q2 / (double)q1, sc = (double)c2 / (double)c1;
   printf("scaling  1 process %.2f M hits/s, 2 processes %.2f M hits/s: %.2fx (2 cores)\n",
-         (double)r1 / 1e6, (double)r2 / 1e6, (double)r2 / (double)r1);
+         (double)r1 / 1e6, (double)r2 / 1e6, sa);
+  printf("scaling  floors: raw mdb_get %.2fx (%.2f -> %.2f M/s), arithmetic only %.2fx; "
+         "ABI / raw %.2f, ABI / arithmetic %.2f\n",
+         sr, (double)q1 / 1e6, (double)q2 / 1e6, sc, sa / sr, sa / sc);
 
   size_t nl;
   uint64_t *lat = malloc(2000000 * sizeof(uint64_t));
