@@ -17,6 +17,11 @@
  * backlog is below OUT_HIGH and resumed from uv_write's callback: a slow
  * client stops the library reading, it does not grow buffers.
  *
+ * Writes go out at once when nothing is queued (uv_try_write: no request,
+ * no completion, no heap), the head together with the first body bytes in
+ * one writev; only what the socket does not take is copied into a queued
+ * write. A cache hit of a small body costs one read and one writev.
+ *
  * Responses are relayed as the library produced them — status, every header
  * in order (duplicates kept), the body as sent (no content decoding) —
  * minus the hop-by-hop fields (RFC 9110 §7.6.1), with X-Netstash-Source
@@ -68,6 +73,13 @@ struct netd_front {
   int stopping;
   void (*done)(void *);
   void *done_ud;
+  char *scratch; /* CHUNK_PREFIX + BODY_CHUNK + 2: one body chunk being sent
+                    (loop thread only; what is not written is copied) */
+  /* heads waiting for their first body bytes, sent alone at the end of the
+   * loop turn if none came (conn.head_node) */
+  uv_check_t head_check;
+  int check_open;
+  ns_list heads;
 };
 
 typedef enum conn_state {
@@ -115,7 +127,11 @@ typedef struct conn {
   /* answer */
   netstash_job *job;
   uint64_t t0_us;
-  int head_sent;
+  int head_sent;    /* the job's head is known (in hbuf until flushed) */
+  int head_flushed; /* ... and handed to the socket */
+  ns_list head_node; /* in fr->heads while the head waits for body bytes */
+  int head_queued;
+  ns_buf hbuf;      /* the response head (kept across requests) */
   int no_body;
   int chunked;
   int64_t clen; /* the announced Content-Length, -1 if none */
@@ -155,6 +171,7 @@ static const ns_mem *M(void) {
 static void conn_close(conn *c);
 static void drive(conn *c);
 static void pump(conn *c);
+static int flush_head(conn *c, const char *extra, size_t extra_len);
 static void request_done(conn *c);
 static void tunnel_read_resume(conn *c);
 
@@ -209,11 +226,58 @@ static int write_wbuf(conn *c, wbuf *w, int to_peer) {
   return 0;
 }
 
+/* Sends bufs to the client: written at once when nothing is queued ahead
+ * of them, and only what the socket did not take is copied into a queued
+ * write. 0, or -1 when the connection was closed. */
+static int send_bufs(conn *c, const uv_buf_t *bufs, unsigned n) {
+  size_t total = 0, done = 0, off = 0;
+  wbuf *w;
+  unsigned i;
+  for (i = 0; i < n; i++)
+    total += bufs[i].len;
+  if (!total)
+    return 0;
+  if (c->closed)
+    return -1;
+  if (c->out_pending == 0) {
+    int r = uv_try_write((uv_stream_t *)&c->tcp, bufs, n);
+    if (r >= 0) {
+      done = (size_t)r;
+    } else if (r != UV_EAGAIN) {
+      conn_close(c);
+      return -1;
+    }
+  }
+  if (done == total)
+    return 0;
+  w = wbuf_new(total - done);
+  if (!w) {
+    conn_close(c);
+    return -1;
+  }
+  for (i = 0; i < n; i++) {
+    size_t l = bufs[i].len;
+    if (done >= l) {
+      done -= l;
+      continue;
+    }
+    memcpy(w->inl + off, bufs[i].base + done, l - done);
+    off += l - done;
+    done = 0;
+  }
+  w->ub.len = off;
+  return write_wbuf(c, w, 0);
+}
+
 /* Copies len bytes into a write to the client (or the peer). */
 static int write_copy(conn *c, const void *data, size_t len, int to_peer) {
   wbuf *w;
   if (!len)
     return 0;
+  if (!to_peer) {
+    uv_buf_t b = uv_buf_init((char *)(uintptr_t)data, (unsigned)len);
+    return send_bufs(c, &b, 1);
+  }
   w = wbuf_new(len);
   if (!w) {
     conn_close(c);
@@ -229,11 +293,12 @@ static int write_copy(conn *c, const void *data, size_t len, int to_peer) {
 static void front_maybe_done(netd_front *fr) {
   void (*done)(void *);
   void *ud;
-  if (!fr->stopping || fr->listener_open || !ns_list_empty(&fr->conns))
+  if (!fr->stopping || fr->listener_open || fr->check_open || !ns_list_empty(&fr->conns))
     return;
   done = fr->done;
   ud = fr->done_ud;
   free(fr->upstream);
+  free(fr->scratch);
   free(fr);
   if (done)
     done(ud);
@@ -252,6 +317,8 @@ static void request_reset(conn *c) {
   c->method = HTTP_GET; /* until the next head says otherwise (error answers have a body) */
   c->upgrade = 0;
   c->head_sent = 0;
+  c->head_flushed = 0;
+  ns_buf_reset(&c->hbuf);
   c->no_body = 0;
   c->chunked = 0;
   c->clen = -1;
@@ -260,10 +327,13 @@ static void request_reset(conn *c) {
 
 static void conn_free(conn *c) {
   netd_front *fr = c->fr;
+  if (c->head_queued)
+    ns_list_remove(&c->head_node);
   ns_list_remove(&c->node);
   fr->nconns--;
   request_reset(c);
   ns_buf_free(&c->stash);
+  ns_buf_free(&c->hbuf);
   ns_buf_free(&c->url);
   ns_buf_free(&c->hname);
   ns_buf_free(&c->hvalue);
@@ -705,8 +775,9 @@ static void on_job_response(netstash_job *job, void *ud) {
   netstash_source src = netstash_fetch_source(f);
   const char *conn_hdr = NULL, *name, *value, *reason;
   size_t i, n = netstash_fetch_header_count(f);
-  ns_buf b;
+  ns_buf *b = &c->hbuf;
   netstash_error e;
+  char line[64];
 
   if (c->closed || c->job != job)
     return;
@@ -726,8 +797,11 @@ static void on_job_response(netstash_job *job, void *ud) {
   if (c->client_eof)
     c->keep_alive = 0;
 
-  ns_buf_init(&b, M(), 4u * 1024u * 1024u);
-  e = ns_buf_printf(&b, "HTTP/1.1 %d %s\r\n", status, reason_of(status));
+  ns_buf_reset(b);
+  snprintf(line, sizeof(line), "HTTP/1.1 %d ", status);
+  if ((e = ns_buf_append_str(b, line)) == NETSTASH_OK &&
+      (e = ns_buf_append_str(b, reason_of(status))) == NETSTASH_OK)
+    e = ns_buf_append(b, "\r\n", 2);
   for (i = 0; e == NETSTASH_OK && i < n; i++) {
     if (netstash_fetch_header_at(f, i, &name, &value) != NETSTASH_OK)
       continue;
@@ -740,31 +814,63 @@ static void on_job_response(netstash_job *job, void *ud) {
      * the body goes chunked, and both together would be a framing error */
     if (!c->no_body && c->clen < 0 && ns_ascii_casecmp(name, "content-length") == 0)
       continue;
-    e = ns_buf_printf(&b, "%s: %s\r\n", name, value);
+    if ((e = ns_buf_append_str(b, name)) == NETSTASH_OK &&
+        (e = ns_buf_append(b, ": ", 2)) == NETSTASH_OK &&
+        (e = ns_buf_append_str(b, value)) == NETSTASH_OK)
+      e = ns_buf_append(b, "\r\n", 2);
   }
-  if (e == NETSTASH_OK)
-    e = ns_buf_printf(&b, "X-Netstash-Source: %s\r\n", source_name(src));
+  if (e == NETSTASH_OK && (e = ns_buf_append_str(b, "X-Netstash-Source: ")) == NETSTASH_OK &&
+      (e = ns_buf_append_str(b, source_name(src))) == NETSTASH_OK)
+    e = ns_buf_append(b, "\r\n", 2);
   reason = netstash_fetch_cache_reason(f);
-  if (e == NETSTASH_OK && reason && *reason && ns_header_value_valid(reason, strlen(reason)))
-    e = ns_buf_printf(&b, "X-Netstash-Cache-Reason: %s\r\n", reason);
+  if (e == NETSTASH_OK && reason && *reason && ns_header_value_valid(reason, strlen(reason)) &&
+      (e = ns_buf_append_str(b, "X-Netstash-Cache-Reason: ")) == NETSTASH_OK &&
+      (e = ns_buf_append_str(b, reason)) == NETSTASH_OK)
+    e = ns_buf_append(b, "\r\n", 2);
   if (e == NETSTASH_OK && c->chunked)
-    e = ns_buf_append_str(&b, "Transfer-Encoding: chunked\r\n");
+    e = ns_buf_append_str(b, "Transfer-Encoding: chunked\r\n");
   if (e == NETSTASH_OK && !c->keep_alive)
-    e = ns_buf_append_str(&b, "Connection: close\r\n");
+    e = ns_buf_append_str(b, "Connection: close\r\n");
   if (e == NETSTASH_OK)
-    e = ns_buf_append_str(&b, "\r\n");
+    e = ns_buf_append(b, "\r\n", 2);
   if (e != NETSTASH_OK) {
-    ns_buf_free(&b);
     netd_log(c->d, NETSTASH_LOG_WARN, "%s: response head not relayed: %s", c->fr->name,
              netstash_strerror(e));
     conn_close(c);
     return;
   }
-  if (write_copy(c, b.data, b.len, 0) == 0) {
-    c->head_sent = 1;
-    pump(c);
+  /* sent with the first body bytes (one writev), or alone when none come
+   * at once */
+  c->head_sent = 1;
+  c->head_flushed = 0;
+  pump(c);
+}
+
+/* The end of a loop turn: heads whose body bytes did not follow at once
+ * (a response still arriving from the network) go out alone. */
+static void on_head_check(uv_check_t *h) {
+  netd_front *fr = h->data;
+  uv_check_stop(h);
+  while (!ns_list_empty(&fr->heads)) {
+    conn *c = ns_list_entry(fr->heads.next, conn, head_node);
+    ns_list_remove(&c->head_node);
+    c->head_queued = 0;
+    if (!c->closed && c->head_sent && !c->head_flushed && c->state == ST_BUSY)
+      (void)flush_head(c, NULL, 0);
   }
-  ns_buf_free(&b);
+}
+
+/* Sends the head if it is still waiting, with extra (may be NULL). */
+static int flush_head(conn *c, const char *extra, size_t extra_len) {
+  uv_buf_t b[2];
+  unsigned n = 0;
+  if (!c->head_flushed) {
+    b[n++] = uv_buf_init((char *)c->hbuf.data, (unsigned)c->hbuf.len);
+    c->head_flushed = 1;
+  }
+  if (extra_len)
+    b[n++] = uv_buf_init((char *)(uintptr_t)extra, (unsigned)extra_len);
+  return send_bufs(c, b, n);
 }
 
 /* The body has been relayed whole (or the job failed after the head). */
@@ -779,7 +885,7 @@ static void response_end(conn *c, netstash_error e) {
     conn_close(c); /* the client must see the cut */
     return;
   }
-  if (c->chunked && write_copy(c, "0\r\n\r\n", 5, 0) != 0)
+  if (flush_head(c, c->chunked ? "0\r\n\r\n" : NULL, c->chunked ? 5 : 0) != 0)
     return;
   if (c->clen >= 0 && (uint64_t)c->clen != c->sent)
     c->keep_alive = 0; /* the announced length was wrong: framing is lost */
@@ -788,50 +894,64 @@ static void response_end(conn *c, netstash_error e) {
 
 /* Pulls body bytes from the job while the socket's backlog is small. */
 static void pump(conn *c) {
+  char *data = c->fr->scratch + CHUNK_PREFIX;
   while (c->job && c->head_sent && !c->closed && c->state == ST_BUSY && c->out_pending < OUT_HIGH) {
-    wbuf *w = wbuf_new(CHUNK_PREFIX + BODY_CHUNK + 2);
-    char *data;
+    uv_buf_t b[2];
+    unsigned nb = 0;
     size_t n = 0;
-    netstash_error e;
-    if (!w) {
-      conn_close(c);
-      return;
-    }
-    data = w->inl + CHUNK_PREFIX;
-    e = netstash_job_read(c->job, (uint8_t *)data, BODY_CHUNK, &n);
+    netstash_error e = netstash_job_read(c->job, (uint8_t *)data, BODY_CHUNK, &n);
     if (e == NETSTASH_E_AGAIN) {
-      free(w); /* on_readable follows */
-      return;
+      int defer = c->fr->check_open && !c->fr->stopping;
+      if (!c->head_flushed && !c->head_queued && defer) {
+        /* a stored body follows within this turn (one writev for both);
+         * otherwise the head goes alone at the end of the turn */
+        ns_list_insert_tail(&c->fr->heads, &c->head_node);
+        c->head_queued = 1;
+        uv_check_start(&c->fr->head_check, on_head_check);
+      } else if (!defer) {
+        (void)flush_head(c, NULL, 0);
+      }
+      return; /* on_readable follows */
     }
     if (e != NETSTASH_OK || n == 0) {
-      free(w);
+      if (e != NETSTASH_OK && !c->head_flushed) {
+        /* nothing relayed yet: the client gets a 502 naming the error */
+        char detail[512];
+        const netstash_fetch *f = netstash_job_fetch(c->job);
+        snprintf(detail, sizeof(detail), "%s", f ? netstash_fetch_error_detail(f) : "");
+        netstash_job_del(c->job);
+        c->job = NULL;
+        c->head_sent = 0;
+        respond_error(c, e, detail);
+        return;
+      }
       response_end(c, e);
       return;
     }
-    if (c->no_body) {
-      free(w);
+    if (c->no_body)
       continue;
-    }
     if (c->clen >= 0 && c->sent + n > (uint64_t)c->clen) {
       n = (size_t)((uint64_t)c->clen - c->sent); /* never more than announced */
       c->keep_alive = 0;
-      if (!n) {
-        free(w);
+      if (!n)
         continue;
-      }
+    }
+    if (!c->head_flushed) {
+      b[nb++] = uv_buf_init((char *)c->hbuf.data, (unsigned)c->hbuf.len);
+      c->head_flushed = 1;
     }
     if (c->chunked) {
       char hex[CHUNK_PREFIX + 1];
       int h = snprintf(hex, sizeof(hex), "%zx\r\n", n);
       memcpy(data - h, hex, (size_t)h);
       memcpy(data + n, "\r\n", 2);
-      w->ub = uv_buf_init(data - h, (unsigned)((size_t)h + n + 2));
+      b[nb++] = uv_buf_init(data - h, (unsigned)((size_t)h + n + 2));
     } else {
-      w->ub = uv_buf_init(data, (unsigned)n);
+      b[nb++] = uv_buf_init(data, (unsigned)n);
     }
     c->sent += n;
     atomic_fetch_add_explicit(&c->d->metrics.bytes_out, n, memory_order_relaxed);
-    if (write_wbuf(c, w, 0) != 0)
+    if (send_bufs(c, b, nb) != 0)
       return;
   }
 }
@@ -1401,6 +1521,7 @@ static void on_accept(uv_stream_t *server, int status) {
   ns_buf_init(&c->hname, M(), HEAD_MAX);
   ns_buf_init(&c->hvalue, M(), HEAD_MAX);
   ns_buf_init(&c->body, M(), BODY_MAX);
+  ns_buf_init(&c->hbuf, M(), 4u * 1024u * 1024u);
   ns_headers_init(&c->hdrs, M());
   c->clen = -1;
   http_parser_init(&c->parser, HTTP_REQUEST);
@@ -1452,6 +1573,12 @@ static const char *kind_name(netd_front_kind kind) {
 static void on_listener_closed(uv_handle_t *h) {
   netd_front *fr = h->data;
   fr->listener_open = 0;
+  front_maybe_done(fr);
+}
+
+static void on_check_closed(uv_handle_t *h) {
+  netd_front *fr = h->data;
+  fr->check_open = 0;
   front_maybe_done(fr);
 }
 
@@ -1530,6 +1657,18 @@ int netd_front_start(netd *d, netd_front_kind kind, const char *host, int port, 
   fr->kind = kind;
   fr->name = name;
   ns_list_init(&fr->conns);
+  ns_list_init(&fr->heads);
+  fr->scratch = malloc(CHUNK_PREFIX + BODY_CHUNK + 2);
+  if (!fr->scratch) {
+    snprintf(err, errlen, "%s: out of memory", name);
+    goto done;
+  }
+  if (uv_check_init(d->loop, &fr->head_check) != 0) {
+    snprintf(err, errlen, "%s: uv_check_init failed", name);
+    goto done;
+  }
+  fr->head_check.data = fr;
+  fr->check_open = 1;
   if (kind == NETD_FRONT_GATEWAY && check_upstream(fr, d->cfg.upstream, err, errlen) != 0)
     goto done;
   r = uv_tcp_init(d->loop, &fr->listener);
@@ -1556,11 +1695,15 @@ int netd_front_start(netd *d, netd_front_kind kind, const char *host, int port, 
   rc = 0;
 done:
   if (rc != 0 && fr) {
-    if (fr->listener_open) {
-      fr->stopping = 1; /* freed once the listener is closed, with no done callback */
-      uv_close((uv_handle_t *)&fr->listener, on_listener_closed);
+    if (fr->check_open)
+      uv_close((uv_handle_t *)&fr->head_check, on_check_closed);
+    if (fr->listener_open || fr->check_open) {
+      fr->stopping = 1; /* freed once the handles are closed, with no done callback */
+      if (fr->listener_open)
+        uv_close((uv_handle_t *)&fr->listener, on_listener_closed);
     } else {
       free(fr->upstream);
+      free(fr->scratch);
       free(fr);
     }
   }
@@ -1579,6 +1722,8 @@ void netd_front_stop(netd_front *fr, void (*done)(void *), void *ud) {
   fr->done_ud = ud;
   if (fr->listener_open && !uv_is_closing((uv_handle_t *)&fr->listener))
     uv_close((uv_handle_t *)&fr->listener, on_listener_closed);
+  if (fr->check_open && !uv_is_closing((uv_handle_t *)&fr->head_check))
+    uv_close((uv_handle_t *)&fr->head_check, on_check_closed);
   ns_list_foreach_safe(pos, tmp, &fr->conns) {
     conn_close(ns_list_entry(pos, conn, node));
   }

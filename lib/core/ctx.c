@@ -36,6 +36,13 @@ int ns_ctx_on_loop(const netstash_ctx *ctx) {
          uv_thread_equal(&self, &ctx->loop_tid);
 }
 
+static void run_queue(netstash_ctx *ctx);
+
+static void on_kick(uv_idle_t *h) {
+  uv_idle_stop(h);
+  run_queue(h->data);
+}
+
 netstash_error ns_ctx_post(netstash_ctx *ctx, ns_task *task) {
   netstash_error rv = NETSTASH_OK;
   uv_mutex_lock(&ctx->qlock);
@@ -46,8 +53,15 @@ netstash_error ns_ctx_post(netstash_ctx *ctx, ns_task *task) {
     ns_list_insert_tail(&ctx->queue, &task->node);
   }
   uv_mutex_unlock(&ctx->qlock);
-  if (rv == NETSTASH_OK)
-    uv_async_send(&ctx->wake);
+  if (rv == NETSTASH_OK) {
+    /* from the loop thread (netd's fronts, callbacks starting the next
+     * request) the queue runs in this loop turn's idle phase: no eventfd
+     * write and read for a wake-up we would deliver to ourselves */
+    if (ns_ctx_on_loop(ctx))
+      uv_idle_start(&ctx->kick, on_kick);
+    else
+      uv_async_send(&ctx->wake);
+  }
   return rv;
 }
 
@@ -92,6 +106,7 @@ static void on_wake(uv_async_t *h) {
     run_queue(ctx);
     ns_dns_shutdown(ctx->dns);
     ns_transport_shutdown(ctx->transport);
+    uv_close((uv_handle_t *)&ctx->kick, NULL);
     uv_close((uv_handle_t *)&ctx->wake, NULL);
   }
 }
@@ -123,7 +138,7 @@ netstash_error netstash_ctx_new(netstash_ctx **out, const netstash_options *opts
   ns_config defaults;
   const ns_mem *mem = opts ? &opts->mem : ns_mem_default();
   netstash_error rv;
-  int loop_ok = 0, async_ok = 0, mutex_ok = 0, cookie_lock_ok = 0;
+  int loop_ok = 0, async_ok = 0, kick_ok = 0, mutex_ok = 0, cookie_lock_ok = 0;
 
   if (!out)
     return NETSTASH_E_INVALID_ARGUMENT;
@@ -158,6 +173,10 @@ netstash_error netstash_ctx_new(netstash_ctx **out, const netstash_options *opts
     goto fail;
   ctx->wake.data = ctx;
   async_ok = 1;
+  if (uv_idle_init(&ctx->loop, &ctx->kick) != 0)
+    goto fail;
+  ctx->kick.data = ctx;
+  kick_ok = 1;
 
   rv = ns_dns_new(ctx, &ctx->dns, detail, detail_len);
   if (rv != NETSTASH_OK)
@@ -211,6 +230,8 @@ fail:
     ns_dns_shutdown(ctx->dns);
   if (async_ok)
     uv_close((uv_handle_t *)&ctx->wake, NULL);
+  if (kick_ok)
+    uv_close((uv_handle_t *)&ctx->kick, NULL);
   if (loop_ok) {
     uv_run(&ctx->loop, UV_RUN_DEFAULT); /* run close callbacks */
     uv_loop_close(&ctx->loop);

@@ -81,6 +81,7 @@ struct netstash_ctx {
   uv_loop_t loop;
   uv_thread_t thread;
   uv_async_t wake;
+  uv_idle_t kick;  /* a task posted on the loop thread itself: no eventfd */
   uv_mutex_t qlock;
   ns_list queue;   /* ns_task, guarded by qlock */
   int stopping;    /* guarded by qlock */
