@@ -123,6 +123,7 @@ struct load {
   uint32_t timeout_ms;
   struct timespec t0;
   int oom;
+  double parse_ms; /* the loader's own HTML and CSS parsing (discovery) */
 
   pthread_mutex_t lock;
   pthread_cond_t cond;
@@ -1748,12 +1749,14 @@ static void parse_res(load *L, res *r) {
     return;
   r->parsed = 1;
   if (r->err == NETSTASH_OK && r->body) {
+    double t = now_ms(L);
     if (r->parse == PARSE_HTML && is_html(r))
       parse_html(L, r);
     else if (r->parse == PARSE_CSS && r->status >= 200 && r->status < 300 &&
              r->depth <= MAX_IMPORT_DEPTH)
       css_scan_refs(L, r, r->doc, r->depth, r->effective_url ? r->effective_url : r->url, r->body,
                     r->body_len);
+    L->parse_ms += now_ms(L) - t;
   }
   free(r->body);
   r->body = NULL;
@@ -1939,8 +1942,8 @@ static void print_waterfall(const load *L, res **order, const totals *t, size_t 
     printf(", %zu references over the limit of %d not loaded", L->skipped, MAX_RESOURCES);
   printf("\n");
   if (doc->state == ST_DONE && doc->err == NETSTASH_OK)
-    printf("document head %.1f ms, document %.1f ms, page load %.1f ms\n", doc->head_ms,
-           doc->end_ms, t->load_ms);
+    printf("document head %.1f ms, document %.1f ms, page load %.1f ms (parsing %.1f ms)\n",
+           doc->head_ms, doc->end_ms, t->load_ms, L->parse_ms);
   else
     printf("page load %.1f ms\n", t->load_ms);
 }
@@ -1999,6 +2002,7 @@ static void print_json(const load *L, res **order, const totals *t, size_t *pos)
                         json_string(doc->detail ? doc->detail : netstash_strerror(de)));
   }
   json_object_set_new(o, "load_ms", ms_json(t->load_ms));
+  json_object_set_new(o, "parse_ms", ms_json(L->parse_ms));
   json_object_set_new(o, "document_head_ms", doc_ok ? ms_json(doc->head_ms) : json_null());
   json_object_set_new(o, "document_ms", doc_ok ? ms_json(doc->end_ms) : json_null());
   json_object_set_new(o, "resources", list);
