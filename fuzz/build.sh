@@ -1,5 +1,6 @@
 #!/bin/sh
-# Builds every libFuzzer harness fuzz/NAME.c (all but driver.c) into
+# Builds every libFuzzer harness fuzz/NAME.c (all but driver.c; netd_NAME
+# harnesses also get netd's sources but main.c) into
 # fuzz/out/NAME with clang, ASan and UBSan:
 #
 #   fuzz/build.sh BUILD_DIR [NAME...]
@@ -25,13 +26,14 @@ mkdir -p "$obj"
 # Dependency flags as configure found them (DEP_CFLAGS/DEP_LIBS in Makefile.am).
 printer=$(mktemp)
 trap 'rm -f "$printer"' EXIT
-printf 'ns-print-cflags:\n\t@echo $(DEP_CFLAGS)\nns-print-libs:\n\t@echo $(DEP_LIBS)\n' >"$printer"
+printf 'ns-print-cflags:\n\t@echo $(DEP_CFLAGS)\nns-print-libs:\n\t@echo $(DEP_LIBS)\nns-print-hp:\n\t@echo $(HTTP_PARSER_LIBS)\n' >"$printer"
 make -s -C "$build" Makefile >/dev/null # regenerate first if Makefile.am changed
 dep_cflags=$(make -s -C "$build" -f Makefile -f "$printer" ns-print-cflags | tail -n 1)
 dep_libs=$(make -s -C "$build" -f Makefile -f "$printer" ns-print-libs | tail -n 1)
+hp_libs=$(make -s -C "$build" -f Makefile -f "$printer" ns-print-hp | tail -n 1)
 
 san="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
-cflags="-std=gnu11 -g -O1 $san -I$top/include -I$top/lib -I$build $dep_cflags ${EXTRA_CFLAGS:-}"
+cflags="-std=gnu11 -g -O1 $san -I$top/include -I$top/lib -I$top -I$build $dep_cflags ${EXTRA_CFLAGS:-}"
 
 # The library, instrumented for coverage.
 rm -f "$out/libnetstash-fuzz.a"
@@ -47,14 +49,28 @@ done
 # shellcheck disable=SC2086
 ar rcs "$out/libnetstash-fuzz.a" $objs
 
+# netd's sources but main.c, instrumented too, for the netd_* harnesses
+# (fuzz/netd_fuzz.h stands in for main.c's netd_log).
+netd_objs=""
+for src in $(cd "$top" && ls netd/*.c | grep -v '^netd/main\.c$'); do
+  o=$obj/$(echo "$src" | tr / _ | sed 's/\.c$/.o/')
+  if $CC $cflags -fsanitize=fuzzer-no-link -c "$top/$src" -o "$o" 2>"$o.err"; then
+    netd_objs="$netd_objs $o"
+  else
+    echo "warning: $src does not compile, skipped (see $o.err)" >&2
+  fi
+done
+
 # The harnesses.
 if [ $# -eq 0 ]; then
   set -- $(cd "$top/fuzz" && ls *.c | sed -n '/^driver\.c$/!s/\.c$//p')
 fi
 status=0
 for name in "$@"; do
+  extra=""
+  case $name in netd_*) extra="$netd_objs $hp_libs" ;; esac
   # shellcheck disable=SC2086
-  if $CC $cflags -fsanitize=fuzzer "$top/fuzz/$name.c" "$out/libnetstash-fuzz.a" \
+  if $CC $cflags -fsanitize=fuzzer "$top/fuzz/$name.c" $extra "$out/libnetstash-fuzz.a" \
       $dep_libs -larchive -lpthread -o "$out/$name"; then
     echo "built fuzz/out/$name"
   else

@@ -107,7 +107,8 @@ const char *cli_hint(netstash_error err) {
   case NETSTASH_E_TRUNCATED:
     return "the server closed the connection before the whole body arrived";
   case NETSTASH_E_TOO_LARGE:
-    return "raise the limit with --max-body BYTES if the size is expected";
+    return "a body over its limit: raise it with --max-body BYTES if the size is expected; "
+           "response headers have fixed limits (100 KB a line, 256 KiB and 4096 fields in all)";
   case NETSTASH_E_STORE_CORRUPT:
     return "check it with `netstash verify --profile DIR`; `netstash purge --profile DIR` "
            "starts an empty store";

@@ -9,6 +9,7 @@
 #include <openssl/evp.h>
 
 #include "cache/httpcache.h"
+#include "core/list.h"
 #include "transport/decode.h"
 
 #define REC_VERSION 1
@@ -17,12 +18,34 @@
 #define REC_NVS 3 /* No-Vary-Search index: stored URLs, "\n"-separated */
 #define NVS_MAX_URLS 16
 
+/* A store waiting for ns_httpcache_flush. */
+typedef struct pend_store {
+  ns_list node;
+  ns_buf primary, value, nvs_key;
+  int has_nvs;
+  char id[17];
+  uint8_t *body; /* a copy (hc->mem) */
+  size_t body_len;
+  ns_coding coding;
+  char *content_type; /* NULL: none */
+  char *url;
+  netstash_error *result; /* the commit's outcome, NULL: nobody asks */
+} pend_store;
+
+/* Queued bodies above this are committed at once, not at the end of the
+ * loop turn. */
+#define PENDING_BYTES_MAX ((uint64_t)8 << 20)
+
 struct ns_httpcache {
   const ns_mem *mem;
   ns_store *store;
   ns_store_reader *reader;
   ns_cache_policy policy;
   uint64_t max_entry;
+  int deferred;
+  ns_list pending; /* pend_store */
+  size_t npending;
+  uint64_t pending_bytes;
 };
 
 /* ------------------------------------------------------------ encoding */
@@ -103,6 +126,59 @@ static netstash_error decode_variant(const uint8_t *p, size_t len, ns_hc_entry *
   return NETSTASH_OK;
 }
 
+typedef struct check_ctx {
+  const ns_mem *mem;
+  netstash_error rv;
+  char *detail;
+  size_t dlen;
+} check_ctx;
+
+static int check_one(const uint8_t *key, size_t keylen, const ns_store_record *rec, void *ud) {
+  check_ctx *c = ud;
+  const uint8_t *v = rec->value;
+  size_t n = rec->value_len;
+  int ok;
+  if (keylen < 2 || key[0] != '1' || (key[1] != ' ' && key[1] != 'n'))
+    return 0; /* not a cache record (hsts, altsvc) */
+  ok = n >= 2 && v[0] == REC_VERSION;
+  if (ok && v[1] == REC_INDEX) {
+    ok = (n - 2) % 16 == 0;
+  } else if (ok && v[1] == REC_VARIANT) {
+    ns_hc_entry e;
+    ns_hc_entry_init(&e, c->mem);
+    c->rv = decode_variant(v, n, &e);
+    ns_hc_entry_free(&e);
+    if (c->rv == NETSTASH_E_NOMEM)
+      return 1;
+    ok = c->rv == NETSTASH_OK;
+  } else if (ok) {
+    ok = v[1] == REC_NVS;
+  }
+  if (!ok) {
+    c->rv = NETSTASH_E_STORE_CORRUPT;
+    ns_detailf(c->detail, c->dlen,
+               "HTTP cache record \"%.*s\" is damaged: run `netstash purge` (or move the "
+               "profile's store away)",
+               (int)NS_MIN(keylen, (size_t)80), (const char *)key);
+    return 1;
+  }
+  return 0;
+}
+
+netstash_error ns_httpcache_check(ns_store *s, const ns_mem *mem, char *detail, size_t dlen) {
+  ns_store_reader *r = NULL;
+  check_ctx c = {mem, NETSTASH_OK, detail, dlen};
+  netstash_error rv = ns_store_reader_new(s, &r);
+  if (rv == NETSTASH_OK)
+    rv = ns_store_read_begin(r);
+  if (rv == NETSTASH_OK) {
+    rv = ns_store_iterate(r, NS_STORE_HTTP, NULL, 0, check_one, &c);
+    ns_store_read_end(r);
+  }
+  ns_store_reader_del(r);
+  return rv != NETSTASH_OK ? rv : c.rv;
+}
+
 /* The variant id: 16 hex digits of SHA-256 over the Vary snapshot. */
 static netstash_error variant_id(const ns_mem *mem, const ns_headers *vary, char out[17]) {
   ns_buf b;
@@ -162,6 +238,7 @@ netstash_error ns_httpcache_open(const ns_mem *mem, const ns_hc_config *cfg,
   if (!hc)
     return NETSTASH_E_NOMEM;
   hc->mem = mem;
+  ns_list_init(&hc->pending);
   ns_cache_policy_init(&hc->policy);
   hc->policy.partition = cfg->partition;
   hc->max_entry = cfg->max_entry ? cfg->max_entry : (32u << 20);
@@ -178,6 +255,7 @@ netstash_error ns_httpcache_open(const ns_mem *mem, const ns_hc_config *cfg,
 void ns_httpcache_close(ns_httpcache *hc) {
   if (!hc)
     return;
+  (void)ns_httpcache_flush(hc);
   ns_store_reader_del(hc->reader);
   if (hc->store)
     ns_store_flush_access(hc->store);
@@ -231,10 +309,15 @@ static netstash_error find_variant(ns_httpcache *hc, const ns_buf *primary, cons
     ns_buf_reset(&vk);
     if ((rv = variant_key(primary, ids[i], &vk)) != NETSTASH_OK)
       break;
-    if (ns_store_get(hc->reader, NS_STORE_HTTP, vk.data, vk.len, &rec) != NETSTASH_OK)
+    rv = ns_store_get(hc->reader, NS_STORE_HTTP, vk.data, vk.len, &rec);
+    if (rv == NETSTASH_E_NOT_FOUND) {
+      rv = NETSTASH_OK;
       continue; /* evicted */
-    if (decode_variant(rec.value, rec.value_len, e) != NETSTASH_OK)
-      continue;
+    }
+    /* a variant that is there but does not decode is damage, not a miss:
+     * STORE_CORRUPT (or NOMEM), which the caller reports */
+    if (rv != NETSTASH_OK || (rv = decode_variant(rec.value, rec.value_len, e)) != NETSTASH_OK)
+      break;
     if (!ns_cache_vary_matches(&e->headers, &e->vary, req))
       continue;
     e->found = 1;
@@ -305,6 +388,7 @@ netstash_error ns_httpcache_lookup(ns_httpcache *hc, const char *top, const char
   ns_cache_stored st;
 
   e->found = 0;
+  (void)ns_httpcache_flush(hc); /* read our own writes (a failure: not stored) */
   ns_buf_reset(&e->primary);
   rv = primary_key(hc, top, url, &e->primary);
   if (rv != NETSTASH_OK)
@@ -491,11 +575,145 @@ static netstash_error store_fn(ns_store_txn *t, void *ud) {
   return rv;
 }
 
+/* ------------------------------------------------------------ group commits */
+
+static void pend_free(ns_httpcache *hc, pend_store *p) {
+  ns_buf_free(&p->primary);
+  ns_buf_free(&p->value);
+  ns_buf_free(&p->nvs_key);
+  ns_free(hc->mem, p->body);
+  ns_free(hc->mem, p->content_type);
+  ns_free(hc->mem, p->url);
+  ns_free(hc->mem, p);
+}
+
+static netstash_error buf_copy(ns_buf *to, const ns_buf *from) {
+  return ns_buf_append(to, from->data, from->len);
+}
+
+/* Moves a prepared entry into the queue (copies of everything). */
+static netstash_error queue_store(ns_httpcache *hc, const ns_buf *primary, const ns_buf *value,
+                                  const ns_buf *nvs_key, const char *id, const uint8_t *body,
+                                  size_t len, ns_coding coding, const char *ctype,
+                                  const char *url, netstash_error *result) {
+  pend_store *p = ns_calloc(hc->mem, 1, sizeof(*p));
+  netstash_error rv;
+  if (!p)
+    return NETSTASH_E_NOMEM;
+  ns_buf_init(&p->primary, hc->mem, NS_STORE_KEY_MAX);
+  ns_buf_init(&p->value, hc->mem, 32u << 20);
+  ns_buf_init(&p->nvs_key, hc->mem, NS_STORE_KEY_MAX);
+  snprintf(p->id, sizeof(p->id), "%s", id);
+  p->has_nvs = nvs_key != NULL;
+  p->coding = coding;
+  p->body_len = len;
+  if ((rv = buf_copy(&p->primary, primary)) != NETSTASH_OK ||
+      (rv = buf_copy(&p->value, value)) != NETSTASH_OK ||
+      (nvs_key && (rv = buf_copy(&p->nvs_key, nvs_key)) != NETSTASH_OK)) {
+    pend_free(hc, p);
+    return rv;
+  }
+  p->body = ns_malloc(hc->mem, len);
+  p->url = ns_strdup(hc->mem, url);
+  p->content_type = ctype ? ns_strdup(hc->mem, ctype) : NULL;
+  if (!p->body || !p->url || (ctype && !p->content_type)) {
+    pend_free(hc, p);
+    return NETSTASH_E_NOMEM;
+  }
+  if (len)
+    memcpy(p->body, body, len);
+  p->result = result;
+  ns_list_insert_tail(&hc->pending, &p->node);
+  hc->npending++;
+  hc->pending_bytes += len;
+  return NETSTASH_OK;
+}
+
+static void job_of(ns_httpcache *hc, pend_store *p, store_job *j) {
+  memset(j, 0, sizeof(*j));
+  j->hc = hc;
+  j->primary = &p->primary;
+  j->id = p->id;
+  j->value = &p->value;
+  j->body = p->body;
+  j->body_len = p->body_len;
+  j->coding = p->coding;
+  j->content_type = p->content_type;
+  j->has_body = 1;
+  j->nvs_key = p->has_nvs ? &p->nvs_key : NULL;
+  j->url = p->url;
+}
+
+static netstash_error batch_fn(ns_store_txn *t, void *ud) {
+  ns_httpcache *hc = ud;
+  ns_list *pos;
+  for (pos = hc->pending.next; pos != &hc->pending; pos = pos->next) {
+    store_job j;
+    netstash_error rv;
+    job_of(hc, ns_list_entry(pos, pend_store, node), &j);
+    if ((rv = store_fn(t, &j)) != NETSTASH_OK)
+      return rv;
+  }
+  return NETSTASH_OK;
+}
+
+void ns_httpcache_set_deferred(ns_httpcache *hc, int deferred) {
+  if (hc)
+    hc->deferred = deferred != 0;
+}
+
+size_t ns_httpcache_pending(const ns_httpcache *hc) { return hc ? hc->npending : 0; }
+
+void ns_httpcache_disown(ns_httpcache *hc, const netstash_error *result) {
+  ns_list *pos;
+  if (!hc || !result)
+    return;
+  for (pos = hc->pending.next; pos != &hc->pending; pos = pos->next) {
+    pend_store *p = ns_list_entry(pos, pend_store, node);
+    if (p->result == result)
+      p->result = NULL;
+  }
+}
+
+netstash_error ns_httpcache_flush(ns_httpcache *hc) {
+  netstash_error rv;
+  if (!hc || !hc->npending)
+    return NETSTASH_OK;
+  rv = ns_store_write(hc->store, batch_fn, hc);
+  if (rv != NETSTASH_OK && hc->npending > 1) {
+    /* one entry (too large for what is left of the disk, say) must not
+     * cost the others their place: each in its own transaction */
+    ns_list *pos;
+    rv = NETSTASH_OK;
+    for (pos = hc->pending.next; pos != &hc->pending; pos = pos->next) {
+      pend_store *p = ns_list_entry(pos, pend_store, node);
+      store_job j;
+      netstash_error r1;
+      job_of(hc, p, &j);
+      if ((r1 = ns_store_write(hc->store, store_fn, &j)) != NETSTASH_OK)
+        rv = r1;
+      if (p->result)
+        *p->result = r1;
+      p->result = NULL;
+    }
+  }
+  while (!ns_list_empty(&hc->pending)) {
+    pend_store *p = ns_list_entry(hc->pending.next, pend_store, node);
+    if (p->result)
+      *p->result = rv;
+    ns_list_remove(&p->node);
+    pend_free(hc, p);
+  }
+  hc->npending = 0;
+  hc->pending_bytes = 0;
+  return rv;
+}
+
 netstash_error ns_httpcache_store(ns_httpcache *hc, const char *top, const char *url,
                                   const char *method, const ns_headers *req, int status,
                                   const ns_headers *resp, const uint8_t *body, size_t len,
                                   int64_t req_ms, int64_t resp_ms, int *stored,
-                                  const char **why_not) {
+                                  const char **why_not, netstash_error *commit_result) {
   ns_cache_request creq = {method, url, req};
   ns_headers head, vary;
   ns_buf primary, value, nvs_key;
@@ -539,21 +757,33 @@ netstash_error ns_httpcache_store(ns_httpcache *hc, const char *top, const char 
       (rv = primary_key(hc, top, url, &primary)) == NETSTASH_OK &&
       (rv = encode_variant(hc->mem, status, &head, &vary, req_ms, resp_ms, &value)) ==
           NETSTASH_OK) {
-    memset(&j, 0, sizeof(j));
-    j.hc = hc;
-    j.primary = &primary;
-    j.id = id;
-    j.value = &value;
-    j.body = body;
-    j.body_len = len;
-    j.coding = nc == 1 ? codings[0] : NS_CODING_IDENTITY;
-    j.content_type = ns_headers_get(resp, "content-type");
-    j.has_body = 1;
-    j.nvs_key = nvs.present ? &nvs_key : NULL;
-    j.url = url;
-    rv = ns_store_write(hc->store, store_fn, &j);
-    if (rv == NETSTASH_OK)
-      *stored = 1;
+    if (hc->deferred) {
+      rv = queue_store(hc, &primary, &value, nvs.present ? &nvs_key : NULL, id, body, len,
+                       nc == 1 ? codings[0] : NS_CODING_IDENTITY,
+                       ns_headers_get(resp, "content-type"), url, commit_result);
+      if (rv == NETSTASH_OK)
+        *stored = 1;
+      if (rv == NETSTASH_OK && hc->pending_bytes > PENDING_BYTES_MAX)
+        rv = ns_httpcache_flush(hc);
+    } else {
+      memset(&j, 0, sizeof(j));
+      j.hc = hc;
+      j.primary = &primary;
+      j.id = id;
+      j.value = &value;
+      j.body = body;
+      j.body_len = len;
+      j.coding = nc == 1 ? codings[0] : NS_CODING_IDENTITY;
+      j.content_type = ns_headers_get(resp, "content-type");
+      j.has_body = 1;
+      j.nvs_key = nvs.present ? &nvs_key : NULL;
+      j.url = url;
+      rv = ns_store_write(hc->store, store_fn, &j);
+      if (rv == NETSTASH_OK)
+        *stored = 1;
+      if (commit_result)
+        *commit_result = rv;
+    }
   }
   ns_headers_free(&head);
   ns_headers_free(&vary);
@@ -570,6 +800,7 @@ netstash_error ns_httpcache_update_304(ns_httpcache *hc, ns_hc_entry *e,
   ns_buf value;
   store_job j;
   netstash_error rv;
+  (void)ns_httpcache_flush(hc); /* in order with what is queued */
   rv = ns_cache_merge_304(&e->headers, resp304);
   if (rv != NETSTASH_OK)
     return rv;
@@ -630,6 +861,7 @@ netstash_error ns_httpcache_invalidate(ns_httpcache *hc, const char *top, const 
   inval_job j;
   netstash_error rv;
   size_t k;
+  (void)ns_httpcache_flush(hc); /* in order with what is queued */
   memset(&inv, 0, sizeof(inv));
   rv = ns_cache_invalidation_targets(hc->mem, &hc->policy, top, method, url, status, resp, &inv);
   if (rv != NETSTASH_OK || inv.n == 0) {

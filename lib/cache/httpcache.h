@@ -54,6 +54,14 @@ const ns_cache_policy *ns_httpcache_policy(const ns_httpcache *hc);
 /* The profile's store (for other per-profile state: HSTS). */
 ns_store *ns_httpcache_store_handle(ns_httpcache *hc);
 
+/* Checks the format of every HTTP cache record of s (indexes, variants, No-
+ * Vary-Search lists; other records of the database, HSTS and Alt-Svc, are
+ * left alone): NETSTASH_E_STORE_CORRUPT with the first damaged key in detail,
+ * so that damage a lookup would meet is found by netstash_store_verify.
+ * mem: for decoding. Reads a snapshot of its own. */
+netstash_error ns_httpcache_check(ns_store *s, const ns_mem *mem, char *detail,
+                                  size_t detail_len);
+
 void ns_hc_entry_init(ns_hc_entry *e, const ns_mem *mem);
 void ns_hc_entry_free(ns_hc_entry *e);
 
@@ -74,12 +82,32 @@ netstash_error ns_httpcache_serve_body(ns_httpcache *hc, const ns_hc_entry *e, i
 netstash_error ns_httpcache_body_size(ns_httpcache *hc, const ns_hc_entry *e, uint64_t *size);
 
 /* Stores a response when RFC 9111 allows it (*stored tells). body is the
- * body as received (coding: from Content-Encoding). */
+ * body as received (coding: from Content-Encoding). When the cache defers
+ * (below) and *stored is set, commit_result (may be NULL) receives the
+ * commit's outcome at the next ns_httpcache_flush. */
 netstash_error ns_httpcache_store(ns_httpcache *hc, const char *top_level_url, const char *url,
                                   const char *method, const ns_headers *req, int status,
                                   const ns_headers *resp, const uint8_t *body, size_t len,
                                   int64_t request_time_ms, int64_t response_time_ms,
-                                  int *stored, const char **why_not);
+                                  int *stored, const char **why_not,
+                                  netstash_error *commit_result);
+
+/* Group commits. Once deferred is set, ns_httpcache_store prepares the
+ * entry (RFC 9111 checks, keys, the encoded head, a copy of the body) and
+ * queues it, and *stored means "queued"; ns_httpcache_flush commits every
+ * queued entry in one store transaction — one fsync for many responses —
+ * retrying them one by one if that fails as a whole (a full disk, one body
+ * too large), and writes each entry's outcome to its commit_result. Lookups,
+ * 304 updates, invalidations and close flush first, so the cache reads its
+ * own writes. The transport completes a fetch only once its entry is
+ * committed (group commit: "stored" stays true, a completed fetch is
+ * durable). ns_httpcache_disown forgets a commit_result (its fetch ended
+ * first). ns_httpcache_pending: entries queued. Loop thread only (as every
+ * call of this module with a live fetch). */
+void ns_httpcache_set_deferred(ns_httpcache *hc, int deferred);
+netstash_error ns_httpcache_flush(ns_httpcache *hc);
+size_t ns_httpcache_pending(const ns_httpcache *hc);
+void ns_httpcache_disown(ns_httpcache *hc, const netstash_error *commit_result);
 
 /* A 304 for e: merges its fields into e->headers, stores the updated
  * variant with the new times. */

@@ -212,6 +212,8 @@ netstash_error netstash_ctx_new(netstash_ctx **out, const netstash_options *opts
     rv = ns_httpcache_open(&ctx->mem, &hcc, &ctx->hc, detail, detail_len);
     if (rv != NETSTASH_OK)
       goto fail;
+    /* responses stored during one loop turn commit together (transport.c) */
+    ns_httpcache_set_deferred(ctx->hc, 1);
   }
 
   if (uv_thread_create(&ctx->thread, loop_main, ctx) != 0) {

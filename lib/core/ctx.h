@@ -97,6 +97,18 @@ struct netstash_ctx {
   ns_list cookie_hooks; /* embedder listeners/policies (lib/cookie/api.c) */
 
   _Atomic uint64_t stats[16];
+
+  /* Test hook (fuzz/fetch_response.c; curl-fuzzer's fuzz_open_socket):
+   * when set, it opens every TCP socket of the transport. It may rewrite
+   * *addr (same family, *addrlen bytes at most) to send the connection to a
+   * harness-owned loopback server, or return an already connected socket
+   * (one end of a socketpair; told to libcurl as CURL_SOCKOPT_ALREADY_CONNECTED)
+   * — but libcurl 7.88 connects such a socket anyway and fails (curl issue
+   * 10626, fixed in 8.0), so on Debian 12 a harness rewrites the address.
+   * -1 fails the connection. Called on the loop thread; set it before the first fetch.
+   * Internal only: no public setter, not part of the ABI. */
+  int (*test_open_socket)(void *ud, struct sockaddr *addr, unsigned *addrlen);
+  void *test_open_socket_ud;
 };
 
 /* Queue task to run on the loop thread. Returns NETSTASH_E_SHUTDOWN when the

@@ -151,6 +151,19 @@ netstash_error ns_url_resolve(const ns_mem *mem, const char *base, const char *r
   return rv;
 }
 
+netstash_error ns_url_copy(const ns_mem *mem, const ns_url *from, ns_url *out) {
+  *out = *from;
+  out->url = ns_strdup(mem, from->url);
+  out->scheme = ns_strdup(mem, from->scheme);
+  out->host = ns_strdup(mem, from->host);
+  if (!out->url || !out->scheme || !out->host) {
+    ns_url_free(mem, out);
+    memset(out, 0, sizeof(*out));
+    return NETSTASH_E_NOMEM;
+  }
+  return NETSTASH_OK;
+}
+
 void ns_url_free(const ns_mem *mem, ns_url *u) {
   ns_free(mem, u->url);
   ns_free(mem, u->scheme);

@@ -23,6 +23,9 @@ netstash_error ns_url_parse(const ns_mem *mem, const char *url, ns_url *out,
 netstash_error ns_url_resolve(const ns_mem *mem, const char *base, const char *ref,
                               ns_url *out, char *detail, size_t detail_len);
 void ns_url_free(const ns_mem *mem, ns_url *u);
+/* A copy of a parsed URL (no parsing: three string copies).
+ * NETSTASH_E_NOMEM; *out zeroed on failure. */
+netstash_error ns_url_copy(const ns_mem *mem, const ns_url *from, ns_url *out);
 
 /* Nonzero when host (no brackets) is an IPv4 or IPv6 literal. */
 int ns_host_is_ip(const char *host, int *is_v6);

@@ -280,7 +280,11 @@ static void on_data(netstash_fetch *f, const uint8_t *data, size_t len, void *ud
   notify = j->q.len == j->q_off;
   if (ns_buf_append(&j->q, data, len) != NETSTASH_OK) {
     uv_mutex_unlock(&j->lock);
-    netstash_fetch_cancel(f); /* out of memory: the job ends */
+    /* out of memory: the fetch ends with NOMEM (transport.c deliver()
+     * checks f->fail after this callback), never as a cut body taken for a
+     * complete one */
+    f->fail = NETSTASH_E_NOMEM;
+    ns_fetch_detail(f, "out of memory buffering the body for netstash_job_read");
     return;
   }
   if (!j->paused && j->q.len - j->q_off >= j->pull_max &&

@@ -87,6 +87,7 @@ struct netstash_warm {
   uint64_t t0_ms;
   ns_buf mbuf, sbuf; /* manifest and signature bytes */
   int sig_missing;
+  int crit_nomem; /* a critical resource failed for lack of memory */
   /* conditional manifest fetch: validators recorded by the last install from
    * this URL, the bytes they stand for, and what the server sent now */
   char *v_etag, *v_lastmod, *etag, *lastmod;
@@ -365,10 +366,22 @@ static void finish(netstash_warm *w, netstash_error err) {
     if (fe != NETSTASH_OK && err == NETSTASH_E_INCOMPLETE)
       err = fe;
   }
+  /* nothing published because memory ran out, not because the origin
+   * failed: say so (the caller may retry once memory is back) */
+  if (err == NETSTASH_E_INCOMPLETE && w->crit_nomem)
+    err = NETSTASH_E_NOMEM;
   cnt_set(w, NETSTASH_WARM_ELAPSED_MS, mono_ms() - w->t0_ms);
   cnt_set(w, NETSTASH_WARM_ETA_MS, 0);
   if (err != NETSTASH_OK && !w->detail[0])
     ns_detailf(w->detail, sizeof(w->detail), "%s", netstash_strerror(err));
+  if (err == NETSTASH_E_STORE_FULL) { /* say what to do */
+    char d[sizeof(w->detail)];
+    snprintf(d, sizeof(d), "%s", w->detail);
+    ns_detailf(w->detail, sizeof(w->detail),
+               "%s: free disk space or lower the profile's cache size, then warm again "
+               "(verified bodies already committed are kept)",
+               d);
+  }
   free_loop_state(w);
   /* the event first: a waiter woken below may delete w's callback */
   emit(w, NETSTASH_WARM_EV_DONE, NULL, err);
@@ -405,6 +418,7 @@ static void warm_unref(netstash_warm *w) {
 /* ------------------------------------------------------------ resources */
 
 static void pump(netstash_warm *w);
+static void timer_cb(uv_timer_t *t);
 
 static void progress(netstash_warm *w, int force) {
   uint64_t now = mono_ms();
@@ -445,6 +459,21 @@ static void commit_work(uv_work_t *r) {
   w->cerr = ns_pl_batch_commit(w->in, w->cbatch);
 }
 
+/* A commit failed or could not be started: the warm stops (running fetches
+ * are canceled) and ends with e once none is left (the caller finishes at
+ * once when nothing runs, or pump() does). */
+static void commit_failed(netstash_warm *w, netstash_error e) {
+  if (atomic_load(&w->cancel_req) && w->finish_err)
+    return; /* already stopping for a store error */
+  ns_detailf(w->detail, sizeof(w->detail), "committing verified bodies: %s",
+             netstash_strerror(e));
+  atomic_store(&w->cancel_req, 1);
+  for (uint32_t k = 0; k < w->concurrency; k++)
+    if (w->slots[k].in_use && w->slots[k].f)
+      netstash_fetch_cancel(w->slots[k].f);
+  w->finish_err = e;
+}
+
 static void commit_after(uv_work_t *r, int status) {
   netstash_warm *w = r->data;
   netstash_error e = status ? NETSTASH_E_INTERNAL : w->cerr;
@@ -457,13 +486,7 @@ static void commit_after(uv_work_t *r, int status) {
   }
   if (e != NETSTASH_OK) {
     /* the store refused (full, busy, corrupt): stop, keep what is in */
-    ns_detailf(w->detail, sizeof(w->detail), "committing verified bodies: %s",
-               netstash_strerror(e));
-    atomic_store(&w->cancel_req, 1);
-    for (uint32_t k = 0; k < w->concurrency; k++)
-      if (w->slots[k].in_use && w->slots[k].f)
-        netstash_fetch_cancel(w->slots[k].f);
-    w->finish_err = e;
+    commit_failed(w, e);
     if (!w->active)
       finish(w, e);
     return;
@@ -484,8 +507,17 @@ static void maybe_commit(netstash_warm *w, int force) {
       n < NS_PL_BATCH_BODIES && mono_ms() - w->first_uncommitted_ms < COMMIT_WINDOW_MS)
     return;
   w->cbatch = ns_pl_install_take_batch(w->in);
-  if (!w->cbatch)
+  if (!w->cbatch) { /* n > 0: out of memory. Returning quietly would leave a
+                     * warm waiting for a commit that never comes (hang). */
+    commit_failed(w, NETSTASH_E_NOMEM);
+    if (!w->active) {
+      if (w->timer_init) /* end from the loop, not inside our caller */
+        uv_timer_start(&w->timer, timer_cb, 0, 0);
+      else
+        finish(w, NETSTASH_E_NOMEM);
+    }
     return;
+  }
   w->committing = 1;
   w->cwork.data = w;
   if (uv_queue_work(&w->ctx->loop, &w->cwork, commit_work, commit_after) != 0) {
@@ -527,6 +559,8 @@ static void resource_failed(netstash_warm *w, size_t i, netstash_error err, cons
   const ns_manifest_resource *r = &w->m->resources[i];
   w->rs[i].st = RS_FAILED;
   cnt_add(w, NETSTASH_WARM_RESOURCES_FAILED, 1);
+  if (r->priority == NS_MANIFEST_PRIO_CRITICAL && err == NETSTASH_E_NOMEM)
+    w->crit_nomem = 1;
   if (r->priority == NS_MANIFEST_PRIO_CRITICAL && !w->detail[0])
     ns_detailf(w->detail, sizeof(w->detail), "critical resource %s: %s", r->url, why);
   emit(w, NETSTASH_WARM_EV_RESOURCE_FAILED, r->url, err);
@@ -1191,12 +1225,17 @@ static netstash_error read_file(netstash_warm *w, const char *path, ns_buf *b, i
     ns_detailf(w->detail, sizeof(w->detail), "cannot read %s: %s", path, strerror(errno));
     return NETSTASH_E_IO;
   }
-  while ((n = fread(tmp, 1, sizeof(tmp), fp)) > 0)
-    if (ns_buf_append(b, tmp, n) != NETSTASH_OK) {
+  while ((n = fread(tmp, 1, sizeof(tmp), fp)) > 0) {
+    netstash_error e = ns_buf_append(b, tmp, n);
+    if (e != NETSTASH_OK) { /* TOO_LARGE (over b->max) or NOMEM */
       fclose(fp);
-      ns_detailf(w->detail, sizeof(w->detail), "%s is larger than %zu bytes", path, b->max);
-      return NETSTASH_E_TOO_LARGE;
+      if (e == NETSTASH_E_TOO_LARGE)
+        ns_detailf(w->detail, sizeof(w->detail), "%s is larger than %zu bytes", path, b->max);
+      else
+        ns_detailf(w->detail, sizeof(w->detail), "reading %s: %s", path, netstash_strerror(e));
+      return e;
     }
+  }
   int bad = ferror(fp);
   fclose(fp);
   if (bad) {

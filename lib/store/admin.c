@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "store/store.h"
+#include "cache/httpcache.h"
 
 
 netstash_error netstash_store_verify(const char *dir, char *detail, size_t dlen) {
@@ -31,6 +32,10 @@ netstash_error netstash_store_verify(const char *dir, char *detail, size_t dlen)
   if (rv != NETSTASH_OK)
     return rv;
   rv = ns_store_verify(s, detail, dlen);
+  /* and the records a cache lookup decodes (damage there is a clear error
+   * at lookup time too, never a silent miss) */
+  if (rv == NETSTASH_OK)
+    rv = ns_httpcache_check(s, p.mem, detail, dlen);
   ns_store_close(s);
   return rv;
 }

@@ -124,6 +124,7 @@ struct netstash_fetch {
   char *method_override; /* after 303 etc. */
   int drop_body;
   netstash_error fail; /* error found in a callback (decode, limits) */
+  int sock_nomem; /* no memory to watch its socket: ended NOMEM after the call */
 
   /* response */
   int status;
@@ -154,6 +155,12 @@ struct netstash_fetch {
   int hc_invalidate; /* unsafe method: invalidate on success */
   int detached;      /* background revalidation: no caller */
   int hop_get;       /* a redirect turned the method into GET */
+  /* group commit: the response's cache entry is queued; the fetch completes
+   * once the end of the loop turn committed it (transport.c on_hc_check) */
+  int hc_await;
+  netstash_error hc_commit; /* NETSTASH_E_AGAIN until committed */
+  ns_list await_node;       /* in the transport's awaiting list */
+  int retried_fresh; /* resent once on a new connection (transport.c retry_fresh) */
   ns_hc_entry hce;
   ns_headers hc_req;
   ns_buf hc_body;

@@ -53,10 +53,15 @@ struct ns_transport {
   CURLSH *share;
   uv_timer_t timer;
   int timer_ok;
+  uv_idle_t hc_check; /* commits the HTTP cache's queued stores once per loop turn
+                         (an idle handle: the loop does not block in poll first) */
+  int hc_check_ok;
+  ns_list awaiting; /* fetches whose cache entry awaits that commit (await_node) */
 
   ns_list fetches; /* fetches in DNS or ACTIVE state */
   ns_list socks;   /* open sock_ctx */
   int shutting_down;
+  int sock_nomem; /* a fetch has sock_nomem set: check_done ends it */
   char user_agent[64];
   /* HSTS entries of the profile, fed once to libcurl's shared engine */
   int hsts_loaded;
@@ -93,6 +98,7 @@ static void serve_304(netstash_fetch *f, netstash_source source);
 static void hsts_setup(ns_transport *tr, CURL *e);
 static const char *method_of(const netstash_fetch *f);
 static int cache_consult(netstash_fetch *f);
+static netstash_error setup_easy(netstash_fetch *f);
 static void store_cookies(netstash_fetch *f);
 
 /* Remote mode (netstash_options_set_remote): every hop goes to netd. */
@@ -135,7 +141,6 @@ static int sock_cb(CURL *e, curl_socket_t s, int what, void *userp, void *socket
   ns_transport *tr = userp;
   sock_ctx *sc = socketp;
   int events = 0;
-  (void)e;
   if (what == CURL_POLL_REMOVE) {
     if (sc) {
       curl_multi_assign(tr->multi, s, NULL);
@@ -144,12 +149,19 @@ static int sock_cb(CURL *e, curl_socket_t s, int what, void *userp, void *socket
     return 0;
   }
   if (!sc) {
+    /* Returning -1 would make libcurl abort every transfer of the multi
+     * without a completion message (they would hang): the transfer that
+     * needs the socket is ended alone, by check_done after this call. */
     sc = ns_calloc(&tr->ctx->mem, 1, sizeof(*sc));
-    if (!sc)
-      return -1;
-    if (uv_poll_init_socket(&tr->ctx->loop, &sc->poll, s) != 0) {
+    if (!sc || uv_poll_init_socket(&tr->ctx->loop, &sc->poll, s) != 0) {
+      netstash_fetch *f = NULL;
       ns_free(&tr->ctx->mem, sc);
-      return -1;
+      curl_easy_getinfo(e, CURLINFO_PRIVATE, (char **)&f);
+      if (f) {
+        f->sock_nomem = 1;
+        tr->sock_nomem = 1;
+      }
+      return 0;
     }
     sc->fd = s;
     sc->tr = tr;
@@ -186,7 +198,10 @@ static curl_socket_t open_cb(void *ud, curlsocktype purpose, struct curl_sockadd
   netstash_ctx *ctx = ud;
   curl_socket_t s;
   (void)purpose;
-  s = socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
+  if (ctx->test_open_socket) /* fuzzing: the harness is the server */
+    s = ctx->test_open_socket(ctx->test_open_socket_ud, &a->addr, &a->addrlen);
+  else
+    s = socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
   if (s != CURL_SOCKET_BAD)
     ns_stat_add(ctx, NETSTASH_STAT_CONNECTIONS_OPENED, 1);
   return s;
@@ -201,6 +216,17 @@ static curl_socket_t open_cb(void *ud, curlsocktype purpose, struct curl_sockadd
  * Stopping our watcher here, while the fd is still open, keeps libuv's view
  * and the kernel's in step.
  */
+/* A test hook's socket that has a peer already is not to be connected
+ * (curl-fuzzer's pattern; ctx.h). */
+static int sockopt_hook_cb(void *ud, curl_socket_t s, curlsocktype purpose) {
+  struct sockaddr_storage ss;
+  socklen_t len = sizeof(ss);
+  (void)ud;
+  (void)purpose;
+  return getpeername(s, (struct sockaddr *)&ss, &len) == 0 ? CURL_SOCKOPT_ALREADY_CONNECTED
+                                                           : CURL_SOCKOPT_OK;
+}
+
 static int close_cb(void *ud, curl_socket_t s) {
   ns_transport *tr = ud;
   ns_list *pos, *tmp;
@@ -290,8 +316,13 @@ static netstash_error deliver(const uint8_t *data, size_t len, void *ud) {
       return rv;
     }
   }
-  if (f->cbs.on_data && !atomic_load(&f->orphaned))
+  if (f->cbs.on_data && !atomic_load(&f->orphaned)) {
     f->cbs.on_data(f, data, len, f->ud);
+    /* an internal consumer (the interceptor's pull queue) that could not
+     * take the data failed the fetch: stop here, whatever the source */
+    if (f->fail != NETSTASH_OK)
+      return f->fail;
+  }
   return NETSTASH_OK;
 }
 
@@ -323,6 +354,37 @@ static void decide_storage(netstash_fetch *f) {
   ns_headers_free(&resp);
 }
 
+/* RFC 9112 §6.3 (5): Content-Length fields (or list members) that differ
+ * make the message framing ambiguous — response smuggling — and are an
+ * unrecoverable error; libcurl 7.88 would take the last one. Chromium fails
+ * such a response too (ERR_RESPONSE_HEADERS_MULTIPLE_CONTENT_LENGTH). */
+static int content_length_conflict(const netstash_fetch *f) {
+  const char *first = NULL;
+  size_t first_len = 0, i;
+  for (i = 0; i < f->nhdrs; i++) {
+    const char *n = (const char *)f->hdr_arena.data + f->hdrs[i].name_off;
+    const char *v = (const char *)f->hdr_arena.data + f->hdrs[i].value_off;
+    if (strcmp(n, "content-length") != 0)
+      continue;
+    for (;;) {
+      size_t len;
+      while (*v == ' ' || *v == '\t' || *v == ',')
+        v++;
+      len = strcspn(v, " \t,");
+      if (len == 0)
+        break;
+      if (first == NULL) {
+        first = v;
+        first_len = len;
+      } else if (len != first_len || memcmp(v, first, len) != 0) {
+        return 1;
+      }
+      v += len;
+    }
+  }
+  return 0;
+}
+
 static int head_end(netstash_fetch *f) {
   const char *ce;
   if (f->status < 200)
@@ -333,6 +395,11 @@ static int head_end(netstash_fetch *f) {
       return 1; /* its body is the detail (ns_hop_body) */
     deliver_head(f);
     return 1; /* netd decoded, stored and followed what it had to */
+  }
+  if (content_length_conflict(f)) {
+    f->fail = NETSTASH_E_PROTOCOL;
+    ns_fetch_detail(f, "conflicting Content-Length headers (%s:%d)", f->cur.host, f->cur.port);
+    return 0;
   }
   store_cookies(f);
   note_altsvc(f);
@@ -502,10 +569,16 @@ static size_t hdr_cb(char *buf, size_t size, size_t n, void *ud) {
     capture_tls(f, f->easy);
     return size * n;
   }
+  if (!f->status) {
+    /* libcurl takes "hTTP/1.1 200" as a status line; RFC 9112 §2.3: the
+     * HTTP-name is case-sensitive. Without this, the head was delivered
+     * with status 0 (fuzz/corpus/fetch_response/regress-status-case). */
+    f->fail = NETSTASH_E_PROTOCOL;
+    ns_fetch_detail(f, "malformed status line");
+    return 0;
+  }
   if (len == 0)
     return head_end(f) ? size * n : 0;
-  if (!f->status)
-    return size * n;
   if (buf[0] == ' ' || buf[0] == '\t') {
     /* obs-fold (RFC 9112 5.2): a browser-style client rejects it. */
     f->fail = NETSTASH_E_PROTOCOL;
@@ -583,7 +656,7 @@ static size_t read_cb(char *buf, size_t size, size_t n, void *ud) {
 /* ------------------------------------------------------------ errors */
 
 static netstash_error map_error(netstash_fetch *f, CURLcode res) {
-  long vr = 0, oserr = 0;
+  long vr = 0, oserr = 0, sent = 0;
   const char *eb = f->errbuf;
   switch (res) {
   case CURLE_OK:
@@ -637,10 +710,21 @@ static netstash_error map_error(netstash_fetch *f, CURLcode res) {
   case CURLE_RECV_ERROR:
   case CURLE_HTTP2:
   case CURLE_HTTP2_STREAM:
+    /* invalid chunked framing (RFC 9112 §7.1) is the peer's protocol error,
+     * not a connection cut short */
+    if (res == CURLE_RECV_ERROR && strstr(eb, "chunked-encoding"))
+      return NETSTASH_E_PROTOCOL;
     if (f->status >= 200)
       return NETSTASH_E_TRUNCATED; /* the body was cut short */
     return res == CURLE_RECV_ERROR ? NETSTASH_E_RECV : NETSTASH_E_PROTOCOL;
   case CURLE_SEND_ERROR:
+    /* a peer that closes mid-body (an HTTP/2 GOAWAY, then FIN) fails
+     * libcurl's next write (a WINDOW_UPDATE): the body is what was lost */
+    if (f->status >= 200 && !f->req->body_cb && !f->req->has_body) {
+      ns_fetch_detail(f, "the connection failed in the middle of the body (%s) (%s:%d)",
+                      eb[0] ? eb : "send failed", f->cur.host, f->cur.port);
+      return NETSTASH_E_TRUNCATED;
+    }
     return NETSTASH_E_SEND;
   case CURLE_GOT_NOTHING:
   case CURLE_WEIRD_SERVER_REPLY:
@@ -658,6 +742,15 @@ static netstash_error map_error(netstash_fetch *f, CURLcode res) {
   case CURLE_FILESIZE_EXCEEDED:
     return NETSTASH_E_TOO_LARGE;
   case CURLE_OUT_OF_MEMORY:
+    /* libcurl 7.88 reports a response header line over its 100 KB limit
+     * (CURL_MAX_HTTP_HEADER) as out of memory: before the head ended, that
+     * is the line, not the heap */
+    if (!f->head_delivered &&
+        curl_easy_getinfo(f->easy, CURLINFO_REQUEST_SIZE, &sent) == CURLE_OK && sent > 0) {
+      ns_fetch_detail(f, "a response header line is longer than 100 KB (%s:%d)", f->cur.host,
+                      f->cur.port);
+      return NETSTASH_E_TOO_LARGE;
+    }
     return NETSTASH_E_NOMEM;
   case CURLE_URL_MALFORMAT:
     return NETSTASH_E_BAD_URL;
@@ -685,6 +778,11 @@ static void release_easy(netstash_fetch *f) {
 static void end_fetch(netstash_fetch *f, netstash_error err) {
   if (f->state == NS_FETCH_DONE)
     return;
+  if (f->hc_await) { /* ended (cancelled) while its entry awaited the commit */
+    f->hc_await = 0;
+    ns_list_remove(&f->await_node);
+    ns_httpcache_disown(f->ctx->hc, &f->hc_commit);
+  }
   if (f->dnsq) {
     ns_dns_cancel(f->dnsq);
     f->dnsq = NULL;
@@ -751,6 +849,7 @@ static void follow_redirect(netstash_fetch *f) {
   curl_slist_free_all(f->resolve_list);
   f->resolve_list = NULL;
   curl_easy_setopt(f->easy, CURLOPT_RESOLVE, NULL);
+  curl_easy_setopt(f->easy, CURLOPT_FRESH_CONNECT, 0L); /* after a retry_fresh */
   start_hop(f);
 }
 
@@ -767,34 +866,81 @@ static netstash_error head_as_headers(const netstash_fetch *f, ns_headers *out) 
   return rv;
 }
 
-static void cache_after_response(netstash_fetch *f) {
+/* The next loop turn, before it polls: the responses stored during the
+ * last one are committed together (one transaction, one fsync), then their
+ * fetches complete. */
+static void on_hc_check(uv_idle_t *h) {
+  ns_transport *tr = h->data;
+  netstash_error rv;
+  uv_idle_stop(h);
+  if ((rv = ns_httpcache_flush(tr->ctx->hc)) != NETSTASH_OK)
+    NS_WARN(tr->ctx, MOD, "HTTP cache commit failed: %s", netstash_strerror(rv));
+  while (!ns_list_empty(&tr->awaiting)) {
+    netstash_fetch *f = ns_list_entry(tr->awaiting.next, netstash_fetch, await_node);
+    size_t l = strlen(f->cache_reason);
+    ns_list_remove(&f->await_node);
+    f->hc_await = 0;
+    if (f->hc_commit == NETSTASH_OK)
+      snprintf(f->cache_reason + l, sizeof(f->cache_reason) - l, "%sstored", l ? "; " : "");
+    else
+      snprintf(f->cache_reason + l, sizeof(f->cache_reason) - l, "%snot stored: %s",
+               l ? "; " : "", netstash_strerror(f->hc_commit));
+    end_fetch(f, NETSTASH_OK); /* may start, end or flush others: one at a time */
+  }
+}
+
+/* 1 when the fetch must wait for the commit of its entry (final: the hop
+ * ends the fetch; a redirect's entry is committed without waiting). */
+static int cache_after_response(netstash_fetch *f, int final) {
   ns_httpcache *hc = f->ctx->hc;
   ns_headers resp;
   const char *why = NULL;
   const char *method = method_of(f);
   const char *top = f->req->top_level_site.url;
-  int stored = 0;
+  int stored = 0, wait = 0;
   netstash_error rv;
   if (!hc || (!f->hc_store && !f->hc_invalidate))
-    return;
+    return 0;
   ns_headers_init(&resp, &f->mem);
   rv = head_as_headers(f, &resp);
   if (rv == NETSTASH_OK && f->hc_invalidate)
     rv = ns_httpcache_invalidate(hc, top, method, f->cur.url, f->status, &resp);
   if (rv == NETSTASH_OK && f->hc_store) {
+    f->hc_commit = NETSTASH_E_AGAIN;
     rv = ns_httpcache_store(hc, top, f->cur.url, method, &f->hc_req, f->status, &resp,
                             f->hc_body.data ? f->hc_body.data : (const uint8_t *)"",
-                            f->hc_body.len, f->req_time_ms, f->resp_time_ms, &stored, &why);
-    if (rv == NETSTASH_OK) {
+                            f->hc_body.len, f->req_time_ms, f->resp_time_ms, &stored, &why,
+                            final ? &f->hc_commit : NULL);
+    if (stored && final && f->hc_commit != NETSTASH_E_AGAIN)
+      rv = f->hc_commit; /* committed already (unqueued, or a large queue) */
+    if (rv == NETSTASH_OK && stored && final && f->hc_commit == NETSTASH_E_AGAIN &&
+        f->ctx->transport->hc_check_ok) {
+      wait = 1; /* the reason is written once the commit tells */
+    } else if (rv == NETSTASH_OK) {
       size_t l = strlen(f->cache_reason);
       snprintf(f->cache_reason + l, sizeof(f->cache_reason) - l, "%s%s%s", l ? "; " : "",
                stored ? "stored" : "not stored: ", stored ? "" : (why ? why : "?"));
     }
   }
-  if (rv != NETSTASH_OK)
+  if (rv != NETSTASH_OK) {
+    /* the response is delivered all the same; the reason says why it is not
+     * in the cache (a full disk, a busy or damaged store, no memory) */
+    size_t l = strlen(f->cache_reason);
+    snprintf(f->cache_reason + l, sizeof(f->cache_reason) - l, "%snot stored: %s", l ? "; " : "",
+             netstash_strerror(rv));
     NS_WARN(f->ctx, MOD, "cache update for %s failed: %s", f->cur.url, netstash_strerror(rv));
+  }
   ns_headers_free(&resp);
   ns_buf_free(&f->hc_body);
+  if (wait) {
+    f->hc_await = 1;
+    ns_list_insert_tail(&f->ctx->transport->awaiting, &f->await_node);
+  } else if (stored && final) {
+    ns_httpcache_disown(hc, &f->hc_commit); /* not waited for */
+  }
+  if ((wait || ns_httpcache_pending(hc)) && f->ctx->transport->hc_check_ok)
+    uv_idle_start(&f->ctx->transport->hc_check, on_hc_check);
+  return wait;
 }
 
 /* The hop is over: res is NETSTASH_OK for a complete response. */
@@ -836,7 +982,7 @@ static void hop_result(netstash_fetch *f, netstash_error res) {
   }
   if (res == NETSTASH_OK) {
     if (f->redirecting) {
-      cache_after_response(f); /* a permanent redirect is cacheable too */
+      (void)cache_after_response(f, 0); /* a permanent redirect is cacheable too */
       follow_redirect(f);
       return;
     }
@@ -853,16 +999,54 @@ static void hop_result(netstash_fetch *f, netstash_error res) {
         return;
       }
     }
-    cache_after_response(f);
-    end_fetch(f, NETSTASH_OK);
+    if (!cache_after_response(f, 1))
+      end_fetch(f, NETSTASH_OK);
     return;
   }
   end_fetch(f, res);
 }
 
+static void start_net(netstash_fetch *f);
+
+/* A GET or HEAD sent on a reused connection that the peer had closed
+ * meanwhile (an HTTP/2 server dropping the connection after a stream error,
+ * a keep-alive timeout racing the request) fails before any byte of an
+ * answer. As Chromium does for idempotent requests, it is sent once more on
+ * a new connection. Returns 1 when the hop was restarted. */
+static int retry_fresh(netstash_fetch *f, CURLcode res) {
+  ns_transport *tr = f->ctx->transport;
+  const char *m = method_of(f);
+  long nconn = -1;
+  if (f->retried_fresh || f->fail != NETSTASH_OK || f->status != 0 || f->wire_bytes > 0 ||
+      f->req->has_body || f->req->body_cb || (strcmp(m, "GET") != 0 && strcmp(m, "HEAD") != 0))
+    return 0;
+  /* libcurl 7.88 reports an HTTP/2 stream whose connection ended as
+   * CURLE_PARTIAL_FILE, even before its HEADERS */
+  if (res != CURLE_SEND_ERROR && res != CURLE_RECV_ERROR && res != CURLE_GOT_NOTHING &&
+      res != CURLE_HTTP2 && res != CURLE_HTTP2_STREAM && res != CURLE_PARTIAL_FILE)
+    return 0;
+  if (curl_easy_getinfo(f->easy, CURLINFO_NUM_CONNECTS, &nconn) != CURLE_OK || nconn != 0)
+    return 0; /* the connection was new: the server itself failed */
+  NS_INFO(f->ctx, MOD, "%s failed on a reused connection (%s): once more on a new one",
+          f->cur.url, f->errbuf[0] ? f->errbuf : curl_easy_strerror(res));
+  f->retried_fresh = 1;
+  curl_multi_remove_handle(tr->multi, f->easy);
+  f->state = NS_FETCH_NEW;
+  f->errbuf[0] = 0;
+  reset_response(f);
+  curl_slist_free_all(f->resolve_list);
+  f->resolve_list = NULL;
+  curl_easy_setopt(f->easy, CURLOPT_RESOLVE, NULL);
+  curl_easy_setopt(f->easy, CURLOPT_FRESH_CONNECT, 1L);
+  start_net(f);
+  return 1;
+}
+
 static void hop_done(netstash_fetch *f, CURLcode res) {
   netstash_error err = NETSTASH_OK;
   hop_timings(f);
+  if (res != CURLE_OK && retry_fresh(f, res))
+    return;
   if (res != CURLE_OK || f->fail != NETSTASH_OK) {
     err = f->fail != NETSTASH_OK ? f->fail : map_error(f, res);
     if (!f->detail[0])
@@ -891,6 +1075,17 @@ static void check_done(ns_transport *tr) {
     curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&f);
     if (f)
       hop_done(f, msg->data.result);
+  }
+  if (tr->sock_nomem) { /* sock_cb could not watch a socket */
+    ns_list *pos, *tmp;
+    tr->sock_nomem = 0;
+    ns_list_foreach_safe(pos, tmp, &tr->fetches) {
+      netstash_fetch *f = ns_list_entry(pos, netstash_fetch, node);
+      if (f->sock_nomem) {
+        ns_fetch_detail(f, "out of memory watching the connection's socket");
+        end_fetch(f, NETSTASH_E_NOMEM);
+      }
+    }
   }
 }
 
@@ -1293,6 +1488,11 @@ static void start_net(netstash_fetch *f) {
   size_t hl = strlen(host);
   char addr[64];
 
+  if (!f->easy && (rv = setup_easy(f)) != NETSTASH_OK) {
+    ns_fetch_detail(f, "cannot set up the transfer: %s", netstash_strerror(rv));
+    end_fetch(f, rv);
+    return;
+  }
   f->h3_plan = h3_plan(f);
   if (f->h3_plan) {
     /* A pin for the UDP port, else for the origin's port. */
@@ -1627,6 +1827,11 @@ static netstash_error setup_easy(netstash_fetch *f) {
   curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, f->ctx);
   curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, close_cb);
   curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, tr);
+  if (f->ctx->test_open_socket) { /* one hooked socket per fetch: no reuse */
+    curl_easy_setopt(e, CURLOPT_SOCKOPTFUNCTION, sockopt_hook_cb);
+    curl_easy_setopt(e, CURLOPT_FORBID_REUSE, 1L);
+    curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L);
+  }
   curl_easy_setopt(e, CURLOPT_SSL_CTX_FUNCTION, sslctx_cb);
   curl_easy_setopt(e, CURLOPT_SSL_CTX_DATA, f->ctx);
   curl_easy_setopt(e, CURLOPT_SHARE, tr->share);
@@ -1679,7 +1884,10 @@ static netstash_error setup_easy(netstash_fetch *f) {
     curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, (long)((req->idle_timeout_ms + 999) / 1000));
   }
 
-  if (build_hdr_list(f) != NETSTASH_OK)
+  /* the hop's list, when cache_consult built it (with its validators) */
+  if (f->hdr_list)
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, f->hdr_list);
+  else if (build_hdr_list(f) != NETSTASH_OK)
     return NETSTASH_E_NOMEM;
 
   if (req->has_body) {
@@ -1702,6 +1910,11 @@ static netstash_error setup_easy(netstash_fetch *f) {
               !(strcmp(req->method, "POST") == 0 && req->has_body)) ||
              (strcmp(req->method, "GET") == 0 && req->has_body))
       curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, req->method); /* GET with a body stays GET */
+  }
+  if (f->hop_get && !(req->method && strcmp(req->method, "HEAD") == 0)) {
+    /* set up after a redirect (from the cache) that turned it into GET */
+    curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, NULL);
+    curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
   }
   return NETSTASH_OK;
 }
@@ -1959,6 +2172,17 @@ static int redirect_we_follow(const netstash_fetch *f) {
          f->hce.status < 400 && ns_headers_get(&f->hce.headers, "location");
 }
 
+/* A stored redirect the request would follow, with no redirects left: the
+ * same end as over the network (head_end). */
+static int cached_redirect_exhausted(netstash_fetch *f) {
+  if (!(f->req->follow && f->redirects_left == 0 && f->hce.status >= 300 &&
+        f->hce.status < 400 && ns_headers_get(&f->hce.headers, "location")))
+    return 0;
+  ns_fetch_detail(f, "more than %u redirects", (unsigned)f->req->follow);
+  end_fetch(f, NETSTASH_E_TOO_MANY_REDIRECTS);
+  return 1;
+}
+
 static void follow_cached_redirect(netstash_fetch *f) {
   const ns_header_field *fld;
   size_t it = 0;
@@ -2184,6 +2408,14 @@ static int cache_consult(netstash_fetch *f) {
     NS_WARN(f->ctx, MOD, "cache lookup for %s failed: %s", f->cur.url, netstash_strerror(rv));
     snprintf(f->cache_reason, sizeof(f->cache_reason), "cache unavailable: %s",
              netstash_strerror(rv));
+    if (req->cache_mode == NETSTASH_CACHE_ONLY_IF_CACHED) {
+      /* the network may not be used: the lookup's error is the answer (a
+       * damaged store says so instead of looking like a miss) */
+      ns_fetch_detail(f, "cache lookup for %s failed: %s%s", f->cur.url, netstash_strerror(rv),
+                      rv == NETSTASH_E_STORE_CORRUPT ? " (run `netstash verify`)" : "");
+      end_fetch(f, rv);
+      return 1;
+    }
     f->hc_store = is_get && rv != NETSTASH_E_STORE_CORRUPT;
     return 0;
   }
@@ -2195,11 +2427,15 @@ static int cache_consult(netstash_fetch *f) {
       follow_cached_redirect(f);
       return 1;
     }
+    if (cached_redirect_exhausted(f))
+      return 1;
     serve_stored(f);
     return 1;
   case NS_CACHE_STALE_WHILE_REVALIDATE:
     if (redirect_we_follow(f))
       break; /* revalidate the hop over the network */
+    if (cached_redirect_exhausted(f))
+      return 1;
     start_revalidation(f);
     serve_stored(f);
     return 1;
@@ -2227,7 +2463,6 @@ static int cache_consult(netstash_fetch *f) {
 void ns_transport_start(netstash_fetch *f) {
   ns_transport *tr = f->ctx->transport;
   netstash_error rv;
-  char why[160];
 
   ns_list_insert_tail(&tr->fetches, &f->node);
   if (tr->shutting_down || atomic_load(&f->cancel_requested)) {
@@ -2236,10 +2471,17 @@ void ns_transport_start(netstash_fetch *f) {
   }
   f->redirects_left = f->req->follow;
   f->max_body = f->req->max_body ? f->req->max_body : f->ctx->cfg.max_decoded_body;
+  /* a body the fetch may not deliver is not buffered for the cache either:
+   * a hostile endless body would otherwise hold up to the 32 MiB cap */
+  if (f->max_body < f->hc_body.max)
+    f->hc_body.max = (size_t)f->max_body;
   if (f->req->collect)
     f->body.max = (size_t)NS_MIN(f->req->collect_max, (uint64_t)SIZE_MAX / 2);
-  rv = ns_url_parse(&f->mem, f->req->url.url, &f->cur, why, sizeof(why));
-  if (rv == NETSTASH_OK)
+  /* the request's URL was parsed when it was made; libcurl's handle is set
+   * up only when a hop goes to the network (a cache or preload hit needs
+   * none: start_net) */
+  rv = ns_url_copy(&f->mem, &f->req->url, &f->cur);
+  if (rv == NETSTASH_OK && is_remote(f))
     rv = setup_easy(f);
   if (rv != NETSTASH_OK) {
     ns_fetch_detail(f, "cannot set up the transfer: %s",
@@ -2270,6 +2512,7 @@ netstash_error ns_transport_new(netstash_ctx *ctx, ns_transport **out, char *det
     return NETSTASH_E_NOMEM;
   tr->ctx = ctx;
   ns_list_init(&tr->fetches);
+  ns_list_init(&tr->awaiting);
   ns_list_init(&tr->socks);
   snprintf(tr->user_agent, sizeof(tr->user_agent), "netstash/%s", PACKAGE_VERSION);
   tr->multi = curl_multi_init();
@@ -2300,6 +2543,13 @@ netstash_error ns_transport_new(netstash_ctx *ctx, ns_transport **out, char *det
     ns_transport_del(tr);
     return NETSTASH_E_NOMEM;
   }
+  /* (libuv's check and timer inits cannot fail: no handle to undo) */
+  if (uv_idle_init(&ctx->loop, &tr->hc_check) != 0) {
+    ns_transport_del(tr);
+    return NETSTASH_E_INTERNAL;
+  }
+  tr->hc_check.data = tr;
+  tr->hc_check_ok = 1;
   if (uv_timer_init(&ctx->loop, &tr->timer) != 0) {
     ns_transport_del(tr);
     if (detail && detail_len)
@@ -2332,6 +2582,11 @@ void ns_transport_shutdown(ns_transport *tr) {
   if (tr->timer_ok) {
     uv_timer_stop(&tr->timer);
     uv_close((uv_handle_t *)&tr->timer, NULL);
+  }
+  if (tr->hc_check_ok) {
+    uv_idle_stop(&tr->hc_check);
+    uv_close((uv_handle_t *)&tr->hc_check, NULL);
+    (void)ns_httpcache_flush(tr->ctx->hc); /* what the last turn stored */
   }
 
 }

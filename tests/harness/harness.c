@@ -1588,24 +1588,26 @@ int nst_dnsmasq_start(nst_server *srv) {
 
 /* -------------------------------------------------------------- rawserver */
 
-static int rawserver_path(char *out, size_t cap) {
+/* Path of one of the harness's own server programs (nst-rawserver,
+ * nst-evilserver) in the build tree. */
+static int helper_path(const char *prog, char *out, size_t cap) {
   const char *bd = getenv("NST_BUILDDIR");
   char exe[PATH_MAX], *slash;
   ssize_t n;
 
   if (bd != NULL && bd[0] != '\0') {
-    snprintf(out, cap, "%s/tests/harness/nst-rawserver", bd);
+    snprintf(out, cap, "%s/tests/harness/%s", bd, prog);
     if (access(out, X_OK) == 0)
       return 0;
     harness_log("NST_BUILDDIR=%s but %s is missing (build it with 'make check' or "
-                "'make tests/harness/nst-rawserver')",
-                bd, out);
+                "'make tests/harness/%s')",
+                bd, out, prog);
     return -1;
   }
   n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
   if (n <= 0) {
-    harness_log("cannot find nst-rawserver: NST_BUILDDIR is not set and /proc/self/exe is "
-                "unreadable");
+    harness_log("cannot find %s: NST_BUILDDIR is not set and /proc/self/exe is "
+                "unreadable", prog);
     return -1;
   }
   exe[n] = '\0';
@@ -1617,13 +1619,13 @@ static int rawserver_path(char *out, size_t cap) {
   if (slash != NULL && strcmp(slash + 1, ".libs") == 0)
     *slash = '\0';
   /* BUILDDIR/tests/{integration,unit} -> BUILDDIR/tests/harness */
-  if (fmt_path(out, cap, "%s/../harness/nst-rawserver", exe) == 0 && access(out, X_OK) == 0)
+  if (fmt_path(out, cap, "%s/../harness/%s", exe, prog) == 0 && access(out, X_OK) == 0)
     return 0;
-  if (fmt_path(out, cap, "%s/nst-rawserver", exe) == 0 && access(out, X_OK) == 0)
+  if (fmt_path(out, cap, "%s/%s", exe, prog) == 0 && access(out, X_OK) == 0)
     return 0;
-  harness_log("cannot find nst-rawserver near %s: set NST_BUILDDIR to the build directory "
-              "(the one holding tests/harness/nst-rawserver)",
-              exe);
+  harness_log("cannot find %s near %s: set NST_BUILDDIR to the build directory "
+              "(the one holding tests/harness/%s)",
+              prog, exe, prog);
   return -1;
 }
 
@@ -1640,9 +1642,40 @@ int nst_rawserver_start(nst_server *srv) {
   memset(srv, 0, sizeof(*srv));
   srv->pid = -1;
   srv->port = -1;
-  if (rawserver_path(path, sizeof(path)) != 0)
+  if (helper_path("nst-rawserver", path, sizeof(path)) != 0)
     return -1;
   return start_server("rawserver", path, build_rawserver, NULL, PROBE_TCP, srv);
+}
+
+/* ------------------------------------------------------------ evilserver */
+
+static int build_evilserver(cmdline *c, int port, void *ud, char ***envp) {
+  const char *mode = ud;
+  (void)envp;
+  if (cmd_add(c, "nst-evilserver") || cmd_add(c, "%s", mode) || cmd_add(c, "%d", port))
+    return -1;
+  if (strcmp(mode, "http") != 0 &&
+      (cmd_add(c, "%s", nst_cert("good.pem")) || cmd_add(c, "%s", nst_cert("good.key"))))
+    return -1;
+  return 0;
+}
+
+int nst_evilserver_start(const char *mode, nst_server *srv) {
+  char path[PATH_MAX], name[32];
+  memset(srv, 0, sizeof(*srv));
+  srv->pid = -1;
+  srv->port = -1;
+  if (strcmp(mode, "http") && strcmp(mode, "tls") && strcmp(mode, "tls12") &&
+      strcmp(mode, "tls10")) {
+    harness_log("nst-evilserver: unknown mode '%s' (http, tls, tls12, tls10)", mode);
+    return -1;
+  }
+  if (strcmp(mode, "http") != 0 && nst_certs() == NULL)
+    return -1;
+  if (helper_path("nst-evilserver", path, sizeof(path)) != 0)
+    return -1;
+  snprintf(name, sizeof(name), "evil-%s", mode);
+  return start_server(name, path, build_evilserver, (void *)(uintptr_t)mode, PROBE_TCP, srv);
 }
 
 /* ---------------------------------------------------------- odd ports */

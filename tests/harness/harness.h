@@ -194,6 +194,13 @@ int nst_dns_query(int port, const char *name, int qtype, int timeout_ms, unsigne
  * A query string is ignored when matching paths. */
 int nst_rawserver_start(nst_server *srv);
 
+/* nst-evilserver (tests/harness/evilserver.c lists its paths): hostile
+ * HTTP/1.1 and hand-made HTTP/2 on 127.0.0.1 for the hostile-peer tests.
+ * mode: "http" (plain HTTP/1.1), "tls" (TLS 1.3 with good.pem, ALPN h2 and
+ * http/1.1), "tls12" (TLS 1.2 only), "tls10" (TLS 1.0 only). Found like
+ * nst-rawserver. Returns 0 and fills srv, or -1. */
+int nst_evilserver_start(const char *mode, nst_server *srv);
+
 /* A bound UDP port on 127.0.0.1 that never answers (DNS timeouts, "UDP
  * blocked" for QUIC: no Version Negotiation, no ICMP, a client's handshake
  * times out); kept open by the harness until nst_cleanup(). Datagrams are

@@ -852,6 +852,128 @@ static void test_records_crud(void **state) {
 
 /* ------------------------------------------------------------ eviction */
 
+/* Over the size limit, queued garbage (bodies of deleted records that no GC
+ * step has collected yet) goes before any live record: 1.5 MB of garbage and
+ * a 2 MB limit, then 1 MB of new cache records — none of them evicted.
+ * Regression (tests/stress/killnine): live entries written a moment earlier
+ * were evicted while the garbage stayed. */
+static void test_eviction_collects_garbage_first(void **state) {
+  (void)state;
+  ns_store_params p;
+  ns_store *s;
+  ns_store_stats st;
+  uint8_t hg[15][32], hh[10][32];
+  const size_t bs = 100000;
+  char key[32];
+  params(&p);
+  p.size_limit = 2u << 20;
+  s = open_with(&p);
+  for (int i = 0; i < 15; i++) {
+    uint8_t *b = random_bytes(bs);
+    snprintf(key, sizeof(key), "old/v1/u%d", i);
+    put_body_record(s, NS_STORE_PRELOAD, key, b, bs, NS_STORE_REC_PINNED, hg[i]);
+    free(b);
+    assert_int_equal(ns_store_del(s, NS_STORE_PRELOAD, key, strlen(key)), NETSTASH_OK);
+  }
+  assert_int_equal(ns_store_get_stats(s, &st), NETSTASH_OK);
+  assert_true(st.gc_queued >= 15);
+  for (int i = 0; i < 10; i++) {
+    uint8_t *b = random_bytes(bs);
+    snprintf(key, sizeof(key), "h%02d", i);
+    put_body_record(s, NS_STORE_HTTP, key, b, bs, 0, hh[i]);
+    free(b);
+  }
+  assert_int_equal(ns_store_get_stats(s, &st), NETSTASH_OK);
+  assert_int_equal(st.evicted, 0);
+  assert_true(st.used_bytes <= p.size_limit);
+  for (int i = 0; i < 10; i++) {
+    snprintf(key, sizeof(key), "h%02d", i);
+    assert_true(record_exists(s, NS_STORE_HTTP, key));
+    assert_true(body_exists(s, hh[i]));
+  }
+  { /* garbage collected instead (as much as needed, in hash order) */
+    int left = 0;
+    for (int i = 0; i < 15; i++)
+      left += body_exists(s, hg[i]);
+    assert_true(left < 15);
+  }
+  {
+    char d[200];
+    assert_int_equal(ns_store_verify(s, d, sizeof(d)), NETSTASH_OK);
+  }
+  ns_store_close(s);
+}
+
+typedef struct many_req {
+  int from, n;
+} many_req;
+
+static netstash_error put_many_fn(ns_store_txn *t, void *ud) {
+  const many_req *m = ud;
+  netstash_error err = NETSTASH_OK;
+  for (int i = m->from; err == NETSTASH_OK && i < m->from + m->n; i++) {
+    uint8_t body[1000], hash[32];
+    char key[32];
+    for (size_t k = 0; k < sizeof(body); k++)
+      body[k] = (uint8_t)(i * 131 + (int)k * 7 + (int)(k >> 5));
+    snprintf(key, sizeof(key), "many%06d", i);
+    err = ns_store_txn_body_put(t, body, sizeof(body), NS_CODING_IDENTITY,
+                                "application/octet-stream", NS_STORE_BODY_NO_RECOMPRESS, hash);
+    if (err == NETSTASH_OK)
+      err = ns_store_txn_put(t, NS_STORE_HTTP, key, strlen(key), "v", 1, hash, 0);
+  }
+  return err;
+}
+
+/* One write over the size limit evicts a bounded number of records; later
+ * writes carry on until the store is under the limit. Regression
+ * (tests/stress/netd_load soak): one transaction evicting the whole
+ * hysteresis dirtied ~30,000 pages, which LMDB keeps allocated until the
+ * environment closes (netd's heap +110 MiB for good, its loop stalled). */
+static void test_eviction_bounded_per_write(void **state) {
+  (void)state;
+  ns_store_params p;
+  ns_store *s;
+  ns_store_stats st;
+  uint64_t used_before;
+  params(&p);
+  s = open_with(&p);
+  for (int b = 0; b < 6; b++) { /* 3,000 records with 1,000-byte bodies */
+    many_req m = {b * 500, 500};
+    assert_int_equal(ns_store_write(s, put_many_fn, &m), NETSTASH_OK);
+  }
+  assert_int_equal(ns_store_get_stats(s, &st), NETSTASH_OK);
+  used_before = st.used_bytes;
+  ns_store_close(s);
+  /* the same store with a limit at a third of its size */
+  params(&p);
+  p.size_limit = used_before / 3;
+  s = open_with(&p);
+  {
+    many_req m = {100000, 1};
+    assert_int_equal(ns_store_write(s, put_many_fn, &m), NETSTASH_OK);
+  }
+  assert_int_equal(ns_store_get_stats(s, &st), NETSTASH_OK);
+  assert_true(st.evicted > 0);
+  assert_true(st.evicted <= 128);
+  assert_true(st.used_bytes > p.size_limit);
+  for (int i = 1; i < 40 && st.used_bytes > p.size_limit; i++) {
+    many_req m = {100000 + i, 1};
+    assert_int_equal(ns_store_write(s, put_many_fn, &m), NETSTASH_OK);
+    assert_int_equal(ns_store_get_stats(s, &st), NETSTASH_OK);
+  }
+  if (st.used_bytes > p.size_limit)
+    fail_msg("still %llu bytes used over a %llu limit after 40 writes",
+             (unsigned long long)st.used_bytes, (unsigned long long)p.size_limit);
+  assert_true(record_exists(s, NS_STORE_HTTP, "many002999")); /* the newest stay */
+  assert_false(record_exists(s, NS_STORE_HTTP, "many000000")); /* the oldest went */
+  {
+    char d[200];
+    assert_int_equal(ns_store_verify(s, d, sizeof(d)), NETSTASH_OK);
+  }
+  ns_store_close(s);
+}
+
 static void test_eviction_lru_pinned(void **state) {
   (void)state;
   ns_store_params p;
@@ -1491,6 +1613,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_chunking_zero_copy, setup, teardown),
       cmocka_unit_test_setup_teardown(test_records_crud, setup, teardown),
       cmocka_unit_test_setup_teardown(test_eviction_lru_pinned, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_eviction_collects_garbage_first, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_eviction_bounded_per_write, setup, teardown),
       cmocka_unit_test_setup_teardown(test_map_full_grows, setup, teardown),
       cmocka_unit_test_setup_teardown(test_full_disk, setup, teardown),
       cmocka_unit_test_setup_teardown(test_gc_bounded, setup, teardown),
