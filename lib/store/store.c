@@ -1423,6 +1423,36 @@ static netstash_error apply_touches(ns_store_txn *t) {
  * included, while the garbage stayed (found by tests/stress/killnine). */
 #define EVICT_GC_MAX 256
 #define EVICT_STEP_MAX 128 /* records evicted by one write over the size limit */
+
+/* The GC queue entry at cursor c (k, v): its body is deleted when nothing
+ * references it and its grace is over (a referenced one just leaves the
+ * queue); *rc is the cursor's next position. */
+static netstash_error gcq_step(ns_store_txn *t, MDB_cursor *c, MDB_val *k, MDB_val *v, int *rc) {
+  uint8_t hash[NS_STORE_HASH_LEN];
+  uint64_t ms, refs;
+  netstash_error err;
+  if (k->mv_size != NS_STORE_HASH_LEN || v->mv_size != 8)
+    return NETSTASH_E_STORE_CORRUPT;
+  memcpy(hash, k->mv_data, NS_STORE_HASH_LEN);
+  ms = get_le64(v->mv_data);
+  /* in its grace period, or queued by this very transaction */
+  if (ms != 0 && (ms + t->s->p.gc_grace_ms > t->start_ms || ms >= t->start_ms)) {
+    *rc = mdb_cursor_get(c, k, v, MDB_NEXT);
+    return NETSTASH_OK;
+  }
+  err = refs_get(t, hash, &refs);
+  if (err == NETSTASH_OK && refs == 0)
+    err = body_delete(t, hash, NULL); /* also drops the gcq entry */
+  else if (err == NETSTASH_OK)
+    err = tdel(t, DBI_GCQ, hash, NS_STORE_HASH_LEN);
+  if (err != NETSTASH_OK)
+    return err;
+  /* the cursor's entry is gone: find the next one from the hash */
+  mval(k, hash, NS_STORE_HASH_LEN);
+  *rc = mdb_cursor_get(c, k, v, MDB_SET_RANGE);
+  return NETSTASH_OK;
+}
+
 static netstash_error collect_in(ns_store_txn *t, uint64_t target) {
   ns_store *s = t->s;
   MDB_cursor *c;
@@ -1433,30 +1463,9 @@ static netstash_error collect_in(ns_store_txn *t, uint64_t target) {
   if (rc != 0)
     return txn_rc(t, rc);
   rc = mdb_cursor_get(c, &k, &v, MDB_FIRST);
-  while (rc == 0 && examined++ < EVICT_GC_MAX && used_bytes(s, t->txn) > target) {
-    uint8_t hash[NS_STORE_HASH_LEN];
-    uint64_t ms, refs;
-    if (k.mv_size != NS_STORE_HASH_LEN || v.mv_size != 8) {
-      err = NETSTASH_E_STORE_CORRUPT;
-      break;
-    }
-    memcpy(hash, k.mv_data, NS_STORE_HASH_LEN);
-    ms = get_le64(v.mv_data);
-    /* in its grace period, or stored by this very transaction */
-    if (ms != 0 && (ms + s->p.gc_grace_ms > t->start_ms || ms >= t->start_ms)) {
-      rc = mdb_cursor_get(c, &k, &v, MDB_NEXT);
-      continue;
-    }
-    err = refs_get(t, hash, &refs);
-    if (err == NETSTASH_OK && refs == 0)
-      err = body_delete(t, hash, NULL); /* also drops the gcq entry */
-    else if (err == NETSTASH_OK)
-      err = tdel(t, DBI_GCQ, hash, NS_STORE_HASH_LEN);
-    if (err != NETSTASH_OK)
-      break;
-    mval(&k, hash, NS_STORE_HASH_LEN);
-    rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
-  }
+  while (rc == 0 && err == NETSTASH_OK && examined++ < EVICT_GC_MAX &&
+         used_bytes(s, t->txn) > target)
+    err = gcq_step(t, c, &k, &v, &rc);
   if (err == NETSTASH_OK && rc != 0 && rc != MDB_NOTFOUND)
     err = txn_rc(t, rc);
   mdb_cursor_close(c);
@@ -1995,7 +2004,6 @@ static netstash_error gc_fn(ns_store_txn *t, void *ud) {
   netstash_error err = NETSTASH_OK;
   size_t examined = 0;
   int rc;
-  uint64_t grace = s->p.gc_grace_ms;
 
   g->more = 0;
   g->pos_valid = 0;
@@ -2009,8 +2017,6 @@ static netstash_error gc_fn(ns_store_txn *t, void *ud) {
     rc = mdb_cursor_get(c, &k, &v, MDB_FIRST);
   }
   while (rc == 0) {
-    uint8_t hash[NS_STORE_HASH_LEN];
-    uint64_t ms, refs;
     if (examined == g->max) {
       g->more = 1;
       g->pos_valid = 1;
@@ -2018,26 +2024,8 @@ static netstash_error gc_fn(ns_store_txn *t, void *ud) {
       break;
     }
     examined++;
-    if (k.mv_size != NS_STORE_HASH_LEN || v.mv_size != 8) {
-      err = NETSTASH_E_STORE_CORRUPT;
+    if ((err = gcq_step(t, c, &k, &v, &rc)) != NETSTASH_OK)
       break;
-    }
-    memcpy(hash, k.mv_data, NS_STORE_HASH_LEN);
-    ms = get_le64(v.mv_data);
-    if (ms != 0 && ms + grace > t->start_ms) { /* in its grace period */
-      rc = mdb_cursor_get(c, &k, &v, MDB_NEXT);
-      continue;
-    }
-    err = refs_get(t, hash, &refs);
-    if (err == NETSTASH_OK && refs == 0)
-      err = body_delete(t, hash, NULL); /* also drops the gcq entry */
-    else if (err == NETSTASH_OK)
-      err = tdel(t, DBI_GCQ, hash, NS_STORE_HASH_LEN);
-    if (err != NETSTASH_OK)
-      break;
-    /* the cursor's entry is gone: find the next one from the hash */
-    mval(&k, hash, NS_STORE_HASH_LEN);
-    rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
   }
   if (err == NETSTASH_OK && rc != 0 && rc != MDB_NOTFOUND)
     err = txn_rc(t, rc);
