@@ -2584,6 +2584,7 @@ void ns_transport_shutdown(ns_transport *tr) {
     uv_close((uv_handle_t *)&tr->timer, NULL);
   }
   if (tr->hc_check_ok) {
+    tr->hc_check_ok = 0; /* the handle is closing: what is queued later commits at close */
     uv_idle_stop(&tr->hc_check);
     uv_close((uv_handle_t *)&tr->hc_check, NULL);
     (void)ns_httpcache_flush(tr->ctx->hc); /* what the last turn stored */
