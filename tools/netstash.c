@@ -51,7 +51,8 @@ int main(int argc, char **argv) {
   }
   if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "version")) {
     uint32_t feat = 0;
-    printf("netstash %s (features:%s%s%s%s%s)\n", netstash_version(NULL, &feat),
+    const char *ver = netstash_version(NULL, &feat); /* before feat is read */
+    printf("netstash %s (features:%s%s%s%s%s)\n", ver,
            feat & NETSTASH_FEATURE_HTTP2 ? " http2" : "",
            feat & NETSTASH_FEATURE_HTTP3 ? " http3" : "",
            feat & NETSTASH_FEATURE_BROTLI ? " br" : "",

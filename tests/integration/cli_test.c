@@ -193,6 +193,7 @@ static void test_help(void **state) {
   free(out);
   assert_int_equal(cli_run("--version", &out, NULL), 0);
   assert_non_null(strstr(out, "netstash 0."));
+  assert_non_null(strstr(out, " http2 http3 br gzip hsts)")); /* the build's feature bits */
   free(out);
 }
 
