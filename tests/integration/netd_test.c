@@ -187,10 +187,18 @@ static void *load_loop(void *p) {
     snprintf(path, sizeof(path), "r/%d.bin", i++ % 200);
     snprintf(u, sizeof(u), "/%s", path);
     if (get(ctx, url_of(u), &f) == NETSTASH_OK) {
-      if (site_cmp_matches(f, path))
+      if (site_cmp_matches(f, path)) {
         atomic_fetch_add(&ls->ok, 1);
-      else
+      } else {
+        /* what it was, so that a rare failure explains itself */
+        const uint8_t *body = NULL;
+        size_t len = 0;
+        (void)netstash_fetch_body(f, &body, &len);
+        fprintf(stderr, "WRONG answer for %s: status %d, source %d, %zu body bytes, reason \"%s\"\n",
+                path, netstash_fetch_status(f), (int)netstash_fetch_source(f), len,
+                netstash_fetch_cache_reason(f) ? netstash_fetch_cache_reason(f) : "");
         atomic_fetch_add(&ls->wrong, 1);
+      }
     } else {
       atomic_fetch_add(&ls->failed, 1);
       usleep(10 * 1000);
