@@ -538,5 +538,7 @@ int main(void) {
       cmocka_unit_test(test_sigterm_during_warm),
       cmocka_unit_test(test_sighup_reload),
   };
+  if (getenv("NST_TEST_FILTER")) /* e.g. test_restart_under_load, to loop one test */
+    cmocka_set_test_filter(getenv("NST_TEST_FILTER"));
   return cmocka_run_group_tests(tests, setup, teardown);
 }
