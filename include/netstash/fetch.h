@@ -168,7 +168,8 @@ typedef struct netstash_fetch_callbacks {
 
 /* Starts req on ctx. The fetch takes its own reference to req (which becomes
  * read-only). callbacks is copied; may be NULL (use netstash_fetch_wait).
- * *out receives the caller's reference to the fetch. */
+ * *out receives the caller's reference to the fetch, before any callback can
+ * run (they may run on the loop thread before this call returns). */
 NETSTASH_EXTERN netstash_error netstash_fetch_start_versioned(
     netstash_ctx *ctx, netstash_request *req, int callbacks_version,
     const netstash_fetch_callbacks *callbacks, void *user_data,

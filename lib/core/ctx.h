@@ -5,7 +5,8 @@
  * Threading model: one libuv loop per context, run by one thread the context
  * owns. Every libcurl, c-ares and libuv handle of the context is touched only
  * on that thread. Public calls from other threads hand a task to the loop
- * (ns_ctx_post) under a mutex and wake it with uv_async_send. Tasks are
+ * (ns_ctx_post) under a mutex and wake it through an eventfd the loop
+ * polls (not uv_async_send: see ctx.c, ns_ctx_post). Tasks are
  * embedded in the objects they act on, so posting never allocates and never
  * fails.
  */
@@ -80,7 +81,9 @@ struct netstash_ctx {
 
   uv_loop_t loop;
   uv_thread_t thread;
-  uv_async_t wake;
+  int wake_fd;           /* eventfd: other threads' posts wake the loop */
+  uv_poll_t wake;        /* polls wake_fd */
+  atomic_int wake_armed; /* a wake-up is written and not yet read */
   uv_idle_t kick;  /* a task posted on the loop thread itself: no eventfd */
   uv_mutex_t qlock;
   ns_list queue;   /* ns_task, guarded by qlock */

@@ -368,13 +368,14 @@ netstash_error netstash_job_start_versioned(netstash_ctx *ctx, netstash_request 
   atomic_init(&j->refs, 2);
   hooks.on_redirect = on_redirect_hook;
   hooks.ud = j;
+  *out = j; /* before any callback can run (ns_fetch_start_ex) */
   e = ns_fetch_start_ex(ctx, req, NETSTASH_FETCH_CALLBACKS_VERSION, &fc, j, &hooks, &j->f);
   if (e != NETSTASH_OK) {
+    *out = NULL;
     atomic_store(&j->refs, 1);
     job_unref(j);
     return e;
   }
-  *out = j;
   return NETSTASH_OK;
 }
 

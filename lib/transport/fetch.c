@@ -135,14 +135,18 @@ netstash_error ns_fetch_start_ex(netstash_ctx *ctx, netstash_request *req, int v
   f->t_start = ns_now_us();
   ns_stat_add(ctx, NETSTASH_STAT_FETCHES_STARTED, 1);
   ns_stat_add(ctx, NETSTASH_STAT_FETCHES_ACTIVE, 1);
+  /* *out before the post: the loop thread may run the whole fetch, callbacks
+   * included, before this call returns, and a caller's callbacks may read the
+   * pointer (the interceptor's job does: j->f) — the post's mutex orders it */
+  *out = f;
   rv = ns_ctx_post(ctx, &f->start_task);
   if (rv != NETSTASH_OK) {
+    *out = NULL;
     ns_stat_add(ctx, NETSTASH_STAT_FETCHES_ACTIVE, -1);
     atomic_store(&f->refs, 1);
     ns_fetch_unref(f);
     return rv;
   }
-  *out = f;
   return NETSTASH_OK;
 }
 

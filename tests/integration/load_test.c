@@ -239,7 +239,10 @@ static void check_set(const json_t *j, const char *new_src, const char *old_src)
     if (!(e = find_url(list, url)))
       fail_msg("%s was not loaded", url);
     assert_string_equal(str(e, "destination"), expected[i].dest);
-    assert_int_equal(num(e, "status"), 200);
+    if (num(e, "status") != 200 || !json_is_true(json_object_get(e, "ok"))) {
+      char *dump = json_dumps(e, JSON_COMPACT);
+      fail_msg("%s did not load: %s", url, dump);
+    }
     assert_true(json_is_null(json_object_get(e, "error")));
     assert_true(json_is_true(json_object_get(e, "ok")));
     assert_int_equal(num(e, "bytes"),
