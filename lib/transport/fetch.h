@@ -115,6 +115,7 @@ struct netstash_fetch {
   int h3_tried; /* this hop fell back from h3 to TCP */
   int h3_plan;  /* 0 TCP, 1 h3 by Alt-Svc (may fall back), 2 h3 forced */
   int h3_port;  /* UDP port of the h3 alternative */
+  char *h3_host; /* the h3 alternative's host when Alt-Svc names another one */
   netstash_error remote_err; /* remote mode: netd's x-netstash-error */
   struct curl_slist *hdr_list, *resolve_list;
   struct ns_dns_query *dnsq;

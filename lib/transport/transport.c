@@ -21,11 +21,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
+#include <arpa/inet.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <curl/curl.h>
 #include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 #include <uv.h>
 
 #include "cache/httpcache.h"
@@ -772,6 +774,8 @@ static void release_easy(netstash_fetch *f) {
   curl_slist_free_all(f->hdr_list);
   curl_slist_free_all(f->resolve_list);
   f->hdr_list = f->resolve_list = NULL;
+  ns_free(&f->mem, f->h3_host);
+  f->h3_host = NULL;
 }
 
 /* Ends a fetch from the loop, outside any libcurl callback. */
@@ -1176,6 +1180,8 @@ struct ns_altsvc_mem {
     char host[256];
     int port;
     int has;            /* alt holds an h3 alternative */
+    int other_ok;       /* alt names another host, and the origin's certificate
+                           on this context's connection is valid for it */
     ns_altsvc alt;
     int64_t recheck_ms; /* !has: store re-read after this */
     int64_t saved_ms;   /* expiry last written to the store */
@@ -1204,8 +1210,9 @@ static int altsvc_slot(ns_transport *tr, const char *host, int port, int create)
   return victim;
 }
 
-/* The unexpired h3 alternative of the fetch's origin, if any. */
-static int altsvc_find(netstash_fetch *f, ns_altsvc *out) {
+/* The unexpired h3 alternative of the fetch's origin, if any; *other_ok as
+ * in the slot (an alternative read back from the store has 0). */
+static int altsvc_find(netstash_fetch *f, ns_altsvc *out, int *other_ok) {
   ns_transport *tr = f->ctx->transport;
   struct ns_altsvc_mem *m = tr->altsvc_mem;
   int64_t now = wall_ms();
@@ -1218,6 +1225,7 @@ static int altsvc_find(netstash_fetch *f, ns_altsvc *out) {
     if (ns_altsvc_lookup(f->ctx->store, f->cur.host, f->cur.port, now, &m->slot[i].alt) ==
         NETSTASH_OK) {
       m->slot[i].has = 1;
+      m->slot[i].other_ok = 0;
       m->slot[i].saved_ms = m->slot[i].alt.expires_ms;
     } else {
       m->slot[i].recheck_ms = now + ALTSVC_RECHECK_MS;
@@ -1226,7 +1234,34 @@ static int altsvc_find(netstash_fetch *f, ns_altsvc *out) {
   if (!m->slot[i].has)
     return 0;
   *out = m->slot[i].alt;
+  *other_ok = m->slot[i].other_ok;
   return 1;
+}
+
+static int is_ip_literal(const char *h) {
+  unsigned char buf[16];
+  return inet_pton(AF_INET, h, buf) == 1 || inet_pton(AF_INET6, h, buf) == 1;
+}
+
+/* May an alternative naming another host serve this origin? Only when the
+ * certificate the origin presented on this response's TLS connection (TCP,
+ * verified by OpenSSL) is valid for that name too: the same operator — and an
+ * origin cannot aim clients' QUIC packets at hosts it holds no certificate
+ * for (localhost, the LAN). The h3 connection then verifies the origin's own
+ * name, as always. 1 yes, 0 no, -1 cannot tell here (a response over h3). */
+static int altsvc_other_ok(netstash_fetch *f, const ns_altsvc *a) {
+  struct curl_tlssessioninfo *info = NULL;
+  X509 *cert;
+  if (f->h3s || !f->easy)
+    return -1;
+  if (curl_easy_getinfo(f->easy, CURLINFO_TLS_SSL_PTR, &info) != CURLE_OK || !info ||
+      info->backend != CURLSSLBACKEND_OPENSSL || !info->internals ||
+      !(cert = SSL_get0_peer_certificate(info->internals)))
+    return 0;
+  if (is_ip_literal(a->host))
+    return X509_check_ip_asc(cert, a->host, 0) == 1;
+  return X509_check_host(cert, a->host, strlen(a->host), X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS,
+                         NULL) == 1;
 }
 
 /* An Alt-Svc field on an https response (RFC 7838 §3): remembered. */
@@ -1234,32 +1269,55 @@ static void note_altsvc(netstash_fetch *f) {
   ns_transport *tr = f->ctx->transport;
   struct ns_altsvc_mem *m = tr->altsvc_mem;
   const char *v;
-  ns_altsvc alts[2];
-  int clear = 0, n, i, changed;
+  ns_altsvc alts[4];
+  int clear = 0, n, i, k, changed, other_ok = 0;
   int64_t now;
   if (!tr->h3 || !f->ctx->cfg.http3 || strcmp(f->cur.scheme, "https") != 0 ||
       !(v = netstash_fetch_header(f, "alt-svc")))
     return;
   now = wall_ms();
-  n = ns_altsvc_parse(v, strlen(v), now, alts, 2, &clear);
+  n = ns_altsvc_parse(v, strlen(v), now, alts, 4, &clear);
   if (n < 0 || (i = altsvc_slot(tr, f->cur.host, f->cur.port, 1)) < 0)
     return;
+  /* the first alternative this client may use: on the origin's host, or on
+   * another host its certificate covers */
+  for (k = 0; k < n; k++) {
+    int ok;
+    if (!alts[k].host[0] || ns_ascii_casecmp(alts[k].host, f->cur.host) == 0)
+      break;
+    ok = altsvc_other_ok(f, &alts[k]);
+    if (ok < 0)
+      return; /* over h3: what TCP established stays */
+    if (ok) {
+      other_ok = 1;
+      break;
+    }
+  }
+  if (n > 0 && k == n) {
+    NS_DEBUG(f->ctx, MOD, "Alt-Svc of %s names only hosts its certificate does not cover: ignored",
+             f->cur.host);
+    if (!m->slot[i].has)
+      return;
+    n = 0; /* what it replaces is gone (RFC 7838 §3) */
+  }
   if (clear || n == 0) {
     changed = 1; /* rare; the store may hold it though this context never read it */
     m->slot[i].has = 0;
     m->slot[i].saved_ms = 0;
     m->slot[i].recheck_ms = INT64_MAX; /* cleared: no store read either */
   } else {
-    changed = !m->slot[i].has || m->slot[i].alt.port != alts[0].port ||
-              strcmp(m->slot[i].alt.host, alts[0].host) != 0 ||
-              alts[0].expires_ms - m->slot[i].saved_ms > (alts[0].expires_ms - now) / 2;
-    m->slot[i].alt = alts[0];
+    changed = !m->slot[i].has || m->slot[i].alt.port != alts[k].port ||
+              strcmp(m->slot[i].alt.host, alts[k].host) != 0 ||
+              alts[k].expires_ms - m->slot[i].saved_ms > (alts[k].expires_ms - now) / 2;
+    m->slot[i].alt = alts[k];
     m->slot[i].has = 1;
+    m->slot[i].other_ok = other_ok;
   }
   if (changed && f->ctx->store) {
-    netstash_error rv =
-        ns_altsvc_save(f->ctx->store, f->cur.host, f->cur.port, alts, (size_t)(n > 0 ? n : 0),
-                       clear);
+    /* only the alternative chosen; one on another host is read back with
+     * other_ok 0 (unused until a response over TCP vouches for it again) */
+    netstash_error rv = ns_altsvc_save(f->ctx->store, f->cur.host, f->cur.port,
+                                       n > 0 ? &alts[k] : alts, n > 0 ? 1 : 0, clear);
     if (rv != NETSTASH_OK)
       NS_WARN(f->ctx, MOD, "Alt-Svc for %s not saved: %s", f->cur.host, netstash_strerror(rv));
     else if (m->slot[i].has)
@@ -1431,7 +1489,7 @@ static void on_dns_h3(void *ud, netstash_error err, const ns_dns_result *res,
       start_net(f);
       return;
     }
-    ns_fetch_detail(f, "cannot resolve %s: %s", f->cur.host,
+    ns_fetch_detail(f, "cannot resolve %s: %s", f->h3_host ? f->h3_host : f->cur.host,
                     err != NETSTASH_OK && detail && detail[0] ? detail
                                                               : netstash_strerror(err));
     end_fetch(f, err != NETSTASH_OK ? err : NETSTASH_E_DNS_NOT_FOUND);
@@ -1446,7 +1504,10 @@ static void on_dns_h3(void *ud, netstash_error err, const ns_dns_result *res,
 static int h3_plan(netstash_fetch *f) {
   ns_transport *tr = f->ctx->transport;
   ns_altsvc alt;
+  int other_ok = 0;
   f->h3_port = f->cur.port;
+  ns_free(&f->mem, f->h3_host);
+  f->h3_host = NULL;
   if (!tr->h3 || f->h3_tried || strcmp(f->cur.scheme, "https") != 0)
     return 0;
   if (f->req->http_version == NETSTASH_HTTP_3)
@@ -1455,11 +1516,12 @@ static int h3_plan(netstash_fetch *f) {
     return 0;
   if (ns_altsvc_is_broken(tr->h3_broken, f->cur.host, f->cur.port, wall_ms()))
     return 0;
-  if (!altsvc_find(f, &alt))
+  if (!altsvc_find(f, &alt, &other_ok))
     return 0;
-  if (alt.host[0] && ns_ascii_casecmp(alt.host, f->cur.host) != 0)
-    return 0; /* another host: its certificate must be valid for the origin;
-               * not used yet (DESIGN.md, HTTP/3) */
+  if (alt.host[0] && ns_ascii_casecmp(alt.host, f->cur.host) != 0) {
+    if (!other_ok || !(f->h3_host = ns_strdup(&f->mem, alt.host)))
+      return 0; /* not vouched for by the origin's certificate (altsvc_other_ok) */
+  }
   f->h3_port = alt.port;
   return 1;
 }
@@ -1495,16 +1557,19 @@ static void start_net(netstash_fetch *f) {
   }
   f->h3_plan = h3_plan(f);
   if (f->h3_plan) {
-    /* A pin for the UDP port, else for the origin's port. */
-    for (int pass = 0; pass < 2; pass++) {
+    /* the alternative's host (Alt-Svc naming another one), else the origin's */
+    const char *qhost = f->h3_host ? f->h3_host : host;
+    size_t ql = strlen(qhost);
+    /* A pin for the UDP port, else for the origin's port (same host only). */
+    for (int pass = 0; pass < (f->h3_host ? 1 : 2); pass++) {
       int want = pass ? f->cur.port : f->h3_port;
       for (i = 0; i < f->req->nresolve; i++) {
         const char *e = f->req->resolve[i];
         const char *rest;
-        if (ns_ascii_casecmp_n(e, host, hl) != 0 || e[hl] != ':' ||
-            (int)strtol(e + hl + 1, NULL, 10) != want)
+        if (ns_ascii_casecmp_n(e, qhost, ql) != 0 || e[ql] != ':' ||
+            (int)strtol(e + ql + 1, NULL, 10) != want)
           continue;
-        rest = strchr(e + hl + 1, ':');
+        rest = strchr(e + ql + 1, ':');
         if (rest) {
           first_addr(rest + 1, addr, sizeof(addr));
           h3_go(f, addr);
@@ -1512,16 +1577,16 @@ static void start_net(netstash_fetch *f) {
         }
       }
     }
-    if (f->cur.host_is_ip) {
-      h3_go(f, host);
+    if (f->h3_host ? is_ip_literal(qhost) : f->cur.host_is_ip) {
+      h3_go(f, qhost);
       return;
     }
     f->state = NS_FETCH_DNS;
     f->t_added = ns_now_us();
-    rv = ns_dns_resolve(tr->ctx->dns, host, on_dns_h3, f, &f->dnsq);
+    rv = ns_dns_resolve(tr->ctx->dns, qhost, on_dns_h3, f, &f->dnsq);
     if (rv != NETSTASH_OK) {
       f->dnsq = NULL;
-      ns_fetch_detail(f, "cannot resolve %s: %s", host, netstash_strerror(rv));
+      ns_fetch_detail(f, "cannot resolve %s: %s", qhost, netstash_strerror(rv));
       end_fetch(f, rv);
     }
     return;

@@ -52,8 +52,11 @@
  *   /slow-body          Content-Length: 1000000, one byte every 200 ms
  *   /cookies/N/P        N Set-Cookie lines "P<i>=v; Path=/" (N <= 20000)
  *   /cookie-good        Set-Cookie good1..good5=keep; Path=/; Secure; Max-Age=3600
- *   /altsvc-other/PORT  Alt-Svc naming other hosts: h3="localhost:PORT",
- *                       h3="other.example.test:PORT" (ma=60)
+ *   /altsvc-other/PORT  Alt-Svc naming other hosts the harness certificate
+ *                       does not cover: h3="evil.invalid:PORT",
+ *                       h3="internal.lan:PORT" (ma=60)
+ *   /altsvc-covered/PORT  Alt-Svc: h3="quic.example.test:PORT"; ma=60 (another
+ *                       host the certificate covers, *.example.test)
  *   /altsvc-same/PORT   Alt-Svc: h3=":PORT"; ma=60 (same host: the control)
  *   /vary-star          max-age=600, Vary: *, body "vary-star n=K"
  *   /vary-lang          max-age=600, Vary: Accept-Language, body
@@ -92,7 +95,7 @@
  *                       GOAWAY(last stream 1, NO_ERROR), close
  *   /h2/rst-mid-body    HEADERS + 5 bytes, RST_STREAM(INTERNAL_ERROR)
  *   /h2/cl-mismatch     content-length: 100, DATA of 10 bytes with END_STREAM
- *   /altsvc-other/PORT, /altsvc-same/PORT  as over HTTP/1.1 (Alt-Svc in HEADERS)
+ *   /altsvc-{other,covered,same}/PORT  as over HTTP/1.1 (Alt-Svc in HEADERS)
  *   anything else       404
  */
 #ifndef _GNU_SOURCE
@@ -346,6 +349,27 @@ static int respond(conn *c, const request *rq, int status, const char *extra, co
   return 1;
 }
 
+/* The Alt-Svc value of /altsvc-KIND/PORT (1), or 0 for another path. */
+static int altsvc_value(const char *path, char *v, size_t cap) {
+  static const char *const prefixes[] = {"/altsvc-other/", "/altsvc-covered/", "/altsvc-same/"};
+  for (int i = 0; i < 3; i++) {
+    size_t pl = strlen(prefixes[i]);
+    long port;
+    if (strncmp(path, prefixes[i], pl) != 0)
+      continue;
+    port = strtol(path + pl, NULL, 10);
+    if (i == 0)
+      snprintf(v, cap, "h3=\"evil.invalid:%ld\"; ma=60, h3=\"internal.lan:%ld\"; ma=60", port,
+               port);
+    else if (i == 1)
+      snprintf(v, cap, "h3=\"quic.example.test:%ld\"; ma=60", port);
+    else
+      snprintf(v, cap, "h3=\":%ld\"; ma=60", port);
+    return 1;
+  }
+  return 0;
+}
+
 static int respond_str(conn *c, const request *rq, int status, const char *extra,
                        const char *body) {
   return respond(c, rq, status, extra, body, strlen(body));
@@ -555,15 +579,9 @@ static int handle_h1(conn *c, const request *rq) {
                        "Set-Cookie: good4=keep; Path=/; Secure; Max-Age=3600\r\n"
                        "Set-Cookie: good5=keep; Path=/; Secure; Max-Age=3600\r\n",
                        "good\n");
-  if (strncmp(p, "/altsvc-other/", 14) == 0 || strncmp(p, "/altsvc-same/", 13) == 0) {
-    int other = p[8] == 'o';
-    long port = strtol(p + (other ? 14 : 13), NULL, 10);
-    if (other)
-      snprintf(extra, sizeof(extra),
-               "Alt-Svc: h3=\"localhost:%ld\"; ma=60, h3=\"other.example.test:%ld\"; ma=60\r\n",
-               port, port);
-    else
-      snprintf(extra, sizeof(extra), "Alt-Svc: h3=\":%ld\"; ma=60\r\n", port);
+  if (altsvc_value(p, extra + 9, sizeof(extra) - 11)) {
+    memcpy(extra, "Alt-Svc: ", 9);
+    strcat(extra, "\r\n");
     return respond_str(c, rq, 200, extra, "altsvc\n");
   }
   if (strcmp(p, "/vary-star") == 0) {
@@ -674,6 +692,7 @@ static int read_frame(conn *c, int *type, int *flags, uint32_t *stream, uint8_t 
 static int handle_h2(conn *c, uint32_t sid, const char *path) {
   static uint8_t data[20000];
   uint8_t b[64], b2[512];
+  char v[160];
   hit(path);
   memset(data, 'd', sizeof(data));
   if (c->drop_next)
@@ -691,18 +710,9 @@ static int handle_h2(conn *c, uint32_t sid, const char *path) {
     c->drop_next = path[4] == 'd';
     return h2_head(c, sid, 200, 5, 0) == 0 && frame(c, F_DATA, 0x1, sid, "hello", 5) == 0;
   }
-  if (strncmp(path, "/altsvc-other/", 14) == 0 || strncmp(path, "/altsvc-same/", 13) == 0) {
+  if (altsvc_value(path, v, sizeof(v))) {
     /* as the HTTP/1.1 paths, with the answer in one HEADERS block */
-    int other = path[8] == 'o';
-    long port = strtol(path + (other ? 14 : 13), NULL, 10);
-    char v[160];
-    size_t n;
-    if (other)
-      snprintf(v, sizeof(v), "h3=\"localhost:%ld\"; ma=60, h3=\"other.example.test:%ld\"; ma=60",
-               port, port);
-    else
-      snprintf(v, sizeof(v), "h3=\":%ld\"; ma=60", port);
-    n = hpack_lit(b2, ":status", "200");
+    size_t n = hpack_lit(b2, ":status", "200");
     n += hpack_lit(b2 + n, "content-length", "7");
     n += hpack_lit(b2 + n, "alt-svc", v);
     return frame(c, F_HEADERS, 0x4, sid, b2, n) == 0 &&

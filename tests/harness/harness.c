@@ -1284,6 +1284,7 @@ typedef struct caddy_variant {
 } caddy_variant;
 
 static int altsvc_to_port;
+static char altsvc_to_host[64]; /* nst_caddy_start_altsvc_to_host; "" = same host */
 static int proxy_to_port; /* nst_caddy_start_proxy_to: the upstream of /up/ */
 
 static const caddy_variant caddy_variants[] = {
@@ -1297,7 +1298,14 @@ static const caddy_variant caddy_variants[] = {
     {"h2-altsvc-to", "h1 h2", "good", 0, 0, 0, &altsvc_to_port},
 };
 
+int nst_caddy_start_altsvc_to_host(const char *host, int udp_port, nst_server *srv) {
+  snprintf(altsvc_to_host, sizeof(altsvc_to_host), "%s", host);
+  altsvc_to_port = udp_port;
+  return nst_caddy_start("h2-altsvc-to", srv);
+}
+
 int nst_caddy_start_altsvc_to(int udp_port, nst_server *srv) {
+  altsvc_to_host[0] = '\0';
   altsvc_to_port = udp_port;
   return nst_caddy_start("h2-altsvc-to", srv);
 }
@@ -1389,8 +1397,8 @@ static int build_caddy(cmdline *c, int port, void *ud, char ***envp) {
   if (v->altsvc_short)
     snprintf(altsvc, sizeof(altsvc), "\theader Alt-Svc \"h3=\\\":%d\\\"; ma=2\"\n", port);
   else if (v->altsvc_port)
-    snprintf(altsvc, sizeof(altsvc), "\theader Alt-Svc \"h3=\\\":%d\\\"; ma=60\"\n",
-             *v->altsvc_port);
+    snprintf(altsvc, sizeof(altsvc), "\theader Alt-Svc \"h3=\\\"%s:%d\\\"; ma=60\"\n",
+             altsvc_to_host, *v->altsvc_port);
   if (proxy_to_port > 0)
     snprintf(proxy, sizeof(proxy), "\thandle_path /up/* {\n\t\treverse_proxy 127.0.0.1:%d\n\t}\n",
              proxy_to_port);

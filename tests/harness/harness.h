@@ -112,6 +112,9 @@ int nst_caddy_start(const char *variant, nst_server *srv);
  * (point it at nst_udp_blackhole() for "UDP blocked", or at
  * nst_udp_closed_port() for an ICMP port-unreachable). */
 int nst_caddy_start_altsvc_to(int udp_port, nst_server *srv);
+/* The same, with the alternative on another host:
+ * `Alt-Svc: h3="host:udp_port"; ma=60`. */
+int nst_caddy_start_altsvc_to_host(const char *host, int udp_port, nst_server *srv);
 /* caddy `variant` that also proxies /up/PATH to http://127.0.0.1:upstream_port/PATH
  * (reverse_proxy; e.g. nst-rawserver's hostile paths behind caddy's h2/h3). */
 int nst_caddy_start_proxy_to(const char *variant, int upstream_port, nst_server *srv);

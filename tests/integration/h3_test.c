@@ -270,6 +270,47 @@ static void test_altsvc_expiry(void **state) {
   nst_stop(&srv);
 }
 
+/* One GET with a resolve pin (host:port:address). */
+static netstash_fetch *get_pinned(netstash_ctx *ctx, const char *url, const char *pin) {
+  netstash_request *req;
+  netstash_fetch *f = NULL;
+  assert_int_equal(netstash_request_new(&req, url), NETSTASH_OK);
+  assert_int_equal(netstash_request_set_collect_body(req, 64u << 20), NETSTASH_OK);
+  assert_int_equal(netstash_request_set_cache_mode(req, NETSTASH_CACHE_BYPASS), NETSTASH_OK);
+  assert_int_equal(netstash_request_add_resolve(req, pin), NETSTASH_OK);
+  assert_int_equal(netstash_fetch_sync(ctx, req, &f), NETSTASH_OK);
+  netstash_request_del(req);
+  return f;
+}
+
+/* Alt-Svc naming another host that the origin's certificate covers (the
+ * harness certificate has DNS:*.example.test): later requests go over h3 to
+ * that host's address and UDP port, the QUIC handshake verified for the
+ * origin's own name. An alternative the certificate does not cover is
+ * ignored (hostile_test: test_altsvc_other_host). */
+static void test_altsvc_another_host(void **state) {
+  nst_server h3srv, srv;
+  netstash_ctx *ctx;
+  netstash_fetch *f;
+  char pin[64];
+  (void)state;
+  assert_int_equal(nst_caddy_start("h3", &h3srv), 0);
+  assert_int_equal(nst_caddy_start_altsvc_to_host("quic.example.test", h3srv.port, &srv), 0);
+  snprintf(pin, sizeof(pin), "quic.example.test:%d:127.0.0.1", h3srv.port);
+  ctx = new_ctx();
+  f = get_pinned(ctx, url_of(srv.port, "/hello.txt"), pin);
+  assert_string_equal(netstash_fetch_protocol_name(f), "h2");
+  netstash_fetch_del(f);
+  f = get_pinned(ctx, url_of(srv.port, "/r/2.bin"), pin);
+  assert_string_equal(netstash_fetch_protocol_name(f), "h3");
+  site_cmp_expect(f, "r/2.bin");
+  netstash_fetch_del(f);
+  assert_true(netstash_ctx_stat(ctx, NETSTASH_STAT_H3_REQUESTS) >= 1);
+  netstash_ctx_del(ctx);
+  nst_stop(&srv);
+  nst_stop(&h3srv);
+}
+
 /* Alt-Svc names a UDP port that swallows everything: the request goes over
  * TCP after the race delay (300 ms), never fails. */
 static void test_udp_blocked_fallback(void **state) {
@@ -674,6 +715,7 @@ int main(void) {
       cmocka_unit_test(test_h3_big50),
       cmocka_unit_test(test_altsvc_upgrade_and_persist),
       cmocka_unit_test(test_altsvc_expiry),
+      cmocka_unit_test(test_altsvc_another_host),
       cmocka_unit_test(test_udp_blocked_fallback),
       cmocka_unit_test(test_udp_refused_fallback_and_broken),
       cmocka_unit_test(test_badcert_same_as_tcp),

@@ -173,6 +173,7 @@ typedef struct fetch_opts {
   int h1;                /* force HTTP/1.1 */
   netstash_cache_mode cache_mode;
   const char *lang;      /* Accept-Language, or NULL */
+  const char *resolve[2]; /* host:port:address pins, or NULL */
 } fetch_opts;
 
 /* One fetch, body collected (up to 64 MiB: the limits under test are lower). */
@@ -196,6 +197,9 @@ static netstash_fetch *fetch(netstash_ctx *ctx, const char *url, const fetch_opt
     if (fo->lang)
       assert_int_equal(netstash_request_add_header(req, "Accept-Language", fo->lang),
                        NETSTASH_OK);
+    for (int i = 0; i < 2; i++)
+      if (fo->resolve[i])
+        assert_int_equal(netstash_request_add_resolve(req, fo->resolve[i]), NETSTASH_OK);
   }
   *err = netstash_fetch_sync(ctx, req, &f);
   netstash_request_del(req);
@@ -627,11 +631,23 @@ static int udp_count(int fd, int wait_ms) {
 static void altsvc_run(const char *kind, int expect_h3) {
   netstash_ctx *ctx = new_ctx(0, NETSTASH_TLS_1_3);
   int port, fd = udp_open(&port), i, n;
-  char path[64], body[16];
+  char path[64], body[16], pins[3][64];
+  fetch_opts fo = {0};
   snprintf(path, sizeof(path), "/altsvc-%s/%d", kind, port);
   snprintf(body, sizeof(body), "altsvc\n");
+  /* every name the alternatives use leads to the probe: were one used, the
+   * probe would see its packets */
+  snprintf(pins[0], sizeof(pins[0]), "evil.invalid:%d:127.0.0.1", port);
+  snprintf(pins[1], sizeof(pins[1]), "internal.lan:%d:127.0.0.1", port);
+  snprintf(pins[2], sizeof(pins[2]), "quic.example.test:%d:127.0.0.1", port);
+  if (strcmp(kind, "covered") == 0) {
+    fo.resolve[0] = pins[2];
+  } else {
+    fo.resolve[0] = pins[0];
+    fo.resolve[1] = pins[1];
+  }
   for (i = 0; i < 3; i++)
-    expect_body(ctx, url_on(&evil_tls, path), NULL, body);
+    expect_body(ctx, url_on(&evil_tls, path), &fo, body);
   n = udp_count(fd, 500);
   fprintf(stderr, "hostile: Alt-Svc %s host: %d datagrams to the alternative, %llu h3 requests\n",
           kind, n, (unsigned long long)netstash_ctx_stat(ctx, NETSTASH_STAT_H3_REQUESTS));
@@ -645,12 +661,16 @@ static void altsvc_run(const char *kind, int expect_h3) {
   netstash_ctx_del(ctx);
 }
 
-/* Alt-Svc naming another host (localhost, other.example.test) is not used:
- * no QUIC packet reaches the named port. The control: the same header with
- * the same host does make the client try h3 there. */
+/* Alt-Svc naming other hosts the origin's certificate does not cover
+ * (evil.invalid, internal.lan — an origin aiming clients' QUIC packets at
+ * hosts it does not run) is not used: no QUIC packet reaches the named port,
+ * though both names resolve to it. The controls: another host the
+ * certificate covers (quic.example.test), and the origin's own host, do make
+ * the client try h3 there (and the requests still succeed over TCP). */
 static void test_altsvc_other_host(void **state) {
   (void)state;
   altsvc_run("other", 0);
+  altsvc_run("covered", 1);
   altsvc_run("same", 1);
 }
 
