@@ -19,7 +19,9 @@
  *    the parsed flags (no-store without must-understand → not storable);
  *  - 304 merge never changes Content-Length / Content-Type and is idempotent;
  *  - range answers stay inside the body; 206 has first <= last < len;
- *  - No-Vary-Search: a URL is always equivalent to itself.
+ *  - No-Vary-Search: a URL is always equivalent to itself;
+ *  - cache keys: the allocation-free split of normalised URLs gives the same
+ *    key (or the same error) as curl_url.
  */
 #include "ns_setup.h"
 
@@ -181,6 +183,30 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     CHECK(ns_cache_key_fit(text, tlen, 100, &k) == NETSTASH_OK);
     CHECK(k.len == (tlen <= 100 ? tlen : 100));
     ns_buf_free(&k);
+  }
+
+  /* cache keys: the fast split of normalised URLs and curl_url agree, for
+   * the first line as a URL and as a path on a fixed origin */
+  {
+    char url[600];
+    size_t l = 0;
+    while (l < tlen && l < 300 && text[l] != '\n' && text[l] != 0)
+      l++;
+    for (int form = 0; form < 2; form++) {
+      ns_buf kf, ks;
+      netstash_error ef, es;
+      snprintf(url, sizeof(url), "%s%.*s", form ? "https://fuzz.example:8443/" : "", (int)l, text);
+      ns_buf_init(&kf, mem, (size_t)1 << 20);
+      ns_buf_init(&ks, mem, (size_t)1 << 20);
+      ef = ns_cache_key(NULL, form ? url : NULL, url, &kf);
+      ns_cache_norm_fast_set(0);
+      es = ns_cache_key(NULL, form ? url : NULL, url, &ks);
+      ns_cache_norm_fast_set(1);
+      CHECK(ef == es);
+      CHECK(ef != NETSTASH_OK || strcmp(ns_buf_str(&kf), ns_buf_str(&ks)) == 0);
+      ns_buf_free(&kf);
+      ns_buf_free(&ks);
+    }
   }
 
   /* No-Vary-Search */
