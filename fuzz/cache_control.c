@@ -20,14 +20,15 @@
  *  - 304 merge never changes Content-Length / Content-Type and is idempotent;
  *  - range answers stay inside the body; 206 has first <= last < len;
  *  - No-Vary-Search: a URL is always equivalent to itself;
- *  - cache keys: the allocation-free split of normalised URLs gives the same
- *    key (or the same error) as curl_url.
+ *  - cache keys and ns_url_parse: the allocation-free split of normalised
+ *    URLs gives the same key / fields (or the same error) as curl_url.
  */
 #include "ns_setup.h"
 
 #include <stdlib.h>
 
 #include "cache/cache.h"
+#include "core/url.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -206,6 +207,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       CHECK(ef != NETSTASH_OK || strcmp(ns_buf_str(&kf), ns_buf_str(&ks)) == 0);
       ns_buf_free(&kf);
       ns_buf_free(&ks);
+      { /* and ns_url_parse, which shares the split */
+        ns_url ua, ub;
+        ef = ns_url_parse(mem, url, &ua, NULL, 0);
+        ns_url_fast_set(0);
+        es = ns_url_parse(mem, url, &ub, NULL, 0);
+        ns_url_fast_set(1);
+        CHECK(ef == es);
+        if (ef == NETSTASH_OK) {
+          CHECK(!strcmp(ua.url, ub.url) && !strcmp(ua.scheme, ub.scheme) &&
+                !strcmp(ua.host, ub.host) && ua.port == ub.port &&
+                ua.host_is_ip == ub.host_is_ip && ua.ipv6 == ub.ipv6);
+          ns_url_free(mem, &ua);
+          ns_url_free(mem, &ub);
+        }
+      }
     }
   }
 

@@ -946,123 +946,37 @@ static void norm_free(norm_url *u) {
   u->owned = 0;
 }
 
-static int fast_host_char(char c) {
-  return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '.';
-}
-
-/* Characters curl_url (7.88, no flags) leaves as they are in a path or a
- * query; '%' and '\\' are not among them here (curl may rewrite escapes or
- * slashes), nor spaces and controls (rejected). */
-static int fast_path_char(char c) {
-  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-         strchr("-._~!$&'()*+,;=:@/", c) != NULL;
-}
-
-/* h..he is a canonical IPv4 address: four decimal octets <= 255 without
- * leading zeros (what curl_url prints for every IPv4 form it accepts). */
-static int dotted_quad(const char *h, const char *he) {
-  int parts = 0;
-  while (h < he) {
-    const char *d = h;
-    unsigned v = 0;
-    for (; d < he && *d >= '0' && *d <= '9' && d - h < 4; d++)
-      v = v * 10 + (unsigned)(*d - '0');
-    if (d == h || d - h > 3 || v > 255 || (*h == '0' && d - h > 1) || ++parts > 4)
-      return 0;
-    if (d < he && *d != '.')
-      return 0;
-    h = d < he ? d + 1 : d;
-    if (d < he && h == he)
-      return 0; /* a trailing dot */
-  }
-  return parts == 4;
-}
-
-/* The parts of a URL already in the form curl_url prints — a request's URL
- * is: ns_url_parse keeps curl_url's output — split without parsing it again
- * and without allocating. Only a conservative subset qualifies: "http" or
- * "https", no userinfo, a lowercase DNS host whose last label does not
- * start with a digit, or a canonical dotted-quad IPv4 address (curl rewrites
- * the other numeric forms), an optional port
- * without leading zeros, a path starting with '/' without dot segments or
- * escapes, an optional non-empty query of the same characters (and '?'), no
- * fragment. Anything else returns 0 and goes through curl_url (norm_parse);
- * both give the same parts for what this takes (tests/unit/cache_test,
- * fuzz/cache_control compare them). */
+/* The parts of a URL already in curl_url's printed form (a request's URL
+ * is: ns_url_parse keeps curl_url's output), split by ns_url_split_canonical
+ * without parsing again and without allocating, copied into u->buf; the
+ * default port dropped as CURLU_NO_DEFAULT_PORT does. 0: not such a URL
+ * (norm_parse asks curl_url). tests/unit/cache_test and fuzz/cache_control
+ * compare both paths. */
 static int norm_fast(const char *url, norm_url *u) {
-  const char *p = url, *h, *he, *po = NULL, *poe = NULL, *pa, *pae, *q = NULL, *qe = NULL;
-  size_t sl, need;
-  char *w;
-  unsigned long port = 0;
-  if (!strncmp(p, "https://", 8))
-    sl = 5;
-  else if (!strncmp(p, "http://", 7))
-    sl = 4;
-  else
+  ns_url_parts p;
+  char *w = u->buf;
+  size_t need;
+  if (!ns_url_split_canonical(url, &p))
     return 0;
-  h = p + sl + 3;
-  for (he = h; fast_host_char(*he); he++)
-    ;
-  if (he == h || h[0] == '.' || h[0] == '-' || he[-1] == '.' || he[-1] == '-')
-    return 0;
-  for (const char *c = h; c + 1 < he; c++)
-    if (c[0] == '.' && c[1] == '.')
-      return 0;
-  {
-    const char *last = he;
-    while (last > h && last[-1] != '.')
-      last--;
-    if (*last >= '0' && *last <= '9' && !dotted_quad(h, he))
-      return 0; /* numeric but not a canonical dotted quad: curl rewrites it */
-  }
-  pa = he;
-  if (*pa == ':') {
-    po = pa + 1;
-    for (poe = po; *poe >= '0' && *poe <= '9'; poe++)
-      port = port * 10 + (unsigned long)(*poe - '0');
-    if (poe == po || poe - po > 5 || *po == '0' || port > 65535)
-      return 0;
-    pa = poe;
-    if ((sl == 5 && port == 443) || (sl == 4 && port == 80))
-      po = NULL; /* CURLU_NO_DEFAULT_PORT */
-  }
-  if (*pa != '/')
-    return 0;
-  for (pae = pa; *pae && *pae != '?'; pae++) {
-    if (!fast_path_char(*pae))
-      return 0;
-    if (pae[0] == '/' && pae[1] == '.')
-      return 0; /* a dot segment, or a name starting with a dot: curl's call */
-  }
-  if (*pae == '?') {
-    q = pae + 1;
-    for (qe = q; *qe; qe++)
-      if (!fast_path_char(*qe) && *qe != '?')
-        return 0;
-    if (qe == q)
-      return 0; /* an empty query: curl's call */
-  } else if (*pae) {
-    return 0;
-  }
-  need = sl + 1 + (size_t)(he - h) + 1 + (po ? (size_t)(poe - po) + 1 : 0) + (size_t)(pae - pa) +
-         1 + (q ? (size_t)(qe - q) + 1 : 0);
+  if (p.port_num == (p.scheme_len == 5 ? 443u : 80u))
+    p.port_len = 0; /* CURLU_NO_DEFAULT_PORT */
+  need = p.scheme_len + p.host_len + p.port_len + p.path_len + p.query_len + 5;
   if (need > sizeof(u->buf))
     return 0;
-  w = u->buf;
-#define NORM_PUT(field, from, to)                                              \
+#define NORM_PUT(field, from, len)                                             \
   do {                                                                         \
     u->field = w;                                                              \
-    memcpy(w, (from), (size_t)((to) - (from)));                                \
-    w += (to) - (from);                                                        \
+    memcpy(w, (from), (len));                                                  \
+    w += (len);                                                                \
     *w++ = 0;                                                                  \
   } while (0)
-  NORM_PUT(scheme, p, p + sl);
-  NORM_PUT(host, h, he);
-  if (po)
-    NORM_PUT(port, po, poe);
-  NORM_PUT(path, pa, pae);
-  if (q)
-    NORM_PUT(query, q, qe);
+  NORM_PUT(scheme, p.scheme, p.scheme_len);
+  NORM_PUT(host, p.host, p.host_len);
+  if (p.port_len)
+    NORM_PUT(port, p.port, p.port_len);
+  NORM_PUT(path, p.path, p.path_len);
+  if (p.query)
+    NORM_PUT(query, p.query, p.query_len);
 #undef NORM_PUT
   return 1;
 }

@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include <curl/curl.h>
 
@@ -42,6 +43,126 @@ int ns_host_is_ip(const char *host, int *is_v6) {
     return 1;
   }
   return 0;
+}
+
+static int fast_on = 1;
+void ns_url_fast_set(int on) { fast_on = on; }
+int ns_url_fast_enabled(void) { return fast_on; }
+
+static int host_char(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '.';
+}
+
+/* Characters curl_url (7.88, no flags) leaves as they are in a path or a
+ * query; not '%' or a backslash (curl may rewrite them), nor spaces and
+ * controls (rejected). */
+static int path_char(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+         (c != 0 && strchr("-._~!$&'()*+,;=:@/", c) != NULL);
+}
+
+/* h..he is four decimal octets <= 255 without leading zeros. */
+static int dotted_quad(const char *h, const char *he) {
+  int parts = 0;
+  while (h < he) {
+    const char *d = h;
+    unsigned v = 0;
+    for (; d < he && *d >= '0' && *d <= '9' && d - h < 4; d++)
+      v = v * 10 + (unsigned)(*d - '0');
+    if (d == h || d - h > 3 || v > 255 || (*h == '0' && d - h > 1) || ++parts > 4)
+      return 0;
+    if (d < he && *d != '.')
+      return 0;
+    h = d < he ? d + 1 : d;
+    if (d < he && h == he)
+      return 0; /* a trailing dot */
+  }
+  return parts == 4;
+}
+
+int ns_url_split_canonical(const char *url, ns_url_parts *p) {
+  const char *h, *he, *last, *c;
+  size_t sl;
+  memset(p, 0, sizeof(*p));
+  if (!url)
+    return 0;
+  if (!strncmp(url, "https://", 8))
+    sl = 5;
+  else if (!strncmp(url, "http://", 7))
+    sl = 4;
+  else
+    return 0;
+  h = url + sl + 3;
+  for (he = h; host_char(*he); he++)
+    ;
+  if (he == h || h[0] == '.' || h[0] == '-' || he[-1] == '.' || he[-1] == '-')
+    return 0;
+  for (c = h; c + 1 < he; c++)
+    if (c[0] == '.' && c[1] == '.')
+      return 0;
+  for (last = he; last > h && last[-1] != '.'; last--)
+    ;
+  if (*last >= '0' && *last <= '9' && !dotted_quad(h, he))
+    return 0;
+  p->scheme = url;
+  p->scheme_len = sl;
+  p->host = h;
+  p->host_len = (size_t)(he - h);
+  c = he;
+  if (*c == ':') {
+    const char *d = c + 1;
+    unsigned long v = 0;
+    for (; *d >= '0' && *d <= '9' && d - c <= 6; d++)
+      v = v * 10 + (unsigned long)(*d - '0');
+    if (d == c + 1 || d - c > 6 || c[1] == '0' || v > 65535)
+      return 0;
+    p->port = c + 1;
+    p->port_len = (size_t)(d - c - 1);
+    p->port_num = (unsigned)v;
+    c = d;
+  }
+  if (*c != '/')
+    return 0;
+  p->path = c;
+  for (; *c && *c != '?'; c++)
+    if (!path_char(*c) || (c[0] == '/' && c[1] == '.'))
+      return 0; /* a dot segment, or a name starting with a dot: curl's call */
+  p->path_len = (size_t)(c - p->path);
+  if (*c == '?') {
+    p->query = ++c;
+    for (; *c; c++)
+      if (!path_char(*c) && *c != '?')
+        return 0;
+    p->query_len = (size_t)(c - p->query);
+    if (!p->query_len)
+      return 0; /* an empty query: curl's call */
+  }
+  return 1;
+}
+
+/* ns_url_parse without curl_url, for URLs ns_url_split_canonical takes:
+ * 1 done (out filled, or *rv = E_NOMEM), 0 not taken. */
+static int parse_fast(const ns_mem *mem, const char *url, ns_url *out, netstash_error *rv) {
+  ns_url_parts p;
+  if (!fast_on || !ns_url_split_canonical(url, &p))
+    return 0;
+  /* curl prints an explicit default port as given; ours would be the same,
+   * but the default ports are left to curl_url so that nothing hinges on it */
+  if (p.port_num == (p.scheme_len == 5 ? 443u : 80u))
+    return 0;
+  memset(out, 0, sizeof(*out));
+  out->url = ns_strdup(mem, url);
+  out->scheme = ns_strndup(mem, p.scheme, p.scheme_len);
+  out->host = ns_strndup(mem, p.host, p.host_len);
+  if (!out->url || !out->scheme || !out->host) {
+    ns_url_free(mem, out);
+    *rv = NETSTASH_E_NOMEM;
+    return 1;
+  }
+  out->port = p.port_num ? (int)p.port_num : p.scheme_len == 5 ? 443 : 80;
+  out->host_is_ip = ns_host_is_ip(out->host, &out->ipv6);
+  *rv = NETSTASH_OK;
+  return 1;
 }
 
 static void set_detail(char *d, size_t n, const char *what, CURLUcode uc) {
@@ -114,6 +235,8 @@ netstash_error ns_url_parse(const ns_mem *mem, const char *url, ns_url *out,
   netstash_error rv;
   if (!url || !out)
     return NETSTASH_E_INVALID_ARGUMENT;
+  if (parse_fast(mem, url, out, &rv))
+    return rv;
   h = curl_url();
   if (!h)
     return NETSTASH_E_NOMEM;

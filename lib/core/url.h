@@ -15,6 +15,27 @@ typedef struct ns_url {
   int ipv6;
 } ns_url;
 
+/* The parts of a URL already in the form curl_url prints, found without
+ * parsing (no allocation): pointer and length each, port_len 0 when there is
+ * no port, query NULL when there is no query. Only a conservative subset
+ * qualifies, for which curl_url would print the URL unchanged and return
+ * these very parts: "http" or "https", no userinfo, a lowercase DNS host
+ * whose last label does not start with a digit or a canonical dotted-quad
+ * IPv4 address (curl rewrites the other numeric forms), an optional port of
+ * 1-65535 without leading zeros, a path starting with '/' without dot
+ * segments, escapes or backslashes, an optional non-empty query of the same
+ * characters (and '?'), no fragment. 1 when url qualifies, else 0 (then
+ * curl_url decides). tests/unit/core_test and cache_test compare both. */
+typedef struct ns_url_parts {
+  const char *scheme, *host, *port, *path, *query;
+  size_t scheme_len, host_len, port_len, path_len, query_len;
+  unsigned port_num; /* 0 when absent */
+} ns_url_parts;
+int ns_url_split_canonical(const char *url, ns_url_parts *p);
+/* Off only for the tests that compare both paths (default on). */
+void ns_url_fast_set(int on);
+int ns_url_fast_enabled(void);
+
 /* Parses an absolute http(s) URL. NETSTASH_E_BAD_URL (detail, if not NULL,
  * gets curl's reason) or NETSTASH_E_NOMEM. */
 netstash_error ns_url_parse(const ns_mem *mem, const char *url, ns_url *out,
