@@ -13,9 +13,10 @@
  * message, so pipelined requests wait, unparsed, until the answer to the one
  * before has been written. Request bodies are buffered (64 MiB at most: the
  * library's streamed-body reader cannot wait for bytes that have not arrived
- * yet), response bodies are pulled (netstash_job_read) while the socket's
- * backlog is below OUT_HIGH and resumed from uv_write's callback: a slow
- * client stops the library reading, it does not grow buffers.
+ * yet), response bodies are pulled (netstash_job_peek: written from the job's
+ * buffer, no copy) while the socket's backlog is below OUT_HIGH and resumed
+ * from uv_write's callback: a slow client stops the library reading, it does
+ * not grow buffers.
  *
  * Writes go out at once when nothing is queued (uv_try_write: no request,
  * no completion, no heap), the head together with the first body bytes in
@@ -73,8 +74,6 @@ struct netd_front {
   int stopping;
   void (*done)(void *);
   void *done_ud;
-  char *scratch; /* CHUNK_PREFIX + BODY_CHUNK + 2: one body chunk being sent
-                    (loop thread only; what is not written is copied) */
   /* heads waiting for their first body bytes, sent alone at the end of the
    * loop turn if none came (conn.head_node) */
   uv_check_t head_check;
@@ -298,7 +297,6 @@ static void front_maybe_done(netd_front *fr) {
   done = fr->done;
   ud = fr->done_ud;
   free(fr->upstream);
-  free(fr->scratch);
   free(fr);
   if (done)
     done(ud);
@@ -893,13 +891,17 @@ static void response_end(conn *c, netstash_error e) {
 }
 
 /* Pulls body bytes from the job while the socket's backlog is small. */
+/* Relays the job's body: each piece is written straight from the job's
+ * buffer (netstash_job_peek: no copy), only what the socket does not take at
+ * once is copied (send_bufs), then consumed. */
 static void pump(conn *c) {
-  char *data = c->fr->scratch + CHUNK_PREFIX;
   while (c->job && c->head_sent && !c->closed && c->state == ST_BUSY && c->out_pending < OUT_HIGH) {
-    uv_buf_t b[2];
+    uv_buf_t b[4];
     unsigned nb = 0;
     size_t n = 0;
-    netstash_error e = netstash_job_read(c->job, (uint8_t *)data, BODY_CHUNK, &n);
+    const uint8_t *view = NULL;
+    char hex[CHUNK_PREFIX + 1];
+    netstash_error e = netstash_job_peek(c->job, &view, &n);
     if (e == NETSTASH_E_AGAIN) {
       int defer = c->fr->check_open && !c->fr->stopping;
       if (!c->head_flushed && !c->head_queued && defer) {
@@ -928,31 +930,42 @@ static void pump(conn *c) {
       response_end(c, e);
       return;
     }
-    if (c->no_body)
+    if (n > BODY_CHUNK)
+      n = BODY_CHUNK; /* bounds what an unwritten remainder copies */
+    if (c->no_body) {
+      (void)netstash_job_consume(c->job, n);
       continue;
+    }
     if (c->clen >= 0 && c->sent + n > (uint64_t)c->clen) {
+      size_t all = n;
       n = (size_t)((uint64_t)c->clen - c->sent); /* never more than announced */
       c->keep_alive = 0;
-      if (!n)
+      if (!n) {
+        (void)netstash_job_consume(c->job, all);
         continue;
+      }
     }
     if (!c->head_flushed) {
       b[nb++] = uv_buf_init((char *)c->hbuf.data, (unsigned)c->hbuf.len);
       c->head_flushed = 1;
     }
     if (c->chunked) {
-      char hex[CHUNK_PREFIX + 1];
       int h = snprintf(hex, sizeof(hex), "%zx\r\n", n);
-      memcpy(data - h, hex, (size_t)h);
-      memcpy(data + n, "\r\n", 2);
-      b[nb++] = uv_buf_init(data - h, (unsigned)((size_t)h + n + 2));
+      b[nb++] = uv_buf_init(hex, (unsigned)h);
+      b[nb++] = uv_buf_init((char *)(uintptr_t)view, (unsigned)n);
+      b[nb++] = uv_buf_init((char *)"\r\n", 2);
     } else {
-      b[nb++] = uv_buf_init(data, (unsigned)n);
+      b[nb++] = uv_buf_init((char *)(uintptr_t)view, (unsigned)n);
     }
     c->sent += n;
     atomic_fetch_add_explicit(&c->d->metrics.bytes_out, n, memory_order_relaxed);
-    if (send_bufs(c, b, nb) != 0)
+    /* send_bufs copies what it could not write: the view can go after it */
+    if (send_bufs(c, b, nb) != 0) {
+      if (c->job)
+        (void)netstash_job_consume(c->job, 0);
       return;
+    }
+    (void)netstash_job_consume(c->job, n);
   }
 }
 
@@ -1658,11 +1671,6 @@ int netd_front_start(netd *d, netd_front_kind kind, const char *host, int port, 
   fr->name = name;
   ns_list_init(&fr->conns);
   ns_list_init(&fr->heads);
-  fr->scratch = malloc(CHUNK_PREFIX + BODY_CHUNK + 2);
-  if (!fr->scratch) {
-    snprintf(err, errlen, "%s: out of memory", name);
-    goto done;
-  }
   if (uv_check_init(d->loop, &fr->head_check) != 0) {
     snprintf(err, errlen, "%s: uv_check_init failed", name);
     goto done;
@@ -1703,7 +1711,6 @@ done:
         uv_close((uv_handle_t *)&fr->listener, on_listener_closed);
     } else {
       free(fr->upstream);
-      free(fr->scratch);
       free(fr);
     }
   }

@@ -184,6 +184,21 @@ NETSTASH_EXTERN netstash_error netstash_job_wait(netstash_job *job, uint32_t tim
 NETSTASH_EXTERN netstash_error netstash_job_read(netstash_job *job, uint8_t *buf, size_t cap,
                                                  size_t *n);
 
+/* Pull mode without a copy: *data and *len show the body bytes buffered next
+ * (all that is buffered in one piece). The view stays valid and unchanged
+ * until the next netstash_job_consume, netstash_job_peek, netstash_job_read
+ * or netstash_job_del on this job — bytes arriving meanwhile are kept apart,
+ * so it may be written straight to a socket from any thread. Returns as
+ * netstash_job_read: NETSTASH_OK with *len 0 at the end of the body,
+ * NETSTASH_E_AGAIN when nothing is buffered yet (on_readable follows), the
+ * job's error if it failed. */
+NETSTASH_EXTERN netstash_error netstash_job_peek(netstash_job *job, const uint8_t **data,
+                                                 size_t *len);
+/* Drops the first n bytes of the view netstash_job_peek gave (n <= its *len;
+ * 0 is allowed) and ends the view. NETSTASH_E_INVALID_ARGUMENT without a view
+ * or for more than it showed. */
+NETSTASH_EXTERN netstash_error netstash_job_consume(netstash_job *job, size_t n);
+
 /* The response and its metadata: status, headers, source (preload, cache,
  * revalidated, network), cache reason, timings, bytes — the netstash_fetch_*
  * accessors of fetch.h on this fetch, valid until netstash_job_del (read

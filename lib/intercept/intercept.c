@@ -220,6 +220,8 @@ struct netstash_job {
   uv_cond_t cond;
   ns_buf q;
   size_t q_off;
+  ns_buf q2;   /* what arrives while the caller holds a view of q (peek) */
+  int viewing; /* netstash_job_peek's view of q is out: q must not move */
   uint64_t pull_max;
   int paused;
   int ended;
@@ -232,6 +234,7 @@ static void job_unref(netstash_job *j) {
     return;
   netstash_fetch_del(j->f);
   ns_buf_free(&j->q);
+  ns_buf_free(&j->q2);
   ns_free(&j->mem, j->redirect_url);
   uv_cond_destroy(&j->cond);
   uv_mutex_destroy(&j->lock);
@@ -277,8 +280,10 @@ static void on_data(netstash_fetch *f, const uint8_t *data, size_t len, void *ud
   if (!live(j))
     return;
   uv_mutex_lock(&j->lock);
-  notify = j->q.len == j->q_off;
-  if (ns_buf_append(&j->q, data, len) != NETSTASH_OK) {
+  notify = j->q.len == j->q_off && j->q2.len == 0;
+  /* q may not move while the caller holds a view of it, and what follows
+   * data already in q2 goes there too (order) */
+  if (ns_buf_append(j->viewing || j->q2.len ? &j->q2 : &j->q, data, len) != NETSTASH_OK) {
     uv_mutex_unlock(&j->lock);
     /* out of memory: the fetch ends with NOMEM (transport.c deliver()
      * checks f->fail after this callback), never as a cut body taken for a
@@ -287,7 +292,7 @@ static void on_data(netstash_fetch *f, const uint8_t *data, size_t len, void *ud
     ns_fetch_detail(f, "out of memory buffering the body for netstash_job_read");
     return;
   }
-  if (!j->paused && j->q.len - j->q_off >= j->pull_max &&
+  if (!j->paused && j->q.len - j->q_off + j->q2.len >= j->pull_max &&
       ns_transport_pause(f, 1) == NETSTASH_OK)
     j->paused = 1;
   uv_cond_broadcast(&j->cond);
@@ -356,6 +361,7 @@ netstash_error netstash_job_start_versioned(netstash_ctx *ctx, netstash_request 
   j->result = NETSTASH_E_ILLEGAL_STATE;
   j->resume_task.run = resume_task_run;
   ns_buf_init(&j->q, &j->mem, SIZE_MAX);
+  ns_buf_init(&j->q2, &j->mem, SIZE_MAX);
   if (uv_mutex_init(&j->lock) != 0) {
     ns_free(&ctx->mem, j);
     return NETSTASH_E_INTERNAL;
@@ -395,6 +401,36 @@ netstash_error netstash_job_wait(netstash_job *j, uint32_t timeout_ms) {
   return j ? netstash_fetch_wait(j->f, timeout_ms) : NETSTASH_E_INVALID_ARGUMENT;
 }
 
+/* Under j->lock: q read to its end is emptied, and what arrived meanwhile in
+ * q2 takes its place (no copy: the buffers swap). */
+static void q_settle(netstash_job *j) {
+  if (j->q_off < j->q.len || j->viewing)
+    return;
+  ns_buf_reset(&j->q);
+  j->q_off = 0;
+  if (j->q2.len) {
+    ns_buf t = j->q;
+    j->q = j->q2;
+    j->q2 = t;
+  }
+}
+
+/* Under j->lock: the read side took bytes; 1 when the fetch should resume. */
+static int q_taken(netstash_job *j) {
+  q_settle(j);
+  return j->paused && j->q.len - j->q_off + j->q2.len < j->pull_max / 2;
+}
+
+static void post_resume(netstash_job *j) {
+  if (!atomic_exchange(&j->resume_pending, 1)) {
+    atomic_fetch_add(&j->refs, 1); /* the queued task's */
+    if (ns_ctx_post(j->ctx, &j->resume_task) != NETSTASH_OK) {
+      atomic_store(&j->resume_pending, 0);
+      job_unref(j);
+    }
+  }
+}
+
 netstash_error netstash_job_read(netstash_job *j, uint8_t *buf, size_t cap, size_t *n) {
   size_t avail;
   int resume = 0;
@@ -405,31 +441,68 @@ netstash_error netstash_job_read(netstash_job *j, uint8_t *buf, size_t cap, size
   if (!j->pull)
     return NETSTASH_E_ILLEGAL_STATE;
   uv_mutex_lock(&j->lock);
+  j->viewing = 0; /* a read ends a view */
+  q_settle(j);
   avail = j->q.len - j->q_off;
   if (avail) {
     size_t k = avail < cap ? avail : cap;
     memcpy(buf, j->q.data + j->q_off, k);
     j->q_off += k;
     *n = k;
-    if (j->q_off == j->q.len) {
-      ns_buf_reset(&j->q);
-      j->q_off = 0;
-    }
-    resume = j->paused && j->q.len - j->q_off < j->pull_max / 2;
+    resume = q_taken(j);
   } else if (j->ended) {
     e = j->result;
   } else {
     e = NETSTASH_E_AGAIN;
   }
   uv_mutex_unlock(&j->lock);
-  if (resume && !atomic_exchange(&j->resume_pending, 1)) {
-    atomic_fetch_add(&j->refs, 1); /* the queued task's */
-    if (ns_ctx_post(j->ctx, &j->resume_task) != NETSTASH_OK) {
-      atomic_store(&j->resume_pending, 0);
-      job_unref(j);
-    }
-  }
+  if (resume)
+    post_resume(j);
   return e;
+}
+
+netstash_error netstash_job_peek(netstash_job *j, const uint8_t **data, size_t *len) {
+  netstash_error e = NETSTASH_OK;
+  if (!j || !data || !len)
+    return NETSTASH_E_INVALID_ARGUMENT;
+  *data = NULL;
+  *len = 0;
+  if (!j->pull)
+    return NETSTASH_E_ILLEGAL_STATE;
+  uv_mutex_lock(&j->lock);
+  j->viewing = 0;
+  q_settle(j);
+  if (j->q.len > j->q_off) {
+    *data = j->q.data + j->q_off;
+    *len = j->q.len - j->q_off;
+    j->viewing = 1;
+  } else if (j->ended) {
+    e = j->result;
+  } else {
+    e = NETSTASH_E_AGAIN;
+  }
+  uv_mutex_unlock(&j->lock);
+  return e;
+}
+
+netstash_error netstash_job_consume(netstash_job *j, size_t n) {
+  int resume;
+  if (!j)
+    return NETSTASH_E_INVALID_ARGUMENT;
+  if (!j->pull)
+    return NETSTASH_E_ILLEGAL_STATE;
+  uv_mutex_lock(&j->lock);
+  if (!j->viewing || n > j->q.len - j->q_off) {
+    uv_mutex_unlock(&j->lock);
+    return NETSTASH_E_INVALID_ARGUMENT; /* more than the view showed */
+  }
+  j->q_off += n;
+  j->viewing = 0;
+  resume = q_taken(j);
+  uv_mutex_unlock(&j->lock);
+  if (resume)
+    post_resume(j);
+  return NETSTASH_OK;
 }
 
 const netstash_fetch *netstash_job_fetch(const netstash_job *j) {

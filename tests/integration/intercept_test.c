@@ -314,7 +314,10 @@ static void test_redirects_ranges_post(void **state) {
 
 /* 4 MiB from the network, pulled through a 64 KiB buffer by a slow reader;
  * the bytes must arrive intact and in order */
-static void pull_4mib(const char *url, const char *resolve_pin, netstash_http_version v) {
+/* mode 0: netstash_job_read; 1: netstash_job_peek + consume, partly and
+ * holding the view while more arrives (kept apart: the view must not move
+ * or change); 2: both, alternating. */
+static void pull_4mib(const char *url, const char *resolve_pin, netstash_http_version v, int mode) {
   netstash_request *q;
   assert_int_equal(netstash_request_new(&q, url), NETSTASH_OK);
   netstash_request_add_resolve(q, resolve_pin);
@@ -336,6 +339,31 @@ static void pull_4mib(const char *url, const char *resolve_pin, netstash_http_ve
   assert_int_equal(want_len, 4u << 20);
   netstash_error e;
   for (int spins = 0; spins < 200000; spins++) {
+    if (mode == 1 || (mode == 2 && spins % 2)) {
+      const uint8_t *d = NULL;
+      size_t take;
+      e = netstash_job_peek(j, &d, &n);
+      if (e == NETSTASH_E_AGAIN) {
+        assert_int_equal(netstash_job_consume(j, 0), NETSTASH_E_INVALID_ARGUMENT); /* no view */
+        usleep(200);
+        continue;
+      }
+      assert_int_equal(e, NETSTASH_OK);
+      if (n == 0)
+        break;
+      assert_true(total + n <= want_len);
+      take = spins % 3 == 0 || n < 8 ? n : n / 3 + 1;
+      assert_memory_equal(d, want + total, take);
+      if (total < (1u << 20)) {
+        usleep(100); /* data arrives while the view is held */
+        assert_memory_equal(d, want + total, take);
+      }
+      if (spins == 1)
+        assert_int_equal(netstash_job_consume(j, n + 1), NETSTASH_E_INVALID_ARGUMENT);
+      assert_int_equal(netstash_job_consume(j, take), NETSTASH_OK);
+      total += take;
+      continue;
+    }
     e = netstash_job_read(j, buf, 32768, &n);
     if (e == NETSTASH_E_AGAIN) {
       usleep(200);
@@ -363,7 +391,18 @@ static void test_pull(void **state) {
   char url[512];
   (void)state;
   snprintf(url, sizeof(url), "%sbig.bin?pull", base);
-  pull_4mib(url, resolve, NETSTASH_HTTP_ANY);
+  pull_4mib(url, resolve, NETSTASH_HTTP_ANY, 0);
+}
+
+/* Pull without a copy (netstash_job_peek / netstash_job_consume), alone and
+ * mixed with netstash_job_read. */
+static void test_pull_peek(void **state) {
+  char url[512];
+  (void)state;
+  snprintf(url, sizeof(url), "%sbig.bin?peek", base);
+  pull_4mib(url, resolve, NETSTASH_HTTP_ANY, 1);
+  snprintf(url, sizeof(url), "%sbig.bin?peek-mixed", base);
+  pull_4mib(url, resolve, NETSTASH_HTTP_ANY, 2);
 }
 
 /* The same over HTTP/3: pausing holds received data and stops extending
@@ -375,7 +414,7 @@ static void test_pull_h3(void **state) {
   assert_int_equal(nst_caddy_start("h3", &h3), 0);
   snprintf(url, sizeof(url), "https://example.test:%d/big.bin?pull", h3.port);
   snprintf(pin, sizeof(pin), "example.test:%d:127.0.0.1", h3.port);
-  pull_4mib(url, pin, NETSTASH_HTTP_3);
+  pull_4mib(url, pin, NETSTASH_HTTP_3, 0);
   nst_stop(&h3);
 }
 
@@ -503,6 +542,7 @@ int main(void) {
       cmocka_unit_test(test_fast_path),
       cmocka_unit_test(test_redirects_ranges_post),
       cmocka_unit_test(test_pull),
+      cmocka_unit_test(test_pull_peek),
       cmocka_unit_test(test_pull_h3),
       cmocka_unit_test(test_cancel_races),
       cmocka_unit_test(test_credentials_mode),
