@@ -217,7 +217,6 @@ struct netstash_job {
   /* pull mode, guarded by lock */
   int pull;
   uv_mutex_t lock;
-  uv_cond_t cond;
   ns_buf q;
   size_t q_off;
   ns_buf q2;   /* what arrives while the caller holds a view of q (peek) */
@@ -236,7 +235,6 @@ static void job_unref(netstash_job *j) {
   ns_buf_free(&j->q);
   ns_buf_free(&j->q2);
   ns_free(&j->mem, j->redirect_url);
-  uv_cond_destroy(&j->cond);
   uv_mutex_destroy(&j->lock);
   ns_mem mem = j->mem;
   ns_free(&mem, j);
@@ -295,7 +293,6 @@ static void on_data(netstash_fetch *f, const uint8_t *data, size_t len, void *ud
   if (!j->paused && j->q.len - j->q_off + j->q2.len >= j->pull_max &&
       ns_transport_pause(f, 1) == NETSTASH_OK)
     j->paused = 1;
-  uv_cond_broadcast(&j->cond);
   uv_mutex_unlock(&j->lock);
   if (notify && live(j) && j->cbs.on_readable)
     j->cbs.on_readable(j, j->ud);
@@ -307,7 +304,6 @@ static void on_complete(netstash_fetch *f, netstash_error err, void *ud) {
   uv_mutex_lock(&j->lock);
   j->ended = 1;
   j->result = err;
-  uv_cond_broadcast(&j->cond);
   uv_mutex_unlock(&j->lock);
   if (j->pull && live(j) && j->cbs.on_readable)
     j->cbs.on_readable(j, j->ud);
@@ -363,11 +359,6 @@ netstash_error netstash_job_start_versioned(netstash_ctx *ctx, netstash_request 
   ns_buf_init(&j->q, &j->mem, SIZE_MAX);
   ns_buf_init(&j->q2, &j->mem, SIZE_MAX);
   if (uv_mutex_init(&j->lock) != 0) {
-    ns_free(&ctx->mem, j);
-    return NETSTASH_E_INTERNAL;
-  }
-  if (uv_cond_init(&j->cond) != 0) {
-    uv_mutex_destroy(&j->lock);
     ns_free(&ctx->mem, j);
     return NETSTASH_E_INTERNAL;
   }

@@ -74,8 +74,11 @@ void ns_fetch_finish(netstash_fetch *f, netstash_error err) {
     f->cbs.on_complete(f, err, f->ud);
   uv_mutex_lock(&f->lock);
   f->done = 1;
-  uv_cond_broadcast(&f->cond);
   uv_mutex_unlock(&f->lock);
+  /* signalled after the unlock: a waiter woken while the lock is still held
+   * would block on it at once (one more context switch per fetch, on a busy
+   * CPU); f outlives this — the loop's reference goes below */
+  uv_cond_broadcast(&f->cond);
   ns_fetch_unref(f); /* the loop's reference */
 }
 
