@@ -252,6 +252,17 @@ static void sbuf_add(sbuf *b, const char *s, size_t n) {
   b->p[b->len] = 0;
 }
 
+/* One byte: the common case of the CSS tokenizer, without a call to
+ * sbuf_add when there is room. */
+static inline void sbuf_add1(sbuf *b, char ch) {
+  if (!b->over && b->len + 2 <= b->cap && b->len < b->max) {
+    b->p[b->len++] = ch;
+    b->p[b->len] = 0;
+  } else {
+    sbuf_add(b, &ch, 1);
+  }
+}
+
 static void sbuf_reset(sbuf *b) {
   b->len = 0;
   b->over = 0;
@@ -787,11 +798,8 @@ static void css_escape(css_scan *c) {
     sbuf_add_cp(&c->tok, cp);
     return;
   }
-  {
-    char b = (char)ch;
-    sbuf_add(&c->tok, &b, 1);
-    c->i++;
-  }
+  sbuf_add1(&c->tok, (char)ch);
+  c->i++;
 }
 
 static int is_name_start(int ch) {
@@ -805,12 +813,12 @@ static int is_name(int ch) {
 static void css_name(css_scan *c) {
   sbuf_reset(&c->tok);
   for (;;) {
-    int ch = cpeek(c, 0);
-    if (ch != -1 && is_name(ch)) {
-      char b = (char)ch;
-      sbuf_add(&c->tok, &b, 1);
-      c->i++;
-    } else if (is_escape_at(c, 0)) {
+    size_t start = c->i;
+    while (c->i < c->n && is_name(c->s[c->i]))
+      c->i++; /* a run of name code points, appended at once */
+    if (c->i > start)
+      sbuf_add(&c->tok, (const char *)c->s + start, c->i - start);
+    if (is_escape_at(c, 0)) {
       c->i++;
       css_escape(c);
     } else {
@@ -857,8 +865,7 @@ static int css_string(css_scan *c, int quote) {
       continue;
     }
     {
-      char b = (char)ch;
-      sbuf_add(&c->tok, &b, 1);
+      sbuf_add1(&c->tok, (char)ch);
     }
   }
 }
@@ -895,8 +902,7 @@ static int css_unquoted_url(css_scan *c) {
       break;
     }
     {
-      char b = (char)ch;
-      sbuf_add(&c->tok, &b, 1);
+      sbuf_add1(&c->tok, (char)ch);
     }
   }
   /* bad url: consume the remnants (§4.3.14) */
@@ -1533,8 +1539,8 @@ static void push_done(res *r) {
     L->done[L->ndone++] = r;
   else
     L->oom = 1;
-  pthread_cond_signal(&L->cond);
   pthread_mutex_unlock(&L->lock);
+  pthread_cond_signal(&L->cond); /* after the unlock: the woken waiter needs the lock */
 }
 
 static void keep_body(res *r, const uint8_t *data, size_t len) {
