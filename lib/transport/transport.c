@@ -816,7 +816,6 @@ static void hop_timings(netstash_fetch *f) {
 }
 
 static void follow_redirect(netstash_fetch *f) {
-  ns_transport *tr = f->ctx->transport;
   const char *loc = netstash_fetch_header(f, "location");
   ns_url next;
   char why[160];
@@ -829,7 +828,15 @@ static void follow_redirect(netstash_fetch *f) {
     end_fetch(f, rv);
     return;
   }
-  curl_multi_remove_handle(tr->multi, f->easy);
+  /* The next hop gets a new easy handle (start_net creates it). libcurl
+   * 7.88 keeps a pointer to the last header of the previous response for
+   * folded continuation lines across requests on one handle, and frees that
+   * response's headers when the next request starts: a redirect target
+   * whose first header line is folded made libcurl read freed memory (a
+   * heap-use-after-free in its headers API, found by the fetch_response fuzz
+   * harness: fuzz/corpus/fetch_response/regress-fold-after-redirect). A
+   * redirect is rare; a handle is cheap. */
+  release_easy(f);
   f->state = NS_FETCH_NEW;
   ns_url_free(&f->mem, &f->cur);
   f->cur = next;
@@ -843,17 +850,10 @@ static void follow_redirect(netstash_fetch *f) {
   if (status == 303 || ((status == 301 || status == 302) && f->req->method &&
                         strcmp(f->req->method, "POST") == 0) ||
       ((status == 301 || status == 302) && !f->req->method && f->req->has_body)) {
-    if (!(f->req->method && strcmp(f->req->method, "HEAD") == 0)) {
-      curl_easy_setopt(f->easy, CURLOPT_CUSTOMREQUEST, NULL);
-      curl_easy_setopt(f->easy, CURLOPT_HTTPGET, 1L);
-      f->hop_get = 1;
-    }
+    if (!(f->req->method && strcmp(f->req->method, "HEAD") == 0))
+      f->hop_get = 1; /* setup_easy makes the new handle a GET */
   }
   reset_response(f);
-  curl_slist_free_all(f->resolve_list);
-  f->resolve_list = NULL;
-  curl_easy_setopt(f->easy, CURLOPT_RESOLVE, NULL);
-  curl_easy_setopt(f->easy, CURLOPT_FRESH_CONNECT, 0L); /* after a retry_fresh */
   start_hop(f);
 }
 
