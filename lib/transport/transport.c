@@ -756,6 +756,16 @@ static netstash_error map_error(netstash_fetch *f, CURLcode res) {
     return NETSTASH_E_NOMEM;
   case CURLE_URL_MALFORMAT:
     return NETSTASH_E_BAD_URL;
+  case CURLE_BAD_FUNCTION_ARGUMENT:
+    /* libcurl 7.88's headers API answers a folded (obs-fold) header line
+     * with nothing before it to continue this way: the peer's malformed
+     * head, not ours */
+    if (f->status > 0 && !f->head_delivered) {
+      ns_fetch_detail(f, "malformed response header: a folded line continues nothing (%s:%d)",
+                      f->cur.host, f->cur.port);
+      return NETSTASH_E_PROTOCOL;
+    }
+    return NETSTASH_E_NETWORK;
   default:
     return NETSTASH_E_NETWORK;
   }

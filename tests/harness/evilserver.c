@@ -69,6 +69,9 @@
  *   /redirect-self      302 to itself
  *   /redirect-ab/a, /b  302 to each other
  *   /redirect-perm-self 301 to itself (cacheable by default)
+ *   /fold-redirect      302 to /fold-first, whose first header line is folded
+ *                       (a continuation of nothing: libcurl 7.88 read the
+ *                       previous response's freed header there)
  *   anything else       404
  *
  * HTTP/2 paths (mode tls, ALPN h2; hand-made frames, the request's HPACK is
@@ -614,6 +617,14 @@ static int handle_h1(conn *c, const request *rq) {
     return respond_str(c, rq, 302, "Location: /redirect-ab/a\r\n", "to a\n");
   if (strcmp(p, "/redirect-perm-self") == 0)
     return respond_str(c, rq, 301, "Location: /redirect-perm-self\r\n", "again\n");
+  if (strcmp(p, "/fold-redirect") == 0)
+    return respond_str(c, rq, 302, "Location: /fold-first\r\n", "to the folded one\n");
+  if (strcmp(p, "/fold-first") == 0) {
+    /* the first header line is a continuation of nothing (obs-fold) */
+    sends(c, "HTTP/1.1 200 OK\r\n folded: first\r\nContent-Length: 5\r\n"
+             "Connection: close\r\n\r\nhello");
+    return 0;
+  }
   return respond_str(c, rq, 404, "", "not found\n");
 }
 
