@@ -128,8 +128,10 @@ static const netstash_job_callbacks push_cbs = {r_redirect, r_response, r_data, 
 static netstash_job *run(netstash_request *req, rec *r) {
   netstash_job *j;
   memset(r, 0, sizeof(*r));
+  netstash_error e;
   assert_int_equal(netstash_job_start(ctx, req, &push_cbs, r, &j), NETSTASH_OK);
-  assert_int_equal(netstash_job_wait(j, 30000), r->err);
+  e = netstash_job_wait(j, 30000); /* before r is read: the callbacks write it */
+  assert_int_equal(e, r->err);
   assert_int_equal(r->completes, 1);
   return j;
 }
