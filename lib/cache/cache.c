@@ -926,12 +926,8 @@ typedef struct norm_url {
   char buf[NORM_FAST_MAX]; /* the fast path's parts */
 } norm_url;
 
-/* Off only for tests and the fuzz harness (ns_cache_norm_fast_set), which
- * compare both paths. */
-static int norm_fast_enabled = 1;
 static atomic_ulong norm_fast_taken; /* for the tests: the fast path was used */
 
-void ns_cache_norm_fast_set(int on) { norm_fast_enabled = on; }
 unsigned long ns_cache_norm_fast_count(void) { return atomic_load(&norm_fast_taken); }
 
 static void norm_free(norm_url *u) {
@@ -990,7 +986,7 @@ static netstash_error norm_parse(const char *url, norm_url *u) {
   u->owned = 0;
   if (!url)
     return NETSTASH_E_BAD_URL;
-  if (norm_fast_enabled && norm_fast(url, u)) {
+  if (norm_fast(url, u)) {
     atomic_fetch_add_explicit(&norm_fast_taken, 1, memory_order_relaxed);
     return NETSTASH_OK;
   }

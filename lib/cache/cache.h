@@ -260,9 +260,8 @@ netstash_error ns_cache_site(const ns_cache_policy *pol, const char *url, ns_buf
 netstash_error ns_cache_key(const ns_cache_policy *pol, const char *top_level_url,
                             const char *url, ns_buf *out);
 /* URLs already in curl_url's printed form (a request's) are split without
- * parsing them again (no allocation); ns_cache_norm_fast_set(0) turns that
- * off — for the tests and the fuzz harness that compare both paths. */
-void ns_cache_norm_fast_set(int on);
+ * parsing them again (no allocation; ns_url_split_canonical, switched off
+ * for the comparing tests with ns_url_fast_set). */
 unsigned long ns_cache_norm_fast_count(void); /* URLs split the fast way so far */
 /* The No-Vary-Search index key: as ns_cache_key with "1n" and the query
  * removed too. Under it the store lists the keys of responses that carried

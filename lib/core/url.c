@@ -84,7 +84,7 @@ int ns_url_split_canonical(const char *url, ns_url_parts *p) {
   const char *h, *he, *last, *c;
   size_t sl;
   memset(p, 0, sizeof(*p));
-  if (!url)
+  if (!url || !fast_on)
     return 0;
   if (!strncmp(url, "https://", 8))
     sl = 5;
@@ -144,7 +144,7 @@ int ns_url_split_canonical(const char *url, ns_url_parts *p) {
  * 1 done (out filled, or *rv = E_NOMEM), 0 not taken. */
 static int parse_fast(const ns_mem *mem, const char *url, ns_url *out, netstash_error *rv) {
   ns_url_parts p;
-  if (!fast_on || !ns_url_split_canonical(url, &p))
+  if (!ns_url_split_canonical(url, &p))
     return 0;
   /* curl prints an explicit default port as given; ours would be the same,
    * but the default ports are left to curl_url so that nothing hinges on it */

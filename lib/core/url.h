@@ -32,7 +32,9 @@ typedef struct ns_url_parts {
   unsigned port_num; /* 0 when absent */
 } ns_url_parts;
 int ns_url_split_canonical(const char *url, ns_url_parts *p);
-/* Off only for the tests that compare both paths (default on). */
+/* Off (ns_url_split_canonical takes nothing, so ns_url_parse and the cache
+ * keys go through curl_url) only for the tests and the fuzz harness that
+ * compare both paths; default on. */
 void ns_url_fast_set(int on);
 int ns_url_fast_enabled(void);
 

@@ -21,7 +21,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
-#include <arpa/inet.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -1248,11 +1247,6 @@ static int altsvc_find(netstash_fetch *f, ns_altsvc *out, int *other_ok) {
   return 1;
 }
 
-static int is_ip_literal(const char *h) {
-  unsigned char buf[16];
-  return inet_pton(AF_INET, h, buf) == 1 || inet_pton(AF_INET6, h, buf) == 1;
-}
-
 /* May an alternative naming another host serve this origin? Only when the
  * certificate the origin presented on this response's TLS connection (TCP,
  * verified by OpenSSL) is valid for that name too: the same operator — and an
@@ -1268,7 +1262,7 @@ static int altsvc_other_ok(netstash_fetch *f, const ns_altsvc *a) {
       info->backend != CURLSSLBACKEND_OPENSSL || !info->internals ||
       !(cert = SSL_get0_peer_certificate(info->internals)))
     return 0;
-  if (is_ip_literal(a->host))
+  if (ns_host_is_ip(a->host, NULL))
     return X509_check_ip_asc(cert, a->host, 0) == 1;
   return X509_check_host(cert, a->host, strlen(a->host), X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS,
                          NULL) == 1;
@@ -1587,7 +1581,7 @@ static void start_net(netstash_fetch *f) {
         }
       }
     }
-    if (f->h3_host ? is_ip_literal(qhost) : f->cur.host_is_ip) {
+    if (f->h3_host ? ns_host_is_ip(qhost, NULL) : f->cur.host_is_ip) {
       h3_go(f, qhost);
       return;
     }

@@ -15,6 +15,7 @@
 
 #include "ns_setup.h"
 #include "cache/cache.h"
+#include "core/url.h"
 #include "core/headers.h"
 #include "core/reader.h"
 
@@ -1314,11 +1315,11 @@ static void test_key_fast_path_agrees(void **state) {
       netstash_error ef, es;
       ns_buf_init(&fast, ns_mem_default(), 1 << 16);
       ns_buf_init(&slow, ns_mem_default(), 1 << 16);
-      ns_cache_norm_fast_set(1);
+      ns_url_fast_set(1);
       ef = ns_cache_key(&pol, tops[t], nst_url_corpus[i], &fast);
-      ns_cache_norm_fast_set(0);
+      ns_url_fast_set(0);
       es = ns_cache_key(&pol, tops[t], nst_url_corpus[i], &slow);
-      ns_cache_norm_fast_set(1);
+      ns_url_fast_set(1);
       if (ef != es || (ef == NETSTASH_OK && strcmp(ns_buf_str(&fast), ns_buf_str(&slow)) != 0))
         fail_msg("%s (top %s): fast %d \"%s\", curl_url %d \"%s\"", nst_url_corpus[i],
                  tops[t] ? tops[t] : "-", ef, ef ? "" : ns_buf_str(&fast), es,
