@@ -54,6 +54,7 @@
 #include <netstash/netstash.h>
 
 #include "core/ctx.h"
+#include "loop_dns.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerInitialize(int *argc, char ***argv);
@@ -251,7 +252,7 @@ static void cleanup(void) {
 
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
   netstash_options *o = NULL;
-  char err[256];
+  char err[256], dns[32];
   (void)argc;
   (void)argv;
   snprintf(g_profile, sizeof(g_profile), "/tmp/nsfuzz-fetch-XXXXXX");
@@ -264,9 +265,9 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
   netstash_options_set_cache_max_bytes(o, 4u << 20);
   netstash_options_set_max_decoded_body(o, MAX_DECODED);
   netstash_options_set_http3(o, 0);
-  /* a redirect to a name: the resolver asks a dead loopback port, never the
-   * network */
-  netstash_options_set_dns_servers(o, "127.0.0.1:9");
+  /* a redirect to a name: answered by fuzz/loop_dns.h, never the network */
+  loop_dns_start(dns, sizeof(dns));
+  netstash_options_set_dns_servers(o, dns);
   netstash_options_set_dns_timeout_ms(o, 100);
   netstash_options_set_dns_tries(o, 1);
   if (netstash_ctx_new(&g_ctx, o, err, sizeof(err)) != NETSTASH_OK) {

@@ -10,7 +10,10 @@
  *  - every TCP connection the library opens is sent, through the transport's
  *    socket hook (ctx->test_open_socket), to a loopback "origin" thread here
  *    that answers each connection with one small response and EOF;
- *  - names are resolved by asking a dead loopback port (DNS fails fast);
+ *  - names are resolved by a loopback DNS thread here that answers every A
+ *    query with 127.0.0.1 at once (and others with no data): a lookup
+ *    costs microseconds, not the resolver's timeout, and the request goes
+ *    on to the origin (its answer is relayed);
  *  - HTTP/3 and the HTTP cache are off (no state carried between inputs);
  *  - CONNECT (which dials with the system resolver, outside the library) is
  *    never sent to the proxy front: netd_front.c routes such inputs to the
@@ -20,6 +23,8 @@
 #define NS_FUZZ_NETD_FUZZ_H
 
 #include "ns_setup.h"
+
+#include "loop_dns.h"
 
 #include <errno.h>
 #include <ftw.h>
@@ -202,7 +207,7 @@ static void nf_cleanup(void) {
  * harness (nf_on_loop). */
 static void nf_setup(void) {
   netstash_options *o = NULL;
-  char err[256], path[128];
+  char err[256], path[128], dns[32];
   pthread_t th;
   socklen_t alen = sizeof(nf_origin_addr);
   int one = 1;
@@ -223,6 +228,8 @@ static void nf_setup(void) {
   NF_CHECK(pthread_create(&th, NULL, nf_origin_main, NULL) == 0);
   pthread_detach(th);
 
+  loop_dns_start(dns, sizeof(dns));
+
   netd_config_defaults(&nf_d.cfg);
   nf_d.cfg.profile = strdup(nf_dir);
   snprintf(path, sizeof(path), "%s/netd.sock", nf_dir);
@@ -237,7 +244,7 @@ static void nf_setup(void) {
   netstash_options_set_profile_dir(o, nf_dir);
   netstash_options_set_http_cache(o, 0);
   netstash_options_set_http3(o, 0);
-  netstash_options_set_dns_servers(o, "127.0.0.1:9");
+  netstash_options_set_dns_servers(o, dns);
   netstash_options_set_dns_timeout_ms(o, 100);
   netstash_options_set_dns_tries(o, 1);
   if (netstash_ctx_new(&nf_d.ctx, o, err, sizeof(err)) != NETSTASH_OK) {
