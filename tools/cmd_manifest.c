@@ -427,6 +427,9 @@ static const char make_usage[] =
     "                      (repeatable; per header name the first match wins).\n"
     "                      Every preloaded answer also carries an ETag derived\n"
     "                      from its integrity unless the manifest names one\n"
+    "  --no-last-modified  no Last-Modified header from each file's mtime (by\n"
+    "                      default every resource gets one, as a static file\n"
+    "                      server would send, unless a --header sets it)\n"
     "  --max-bytes N       budgets.max_bytes (fails if the files are larger)\n"
     "  --fallback URL      fallback base URL\n"
     "\n"
@@ -450,7 +453,8 @@ static const char import_usage[] =
     "                      sizes, and revision-only entries no hash)\n"
     "  --base URL          https URL the service worker's URLs are relative to\n"
     "  --id ID, --version N, -o FILE, --expires TIME, --ttl-days N, --entry URL,\n"
-    "  --priority GLOB=P, --header GLOB=NAME: VALUE, --max-bytes N,\n"
+    "  --priority GLOB=P, --header GLOB=NAME: VALUE, --no-last-modified,\n"
+    "  --max-bytes N,\n"
     "  --fallback URL      as for make\n"
     "  --scope URL         a scope prefix besides --base (repeatable)\n"
     "  --ignore-param NAME query parameter every resource ignores (repeatable;\n"
@@ -556,6 +560,7 @@ static int parse_make_opts(const char *cmd, int import, int argc, char **argv, m
                                      {"priority", required_argument, NULL, 'p'},
                                      {"ignore-param", required_argument, NULL, 'q'},
                                      {"header", required_argument, NULL, 'H'},
+                                     {"no-last-modified", no_argument, NULL, 'L'},
                                      {"max-bytes", required_argument, NULL, 'm'},
                                      {"fallback", required_argument, NULL, 'f'},
                                      {"workbox", required_argument, NULL, 'w'},
@@ -639,6 +644,9 @@ static int parse_make_opts(const char *cmd, int import, int argc, char **argv, m
       m->rules[m->o.n_rules++].priority = p;
       break;
     }
+    case 'L':
+      m->o.no_last_modified = 1;
+      break;
     case 'H':
       if (parse_header_rule(cmd, optarg, m) != 0)
         return -1;

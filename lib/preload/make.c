@@ -13,6 +13,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -170,6 +171,7 @@ static void base64(const uint8_t *in, size_t len, char *out) {
 
 typedef struct file_hash {
   uint64_t size;
+  int64_t mtime; /* seconds since the epoch; 0: unknown */
   uint8_t sha256[32];
   uint8_t sha384[48];
   uint8_t sha512[64];
@@ -416,6 +418,11 @@ static netstash_error hash_file(mk *k, const char *path, int all, file_hash *h) 
     ns_detailf(k->detail, k->detail_len, "%s: %s", path, strerror(errno));
     return NETSTASH_E_IO;
   }
+  {
+    struct stat st;
+    if (fstat(fd, &st) == 0 && st.st_mtime > 0)
+      h->mtime = (int64_t)st.st_mtime;
+  }
   for (i = 0; i < n_algs; i++)
     if (EVP_DigestInit_ex(k->md[i], algs[i], NULL) != 1) {
       rv = NETSTASH_E_INTERNAL;
@@ -467,7 +474,7 @@ static netstash_error add_resource(mk *k, const char *url, const char *rel, cons
                 prio_name(pick_priority(k, rel, url)));
   if (!r)
     return NETSTASH_E_NOMEM;
-  if (k->o->n_headers) {
+  if (k->o->n_headers || (!k->o->no_last_modified && h->mtime > 0)) {
     const char *name = strrchr(rel, '/');
     json_t *hs = NULL;
     name = name ? name + 1 : rel;
@@ -482,6 +489,23 @@ static netstash_error add_resource(mk *k, const char *url, const char *rel, cons
       if (json_object_get(hs, hr->name))
         continue; /* first matching rule wins */
       if (json_object_set_new(hs, hr->name, json_string(hr->value)) != 0) {
+        json_decref(r);
+        return NETSTASH_E_NOMEM;
+      }
+    }
+    /* What a static file server sends for the file (nginx, caddy: its
+     * mtime), so that a browser caching the preloaded answer gets the same
+     * validator and heuristic freshness as from the origin */
+    if (!k->o->no_last_modified && h->mtime > 0) {
+      char date[NS_HTTP_DATE_LEN];
+      const char *key;
+      json_t *v;
+      int set = 0;
+      if (hs)
+        json_object_foreach(hs, key, v) set |= strcasecmp(key, "last-modified") == 0;
+      ns_http_date_format(h->mtime, date);
+      if (!set && ((!hs && (!(hs = json_object()) || json_object_set_new(r, "headers", hs) != 0)) ||
+                   json_object_set_new(hs, "last-modified", json_string(date)) != 0)) {
         json_decref(r);
         return NETSTASH_E_NOMEM;
       }

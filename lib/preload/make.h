@@ -54,6 +54,8 @@ typedef struct ns_make_opts {
   size_t n_rules;
   const ns_make_header *headers; /* response headers by glob */
   size_t n_headers;
+  int no_last_modified; /* 0: each resource gets "last-modified" from its
+                           file's mtime (unless a header rule sets one) */
   const char *const *ignore; /* query parameters ignored by every resource */
   size_t n_ignore;
   const char *const *entries; /* entry pages (resolved against base); none: base */

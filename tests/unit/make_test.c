@@ -9,7 +9,9 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -210,6 +212,7 @@ static void test_make_dir(void **state) {
   o.n_rules = 1;
   o.headers = hdrs;
   o.n_headers = 3;
+  o.no_last_modified = 1; /* test_make_last_modified */
   warnings[0] = '\0';
   assert_int_equal(
       ns_manifest_make_dir(ns_mem_default(), dir, &o, &out, &len, detail, sizeof(detail)),
@@ -250,6 +253,47 @@ static void test_make_dir(void **state) {
   assert_non_null(strstr(warnings, "skipped a/loop: a symlink loop"));
   assert_null(m->fallback);
   assert_int_equal(m->max_bytes, 0);
+  ns_manifest_del(m);
+  ns_free(ns_mem_default(), out);
+}
+
+/* Last-Modified from each file's mtime, as a static server sends it: by
+ * default, unless a --header rule names it (any case), not with
+ * no_last_modified. */
+static void test_make_last_modified(void **state) {
+  char dir[512], path[600], detail[512] = "", *out = NULL;
+  size_t len = 0;
+  ns_make_opts o = opts();
+  ns_make_header hdrs[] = {{"*.js", "LAST-MODIFIED", "Mon, 01 Jan 2024 00:00:00 GMT"}};
+  struct timespec ts[2] = {{1715670000, 0}, {1715670000, 0}}; /* 2024-05-14T07:00:00Z */
+  ns_manifest *m;
+  const ns_manifest_resource *r;
+  (void)state;
+  snprintf(dir, sizeof(dir), "%s/site", tmpdir);
+  snprintf(path, sizeof(path), "%s/index.html", dir);
+  assert_int_equal(utimensat(AT_FDCWD, path, ts, 0), 0);
+  o.headers = hdrs;
+  o.n_headers = 1;
+  assert_int_equal(
+      ns_manifest_make_dir(ns_mem_default(), dir, &o, &out, &len, detail, sizeof(detail)),
+      NETSTASH_OK);
+  m = parse_out(out, len);
+  r = find(m, "https://site.example/app/");
+  assert_int_equal(r->n_headers, 1);
+  assert_string_equal(r->headers[0].name, "last-modified");
+  assert_string_equal(r->headers[0].value, "Tue, 14 May 2024 07:00:00 GMT");
+  r = find(m, "https://site.example/app/a/b/deep.js"); /* the rule's, not the file's */
+  assert_int_equal(r->n_headers, 1);
+  assert_string_equal(r->headers[0].value, "Mon, 01 Jan 2024 00:00:00 GMT");
+  ns_manifest_del(m);
+  ns_free(ns_mem_default(), out);
+  o.no_last_modified = 1;
+  o.n_headers = 0;
+  assert_int_equal(
+      ns_manifest_make_dir(ns_mem_default(), dir, &o, &out, &len, detail, sizeof(detail)),
+      NETSTASH_OK);
+  m = parse_out(out, len);
+  assert_int_equal(find(m, "https://site.example/app/")->n_headers, 0);
   ns_manifest_del(m);
   ns_free(ns_mem_default(), out);
 }
@@ -498,6 +542,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_content_type),  cmocka_unit_test(test_glob),
       cmocka_unit_test(test_pct_encode),    cmocka_unit_test(test_make_dir),
+      cmocka_unit_test(test_make_last_modified),
       cmocka_unit_test(test_make_errors),   cmocka_unit_test(test_import),
       cmocka_unit_test(test_import_errors), cmocka_unit_test(test_failmalloc),
   };
