@@ -25,6 +25,9 @@ void netd_config_free(netd_config *c) {
   free(c->proxy_host);
   free(c->gateway_host);
   free(c->upstream);
+  free(c->gateway_h2_host);
+  free(c->tls_cert);
+  free(c->tls_key);
   free(c->metrics_host);
   free(c->ca_file);
   free(c->trusted_keys);
@@ -141,10 +144,12 @@ int netd_config_load(netd_config *c, const char *file, char *err, size_t errlen)
     FAIL("%s: a JSON object expected", file);
   json_object_foreach(root, key, v) {
     if (!strcmp(key, "profile") || !strcmp(key, "socket") || !strcmp(key, "upstream") ||
-        !strcmp(key, "ca_file")) {
-      char **dst = !strcmp(key, "profile")  ? &c->profile
-                   : !strcmp(key, "socket") ? &c->socket_path
+        !strcmp(key, "ca_file") || !strcmp(key, "tls_cert") || !strcmp(key, "tls_key")) {
+      char **dst = !strcmp(key, "profile")    ? &c->profile
+                   : !strcmp(key, "socket")   ? &c->socket_path
                    : !strcmp(key, "upstream") ? &c->upstream
+                   : !strcmp(key, "tls_cert") ? &c->tls_cert
+                   : !strcmp(key, "tls_key")  ? &c->tls_key
                                               : &c->ca_file;
       if (!json_is_string(v))
         FAIL("%s: %s: a string expected", file, key);
@@ -159,13 +164,16 @@ int netd_config_load(netd_config *c, const char *file, char *err, size_t errlen)
       if (*end || m < 0 || m > 0777)
         FAIL("%s: socket_mode: an octal string like \"0660\" expected", file);
       c->socket_mode = (uint32_t)m;
-    } else if (!strcmp(key, "proxy") || !strcmp(key, "gateway") || !strcmp(key, "metrics")) {
-      char **h = !strcmp(key, "proxy") ? &c->proxy_host
-                 : !strcmp(key, "gateway") ? &c->gateway_host
-                                           : &c->metrics_host;
-      int *p = !strcmp(key, "proxy") ? &c->proxy_port
-               : !strcmp(key, "gateway") ? &c->gateway_port
-                                         : &c->metrics_port;
+    } else if (!strcmp(key, "proxy") || !strcmp(key, "gateway") || !strcmp(key, "metrics") ||
+               !strcmp(key, "gateway_h2")) {
+      char **h = !strcmp(key, "proxy")        ? &c->proxy_host
+                 : !strcmp(key, "gateway")    ? &c->gateway_host
+                 : !strcmp(key, "gateway_h2") ? &c->gateway_h2_host
+                                              : &c->metrics_host;
+      int *p = !strcmp(key, "proxy")        ? &c->proxy_port
+               : !strcmp(key, "gateway")    ? &c->gateway_port
+               : !strcmp(key, "gateway_h2") ? &c->gateway_h2_port
+                                            : &c->metrics_port;
       if (!json_is_string(v) || netd_parse_hostport(json_string_value(v), h, p) != 0)
         FAIL("%s: %s: \"HOST:PORT\" expected (e.g. \"127.0.0.1:8080\")", file, key);
     } else if (!strcmp(key, "proxy_allow_remote") || !strcmp(key, "allow_unsigned")) {
@@ -260,8 +268,14 @@ int netd_config_check(const netd_config *c, char *err, size_t errlen) {
     snprintf(err, errlen, "a profile directory is required (--profile DIR or \"profile\")");
     return -1;
   }
-  if (c->gateway_port && !c->upstream) {
+  if ((c->gateway_port || c->gateway_h2_port) && !c->upstream) {
     snprintf(err, errlen, "the gateway needs an upstream (--upstream URL or \"upstream\")");
+    return -1;
+  }
+  if (c->gateway_h2_port && (!c->tls_cert || !c->tls_key)) {
+    snprintf(err, errlen,
+             "the HTTP/2 gateway speaks TLS: it needs --tls-cert FILE and --tls-key FILE "
+             "(or \"tls_cert\", \"tls_key\")");
     return -1;
   }
   if (c->upstream && strncmp(c->upstream, "http://", 7) != 0 &&
@@ -282,6 +296,13 @@ int netd_config_check(const netd_config *c, char *err, size_t errlen) {
                "gateway on %s: not a loopback address (set \"proxy_allow_remote\": true to "
                "serve other hosts)",
                c->gateway_host);
+      return -1;
+    }
+    if (c->gateway_h2_port && !is_loopback(c->gateway_h2_host)) {
+      snprintf(err, errlen,
+               "HTTP/2 gateway on %s: not a loopback address (set \"proxy_allow_remote\": "
+               "true to serve other hosts)",
+               c->gateway_h2_host);
       return -1;
     }
   }

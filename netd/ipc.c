@@ -14,6 +14,14 @@
  * Bodies are pulled from the job (netstash_job_read) into nghttp2's frames
  * as the client's flow-control window and the socket allow: a slow client
  * slows the transfer down instead of growing buffers.
+ *
+ * The same sessions serve the HTTP/2 gateway (cfg.gateway_h2_*): a TCP
+ * listener whose connections speak TLS 1.3 with ALPN "h2" (OpenSSL over
+ * memory BIOs between libuv and nghttp2), for browsers, which speak HTTP/2
+ * only over TLS. There a request is an origin-form :path on cfg.upstream,
+ * with the HTTP/1.1 gateway's semantics (netd/front.c): bodies relayed raw,
+ * redirects returned, the client's own cookies, no x-netstash-* attributes
+ * and no control requests.
  */
 #include "ns_setup.h"
 
@@ -26,6 +34,8 @@
 
 #include <jansson.h>
 #include <nghttp2/nghttp2.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 
 #include <netstash/netstash.h>
 
@@ -54,12 +64,23 @@ struct netd_ipc {
   int flusher_state; /* 0 closed, 1 open, 2 closing */
   int flusher_closing; /* handles whose close callback is pending */
   ns_list dirty;
+  /* the HTTP/2 gateway */
+  uv_tcp_t gw_listener;
+  int gw_listening;
+  SSL_CTX *gw_tls;
+  char *gw_upstream; /* cfg.upstream without a trailing '/' */
 };
 
 typedef struct ipc_sess {
   netd_ipc *ipc;
   ns_list node;
-  uv_pipe_t pipe;
+  union {
+    uv_pipe_t pipe; /* IPC */
+    uv_tcp_t tcp;   /* the HTTP/2 gateway */
+  } h;
+  SSL *ssl;      /* the gateway's TLS (memory BIOs), NULL for IPC */
+  int gateway;   /* gateway semantics (see the top of the file) */
+  int tls_ready; /* handshake done, ALPN h2 */
   nghttp2_session *ng;
   ns_list streams;
   size_t backlog; /* bytes handed to uv_write, not yet written */
@@ -414,6 +435,87 @@ static void job_complete(netstash_job *job, netstash_error err, void *ud) {
 static const netstash_job_callbacks job_cbs = {
     .on_response = job_response, .on_readable = job_readable, .on_complete = job_complete};
 
+static netstash_error add_resolves(netstash_request *req, const char *list) {
+  netstash_error e = NETSTASH_OK;
+  char *pins = strdup(list), *save = NULL, *p;
+  if (!pins)
+    return NETSTASH_E_NOMEM;
+  for (p = strtok_r(pins, "\n", &save); p && e == NETSTASH_OK; p = strtok_r(NULL, "\n", &save))
+    e = netstash_request_add_resolve(req, p);
+  free(pins);
+  return e;
+}
+
+/* The HTTP/2 gateway's request: :path on the upstream, as the HTTP/1.1
+ * gateway does it (netd/front.c start_job). */
+static void start_gateway_request(ipc_stream *st) {
+  netd *d = st->s->ipc->d;
+  netstash_request *req = NULL;
+  netstash_error e;
+  int has_ae = 0;
+  char *url;
+  size_t ul;
+  if (!st->method || !st->path || st->path[0] != '/') {
+    answer_mem(st, 400, "text/plain",
+               strdup("netd: :method and an origin-form :path (/path?query) are required\n"),
+               "NETSTASH_E_INVALID_ARGUMENT");
+    return;
+  }
+  if (st->too_big) {
+    answer_mem(st, 413, "text/plain", strdup("netd: request body over 64 MiB\n"),
+               "NETSTASH_E_TOO_LARGE");
+    return;
+  }
+  ul = strlen(st->s->ipc->gw_upstream) + strlen(st->path) + 1;
+  url = malloc(ul);
+  if (!url) {
+    nghttp2_submit_rst_stream(st->s->ng, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_INTERNAL_ERROR);
+    sess_mark(st->s);
+    return;
+  }
+  snprintf(url, ul, "%s%s", st->s->ipc->gw_upstream, st->path);
+  e = netstash_request_new(&req, url);
+  free(url);
+  if (e == NETSTASH_OK && strcmp(st->method, "GET"))
+    e = netstash_request_set_method(req, st->method);
+  for (size_t i = 0; e == NETSTASH_OK && i < st->nhdrs; i++) {
+    char *c = strchr(st->hdrs[i], ':');
+    *c = 0;
+    /* the library frames the body (and HTTP/2 has no other hop-by-hop
+     * fields a client may send) */
+    if (strcmp(st->hdrs[i], "content-length") && strcmp(st->hdrs[i], "te"))
+      e = netstash_request_add_header(req, st->hdrs[i], c + 2);
+    has_ae |= !strcmp(st->hdrs[i], "accept-encoding");
+    *c = ':';
+  }
+  /* without one the library would advertise "br, gzip" and, the body
+   * being raw, hand the client a coding it never asked for */
+  if (e == NETSTASH_OK && !has_ae)
+    e = netstash_request_add_header(req, "accept-encoding", "identity");
+  if (e == NETSTASH_OK && st->body)
+    e = netstash_request_set_body(req, st->body, st->body_len);
+  if (e == NETSTASH_OK)
+    e = netstash_request_set_redirect_mode(req, NETSTASH_REDIRECT_MANUAL);
+  if (e == NETSTASH_OK)
+    e = netstash_request_set_raw_body(req, 1);
+  if (e == NETSTASH_OK)
+    e = netstash_request_set_max_body(req, UINT64_MAX);
+  if (e == NETSTASH_OK) /* the client's cookies; netd's jar stays out of it */
+    e = netstash_request_set_cookies(req, 0);
+  if (e == NETSTASH_OK && d->cfg.resolve)
+    e = add_resolves(req, d->cfg.resolve);
+  st->raw = 1; /* the answer keeps its coding and length */
+  if (e == NETSTASH_OK)
+    e = netstash_job_start(d->ctx, req, &job_cbs, st, &st->job);
+  netstash_request_del(req);
+  if (e != NETSTASH_OK) {
+    char msg[160];
+    snprintf(msg, sizeof(msg), "netd: bad request: %s\n", netstash_strerror(e));
+    netd_metrics_request(&d->metrics, NETD_SRC_ERROR, 0);
+    answer_mem(st, 400, "text/plain", strdup(msg), netstash_error_name(e));
+  }
+}
+
 static void start_request(ipc_stream *st) {
   netd *d = st->s->ipc->d;
   netstash_request *req = NULL;
@@ -421,6 +523,10 @@ static void start_request(ipc_stream *st) {
   char *url;
   size_t ul;
   st->t0 = ns_now_us();
+  if (st->s->gateway) {
+    start_gateway_request(st);
+    return;
+  }
   if (!st->method || !st->path || !st->authority) {
     answer_mem(st, 400, "text/plain", strdup("netd: :method, :authority and :path are required\n"),
                "NETSTASH_E_INVALID_ARGUMENT");
@@ -477,13 +583,8 @@ static void start_request(ipc_stream *st) {
     e = netstash_request_set_cookie_jar(req, st->jar);
   if (e == NETSTASH_OK && st->raw)
     e = netstash_request_set_raw_body(req, 1);
-  if (e == NETSTASH_OK && d->cfg.resolve) {
-    char *pins = strdup(d->cfg.resolve), *save = NULL, *p;
-    for (p = pins ? strtok_r(pins, "\n", &save) : NULL; p && e == NETSTASH_OK;
-         p = strtok_r(NULL, "\n", &save))
-      e = netstash_request_add_resolve(req, p);
-    free(pins);
-  }
+  if (e == NETSTASH_OK && d->cfg.resolve)
+    e = add_resolves(req, d->cfg.resolve);
   if (e == NETSTASH_OK)
     e = netstash_job_start(d->ctx, req, &job_cbs, st, &st->job);
   netstash_request_del(req);
@@ -554,6 +655,8 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *frame, const uint
     return set_dup(&st->path, value, vlen) ? NGHTTP2_ERR_CALLBACK_FAILURE : 0;
   if (nlen > 11 && !memcmp(name, "x-netstash-", 11)) {
     int x;
+    if (st->s->gateway)
+      return 0; /* a web page's fetch() must not choose jars or load flags */
     if (IS("x-netstash-destination") && (x = attr_int(value, vlen, 64)) >= 0)
       st->dest = x, st->has_dest = 1;
     else if (IS("x-netstash-mode") && (x = attr_int(value, vlen, 8)) >= 0)
@@ -663,6 +766,7 @@ typedef struct wreq {
 } wreq;
 
 static void ipc_maybe_done(netd_ipc *ipc);
+static void sess_abort(ipc_sess *s);
 
 static void sess_closed(uv_handle_t *h) {
   ipc_sess *s = h->data;
@@ -687,8 +791,10 @@ static void sess_close(ipc_sess *s) {
     stream_free(ns_list_entry(s->streams.next, ipc_stream, node));
   nghttp2_session_del(s->ng);
   s->ng = NULL;
+  SSL_free(s->ssl);
+  s->ssl = NULL;
   ns_list_remove(&s->node);
-  uv_close((uv_handle_t *)&s->pipe, sess_closed);
+  uv_close((uv_handle_t *)&s->h, sess_closed);
 }
 
 static void on_written(uv_write_t *w, int status) {
@@ -748,10 +854,46 @@ static void on_flush_check(uv_check_t *h) { flush_dirty(h->data); }
 static void on_kick(uv_idle_t *h) { flush_dirty(h->data); }
 
 /* Sends what nghttp2 has, in one write per call (frames coalesced). */
+/* TLS: hands what OpenSSL has written to its memory BIO to the socket.
+ * -1 when the session had to be closed. */
+static int tls_push(ipc_sess *s) {
+  BIO *wbio = SSL_get_wbio(s->ssl);
+  size_t n = BIO_ctrl_pending(wbio);
+  wreq *r;
+  uv_buf_t b;
+  if (!n)
+    return 0;
+  if (s->spare && s->spare->cap >= n) {
+    r = s->spare;
+    s->spare = NULL;
+  } else if (!(r = malloc(sizeof(wreq) + n))) {
+    sess_close(s);
+    return -1;
+  } else {
+    r->cap = n;
+  }
+  if (BIO_read(wbio, r->data, (int)n) != (int)n) {
+    free(r);
+    sess_close(s);
+    return -1;
+  }
+  r->s = s;
+  r->len = n;
+  b = uv_buf_init((char *)r->data, (unsigned)n);
+  s->backlog += n;
+  if (uv_write(&r->w, (uv_stream_t *)&s->h, &b, 1, on_written) != 0) {
+    s->backlog -= n;
+    free(r);
+    sess_close(s);
+    return -1;
+  }
+  return 0;
+}
+
 static void sess_flush(ipc_sess *s) {
   uint8_t *acc = NULL;
   size_t len = 0, cap = 0;
-  if (s->closing || s->in_send)
+  if (s->closing || s->in_send || (s->ssl && !s->tls_ready))
     return;
   if (s->spare) {
     acc = (uint8_t *)s->spare;
@@ -791,14 +933,29 @@ static void sess_flush(ipc_sess *s) {
       break;
   }
   s->in_send = 0;
-  if (len) {
+  if (len && s->ssl) {
+    /* the frames become TLS records in OpenSSL's memory BIO, then one write */
+    if (SSL_write(s->ssl, ((wreq *)acc)->data, (int)len) != (int)len) {
+      free(acc);
+      sess_close(s);
+      return;
+    }
+    if (!s->spare) {
+      s->spare = (wreq *)acc;
+      s->spare->cap = cap;
+    } else {
+      free(acc);
+    }
+    if (tls_push(s) != 0)
+      return;
+  } else if (len) {
     wreq *r = (wreq *)acc;
     uv_buf_t b = uv_buf_init((char *)r->data, (unsigned)len);
     r->s = s;
     r->len = len;
     r->cap = cap;
     s->backlog += len;
-    if (uv_write(&r->w, (uv_stream_t *)&s->pipe, &b, 1, on_written) != 0) {
+    if (uv_write(&r->w, (uv_stream_t *)&s->h, &b, 1, on_written) != 0) {
       s->backlog -= len;
       free(r);
       sess_close(s);
@@ -821,53 +978,105 @@ static void on_alloc(uv_handle_t *h, size_t sz, uv_buf_t *b) {
   *b = uv_buf_init(buf, sizeof(buf));
 }
 
+static int feed(ipc_sess *s, const uint8_t *data, size_t n);
+
+/* TLS: the bytes read go through OpenSSL (handshake first), the plaintext
+ * to nghttp2. */
+static void tls_read(ipc_sess *s, const uint8_t *data, size_t n) {
+  static uint8_t plain[16384]; /* loop thread only */
+  if (BIO_write(SSL_get_rbio(s->ssl), data, (int)n) != (int)n) {
+    sess_close(s);
+    return;
+  }
+  if (!s->tls_ready) {
+    const unsigned char *alpn = NULL;
+    unsigned alen = 0;
+    int r = SSL_do_handshake(s->ssl);
+    if (r != 1) {
+      int err = SSL_get_error(s->ssl, r);
+      if (tls_push(s) != 0) /* the handshake's records, an alert */
+        return;
+      if (err != SSL_ERROR_WANT_READ) {
+        unsigned long e = ERR_get_error();
+        char msg[256];
+        ERR_error_string_n(e, msg, sizeof(msg));
+        netd_log(s->ipc->d, NETSTASH_LOG_INFO, "HTTP/2 gateway: TLS handshake failed: %s",
+                 e ? msg : "connection closed");
+        ERR_clear_error();
+        sess_close(s);
+      }
+      return;
+    }
+    SSL_get0_alpn_selected(s->ssl, &alpn, &alen);
+    if (alen != 2 || memcmp(alpn, "h2", 2) != 0) { /* the ALPN callback allows nothing else */
+      netd_log(s->ipc->d, NETSTASH_LOG_INFO, "HTTP/2 gateway: a client without ALPN h2");
+      sess_close(s);
+      return;
+    }
+    s->tls_ready = 1;
+    if (tls_push(s) != 0)
+      return;
+    sess_mark(s); /* our SETTINGS */
+  }
+  for (;;) {
+    int r = SSL_read(s->ssl, plain, (int)sizeof(plain));
+    if (r <= 0) {
+      int err = SSL_get_error(s->ssl, r);
+      ERR_clear_error();
+      if (err == SSL_ERROR_WANT_READ)
+        break;
+      if (tls_push(s) == 0) /* a close_notify answered */
+        sess_close(s);
+      return;
+    }
+    if (feed(s, plain, (size_t)r) != 0)
+      return;
+  }
+  if (tls_push(s) != 0) /* session tickets, key updates */
+    return;
+  sess_mark(s);
+}
+
 static void on_read(uv_stream_t *str, ssize_t n, const uv_buf_t *b) {
   ipc_sess *s = str->data;
-  ssize_t r;
   if (n < 0) {
     sess_close(s);
     return;
   }
   if (n == 0)
     return;
-  r = nghttp2_session_mem_recv(s->ng, (const uint8_t *)b->base, (size_t)n);
+  if (s->ssl) {
+    tls_read(s, (const uint8_t *)b->base, (size_t)n);
+    return;
+  }
+  if (feed(s, (const uint8_t *)b->base, (size_t)n) == 0)
+    sess_mark(s); /* answers that are ready by the end of this turn go in one write */
+}
+
+/* Client bytes to nghttp2; -1 when the session was closed. */
+static int feed(ipc_sess *s, const uint8_t *data, size_t n) {
+  ssize_t r = nghttp2_session_mem_recv(s->ng, data, n);
   if (r < 0) {
-    netd_log(s->ipc->d, NETSTASH_LOG_INFO, "IPC client dropped: %s", nghttp2_strerror((int)r));
+    netd_log(s->ipc->d, NETSTASH_LOG_INFO, "%s client dropped: %s",
+             s->gateway ? "HTTP/2 gateway" : "IPC", nghttp2_strerror((int)r));
     /* GOAWAY if possible, then close */
     nghttp2_session_terminate_session(s->ng, NGHTTP2_PROTOCOL_ERROR);
     sess_flush(s);
     sess_close(s);
-    return;
+    return -1;
   }
-  sess_mark(s); /* answers that are ready by the end of this turn go in one write */
+  return 0;
 }
 
-static void on_conn(uv_stream_t *srv, int status) {
-  netd_ipc *ipc = srv->data;
-  netd *d = ipc->d;
-  ipc_sess *s;
+/* The nghttp2 server session of an accepted connection (s->h), then reading;
+ * on failure the connection is closed. */
+static void sess_start(ipc_sess *s) {
+  netd *d = s->ipc->d;
   nghttp2_session_callbacks *cb;
   nghttp2_settings_entry iv[] = {{NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, 256},
                                  {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, 1 << 20}};
-  if (status < 0 || ipc->stopping)
-    return;
-  s = calloc(1, sizeof(*s));
-  if (!s)
-    return;
-  s->ipc = ipc;
-  ns_list_init(&s->streams);
-  if (uv_pipe_init(d->loop, &s->pipe, 0) != 0) {
-    free(s);
-    return;
-  }
-  s->pipe.data = s;
-  ipc->nsessions++;
-  ns_list_insert_tail(&ipc->sessions, &s->node);
-  if (uv_accept(srv, (uv_stream_t *)&s->pipe) != 0 ||
-      nghttp2_session_callbacks_new(&cb) != 0) {
-    s->closing = 1;
-    ns_list_remove(&s->node);
-    uv_close((uv_handle_t *)&s->pipe, sess_closed);
+  if (nghttp2_session_callbacks_new(&cb) != 0) {
+    sess_abort(s);
     return;
   }
   nghttp2_session_callbacks_set_on_begin_headers_callback(cb, on_begin_headers);
@@ -877,9 +1086,7 @@ static void on_conn(uv_stream_t *srv, int status) {
   nghttp2_session_callbacks_set_on_stream_close_callback(cb, on_stream_close);
   if (nghttp2_session_server_new(&s->ng, cb, s) != 0) {
     nghttp2_session_callbacks_del(cb);
-    s->closing = 1;
-    ns_list_remove(&s->node);
-    uv_close((uv_handle_t *)&s->pipe, sess_closed);
+    sess_abort(s);
     return;
   }
   nghttp2_session_callbacks_del(cb);
@@ -887,8 +1094,78 @@ static void on_conn(uv_stream_t *srv, int status) {
   nghttp2_session_set_local_window_size(s->ng, NGHTTP2_FLAG_NONE, 0, 16 << 20);
   atomic_fetch_add(&d->metrics.ipc_conns, 1);
   atomic_fetch_add(&d->metrics.ipc_conns_open, 1);
-  uv_read_start((uv_stream_t *)&s->pipe, on_alloc, on_read);
-  sess_flush(s);
+  uv_read_start((uv_stream_t *)&s->h, on_alloc, on_read);
+  sess_flush(s); /* (TLS: after the handshake) */
+}
+
+/* A session that never started: its handle closes, nothing else to undo. */
+static void sess_abort(ipc_sess *s) {
+  s->closing = 1;
+  SSL_free(s->ssl);
+  s->ssl = NULL;
+  ns_list_remove(&s->node);
+  uv_close((uv_handle_t *)&s->h, sess_closed);
+}
+
+/* A session for a connection about to be accepted: in the list, counted. */
+static ipc_sess *sess_new(netd_ipc *ipc) {
+  ipc_sess *s = calloc(1, sizeof(*s));
+  if (!s)
+    return NULL;
+  s->ipc = ipc;
+  ns_list_init(&s->streams);
+  s->h.pipe.data = s; /* (the handle's data field, whichever member) */
+  return s;
+}
+
+static void sess_add(ipc_sess *s) {
+  s->ipc->nsessions++;
+  ns_list_insert_tail(&s->ipc->sessions, &s->node);
+}
+
+static void on_conn(uv_stream_t *srv, int status) {
+  netd_ipc *ipc = srv->data;
+  ipc_sess *s;
+  if (status < 0 || ipc->stopping || !(s = sess_new(ipc)))
+    return;
+  if (uv_pipe_init(ipc->d->loop, &s->h.pipe, 0) != 0) {
+    free(s);
+    return;
+  }
+  s->h.pipe.data = s;
+  sess_add(s);
+  if (uv_accept(srv, (uv_stream_t *)&s->h) != 0) {
+    sess_abort(s);
+    return;
+  }
+  sess_start(s);
+}
+
+static void on_gw_conn(uv_stream_t *srv, int status) {
+  netd_ipc *ipc = srv->data;
+  ipc_sess *s;
+  BIO *rb = NULL, *wb = NULL;
+  if (status < 0 || ipc->stopping || !(s = sess_new(ipc)))
+    return;
+  if (uv_tcp_init(ipc->d->loop, &s->h.tcp) != 0) {
+    free(s);
+    return;
+  }
+  s->h.tcp.data = s;
+  s->gateway = 1;
+  sess_add(s);
+  if (uv_accept(srv, (uv_stream_t *)&s->h) != 0 || !(s->ssl = SSL_new(ipc->gw_tls)) ||
+      !(rb = BIO_new(BIO_s_mem())) || !(wb = BIO_new(BIO_s_mem()))) {
+    if (s->ssl && rb && !wb)
+      BIO_free(rb);
+    sess_abort(s);
+    return;
+  }
+  BIO_set_mem_eof_return(rb, -1); /* an empty read BIO means "more to come" */
+  SSL_set_bio(s->ssl, rb, wb);
+  SSL_set_accept_state(s->ssl);
+  uv_tcp_nodelay(&s->h.tcp, 1);
+  sess_start(s);
 }
 
 /* ------------------------------------------------------------ start / stop */
@@ -939,10 +1216,85 @@ int netd_ipc_start(netd *d, char *err, size_t errlen) {
 
 size_t netd_ipc_clients(const netd *d) { return d->ipc ? d->ipc->nsessions : 0; }
 
-static void grace_closed(uv_handle_t *h) {
-  netd_ipc *ipc = h->data;
+/* ALPN: h2 or nothing (a client that cannot speak HTTP/2 gets the
+ * no_application_protocol alert; the HTTP/1.1 gateway is the other front). */
+static int gw_alpn(SSL *ssl, const unsigned char **out, unsigned char *outlen,
+                   const unsigned char *in, unsigned int inlen, void *arg) {
+  static const unsigned char h2[] = "\x02h2";
+  (void)ssl;
+  (void)arg;
+  if (SSL_select_next_proto((unsigned char **)out, outlen, h2, sizeof(h2) - 1, in, inlen) !=
+      OPENSSL_NPN_NEGOTIATED)
+    return SSL_TLSEXT_ERR_ALERT_FATAL;
+  return SSL_TLSEXT_ERR_OK;
+}
+
+int netd_gateway_h2_start(netd *d, char *err, size_t errlen) {
+  netd_ipc *ipc = d->ipc;
+  const netd_config *c = &d->cfg;
+  struct sockaddr_storage sa;
+  size_t n;
+  int rv;
+  if (!ipc || !c->upstream || !c->tls_cert || !c->tls_key) {
+    snprintf(err, errlen, "HTTP/2 gateway: needs the IPC, --upstream, --tls-cert and --tls-key");
+    return -1;
+  }
+  if (!(ipc->gw_upstream = strdup(c->upstream))) {
+    snprintf(err, errlen, "out of memory");
+    return -1;
+  }
+  n = strlen(ipc->gw_upstream);
+  while (n && ipc->gw_upstream[n - 1] == '/')
+    ipc->gw_upstream[--n] = 0;
+  if (!(ipc->gw_tls = SSL_CTX_new(TLS_server_method())) ||
+      SSL_CTX_set_min_proto_version(ipc->gw_tls, TLS1_3_VERSION) != 1) {
+    snprintf(err, errlen, "HTTP/2 gateway: OpenSSL: cannot make a TLS 1.3 context");
+    return -1;
+  }
+  if (SSL_CTX_use_certificate_chain_file(ipc->gw_tls, c->tls_cert) != 1) {
+    snprintf(err, errlen, "HTTP/2 gateway: cannot use %s as a PEM certificate chain", c->tls_cert);
+    ERR_clear_error();
+    return -1;
+  }
+  if (SSL_CTX_use_PrivateKey_file(ipc->gw_tls, c->tls_key, SSL_FILETYPE_PEM) != 1 ||
+      SSL_CTX_check_private_key(ipc->gw_tls) != 1) {
+    snprintf(err, errlen, "HTTP/2 gateway: %s is not the PEM private key of %s", c->tls_key,
+             c->tls_cert);
+    ERR_clear_error();
+    return -1;
+  }
+  SSL_CTX_set_alpn_select_cb(ipc->gw_tls, gw_alpn, NULL);
+  if (uv_ip4_addr(c->gateway_h2_host, c->gateway_h2_port, (struct sockaddr_in *)&sa) != 0 &&
+      uv_ip6_addr(c->gateway_h2_host, c->gateway_h2_port, (struct sockaddr_in6 *)&sa) != 0) {
+    snprintf(err, errlen, "HTTP/2 gateway: %s is not an IP address", c->gateway_h2_host);
+    return -1;
+  }
+  if (uv_tcp_init(d->loop, &ipc->gw_listener) != 0) {
+    snprintf(err, errlen, "uv_tcp_init failed");
+    return -1;
+  }
+  ipc->gw_listener.data = ipc;
+  ipc->gw_listening = 1;
+  rv = uv_tcp_bind(&ipc->gw_listener, (const struct sockaddr *)&sa, 0);
+  if (rv == 0)
+    rv = uv_listen((uv_stream_t *)&ipc->gw_listener, 128, on_gw_conn);
+  if (rv != 0) {
+    snprintf(err, errlen, "HTTP/2 gateway: cannot listen on %s:%d: %s", c->gateway_h2_host,
+             c->gateway_h2_port, uv_strerror(rv));
+    return -1;
+  }
+  netd_log(d, NETSTASH_LOG_INFO, "HTTP/2 gateway (TLS, h2) on %s:%d -> %s", c->gateway_h2_host,
+           c->gateway_h2_port, ipc->gw_upstream);
+  return 0;
+}
+
+static void ipc_free(netd_ipc *ipc) {
+  SSL_CTX_free(ipc->gw_tls);
+  free(ipc->gw_upstream);
   free(ipc);
 }
+
+static void grace_closed(uv_handle_t *h) { ipc_free(h->data); }
 
 /* Stopping and everything closed: report, then free (after the timer's
  * close callback when there is a timer). */
@@ -957,7 +1309,7 @@ static void flusher_closed(uv_handle_t *h) {
 static void ipc_maybe_done(netd_ipc *ipc) {
   void (*done)(void *);
   void *ud;
-  if (!ipc->stopping || ipc->listening || ipc->nsessions || !ipc->done)
+  if (!ipc->stopping || ipc->listening || ipc->gw_listening || ipc->nsessions || !ipc->done)
     return;
   if (ipc->flusher_state == 1) {
     ipc->flusher_state = 2;
@@ -977,14 +1329,17 @@ static void ipc_maybe_done(netd_ipc *ipc) {
     uv_timer_stop(&ipc->grace);
     uv_close((uv_handle_t *)&ipc->grace, grace_closed);
   } else {
-    free(ipc);
+    ipc_free(ipc);
   }
   done(ud);
 }
 
 static void listener_closed(uv_handle_t *h) {
   netd_ipc *ipc = h->data;
-  ipc->listening = 0;
+  if (h == (uv_handle_t *)&ipc->gw_listener)
+    ipc->gw_listening = 0;
+  else
+    ipc->listening = 0;
   ipc_maybe_done(ipc);
 }
 
@@ -1018,6 +1373,8 @@ void netd_ipc_stop(netd *d, void (*done)(void *), void *ud) {
     ipc->grace.data = ipc;
     uv_timer_start(&ipc->grace, grace_over, GRACE_MS, 0);
   }
+  if (ipc->gw_listening)
+    uv_close((uv_handle_t *)&ipc->gw_listener, listener_closed);
   if (ipc->listening)
     uv_close((uv_handle_t *)&ipc->listener, listener_closed);
   else

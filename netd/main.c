@@ -44,6 +44,10 @@ static const char usage[] =
     "      --proxy HOST:PORT      forward proxy front (loopback only by default)\n"
     "      --gateway HOST:PORT    gateway (reverse proxy) front, with --upstream URL\n"
     "      --upstream URL         the gateway's origin\n"
+    "      --gateway-h2 HOST:PORT the gateway over TLS 1.3 and HTTP/2 (ALPN h2),\n"
+    "                             with --upstream, --tls-cert and --tls-key\n"
+    "      --tls-cert FILE        the HTTP/2 gateway's certificate chain (PEM)\n"
+    "      --tls-key FILE         its private key (PEM)\n"
     "      --metrics HOST:PORT    Prometheus metrics on GET /metrics\n"
     "      --cacert FILE          trust the CAs in FILE instead of the system store\n"
     "      --trust KEYFILE        pinned manifest signing key (repeatable)\n"
@@ -148,6 +152,8 @@ static void start_task(netstash_ctx *ctx, ns_task *task) {
   if (!t->rc && d->cfg.gateway_port)
     t->rc = netd_front_start(d, NETD_FRONT_GATEWAY, d->cfg.gateway_host, d->cfg.gateway_port,
                              &d->gateway, t->err, sizeof(t->err));
+  if (!t->rc && d->cfg.gateway_h2_port)
+    t->rc = netd_gateway_h2_start(d, t->err, sizeof(t->err));
   if (!t->rc && d->cfg.metrics_port)
     t->rc = netd_front_start(d, NETD_FRONT_METRICS, d->cfg.metrics_host, d->cfg.metrics_port,
                              &d->metrics_front, t->err, sizeof(t->err));
@@ -258,6 +264,9 @@ enum {
   OPT_SOCKET,
   OPT_PROXY,
   OPT_GATEWAY,
+  OPT_GATEWAY_H2,
+  OPT_TLS_CERT,
+  OPT_TLS_KEY,
   OPT_UPSTREAM,
   OPT_METRICS,
   OPT_CACERT,
@@ -273,6 +282,7 @@ enum {
 
 typedef struct cli_over {
   const char *profile, *config, *socket, *proxy, *gateway, *upstream, *metrics, *cacert;
+  const char *gateway_h2, *tls_cert, *tls_key;
   const char *log_file, *pid_file;
   char *trust, *resolve;
   int log_json, verbose, check, daemon, allow_unsigned;
@@ -302,6 +312,8 @@ static int apply_cli(netd_config *c, const cli_over *o, char *err, size_t errlen
   SET(socket_path, o->socket);
   SET(upstream, o->upstream);
   SET(ca_file, o->cacert);
+  SET(tls_cert, o->tls_cert);
+  SET(tls_key, o->tls_key);
 #undef SET
   if (o->proxy && netd_parse_hostport(o->proxy, &c->proxy_host, &c->proxy_port) != 0) {
     snprintf(err, errlen, "--proxy %s: HOST:PORT expected", o->proxy);
@@ -309,6 +321,11 @@ static int apply_cli(netd_config *c, const cli_over *o, char *err, size_t errlen
   }
   if (o->gateway && netd_parse_hostport(o->gateway, &c->gateway_host, &c->gateway_port) != 0) {
     snprintf(err, errlen, "--gateway %s: HOST:PORT expected", o->gateway);
+    return -1;
+  }
+  if (o->gateway_h2 &&
+      netd_parse_hostport(o->gateway_h2, &c->gateway_h2_host, &c->gateway_h2_port) != 0) {
+    snprintf(err, errlen, "--gateway-h2 %s: HOST:PORT expected", o->gateway_h2);
     return -1;
   }
   if (o->metrics && netd_parse_hostport(o->metrics, &c->metrics_host, &c->metrics_port) != 0) {
@@ -381,6 +398,9 @@ int main(int argc, char **argv) {
       {"socket", required_argument, NULL, OPT_SOCKET},
       {"proxy", required_argument, NULL, OPT_PROXY},
       {"gateway", required_argument, NULL, OPT_GATEWAY},
+      {"gateway-h2", required_argument, NULL, OPT_GATEWAY_H2},
+      {"tls-cert", required_argument, NULL, OPT_TLS_CERT},
+      {"tls-key", required_argument, NULL, OPT_TLS_KEY},
       {"upstream", required_argument, NULL, OPT_UPSTREAM},
       {"metrics", required_argument, NULL, OPT_METRICS},
       {"cacert", required_argument, NULL, OPT_CACERT},
@@ -411,6 +431,9 @@ int main(int argc, char **argv) {
     case OPT_SOCKET: o.socket = optarg; break;
     case OPT_PROXY: o.proxy = optarg; break;
     case OPT_GATEWAY: o.gateway = optarg; break;
+    case OPT_GATEWAY_H2: o.gateway_h2 = optarg; break;
+    case OPT_TLS_CERT: o.tls_cert = optarg; break;
+    case OPT_TLS_KEY: o.tls_key = optarg; break;
     case OPT_UPSTREAM: o.upstream = optarg; break;
     case OPT_METRICS: o.metrics = optarg; break;
     case OPT_CACERT: o.cacert = optarg; break;
@@ -445,10 +468,11 @@ int main(int argc, char **argv) {
     return o.check || o.config ? EX_CONFIG : EX_USAGE_;
   }
   if (o.check) {
-    printf("netd: configuration OK (profile %s, socket %s%s%s%s, %zu warm schedule(s))\n",
+    printf("netd: configuration OK (profile %s, socket %s%s%s%s%s, %zu warm schedule(s))\n",
            d->cfg.profile, d->cfg.socket_path, d->cfg.proxy_port ? ", proxy" : "",
-           d->cfg.gateway_port ? ", gateway" : "", d->cfg.metrics_port ? ", metrics" : "",
-           d->cfg.nwarms);
+           d->cfg.gateway_port ? ", gateway" : "",
+           d->cfg.gateway_h2_port ? ", HTTP/2 gateway" : "",
+           d->cfg.metrics_port ? ", metrics" : "", d->cfg.nwarms);
     netd_config_free(&d->cfg);
     return EX_OK_;
   }

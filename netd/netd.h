@@ -40,6 +40,11 @@ typedef struct netd_config {
   char *gateway_host;
   int gateway_port;
   char *upstream;      /* gateway's origin, e.g. https://example.test:8443 */
+  /* the HTTP/2 gateway: TLS (ALPN h2) on gateway_h2_port, same upstream */
+  char *gateway_h2_host;
+  int gateway_h2_port;
+  char *tls_cert; /* its certificate chain (PEM) */
+  char *tls_key;  /* its private key (PEM) */
   char *metrics_host;
   int metrics_port;
   /* library options */
@@ -121,6 +126,10 @@ struct netd {
 int netd_ipc_start(netd *d, char *err, size_t errlen);
 void netd_ipc_stop(netd *d, void (*done)(void *), void *ud);
 size_t netd_ipc_clients(const netd *d);
+/* The HTTP/2 gateway (cfg.gateway_h2_*): TLS 1.3 with ALPN h2 on a TCP
+ * listener, served by the IPC's HTTP/2 sessions with gateway semantics;
+ * after netd_ipc_start, stopped by netd_ipc_stop. */
+int netd_gateway_h2_start(netd *d, char *err, size_t errlen);
 
 typedef enum netd_front_kind {
   NETD_FRONT_PROXY = 1,   /* forward proxy: absolute-form http, CONNECT tunnels */

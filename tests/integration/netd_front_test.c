@@ -42,13 +42,14 @@ static pthread_t cookie_thread;
 
 static int start_netd_once(netd_proc *p, const char *name, const char *upstream, int with_proxy,
                            int with_metrics) {
-  char proxy[64], gateway[64], metrics[64];
-  const char *args[24];
+  char proxy[64], gateway[64], gateway_h2[64], metrics[64];
+  const char *args[32];
   size_t n = 0;
   snprintf(p->profile, sizeof(p->profile), "%s", nst_path(name));
   snprintf(p->log, sizeof(p->log), "%s.log", p->profile);
   p->proxy = with_proxy ? netd_run_free_port() : 0;
   p->gateway = upstream ? netd_run_free_port() : 0;
+  p->gateway_h2 = upstream ? netd_run_free_port() : 0;
   p->metrics = with_metrics ? netd_run_free_port() : 0;
   args[n++] = "--profile";
   args[n++] = p->profile;
@@ -66,6 +67,13 @@ static int start_netd_once(netd_proc *p, const char *name, const char *upstream,
     args[n++] = gateway;
     args[n++] = "--upstream";
     args[n++] = upstream;
+    snprintf(gateway_h2, sizeof(gateway_h2), "127.0.0.1:%d", p->gateway_h2);
+    args[n++] = "--gateway-h2";
+    args[n++] = gateway_h2;
+    args[n++] = "--tls-cert";
+    args[n++] = nst_cert("good.pem");
+    args[n++] = "--tls-key";
+    args[n++] = nst_cert("good.key");
   }
   if (p->metrics) {
     snprintf(metrics, sizeof(metrics), "127.0.0.1:%d", p->metrics);
@@ -503,6 +511,118 @@ static void test_gateway_cache(void **state) {
   resp_free(&r2);
 }
 
+/* ------------------------------------------------------------ HTTP/2 gateway */
+
+static char *curl_h2(const char *args, int *st) {
+  char cmd[4096];
+  snprintf(cmd, sizeof(cmd), "curl -sS --max-time 20 --cacert %s %s 2>&1", nst_cert("ca.pem"),
+           args);
+  return netd_run_capture(cmd, st);
+}
+
+/* The gateway over TLS 1.3 and HTTP/2 (for browsers, which speak h2 only
+ * over TLS): the HTTP/1.1 gateway's semantics on one multiplexed
+ * connection. */
+static void test_gateway_h2(void **state) {
+  char args[2048], want[256];
+  char *out;
+  int st;
+  (void)state;
+  /* HTTP/2, TLS 1.3, the upstream's answer with netd's source field */
+  snprintf(args, sizeof(args),
+           "-i https://127.0.0.1:%d/ok -w '|%%{http_version} %%{ssl_verify_result}'",
+           nd.gateway_h2);
+  out = curl_h2(args, &st);
+  assert_int_equal(st, 0);
+  assert_non_null(strstr(out, "HTTP/2 200"));
+  assert_non_null(strstr(out, "x-netstash-source: network"));
+  assert_non_null(strstr(out, "\r\n\r\nhello|2 0"));
+  free(out);
+
+  /* method, path, query, duplicates and body upstream; x-netstash-* from a
+   * client neither applied nor forwarded; Host is the upstream's */
+  snprintf(args, sizeof(args),
+           "-X POST --data-binary 'a=1&b=2' -H 'X-Dup: first' -H 'X-Dup: second' "
+           "-H 'x-netstash-jar: other' -H 'x-netstash-load-flags: 8' "
+           "'https://127.0.0.1:%d/echo?x=1&y=two%%20words'",
+           nd.gateway_h2);
+  out = curl_h2(args, &st);
+  assert_int_equal(st, 0);
+  assert_non_null(strstr(out, "POST /echo?x=1&y=two%20words HTTP/1.1\r\n"));
+  snprintf(want, sizeof(want), "\r\nHost: 127.0.0.1:%d\r\n", raw.port);
+  assert_non_null(strstr(out, want));
+  assert_non_null(strstr(out, "\r\nx-dup: first\r\nx-dup: second\r\n"));
+  assert_null(strstr(out, "x-netstash"));
+  assert_int_equal(memcmp(out + strlen(out) - 7, "a=1&b=2", 7), 0);
+  free(out);
+
+  /* statuses and redirects relayed, not followed */
+  snprintf(args, sizeof(args),
+           "https://127.0.0.1:%d/status/404 -o /dev/null https://127.0.0.1:%d/redirect/1 "
+           "-o /dev/null -w '%%{http_code} %%{redirect_url}\n'",
+           nd.gateway_h2, nd.gateway_h2);
+  out = curl_h2(args, &st);
+  assert_int_equal(st, 0);
+  snprintf(want, sizeof(want), "404 \n302 https://127.0.0.1:%d/redirect/0\n", nd.gateway_h2);
+  assert_string_equal(out, want);
+  free(out);
+
+  /* the HTTP cache behind it, as for every front */
+  snprintf(args, sizeof(args),
+           "-o /dev/null -D - https://127.0.0.1:%d/cache/max-age/600/gwh2 "
+           "-o /dev/null -D - https://127.0.0.1:%d/cache/max-age/600/gwh2",
+           nd.gateway_h2, nd.gateway_h2);
+  out = curl_h2(args, &st);
+  assert_int_equal(st, 0);
+  assert_non_null(strstr(out, "x-netstash-source: network"));
+  assert_non_null(strstr(out, "x-netstash-source: cache"));
+  free(out);
+
+  /* 40 requests at once on one connection */
+  {
+    size_t n = 0;
+    n += (size_t)snprintf(args + n, sizeof(args) - n,
+                          "--parallel --parallel-max 40 -w '%%{http_code} %%{num_connects}\n'");
+    for (int i = 0; i < 40; i++)
+      n += (size_t)snprintf(args + n, sizeof(args) - n, " https://127.0.0.1:%d/ok -o /dev/null",
+                            nd.gateway_h2);
+    out = curl_h2(args, &st);
+    assert_int_equal(st, 0);
+    {
+      int ok = 0, conns = 0;
+      for (char *l = out; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL) {
+        int code = 0, nc = 0;
+        if (sscanf(l, "%d %d", &code, &nc) == 2) {
+          ok += code == 200;
+          conns += nc;
+        }
+      }
+      if (ok != 40 || conns != 1)
+        fprintf(stderr, "curl --parallel through the HTTP/2 gateway:\n%s", out);
+      assert_int_equal(ok, 40);
+      assert_int_equal(conns, 1);
+    }
+    free(out);
+  }
+
+  /* h2 only: a client that offers only http/1.1 fails the handshake, and
+   * plain HTTP on the TLS port gets nothing */
+  snprintf(args, sizeof(args), "--http1.1 https://127.0.0.1:%d/ok", nd.gateway_h2);
+  out = curl_h2(args, &st);
+  assert_int_not_equal(st, 0);
+  free(out);
+  snprintf(args, sizeof(args), "http://127.0.0.1:%d/ok", nd.gateway_h2);
+  out = curl_h2(args, &st);
+  assert_int_not_equal(st, 0);
+  free(out);
+  /* netd is fine after both */
+  snprintf(args, sizeof(args), "https://127.0.0.1:%d/ok", nd.gateway_h2);
+  out = curl_h2(args, &st);
+  assert_int_equal(st, 0);
+  assert_string_equal(out, "hello");
+  free(out);
+}
+
 /* ------------------------------------------------------------ proxy */
 
 static void test_proxy_get_and_cache(void **state) {
@@ -764,6 +884,7 @@ int main(void) {
       cmocka_unit_test(test_gateway_backpressure),
       cmocka_unit_test(test_gateway_limits),
       cmocka_unit_test(test_gateway_cache),
+      cmocka_unit_test(test_gateway_h2),
       cmocka_unit_test(test_proxy_get_and_cache),
       cmocka_unit_test(test_proxy_refusals),
       cmocka_unit_test(test_proxy_connect_tunnel),

@@ -14,6 +14,7 @@
 typedef struct netd_proc {
   pid_t pid;                   /* <= 0: not running */
   int proxy, gateway, metrics; /* its TCP listeners on 127.0.0.1, 0 = off */
+  int gateway_h2;               /* the HTTP/2 gateway (TLS), 0 = off */
   char profile[512];
   char sock[600]; /* its unix socket, "" = not waited for */
   char log[600];  /* its stdout and stderr */
