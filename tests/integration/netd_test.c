@@ -284,6 +284,35 @@ static void test_lock_and_config(void **state) {
   assert_int_equal(st, 3);
   assert_non_null(strstr(out, "unknown key \"sockett\""));
   free(out);
+  /* the HTTP/2 gateway: TLS needs a certificate and key; a bad pair is
+   * named at start */
+  snprintf(cmd, sizeof(cmd), "%s/h2.json", dp.profile);
+  fp = fopen(cmd, "w");
+  fprintf(fp, "{\"profile\": \"/tmp/x\", \"gateway_h2\": \"127.0.0.1:18443\","
+              " \"upstream\": \"https://example.test\"}");
+  fclose(fp);
+  snprintf(cmd, sizeof(cmd), "%s --config %s/h2.json --check-config 2>&1", netd_run_bin(),
+           dp.profile);
+  out = netd_run_capture(cmd, &st);
+  assert_int_equal(st, 3);
+  assert_non_null(strstr(out, "needs --tls-cert FILE and --tls-key FILE"));
+  free(out);
+  snprintf(cmd, sizeof(cmd),
+           "%s --config %s/h2.json --tls-cert %s --tls-key %s --check-config 2>&1",
+           netd_run_bin(), dp.profile, nst_cert("good.pem"), nst_cert("good.key"));
+  out = netd_run_capture(cmd, &st);
+  assert_int_equal(st, 0);
+  assert_non_null(strstr(out, "HTTP/2 gateway"));
+  free(out);
+  snprintf(cmd, sizeof(cmd),
+           "%s --profile %s --gateway-h2 127.0.0.1:%d --upstream https://example.test "
+           "--tls-cert %s --tls-key %s 2>&1",
+           netd_run_bin(), dp.profile, netd_run_free_port(), nst_cert("good.pem"),
+           nst_cert("ca.pem"));
+  out = netd_run_capture(cmd, &st);
+  assert_int_not_equal(st, 0);
+  assert_non_null(strstr(out, "is not the PEM private key of"));
+  free(out);
 }
 
 /* The socket is 0660 and other users cannot connect. */
