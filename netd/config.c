@@ -313,3 +313,38 @@ int netd_config_check(const netd_config *c, char *err, size_t errlen) {
     }
   return 0;
 }
+
+netstash_error netd_add_resolves(netstash_request *req, const char *list) {
+  netstash_error e = NETSTASH_OK;
+  const char *p = list;
+  char line[512];
+  while (p && *p && e == NETSTASH_OK) {
+    size_t n = strcspn(p, "\n");
+    if (n && n < sizeof(line)) {
+      memcpy(line, p, n);
+      line[n] = 0;
+      e = netstash_request_add_resolve(req, line);
+    }
+    p += n;
+    if (*p == '\n')
+      p++;
+  }
+  return e;
+}
+
+netstash_error netd_relay_request(netstash_request *req, int has_accept_encoding) {
+  netstash_error e = NETSTASH_OK;
+  /* Without one the library would advertise "br, gzip" and, the body being
+   * raw, hand the client a coding it never asked for. */
+  if (!has_accept_encoding)
+    e = netstash_request_add_header(req, "Accept-Encoding", "identity");
+  /* Redirects are the client's business; bodies pass as sent (Content-
+   * Encoding included), of any size (nothing is buffered: pull mode). */
+  if (e == NETSTASH_OK)
+    e = netstash_request_set_redirect_mode(req, NETSTASH_REDIRECT_MANUAL);
+  if (e == NETSTASH_OK)
+    e = netstash_request_set_raw_body(req, 1);
+  if (e == NETSTASH_OK)
+    e = netstash_request_set_max_body(req, UINT64_MAX);
+  return e;
+}

@@ -1043,24 +1043,6 @@ static netstash_error proxy_context(conn *c, netstash_request *req) {
   return netstash_request_set_site_for_cookies(req, NULL, 0);
 }
 
-static netstash_error add_resolves(netstash_request *req, const char *list) {
-  netstash_error e = NETSTASH_OK;
-  const char *p = list;
-  char line[512];
-  while (p && *p && e == NETSTASH_OK) {
-    size_t n = strcspn(p, "\n");
-    if (n && n < sizeof(line)) {
-      memcpy(line, p, n);
-      line[n] = 0;
-      e = netstash_request_add_resolve(req, line);
-    }
-    p += n;
-    if (*p == '\n')
-      p++;
-  }
-  return e;
-}
-
 /* Builds the library request for a proxy or gateway request and starts the
  * job. url is absolute. */
 static void start_job(conn *c, const char *url) {
@@ -1090,22 +1072,12 @@ static void start_job(conn *c, const char *url) {
       continue;
     e = netstash_request_add_header(req, fld->name, fld->value);
   }
-  /* Without one the library would advertise "br, gzip" and, the body being
-   * raw, hand the client a coding it never asked for. */
-  if (e == NETSTASH_OK && !ns_headers_get(&c->hdrs, "accept-encoding"))
-    e = netstash_request_add_header(req, "Accept-Encoding", "identity");
-  /* Redirects are the client's business; bodies pass as sent (Content-
-   * Encoding included), of any size (nothing is buffered: pull mode). */
   if (e == NETSTASH_OK)
-    e = netstash_request_set_redirect_mode(req, NETSTASH_REDIRECT_MANUAL);
-  if (e == NETSTASH_OK)
-    e = netstash_request_set_raw_body(req, 1);
-  if (e == NETSTASH_OK)
-    e = netstash_request_set_max_body(req, UINT64_MAX);
+    e = netd_relay_request(req, ns_headers_get(&c->hdrs, "accept-encoding") != NULL);
   if (e == NETSTASH_OK && c->has_body)
     e = netstash_request_set_body(req, c->body.data, c->body.len);
   if (e == NETSTASH_OK && d->cfg.resolve)
-    e = add_resolves(req, d->cfg.resolve);
+    e = netd_add_resolves(req, d->cfg.resolve);
   if (e == NETSTASH_OK) {
     if (c->fr->kind == NETD_FRONT_PROXY)
       e = proxy_context(c, req);

@@ -435,21 +435,47 @@ static void job_complete(netstash_job *job, netstash_error err, void *ud) {
 static const netstash_job_callbacks job_cbs = {
     .on_response = job_response, .on_readable = job_readable, .on_complete = job_complete};
 
-static netstash_error add_resolves(netstash_request *req, const char *list) {
-  netstash_error e = NETSTASH_OK;
-  char *pins = strdup(list), *save = NULL, *p;
-  if (!pins)
-    return NETSTASH_E_NOMEM;
-  for (p = strtok_r(pins, "\n", &save); p && e == NETSTASH_OK; p = strtok_r(NULL, "\n", &save))
-    e = netstash_request_add_resolve(req, p);
-  free(pins);
+/* A library request for url with the stream's method and header fields
+ * (the gateway's without content-length and te: the library frames the body,
+ * and HTTP/2 has no other hop-by-hop fields a client may send). *has_ae (when
+ * not NULL) tells whether the client sent accept-encoding. */
+static netstash_error stream_request(ipc_stream *st, const char *url, netstash_request **req,
+                                     int *has_ae) {
+  netstash_error e = netstash_request_new(req, url);
+  if (e == NETSTASH_OK && strcmp(st->method, "GET"))
+    e = netstash_request_set_method(*req, st->method);
+  for (size_t i = 0; e == NETSTASH_OK && i < st->nhdrs; i++) {
+    char *c = strchr(st->hdrs[i], ':');
+    *c = 0;
+    if (!st->s->gateway || (strcmp(st->hdrs[i], "content-length") && strcmp(st->hdrs[i], "te")))
+      e = netstash_request_add_header(*req, st->hdrs[i], c + 2);
+    if (has_ae)
+      *has_ae |= !strcmp(st->hdrs[i], "accept-encoding");
+    *c = ':';
+  }
   return e;
+}
+
+/* Starts the job of req (deleted here), the cfg's pins added, unless e
+ * already says the request is bad: then a 400 names the error. */
+static void run_request(ipc_stream *st, netstash_request *req, netstash_error e) {
+  netd *d = st->s->ipc->d;
+  if (e == NETSTASH_OK && d->cfg.resolve)
+    e = netd_add_resolves(req, d->cfg.resolve);
+  if (e == NETSTASH_OK)
+    e = netstash_job_start(d->ctx, req, &job_cbs, st, &st->job);
+  netstash_request_del(req);
+  if (e != NETSTASH_OK) {
+    char msg[160];
+    snprintf(msg, sizeof(msg), "netd: bad request: %s\n", netstash_strerror(e));
+    netd_metrics_request(&d->metrics, NETD_SRC_ERROR, 0);
+    answer_mem(st, 400, "text/plain", strdup(msg), netstash_error_name(e));
+  }
 }
 
 /* The HTTP/2 gateway's request: :path on the upstream, as the HTTP/1.1
  * gateway does it (netd/front.c start_job). */
 static void start_gateway_request(ipc_stream *st) {
-  netd *d = st->s->ipc->d;
   netstash_request *req = NULL;
   netstash_error e;
   int has_ae = 0;
@@ -474,50 +500,19 @@ static void start_gateway_request(ipc_stream *st) {
     return;
   }
   snprintf(url, ul, "%s%s", st->s->ipc->gw_upstream, st->path);
-  e = netstash_request_new(&req, url);
+  e = stream_request(st, url, &req, &has_ae);
   free(url);
-  if (e == NETSTASH_OK && strcmp(st->method, "GET"))
-    e = netstash_request_set_method(req, st->method);
-  for (size_t i = 0; e == NETSTASH_OK && i < st->nhdrs; i++) {
-    char *c = strchr(st->hdrs[i], ':');
-    *c = 0;
-    /* the library frames the body (and HTTP/2 has no other hop-by-hop
-     * fields a client may send) */
-    if (strcmp(st->hdrs[i], "content-length") && strcmp(st->hdrs[i], "te"))
-      e = netstash_request_add_header(req, st->hdrs[i], c + 2);
-    has_ae |= !strcmp(st->hdrs[i], "accept-encoding");
-    *c = ':';
-  }
-  /* without one the library would advertise "br, gzip" and, the body
-   * being raw, hand the client a coding it never asked for */
-  if (e == NETSTASH_OK && !has_ae)
-    e = netstash_request_add_header(req, "accept-encoding", "identity");
+  if (e == NETSTASH_OK)
+    e = netd_relay_request(req, has_ae);
   if (e == NETSTASH_OK && st->body)
     e = netstash_request_set_body(req, st->body, st->body_len);
-  if (e == NETSTASH_OK)
-    e = netstash_request_set_redirect_mode(req, NETSTASH_REDIRECT_MANUAL);
-  if (e == NETSTASH_OK)
-    e = netstash_request_set_raw_body(req, 1);
-  if (e == NETSTASH_OK)
-    e = netstash_request_set_max_body(req, UINT64_MAX);
   if (e == NETSTASH_OK) /* the client's cookies; netd's jar stays out of it */
     e = netstash_request_set_cookies(req, 0);
-  if (e == NETSTASH_OK && d->cfg.resolve)
-    e = add_resolves(req, d->cfg.resolve);
   st->raw = 1; /* the answer keeps its coding and length */
-  if (e == NETSTASH_OK)
-    e = netstash_job_start(d->ctx, req, &job_cbs, st, &st->job);
-  netstash_request_del(req);
-  if (e != NETSTASH_OK) {
-    char msg[160];
-    snprintf(msg, sizeof(msg), "netd: bad request: %s\n", netstash_strerror(e));
-    netd_metrics_request(&d->metrics, NETD_SRC_ERROR, 0);
-    answer_mem(st, 400, "text/plain", strdup(msg), netstash_error_name(e));
-  }
+  run_request(st, req, e);
 }
 
 static void start_request(ipc_stream *st) {
-  netd *d = st->s->ipc->d;
   netstash_request *req = NULL;
   netstash_error e;
   char *url;
@@ -547,16 +542,8 @@ static void start_request(ipc_stream *st) {
     return;
   snprintf(url, ul, "%s://%s%s", st->scheme && !strcmp(st->scheme, "http") ? "http" : "https",
            st->authority, st->path);
-  e = netstash_request_new(&req, url);
+  e = stream_request(st, url, &req, NULL);
   free(url);
-  if (e == NETSTASH_OK && strcmp(st->method, "GET"))
-    e = netstash_request_set_method(req, st->method);
-  for (size_t i = 0; e == NETSTASH_OK && i < st->nhdrs; i++) {
-    char *c = strchr(st->hdrs[i], ':');
-    *c = 0;
-    e = netstash_request_add_header(req, st->hdrs[i], c + 2);
-    *c = ':';
-  }
   if (e == NETSTASH_OK && st->body)
     e = netstash_request_set_body(req, st->body, st->body_len);
   if (e == NETSTASH_OK && st->has_dest)
@@ -583,17 +570,7 @@ static void start_request(ipc_stream *st) {
     e = netstash_request_set_cookie_jar(req, st->jar);
   if (e == NETSTASH_OK && st->raw)
     e = netstash_request_set_raw_body(req, 1);
-  if (e == NETSTASH_OK && d->cfg.resolve)
-    e = add_resolves(req, d->cfg.resolve);
-  if (e == NETSTASH_OK)
-    e = netstash_job_start(d->ctx, req, &job_cbs, st, &st->job);
-  netstash_request_del(req);
-  if (e != NETSTASH_OK) {
-    char msg[160];
-    snprintf(msg, sizeof(msg), "netd: bad request: %s\n", netstash_strerror(e));
-    netd_metrics_request(&d->metrics, NETD_SRC_ERROR, 0);
-    answer_mem(st, 400, "text/plain", strdup(msg), netstash_error_name(e));
-  }
+  run_request(st, req, e);
 }
 
 /* ------------------------------------------------------------ nghttp2 callbacks */

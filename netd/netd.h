@@ -67,6 +67,11 @@ void netd_config_defaults(netd_config *c);
 void netd_config_free(netd_config *c);
 /* "HOST:PORT" / "[V6]:PORT" into a malloc'd host and a port; 0 or -1. */
 int netd_parse_hostport(const char *s, char **host, int *port);
+/* Adds the '\n'-separated HOST:PORT:ADDR pins of list (cfg.resolve) to req. */
+netstash_error netd_add_resolves(netstash_request *req, const char *list);
+/* The fronts' relaying semantics on req: redirects returned, bodies raw and
+ * unbounded (pulled), "Accept-Encoding: identity" unless the client sent one. */
+netstash_error netd_relay_request(netstash_request *req, int has_accept_encoding);
 /* Checks values (ports, paths, a front's address); 0 or -1 with a message. */
 int netd_config_check(const netd_config *c, char *err, size_t errlen);
 

@@ -2701,22 +2701,20 @@ netstash_error ns_transport_new(netstash_ctx *ctx, ns_transport **out, char *det
   }
   tr->hc_check.data = tr;
   tr->hc_check_ok = 1;
-  if (uv_timer_init(&ctx->loop, &tr->timer) != 0) {
-    ns_transport_del(tr);
-    if (detail && detail_len)
-      snprintf(detail, detail_len, "uv_timer_init failed");
-    return NETSTASH_E_INTERNAL;
+  {
+    uv_timer_t *timers[] = {&tr->timer, &tr->kick};
+    int *oks[] = {&tr->timer_ok, &tr->kick_ok};
+    for (size_t i = 0; i < 2; i++) {
+      if (uv_timer_init(&ctx->loop, timers[i]) != 0) {
+        ns_transport_del(tr);
+        if (detail && detail_len)
+          snprintf(detail, detail_len, "uv_timer_init failed");
+        return NETSTASH_E_INTERNAL;
+      }
+      timers[i]->data = tr;
+      *oks[i] = 1;
+    }
   }
-  tr->timer.data = tr;
-  tr->timer_ok = 1;
-  if (uv_timer_init(&ctx->loop, &tr->kick) != 0) {
-    ns_transport_del(tr);
-    if (detail && detail_len)
-      snprintf(detail, detail_len, "uv_timer_init failed");
-    return NETSTASH_E_INTERNAL;
-  }
-  tr->kick.data = tr;
-  tr->kick_ok = 1;
   *out = tr;
   return NETSTASH_OK;
 }

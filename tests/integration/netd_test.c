@@ -237,12 +237,31 @@ static void test_restart_under_load(void **state) {
   assert_int_equal(netd_run_stop(&dp), 0);
 }
 
+/* Writes DIR/NAME.json (fmt) and runs netd --config it [ARGS] --check-config;
+ * the output (free it), *st the exit status. */
+static char *check_config(const char *dir, const char *name, const char *args, int *st,
+                          const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+static char *check_config(const char *dir, const char *name, const char *args, int *st,
+                          const char *fmt, ...) {
+  char path[1024], cmd[4096];
+  va_list ap;
+  FILE *fp;
+  snprintf(path, sizeof(path), "%s/%s.json", dir, name);
+  fp = fopen(path, "w");
+  assert_non_null(fp);
+  va_start(ap, fmt);
+  vfprintf(fp, fmt, ap);
+  va_end(ap);
+  fclose(fp);
+  snprintf(cmd, sizeof(cmd), "%s --config %s %s --check-config 2>&1", netd_run_bin(), path, args);
+  return netd_run_capture(cmd, st);
+}
+
 /* One netd per profile; --check-config. */
 static void test_lock_and_config(void **state) {
   netd_proc dp = {0};
   char cmd[2048], *out;
   int st;
-  FILE *fp;
   (void)state;
   netd_start(&dp, "netd-lock", NULL);
   snprintf(cmd, sizeof(cmd), "%s --profile %s 2>&1", netd_run_bin(), dp.profile);
@@ -252,55 +271,36 @@ static void test_lock_and_config(void **state) {
   free(out);
   assert_int_equal(netd_run_stop(&dp), 0);
 
-  snprintf(cmd, sizeof(cmd), "%s/good.json", dp.profile);
-  fp = fopen(cmd, "w");
-  fprintf(fp, "{\"profile\": \"%s\", \"proxy\": \"127.0.0.1:18080\", \"log\": {\"level\": \"debug\"},"
-              " \"warm\": [{\"manifest\": \"https://example.test/m.json\", \"interval_s\": 600}]}",
-          dp.profile);
-  fclose(fp);
-  snprintf(cmd, sizeof(cmd), "%s --config %s/good.json --check-config 2>&1", netd_run_bin(),
-           dp.profile);
-  out = netd_run_capture(cmd, &st);
+  out = check_config(dp.profile, "good", "", &st,
+                     "{\"profile\": \"%s\", \"proxy\": \"127.0.0.1:18080\", "
+                     "\"log\": {\"level\": \"debug\"}, \"warm\": [{\"manifest\": "
+                     "\"https://example.test/m.json\", \"interval_s\": 600}]}",
+                     dp.profile);
   assert_int_equal(st, 0);
   assert_non_null(strstr(out, "configuration OK"));
   free(out);
-  snprintf(cmd, sizeof(cmd), "%s/bad.json", dp.profile);
-  fp = fopen(cmd, "w");
-  fprintf(fp, "{\"profile\": \"/tmp/x\", \"proxy\": \"10.1.2.3:8080\"}");
-  fclose(fp);
-  snprintf(cmd, sizeof(cmd), "%s --config %s/bad.json --check-config 2>&1", netd_run_bin(),
-           dp.profile);
-  out = netd_run_capture(cmd, &st);
+  out = check_config(dp.profile, "bad", "", &st,
+                     "{\"profile\": \"/tmp/x\", \"proxy\": \"10.1.2.3:8080\"}");
   assert_int_equal(st, 3);
   assert_non_null(strstr(out, "not a loopback address"));
   free(out);
-  snprintf(cmd, sizeof(cmd), "%s/typo.json", dp.profile);
-  fp = fopen(cmd, "w");
-  fprintf(fp, "{\"profile\": \"/tmp/x\", \"sockett\": \"/tmp/s\"}");
-  fclose(fp);
-  snprintf(cmd, sizeof(cmd), "%s --config %s/typo.json --check-config 2>&1", netd_run_bin(),
-           dp.profile);
-  out = netd_run_capture(cmd, &st);
+  out = check_config(dp.profile, "typo", "", &st,
+                     "{\"profile\": \"/tmp/x\", \"sockett\": \"/tmp/s\"}");
   assert_int_equal(st, 3);
   assert_non_null(strstr(out, "unknown key \"sockett\""));
   free(out);
   /* the HTTP/2 gateway: TLS needs a certificate and key; a bad pair is
    * named at start */
-  snprintf(cmd, sizeof(cmd), "%s/h2.json", dp.profile);
-  fp = fopen(cmd, "w");
-  fprintf(fp, "{\"profile\": \"/tmp/x\", \"gateway_h2\": \"127.0.0.1:18443\","
-              " \"upstream\": \"https://example.test\"}");
-  fclose(fp);
-  snprintf(cmd, sizeof(cmd), "%s --config %s/h2.json --check-config 2>&1", netd_run_bin(),
-           dp.profile);
-  out = netd_run_capture(cmd, &st);
+  out = check_config(dp.profile, "h2", "", &st,
+                     "{\"profile\": \"/tmp/x\", \"gateway_h2\": \"127.0.0.1:18443\","
+                     " \"upstream\": \"https://example.test\"}");
   assert_int_equal(st, 3);
   assert_non_null(strstr(out, "needs --tls-cert FILE and --tls-key FILE"));
   free(out);
-  snprintf(cmd, sizeof(cmd),
-           "%s --config %s/h2.json --tls-cert %s --tls-key %s --check-config 2>&1",
-           netd_run_bin(), dp.profile, nst_cert("good.pem"), nst_cert("good.key"));
-  out = netd_run_capture(cmd, &st);
+  snprintf(cmd, sizeof(cmd), "--tls-cert %s --tls-key %s", nst_cert("good.pem"),
+           nst_cert("good.key"));
+  out = check_config(dp.profile, "h2", cmd, &st, "{\"profile\": \"/tmp/x\", \"gateway_h2\": "
+                     "\"127.0.0.1:18443\", \"upstream\": \"https://example.test\"}");
   assert_int_equal(st, 0);
   assert_non_null(strstr(out, "HTTP/2 gateway"));
   free(out);
