@@ -26,6 +26,8 @@
 #include "ns_setup.h"
 
 #include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,6 +46,13 @@
 #define MAX_REQ_BODY (64u << 20)
 #define MAX_HEADER_BYTES (64u << 10)
 #define WRITE_HIGH (256u << 10) /* stop producing frames above this backlog */
+/* The HTTP/2 gateway keeps little queued below nghttp2 (in libuv and, with
+ * TCP_NOTSENT_LOWAT, unsent in the kernel): what is already queued goes out
+ * first, so a response head or a high-priority stream that comes later waits
+ * behind at most this much instead of behind whole image bodies — a browser
+ * asks for a page's resources as it discovers them, on one connection. */
+#define GW_WRITE_HIGH (32u << 10)
+#define GW_NOTSENT_LOWAT (16u << 10)
 #define GRACE_MS 5000           /* stop: in-flight requests get this long */
 
 struct netd_ipc {
@@ -83,7 +92,8 @@ typedef struct ipc_sess {
   int tls_ready; /* handshake done, ALPN h2 */
   nghttp2_session *ng;
   ns_list streams;
-  size_t backlog; /* bytes handed to uv_write, not yet written */
+  size_t backlog;    /* bytes handed to uv_write, not yet written */
+  size_t write_high; /* WRITE_HIGH, or GW_WRITE_HIGH for the gateway */
   int closing;
   int in_send;
   int dirty;
@@ -298,7 +308,7 @@ static ssize_t read_job(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t le
   (void)ng;
   (void)id;
   (void)ud;
-  if (st->s->backlog > WRITE_HIGH) {
+  if (st->s->backlog > st->s->write_high) {
     st->data_deferred = 1;
     return NGHTTP2_ERR_DEFERRED;
   }
@@ -788,7 +798,7 @@ static void on_written(uv_write_t *w, int status) {
     sess_close(s);
     return;
   }
-  if (s->backlog < WRITE_HIGH / 2) {
+  if (s->backlog < s->write_high / 2) {
     /* resume streams that stopped on the backlog */
     ns_list *pos, *tmp;
     ns_list_foreach_safe(pos, tmp, &s->streams) {
@@ -906,7 +916,7 @@ static void sess_flush(ipc_sess *s) {
     }
     memcpy(acc + sizeof(wreq) + len, data, (size_t)n);
     len += (size_t)n;
-    if (len >= WRITE_HIGH)
+    if (len >= s->write_high)
       break;
   }
   s->in_send = 0;
@@ -1091,6 +1101,7 @@ static ipc_sess *sess_new(netd_ipc *ipc) {
     return NULL;
   s->ipc = ipc;
   ns_list_init(&s->streams);
+  s->write_high = WRITE_HIGH;
   s->h.pipe.data = s; /* (the handle's data field, whichever member) */
   return s;
 }
@@ -1130,6 +1141,7 @@ static void on_gw_conn(uv_stream_t *srv, int status) {
   }
   s->h.tcp.data = s;
   s->gateway = 1;
+  s->write_high = GW_WRITE_HIGH;
   sess_add(s);
   if (uv_accept(srv, (uv_stream_t *)&s->h) != 0 || !(s->ssl = SSL_new(ipc->gw_tls)) ||
       !(rb = BIO_new(BIO_s_mem())) || !(wb = BIO_new(BIO_s_mem()))) {
@@ -1142,6 +1154,12 @@ static void on_gw_conn(uv_stream_t *srv, int status) {
   SSL_set_bio(s->ssl, rb, wb);
   SSL_set_accept_state(s->ssl);
   uv_tcp_nodelay(&s->h.tcp, 1);
+  {
+    uv_os_fd_t fd;
+    int lowat = (int)GW_NOTSENT_LOWAT;
+    if (uv_fileno((uv_handle_t *)&s->h.tcp, &fd) == 0)
+      (void)setsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &lowat, sizeof(lowat));
+  }
   sess_start(s);
 }
 
