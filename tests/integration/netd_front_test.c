@@ -615,7 +615,25 @@ static void test_gateway_h2(void **state) {
   out = curl_h2(args, &st);
   assert_int_not_equal(st, 0);
   free(out);
-  /* netd is fine after both */
+  /* TLS and ALPN h2 right, then bytes that are not HTTP/2: GOAWAY and close */
+  {
+    char cmd[1024];
+    snprintf(cmd, sizeof(cmd),
+             "printf 'GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n' | timeout 10 openssl s_client "
+             "-quiet -alpn h2 -CAfile %s -connect 127.0.0.1:%d 2>/dev/null | od -An -tx1 | "
+             "tr -d '\\n' | head -c 300",
+             nst_cert("ca.pem"), nd.gateway_h2);
+    out = netd_run_capture(cmd, &st);
+    /* the server's SETTINGS first, later a GOAWAY (length 8, type 7, stream
+     * 0; last stream 0) with PROTOCOL_ERROR (1) */
+    if (strncmp(out, " 00 00 0c 04 00", 15) != 0 ||
+        !strstr(out, " 00 00 08 07 00 00 00 00 00 00 00 00 00 00 00 00 01"))
+      fprintf(stderr, "garbage after the h2 handshake, netd answered:%s\n", out);
+    assert_int_equal(strncmp(out, " 00 00 0c 04 00", 15), 0);
+    assert_non_null(strstr(out, " 00 00 08 07 00 00 00 00 00 00 00 00 00 00 00 00 01"));
+    free(out);
+  }
+  /* netd is fine after all three */
   snprintf(args, sizeof(args), "https://127.0.0.1:%d/ok", nd.gateway_h2);
   out = curl_h2(args, &st);
   assert_int_equal(st, 0);
