@@ -53,6 +53,12 @@
  * asks for a page's resources as it discovers them, on one connection. */
 #define GW_WRITE_HIGH (32u << 10)
 #define GW_NOTSENT_LOWAT (16u << 10)
+/* A gateway connection must finish its TLS handshake within GW_HANDSHAKE_MS
+ * and is closed (GOAWAY) after GW_IDLE_MS without a byte from the client
+ * while no stream is open: a TCP port, unlike the IPC socket, is open to
+ * every local user, and idle or half-open connections must not pile up. */
+#define GW_HANDSHAKE_MS 10000u
+#define GW_IDLE_MS 120000u
 #define GRACE_MS 5000           /* stop: in-flight requests get this long */
 
 struct netd_ipc {
@@ -90,6 +96,10 @@ typedef struct ipc_sess {
   SSL *ssl;      /* the gateway's TLS (memory BIOs), NULL for IPC */
   int gateway;   /* gateway semantics (see the top of the file) */
   int tls_ready; /* handshake done, ALPN h2 */
+  uv_timer_t timer;    /* the gateway's handshake and idle limits */
+  int timer_ok;
+  int handles;         /* handles still open: s is freed when the last one closed */
+  uint64_t active_ms;  /* loop time of the client's last bytes */
   nghttp2_session *ng;
   ns_list streams;
   size_t backlog;    /* bytes handed to uv_write, not yet written */
@@ -127,6 +137,7 @@ typedef struct ipc_stream {
 } ipc_stream;
 
 static void sess_flush(ipc_sess *s);
+static void gw_timer(uv_timer_t *t);
 static void sess_mark(ipc_sess *s);
 static void sess_close(ipc_sess *s);
 
@@ -758,6 +769,8 @@ static void sess_abort(ipc_sess *s);
 static void sess_closed(uv_handle_t *h) {
   ipc_sess *s = h->data;
   netd_ipc *ipc = s->ipc;
+  if (--s->handles > 0)
+    return;
   free(s);
   ipc->nsessions--;
   ipc_maybe_done(ipc);
@@ -781,6 +794,10 @@ static void sess_close(ipc_sess *s) {
   SSL_free(s->ssl);
   s->ssl = NULL;
   ns_list_remove(&s->node);
+  if (s->timer_ok) {
+    uv_timer_stop(&s->timer);
+    uv_close((uv_handle_t *)&s->timer, sess_closed);
+  }
   uv_close((uv_handle_t *)&s->h, sess_closed);
 }
 
@@ -840,7 +857,6 @@ static void flush_dirty(netd_ipc *ipc) {
 static void on_flush_check(uv_check_t *h) { flush_dirty(h->data); }
 static void on_kick(uv_idle_t *h) { flush_dirty(h->data); }
 
-/* Sends what nghttp2 has, in one write per call (frames coalesced). */
 /* TLS: hands what OpenSSL has written to its memory BIO to the socket.
  * -1 when the session had to be closed. */
 static int tls_push(ipc_sess *s) {
@@ -877,6 +893,7 @@ static int tls_push(ipc_sess *s) {
   return 0;
 }
 
+/* Sends what nghttp2 has, in one write per call (frames coalesced). */
 static void sess_flush(ipc_sess *s) {
   uint8_t *acc = NULL;
   size_t len = 0, cap = 0;
@@ -971,6 +988,7 @@ static int feed(ipc_sess *s, const uint8_t *data, size_t n);
  * to nghttp2. */
 static void tls_read(ipc_sess *s, const uint8_t *data, size_t n) {
   static uint8_t plain[16384]; /* loop thread only */
+  s->active_ms = uv_now(s->h.tcp.loop);
   if (BIO_write(SSL_get_rbio(s->ssl), data, (int)n) != (int)n) {
     sess_close(s);
     return;
@@ -1001,6 +1019,8 @@ static void tls_read(ipc_sess *s, const uint8_t *data, size_t n) {
       return;
     }
     s->tls_ready = 1;
+    if (s->timer_ok) /* from now on the idle limit */
+      uv_timer_start(&s->timer, gw_timer, GW_IDLE_MS, 0);
     if (tls_push(s) != 0)
       return;
     sess_mark(s); /* our SETTINGS */
@@ -1091,6 +1111,8 @@ static void sess_abort(ipc_sess *s) {
   SSL_free(s->ssl);
   s->ssl = NULL;
   ns_list_remove(&s->node);
+  if (s->timer_ok)
+    uv_close((uv_handle_t *)&s->timer, sess_closed);
   uv_close((uv_handle_t *)&s->h, sess_closed);
 }
 
@@ -1102,6 +1124,7 @@ static ipc_sess *sess_new(netd_ipc *ipc) {
   s->ipc = ipc;
   ns_list_init(&s->streams);
   s->write_high = WRITE_HIGH;
+  s->handles = 1; /* the stream handle */
   s->h.pipe.data = s; /* (the handle's data field, whichever member) */
   return s;
 }
@@ -1129,6 +1152,25 @@ static void on_conn(uv_stream_t *srv, int status) {
   sess_start(s);
 }
 
+static void gw_timer(uv_timer_t *t) {
+  ipc_sess *s = t->data;
+  uint64_t now = uv_now(t->loop), idle_until = s->active_ms + GW_IDLE_MS;
+  if (!s->tls_ready) {
+    netd_log(s->ipc->d, NETSTASH_LOG_INFO, "HTTP/2 gateway: no TLS handshake within %u s: closed",
+             GW_HANDSHAKE_MS / 1000);
+    sess_close(s);
+    return;
+  }
+  if (ns_list_empty(&s->streams) && now >= idle_until) {
+    nghttp2_submit_goaway(s->ng, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(s->ng),
+                          NGHTTP2_NO_ERROR, NULL, 0);
+    sess_flush(s);
+    sess_close(s);
+    return;
+  }
+  uv_timer_start(t, gw_timer, now < idle_until ? idle_until - now : GW_IDLE_MS, 0);
+}
+
 static void on_gw_conn(uv_stream_t *srv, int status) {
   netd_ipc *ipc = srv->data;
   ipc_sess *s;
@@ -1142,6 +1184,13 @@ static void on_gw_conn(uv_stream_t *srv, int status) {
   s->h.tcp.data = s;
   s->gateway = 1;
   s->write_high = GW_WRITE_HIGH;
+  if (uv_timer_init(ipc->d->loop, &s->timer) == 0) {
+    s->timer.data = s;
+    s->timer_ok = 1;
+    s->handles++;
+    s->active_ms = uv_now(ipc->d->loop);
+    uv_timer_start(&s->timer, gw_timer, GW_HANDSHAKE_MS, 0);
+  }
   sess_add(s);
   if (uv_accept(srv, (uv_stream_t *)&s->h) != 0 || !(s->ssl = SSL_new(ipc->gw_tls)) ||
       !(rb = BIO_new(BIO_s_mem())) || !(wb = BIO_new(BIO_s_mem()))) {

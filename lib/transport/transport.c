@@ -139,7 +139,7 @@ static void sock_close(sock_ctx *sc) {
  * server has sent everything, the socket never becomes readable again and a
  * stream whose last DATA frame (with END_STREAM) sits in that buffer waits
  * for good: against nghttpd at 8 concurrent streams, 60 concurrent 20 KB
- * fetches left 1-4 such streams in about one run in ten (fixed upstream by the
+ * fetches left 1-4 such streams in 10-25 % of runs (fixed upstream by the
  * 8.1 rewrite of http2.c). curl's CLI rarely sees it: its 100 KB receive
  * buffer seldom fills.
  *

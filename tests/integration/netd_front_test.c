@@ -26,6 +26,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "harness.h"
@@ -633,7 +634,22 @@ static void test_gateway_h2(void **state) {
     assert_non_null(strstr(out, " 00 00 08 07 00 00 00 00 00 00 00 00 00 00 00 00 01"));
     free(out);
   }
-  /* netd is fine after all three */
+  /* a connection that never starts its TLS handshake is closed after 10 s
+   * (a TCP port is open to every local user: half-open connections must not
+   * pile up) */
+  {
+    int fd = netd_run_connect(nd.gateway_h2);
+    char *got = NULL;
+    size_t len = 0;
+    time_t t0 = time(NULL);
+    assert_true(fd >= 0);
+    assert_int_equal(netd_run_read(fd, 20000, &got, &len), 0); /* EOF, not the 20 s limit */
+    close(fd);
+    free(got);
+    assert_int_equal(len, 0);
+    assert_true(time(NULL) - t0 >= 9);
+  }
+  /* netd is fine after all four */
   snprintf(args, sizeof(args), "https://127.0.0.1:%d/ok", nd.gateway_h2);
   out = curl_h2(args, &st);
   assert_int_equal(st, 0);
