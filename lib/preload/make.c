@@ -501,8 +501,11 @@ static netstash_error add_resource(mk *k, const char *url, const char *rel, cons
       const char *key;
       json_t *v;
       int set = 0;
-      if (hs)
-        json_object_foreach(hs, key, v) set |= strcasecmp(key, "last-modified") == 0;
+      if (hs) {
+        json_object_foreach(hs, key, v) {
+          set |= strcasecmp(key, "last-modified") == 0;
+        }
+      }
       ns_http_date_format(h->mtime, date);
       if (!set && ((!hs && (!(hs = json_object()) || json_object_set_new(r, "headers", hs) != 0)) ||
                    json_object_set_new(hs, "last-modified", json_string(date)) != 0)) {
