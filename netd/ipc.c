@@ -103,7 +103,6 @@ typedef struct ipc_sess {
   nghttp2_session *ng;
   ns_list streams;
   size_t backlog;    /* bytes handed to uv_write, not yet written */
-  size_t write_high; /* WRITE_HIGH, or GW_WRITE_HIGH for the gateway */
   int closing;
   int in_send;
   int dirty;
@@ -137,6 +136,8 @@ typedef struct ipc_stream {
 } ipc_stream;
 
 static void sess_flush(ipc_sess *s);
+/* The write backlog above which no more frames are produced. */
+static size_t write_high(const ipc_sess *s) { return s->gateway ? GW_WRITE_HIGH : WRITE_HIGH; }
 static void gw_timer(uv_timer_t *t);
 static void sess_mark(ipc_sess *s);
 static void sess_close(ipc_sess *s);
@@ -319,7 +320,7 @@ static ssize_t read_job(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t le
   (void)ng;
   (void)id;
   (void)ud;
-  if (st->s->backlog > st->s->write_high) {
+  if (st->s->backlog > write_high(st->s)) {
     st->data_deferred = 1;
     return NGHTTP2_ERR_DEFERRED;
   }
@@ -815,7 +816,7 @@ static void on_written(uv_write_t *w, int status) {
     sess_close(s);
     return;
   }
-  if (s->backlog < s->write_high / 2) {
+  if (s->backlog < write_high(s) / 2) {
     /* resume streams that stopped on the backlog */
     ns_list *pos, *tmp;
     ns_list_foreach_safe(pos, tmp, &s->streams) {
@@ -857,13 +858,38 @@ static void flush_dirty(netd_ipc *ipc) {
 static void on_flush_check(uv_check_t *h) { flush_dirty(h->data); }
 static void on_kick(uv_idle_t *h) { flush_dirty(h->data); }
 
+/* Queues r's first len bytes on the socket; -1 when the session had to be
+ * closed (r freed). */
+static int sess_write(ipc_sess *s, wreq *r, size_t len) {
+  uv_buf_t b = uv_buf_init((char *)r->data, (unsigned)len);
+  r->s = s;
+  r->len = len;
+  s->backlog += len;
+  if (uv_write(&r->w, (uv_stream_t *)&s->h, &b, 1, on_written) != 0) {
+    s->backlog -= len;
+    free(r);
+    sess_close(s);
+    return -1;
+  }
+  return 0;
+}
+
+/* A write buffer no longer needed is kept for the next write (one spare). */
+static void keep_spare(ipc_sess *s, uint8_t *buf, size_t cap) {
+  if (buf && !s->spare) {
+    s->spare = (wreq *)buf;
+    s->spare->cap = cap;
+  } else {
+    free(buf);
+  }
+}
+
 /* TLS: hands what OpenSSL has written to its memory BIO to the socket.
  * -1 when the session had to be closed. */
 static int tls_push(ipc_sess *s) {
   BIO *wbio = SSL_get_wbio(s->ssl);
   size_t n = BIO_ctrl_pending(wbio);
   wreq *r;
-  uv_buf_t b;
   if (!n)
     return 0;
   if (s->spare && s->spare->cap >= n) {
@@ -880,17 +906,7 @@ static int tls_push(ipc_sess *s) {
     sess_close(s);
     return -1;
   }
-  r->s = s;
-  r->len = n;
-  b = uv_buf_init((char *)r->data, (unsigned)n);
-  s->backlog += n;
-  if (uv_write(&r->w, (uv_stream_t *)&s->h, &b, 1, on_written) != 0) {
-    s->backlog -= n;
-    free(r);
-    sess_close(s);
-    return -1;
-  }
-  return 0;
+  return sess_write(s, r, n);
 }
 
 /* Sends what nghttp2 has, in one write per call (frames coalesced). */
@@ -933,7 +949,7 @@ static void sess_flush(ipc_sess *s) {
     }
     memcpy(acc + sizeof(wreq) + len, data, (size_t)n);
     len += (size_t)n;
-    if (len >= s->write_high)
+    if (len >= write_high(s))
       break;
   }
   s->in_send = 0;
@@ -944,32 +960,15 @@ static void sess_flush(ipc_sess *s) {
       sess_close(s);
       return;
     }
-    if (!s->spare) {
-      s->spare = (wreq *)acc;
-      s->spare->cap = cap;
-    } else {
-      free(acc);
-    }
+    keep_spare(s, acc, cap);
     if (tls_push(s) != 0)
       return;
   } else if (len) {
-    wreq *r = (wreq *)acc;
-    uv_buf_t b = uv_buf_init((char *)r->data, (unsigned)len);
-    r->s = s;
-    r->len = len;
-    r->cap = cap;
-    s->backlog += len;
-    if (uv_write(&r->w, (uv_stream_t *)&s->h, &b, 1, on_written) != 0) {
-      s->backlog -= len;
-      free(r);
-      sess_close(s);
+    ((wreq *)acc)->cap = cap;
+    if (sess_write(s, (wreq *)acc, len) != 0)
       return;
-    }
-  } else if (acc && !s->spare) {
-    s->spare = (wreq *)acc;
-    s->spare->cap = cap;
   } else {
-    free(acc);
+    keep_spare(s, acc, cap);
   }
   if (!nghttp2_session_want_read(s->ng) && !nghttp2_session_want_write(s->ng) && !s->backlog)
     sess_close(s);
@@ -1123,7 +1122,6 @@ static ipc_sess *sess_new(netd_ipc *ipc) {
     return NULL;
   s->ipc = ipc;
   ns_list_init(&s->streams);
-  s->write_high = WRITE_HIGH;
   s->handles = 1; /* the stream handle */
   s->h.pipe.data = s; /* (the handle's data field, whichever member) */
   return s;
@@ -1183,7 +1181,6 @@ static void on_gw_conn(uv_stream_t *srv, int status) {
   }
   s->h.tcp.data = s;
   s->gateway = 1;
-  s->write_high = GW_WRITE_HIGH;
   if (uv_timer_init(ipc->d->loop, &s->timer) == 0) {
     s->timer.data = s;
     s->timer_ok = 1;

@@ -157,6 +157,12 @@ static void sock_close(sock_ctx *sc) {
 
 static void on_kick(uv_timer_t *t);
 
+/* A quiet spell starts (a readable event, or libcurl starts reading). */
+static void quiet_from_now(sock_ctx *sc) {
+  sc->quiet_since_ms = uv_now(&sc->tr->ctx->loop);
+  sc->kick_wait_ms = KICK_FIRST_MS;
+}
+
 static void kick_arm(ns_transport *tr, uint64_t in_ms) {
   if (!tr->kick_ok || tr->shutting_down)
     return;
@@ -205,8 +211,7 @@ static void on_poll(uv_poll_t *h, int status, int events) {
     flags = CURL_CSELECT_ERR;
   if (events & UV_READABLE) {
     flags |= CURL_CSELECT_IN;
-    sc->quiet_since_ms = uv_now(&tr->ctx->loop);
-    sc->kick_wait_ms = KICK_FIRST_MS;
+    quiet_from_now(sc);
   }
   if (events & UV_WRITABLE)
     flags |= CURL_CSELECT_OUT;
@@ -251,8 +256,7 @@ static int sock_cb(CURL *e, curl_socket_t s, int what, void *userp, void *socket
   if (what & CURL_POLL_OUT)
     events |= UV_WRITABLE;
   if ((what & CURL_POLL_IN) && !sc->reading) {
-    sc->quiet_since_ms = uv_now(&tr->ctx->loop);
-    sc->kick_wait_ms = KICK_FIRST_MS;
+    quiet_from_now(sc);
     kick_arm(tr, KICK_FIRST_MS);
   }
   sc->reading = (what & CURL_POLL_IN) != 0;
