@@ -53,6 +53,10 @@ static const char load_usage[] =
     "      --resolve H:P:ADDR   pin host H port P to ADDR (repeatable)\n"
     "      --concurrency N      requests in flight at most (default 16, 1..256)\n"
     "      --timeout MS         per-request timeout (default 0: none)\n"
+    "      --repeat N           load the page N times in this process, one after\n"
+    "                           the other on one context (default 1, 1..1000): a\n"
+    "                           long-lived kernel's later loads; the report is the\n"
+    "                           last load's, with every load's time\n"
     "      --json               one JSON object on stdout instead of the waterfall\n"
     "  -h, --help               this text\n";
 
@@ -124,6 +128,9 @@ struct load {
   struct timespec t0;
   int oom;
   double parse_ms; /* the loader's own HTML and CSS parsing (discovery) */
+  uint64_t conns0; /* connections opened before this load */
+  uint32_t npasses;
+  double (*passes)[3]; /* --repeat: load_ms, parse_ms, requests_ms of each load */
 
   pthread_mutex_t lock;
   pthread_cond_t cond;
@@ -1940,7 +1947,8 @@ static void print_waterfall(const load *L, res **order, const totals *t, size_t 
   printf("sources: preload %zu, cache %zu, revalidated %zu, network %zu\n", t->preload, t->cache,
          t->revalidated, t->network);
   printf("network requests %zu, new connections %llu, failures %zu", t->requests,
-         (unsigned long long)netstash_ctx_stat(L->ctx, NETSTASH_STAT_CONNECTIONS_OPENED),
+         (unsigned long long)(netstash_ctx_stat(L->ctx, NETSTASH_STAT_CONNECTIONS_OPENED) -
+                              L->conns0),
          t->failures);
   if (t->not_started)
     printf(" (%zu not started)", t->not_started);
@@ -1952,6 +1960,12 @@ static void print_waterfall(const load *L, res **order, const totals *t, size_t 
            doc->head_ms, doc->end_ms, t->load_ms, L->parse_ms);
   else
     printf("page load %.1f ms\n", t->load_ms);
+  if (L->npasses > 1) {
+    printf("%u loads in this process (the report above is the last):", L->npasses);
+    for (uint32_t k = 0; k < L->npasses; k++)
+      printf(" %.1f", L->passes[k][0]);
+    printf(" ms\n");
+  }
 }
 
 static json_t *ms_json(double v) {
@@ -2025,11 +2039,22 @@ static void print_json(const load *L, res **order, const totals *t, size_t *pos)
   json_object_set_new(tot, "network_requests", json_integer((json_int_t)t->requests));
   json_object_set_new(
       tot, "connections",
-      json_integer((json_int_t)netstash_ctx_stat(L->ctx, NETSTASH_STAT_CONNECTIONS_OPENED)));
+      json_integer(
+          (json_int_t)(netstash_ctx_stat(L->ctx, NETSTASH_STAT_CONNECTIONS_OPENED) - L->conns0)));
   json_object_set_new(tot, "failures", json_integer((json_int_t)t->failures));
   json_object_set_new(tot, "not_started", json_integer((json_int_t)t->not_started));
   json_object_set_new(tot, "skipped", json_integer((json_int_t)L->skipped));
   json_object_set_new(o, "totals", tot);
+  json_object_set_new(o, "repeat", json_integer((json_int_t)L->npasses));
+  list = json_array();
+  for (uint32_t k = 0; k < L->npasses; k++) {
+    json_t *e = json_object();
+    json_object_set_new(e, "load_ms", ms_json(L->passes[k][0]));
+    json_object_set_new(e, "parse_ms", ms_json(L->passes[k][1]));
+    json_object_set_new(e, "requests_ms", ms_json(L->passes[k][2]));
+    json_array_append_new(list, e);
+  }
+  json_object_set_new(o, "passes", list);
   cli_print_json(o, JSON_REAL_PRECISION(12));
   fflush(stdout);
   json_decref(o);
@@ -2037,7 +2062,16 @@ static void print_json(const load *L, res **order, const totals *t, size_t *pos)
 
 /* ------------------------------------------------------------------ command */
 
-enum { OPT_PROFILE = 256, OPT_OFFLINE, OPT_CACERT, OPT_RESOLVE, OPT_JSON, OPT_CONC, OPT_TIMEOUT };
+enum {
+  OPT_PROFILE = 256,
+  OPT_OFFLINE,
+  OPT_CACERT,
+  OPT_RESOLVE,
+  OPT_JSON,
+  OPT_CONC,
+  OPT_TIMEOUT,
+  OPT_REPEAT
+};
 
 static const struct option load_opts[] = {{"profile", required_argument, NULL, OPT_PROFILE},
                                           {"offline", no_argument, NULL, OPT_OFFLINE},
@@ -2046,10 +2080,12 @@ static const struct option load_opts[] = {{"profile", required_argument, NULL, O
                                           {"json", no_argument, NULL, OPT_JSON},
                                           {"concurrency", required_argument, NULL, OPT_CONC},
                                           {"timeout", required_argument, NULL, OPT_TIMEOUT},
+                                          {"repeat", required_argument, NULL, OPT_REPEAT},
                                           {"help", no_argument, NULL, 'h'},
                                           {NULL, 0, NULL, 0}};
 
-static void free_load(load *L) {
+/* Frees the resources of a load (their jobs ended or canceled). */
+static void clear_resources(load *L) {
   for (size_t i = 0; i < L->n; i++) {
     res *r = L->v[i];
     netstash_job_del(r->job);
@@ -2060,15 +2096,21 @@ static void free_load(load *L) {
     free(r->body);
     free(r);
   }
+  L->n = 0;
+}
+
+static void free_load(load *L) {
+  clear_resources(L);
   free(L->v);
   free(L->done);
+  free(L->passes);
 }
 
 int cmd_load(int argc, char **argv) {
   const char *profile = NULL, *cacert = NULL, *resolves[MAX_RESOLVES];
   size_t nresolves = 0, i, *pos = NULL;
   int json = 0, c, rc = EXIT_INTERNAL, mutex_ok = 0, cond_ok = 0;
-  uint32_t conc = 16, timeout = 0;
+  uint32_t conc = 16, timeout = 0, repeat = 1, pass;
   char *defprofile = NULL;
   netstash_options *opts = NULL;
   netstash_error err;
@@ -2110,6 +2152,12 @@ int cmd_load(int argc, char **argv) {
     case OPT_TIMEOUT:
       if (cli_parse_u32(optarg, &timeout)) {
         cli_error("load", "--timeout needs milliseconds, got \"%s\"", optarg);
+        return EXIT_USAGE;
+      }
+      break;
+    case OPT_REPEAT:
+      if (cli_parse_u32(optarg, &repeat) || repeat < 1 || repeat > 1000) {
+        cli_error("load", "--repeat takes 1..1000, got \"%s\"", optarg);
         return EXIT_USAGE;
       }
       break;
@@ -2185,23 +2233,43 @@ int cmd_load(int argc, char **argv) {
   L.concurrency = conc;
   L.timeout_ms = timeout;
 
+  if (!(L.passes = calloc(repeat, sizeof(*L.passes))))
+    goto done;
+
   cli_catch_signals();
 
-  clock_gettime(CLOCK_MONOTONIC, &L.t0);
-  doc_opts = plain_ref(NETSTASH_DEST_DOCUMENT, CLASS_BLOCKING);
-  doc_opts.mode = NETSTASH_MODE_NAVIGATE;
-  doc_opts.parse = PARSE_HTML;
-  add_ref(&L, NULL, 0, 0, argv[optind], argv[optind], &doc_opts);
-  if (L.n != 1)
-    goto done;
-  run_load(&L);
-  if (L.oom) {
-    cli_error("load", "out of memory");
-    goto done;
+  /* --repeat: each load after the first starts from nothing but the
+   * context (its connections, caches and store maps stay warm) */
+  for (pass = 0; pass < repeat; pass++) {
+    if (pass)
+      clear_resources(&L);
+    L.skipped = 0;
+    L.parse_ms = 0;
+    L.conns0 = netstash_ctx_stat(L.ctx, NETSTASH_STAT_CONNECTIONS_OPENED);
+    clock_gettime(CLOCK_MONOTONIC, &L.t0);
+    doc_opts = plain_ref(NETSTASH_DEST_DOCUMENT, CLASS_BLOCKING);
+    doc_opts.mode = NETSTASH_MODE_NAVIGATE;
+    doc_opts.parse = PARSE_HTML;
+    add_ref(&L, NULL, 0, 0, argv[optind], argv[optind], &doc_opts);
+    if (L.n != 1)
+      goto done;
+    run_load(&L);
+    if (L.oom) {
+      cli_error("load", "out of memory");
+      goto done;
+    }
+    count(&L, &t);
+    L.passes[pass][0] = t.load_ms;
+    L.passes[pass][1] = L.parse_ms;
+    for (i = 0; i < L.n; i++)
+      if (L.v[i]->state == ST_DONE)
+        L.passes[pass][2] += L.v[i]->end_ms - L.v[i]->start_ms;
+    L.npasses = pass + 1;
+    if (cli_interrupted() || L.v[0]->state != ST_DONE || L.v[0]->err != NETSTASH_OK)
+      break; /* the report says why */
   }
 
-  /* report */
-  count(&L, &t);
+  /* report: the last load */
   order = malloc(L.n * sizeof(*order));
   pos = malloc(L.n * sizeof(*pos));
   if (!order || !pos)

@@ -339,6 +339,24 @@ static void test_offline_preload(void **state) {
   assert_int_equal(num(tot, "connections"), 0);
   json_decref(j);
 
+  /* --repeat: five loads in one process, each complete, the last reported */
+  j = load_json("--offline --repeat 5", prof, "", 0);
+  check_set(j, "preload", "preload");
+  assert_int_equal(num(j, "repeat"), 5);
+  r = json_object_get(j, "passes");
+  assert_int_equal(json_array_size(r), 5);
+  json_array_foreach(r, i, e) {
+    assert_true(json_real_value(json_object_get(e, "load_ms")) > 0);
+    assert_true(json_real_value(json_object_get(e, "requests_ms")) > 0);
+    assert_true(json_is_number(json_object_get(e, "parse_ms")));
+  }
+  assert_true(json_real_value(json_object_get(j, "load_ms")) ==
+              json_real_value(json_object_get(json_array_get(r, 4), "load_ms")));
+  tot = json_object_get(j, "totals");
+  assert_int_equal(num(tot, "preload"), N_EXPECTED); /* the last load's, not a sum */
+  assert_int_equal(num(tot, "network_requests"), 0);
+  json_decref(j);
+
   /* a reference the manifest lacks fails offline; the page still loads */
   j = load_json("--offline", prof, "broken.html", 0);
   tot = json_object_get(j, "totals");
@@ -354,8 +372,10 @@ static void test_offline_preload(void **state) {
   assert_true(json_is_false(json_object_get(e, "ok")));
   json_decref(j);
 
-  /* a page nobody stored: the document's own error, exit 12 */
-  j = load_json("--offline", prof, "other.html?never", 12);
+  /* a page nobody stored: the document's own error, exit 12 — with
+   * --repeat, after the first load */
+  j = load_json("--offline --repeat 3", prof, "other.html?never", 12);
+  assert_int_equal(num(j, "repeat"), 1);
   assert_true(json_is_false(json_object_get(j, "ok")));
   assert_string_equal(str(j, "error"), "NETSTASH_E_NOT_CACHED");
   r = json_object_get(j, "resources");
@@ -444,6 +464,8 @@ static void test_usage_and_errors(void **state) {
   cli_run_expect("load", 2, "missing URL", NULL);
   cli_run_expect("load --bogus x", 2, NULL, NULL);
   cli_run_expect("load --concurrency 0 https://example.test/", 2, "--concurrency", NULL);
+  cli_run_expect("load --repeat 0 https://example.test/", 2, "--repeat takes 1..1000", NULL);
+  cli_run_expect("load --repeat 1001 https://example.test/", 2, "--repeat takes 1..1000", NULL);
   cli_run_expect("load 'ftp://example.test/'", 3, "bad URL", NULL);
   cli_run_expect("load relative/path.html", 3, "bad URL", NULL);
   snprintf(args, sizeof(args), "load --json --profile %s https://127.0.0.1:%d/",
