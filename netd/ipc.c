@@ -42,6 +42,7 @@
 #include <netstash/netstash.h>
 
 #include "netd/netd.h"
+#include "preload/lookup_wire.h"
 
 #define MAX_REQ_BODY (64u << 20)
 #define MAX_HEADER_BYTES (64u << 10)
@@ -60,6 +61,8 @@
 #define GW_HANDSHAKE_MS 10000u
 #define GW_IDLE_MS 120000u
 #define GRACE_MS 5000           /* stop: in-flight requests get this long */
+/* A lookup connection with more unread answers than this is closed. */
+#define LOOKUP_BACKLOG_MAX (2 * (size_t)NS_LOOKUP_MAX_BODY)
 
 struct netd_ipc {
   netd *d;
@@ -84,7 +87,21 @@ struct netd_ipc {
   int gw_listening;
   SSL_CTX *gw_tls;
   char *gw_upstream; /* cfg.upstream without a trailing '/' */
+  /* the lookup protocol: one hit (used and released within each answer) and
+   * the answers' head, built here */
+  netstash_preload_hit *hit;
+  uint8_t *lk_head;
+  size_t lk_head_cap;
 };
+
+/* A lookup connection's request being read (lookup_wire.h). */
+typedef struct lk_in {
+  int magic_ok;
+  int have_len;
+  uint32_t url_len;
+  size_t len; /* bytes of the current part in buf */
+  uint8_t buf[NS_LOOKUP_MAX_URL + 1];
+} lk_in;
 
 typedef struct ipc_sess {
   netd_ipc *ipc;
@@ -108,6 +125,8 @@ typedef struct ipc_sess {
   int dirty;
   ns_list dirty_node;
   struct wreq *spare; /* the last write's buffer, kept for the next */
+  lk_in *lk; /* IPC speaking the lookup protocol (its first byte was 0) */
+  int lk_eof; /* the lookup client shut its side: close once its answers are out */
 } ipc_sess;
 
 typedef struct ipc_stream {
@@ -787,6 +806,8 @@ static void sess_close(ipc_sess *s) {
   }
   free(s->spare);
   s->spare = NULL;
+  free(s->lk);
+  s->lk = NULL;
   atomic_fetch_sub(&s->ipc->d->metrics.ipc_conns_open, 1);
   while (!ns_list_empty(&s->streams))
     stream_free(ns_list_entry(s->streams.next, ipc_stream, node));
@@ -812,7 +833,7 @@ static void on_written(uv_write_t *w, int status) {
     free(r);
   if (s->closing)
     return;
-  if (status < 0) {
+  if (status < 0 || (s->lk_eof && !s->backlog)) {
     sess_close(s);
     return;
   }
@@ -913,7 +934,7 @@ static int tls_push(ipc_sess *s) {
 static void sess_flush(ipc_sess *s) {
   uint8_t *acc = NULL;
   size_t len = 0, cap = 0;
-  if (s->closing || s->in_send || (s->ssl && !s->tls_ready))
+  if (s->closing || s->in_send || !s->ng || (s->ssl && !s->tls_ready))
     return;
   if (s->spare) {
     acc = (uint8_t *)s->spare;
@@ -972,6 +993,191 @@ static void sess_flush(ipc_sess *s) {
   }
   if (!nghttp2_session_want_read(s->ng) && !nghttp2_session_want_write(s->ng) && !s->backlog)
     sess_close(s);
+}
+
+/* ------------------------------------------------------------ lookups */
+
+/* Appends n bytes to the answer head being built (ipc->lk_head); -1 on
+ * allocation failure. */
+static int lk_put(netd_ipc *ipc, size_t *len, const void *p, size_t n) {
+  if (*len + n > ipc->lk_head_cap) {
+    size_t nc = ipc->lk_head_cap ? ipc->lk_head_cap : 4096;
+    uint8_t *nb;
+    while (nc < *len + n)
+      nc *= 2;
+    if (!(nb = realloc(ipc->lk_head, nc)))
+      return -1;
+    ipc->lk_head = nb;
+    ipc->lk_head_cap = nc;
+  }
+  memcpy(ipc->lk_head + *len, p, n);
+  *len += n;
+  return 0;
+}
+
+/* Fields and manifest id of the hit in ipc->lk_head, after room for the
+ * fixed part; the fixed part filled in *a. */
+static netstash_error lk_head(netd_ipc *ipc, ns_lookup_answer *a, size_t *len) {
+  const netstash_preload_hit *h = ipc->hit;
+  size_t nf = netstash_preload_hit_header_count(h);
+  const char *id = netstash_preload_hit_manifest_id(h);
+  *len = 0;
+  if (lk_put(ipc, len, a, sizeof(*a)) != 0)
+    return NETSTASH_E_NOMEM;
+  for (size_t i = 0; i < nf; i++) {
+    const char *name, *value;
+    size_t nl, vl;
+    uint32_t l[2];
+    if (netstash_preload_hit_header_at(h, i, &name, &nl, &value, &vl) != NETSTASH_OK)
+      return NETSTASH_E_INTERNAL;
+    l[0] = (uint32_t)nl;
+    l[1] = (uint32_t)vl;
+    if (lk_put(ipc, len, l, sizeof(l)) != 0 || lk_put(ipc, len, name, nl) != 0 ||
+        lk_put(ipc, len, value, vl) != 0)
+      return NETSTASH_E_NOMEM;
+  }
+  a->id_len = id ? (uint32_t)strlen(id) : 0;
+  if (a->id_len && lk_put(ipc, len, id, a->id_len) != 0)
+    return NETSTASH_E_NOMEM;
+  if (*len - sizeof(*a) > NS_LOOKUP_MAX_HEAD)
+    return NETSTASH_E_TOO_LARGE;
+  a->status = (uint32_t)netstash_preload_hit_status(h);
+  a->nfields = (uint32_t)nf;
+  a->head_len = (uint32_t)(*len - sizeof(*a));
+  a->body_len = netstash_preload_hit_body_size(h);
+  a->version = netstash_preload_hit_manifest_version(h);
+  memcpy(ipc->lk_head, a, sizeof(*a));
+  return NETSTASH_OK;
+}
+
+/* Answers one lookup: written at once from the store's map when the socket
+ * takes it (the usual case), else the rest copied and queued behind. -1 when
+ * the session was closed. */
+static int lookup_answer(ipc_sess *s, const char *url, size_t n) {
+  netd_ipc *ipc = s->ipc;
+  ns_lookup_answer a;
+  netstash_error e = NETSTASH_OK;
+  uv_buf_t bufs[2 + NS_LOOKUP_MAX_BODY / 65520 + 2]; /* one per store chunk */
+  size_t nb = 0, total = 0, hl = 0, nc = 0;
+  int w;
+  memset(&a, 0, sizeof(a));
+  if (memchr(url, 0, n))
+    e = NETSTASH_E_BAD_URL;
+  else if (!ipc->hit)
+    e = NETSTASH_E_ILLEGAL_STATE;
+  else
+    e = netstash_preload_lookup(ipc->hit, url);
+  if (e == NETSTASH_OK && netstash_preload_hit_body_size(ipc->hit) > NS_LOOKUP_MAX_BODY)
+    e = NETSTASH_E_TOO_LARGE; /* the client starts a job: streamed */
+  if (e == NETSTASH_OK)
+    e = lk_head(ipc, &a, &hl);
+  if (e == NETSTASH_OK) {
+    nc = netstash_preload_hit_chunk_count(ipc->hit);
+    if (nc > sizeof(bufs) / sizeof(bufs[0]) - 1)
+      e = NETSTASH_E_TOO_LARGE;
+  }
+  if (e == NETSTASH_OK) {
+    bufs[nb++] = uv_buf_init((char *)ipc->lk_head, (unsigned)hl);
+    total = hl;
+    for (uint32_t i = 0; i < nc && e == NETSTASH_OK; i++) {
+      const uint8_t *d;
+      size_t len;
+      if ((e = netstash_preload_hit_chunk(ipc->hit, i, &d, &len)) == NETSTASH_OK) {
+        bufs[nb++] = uv_buf_init((char *)d, (unsigned)len);
+        total += len;
+      }
+    }
+    if (e == NETSTASH_OK && total - hl != a.body_len)
+      e = NETSTASH_E_STORE_CORRUPT;
+  }
+  if (e != NETSTASH_OK) {
+    memset(&a, 0, sizeof(a));
+    a.err = (uint32_t)e;
+    bufs[0] = uv_buf_init((char *)&a, sizeof(a));
+    nb = 1;
+    total = sizeof(a);
+  }
+  atomic_fetch_add(e == NETSTASH_OK ? &ipc->d->metrics.lookups_hit : &ipc->d->metrics.lookups_miss,
+                   1);
+  w = uv_try_write((uv_stream_t *)&s->h, bufs, (unsigned)nb);
+  if (w < 0 && w != UV_EAGAIN) {
+    netstash_preload_hit_release(ipc->hit);
+    sess_close(s);
+    return -1;
+  }
+  if (w < 0)
+    w = 0;
+  if ((size_t)w < total) { /* the rest, copied: the hit is released now */
+    size_t rest = total - (size_t)w, off = 0, skip = (size_t)w;
+    wreq *r = malloc(sizeof(wreq) + rest);
+    if (!r) {
+      netstash_preload_hit_release(ipc->hit);
+      sess_close(s);
+      return -1;
+    }
+    r->cap = rest;
+    for (size_t i = 0; i < nb; i++) {
+      size_t len = bufs[i].len;
+      if (skip >= len) {
+        skip -= len;
+        continue;
+      }
+      memcpy(r->data + off, bufs[i].base + skip, len - skip);
+      off += len - skip;
+      skip = 0;
+    }
+    netstash_preload_hit_release(ipc->hit);
+    if (sess_write(s, r, rest) != 0)
+      return -1;
+    if (s->backlog > LOOKUP_BACKLOG_MAX) {
+      netd_log(ipc->d, NETSTASH_LOG_INFO, "IPC lookup client reads no answers: closed");
+      sess_close(s);
+      return -1;
+    }
+    return 0;
+  }
+  if (ipc->hit)
+    netstash_preload_hit_release(ipc->hit); /* no read transaction left open */
+  return 0;
+}
+
+/* Lookup-protocol bytes from the client: the magic, then requests, each
+ * answered as soon as it is complete. */
+static void lookup_feed(ipc_sess *s, const uint8_t *p, size_t n) {
+  lk_in *k = s->lk;
+  while (n) {
+    size_t want = !k->magic_ok ? NS_LOOKUP_MAGIC_LEN : !k->have_len ? 4 : k->url_len;
+    size_t take = n < want - k->len ? n : want - k->len;
+    memcpy(k->buf + k->len, p, take);
+    k->len += take;
+    p += take;
+    n -= take;
+    if (k->len < want)
+      return;
+    k->len = 0;
+    if (!k->magic_ok) {
+      if (memcmp(k->buf, NS_LOOKUP_MAGIC, NS_LOOKUP_MAGIC_LEN) != 0) {
+        netd_log(s->ipc->d, NETSTASH_LOG_INFO, "IPC client dropped: neither HTTP/2 nor a lookup");
+        sess_close(s);
+        return;
+      }
+      k->magic_ok = 1;
+    } else if (!k->have_len) {
+      memcpy(&k->url_len, k->buf, 4);
+      if (!k->url_len || k->url_len > NS_LOOKUP_MAX_URL) {
+        netd_log(s->ipc->d, NETSTASH_LOG_INFO, "IPC lookup client dropped: URL length %u",
+                 (unsigned)k->url_len);
+        sess_close(s);
+        return;
+      }
+      k->have_len = 1;
+    } else {
+      k->have_len = 0;
+      k->buf[k->url_len] = '\0';
+      if (lookup_answer(s, (const char *)k->buf, k->url_len) != 0)
+        return;
+    }
+  }
 }
 
 static void on_alloc(uv_handle_t *h, size_t sz, uv_buf_t *b) {
@@ -1043,8 +1249,15 @@ static void tls_read(ipc_sess *s, const uint8_t *data, size_t n) {
   sess_mark(s);
 }
 
+static int h2_begin(ipc_sess *s);
+
 static void on_read(uv_stream_t *str, ssize_t n, const uv_buf_t *b) {
   ipc_sess *s = str->data;
+  if (n == UV_EOF && s->lk && s->backlog) {
+    s->lk_eof = 1; /* the answers asked for still go out */
+    uv_read_stop(str);
+    return;
+  }
   if (n < 0) {
     sess_close(s);
     return;
@@ -1053,6 +1266,16 @@ static void on_read(uv_stream_t *str, ssize_t n, const uv_buf_t *b) {
     return;
   if (s->ssl) {
     tls_read(s, (const uint8_t *)b->base, (size_t)n);
+    return;
+  }
+  if (!s->ng && !s->lk) { /* the first byte says which protocol */
+    if (b->base[0] == 0 ? !(s->lk = calloc(1, sizeof(*s->lk))) : h2_begin(s) != 0) {
+      sess_close(s);
+      return;
+    }
+  }
+  if (s->lk) {
+    lookup_feed(s, (const uint8_t *)b->base, (size_t)n);
     return;
   }
   if (feed(s, (const uint8_t *)b->base, (size_t)n) == 0)
@@ -1074,17 +1297,14 @@ static int feed(ipc_sess *s, const uint8_t *data, size_t n) {
   return 0;
 }
 
-/* The nghttp2 server session of an accepted connection (s->h), then reading;
- * on failure the connection is closed. */
-static void sess_start(ipc_sess *s) {
-  netd *d = s->ipc->d;
+/* The nghttp2 server session of a connection, its SETTINGS queued; -1 on
+ * failure (the caller closes). */
+static int h2_begin(ipc_sess *s) {
   nghttp2_session_callbacks *cb;
   nghttp2_settings_entry iv[] = {{NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, 256},
                                  {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, 1 << 20}};
-  if (nghttp2_session_callbacks_new(&cb) != 0) {
-    sess_abort(s);
-    return;
-  }
+  if (nghttp2_session_callbacks_new(&cb) != 0)
+    return -1;
   nghttp2_session_callbacks_set_on_begin_headers_callback(cb, on_begin_headers);
   nghttp2_session_callbacks_set_on_header_callback(cb, on_header);
   nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, on_data_chunk);
@@ -1092,12 +1312,25 @@ static void sess_start(ipc_sess *s) {
   nghttp2_session_callbacks_set_on_stream_close_callback(cb, on_stream_close);
   if (nghttp2_session_server_new(&s->ng, cb, s) != 0) {
     nghttp2_session_callbacks_del(cb);
-    sess_abort(s);
-    return;
+    s->ng = NULL;
+    return -1;
   }
   nghttp2_session_callbacks_del(cb);
   nghttp2_submit_settings(s->ng, NGHTTP2_FLAG_NONE, iv, sizeof(iv) / sizeof(iv[0]));
   nghttp2_session_set_local_window_size(s->ng, NGHTTP2_FLAG_NONE, 0, 16 << 20);
+  return 0;
+}
+
+/* An accepted connection (s->h): reading. The gateway's is HTTP/2 from the
+ * start; on the IPC socket the client's first byte chooses HTTP/2 or the
+ * lookup protocol (an HTTP/2 client sends its preface without waiting for
+ * the server's SETTINGS). On failure the connection is closed. */
+static void sess_start(ipc_sess *s) {
+  netd *d = s->ipc->d;
+  if (s->gateway && h2_begin(s) != 0) {
+    sess_abort(s);
+    return;
+  }
   atomic_fetch_add(&d->metrics.ipc_conns, 1);
   atomic_fetch_add(&d->metrics.ipc_conns_open, 1);
   uv_read_start((uv_stream_t *)&s->h, on_alloc, on_read);
@@ -1223,6 +1456,8 @@ int netd_ipc_start(netd *d, char *err, size_t errlen) {
   ns_list_init(&ipc->sessions);
   ns_list_init(&ipc->dirty);
   d->ipc = ipc;
+  if (netstash_preload_hit_new(d->ctx, &ipc->hit) != NETSTASH_OK)
+    ipc->hit = NULL; /* lookups are answered NETSTASH_E_ILLEGAL_STATE */
   if (uv_check_init(d->loop, &ipc->flusher) != 0 || uv_idle_init(d->loop, &ipc->kick) != 0 ||
       uv_check_start(&ipc->flusher, on_flush_check) != 0) {
     snprintf(err, errlen, "uv_check_init failed");
@@ -1330,6 +1565,8 @@ int netd_gateway_h2_start(netd *d, char *err, size_t errlen) {
 }
 
 static void ipc_free(netd_ipc *ipc) {
+  netstash_preload_hit_del(ipc->hit);
+  free(ipc->lk_head);
   SSL_CTX_free(ipc->gw_tls);
   free(ipc->gw_upstream);
   free(ipc);
@@ -1405,6 +1642,10 @@ void netd_ipc_stop(netd *d, void (*done)(void *), void *ud) {
   ipc->done_ud = ud;
   ns_list_foreach_safe(pos, tmp, &ipc->sessions) {
     ipc_sess *s = ns_list_entry(pos, ipc_sess, node);
+    if (!s->ng) { /* lookups (answered at once) or no byte yet */
+      sess_close(s);
+      continue;
+    }
     nghttp2_submit_goaway(s->ng, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(s->ng),
                           NGHTTP2_NO_ERROR, NULL, 0);
     sess_flush(s);

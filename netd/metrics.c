@@ -155,6 +155,15 @@ char *netd_metrics_render(const netd_metrics *m, const netstash_ctx *ctx) {
   if (e == NETSTASH_OK)
     e = ns_buf_printf(&b, "netd_ipc_connections_open %" PRIu64 "\n", load(&m->ipc_conns_open));
   if (e == NETSTASH_OK)
+    e = family(&b, "netd_lookups_total", "counter",
+               "Synchronous preload lookups on the IPC socket, by result (a miss includes "
+               "errors).");
+  if (e == NETSTASH_OK)
+    e = ns_buf_printf(&b,
+                      "netd_lookups_total{result=\"hit\"} %" PRIu64 "\n"
+                      "netd_lookups_total{result=\"miss\"} %" PRIu64 "\n",
+                      load(&m->lookups_hit), load(&m->lookups_miss));
+  if (e == NETSTASH_OK)
     e = family(&b, "netd_front_connections_total", "counter",
                "Connections accepted by the HTTP/1.1 fronts (proxy, gateway, metrics).");
   if (e == NETSTASH_OK)

@@ -92,6 +92,7 @@ typedef struct netd_metrics {
   _Atomic uint64_t requests[NETD_SRC_N]; /* by how they were answered */
   _Atomic uint64_t bytes_out;            /* response body bytes sent to clients */
   _Atomic uint64_t ipc_conns, ipc_conns_open, front_conns;
+  _Atomic uint64_t lookups_hit, lookups_miss; /* synchronous preload lookups (IPC) */
   _Atomic uint64_t warm_runs, warm_ok, warm_failed, warm_deferred;
   _Atomic uint64_t lat[NETD_LAT_BUCKETS]; /* time to response head */
   _Atomic uint64_t lat_sum_us, lat_count;

@@ -132,7 +132,9 @@ NETSTASH_EXTERN netstash_error netstash_request_set_pull_buffer(netstash_request
 /* Synchronous preload check for a GET request (no Range, no
  * ONLY_FROM_CACHE-incompatible flags): fills hit (preload.h) and returns
  * NETSTASH_OK, or NETSTASH_E_NOT_FOUND — then start a job. Does not touch
- * the loop thread; allocation-free. */
+ * the loop thread; allocation-free. On a remote-mode context: one round
+ * trip to netd on the hit's own connection (see netstash_preload_hit_new);
+ * any result other than NETSTASH_OK also means "start a job". */
 NETSTASH_EXTERN netstash_error netstash_intercept_preloaded(const netstash_request *req,
                                                             netstash_preload_hit *hit);
 

@@ -159,7 +159,16 @@ NETSTASH_EXTERN uint64_t netstash_warm_counter(const netstash_warm *w,
 /* A reusable answer slot: a lookup fills it without allocating; what it
  * points to (head and body, in the store's memory map) stays valid until the
  * next lookup with the same hit, netstash_preload_hit_release() or _del().
- * One hit is used by one thread at a time. */
+ * One hit is used by one thread at a time.
+ * On a remote-mode context (netstash_options_set_remote) a lookup asks netd
+ * instead, synchronously, from the calling thread, on a unix-socket
+ * connection of the hit's own (opened at its first lookup, opened again
+ * after netd restarted): one round trip, no loop thread, no HTTP/2. The
+ * answer is copied into the hit's buffer, which grows to the largest answer
+ * (the only allocations); the body is then one chunk. Further errors there:
+ * NETSTASH_E_CONNECT_REFUSED (netd not running), NETSTASH_E_TIMEOUT (no
+ * answer within 2 s), NETSTASH_E_TOO_LARGE (a body over 16 MiB: start a job,
+ * which streams it), NETSTASH_E_SEND / _RECV / _PROTOCOL. */
 typedef struct netstash_preload_hit netstash_preload_hit;
 NETSTASH_EXTERN netstash_error netstash_preload_hit_new(netstash_ctx *ctx,
                                                         netstash_preload_hit **out);

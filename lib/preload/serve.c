@@ -1,21 +1,36 @@
 /*
  * serve.c — netstash_preload_lookup and the hit accessors: a URL answered
  * from the store's memory map with no allocation (install.c does the
- * lookup; this file owns the reader and the head's field offsets).
+ * lookup; this file owns the reader and the head's field offsets). On a
+ * remote-mode context a hit asks netd instead, synchronously, on a unix
+ * socket connection of its own (lookup_wire.h): the answer lands in the
+ * hit's buffer, which grows to the largest answer and is then reused.
  */
 #include "core/headers.h"
 #include "ns_setup.h"
 
+#include <errno.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/uio.h>
+#include <sys/un.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "core/ctx.h"
 #include "core/url.h"
 #include "preload/install.h"
+#include "preload/lookup_wire.h"
 #include "store/store.h"
 
-#define HIT_MAX_FIELDS 64
+#define HIT_MAX_FIELDS NS_LOOKUP_MAX_FIELDS
 #define HIT_MAX_ID 128
+/* A remote lookup that netd does not answer within this long fails
+ * (NETSTASH_E_TIMEOUT; the caller then starts a job) and the connection is
+ * dropped. netd answers from its loop in microseconds; this only bounds a
+ * netd that hangs. */
+#define REMOTE_TIMEOUT_MS 2000
 
 struct netstash_preload_hit {
   netstash_ctx *ctx;
@@ -30,6 +45,12 @@ struct netstash_preload_hit {
     const char *name, *value;
     uint32_t name_len, value_len;
   } f[HIT_MAX_FIELDS];
+  /* remote mode */
+  int remote;
+  int fd; /* the connection to netd, -1: none yet (or dropped) */
+  uint8_t *buf; /* the last answer (fields and body point into it) */
+  size_t cap;
+  const uint8_t *body; /* in buf */
 };
 
 netstash_error netstash_preload_hit_new(netstash_ctx *ctx, netstash_preload_hit **out) {
@@ -40,12 +61,18 @@ netstash_error netstash_preload_hit_new(netstash_ctx *ctx, netstash_preload_hit 
   *out = NULL;
   if (!ctx)
     return NETSTASH_E_INVALID_ARGUMENT;
-  if (!ctx->store)
+  if (!ctx->store && !ctx->cfg.remote_socket)
     return NETSTASH_E_ILLEGAL_STATE;
   hit = ns_calloc(&ctx->mem, 1, sizeof(*hit));
   if (!hit)
     return NETSTASH_E_NOMEM;
   hit->ctx = ctx;
+  hit->fd = -1;
+  if (ctx->cfg.remote_socket) { /* connected on the first lookup */
+    hit->remote = 1;
+    *out = hit;
+    return NETSTASH_OK;
+  }
   if ((e = ns_store_reader_new(ctx->store, &hit->r)) != NETSTASH_OK) {
     ns_free(&ctx->mem, hit);
     return e;
@@ -68,7 +95,192 @@ void netstash_preload_hit_del(netstash_preload_hit *hit) {
     return;
   netstash_preload_hit_release(hit);
   ns_store_reader_del(hit->r);
+  if (hit->fd >= 0)
+    close(hit->fd);
+  ns_free(&hit->ctx->mem, hit->buf);
   ns_free(&hit->ctx->mem, hit);
+}
+
+/* ------------------------------------------------------------ remote */
+
+static netstash_error remote_connect(netstash_preload_hit *hit) {
+  const char *path = hit->ctx->cfg.remote_socket;
+  struct sockaddr_un sa;
+  struct timeval tv = {REMOTE_TIMEOUT_MS / 1000, (REMOTE_TIMEOUT_MS % 1000) * 1000};
+  int fd;
+  if (strlen(path) >= sizeof(sa.sun_path))
+    return NETSTASH_E_INVALID_ARGUMENT;
+  memset(&sa, 0, sizeof(sa));
+  sa.sun_family = AF_UNIX;
+  memcpy(sa.sun_path, path, strlen(path) + 1);
+  if ((fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0)
+    return errno == EMFILE || errno == ENFILE || errno == ENOMEM ? NETSTASH_E_NOMEM
+                                                                   : NETSTASH_E_IO;
+  if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
+    int err = errno;
+    close(fd);
+    return err == ENOENT || err == ECONNREFUSED ? NETSTASH_E_CONNECT_REFUSED
+                                                : NETSTASH_E_CONNECT_FAILED;
+  }
+  (void)setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  (void)setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+  hit->fd = fd;
+  return NETSTASH_OK;
+}
+
+static netstash_error io_error(int err, int sending) {
+  if (err == EAGAIN || err == EWOULDBLOCK)
+    return NETSTASH_E_TIMEOUT;
+  return sending ? NETSTASH_E_SEND : NETSTASH_E_RECV;
+}
+
+/* At least want bytes in hit->buf (have already there); *have updated. */
+static netstash_error recv_at_least(netstash_preload_hit *hit, size_t *have, size_t want) {
+  while (*have < want) {
+    ssize_t n = recv(hit->fd, hit->buf + *have, hit->cap - *have, 0);
+    if (n > 0)
+      *have += (size_t)n;
+    else if (n == 0)
+      return NETSTASH_E_RECV; /* netd went away */
+    else if (errno != EINTR)
+      return io_error(errno, 0);
+  }
+  return NETSTASH_OK;
+}
+
+static netstash_error grow(netstash_preload_hit *hit, size_t need) {
+  size_t nc = hit->cap ? hit->cap : 65536;
+  uint8_t *nb;
+  if (need <= hit->cap)
+    return NETSTASH_OK;
+  while (nc < need)
+    nc *= 2;
+  if (!(nb = ns_realloc(&hit->ctx->mem, hit->buf, nc)))
+    return NETSTASH_E_NOMEM;
+  hit->buf = nb;
+  hit->cap = nc;
+  return NETSTASH_OK;
+}
+
+/* The fields and id of an answer (in hit->buf after the fixed part). */
+static netstash_error remote_index(netstash_preload_hit *hit, const ns_lookup_answer *a) {
+  const uint8_t *p = hit->buf + sizeof(*a), *end = p + a->head_len;
+  size_t il;
+  hit->nf = 0;
+  for (uint32_t i = 0; i < a->nfields; i++) {
+    uint32_t nl, vl;
+    if ((size_t)(end - p) < 8)
+      return NETSTASH_E_PROTOCOL;
+    memcpy(&nl, p, 4);
+    memcpy(&vl, p + 4, 4);
+    p += 8;
+    if ((size_t)(end - p) < (size_t)nl + vl)
+      return NETSTASH_E_PROTOCOL;
+    hit->f[i].name = (const char *)p;
+    hit->f[i].name_len = nl;
+    hit->f[i].value = (const char *)p + nl;
+    hit->f[i].value_len = vl;
+    p += (size_t)nl + vl;
+    hit->nf++;
+  }
+  if ((size_t)(end - p) != a->id_len)
+    return NETSTASH_E_PROTOCOL;
+  il = a->id_len < sizeof(hit->id) - 1 ? a->id_len : sizeof(hit->id) - 1;
+  memcpy(hit->id, p, il);
+  hit->id[il] = '\0';
+  return NETSTASH_OK;
+}
+
+/* One request and its answer on hit->fd. *answered: netd answered (the
+ * result is its answer); otherwise the connection failed and is dropped. */
+static netstash_error remote_exchange(netstash_preload_hit *hit, const char *url, size_t n,
+                                      int fresh, int *answered) {
+  ns_lookup_answer a;
+  uint32_t ul = (uint32_t)n;
+  size_t have = 0, total;
+  netstash_error e;
+  struct iovec iov[3];
+  struct msghdr mh;
+  size_t niov = 0, left;
+  *answered = 0;
+  if (fresh)
+    iov[niov++] = (struct iovec){(void *)NS_LOOKUP_MAGIC, NS_LOOKUP_MAGIC_LEN};
+  iov[niov++] = (struct iovec){&ul, 4};
+  iov[niov++] = (struct iovec){(void *)url, n};
+  left = (fresh ? NS_LOOKUP_MAGIC_LEN : 0) + 4 + n;
+  memset(&mh, 0, sizeof(mh));
+  mh.msg_iov = iov;
+  mh.msg_iovlen = niov;
+  while (left) {
+    ssize_t w = sendmsg(hit->fd, &mh, MSG_NOSIGNAL);
+    if (w < 0) {
+      if (errno == EINTR)
+        continue;
+      return io_error(errno, 1);
+    }
+    left -= (size_t)w;
+    while (w > 0) { /* skip what went out */
+      size_t k = (size_t)w < mh.msg_iov->iov_len ? (size_t)w : mh.msg_iov->iov_len;
+      mh.msg_iov->iov_base = (uint8_t *)mh.msg_iov->iov_base + k;
+      mh.msg_iov->iov_len -= k;
+      w -= (ssize_t)k;
+      if (!mh.msg_iov->iov_len && mh.msg_iovlen > 1) {
+        mh.msg_iov++;
+        mh.msg_iovlen--;
+      }
+    }
+  }
+  if ((e = grow(hit, 65536)) != NETSTASH_OK ||
+      (e = recv_at_least(hit, &have, sizeof(a))) != NETSTASH_OK)
+    return e;
+  memcpy(&a, hit->buf, sizeof(a));
+  if (a.err) {
+    if (have != sizeof(a) || a.err > 299)
+      return NETSTASH_E_PROTOCOL;
+    *answered = 1;
+    return (netstash_error)a.err;
+  }
+  if (a.head_len > NS_LOOKUP_MAX_HEAD || a.body_len > NS_LOOKUP_MAX_BODY ||
+      a.nfields > NS_LOOKUP_MAX_FIELDS || a.id_len > a.head_len || a.status < 100 ||
+      a.status > 999)
+    return NETSTASH_E_PROTOCOL;
+  total = sizeof(a) + a.head_len + (size_t)a.body_len;
+  if (have > total)
+    return NETSTASH_E_PROTOCOL;
+  if ((e = grow(hit, total)) != NETSTASH_OK || (e = recv_at_least(hit, &have, total)) != NETSTASH_OK)
+    return e;
+  if ((e = remote_index(hit, &a)) != NETSTASH_OK)
+    return e;
+  hit->h.entry.status = (int)a.status;
+  hit->h.entry.size = a.body_len;
+  hit->h.version = a.version;
+  hit->body = hit->buf + sizeof(a) + a.head_len;
+  hit->valid = 1;
+  *answered = 1;
+  return NETSTASH_OK;
+}
+
+static netstash_error remote_lookup(netstash_preload_hit *hit, const char *url) {
+  size_t n = strlen(url);
+  if (!n)
+    return NETSTASH_E_BAD_URL;
+  if (n > NS_LOOKUP_MAX_URL)
+    return NETSTASH_E_NOT_FOUND; /* nothing so long is preloaded */
+  for (int attempt = 0;; attempt++) {
+    int fresh = hit->fd < 0, answered;
+    netstash_error e;
+    if (fresh && (e = remote_connect(hit)) != NETSTASH_OK)
+      return e;
+    e = remote_exchange(hit, url, n, fresh, &answered);
+    if (answered)
+      return e;
+    close(hit->fd);
+    hit->fd = -1;
+    /* a connection that served before may be one a restarted netd closed:
+     * once more on a new one */
+    if (fresh || attempt || e == NETSTASH_E_TIMEOUT || e == NETSTASH_E_NOMEM)
+      return e;
+  }
 }
 
 /* Already in the form manifests are normalised to (curl_url output with a
@@ -147,6 +359,8 @@ netstash_error netstash_preload_lookup(netstash_preload_hit *hit, const char *ur
     return NETSTASH_E_INVALID_ARGUMENT;
   /* a new snapshot per lookup: what was published since is seen */
   netstash_preload_hit_release(hit);
+  if (hit->remote)
+    return remote_lookup(hit, url);
   n = strlen(url);
   if (canonical(url, n))
     return lookup_norm(hit, url, n);
@@ -195,6 +409,8 @@ static int body_of(const netstash_preload_hit *chit) {
   netstash_preload_hit *hit = (netstash_preload_hit *)chit;
   if (!hit || !hit->valid)
     return 0;
+  if (hit->remote)
+    return 1;
   if (!hit->body_loaded) {
     if (ns_store_body_get(hit->r, hit->h.body_hash, &hit->h.body) != NETSTASH_OK)
       return 0;
@@ -208,6 +424,8 @@ uint64_t netstash_preload_hit_body_size(const netstash_preload_hit *hit) {
 }
 
 uint32_t netstash_preload_hit_chunk_count(const netstash_preload_hit *hit) {
+  if (hit && hit->remote) /* the answer is one piece */
+    return hit->valid && hit->h.entry.size ? 1 : 0;
   return body_of(hit) ? hit->h.body.nchunks : 0;
 }
 
@@ -217,6 +435,13 @@ netstash_error netstash_preload_hit_chunk(const netstash_preload_hit *hit, uint3
     return NETSTASH_E_INVALID_ARGUMENT;
   if (!hit->valid)
     return NETSTASH_E_ILLEGAL_STATE;
+  if (hit->remote) {
+    if (i != 0 || !hit->h.entry.size)
+      return NETSTASH_E_NOT_FOUND;
+    *data = hit->body;
+    *len = (size_t)hit->h.entry.size;
+    return NETSTASH_OK;
+  }
   if (!body_of(hit))
     return NETSTASH_E_STORE_CORRUPT;
   if (i >= hit->h.body.nchunks)
@@ -237,5 +462,5 @@ uint64_t netstash_preload_hit_manifest_version(const netstash_preload_hit *hit) 
 /* Internal: the hit's store view, for the transport's preload route. */
 const ns_pl_hit *ns_preload_hit_view(const netstash_preload_hit *hit);
 const ns_pl_hit *ns_preload_hit_view(const netstash_preload_hit *hit) {
-  return hit && hit->valid ? &hit->h : NULL;
+  return hit && hit->valid && !hit->remote ? &hit->h : NULL;
 }

@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -498,6 +499,190 @@ static void test_sigterm_during_warm(void **state) {
   assert_int_equal(netd_run_stop(&dp), 0);
 }
 
+/* Reads a whole file into a malloc'd buffer. */
+static unsigned char *slurp(const char *path, size_t *len) {
+  FILE *fp = fopen(path, "rb");
+  unsigned char *b;
+  long n;
+  assert_non_null(fp);
+  fseek(fp, 0, SEEK_END);
+  n = ftell(fp);
+  fseek(fp, 0, SEEK_SET);
+  b = malloc((size_t)n + 1);
+  assert_int_equal(fread(b, 1, (size_t)n, fp), (size_t)n);
+  fclose(fp);
+  *len = (size_t)n;
+  return b;
+}
+
+/* The hit's body equals the file's bytes. */
+static void check_hit_body(const netstash_preload_hit *h, const char *file) {
+  size_t flen, off = 0;
+  unsigned char *want = slurp(file, &flen);
+  uint32_t nc = netstash_preload_hit_chunk_count(h);
+  assert_int_equal(netstash_preload_hit_body_size(h), flen);
+  for (uint32_t i = 0; i < nc; i++) {
+    const uint8_t *d;
+    size_t len;
+    assert_int_equal(netstash_preload_hit_chunk(h, i, &d, &len), NETSTASH_OK);
+    assert_true(off + len <= flen);
+    assert_memory_equal(d, want + off, len);
+    off += len;
+  }
+  assert_int_equal(off, flen);
+  free(want);
+}
+
+/* The synchronous lookup protocol: netstash_preload_lookup and
+ * netstash_intercept_preloaded on a remote-mode context ask netd on the
+ * caller's thread; head, body, manifest id and version as netd holds them;
+ * misses, a restart of netd, netd gone, and hostile lookup clients. */
+static void test_remote_lookup(void **state) {
+  netd_proc dp = {0};
+  char dir[1024], cmd[4096], base[256], prof[1024], url[512], path[1200];
+  const char *cli = getenv("NST_BUILDDIR");
+  unsigned char *big = malloc(300000);
+  netstash_ctx *ctx;
+  netstash_preload_hit *h;
+  netstash_request *req;
+  const char *name, *value;
+  size_t nl, vl, i;
+  int ctype = 0, st;
+  char *out;
+  FILE *fp;
+  (void)state;
+  snprintf(dir, sizeof(dir), "%s/nlook", nst_site());
+  snprintf(cmd, sizeof(cmd), "mkdir -p %s", dir);
+  assert_int_equal(system(cmd), 0);
+  snprintf(path, sizeof(path), "%s/a.txt", dir);
+  fp = fopen(path, "w");
+  fputs("hello from the preload store\n", fp);
+  fclose(fp);
+  for (i = 0; i < 300000; i++) /* several store chunks */
+    big[i] = (unsigned char)((i * 2654435761u) >> 13);
+  snprintf(path, sizeof(path), "%s/big.bin", dir);
+  fp = fopen(path, "wb");
+  assert_int_equal(fwrite(big, 1, 300000, fp), 300000);
+  fclose(fp);
+  free(big);
+  snprintf(path, sizeof(path), "%s/empty.txt", dir);
+  fp = fopen(path, "w");
+  fclose(fp);
+  snprintf(base, sizeof(base), "https://127.0.0.1:%d/nlook/", caddy.port);
+  snprintf(prof, sizeof(prof), "%s", nst_path("netd-lookup"));
+  snprintf(cmd, sizeof(cmd),
+           "%s/tools/netstash manifest make %s --base %s --id nlook --version 3 --entry a.txt -o %s/nlook.json "
+           ">/dev/null && %s/tools/netstash warm %s/nlook.json --allow-unsigned --profile %s "
+           "--cacert %s --no-progress >/dev/null",
+           cli, dir, base, nst_workdir(), cli, nst_workdir(), prof, nst_cert("ca.pem"));
+  assert_int_equal(system(cmd), 0);
+  netd_start(&dp, "netd-lookup", NULL);
+  ctx = remote_ctx(dp.sock);
+  assert_int_equal(netstash_preload_hit_new(ctx, &h), NETSTASH_OK);
+
+  snprintf(url, sizeof(url), "%sa.txt", base);
+  assert_int_equal(netstash_preload_lookup(h, url), NETSTASH_OK);
+  assert_int_equal(netstash_preload_hit_status(h), 200);
+  assert_string_equal(netstash_preload_hit_manifest_id(h), "nlook");
+  assert_int_equal(netstash_preload_hit_manifest_version(h), 3);
+  for (i = 0; i < netstash_preload_hit_header_count(h); i++) {
+    assert_int_equal(netstash_preload_hit_header_at(h, i, &name, &nl, &value, &vl), NETSTASH_OK);
+    if (nl == 12 && !strncasecmp(name, "content-type", 12) && vl >= 10 &&
+        !strncmp(value, "text/plain", 10))
+      ctype = 1;
+  }
+  assert_true(ctype);
+  assert_int_equal(netstash_preload_hit_header_at(h, i, &name, &nl, &value, &vl),
+                   NETSTASH_E_NOT_FOUND);
+  snprintf(path, sizeof(path), "%s/a.txt", dir);
+  check_hit_body(h, path);
+
+  snprintf(url, sizeof(url), "%sbig.bin", base);
+  assert_int_equal(netstash_preload_lookup(h, url), NETSTASH_OK);
+  snprintf(path, sizeof(path), "%s/big.bin", dir);
+  check_hit_body(h, path);
+  snprintf(url, sizeof(url), "%sempty.txt", base);
+  assert_int_equal(netstash_preload_lookup(h, url), NETSTASH_OK);
+  assert_int_equal(netstash_preload_hit_body_size(h), 0);
+  assert_int_equal(netstash_preload_hit_chunk_count(h), 0);
+
+  /* misses: not in the manifest, another host, not a URL */
+  snprintf(url, sizeof(url), "%snope.txt", base);
+  assert_int_equal(netstash_preload_lookup(h, url), NETSTASH_E_NOT_FOUND);
+  assert_int_equal(netstash_preload_hit_status(h), 0);
+  assert_int_equal(netstash_preload_lookup(h, "https://elsewhere.test/a.txt"),
+                   NETSTASH_E_NOT_FOUND);
+  assert_int_equal(netstash_preload_lookup(h, "no url"), NETSTASH_E_BAD_URL);
+
+  /* the interceptor's fast path: a GET is answered, a Range request not */
+  snprintf(url, sizeof(url), "%sa.txt", base);
+  assert_int_equal(netstash_request_new(&req, url), NETSTASH_OK);
+  assert_int_equal(netstash_intercept_preloaded(req, h), NETSTASH_OK);
+  assert_int_equal(netstash_preload_hit_body_size(h), 29);
+  assert_int_equal(netstash_request_add_header(req, "Range", "bytes=0-3"), NETSTASH_OK);
+  assert_int_equal(netstash_intercept_preloaded(req, h), NETSTASH_E_NOT_FOUND);
+  netstash_request_del(req);
+
+  snprintf(cmd, sizeof(cmd), "curl -s --http2-prior-knowledge --unix-socket %s http://netd/metrics",
+           dp.sock);
+  out = netd_run_capture(cmd, &st);
+  assert_int_equal(st, 0);
+  assert_non_null(strstr(out, "netd_lookups_total{result=\"hit\"} 4\n"));
+  assert_non_null(strstr(out, "netd_lookups_total{result=\"miss\"} 3\n"));
+  free(out);
+
+  /* hostile lookup clients: a bad magic, a zero and an oversized URL
+   * length, a client that never reads its answers; netd serves on */
+  {
+    static const char *bad[] = {"\0nslookX", "\0nslook1\0\0\0\0", "\0nslook1\xff\xff\xff\x7f"};
+    static const size_t badlen[] = {8, 12, 12};
+    for (i = 0; i < 3; i++) {
+      int fd = netd_run_connect_unix(dp.sock);
+      char back[64];
+      assert_true(fd >= 0);
+      assert_int_equal(write(fd, bad[i], badlen[i]), (ssize_t)badlen[i]);
+      assert_int_equal(read(fd, back, sizeof(back)), 0); /* closed, nothing answered */
+      close(fd);
+    }
+  }
+  {
+    int fd = netd_run_connect_unix(dp.sock);
+    uint32_t ul;
+    char req_buf[512];
+    size_t n;
+    snprintf(url, sizeof(url), "%sbig.bin", base);
+    ul = (uint32_t)strlen(url);
+    memcpy(req_buf, url, ul);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, "\0nslook1", 8), 8);
+    /* 200 requests for 300 KB each, none of the answers read */
+    for (n = 0; n < 200; n++) {
+      if (write(fd, &ul, 4) != 4 || write(fd, req_buf, ul) != (ssize_t)ul)
+        break; /* netd closed it */
+    }
+    close(fd);
+  }
+  snprintf(url, sizeof(url), "%sa.txt", base);
+  assert_int_equal(netstash_preload_lookup(h, url), NETSTASH_OK);
+  snprintf(path, sizeof(path), "%s/a.txt", dir);
+  check_hit_body(h, path);
+
+  /* netd restarted: the hit's connection is gone, the next lookup
+   * reconnects */
+  assert_int_equal(netd_run_stop(&dp), 0);
+  netd_start(&dp, "netd-lookup", NULL);
+  snprintf(url, sizeof(url), "%sbig.bin", base);
+  assert_int_equal(netstash_preload_lookup(h, url), NETSTASH_OK);
+  snprintf(path, sizeof(path), "%s/big.bin", dir);
+  check_hit_body(h, path);
+  /* netd gone: a clear error, nothing hangs */
+  assert_int_equal(netd_run_stop(&dp), 0);
+  assert_int_equal(netstash_preload_lookup(h, url), NETSTASH_E_CONNECT_REFUSED);
+  assert_int_equal(netstash_preload_hit_status(h), 0);
+  netstash_preload_hit_del(h);
+  netstash_ctx_del(ctx);
+}
+
 /* SIGHUP re-reads the configuration: a warm schedule added to the file
  * appears in /status without a restart. */
 static void test_sighup_reload(void **state) {
@@ -566,6 +751,7 @@ int main(void) {
       cmocka_unit_test(test_control_and_hostile_client),
       cmocka_unit_test(test_sigterm_during_warm),
       cmocka_unit_test(test_sighup_reload),
+      cmocka_unit_test(test_remote_lookup),
   };
   if (getenv("NST_TEST_FILTER")) /* e.g. test_restart_under_load, to loop one test */
     cmocka_set_test_filter(getenv("NST_TEST_FILTER"));

@@ -25,6 +25,11 @@
  * NETSTASH_SOURCE_PRELOAD), plus
  *   lookup     netstash_preload_lookup() on a local context, the body's
  *              chunks copied into a buffer, the hit released
+ *   netd lookup  the kernel's synchronous fast path through the socket:
+ *              netstash_request_new(), netstash_intercept_preloaded() on a
+ *              remote-mode context (one round trip on the hit's own
+ *              connection to netd, from the calling thread), the body copied
+ *              into a buffer, the hit released, the request deleted
  * A request is timed from netstash_request_new() to the end of
  * netstash_fetch_wait() (all of it the caller's latency). Per row: median
  * over REPS of the p50 and p99 latency, of the client's CPU per request
@@ -64,7 +69,7 @@ __attribute__((noreturn)) static void die(const char *msg) {
   exit(1);
 }
 
-typedef enum kind { K_PINGPONG, K_NETD, K_DIRECT, K_LOOKUP } kind;
+typedef enum kind { K_PINGPONG, K_NETD, K_DIRECT, K_LOOKUP, K_RLOOKUP } kind;
 
 typedef struct row {
   const char *name;
@@ -192,7 +197,7 @@ static netstash_ctx *ctx_open(kind k) {
   char det[256] = "";
   if (netstash_options_new(&o) != NETSTASH_OK)
     die("options");
-  if (k == K_NETD ? netstash_options_set_remote(o, sock_path) != NETSTASH_OK
+  if (k == K_NETD || k == K_RLOOKUP ? netstash_options_set_remote(o, sock_path) != NETSTASH_OK
                   : netstash_options_set_profile_dir(o, profile) != NETSTASH_OK)
     die("options");
   if (netstash_ctx_new(&ctx, o, det, sizeof(det)) != NETSTASH_OK) {
@@ -251,9 +256,20 @@ static netstash_source fetch_once(netstash_ctx *ctx, const char *url, size_t siz
   return src;
 }
 
-static void lookup_once(netstash_preload_hit *h, const char *url, size_t size, uint8_t *buf) {
+/* A preload hit of size bytes copied into buf: netstash_preload_lookup(url),
+ * or with via_request the interceptor's fast path on a new request. */
+static void lookup_once(netstash_preload_hit *h, const char *url, size_t size, uint8_t *buf,
+                        int via_request) {
   size_t at = 0;
-  netstash_error e = netstash_preload_lookup(h, url);
+  netstash_request *req = NULL;
+  netstash_error e;
+  if (via_request) {
+    if (netstash_request_new(&req, url) != NETSTASH_OK)
+      die("cannot make a request");
+    e = netstash_intercept_preloaded(req, h);
+  } else {
+    e = netstash_preload_lookup(h, url);
+  }
   if (e != NETSTASH_OK || netstash_preload_hit_status(h) != 200 ||
       netstash_preload_hit_body_size(h) != size) {
     fprintf(stderr, "bench/netd: lookup %s: %s\n", url, netstash_error_name(e));
@@ -270,6 +286,7 @@ static void lookup_once(netstash_preload_hit *h, const char *url, size_t size, u
   if (at != size)
     die("lookup: body of the wrong size");
   netstash_preload_hit_release(h);
+  netstash_request_del(req);
 }
 
 /* netd's request_head_seconds sum (us) and count, from GET /metrics (a
@@ -360,7 +377,7 @@ static result run_row(const row *r) {
       size = 1;
   } else {
     ctx = ctx_open(r->k);
-    if (r->k == K_LOOKUP && netstash_preload_hit_new(ctx, &h) != NETSTASH_OK)
+    if ((r->k == K_LOOKUP || r->k == K_RLOOKUP) && netstash_preload_hit_new(ctx, &h) != NETSTASH_OK)
       die("preload hit");
   }
   for (size_t i = 0; i < warmup + nreq; i++) {
@@ -384,7 +401,8 @@ static result run_row(const row *r) {
                  i >= warmup ? &tt[i - warmup] : &dummy);
       break;
     case K_LOOKUP:
-      lookup_once(h, url, size, buf);
+    case K_RLOOKUP:
+      lookup_once(h, url, size, buf, r->k == K_RLOOKUP);
       break;
     }
     if (i >= warmup)
@@ -490,7 +508,7 @@ static double med_d(double *v, size_t n) {
   return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
-#define NROWS 12
+#define NROWS 14
 static row rows[NROWS];
 static size_t nrows;
 static result (*res)[NROWS]; /* res[rep][row] */
@@ -609,6 +627,8 @@ int main(int argc, char **argv) {
     rows[nrows++] = (row){"direct, preload, small", K_DIRECT, 0, 1};
     rows[nrows++] = (row){"lookup, preload, big", K_LOOKUP, 1, 1};
     rows[nrows++] = (row){"lookup, preload, small", K_LOOKUP, 0, 1};
+    rows[nrows++] = (row){"netd lookup, preload, big", K_RLOOKUP, 1, 1};
+    rows[nrows++] = (row){"netd lookup, preload, small", K_RLOOKUP, 0, 1};
   }
   if (only) { /* profiling one kind of row: keep the matching ones */
     size_t k = 0;
@@ -684,6 +704,12 @@ int main(int argc, char **argv) {
           NULL);
     ratio("lookup small / netd preload small", find_row(K_LOOKUP, 0, 1), find_row(K_NETD, 0, 1),
           f_p50, NULL);
+    ratio("netd lookup big / pingpong 50 KB", find_row(K_RLOOKUP, 1, 1),
+          find_row(K_PINGPONG, 1, 0), f_p50, "<= 1.5x");
+    ratio("netd lookup small / pingpong 1 B", find_row(K_RLOOKUP, 0, 1),
+          find_row(K_PINGPONG, 0, 0), f_p50, "<= 2x");
+    ratio("netd lookup big / pingpong 50 KB, p99", find_row(K_RLOOKUP, 1, 1),
+          find_row(K_PINGPONG, 1, 0), f_p99, NULL);
   }
   return 0;
 }
