@@ -318,6 +318,21 @@ static void nf_connect(int fd, const struct sockaddr *a, socklen_t len, const ch
   }
 }
 
+/* A new connection to netd's IPC socket (2 s send timeout). (inline: not
+ * every harness connects there) */
+static inline int nf_connect_ipc(const char *what) {
+  struct sockaddr_un a;
+  struct timeval tv = {2, 0};
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  NF_CHECK(fd >= 0);
+  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+  memset(&a, 0, sizeof(a));
+  a.sun_family = AF_UNIX;
+  snprintf(a.sun_path, sizeof(a.sun_path), "%s", nf_d.cfg.socket_path);
+  nf_connect(fd, (struct sockaddr *)&a, sizeof(a), what);
+  return fd;
+}
+
 /* Writes everything (blocking socket); 0, or -1 when the peer is gone. */
 static int nf_write_all(int fd, const uint8_t *p, size_t len) {
   while (len) {

@@ -47,18 +47,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   static const uint8_t goaway[] = {0, 0, 8, 7, 0, 0, 0, 0, 0, /* GOAWAY, stream 0 */
                                    0, 0, 0, 0, 0, 0, 0, 0};   /* last id 0, NO_ERROR */
   static char out[64];
-  struct sockaddr_un a;
-  struct timeval tv = {2, 0};
   size_t got = 0;
   int fd, r, fin;
 
-  fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  NF_CHECK(fd >= 0);
-  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-  memset(&a, 0, sizeof(a));
-  a.sun_family = AF_UNIX;
-  snprintf(a.sun_path, sizeof(a.sun_path), "%s", nf_d.cfg.socket_path);
-  nf_connect(fd, (struct sockaddr *)&a, sizeof(a), "netd_h2");
+  fd = nf_connect_ipc("netd_h2");
   /* netd may close (and reset) at any point: write errors are fine */
   if (nf_write_all(fd, preface, sizeof(preface) - 1) == 0 &&
       nf_write_all(fd, data, size) == 0)

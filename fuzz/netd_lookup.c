@@ -161,18 +161,10 @@ static size_t check_answer(const uint8_t *p, size_t n) {
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   static uint8_t in[1 << 18];
-  struct sockaddr_un a;
-  struct timeval tv = {2, 0};
   size_t have = 0;
   int fd, r = 0, idle_polls = 0;
 
-  fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  NF_CHECK(fd >= 0);
-  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-  memset(&a, 0, sizeof(a));
-  a.sun_family = AF_UNIX;
-  snprintf(a.sun_path, sizeof(a.sun_path), "%s", nf_d.cfg.socket_path);
-  nf_connect(fd, (struct sockaddr *)&a, sizeof(a), "netd_lookup");
+  fd = nf_connect_ipc("netd_lookup");
   /* netd may close at any point: write errors are fine */
   if (nf_write_all(fd, (const uint8_t *)NS_LOOKUP_MAGIC, NS_LOOKUP_MAGIC_LEN) == 0)
     (void)nf_write_all(fd, data, size);

@@ -229,7 +229,7 @@ static int write_wbuf(conn *c, wbuf *w, int to_peer) {
  * of them, and only what the socket did not take is copied into a queued
  * write. 0, or -1 when the connection was closed. */
 static int send_bufs(conn *c, const uv_buf_t *bufs, unsigned n) {
-  size_t total = 0, done = 0, off = 0;
+  size_t total = 0, done = 0;
   wbuf *w;
   unsigned i;
   for (i = 0; i < n; i++)
@@ -254,18 +254,23 @@ static int send_bufs(conn *c, const uv_buf_t *bufs, unsigned n) {
     conn_close(c);
     return -1;
   }
-  for (i = 0; i < n; i++) {
+  w->ub.len = netd_copy_unwritten(w->inl, bufs, n, done);
+  return write_wbuf(c, w, 0);
+}
+
+size_t netd_copy_unwritten(void *dst, const uv_buf_t *bufs, size_t n, size_t written) {
+  size_t off = 0;
+  for (size_t i = 0; i < n; i++) {
     size_t l = bufs[i].len;
-    if (done >= l) {
-      done -= l;
+    if (written >= l) {
+      written -= l;
       continue;
     }
-    memcpy(w->inl + off, bufs[i].base + done, l - done);
-    off += l - done;
-    done = 0;
+    memcpy((char *)dst + off, bufs[i].base + written, l - written);
+    off += l - written;
+    written = 0;
   }
-  w->ub.len = off;
-  return write_wbuf(c, w, 0);
+  return off;
 }
 
 /* Copies len bytes into a write to the client (or the peer). */

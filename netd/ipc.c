@@ -1108,7 +1108,7 @@ static int lookup_answer(ipc_sess *s, const char *url, size_t n) {
   if (w < 0)
     w = 0;
   if ((size_t)w < total) { /* the rest, copied: the hit is released now */
-    size_t rest = total - (size_t)w, off = 0, skip = (size_t)w;
+    size_t rest = total - (size_t)w;
     wreq *r = malloc(sizeof(wreq) + rest);
     if (!r) {
       netstash_preload_hit_release(ipc->hit);
@@ -1116,16 +1116,7 @@ static int lookup_answer(ipc_sess *s, const char *url, size_t n) {
       return -1;
     }
     r->cap = rest;
-    for (size_t i = 0; i < nb; i++) {
-      size_t len = bufs[i].len;
-      if (skip >= len) {
-        skip -= len;
-        continue;
-      }
-      memcpy(r->data + off, bufs[i].base + skip, len - skip);
-      off += len - skip;
-      skip = 0;
-    }
+    netd_copy_unwritten(r->data, bufs, nb, (size_t)w);
     netstash_preload_hit_release(ipc->hit);
     if (sess_write(s, r, rest) != 0)
       return -1;

@@ -136,6 +136,9 @@ size_t netd_ipc_clients(const netd *d);
  * listener, served by the IPC's HTTP/2 sessions with gateway semantics;
  * after netd_ipc_start, stopped by netd_ipc_stop. */
 int netd_gateway_h2_start(netd *d, char *err, size_t errlen);
+/* Copies what a partial write of bufs left unwritten (written bytes went
+ * out) into dst; returns the bytes copied. */
+size_t netd_copy_unwritten(void *dst, const uv_buf_t *bufs, size_t n, size_t written);
 
 typedef enum netd_front_kind {
   NETD_FRONT_PROXY = 1,   /* forward proxy: absolute-form http, CONNECT tunnels */
