@@ -547,7 +547,7 @@ static void test_remote_lookup(void **state) {
   netstash_request *req;
   const char *name, *value;
   size_t nl, vl, i;
-  int ctype = 0, st;
+  int ctype = 0;
   char *out;
   FILE *fp;
   (void)state;
@@ -623,10 +623,7 @@ static void test_remote_lookup(void **state) {
   assert_int_equal(netstash_intercept_preloaded(req, h), NETSTASH_E_NOT_FOUND);
   netstash_request_del(req);
 
-  snprintf(cmd, sizeof(cmd), "curl -s --http2-prior-knowledge --unix-socket %s http://netd/metrics",
-           dp.sock);
-  out = netd_run_capture(cmd, &st);
-  assert_int_equal(st, 0);
+  out = ctl(&dp, "GET", "/metrics");
   assert_non_null(strstr(out, "netd_lookups_total{result=\"hit\"} 4\n"));
   assert_non_null(strstr(out, "netd_lookups_total{result=\"miss\"} 3\n"));
   free(out);
