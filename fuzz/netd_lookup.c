@@ -1,33 +1,34 @@
 /*
- * fuzz/netd_lookup.c — netd's synchronous preload lookups (netd/ipc.c, the
- * lookup protocol of lib/preload/lookup_wire.h) under libFuzzer, with the
- * input as a hostile client's requests.
+ * fuzz/netd_lookup.c — netd's synchronous preload lookups (netd/ipc.c:
+ * HTTP/1.1 on the IPC socket, lib/preload/lookup_http.h) under libFuzzer,
+ * with the input as a hostile client's requests.
  *
  * As fuzz/netd_h2.c: netd's IPC on a unix socket in a temporary profile, on
  * a library context's loop thread. Before it starts, a manifest is
  * installed in that profile (no network: the installer is given the bodies)
  * with three resources — a small page, a body over one store chunk, an empty
  * one — so requests can hit. Per input the harness connects, sends the
- * protocol's magic, the input, then shuts its side, and reads netd's
- * answers until netd closes.
+ * input, then shuts its side, and reads netd's answers until netd closes.
  *
- * Input layout: the client's bytes after the magic (u32 URL lengths in host
- * byte order and URLs; see fuzz/corpus/netd_lookup/).
+ * Input layout: the client's bytes (HTTP/1.1 requests; an input starting
+ * with "PRI" is the HTTP/2 side's, which fuzz/netd_h2.c covers).
  *
  * Checked beyond "no crash, no leak, no UB":
  *  - netd closes the connection after the client's EOF (20 s: hung, abort);
- *  - every complete answer is well formed: an error code with nothing after
- *    it, or a 200 whose fields parse exactly into head_len and whose body is
- *    byte for byte one of the installed bodies (netd never serves a wrong or
- *    torn body); only the last answer may be cut short (netd closes a
+ *  - every complete answer is well formed: "HTTP/1.1 ", a status, fields,
+ *    Content-Length; a 200 carries X-Netstash-Preload-Id: fuzz and a body
+ *    that is byte for byte one of the installed ones (netd never serves a
+ *    wrong or torn body), a 502 an X-Netstash-Error and no body, a 4xx ends
+ *    the connection; only the last answer may be cut short (netd closes a
  *    client that does not read what it asked for).
  */
 #include "netd_fuzz.h"
 
 #include <openssl/evp.h>
+#include <strings.h>
 
 #include "preload/install.h"
-#include "preload/lookup_wire.h"
+#include "preload/lookup_http.h"
 #include "preload/manifest.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -116,58 +117,71 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
 }
 
 /* One complete answer at p (n bytes available): its length, 0 when more
- * bytes are needed. Aborts on a malformed answer. */
-static size_t n_hits, n_errors;
+ * bytes are needed. Aborts on a malformed answer; *refused set on a 4xx. */
+static size_t n_hits, n_errors, n_refused;
 
-static size_t check_answer(const uint8_t *p, size_t n) {
-  ns_lookup_answer a;
-  const uint8_t *f, *end, *body;
-  size_t total, blen;
-  int match = 0;
-  if (n < sizeof(a))
+static size_t check_answer(const uint8_t *p, size_t n, int *refused) {
+  const char *h = (const char *)p, *hend, *line, *eol;
+  long status;
+  size_t clen = SIZE_MAX, blen, total;
+  int id_ok = 0, err_ok = 0, match = 0;
+  if (n < 12)
     return 0;
-  memcpy(&a, p, sizeof(a));
-  if (a.err) { /* an error: the fixed part alone */
-    NF_CHECK(a.err < 300 && !a.status && !a.head_len && !a.body_len);
-    n_errors++;
-    return sizeof(a);
+  NF_CHECK(!memcmp(h, "HTTP/1.1 ", 9));
+  if (!(hend = memmem(h, n, "\r\n\r\n", 4))) {
+    NF_CHECK(n < NS_LOOKUP_MAX_HEAD);
+    return 0;
   }
-  NF_CHECK(a.status == 200 && a.head_len <= NS_LOOKUP_MAX_HEAD && a.body_len <= sizeof(big) &&
-           a.nfields <= NS_LOOKUP_MAX_FIELDS && a.version == 1 && a.id_len == 4);
-  total = sizeof(a) + a.head_len + (size_t)a.body_len;
+  status = strtol(h + 9, NULL, 10);
+  NF_CHECK(status >= 100 && status <= 999);
+  line = (const char *)memchr(h, '\n', (size_t)(hend - h)) + 1;
+  for (; line < hend + 2; line = eol + 2) {
+    const char *colon;
+    NF_CHECK((eol = memmem(line, (size_t)(hend + 2 - line), "\r\n", 2)) != NULL);
+    NF_CHECK((colon = memchr(line, ':', (size_t)(eol - line))) != NULL && colon > line);
+    if ((size_t)(colon - line) == 14 && !strncasecmp(line, "content-length", 14)) {
+      NF_CHECK(clen == SIZE_MAX);
+      clen = strtoul(colon + 1, NULL, 10);
+    } else if ((size_t)(colon - line) == 21 && !strncasecmp(line, "x-netstash-preload-id", 21)) {
+      id_ok = eol - colon == 6 && !memcmp(colon + 1, " fuzz", 5);
+    } else if ((size_t)(colon - line) == 16 && !strncasecmp(line, "x-netstash-error", 16)) {
+      err_ok = eol - colon > 11 && !memcmp(colon + 1, " NETSTASH_E_", 12);
+    }
+  }
+  NF_CHECK(clen != SIZE_MAX);
+  total = (size_t)(hend + 4 - h) + clen;
   if (n < total)
     return 0;
-  f = p + sizeof(a);
-  end = f + a.head_len;
-  for (uint32_t i = 0; i < a.nfields; i++) {
-    uint32_t l[2];
-    NF_CHECK((size_t)(end - f) >= 8);
-    memcpy(l, f, 8);
-    f += 8;
-    NF_CHECK((size_t)(end - f) >= (size_t)l[0] + l[1]);
-    f += (size_t)l[0] + l[1];
+  if (status == 200) {
+    NF_CHECK(id_ok);
+    for (size_t i = 0; i < sizeof(site) / sizeof(site[0]); i++) {
+      const uint8_t *b = body_of(i, &blen);
+      if (blen == clen && !memcmp(b, hend + 4, blen))
+        match = 1;
+    }
+    NF_CHECK(match);
+    n_hits++;
+  } else if (status == 502) {
+    NF_CHECK(err_ok && clen == 0);
+    n_errors++;
+  } else {
+    NF_CHECK(status >= 400 && status < 500 && clen == 0);
+    *refused = 1;
+    n_refused++;
   }
-  NF_CHECK((size_t)(end - f) == 4 && !memcmp(f, "fuzz", 4));
-  body = end;
-  for (size_t i = 0; i < sizeof(site) / sizeof(site[0]); i++) {
-    const uint8_t *b = body_of(i, &blen);
-    if (blen == a.body_len && !memcmp(b, body, blen))
-      match = 1;
-  }
-  NF_CHECK(match);
-  n_hits++;
   return total;
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   static uint8_t in[1 << 18];
   size_t have = 0;
-  int fd, r = 0, idle_polls = 0;
+  int fd, r = 0, idle_polls = 0, refused = 0;
 
   fd = nf_connect_ipc("netd_lookup");
+  if (size >= 3 && !memcmp(data, "PRI", 3))
+    size = 2; /* the HTTP/2 side: netd_h2's */
   /* netd may close at any point: write errors are fine */
-  if (nf_write_all(fd, (const uint8_t *)NS_LOOKUP_MAGIC, NS_LOOKUP_MAGIC_LEN) == 0)
-    (void)nf_write_all(fd, data, size);
+  (void)nf_write_all(fd, data, size);
   shutdown(fd, SHUT_WR);
   /* answers until netd closes (it does on the client's EOF); 20 s: hung */
   for (;;) {
@@ -189,18 +203,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       break; /* closed (a reset when netd dropped unread answers) */
     idle_polls = 0;
     have += (size_t)got;
-    while ((used = check_answer(in, have)) > 0) {
+    while ((used = check_answer(in, have, &refused)) > 0) {
+      NF_CHECK(!refused || used == have); /* nothing after a refusal */
       memmove(in, in + used, have - used);
       have -= used;
     }
     NF_CHECK(have < sizeof(in)); /* an answer is at most 70 KB and a head */
   }
   if (have) /* a last answer cut short: only when netd gave up on the client */
-    NF_CHECK(check_answer(in, have) == 0);
+    NF_CHECK(check_answer(in, have, &refused) == 0);
   if (getenv("NSFUZZ_VERBOSE"))
-    fprintf(stderr, "netd_lookup: %zu hits, %zu errors answered%s\n", n_hits, n_errors,
-            have ? ", then cut short" : "");
-  n_hits = n_errors = 0;
+    fprintf(stderr, "netd_lookup: %zu hits, %zu errors, %zu refused%s\n", n_hits, n_errors,
+            n_refused, have ? ", then cut short" : "");
+  n_hits = n_errors = n_refused = 0;
   close(fd);
   return 0;
 }

@@ -28,4 +28,8 @@
 #define NS_CONTAINER_OF(ptr, type, member)                                     \
   ((type *)(void *)((char *)(ptr)-offsetof(type, member)))
 
+/* The error whose netstash_error_name() is name[0..len), else dflt (how
+ * netd's x-netstash-error comes back as a code). */
+netstash_error ns_error_by_name(const char *name, size_t len, netstash_error dflt);
+
 #endif /* NS_SETUP_H */

@@ -26,14 +26,17 @@
 #include "ns_setup.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <http_parser.h>
 #include <jansson.h>
 #include <nghttp2/nghttp2.h>
 #include <openssl/err.h>
@@ -42,7 +45,7 @@
 #include <netstash/netstash.h>
 
 #include "netd/netd.h"
-#include "preload/lookup_wire.h"
+#include "preload/lookup_http.h"
 
 #define MAX_REQ_BODY (64u << 20)
 #define MAX_HEADER_BYTES (64u << 10)
@@ -87,21 +90,24 @@ struct netd_ipc {
   int gw_listening;
   SSL_CTX *gw_tls;
   char *gw_upstream; /* cfg.upstream without a trailing '/' */
-  /* the lookup protocol: one hit (used and released within each answer) and
+  /* HTTP/1.1 lookups: one hit (used and released within each answer) and
    * the answers' head, built here */
   netstash_preload_hit *hit;
   uint8_t *lk_head;
   size_t lk_head_cap;
 };
 
-/* A lookup connection's request being read (lookup_wire.h). */
-typedef struct lk_in {
-  int magic_ok;
-  int have_len;
-  uint32_t url_len;
-  size_t len; /* bytes of the current part in buf */
-  uint8_t buf[NS_LOOKUP_MAX_URL + 1];
-} lk_in;
+/* An HTTP/1.1 lookup connection (lookup_http.h): the request being read. */
+typedef struct lk_conn {
+  http_parser p;
+  char url[NS_LOOKUP_MAX_URL + 1];
+  size_t url_len, head_bytes;
+  int too_big;    /* the head over its limit (431), or the target (414) */
+  int url_too_long;
+  int has_body;   /* a request with a body: refused */
+  int ready;      /* a request is complete (the parser paused on it) */
+  int keep_alive; /* of that request */
+} lk_conn;
 
 typedef struct ipc_sess {
   netd_ipc *ipc;
@@ -125,8 +131,10 @@ typedef struct ipc_sess {
   int dirty;
   ns_list dirty_node;
   struct wreq *spare; /* the last write's buffer, kept for the next */
-  lk_in *lk; /* IPC speaking the lookup protocol (its first byte was 0) */
-  int lk_eof; /* the lookup client shut its side: close once its answers are out */
+  lk_conn *lk; /* IPC speaking HTTP/1.1: preload lookups (lookup_http.h) */
+  int lk_eof;   /* close once its answers are out (client EOF, refused) */
+  char sniff[3]; /* an IPC connection's first bytes: "PRI" is HTTP/2 */
+  size_t nsniff;
 } ipc_sess;
 
 typedef struct ipc_stream {
@@ -1015,62 +1023,130 @@ static int lk_put(netd_ipc *ipc, size_t *len, const void *p, size_t n) {
   return 0;
 }
 
-/* Fields and manifest id of the hit in ipc->lk_head, after room for the
- * fixed part; the fixed part filled in *a. */
-static netstash_error lk_head(netd_ipc *ipc, ns_lookup_answer *a, size_t *len) {
+static int lk_puts(netd_ipc *ipc, size_t *len, const char *str) {
+  return lk_put(ipc, len, str, strlen(str));
+}
+
+/* Fields a stored head must not pass on: framing and hop-by-hop. */
+static int lk_skip_field(const char *n, size_t nl, const char *v, size_t vl) {
+  static const char *const skip[] = {"content-length", "transfer-encoding", "connection",
+                                     "keep-alive", "upgrade"};
+  for (size_t i = 0; i < sizeof(skip) / sizeof(skip[0]); i++)
+    if (nl == strlen(skip[i]) && !strncasecmp(n, skip[i], nl))
+      return 1;
+  return memchr(n, '\r', nl) || memchr(n, '\n', nl) || memchr(v, '\r', vl) || memchr(v, '\n', vl);
+}
+
+/* The HTTP/1.1 head of the hit in ipc->lk_head; *len its length. */
+static netstash_error lk_head(netd_ipc *ipc, size_t *len) {
   const netstash_preload_hit *h = ipc->hit;
   size_t nf = netstash_preload_hit_header_count(h);
-  const char *id = netstash_preload_hit_manifest_id(h);
+  const char *id = netstash_preload_hit_manifest_id(h), *reason;
+  int status = netstash_preload_hit_status(h);
+  char line[160];
   *len = 0;
-  if (lk_put(ipc, len, a, sizeof(*a)) != 0)
+  reason = http_status_str((enum http_status)status);
+  snprintf(line, sizeof(line), "HTTP/1.1 %d %s\r\n", status,
+           strcmp(reason, "<unknown>") ? reason : "");
+  if (lk_puts(ipc, len, line) != 0)
     return NETSTASH_E_NOMEM;
   for (size_t i = 0; i < nf; i++) {
     const char *name, *value;
     size_t nl, vl;
-    uint32_t l[2];
     if (netstash_preload_hit_header_at(h, i, &name, &nl, &value, &vl) != NETSTASH_OK)
       return NETSTASH_E_INTERNAL;
-    l[0] = (uint32_t)nl;
-    l[1] = (uint32_t)vl;
-    if (lk_put(ipc, len, l, sizeof(l)) != 0 || lk_put(ipc, len, name, nl) != 0 ||
-        lk_put(ipc, len, value, vl) != 0)
+    if (lk_skip_field(name, nl, value, vl))
+      continue;
+    if (lk_put(ipc, len, name, nl) != 0 || lk_put(ipc, len, ": ", 2) != 0 ||
+        lk_put(ipc, len, value, vl) != 0 || lk_put(ipc, len, "\r\n", 2) != 0)
       return NETSTASH_E_NOMEM;
   }
-  a->id_len = id ? (uint32_t)strlen(id) : 0;
-  if (a->id_len && lk_put(ipc, len, id, a->id_len) != 0)
+  snprintf(line, sizeof(line),
+           "Content-Length: %" PRIu64 "\r\nX-Netstash-Source: preload\r\nX-Netstash-Preload-Version: "
+           "%" PRIu64 "\r\nX-Netstash-Preload-Id: ",
+           netstash_preload_hit_body_size(h), netstash_preload_hit_manifest_version(h));
+  if (lk_puts(ipc, len, line) != 0 || lk_puts(ipc, len, id ? id : "") != 0 ||
+      lk_puts(ipc, len, "\r\n\r\n") != 0)
     return NETSTASH_E_NOMEM;
-  if (*len - sizeof(*a) > NS_LOOKUP_MAX_HEAD)
-    return NETSTASH_E_TOO_LARGE;
-  a->status = (uint32_t)netstash_preload_hit_status(h);
-  a->nfields = (uint32_t)nf;
-  a->head_len = (uint32_t)(*len - sizeof(*a));
-  a->body_len = netstash_preload_hit_body_size(h);
-  a->version = netstash_preload_hit_manifest_version(h);
-  memcpy(ipc->lk_head, a, sizeof(*a));
   return NETSTASH_OK;
 }
 
-/* Answers one lookup: written at once from the store's map when the socket
- * takes it (the usual case), else the rest copied and queued behind. -1 when
- * the session was closed. */
-static int lookup_answer(ipc_sess *s, const char *url, size_t n) {
+/* Writes bufs (n) to a lookup connection: at once when the socket takes it
+ * (the usual case), else the rest copied and queued behind. The hit is
+ * released either way. -1 when the session was closed. */
+static int lk_send(ipc_sess *s, const uv_buf_t *bufs, size_t n, size_t total) {
   netd_ipc *ipc = s->ipc;
-  ns_lookup_answer a;
+  int w = uv_try_write((uv_stream_t *)&s->h, bufs, (unsigned)n);
+  wreq *r;
+  if (w < 0 && w != UV_EAGAIN) {
+    netstash_preload_hit_release(ipc->hit);
+    sess_close(s);
+    return -1;
+  }
+  if (w < 0)
+    w = 0;
+  if ((size_t)w == total) {
+    netstash_preload_hit_release(ipc->hit); /* no read transaction left open */
+    if (s->lk_eof && !s->backlog) {
+      sess_close(s);
+      return -1;
+    }
+    return 0;
+  }
+  if (!(r = malloc(sizeof(wreq) + total - (size_t)w))) {
+    netstash_preload_hit_release(ipc->hit);
+    sess_close(s);
+    return -1;
+  }
+  r->cap = total - (size_t)w;
+  netd_copy_unwritten(r->data, bufs, n, (size_t)w);
+  netstash_preload_hit_release(ipc->hit);
+  if (sess_write(s, r, r->cap) != 0)
+    return -1;
+  if (s->backlog > LOOKUP_BACKLOG_MAX) {
+    netd_log(ipc->d, NETSTASH_LOG_INFO, "IPC lookup client reads no answers: closed");
+    sess_close(s);
+    return -1;
+  }
+  return 0;
+}
+
+/* Refuses the request being read (status 400, 405 or 431) and closes the
+ * connection once that is written. */
+static int lk_refuse(ipc_sess *s, int status) {
+  char msg[128];
+  uv_buf_t b;
+  int n = snprintf(msg, sizeof(msg),
+                   "HTTP/1.1 %d %s\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", status,
+                   http_status_str((enum http_status)status));
+  netd_log(s->ipc->d, NETSTASH_LOG_INFO, "IPC lookup client refused (%d)", status);
+  s->lk_eof = 1;
+  uv_read_stop((uv_stream_t *)&s->h);
+  b = uv_buf_init(msg, (unsigned)n);
+  return lk_send(s, &b, 1, (size_t)n);
+}
+
+/* Answers the complete request in s->lk from the preload store. -1 when the
+ * session was closed. */
+static int lookup_answer(ipc_sess *s) {
+  netd_ipc *ipc = s->ipc;
+  lk_conn *k = s->lk;
   netstash_error e = NETSTASH_OK;
-  uv_buf_t bufs[2 + NS_LOOKUP_MAX_BODY / 65520 + 2]; /* one per store chunk */
+  uv_buf_t bufs[1 + NS_LOOKUP_MAX_BODY / 65520 + 2]; /* the head, one per store chunk */
   size_t nb = 0, total = 0, hl = 0, nc = 0;
-  int w;
-  memset(&a, 0, sizeof(a));
-  if (memchr(url, 0, n))
-    e = NETSTASH_E_BAD_URL;
-  else if (!ipc->hit)
+  char err[160];
+  if (k->p.method != HTTP_GET)
+    return lk_refuse(s, 405);
+  if (k->has_body || (strncmp(k->url, "https://", 8) && strncmp(k->url, "http://", 7)))
+    return lk_refuse(s, 400);
+  if (!ipc->hit)
     e = NETSTASH_E_ILLEGAL_STATE;
   else
-    e = netstash_preload_lookup(ipc->hit, url);
+    e = netstash_preload_lookup(ipc->hit, k->url);
   if (e == NETSTASH_OK && netstash_preload_hit_body_size(ipc->hit) > NS_LOOKUP_MAX_BODY)
     e = NETSTASH_E_TOO_LARGE; /* the client starts a job: streamed */
   if (e == NETSTASH_OK)
-    e = lk_head(ipc, &a, &hl);
+    e = lk_head(ipc, &hl);
   if (e == NETSTASH_OK) {
     nc = netstash_preload_hit_chunk_count(ipc->hit);
     if (nc > sizeof(bufs) / sizeof(bufs[0]) - 1)
@@ -1087,88 +1163,107 @@ static int lookup_answer(ipc_sess *s, const char *url, size_t n) {
         total += len;
       }
     }
-    if (e == NETSTASH_OK && total - hl != a.body_len)
+    if (e == NETSTASH_OK && total - hl != netstash_preload_hit_body_size(ipc->hit))
       e = NETSTASH_E_STORE_CORRUPT;
   }
   if (e != NETSTASH_OK) {
-    memset(&a, 0, sizeof(a));
-    a.err = (uint32_t)e;
-    bufs[0] = uv_buf_init((char *)&a, sizeof(a));
+    int n = snprintf(err, sizeof(err),
+                     "HTTP/1.1 502 Bad Gateway\r\nX-Netstash-Error: %s\r\nContent-Length: 0\r\n\r\n",
+                     netstash_error_name(e));
+    bufs[0] = uv_buf_init(err, (unsigned)n);
     nb = 1;
-    total = sizeof(a);
+    total = (size_t)n;
   }
   atomic_fetch_add(e == NETSTASH_OK ? &ipc->d->metrics.lookups_hit : &ipc->d->metrics.lookups_miss,
                    1);
-  w = uv_try_write((uv_stream_t *)&s->h, bufs, (unsigned)nb);
-  if (w < 0 && w != UV_EAGAIN) {
-    netstash_preload_hit_release(ipc->hit);
-    sess_close(s);
-    return -1;
+  if (!k->keep_alive) {
+    s->lk_eof = 1; /* HTTP/1.0 or "Connection: close": this answer is the last */
+    uv_read_stop((uv_stream_t *)&s->h);
   }
-  if (w < 0)
-    w = 0;
-  if ((size_t)w < total) { /* the rest, copied: the hit is released now */
-    size_t rest = total - (size_t)w;
-    wreq *r = malloc(sizeof(wreq) + rest);
-    if (!r) {
-      netstash_preload_hit_release(ipc->hit);
-      sess_close(s);
-      return -1;
-    }
-    r->cap = rest;
-    netd_copy_unwritten(r->data, bufs, nb, (size_t)w);
-    netstash_preload_hit_release(ipc->hit);
-    if (sess_write(s, r, rest) != 0)
-      return -1;
-    if (s->backlog > LOOKUP_BACKLOG_MAX) {
-      netd_log(ipc->d, NETSTASH_LOG_INFO, "IPC lookup client reads no answers: closed");
-      sess_close(s);
-      return -1;
-    }
-    return 0;
-  }
-  if (ipc->hit)
-    netstash_preload_hit_release(ipc->hit); /* no read transaction left open */
+  return lk_send(s, bufs, nb, total);
+}
+
+static int lk_on_begin(http_parser *p) {
+  lk_conn *k = p->data;
+  k->url_len = k->head_bytes = 0;
+  k->too_big = k->url_too_long = k->has_body = 0;
   return 0;
 }
 
-/* Lookup-protocol bytes from the client: the magic, then requests, each
- * answered as soon as it is complete. */
-static void lookup_feed(ipc_sess *s, const uint8_t *p, size_t n) {
-  lk_in *k = s->lk;
-  while (n) {
-    size_t want = !k->magic_ok ? NS_LOOKUP_MAGIC_LEN : !k->have_len ? 4 : k->url_len;
-    size_t take = n < want - k->len ? n : want - k->len;
-    memcpy(k->buf + k->len, p, take);
-    k->len += take;
-    p += take;
-    n -= take;
-    if (k->len < want)
+static int lk_on_url(http_parser *p, const char *at, size_t len) {
+  lk_conn *k = p->data;
+  if (len > NS_LOOKUP_MAX_URL - k->url_len) {
+    k->too_big = k->url_too_long = 1;
+    return 1;
+  }
+  memcpy(k->url + k->url_len, at, len);
+  k->url_len += len;
+  k->url[k->url_len] = '\0';
+  return 0;
+}
+
+static int lk_on_field(http_parser *p, const char *at, size_t len) {
+  lk_conn *k = p->data;
+  (void)at;
+  k->head_bytes += len + 4; /* ": " and CRLF */
+  if (k->head_bytes > NS_LOOKUP_MAX_REQ_HEAD) {
+    k->too_big = 1;
+    return 1;
+  }
+  return 0;
+}
+
+static int lk_on_headers(http_parser *p) {
+  lk_conn *k = p->data;
+  k->has_body = (p->flags & F_CHUNKED) || (p->content_length != UINT64_MAX && p->content_length);
+  return 0;
+}
+
+static int lk_on_complete(http_parser *p) {
+  lk_conn *k = p->data;
+  k->keep_alive = http_should_keep_alive(p);
+  k->ready = 1;
+  http_parser_pause(p, 1); /* answered before the next request is read */
+  return 0;
+}
+
+static const http_parser_settings lk_settings = {
+    .on_message_begin = lk_on_begin,
+    .on_url = lk_on_url,
+    .on_header_field = lk_on_field,
+    .on_header_value = lk_on_field,
+    .on_headers_complete = lk_on_headers,
+    .on_message_complete = lk_on_complete,
+};
+
+/* HTTP/1.1 bytes from a lookup client: each request answered as soon as it
+ * is complete. */
+static void lookup_feed(ipc_sess *s, const char *p, size_t n) {
+  lk_conn *k = s->lk;
+  while (n && !s->closing && !s->lk_eof) {
+    size_t used = http_parser_execute(&k->p, &lk_settings, p, n);
+    enum http_errno he = HTTP_PARSER_ERRNO(&k->p);
+    p += used;
+    n -= used;
+    if (k->ready) {
+      k->ready = 0;
+      http_parser_pause(&k->p, 0);
+      if (lookup_answer(s) != 0)
+        return;
+    } else if (he != HPE_OK) {
+      (void)lk_refuse(s, k->url_too_long ? 414 : k->too_big ? 431 : 400);
       return;
-    k->len = 0;
-    if (!k->magic_ok) {
-      if (memcmp(k->buf, NS_LOOKUP_MAGIC, NS_LOOKUP_MAGIC_LEN) != 0) {
-        netd_log(s->ipc->d, NETSTASH_LOG_INFO, "IPC client dropped: neither HTTP/2 nor a lookup");
-        sess_close(s);
-        return;
-      }
-      k->magic_ok = 1;
-    } else if (!k->have_len) {
-      memcpy(&k->url_len, k->buf, 4);
-      if (!k->url_len || k->url_len > NS_LOOKUP_MAX_URL) {
-        netd_log(s->ipc->d, NETSTASH_LOG_INFO, "IPC lookup client dropped: URL length %u",
-                 (unsigned)k->url_len);
-        sess_close(s);
-        return;
-      }
-      k->have_len = 1;
-    } else {
-      k->have_len = 0;
-      k->buf[k->url_len] = '\0';
-      if (lookup_answer(s, (const char *)k->buf, k->url_len) != 0)
-        return;
     }
   }
+}
+
+/* The HTTP/1.1 side of an IPC connection; -1 on allocation failure. */
+static int lookup_begin(ipc_sess *s) {
+  if (!(s->lk = calloc(1, sizeof(*s->lk))))
+    return -1;
+  http_parser_init(&s->lk->p, HTTP_REQUEST);
+  s->lk->p.data = s->lk;
+  return 0;
 }
 
 static void on_alloc(uv_handle_t *h, size_t sz, uv_buf_t *b) {
@@ -1242,6 +1337,33 @@ static void tls_read(ipc_sess *s, const uint8_t *data, size_t n) {
 
 static int h2_begin(ipc_sess *s);
 
+/* An IPC connection's first bytes choose its protocol: "PRI" (the HTTP/2
+ * client preface) or HTTP/1.1. The bytes held while undecided are fed
+ * first. 0 when decided (read on), 1 when still undecided or closed. */
+static int sniff(ipc_sess *s, const char *p, size_t n) {
+  size_t k = 0;
+  int h2;
+  while (s->nsniff < 3 && k < n)
+    s->sniff[s->nsniff++] = p[k++];
+  h2 = !memcmp(s->sniff, "PRI", s->nsniff);
+  if (h2 && s->nsniff < 3)
+    return 1; /* a prefix of "PRI" so far */
+  if (h2 ? h2_begin(s) != 0 : lookup_begin(s) != 0) {
+    sess_close(s);
+    return 1;
+  }
+  /* the bytes of this read that were taken before: fed with the rest */
+  if (s->nsniff > k) {
+    if (s->lk)
+      lookup_feed(s, s->sniff, s->nsniff - k);
+    else if (feed(s, (const uint8_t *)s->sniff, s->nsniff - k) != 0)
+      return 1;
+    if (s->closing)
+      return 1;
+  }
+  return 0;
+}
+
 static void on_read(uv_stream_t *str, ssize_t n, const uv_buf_t *b) {
   ipc_sess *s = str->data;
   if (n == UV_EOF && s->lk && s->backlog) {
@@ -1259,14 +1381,10 @@ static void on_read(uv_stream_t *str, ssize_t n, const uv_buf_t *b) {
     tls_read(s, (const uint8_t *)b->base, (size_t)n);
     return;
   }
-  if (!s->ng && !s->lk) { /* the first byte says which protocol */
-    if (b->base[0] == 0 ? !(s->lk = calloc(1, sizeof(*s->lk))) : h2_begin(s) != 0) {
-      sess_close(s);
-      return;
-    }
-  }
+  if (!s->ng && !s->lk && sniff(s, b->base, (size_t)n) != 0)
+    return; /* undecided yet, or closed */
   if (s->lk) {
-    lookup_feed(s, (const uint8_t *)b->base, (size_t)n);
+    lookup_feed(s, b->base, (size_t)n);
     return;
   }
   if (feed(s, (const uint8_t *)b->base, (size_t)n) == 0)

@@ -3,7 +3,7 @@
  * from the store's memory map with no allocation (install.c does the
  * lookup; this file owns the reader and the head's field offsets). On a
  * remote-mode context a hit asks netd instead, synchronously, on a unix
- * socket connection of its own (lookup_wire.h): the answer lands in the
+ * socket connection of its own, in HTTP/1.1 (lookup_http.h): the answer lands in the
  * hit's buffer, which grows to the largest answer and is then reused.
  */
 #include "core/headers.h"
@@ -11,6 +11,7 @@
 
 #include <errno.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/uio.h>
@@ -21,7 +22,7 @@
 #include "core/ctx.h"
 #include "core/url.h"
 #include "preload/install.h"
-#include "preload/lookup_wire.h"
+#include "preload/lookup_http.h"
 #include "store/store.h"
 
 #define HIT_MAX_FIELDS NS_LOOKUP_MAX_FIELDS
@@ -162,55 +163,97 @@ static netstash_error grow(netstash_preload_hit *hit, size_t need) {
   return NETSTASH_OK;
 }
 
-/* The fields and id of an answer (in hit->buf after the fixed part). */
-static netstash_error remote_index(netstash_preload_hit *hit, const ns_lookup_answer *a) {
-  const uint8_t *p = hit->buf + sizeof(*a), *end = p + a->head_len;
-  size_t il;
-  hit->nf = 0;
-  for (uint32_t i = 0; i < a->nfields; i++) {
-    uint32_t nl, vl;
-    if ((size_t)(end - p) < 8)
-      return NETSTASH_E_PROTOCOL;
-    memcpy(&nl, p, 4);
-    memcpy(&vl, p + 4, 4);
-    p += 8;
-    if ((size_t)(end - p) < (size_t)nl + vl)
-      return NETSTASH_E_PROTOCOL;
-    hit->f[i].name = (const char *)p;
-    hit->f[i].name_len = nl;
-    hit->f[i].value = (const char *)p + nl;
-    hit->f[i].value_len = vl;
-    p += (size_t)nl + vl;
-    hit->nf++;
+/* What an answer's head says (lookup_http.h). */
+typedef struct rhead {
+  int status;
+  uint64_t length; /* Content-Length, UINT64_MAX: none */
+  netstash_error err; /* X-Netstash-Error, NETSTASH_OK: none */
+  uint64_t version;
+} rhead;
+
+static int field_is(const char *n, size_t nl, const char *want) {
+  return nl == strlen(want) && !strncasecmp(n, want, nl);
+}
+
+static int parse_u64(const char *v, size_t n, uint64_t *out) {
+  uint64_t x = 0;
+  if (!n || n > 19)
+    return -1;
+  for (size_t i = 0; i < n; i++) {
+    if (v[i] < '0' || v[i] > '9')
+      return -1;
+    x = x * 10 + (uint64_t)(v[i] - '0');
   }
-  if ((size_t)(end - p) != a->id_len)
+  *out = x;
+  return 0;
+}
+
+/* Parses the answer's head, buf[0..hend) ending in CRLF CRLF, into *h;
+ * with index, the hit's fields (pointers into buf: call it once the buffer
+ * holds the whole answer) and manifest id too. */
+static netstash_error parse_head(netstash_preload_hit *hit, size_t hend, rhead *h, int index) {
+  const char *p = (const char *)hit->buf, *end = p + hend - 2, *eol;
+  h->length = UINT64_MAX;
+  h->err = NETSTASH_OK;
+  h->version = 0;
+  if (hend < 16 || memcmp(p, "HTTP/1.1 ", 9) || p[9] < '1' || p[9] > '9' || p[10] < '0' ||
+      p[10] > '9' || p[11] < '0' || p[11] > '9' || (p[12] != ' ' && p[12] != '\r'))
     return NETSTASH_E_PROTOCOL;
-  il = a->id_len < sizeof(hit->id) - 1 ? a->id_len : sizeof(hit->id) - 1;
-  memcpy(hit->id, p, il);
-  hit->id[il] = '\0';
+  h->status = (p[9] - '0') * 100 + (p[10] - '0') * 10 + (p[11] - '0');
+  if (index)
+    hit->nf = 0;
+  p = (const char *)memchr(p, '\n', (size_t)(end - p)) + 1;
+  for (; p < end; p = eol + 2) {
+    const char *colon, *v, *ve;
+    eol = memmem(p, (size_t)(end - p) + 2, "\r\n", 2);
+    if (!eol || !(colon = memchr(p, ':', (size_t)(eol - p))) || colon == p)
+      return NETSTASH_E_PROTOCOL;
+    for (v = colon + 1; v < eol && (*v == ' ' || *v == '\t'); v++)
+      ;
+    for (ve = eol; ve > v && (ve[-1] == ' ' || ve[-1] == '\t'); ve--)
+      ;
+    size_t nl = (size_t)(colon - p), vl = (size_t)(ve - v);
+    if (field_is(p, nl, "content-length")) {
+      if (h->length != UINT64_MAX || parse_u64(v, vl, &h->length) != 0)
+        return NETSTASH_E_PROTOCOL;
+    } else if (field_is(p, nl, "x-netstash-error")) {
+      h->err = ns_error_by_name(v, vl, NETSTASH_E_PROTOCOL);
+    } else if (field_is(p, nl, "x-netstash-preload-version")) {
+      if (parse_u64(v, vl, &h->version) != 0)
+        return NETSTASH_E_PROTOCOL;
+    } else if (field_is(p, nl, "x-netstash-preload-id")) {
+      if (index) {
+        size_t il = vl < sizeof(hit->id) - 1 ? vl : sizeof(hit->id) - 1;
+        memcpy(hit->id, v, il);
+        hit->id[il] = '\0';
+      }
+    } else if (nl > 11 && !strncasecmp(p, "x-netstash-", 11)) {
+      /* netd's own: not the stored head's */
+    } else if (index && hit->nf < HIT_MAX_FIELDS) {
+      hit->f[hit->nf].name = p;
+      hit->f[hit->nf].name_len = (uint32_t)nl;
+      hit->f[hit->nf].value = v;
+      hit->f[hit->nf].value_len = (uint32_t)vl;
+      hit->nf++;
+    }
+  }
   return NETSTASH_OK;
 }
 
 /* One request and its answer on hit->fd. *answered: netd answered (the
  * result is its answer); otherwise the connection failed and is dropped. */
 static netstash_error remote_exchange(netstash_preload_hit *hit, const char *url, size_t n,
-                                      int fresh, int *answered) {
-  ns_lookup_answer a;
-  uint32_t ul = (uint32_t)n;
-  size_t have = 0, total;
-  netstash_error e;
-  struct iovec iov[3];
+                                      int *answered) {
+  static const char pre[] = "GET ", post[] = " HTTP/1.1\r\nHost: netd\r\n\r\n";
+  struct iovec iov[3] = {{(void *)pre, 4}, {(void *)url, n}, {(void *)post, sizeof(post) - 1}};
   struct msghdr mh;
-  size_t niov = 0, left;
+  size_t left = 4 + n + sizeof(post) - 1, have = 0, hend = 0, total;
+  netstash_error e;
+  rhead h;
   *answered = 0;
-  if (fresh)
-    iov[niov++] = (struct iovec){(void *)NS_LOOKUP_MAGIC, NS_LOOKUP_MAGIC_LEN};
-  iov[niov++] = (struct iovec){&ul, 4};
-  iov[niov++] = (struct iovec){(void *)url, n};
-  left = (fresh ? NS_LOOKUP_MAGIC_LEN : 0) + 4 + n;
   memset(&mh, 0, sizeof(mh));
   mh.msg_iov = iov;
-  mh.msg_iovlen = niov;
+  mh.msg_iovlen = 3;
   while (left) {
     ssize_t w = sendmsg(hit->fd, &mh, MSG_NOSIGNAL);
     if (w < 0) {
@@ -230,33 +273,41 @@ static netstash_error remote_exchange(netstash_preload_hit *hit, const char *url
       }
     }
   }
-  if ((e = grow(hit, 65536)) != NETSTASH_OK ||
-      (e = recv_at_least(hit, &have, sizeof(a))) != NETSTASH_OK)
+  if ((e = grow(hit, 65536)) != NETSTASH_OK)
     return e;
-  memcpy(&a, hit->buf, sizeof(a));
-  if (a.err) {
-    if (have != sizeof(a) || a.err > 299)
-      return NETSTASH_E_PROTOCOL;
-    *answered = 1;
-    return (netstash_error)a.err;
+  while (!hend) { /* the head: up to CRLF CRLF */
+    size_t from = have > 3 ? have - 3 : 0;
+    const uint8_t *crlf2;
+    if (have == hit->cap && (have >= NS_LOOKUP_MAX_HEAD || (e = grow(hit, have * 2)) != NETSTASH_OK))
+      return have >= NS_LOOKUP_MAX_HEAD ? NETSTASH_E_PROTOCOL : e;
+    if ((e = recv_at_least(hit, &have, have + 1)) != NETSTASH_OK)
+      return e;
+    if ((crlf2 = memmem(hit->buf + from, have - from, "\r\n\r\n", 4)))
+      hend = (size_t)(crlf2 - hit->buf) + 4;
   }
-  if (a.head_len > NS_LOOKUP_MAX_HEAD || a.body_len > NS_LOOKUP_MAX_BODY ||
-      a.nfields > NS_LOOKUP_MAX_FIELDS || a.id_len > a.head_len || a.status < 100 ||
-      a.status > 999)
+  if ((e = parse_head(hit, hend, &h, 0)) != NETSTASH_OK)
+    return e;
+  if (h.length == UINT64_MAX || h.length > NS_LOOKUP_MAX_BODY)
     return NETSTASH_E_PROTOCOL;
-  total = sizeof(a) + a.head_len + (size_t)a.body_len;
-  if (have > total)
+  total = hend + (size_t)h.length;
+  if (have > total) /* one request at a time: nothing may follow */
     return NETSTASH_E_PROTOCOL;
   if ((e = grow(hit, total)) != NETSTASH_OK || (e = recv_at_least(hit, &have, total)) != NETSTASH_OK)
     return e;
-  if ((e = remote_index(hit, &a)) != NETSTASH_OK)
-    return e;
-  hit->h.entry.status = (int)a.status;
-  hit->h.entry.size = a.body_len;
-  hit->h.version = a.version;
-  hit->body = hit->buf + sizeof(a) + a.head_len;
-  hit->valid = 1;
+  if (h.status >= 400 && h.status < 500)
+    return NETSTASH_E_BAD_URL; /* refused; netd closes (so do we) */
   *answered = 1;
+  if (h.err != NETSTASH_OK)
+    return h.err;
+  if (h.status < 100 || h.status == 502 || (e = parse_head(hit, hend, &h, 1)) != NETSTASH_OK) {
+    *answered = 0;
+    return NETSTASH_E_PROTOCOL;
+  }
+  hit->h.entry.status = h.status;
+  hit->h.entry.size = h.length;
+  hit->h.version = h.version;
+  hit->body = hit->buf + hend;
+  hit->valid = 1;
   return NETSTASH_OK;
 }
 
@@ -266,19 +317,23 @@ static netstash_error remote_lookup(netstash_preload_hit *hit, const char *url) 
     return NETSTASH_E_BAD_URL;
   if (n > NS_LOOKUP_MAX_URL)
     return NETSTASH_E_NOT_FOUND; /* nothing so long is preloaded */
+  for (size_t i = 0; i < n; i++) /* the request line carries it as it is */
+    if ((unsigned char)url[i] <= 0x20 || url[i] == 0x7f)
+      return NETSTASH_E_BAD_URL;
   for (int attempt = 0;; attempt++) {
     int fresh = hit->fd < 0, answered;
     netstash_error e;
     if (fresh && (e = remote_connect(hit)) != NETSTASH_OK)
       return e;
-    e = remote_exchange(hit, url, n, fresh, &answered);
+    e = remote_exchange(hit, url, n, &answered);
     if (answered)
       return e;
     close(hit->fd);
     hit->fd = -1;
     /* a connection that served before may be one a restarted netd closed:
      * once more on a new one */
-    if (fresh || attempt || e == NETSTASH_E_TIMEOUT || e == NETSTASH_E_NOMEM)
+    if (fresh || attempt || e == NETSTASH_E_TIMEOUT || e == NETSTASH_E_NOMEM ||
+        e == NETSTASH_E_BAD_URL || e == NETSTASH_E_PROTOCOL)
       return e;
   }
 }

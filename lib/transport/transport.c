@@ -548,15 +548,6 @@ static int head_end(netstash_fetch *f) {
   return 1;
 }
 
-static netstash_error error_by_name(const char *name, size_t len) {
-  for (int e = 0; e < 400; e++) {
-    const char *n = netstash_error_name((netstash_error)e);
-    if (n && strlen(n) == len && memcmp(n, name, len) == 0 && strcmp(n, "NETSTASH_E_UNKNOWN"))
-      return (netstash_error)e;
-  }
-  return NETSTASH_E_NETWORK;
-}
-
 /* Remote mode: netd's x-netstash-* response fields describe the answer. */
 static void remote_field(netstash_fetch *f, const char *name, size_t nlen, const char *value,
                          size_t vlen) {
@@ -572,7 +563,7 @@ static void remote_field(netstash_fetch *f, const char *name, size_t nlen, const
   } else if (nlen == 23 && ns_ascii_casecmp_n(name, "x-netstash-cache-reason", 23) == 0) {
     snprintf(f->cache_reason, sizeof(f->cache_reason), "%.*s", (int)vlen, value);
   } else if (nlen == 16 && ns_ascii_casecmp_n(name, "x-netstash-error", 16) == 0) {
-    f->remote_err = error_by_name(value, vlen);
+    f->remote_err = ns_error_by_name(value, vlen, NETSTASH_E_NETWORK);
   }
 }
 

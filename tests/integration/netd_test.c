@@ -547,7 +547,7 @@ static void test_remote_lookup(void **state) {
   netstash_request *req;
   const char *name, *value;
   size_t nl, vl, i;
-  int ctype = 0;
+  int ctype = 0, st;
   char *out;
   FILE *fp;
   (void)state;
@@ -625,38 +625,70 @@ static void test_remote_lookup(void **state) {
 
   out = ctl(&dp, "GET", "/metrics");
   assert_non_null(strstr(out, "netd_lookups_total{result=\"hit\"} 4\n"));
-  assert_non_null(strstr(out, "netd_lookups_total{result=\"miss\"} 3\n"));
+  /* ("no url" never left the client: a space cannot go on a request line) */
+  assert_non_null(strstr(out, "netd_lookups_total{result=\"miss\"} 2\n"));
   free(out);
 
-  /* hostile lookup clients: a bad magic, a zero and an oversized URL
-   * length, a client that never reads its answers; netd serves on */
+  /* the lookup side of the socket is plain HTTP/1.1: curl can ask it */
+  snprintf(url, sizeof(url), "%sa.txt", base);
+  snprintf(cmd, sizeof(cmd), "curl -s -i --unix-socket %s --request-target '%s' http://netd/",
+           dp.sock, url);
+  out = netd_run_capture(cmd, &st);
+  assert_int_equal(st, 0);
+  assert_non_null(strstr(out, "HTTP/1.1 200 OK\r\n"));
+  assert_non_null(strstr(out, "X-Netstash-Source: preload\r\n"));
+  assert_non_null(strstr(out, "X-Netstash-Preload-Id: nlook\r\n"));
+  assert_non_null(strstr(out, "\r\n\r\nhello from the preload store\n"));
+  free(out);
+  snprintf(cmd, sizeof(cmd), "curl -s -i --unix-socket %s --request-target '%snope' http://netd/",
+           dp.sock, base);
+  out = netd_run_capture(cmd, &st);
+  assert_non_null(strstr(out, "HTTP/1.1 502 Bad Gateway\r\n"));
+  assert_non_null(strstr(out, "X-Netstash-Error: NETSTASH_E_NOT_FOUND\r\n"));
+  free(out);
+
+  /* hostile lookup clients: another method, an origin-form target, a body,
+   * garbage, a target over the limit; each is refused (4xx) and closed */
   {
-    static const char *bad[] = {"\0nslookX", "\0nslook1\0\0\0\0", "\0nslook1\xff\xff\xff\x7f"};
-    static const size_t badlen[] = {8, 12, 12};
-    for (i = 0; i < 3; i++) {
+    static const char *bad[] = {"POST https://x.test/ HTTP/1.1\r\nHost: n\r\n\r\n",
+                                "GET / HTTP/1.1\r\nHost: n\r\n\r\n",
+                                "GET https://x.test/ HTTP/1.1\r\nContent-Length: 2\r\n\r\nab",
+                                "\x01\x02garbage\r\n\r\n"};
+    static const char *want[] = {"HTTP/1.1 405 ", "HTTP/1.1 400 ", "HTTP/1.1 400 ", "HTTP/1.1 400 "};
+    char *longreq = malloc(20000);
+    for (i = 0; i < 5; i++) {
       int fd = netd_run_connect_unix(dp.sock);
-      char back[64];
+      char back[512];
+      const char *q = i < 4 ? bad[i] : longreq;
+      size_t got = 0;
+      ssize_t r;
+      if (i == 4) {
+        memcpy(longreq, "GET https://x.test/", 19);
+        memset(longreq + 19, 'a', 9000);
+        memcpy(longreq + 9019, " HTTP/1.1\r\n\r\n", 14);
+      }
       assert_true(fd >= 0);
-      assert_int_equal(write(fd, bad[i], badlen[i]), (ssize_t)badlen[i]);
-      assert_int_equal(read(fd, back, sizeof(back)), 0); /* closed, nothing answered */
+      assert_int_equal(write(fd, q, i < 4 ? strlen(q) : 9033), (ssize_t)(i < 4 ? strlen(q) : 9033));
+      while ((r = read(fd, back + got, sizeof(back) - 1 - got)) > 0) /* until netd closes */
+        got += (size_t)r;
+      back[got] = 0;
+      if (strncmp(back, i < 4 ? want[i] : "HTTP/1.1 414 ", 13) != 0)
+        fail_msg("bad lookup request %zu: answered \"%s\"", i, back);
       close(fd);
     }
+    free(longreq);
   }
   {
     int fd = netd_run_connect_unix(dp.sock);
-    uint32_t ul;
     char req_buf[512];
-    size_t n;
-    snprintf(url, sizeof(url), "%sbig.bin", base);
-    ul = (uint32_t)strlen(url);
-    memcpy(req_buf, url, ul);
+    size_t n, rl;
+    snprintf(req_buf, sizeof(req_buf), "GET %sbig.bin HTTP/1.1\r\nHost: netd\r\n\r\n", base);
+    rl = strlen(req_buf);
     assert_true(fd >= 0);
-    assert_int_equal(write(fd, "\0nslook1", 8), 8);
     /* 200 requests for 300 KB each, none of the answers read */
-    for (n = 0; n < 200; n++) {
-      if (write(fd, &ul, 4) != 4 || write(fd, req_buf, ul) != (ssize_t)ul)
+    for (n = 0; n < 200; n++)
+      if (write(fd, req_buf, rl) != (ssize_t)rl)
         break; /* netd closed it */
-    }
     close(fd);
   }
   snprintf(url, sizeof(url), "%sa.txt", base);
