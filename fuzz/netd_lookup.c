@@ -52,7 +52,9 @@ static const uint8_t *body_of(size_t i, size_t *len) {
   return i == 0 ? (const uint8_t *)page : i == 1 ? big : (const uint8_t *)"";
 }
 
-static int start_ipc(void) { return netd_ipc_start(&nf_d, nf_err, sizeof(nf_err)); }
+static int start_ipc(void) {
+  return netd_ipc_start(&nf_d, nf_err, sizeof(nf_err));
+}
 
 /* The manifest, unsigned, with every body: published in nf_d's profile. */
 static void install_site(void) {
@@ -87,9 +89,8 @@ static void install_site(void) {
   NF_CHECK(snprintf(p, left, "]}") == 2);
   NF_CHECK(ns_manifest_parse(&nf_d.ctx->mem, (const uint8_t *)text, strlen(text), &ck, &m,
                              &diags) == NETSTASH_OK);
-  NF_CHECK(ns_pl_install_begin(nf_d.ctx->store, &nf_d.ctx->mem, (const uint8_t *)text,
-                               strlen(text), NULL, 0, "", m, &dev, &in, detail,
-                               sizeof(detail)) == NETSTASH_OK);
+  NF_CHECK(ns_pl_install_begin(nf_d.ctx->store, &nf_d.ctx->mem, (const uint8_t *)text, strlen(text),
+                               NULL, 0, "", m, &dev, &in, detail, sizeof(detail)) == NETSTASH_OK);
   for (i = 0; i < sizeof(site) / sizeof(site[0]); i++) {
     size_t len;
     const uint8_t *b = body_of(i, &len);

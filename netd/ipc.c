@@ -102,11 +102,11 @@ typedef struct lk_conn {
   http_parser p;
   char url[NS_LOOKUP_MAX_URL + 1];
   size_t url_len, head_bytes;
-  int too_big;    /* the head over its limit (431), or the target (414) */
-  int url_too_long;
-  int has_body;   /* a request with a body: refused */
-  int ready;      /* a request is complete (the parser paused on it) */
-  int keep_alive; /* of that request */
+  int too_big;      /* the head over its limit (431), or the target: */
+  int url_too_long; /* (414) */
+  int has_body;     /* a request with a body: refused */
+  int ready;        /* a request is complete (the parser paused on it) */
+  int keep_alive;   /* of that request */
 } lk_conn;
 
 typedef struct ipc_sess {
@@ -131,9 +131,9 @@ typedef struct ipc_sess {
   int dirty;
   ns_list dirty_node;
   struct wreq *spare; /* the last write's buffer, kept for the next */
-  lk_conn *lk; /* IPC speaking HTTP/1.1: preload lookups (lookup_http.h) */
-  int lk_eof;   /* close once its answers are out (client EOF, refused) */
-  char sniff[3]; /* an IPC connection's first bytes: "PRI" is HTTP/2 */
+  lk_conn *lk;        /* IPC speaking HTTP/1.1: preload lookups (lookup_http.h) */
+  int lk_eof;         /* close once its answers are out (client EOF, refused) */
+  char sniff[3];      /* an IPC connection's first bytes: "PRI" is HTTP/2 */
   size_t nsniff;
 } ipc_sess;
 
@@ -1062,7 +1062,8 @@ static netstash_error lk_head(netd_ipc *ipc, size_t *len) {
       return NETSTASH_E_NOMEM;
   }
   snprintf(line, sizeof(line),
-           "Content-Length: %" PRIu64 "\r\nX-Netstash-Source: preload\r\nX-Netstash-Preload-Version: "
+           "Content-Length: %" PRIu64
+           "\r\nX-Netstash-Source: preload\r\nX-Netstash-Preload-Version: "
            "%" PRIu64 "\r\nX-Netstash-Preload-Id: ",
            netstash_preload_hit_body_size(h), netstash_preload_hit_manifest_version(h));
   if (lk_puts(ipc, len, line) != 0 || lk_puts(ipc, len, id ? id : "") != 0 ||
@@ -1116,9 +1117,9 @@ static int lk_send(ipc_sess *s, const uv_buf_t *bufs, size_t n, size_t total) {
 static int lk_refuse(ipc_sess *s, int status) {
   char msg[128];
   uv_buf_t b;
-  int n = snprintf(msg, sizeof(msg),
-                   "HTTP/1.1 %d %s\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", status,
-                   http_status_str((enum http_status)status));
+  int n =
+      snprintf(msg, sizeof(msg), "HTTP/1.1 %d %s\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+               status, http_status_str((enum http_status)status));
   netd_log(s->ipc->d, NETSTASH_LOG_INFO, "IPC lookup client refused (%d)", status);
   s->lk_eof = 1;
   uv_read_stop((uv_stream_t *)&s->h);
@@ -1167,9 +1168,10 @@ static int lookup_answer(ipc_sess *s) {
       e = NETSTASH_E_STORE_CORRUPT;
   }
   if (e != NETSTASH_OK) {
-    int n = snprintf(err, sizeof(err),
-                     "HTTP/1.1 502 Bad Gateway\r\nX-Netstash-Error: %s\r\nContent-Length: 0\r\n\r\n",
-                     netstash_error_name(e));
+    int n =
+        snprintf(err, sizeof(err),
+                 "HTTP/1.1 502 Bad Gateway\r\nX-Netstash-Error: %s\r\nContent-Length: 0\r\n\r\n",
+                 netstash_error_name(e));
     bufs[0] = uv_buf_init(err, (unsigned)n);
     nb = 1;
     total = (size_t)n;

@@ -1946,10 +1946,10 @@ static void print_waterfall(const load *L, res **order, const totals *t, size_t 
          (unsigned long long)t->wire_bytes);
   printf("sources: preload %zu, cache %zu, revalidated %zu, network %zu\n", t->preload, t->cache,
          t->revalidated, t->network);
-  printf("network requests %zu, new connections %llu, failures %zu", t->requests,
-         (unsigned long long)(netstash_ctx_stat(L->ctx, NETSTASH_STAT_CONNECTIONS_OPENED) -
-                              L->conns0),
-         t->failures);
+  printf(
+      "network requests %zu, new connections %llu, failures %zu", t->requests,
+      (unsigned long long)(netstash_ctx_stat(L->ctx, NETSTASH_STAT_CONNECTIONS_OPENED) - L->conns0),
+      t->failures);
   if (t->not_started)
     printf(" (%zu not started)", t->not_started);
   if (L->skipped)

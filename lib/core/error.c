@@ -27,8 +27,8 @@ const char *netstash_error_name(netstash_error err) {
 }
 
 netstash_error ns_error_by_name(const char *name, size_t len, netstash_error dflt) {
-#define X(nm, num, text)                                                       \
-  if (len == sizeof("NETSTASH_" #nm) - 1 && memcmp(name, "NETSTASH_" #nm, len) == 0)   \
+#define X(nm, num, text)                                                                           \
+  if (len == sizeof("NETSTASH_" #nm) - 1 && memcmp(name, "NETSTASH_" #nm, len) == 0)               \
     return NETSTASH_##nm;
   NETSTASH_ERROR_MAP(X)
 #undef X

@@ -30,8 +30,8 @@
 #define NS_LOOKUP_MAX_URL 8192u
 /* Larger bodies are answered NETSTASH_E_TOO_LARGE: a job streams them. */
 #define NS_LOOKUP_MAX_BODY (16u << 20)
-#define NS_LOOKUP_MAX_HEAD (256u << 10) /* an answer's head (the client's limit) */
+#define NS_LOOKUP_MAX_HEAD (256u << 10)    /* an answer's head (the client's limit) */
 #define NS_LOOKUP_MAX_REQ_HEAD (16u << 10) /* a request's head (netd's limit) */
-#define NS_LOOKUP_MAX_FIELDS 64u       /* as a local hit keeps */
+#define NS_LOOKUP_MAX_FIELDS 64u           /* as a local hit keeps */
 
 #endif /* NS_PRELOAD_LOOKUP_HTTP_H */

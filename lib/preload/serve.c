@@ -3,8 +3,9 @@
  * from the store's memory map with no allocation (install.c does the
  * lookup; this file owns the reader and the head's field offsets). On a
  * remote-mode context a hit asks netd instead, synchronously, on a unix
- * socket connection of its own, in HTTP/1.1 (lookup_http.h): the answer lands in the
- * hit's buffer, which grows to the largest answer and is then reused.
+ * socket connection of its own, in HTTP/1.1 (lookup_http.h): the answer
+ * lands in the hit's buffer, which grows to the largest answer and is then
+ * reused.
  */
 #include "core/headers.h"
 #include "ns_setup.h"
@@ -48,7 +49,7 @@ struct netstash_preload_hit {
   } f[HIT_MAX_FIELDS];
   /* remote mode */
   int remote;
-  int fd; /* the connection to netd, -1: none yet (or dropped) */
+  int fd;       /* the connection to netd, -1: none yet (or dropped) */
   uint8_t *buf; /* the last answer (fields and body point into it) */
   size_t cap;
   const uint8_t *body; /* in buf */
@@ -115,8 +116,7 @@ static netstash_error remote_connect(netstash_preload_hit *hit) {
   sa.sun_family = AF_UNIX;
   memcpy(sa.sun_path, path, strlen(path) + 1);
   if ((fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0)
-    return errno == EMFILE || errno == ENFILE || errno == ENOMEM ? NETSTASH_E_NOMEM
-                                                                   : NETSTASH_E_IO;
+    return errno == EMFILE || errno == ENFILE || errno == ENOMEM ? NETSTASH_E_NOMEM : NETSTASH_E_IO;
   if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
     int err = errno;
     close(fd);
@@ -166,8 +166,9 @@ static netstash_error grow(netstash_preload_hit *hit, size_t need) {
 /* What an answer's head says (lookup_http.h). */
 typedef struct rhead {
   int status;
-  uint64_t length; /* Content-Length, UINT64_MAX: none */
+  uint64_t length;    /* Content-Length, UINT64_MAX: none */
   netstash_error err; /* X-Netstash-Error, NETSTASH_OK: none */
+  int preload;        /* X-Netstash-Source: preload (a hit, of any status) */
   uint64_t version;
 } rhead;
 
@@ -195,6 +196,7 @@ static netstash_error parse_head(netstash_preload_hit *hit, size_t hend, rhead *
   const char *p = (const char *)hit->buf, *end = p + hend - 2, *eol;
   h->length = UINT64_MAX;
   h->err = NETSTASH_OK;
+  h->preload = 0;
   h->version = 0;
   if (hend < 16 || memcmp(p, "HTTP/1.1 ", 9) || p[9] < '1' || p[9] > '9' || p[10] < '0' ||
       p[10] > '9' || p[11] < '0' || p[11] > '9' || (p[12] != ' ' && p[12] != '\r'))
@@ -218,6 +220,8 @@ static netstash_error parse_head(netstash_preload_hit *hit, size_t hend, rhead *
         return NETSTASH_E_PROTOCOL;
     } else if (field_is(p, nl, "x-netstash-error")) {
       h->err = ns_error_by_name(v, vl, NETSTASH_E_PROTOCOL);
+    } else if (field_is(p, nl, "x-netstash-source")) {
+      h->preload = vl == 7 && !memcmp(v, "preload", 7);
     } else if (field_is(p, nl, "x-netstash-preload-version")) {
       if (parse_u64(v, vl, &h->version) != 0)
         return NETSTASH_E_PROTOCOL;
@@ -278,7 +282,8 @@ static netstash_error remote_exchange(netstash_preload_hit *hit, const char *url
   while (!hend) { /* the head: up to CRLF CRLF */
     size_t from = have > 3 ? have - 3 : 0;
     const uint8_t *crlf2;
-    if (have == hit->cap && (have >= NS_LOOKUP_MAX_HEAD || (e = grow(hit, have * 2)) != NETSTASH_OK))
+    if (have == hit->cap &&
+        (have >= NS_LOOKUP_MAX_HEAD || (e = grow(hit, have * 2)) != NETSTASH_OK))
       return have >= NS_LOOKUP_MAX_HEAD ? NETSTASH_E_PROTOCOL : e;
     if ((e = recv_at_least(hit, &have, have + 1)) != NETSTASH_OK)
       return e;
@@ -292,17 +297,18 @@ static netstash_error remote_exchange(netstash_preload_hit *hit, const char *url
   total = hend + (size_t)h.length;
   if (have > total) /* one request at a time: nothing may follow */
     return NETSTASH_E_PROTOCOL;
-  if ((e = grow(hit, total)) != NETSTASH_OK || (e = recv_at_least(hit, &have, total)) != NETSTASH_OK)
+  if ((e = grow(hit, total)) != NETSTASH_OK ||
+      (e = recv_at_least(hit, &have, total)) != NETSTASH_OK)
     return e;
-  if (h.status >= 400 && h.status < 500)
-    return NETSTASH_E_BAD_URL; /* refused; netd closes (so do we) */
-  *answered = 1;
-  if (h.err != NETSTASH_OK)
+  if (h.err != NETSTASH_OK) { /* not preloaded, or not servable */
+    *answered = 1;
     return h.err;
-  if (h.status < 100 || h.status == 502 || (e = parse_head(hit, hend, &h, 1)) != NETSTASH_OK) {
-    *answered = 0;
-    return NETSTASH_E_PROTOCOL;
   }
+  if (!h.preload) /* refused (4xx: our request); netd closes, so do we */
+    return h.status >= 400 && h.status < 500 ? NETSTASH_E_BAD_URL : NETSTASH_E_PROTOCOL;
+  if (h.status < 100 || (e = parse_head(hit, hend, &h, 1)) != NETSTASH_OK)
+    return NETSTASH_E_PROTOCOL;
+  *answered = 1;
   hit->h.entry.status = h.status;
   hit->h.entry.size = h.length;
   hit->h.version = h.version;

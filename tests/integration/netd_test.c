@@ -571,7 +571,8 @@ static void test_remote_lookup(void **state) {
   snprintf(base, sizeof(base), "https://127.0.0.1:%d/nlook/", caddy.port);
   snprintf(prof, sizeof(prof), "%s", nst_path("netd-lookup"));
   snprintf(cmd, sizeof(cmd),
-           "%s/tools/netstash manifest make %s --base %s --id nlook --version 3 --entry a.txt -o %s/nlook.json "
+           "%s/tools/netstash manifest make %s --base %s --id nlook --version 3 --entry a.txt -o "
+           "%s/nlook.json "
            ">/dev/null && %s/tools/netstash warm %s/nlook.json --allow-unsigned --profile %s "
            "--cacert %s --no-progress >/dev/null",
            cli, dir, base, nst_workdir(), cli, nst_workdir(), prof, nst_cert("ca.pem"));
@@ -650,11 +651,11 @@ static void test_remote_lookup(void **state) {
   /* hostile lookup clients: another method, an origin-form target, a body,
    * garbage, a target over the limit; each is refused (4xx) and closed */
   {
-    static const char *bad[] = {"POST https://x.test/ HTTP/1.1\r\nHost: n\r\n\r\n",
-                                "GET / HTTP/1.1\r\nHost: n\r\n\r\n",
-                                "GET https://x.test/ HTTP/1.1\r\nContent-Length: 2\r\n\r\nab",
-                                "\x01\x02garbage\r\n\r\n"};
-    static const char *want[] = {"HTTP/1.1 405 ", "HTTP/1.1 400 ", "HTTP/1.1 400 ", "HTTP/1.1 400 "};
+    static const char *bad[] = {
+        "POST https://x.test/ HTTP/1.1\r\nHost: n\r\n\r\n", "GET / HTTP/1.1\r\nHost: n\r\n\r\n",
+        "GET https://x.test/ HTTP/1.1\r\nContent-Length: 2\r\n\r\nab", "\x01\x02garbage\r\n\r\n"};
+    static const char *want[] = {"HTTP/1.1 405 ", "HTTP/1.1 400 ", "HTTP/1.1 400 ",
+                                 "HTTP/1.1 400 "};
     char *longreq = malloc(20000);
     for (i = 0; i < 5; i++) {
       int fd = netd_run_connect_unix(dp.sock);
@@ -772,14 +773,10 @@ static int teardown(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_remote_mode_basic),
-      cmocka_unit_test(test_many_processes),
-      cmocka_unit_test(test_restart_under_load),
-      cmocka_unit_test(test_lock_and_config),
-      cmocka_unit_test(test_socket_permissions),
-      cmocka_unit_test(test_control_and_hostile_client),
-      cmocka_unit_test(test_sigterm_during_warm),
-      cmocka_unit_test(test_sighup_reload),
+      cmocka_unit_test(test_remote_mode_basic),   cmocka_unit_test(test_many_processes),
+      cmocka_unit_test(test_restart_under_load),  cmocka_unit_test(test_lock_and_config),
+      cmocka_unit_test(test_socket_permissions),  cmocka_unit_test(test_control_and_hostile_client),
+      cmocka_unit_test(test_sigterm_during_warm), cmocka_unit_test(test_sighup_reload),
       cmocka_unit_test(test_remote_lookup),
   };
   if (getenv("NST_TEST_FILTER")) /* e.g. test_restart_under_load, to loop one test */

@@ -198,7 +198,7 @@ static netstash_ctx *ctx_open(kind k) {
   if (netstash_options_new(&o) != NETSTASH_OK)
     die("options");
   if (k == K_NETD || k == K_RLOOKUP ? netstash_options_set_remote(o, sock_path) != NETSTASH_OK
-                  : netstash_options_set_profile_dir(o, profile) != NETSTASH_OK)
+                                    : netstash_options_set_profile_dir(o, profile) != NETSTASH_OK)
     die("options");
   if (netstash_ctx_new(&ctx, o, det, sizeof(det)) != NETSTASH_OK) {
     fprintf(stderr, "bench/netd: context: %s\n", det);
@@ -704,10 +704,10 @@ int main(int argc, char **argv) {
           NULL);
     ratio("lookup small / netd preload small", find_row(K_LOOKUP, 0, 1), find_row(K_NETD, 0, 1),
           f_p50, NULL);
-    ratio("netd lookup big / pingpong 50 KB", find_row(K_RLOOKUP, 1, 1),
-          find_row(K_PINGPONG, 1, 0), f_p50, "<= 1.5x");
-    ratio("netd lookup small / pingpong 1 B", find_row(K_RLOOKUP, 0, 1),
-          find_row(K_PINGPONG, 0, 0), f_p50, "<= 2x");
+    ratio("netd lookup big / pingpong 50 KB", find_row(K_RLOOKUP, 1, 1), find_row(K_PINGPONG, 1, 0),
+          f_p50, "<= 1.5x");
+    ratio("netd lookup small / pingpong 1 B", find_row(K_RLOOKUP, 0, 1), find_row(K_PINGPONG, 0, 0),
+          f_p50, "<= 2x");
     ratio("netd lookup big / pingpong 50 KB, p99", find_row(K_RLOOKUP, 1, 1),
           find_row(K_PINGPONG, 1, 0), f_p99, NULL);
   }
