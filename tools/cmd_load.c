@@ -47,6 +47,9 @@ static const char load_usage[] =
     "\n"
     "Options:\n"
     "      --profile DIR        profile directory (preload cache and HTTP cache)\n"
+    "      --daemon SOCKET      through a running netd instead of a profile, as a\n"
+    "                           kernel process in remote mode (its preload cache,\n"
+    "                           HTTP cache, cookies and network)\n"
     "      --offline            no network at all: every request is answered from\n"
     "                           the preload cache or the HTTP cache, or fails\n"
     "      --cacert FILE        trust the CAs in FILE instead of the system store\n"
@@ -2070,7 +2073,8 @@ enum {
   OPT_JSON,
   OPT_CONC,
   OPT_TIMEOUT,
-  OPT_REPEAT
+  OPT_REPEAT,
+  OPT_DAEMON
 };
 
 static const struct option load_opts[] = {{"profile", required_argument, NULL, OPT_PROFILE},
@@ -2081,6 +2085,7 @@ static const struct option load_opts[] = {{"profile", required_argument, NULL, O
                                           {"concurrency", required_argument, NULL, OPT_CONC},
                                           {"timeout", required_argument, NULL, OPT_TIMEOUT},
                                           {"repeat", required_argument, NULL, OPT_REPEAT},
+                                          {"daemon", required_argument, NULL, OPT_DAEMON},
                                           {"help", no_argument, NULL, 'h'},
                                           {NULL, 0, NULL, 0}};
 
@@ -2107,7 +2112,7 @@ static void free_load(load *L) {
 }
 
 int cmd_load(int argc, char **argv) {
-  const char *profile = NULL, *cacert = NULL, *resolves[MAX_RESOLVES];
+  const char *profile = NULL, *cacert = NULL, *daemon_sock = NULL, *resolves[MAX_RESOLVES];
   size_t nresolves = 0, i, *pos = NULL;
   int json = 0, c, rc = EXIT_INTERNAL, mutex_ok = 0, cond_ok = 0;
   uint32_t conc = 16, timeout = 0, repeat = 1, pass;
@@ -2155,6 +2160,9 @@ int cmd_load(int argc, char **argv) {
         return EXIT_USAGE;
       }
       break;
+    case OPT_DAEMON:
+      daemon_sock = optarg;
+      break;
     case OPT_REPEAT:
       if (cli_parse_u32(optarg, &repeat) || repeat < 1 || repeat > 1000) {
         cli_error("load", "--repeat takes 1..1000, got \"%s\"", optarg);
@@ -2201,6 +2209,11 @@ int cmd_load(int argc, char **argv) {
     cli_error("load", "cannot read CA file \"%s\": %s", cacert, strerror(errno));
     return EXIT_USAGE;
   }
+  if (daemon_sock && (profile || cacert || nresolves)) {
+    cli_error("load", "--daemon: netd's profile, certificates and resolving are used; "
+                      "drop --profile, --cacert and --resolve");
+    return EXIT_USAGE;
+  }
 
   if (pthread_mutex_init(&L.lock, NULL) != 0)
     goto done;
@@ -2215,11 +2228,15 @@ int cmd_load(int argc, char **argv) {
 
   if (netstash_options_new(&opts) != NETSTASH_OK)
     goto done;
-  if (!profile)
-    profile = defprofile = cli_default_profile();
-  if (!profile)
-    goto done;
-  netstash_options_set_profile_dir(opts, profile);
+  if (daemon_sock) {
+    netstash_options_set_remote(opts, daemon_sock);
+  } else {
+    if (!profile)
+      profile = defprofile = cli_default_profile();
+    if (!profile)
+      goto done;
+    netstash_options_set_profile_dir(opts, profile);
+  }
   if (cacert)
     netstash_options_set_ca_file(opts, cacert);
   if ((err = cli_ctx_new("load", opts, &L.ctx)) != NETSTASH_OK) {

@@ -548,6 +548,7 @@ static void test_remote_lookup(void **state) {
   const char *name, *value;
   size_t nl, vl, i;
   int ctype = 0, st;
+  double hits;
   char *out;
   FILE *fp;
   (void)state;
@@ -696,6 +697,27 @@ static void test_remote_lookup(void **state) {
   assert_int_equal(netstash_preload_lookup(h, url), NETSTASH_OK);
   snprintf(path, sizeof(path), "%s/a.txt", dir);
   check_hit_body(h, path);
+
+  /* a page loaded through netd as a sandboxed kernel would: the
+   * preloaded document by the fast path, nothing from the network */
+  out = ctl(&dp, "GET", "/metrics");
+  hits = netd_run_sample(out, "netd_lookups_total{result=\"hit\"}");
+  free(out);
+  snprintf(cmd, sizeof(cmd), "%s/tools/netstash load --daemon %s --json %sa.txt", cli, dp.sock,
+           base);
+  out = netd_run_capture(cmd, &st);
+  assert_int_equal(st, 0);
+  if (!strstr(out, "\"source\":\"preload\"") || !strstr(out, "\"network_requests\":0"))
+    fail_msg("netstash load --daemon: %s", out);
+  free(out);
+  out = ctl(&dp, "GET", "/metrics");
+  assert_true(netd_run_sample(out, "netd_lookups_total{result=\"hit\"}") == hits + 1);
+  free(out);
+  snprintf(cmd, sizeof(cmd), "%s/tools/netstash load --daemon %s --profile /nonexistent %sa.txt",
+           cli, dp.sock, base);
+  out = netd_run_capture(cmd, &st);
+  assert_int_equal(st, 2);
+  free(out);
 
   /* netd restarted: the hit's connection is gone, the next lookup
    * reconnects */
