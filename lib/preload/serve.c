@@ -117,14 +117,16 @@ static netstash_error remote_connect(netstash_preload_hit *hit) {
   memcpy(sa.sun_path, path, strlen(path) + 1);
   if ((fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0)
     return errno == EMFILE || errno == ENFILE || errno == ENOMEM ? NETSTASH_E_NOMEM : NETSTASH_E_IO;
+  /* the limits bound connect() too (a full listen backlog) */
+  (void)setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  (void)setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
   if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
     int err = errno;
     close(fd);
-    return err == ENOENT || err == ECONNREFUSED ? NETSTASH_E_CONNECT_REFUSED
-                                                : NETSTASH_E_CONNECT_FAILED;
+    return err == ENOENT || err == ECONNREFUSED  ? NETSTASH_E_CONNECT_REFUSED
+           : err == EAGAIN || err == EINPROGRESS ? NETSTASH_E_TIMEOUT
+                                                 : NETSTASH_E_CONNECT_FAILED;
   }
-  (void)setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-  (void)setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
   hit->fd = fd;
   return NETSTASH_OK;
 }
