@@ -1112,7 +1112,7 @@ static int lk_send(ipc_sess *s, const uv_buf_t *bufs, size_t n, size_t total) {
   return 0;
 }
 
-/* Refuses the request being read (status 400, 405 or 431) and closes the
+/* Refuses the request being read (status 400, 405, 414 or 431) and closes the
  * connection once that is written. */
 static int lk_refuse(ipc_sess *s, int status) {
   char msg[128];
