@@ -733,13 +733,17 @@ static const char *source_name(netstash_source s) {
 
 /* Hop-by-hop fields (RFC 9110 §7.6.1, RFC 9112 §9.6, plus the de-facto
  * Keep-Alive and Proxy-Connection): never forwarded, either way. */
-static int hop_by_hop(const char *name) {
+int netd_hop_by_hop(const char *name, size_t len) {
   static const char *const names[] = {"connection", "keep-alive",        "te",
                                       "trailer",    "transfer-encoding", "upgrade"};
   for (size_t i = 0; i < NS_ARRAY_LEN(names); i++)
-    if (ns_ascii_casecmp(name, names[i]) == 0)
+    if (len == strlen(names[i]) && ns_ascii_casecmp_n(name, names[i], len) == 0)
       return 1;
-  return ns_ascii_casecmp_n(name, "proxy-", 6) == 0;
+  return len >= 6 && ns_ascii_casecmp_n(name, "proxy-", 6) == 0;
+}
+
+static int hop_by_hop(const char *name) {
+  return netd_hop_by_hop(name, strlen(name));
 }
 
 /* Is name one of the fields a Connection header value lists? */

@@ -1029,12 +1029,8 @@ static int lk_puts(netd_ipc *ipc, size_t *len, const char *str) {
 
 /* Fields a stored head must not pass on: framing and hop-by-hop. */
 static int lk_skip_field(const char *n, size_t nl, const char *v, size_t vl) {
-  static const char *const skip[] = {"content-length", "transfer-encoding", "connection",
-                                     "keep-alive", "upgrade"};
-  for (size_t i = 0; i < sizeof(skip) / sizeof(skip[0]); i++)
-    if (nl == strlen(skip[i]) && !strncasecmp(n, skip[i], nl))
-      return 1;
-  return memchr(n, '\r', nl) || memchr(n, '\n', nl) || memchr(v, '\r', vl) || memchr(v, '\n', vl);
+  return (nl == 14 && !strncasecmp(n, "content-length", 14)) || netd_hop_by_hop(n, nl) ||
+         memchr(n, '\r', nl) || memchr(n, '\n', nl) || memchr(v, '\r', vl) || memchr(v, '\n', vl);
 }
 
 /* The HTTP/1.1 head of the hit in ipc->lk_head; *len its length. */
@@ -1078,30 +1074,25 @@ static netstash_error lk_head(netd_ipc *ipc, size_t *len) {
 static int lk_send(ipc_sess *s, const uv_buf_t *bufs, size_t n, size_t total) {
   netd_ipc *ipc = s->ipc;
   int w = uv_try_write((uv_stream_t *)&s->h, bufs, (unsigned)n);
-  wreq *r;
-  if (w < 0 && w != UV_EAGAIN) {
-    netstash_preload_hit_release(ipc->hit);
+  wreq *r = NULL;
+  if (w == UV_EAGAIN)
+    w = 0;
+  if (w >= 0 && (size_t)w < total && (r = malloc(sizeof(wreq) + total - (size_t)w))) {
+    r->cap = total - (size_t)w;
+    netd_copy_unwritten(r->data, bufs, n, (size_t)w);
+  }
+  netstash_preload_hit_release(ipc->hit); /* no read transaction left open */
+  if (w < 0 || ((size_t)w < total && !r)) {
     sess_close(s);
     return -1;
   }
-  if (w < 0)
-    w = 0;
-  if ((size_t)w == total) {
-    netstash_preload_hit_release(ipc->hit); /* no read transaction left open */
+  if (!r) { /* all written */
     if (s->lk_eof && !s->backlog) {
       sess_close(s);
       return -1;
     }
     return 0;
   }
-  if (!(r = malloc(sizeof(wreq) + total - (size_t)w))) {
-    netstash_preload_hit_release(ipc->hit);
-    sess_close(s);
-    return -1;
-  }
-  r->cap = total - (size_t)w;
-  netd_copy_unwritten(r->data, bufs, n, (size_t)w);
-  netstash_preload_hit_release(ipc->hit);
   if (sess_write(s, r, r->cap) != 0)
     return -1;
   if (s->backlog > LOOKUP_BACKLOG_MAX) {

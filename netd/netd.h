@@ -139,6 +139,9 @@ int netd_gateway_h2_start(netd *d, char *err, size_t errlen);
 /* Copies what a partial write of bufs left unwritten (written bytes went
  * out) into dst; returns the bytes copied. */
 size_t netd_copy_unwritten(void *dst, const uv_buf_t *bufs, size_t n, size_t written);
+/* A hop-by-hop field (RFC 9110 §7.6.1, RFC 9112 §9.6, plus the de-facto
+ * Keep-Alive and Proxy-*): the HTTP/1.1 fronts and lookups never relay it. */
+int netd_hop_by_hop(const char *name, size_t len);
 
 typedef enum netd_front_kind {
   NETD_FRONT_PROXY = 1,   /* forward proxy: absolute-form http, CONNECT tunnels */

@@ -1840,6 +1840,7 @@ typedef struct totals {
   size_t resources, preload, cache, revalidated, network, failures, requests, not_started;
   uint64_t bytes, wire_bytes;
   double load_ms;
+  double requests_ms; /* the resources' durations, summed */
 } totals;
 
 static void count(const load *L, totals *t) {
@@ -1856,6 +1857,7 @@ static void count(const load *L, totals *t) {
     t->wire_bytes += r->wire_bytes;
     if (r->end_ms > t->load_ms)
       t->load_ms = r->end_ms;
+    t->requests_ms += r->end_ms - r->start_ms;
     switch (r->source) {
     case NETSTASH_SOURCE_PRELOAD:
       t->preload++;
@@ -2278,9 +2280,7 @@ int cmd_load(int argc, char **argv) {
     count(&L, &t);
     L.passes[pass][0] = t.load_ms;
     L.passes[pass][1] = L.parse_ms;
-    for (i = 0; i < L.n; i++)
-      if (L.v[i]->state == ST_DONE)
-        L.passes[pass][2] += L.v[i]->end_ms - L.v[i]->start_ms;
+    L.passes[pass][2] = t.requests_ms;
     L.npasses = pass + 1;
     if (cli_interrupted() || L.v[0]->state != ST_DONE || L.v[0]->err != NETSTASH_OK)
       break; /* the report says why */

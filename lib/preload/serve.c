@@ -191,10 +191,10 @@ static int parse_u64(const char *v, size_t n, uint64_t *out) {
   return 0;
 }
 
-/* Parses the answer's head, buf[0..hend) ending in CRLF CRLF, into *h;
- * with index, the hit's fields (pointers into buf: call it once the buffer
- * holds the whole answer) and manifest id too. */
-static netstash_error parse_head(netstash_preload_hit *hit, size_t hend, rhead *h, int index) {
+/* Parses the answer's head, buf[0..hend) ending in CRLF CRLF, into *h and
+ * the hit's fields (pointers into buf: parsed again if buf moves) and
+ * manifest id. */
+static netstash_error parse_head(netstash_preload_hit *hit, size_t hend, rhead *h) {
   const char *p = (const char *)hit->buf, *end = p + hend - 2, *eol;
   h->length = UINT64_MAX;
   h->err = NETSTASH_OK;
@@ -204,8 +204,8 @@ static netstash_error parse_head(netstash_preload_hit *hit, size_t hend, rhead *
       p[10] > '9' || p[11] < '0' || p[11] > '9' || (p[12] != ' ' && p[12] != '\r'))
     return NETSTASH_E_PROTOCOL;
   h->status = (p[9] - '0') * 100 + (p[10] - '0') * 10 + (p[11] - '0');
-  if (index)
-    hit->nf = 0;
+  hit->nf = 0;
+  hit->id[0] = '\0';
   p = (const char *)memchr(p, '\n', (size_t)(end - p)) + 1;
   for (; p < end; p = eol + 2) {
     const char *colon, *v, *ve;
@@ -228,14 +228,12 @@ static netstash_error parse_head(netstash_preload_hit *hit, size_t hend, rhead *
       if (parse_u64(v, vl, &h->version) != 0)
         return NETSTASH_E_PROTOCOL;
     } else if (field_is(p, nl, "x-netstash-preload-id")) {
-      if (index) {
-        size_t il = vl < sizeof(hit->id) - 1 ? vl : sizeof(hit->id) - 1;
-        memcpy(hit->id, v, il);
-        hit->id[il] = '\0';
-      }
+      size_t il = vl < sizeof(hit->id) - 1 ? vl : sizeof(hit->id) - 1;
+      memcpy(hit->id, v, il);
+      hit->id[il] = '\0';
     } else if (nl > 11 && !strncasecmp(p, "x-netstash-", 11)) {
       /* netd's own: not the stored head's */
-    } else if (index && hit->nf < HIT_MAX_FIELDS) {
+    } else if (hit->nf < HIT_MAX_FIELDS) {
       hit->f[hit->nf].name = p;
       hit->f[hit->nf].name_len = (uint32_t)nl;
       hit->f[hit->nf].value = v;
@@ -292,15 +290,18 @@ static netstash_error remote_exchange(netstash_preload_hit *hit, const char *url
     if ((crlf2 = memmem(hit->buf + from, have - from, "\r\n\r\n", 4)))
       hend = (size_t)(crlf2 - hit->buf) + 4;
   }
-  if ((e = parse_head(hit, hend, &h, 0)) != NETSTASH_OK)
+  if ((e = parse_head(hit, hend, &h)) != NETSTASH_OK)
     return e;
   if (h.length == UINT64_MAX || h.length > NS_LOOKUP_MAX_BODY)
     return NETSTASH_E_PROTOCOL;
   total = hend + (size_t)h.length;
   if (have > total) /* one request at a time: nothing may follow */
     return NETSTASH_E_PROTOCOL;
-  if ((e = grow(hit, total)) != NETSTASH_OK ||
-      (e = recv_at_least(hit, &have, total)) != NETSTASH_OK)
+  if (total > hit->cap) { /* the buffer grows (rarely, once it fits): the fields move */
+    if ((e = grow(hit, total)) != NETSTASH_OK || (e = parse_head(hit, hend, &h)) != NETSTASH_OK)
+      return e;
+  }
+  if ((e = recv_at_least(hit, &have, total)) != NETSTASH_OK)
     return e;
   if (h.err != NETSTASH_OK) { /* not preloaded, or not servable */
     *answered = 1;
@@ -308,7 +309,7 @@ static netstash_error remote_exchange(netstash_preload_hit *hit, const char *url
   }
   if (!h.preload) /* refused (4xx: our request); netd closes, so do we */
     return h.status >= 400 && h.status < 500 ? NETSTASH_E_BAD_URL : NETSTASH_E_PROTOCOL;
-  if (h.status < 100 || (e = parse_head(hit, hend, &h, 1)) != NETSTASH_OK)
+  if (h.status < 100)
     return NETSTASH_E_PROTOCOL;
   *answered = 1;
   hit->h.entry.status = h.status;
