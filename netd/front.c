@@ -54,7 +54,7 @@
 #define OUT_LOW (64u * 1024u)          /* tunnels: resume reading below */
 #define READ_BUF (16u * 1024u)         /* HTTP-mode read buffer (per connection) */
 #define STASH_MAX (64u * 1024u)        /* read ahead while an answer is written */
-#define BODY_CHUNK (64u * 1024u)       /* response body bytes per write */
+#define BODY_CHUNK (256u * 1024u)      /* response body bytes per write */
 #define TUNNEL_CHUNK (64u * 1024u)
 #define CHUNK_PREFIX 10        /* "ffffffff\r\n" */
 #define IDLE_MS (120u * 1000u) /* idle keep-alive connection, or a stalled request */
@@ -104,6 +104,9 @@ typedef struct conn {
   uv_timer_t timer;
   int reading;        /* RD_* */
   size_t out_pending; /* bytes handed to uv_write on tcp, not yet written */
+  uv_write_t vreq;    /* a write straight from the job's body view (send_view) */
+  size_t view_bytes;  /* ... its bytes, in out_pending */
+  size_t view_consume; /* ... the body bytes to consume once it is written */
   uv_shutdown_t shut_client;
   int client_eof;
 
@@ -271,6 +274,83 @@ size_t netd_copy_unwritten(void *dst, const uv_buf_t *bufs, size_t n, size_t wri
     written = 0;
   }
   return off;
+}
+
+static void on_view_written(uv_write_t *req, int status) {
+  conn *c = NS_CONTAINER_OF(req, conn, vreq);
+  size_t n = c->view_consume;
+  c->out_pending -= c->view_bytes;
+  c->view_bytes = c->view_consume = 0;
+  if (c->closed)
+    return; /* the job went with conn_close, before the write was cancelled */
+  if (status < 0) {
+    conn_close(c);
+    return;
+  }
+  if (c->job)
+    (void)netstash_job_consume(c->job, n);
+  pump(c);
+}
+
+/* Sends bufs, where bufs[vi] is view_len bytes of the job's body held by
+ * netstash_job_peek. What the socket takes at once is consumed at once. The
+ * rest is not copied: the bytes before the view (head, chunk size) go into
+ * a small queued write, the view and what follows it (the chunk's static
+ * CRLF) are written from where they are, and the view is consumed when that
+ * write completes — the job keeps it in place meanwhile (what arrives goes
+ * to its second buffer). 0 when all went out, 1 when the view's write is
+ * pending (stop pumping), -1 when the connection was closed. */
+static int send_view(conn *c, const uv_buf_t *bufs, unsigned n, unsigned vi, size_t view_len) {
+  size_t total = 0, done = 0, pre = 0, skip;
+  uv_buf_t rem[4];
+  unsigned i, k = 0;
+  for (i = 0; i < n; i++)
+    total += bufs[i].len;
+  for (i = 0; i < vi; i++)
+    pre += bufs[i].len;
+  if (c->closed)
+    return -1;
+  if (c->out_pending == 0) {
+    int r = uv_try_write((uv_stream_t *)&c->tcp, bufs, n);
+    if (r >= 0) {
+      done = (size_t)r;
+    } else if (r != UV_EAGAIN) {
+      conn_close(c);
+      return -1;
+    }
+  }
+  if (done == total) {
+    (void)netstash_job_consume(c->job, view_len);
+    return 0;
+  }
+  if (done < pre) {
+    wbuf *w = wbuf_new(pre - done);
+    if (!w) {
+      conn_close(c);
+      return -1;
+    }
+    w->ub.len = netd_copy_unwritten(w->inl, bufs, vi, done);
+    if (write_wbuf(c, w, 0) != 0)
+      return -1;
+  }
+  skip = done > pre ? done - pre : 0;
+  for (i = vi; i < n; i++) {
+    if (skip >= bufs[i].len) {
+      skip -= bufs[i].len;
+      continue;
+    }
+    rem[k++] = uv_buf_init(bufs[i].base + skip, (unsigned)(bufs[i].len - skip));
+    skip = 0;
+  }
+  c->view_bytes = total - (done > pre ? done : pre);
+  c->view_consume = view_len;
+  if (uv_write(&c->vreq, (uv_stream_t *)&c->tcp, rem, k, on_view_written) != 0) {
+    c->view_bytes = c->view_consume = 0;
+    conn_close(c);
+    return -1;
+  }
+  c->out_pending += c->view_bytes;
+  return 1;
 }
 
 /* Copies len bytes into a write to the client (or the peer). */
@@ -899,14 +979,15 @@ static void response_end(conn *c, netstash_error e) {
   request_done(c);
 }
 
-/* Pulls body bytes from the job while the socket's backlog is small. */
-/* Relays the job's body: each piece is written straight from the job's
- * buffer (netstash_job_peek: no copy), only what the socket does not take at
- * once is copied (send_bufs), then consumed. */
+/* Relays the job's body while the socket's backlog is small: each piece is
+ * written straight from the job's buffer (netstash_job_peek), and what the
+ * socket does not take at once is written from there too once it can
+ * (send_view): body bytes are never copied on their way out. */
 static void pump(conn *c) {
-  while (c->job && c->head_sent && !c->closed && c->state == ST_BUSY && c->out_pending < OUT_HIGH) {
+  while (c->job && c->head_sent && !c->closed && c->state == ST_BUSY && !c->view_consume &&
+         c->out_pending < OUT_HIGH) {
     uv_buf_t b[4];
-    unsigned nb = 0;
+    unsigned nb = 0, vi;
     size_t n = 0;
     const uint8_t *view = NULL;
     char hex[CHUNK_PREFIX + 1];
@@ -940,7 +1021,7 @@ static void pump(conn *c) {
       return;
     }
     if (n > BODY_CHUNK)
-      n = BODY_CHUNK; /* bounds what an unwritten remainder copies */
+      n = BODY_CHUNK; /* bounds one writev, and the socket's backlog with OUT_HIGH */
     if (c->no_body) {
       (void)netstash_job_consume(c->job, n);
       continue;
@@ -961,20 +1042,15 @@ static void pump(conn *c) {
     if (c->chunked) {
       int h = snprintf(hex, sizeof(hex), "%zx\r\n", n);
       b[nb++] = uv_buf_init(hex, (unsigned)h);
-      b[nb++] = uv_buf_init((char *)(uintptr_t)view, (unsigned)n);
-      b[nb++] = uv_buf_init((char *)"\r\n", 2);
-    } else {
-      b[nb++] = uv_buf_init((char *)(uintptr_t)view, (unsigned)n);
     }
+    vi = nb;
+    b[nb++] = uv_buf_init((char *)(uintptr_t)view, (unsigned)n);
+    if (c->chunked)
+      b[nb++] = uv_buf_init((char *)"\r\n", 2);
     c->sent += n;
     atomic_fetch_add_explicit(&c->d->metrics.bytes_out, n, memory_order_relaxed);
-    /* send_bufs copies what it could not write: the view can go after it */
-    if (send_bufs(c, b, nb) != 0) {
-      if (c->job)
-        (void)netstash_job_consume(c->job, 0);
-      return;
-    }
-    (void)netstash_job_consume(c->job, n);
+    if (send_view(c, b, nb, vi, n) != 0)
+      return; /* on_view_written pumps on (or the connection is gone) */
   }
 }
 

@@ -20,6 +20,7 @@
 #define NST_HARNESS_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 
 /* Per-process temp dir ("/tmp/nst-XXXXXX", or under $TMPDIR), created on
@@ -228,5 +229,14 @@ void nst_cleanup(void);
 
 /* Number of file descriptors open in this process (from /proc/self/fd). */
 int nst_count_fds(void);
+
+/* Bytes off .. off+n-1 of a deterministic stream without a short period
+ * (the rawserver's /cache/big/N bodies), into dst. */
+static inline void nst_pattern(unsigned char *dst, uint64_t off, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    uint64_t x = off + i;
+    dst[i] = (unsigned char)(x ^ (x >> 8) * 31 ^ (x >> 16) * 131);
+  }
+}
 
 #endif

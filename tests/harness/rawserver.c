@@ -48,6 +48,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "harness.h" /* nst_pattern */
+
 #define HEAD_MAX (64 * 1024)
 #define BODY_MAX (64u * 1024u * 1024u)
 
@@ -467,6 +469,38 @@ static int handle(conn *c, request *rq) {
       n = snprintf(body, sizeof(body), "%s done n=%lu", rq->method, k);
       return respond(c, rq, 200, "Content-Type: text/plain\r\n", body, (size_t)n, 0) == 0 &&
              rq->keep_alive;
+    }
+    if (strncmp(q, "big/", 4) == 0) {
+      /* /cache/big/N[/chunked]: N bytes (at most 16 MiB) of nst_pattern(),
+       * fresh for 600 s, framed by Content-Length or chunked in 64 KiB
+       * chunks */
+      char *end;
+      unsigned long len = strtoul(q + 4, &end, 10), off;
+      int chunked = strcmp(end, "/chunked") == 0;
+      static unsigned char pat[65536];
+      char h[256];
+      if ((*end && !chunked) || len > (16ul << 20))
+        return respond(c, rq, 400, "Content-Type: text/plain\r\n", "bad size\n", 9, 0) == 0 &&
+               rq->keep_alive;
+      n = snprintf(h, sizeof(h),
+                   "HTTP/1.1 200 OK\r\nServer: nst-rawserver\r\n"
+                   "Content-Type: application/octet-stream\r\nCache-Control: max-age=600\r\n"
+                   "%s%lu\r\n\r\n",
+                   chunked ? "Transfer-Encoding: chunked\r\nX-Length: " : "Content-Length: ", len);
+      if (send_all(c->fd, h, (size_t)n) != 0)
+        return 0;
+      for (off = 0; !rq->head && off < len; off += sizeof(pat)) {
+        size_t m = len - off < sizeof(pat) ? len - off : sizeof(pat);
+        char cs[16];
+        nst_pattern(pat, off, m);
+        n = snprintf(cs, sizeof(cs), "%zx\r\n", m);
+        if ((chunked && send_all(c->fd, cs, (size_t)n) != 0) || send_all(c->fd, pat, m) != 0 ||
+            (chunked && send_all(c->fd, "\r\n", 2) != 0))
+          return 0;
+      }
+      if (!rq->head && chunked && send_all(c->fd, "0\r\n\r\n", 5) != 0)
+        return 0;
+      return rq->keep_alive;
     }
     if (strncmp(q, "max-age/", 8) == 0) {
       snprintf(extra, sizeof(extra),

@@ -512,6 +512,134 @@ static void test_gateway_cache(void **state) {
   resp_free(&r2);
 }
 
+/* A connection whose receive window is small (SO_RCVBUF before connect), so
+ * that a large answer cannot sit in the sockets' buffers whole. */
+static int connect_small_window(int port) {
+  struct sockaddr_in sa;
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), rb = 32 << 10;
+  assert_true(fd >= 0);
+  assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rb, sizeof(rb)), 0);
+  memset(&sa, 0, sizeof(sa));
+  sa.sin_family = AF_INET;
+  sa.sin_port = htons((uint16_t)port);
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+  return fd;
+}
+
+/* Reads everything until the server closes, slowly at first (64 KiB, then
+ * 2 ms, for the first 2 MiB): netd's socket fills, so the front queues what
+ * it could not write and relays the rest when the socket drains. */
+static void read_slowly(int fd, char **out, size_t *len) {
+  size_t cap = 1 << 20, n = 0;
+  char *b = malloc(cap);
+  assert_non_null(b);
+  for (;;) {
+    ssize_t r;
+    if (cap - n < 65536) {
+      cap *= 2;
+      b = realloc(b, cap);
+      assert_non_null(b);
+    }
+    r = recv(fd, b + n, 65536, 0);
+    assert_true(r >= 0);
+    if (r == 0)
+      break;
+    n += (size_t)r;
+    if (n < (2u << 20))
+      usleep(2000);
+  }
+  *out = b;
+  *len = n;
+}
+
+/* One answer at p: its head (NUL-terminated in place of the blank line's
+ * CR) and body, de-chunked into body if chunked. Returns the bytes used. */
+static size_t take_answer(char *p, size_t len, char **head, unsigned char *body, size_t cap,
+                          size_t *body_len) {
+  char *eoh = memmem(p, len, "\r\n\r\n", 4), *te, *cl;
+  size_t used, bl = 0;
+  assert_non_null(eoh);
+  *eoh = 0;
+  *head = p;
+  used = (size_t)(eoh + 4 - p);
+  te = strcasestr(p, "\r\ntransfer-encoding: chunked");
+  cl = strcasestr(p, "\r\ncontent-length:");
+  if (te) {
+    for (;;) {
+      char *end;
+      unsigned long k = strtoul(p + used, &end, 16);
+      assert_true(end > p + used && end[0] == '\r' && end[1] == '\n');
+      used = (size_t)(end + 2 - p);
+      if (k == 0) {
+        assert_true(used + 2 <= len && memcmp(p + used, "\r\n", 2) == 0);
+        used += 2;
+        break;
+      }
+      assert_true(used + k + 2 <= len && bl + k <= cap);
+      memcpy(body + bl, p + used, k);
+      bl += k;
+      used += k;
+      assert_memory_equal(p + used, "\r\n", 2);
+      used += 2;
+    }
+  } else {
+    assert_non_null(cl);
+    bl = strtoul(cl + 17, NULL, 10);
+    assert_true(used + bl <= len && bl <= cap);
+    memcpy(body, p + used, bl);
+    used += bl;
+  }
+  *body_len = bl;
+  return used;
+}
+
+/* A 4 MiB body through the gateway to a client that reads slowly through a
+ * small window, from the
+ * network and then from the cache (a stored body comes whole: what the
+ * socket does not take is written from the job's buffer as it drains),
+ * framed by Content-Length and chunked, followed on the same connection by
+ * a pipelined request whose answer must come after every byte of it. */
+static void test_gateway_slow_reader(void **state) {
+  static const char *variants[2] = {"/cache/big/4194304", "/cache/big/4194304/chunked"};
+  const size_t big = 4u << 20;
+  unsigned char *want = malloc(big), *got = malloc(big);
+  (void)state;
+  assert_non_null(want);
+  assert_non_null(got);
+  nst_pattern(want, 0, big);
+  for (int v = 0; v < 2; v++) {
+    for (int round = 0; round < 2; round++) {
+      char req[512], *all, *head, *small_head;
+      unsigned char small[64];
+      size_t len, used, bl, sl;
+      int fd, n = snprintf(req, sizeof(req),
+                           "GET %s HTTP/1.1\r\nHost: x\r\n\r\n"
+                           "GET /ok HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                           variants[v]);
+      fd = connect_small_window(nd.gateway);
+      assert_int_equal(netd_run_send(fd, req, (size_t)n), 0);
+      read_slowly(fd, &all, &len);
+      close(fd);
+      used = take_answer(all, len, &head, got, big, &bl);
+      assert_true(strncmp(head, "HTTP/1.1 200 ", 13) == 0);
+      assert_non_null(
+          strstr(head, round ? "X-Netstash-Source: cache" : "X-Netstash-Source: network"));
+      assert_int_equal(bl, big);
+      assert_memory_equal(got, want, big);
+      /* then the pipelined answer, whole */
+      used += take_answer(all + used, len - used, &small_head, small, sizeof(small), &sl);
+      assert_true(strncmp(small_head, "HTTP/1.1 200 ", 13) == 0);
+      assert_int_equal(sl, 5);
+      assert_memory_equal(small, "hello", 5);
+      assert_int_equal(used, len);
+      free(all);
+    }
+  }
+  free(want);
+  free(got);
+}
+
 /* ------------------------------------------------------------ HTTP/2 gateway */
 
 static char *curl_h2(const char *args, int *st) {
@@ -918,6 +1046,7 @@ int main(void) {
       cmocka_unit_test(test_gateway_backpressure),
       cmocka_unit_test(test_gateway_limits),
       cmocka_unit_test(test_gateway_cache),
+      cmocka_unit_test(test_gateway_slow_reader),
       cmocka_unit_test(test_gateway_h2),
       cmocka_unit_test(test_proxy_get_and_cache),
       cmocka_unit_test(test_proxy_refusals),
