@@ -223,6 +223,7 @@ struct netstash_job {
   ns_buf q2;   /* what arrives while the caller holds a view of q (peek) */
   int viewing; /* netstash_job_peek's view of q is out: q must not move */
   uint64_t pull_max;
+  uint64_t expect, got; /* a stored answer's announced body length, bytes so far */
   int paused;
   int ended;
   netstash_error result;
@@ -252,36 +253,36 @@ static void on_redirect_hook(netstash_fetch *f, int status, const char *location
     j->cbs.on_redirect(j, status, location, j->ud);
 }
 
-/* Pull mode, an answer from a store (delivered whole, at once): q sized
- * once for the body it announces instead of doubling into it chunk by chunk
- * (a 500 KB stored body took four reallocs, each a copy of what came
- * before). Not for the network: its bodies arrive in pieces the reader
- * usually drains as they come, so q stays small. A hint: a wrong length only
- * costs a realloc. */
-#define STORED_RESERVE_MAX ((uint64_t)64 << 20)
-static void q_presize(netstash_job *j, netstash_fetch *f, int status) {
+/* Pull mode, an answer from a store (delivered whole, at once): the body
+ * length it announces, so that a buffer that must grow grows once to hold
+ * all that is still to come (on_data) instead of doubling into it chunk by
+ * chunk (a 4 MiB stored body took 1, 2, 4 and 8 MiB reallocs, each a copy of
+ * what came before). A reader that drains each piece as it comes (netd's
+ * fronts, from on_readable) keeps the buffer at one piece. Not for the
+ * network: its bodies pause at the pull bound. 0: unknown. */
+#define STORED_EXPECT_MAX ((uint64_t)64 << 20)
+static uint64_t stored_length(const netstash_job *j, netstash_fetch *f, int status) {
   const char *cl = netstash_fetch_header(f, "content-length");
-  uint64_t n = 0, cap = STORED_RESERVE_MAX;
+  uint64_t n = 0;
   if (!cl || j->head || status < 200 || status == 204 || status == 304 ||
       netstash_fetch_source(f) == NETSTASH_SOURCE_NETWORK)
-    return;
-  for (; *cl >= '0' && *cl <= '9' && n <= cap; cl++)
+    return 0;
+  for (; *cl >= '0' && *cl <= '9' && n <= STORED_EXPECT_MAX; cl++)
     n = n * 10 + (uint64_t)(*cl - '0');
-  if (*cl || n == 0)
-    return; /* not a plain length (a list, garbage): no hint */
-  if (n > cap)
-    n = cap;
-  uv_mutex_lock(&j->lock);
-  if (j->q.len == j->q_off && !j->viewing && !j->q2.len)
-    (void)ns_buf_reserve(&j->q, (size_t)n); /* a failure shows at the append */
-  uv_mutex_unlock(&j->lock);
+  /* not a plain length (a list, garbage) or a huge one: no hint (a wrong
+   * one would only cost a realloc) */
+  return *cl || n > STORED_EXPECT_MAX ? 0 : n;
 }
 
 static void on_response(netstash_fetch *f, void *ud) {
   netstash_job *j = ud;
   int st = netstash_fetch_status(f);
-  if (j->pull)
-    q_presize(j, f, st);
+  if (j->pull) {
+    uv_mutex_lock(&j->lock);
+    j->expect = stored_length(j, f, st);
+    j->got = 0;
+    uv_mutex_unlock(&j->lock);
+  }
   if (j->manual && st >= 300 && st < 400 && st != 304) {
     const char *loc = netstash_fetch_header(f, "location");
     ns_url u;
@@ -297,6 +298,7 @@ static void on_response(netstash_fetch *f, void *ud) {
 
 static void on_data(netstash_fetch *f, const uint8_t *data, size_t len, void *ud) {
   netstash_job *j = ud;
+  ns_buf *t;
   int notify;
   if (!j->pull) {
     if (live(j))
@@ -309,7 +311,11 @@ static void on_data(netstash_fetch *f, const uint8_t *data, size_t len, void *ud
   notify = j->q.len == j->q_off && j->q2.len == 0;
   /* q may not move while the caller holds a view of it, and what follows
    * data already in q2 goes there too (order) */
-  if (ns_buf_append(j->viewing || j->q2.len ? &j->q2 : &j->q, data, len) != NETSTASH_OK) {
+  t = j->viewing || j->q2.len ? &j->q2 : &j->q;
+  j->got += len;
+  if (t->len && t->len + len >= t->cap && j->expect > j->got)
+    (void)ns_buf_reserve(t, len + (size_t)(j->expect - j->got)); /* a failure shows below */
+  if (ns_buf_append(t, data, len) != NETSTASH_OK) {
     uv_mutex_unlock(&j->lock);
     /* out of memory: the fetch ends with NOMEM (transport.c deliver()
      * checks f->fail after this callback), never as a cut body taken for a
