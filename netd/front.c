@@ -228,6 +228,26 @@ static int write_wbuf(conn *c, wbuf *w, int to_peer) {
   return 0;
 }
 
+/* Writes what the client's socket takes of bufs at once (*done), unless
+ * earlier writes are still queued (*done 0). -1 when the connection was or
+ * got closed. */
+static int write_now(conn *c, const uv_buf_t *bufs, unsigned n, size_t *done) {
+  int r;
+  *done = 0;
+  if (c->closed)
+    return -1;
+  if (c->out_pending)
+    return 0;
+  r = uv_try_write((uv_stream_t *)&c->tcp, bufs, n);
+  if (r >= 0)
+    *done = (size_t)r;
+  else if (r != UV_EAGAIN) {
+    conn_close(c);
+    return -1;
+  }
+  return 0;
+}
+
 /* Sends bufs to the client: written at once when nothing is queued ahead
  * of them, and only what the socket did not take is copied into a queued
  * write. 0, or -1 when the connection was closed. */
@@ -239,17 +259,8 @@ static int send_bufs(conn *c, const uv_buf_t *bufs, unsigned n) {
     total += bufs[i].len;
   if (!total)
     return 0;
-  if (c->closed)
+  if (write_now(c, bufs, n, &done) != 0)
     return -1;
-  if (c->out_pending == 0) {
-    int r = uv_try_write((uv_stream_t *)&c->tcp, bufs, n);
-    if (r >= 0) {
-      done = (size_t)r;
-    } else if (r != UV_EAGAIN) {
-      conn_close(c);
-      return -1;
-    }
-  }
   if (done == total)
     return 0;
   w = wbuf_new(total - done);
@@ -308,17 +319,8 @@ static int send_view(conn *c, const uv_buf_t *bufs, unsigned n, unsigned vi, siz
     total += bufs[i].len;
   for (i = 0; i < vi; i++)
     pre += bufs[i].len;
-  if (c->closed)
+  if (write_now(c, bufs, n, &done) != 0)
     return -1;
-  if (c->out_pending == 0) {
-    int r = uv_try_write((uv_stream_t *)&c->tcp, bufs, n);
-    if (r >= 0) {
-      done = (size_t)r;
-    } else if (r != UV_EAGAIN) {
-      conn_close(c);
-      return -1;
-    }
-  }
   if (done == total) {
     (void)netstash_job_consume(c->job, view_len);
     return 0;

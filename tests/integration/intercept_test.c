@@ -50,6 +50,12 @@ static char *read_all(const char *path, size_t *len) {
   return b;
 }
 
+static const char *big_bin(void) {
+  static char path[1024];
+  snprintf(path, sizeof(path), "%s/big.bin", nst_site());
+  return path;
+}
+
 /* A manifest over index.html, hello.txt and big.bin of the harness site,
  * unsigned (the context allows it), warmed through the library. */
 static void warm_site_into(netstash_ctx *c) {
@@ -331,14 +337,8 @@ static void pull_4mib(const char *url, const char *resolve_pin, netstash_http_ve
   assert_int_equal(netstash_job_start(ctx, q, NULL, NULL, &j), NETSTASH_OK);
   uint8_t *buf = malloc(32768), *want;
   size_t total = 0, n, want_len;
-  char path[1024];
-  FILE *fp;
-  snprintf(path, sizeof(path), "%s/big.bin", nst_site());
-  fp = fopen(path, "rb");
-  assert_non_null(fp);
-  want = malloc(4u << 20);
-  want_len = fread(want, 1, 4u << 20, fp);
-  fclose(fp);
+  want = (uint8_t *)read_all(big_bin(), &want_len);
+  assert_non_null(want);
   assert_int_equal(want_len, 4u << 20);
   netstash_error e;
   for (int spins = 0; spins < 200000; spins++) {
@@ -572,12 +572,11 @@ static void test_pull_stored_sized_once(void **state) {
   netstash_ctx *c2;
   netstash_request *q;
   netstash_job *j;
-  char p2[600], url[512], detail[256], path[1024];
+  char p2[600], url[512], detail[256];
   const uint8_t *d;
   size_t n, total = 0, want_len;
   netstash_error e;
   uint8_t *want;
-  FILE *fp;
   (void)state;
   snprintf(p2, sizeof(p2), "%s/icprof-sized", nst_workdir());
   netstash_options_new(&o);
@@ -588,12 +587,8 @@ static void test_pull_stored_sized_once(void **state) {
   assert_int_equal(netstash_ctx_new(&c2, o, detail, sizeof(detail)), NETSTASH_OK);
   netstash_options_del(o);
   warm_site_into(c2);
-  snprintf(path, sizeof(path), "%s/big.bin", nst_site());
-  fp = fopen(path, "rb");
-  assert_non_null(fp);
-  want = malloc(4u << 20);
-  want_len = fread(want, 1, 4u << 20, fp);
-  fclose(fp);
+  want = (uint8_t *)read_all(big_bin(), &want_len);
+  assert_non_null(want);
   assert_int_equal(want_len, 4u << 20);
 
   snprintf(url, sizeof(url), "%sbig.bin", base);
