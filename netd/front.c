@@ -43,6 +43,7 @@
 #include <http_parser.h>
 
 #include "core/buf.h"
+#include "core/ctx.h"
 #include "core/headers.h"
 #include "core/reader.h"
 #include "core/url.h"
@@ -1353,6 +1354,12 @@ static void read_http(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   if (c->state == ST_IDLE) {
     uv_timer_start(&c->timer, on_timer, IDLE_MS, 0);
     drive(c);
+    /* the request just read is answered now, before the next connection's
+     * is read (a stored answer is ready at once): in nginx's order, rather
+     * than every ready connection read first and all answered in the next
+     * turn — which made a request wait for two turns' work (the 50 KB
+     * gateway's p99 halved, tools/bench/proxy) */
+    ns_ctx_run_posted(c->d->ctx);
   } else if (c->stash.len >= STASH_MAX) {
     set_reading(c, RD_OFF); /* pipelined requests: read on after this answer */
   }

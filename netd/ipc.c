@@ -44,6 +44,7 @@
 
 #include <netstash/netstash.h>
 
+#include "core/ctx.h"
 #include "netd/netd.h"
 #include "preload/lookup_http.h"
 
@@ -1359,6 +1360,7 @@ static int sniff(ipc_sess *s, const char *p, size_t n) {
 
 static void on_read(uv_stream_t *str, ssize_t n, const uv_buf_t *b) {
   ipc_sess *s = str->data;
+  netstash_ctx *ctx = s->ipc->d->ctx;
   if (n == UV_EOF && s->lk && s->backlog) {
     s->lk_eof = 1; /* the answers asked for still go out */
     uv_read_stop(str);
@@ -1372,6 +1374,7 @@ static void on_read(uv_stream_t *str, ssize_t n, const uv_buf_t *b) {
     return;
   if (s->ssl) {
     tls_read(s, (const uint8_t *)b->base, (size_t)n);
+    ns_ctx_run_posted(ctx); /* as below */
     return;
   }
   if (!s->ng && !s->lk && sniff(s, b->base, (size_t)n) != 0)
@@ -1382,6 +1385,10 @@ static void on_read(uv_stream_t *str, ssize_t n, const uv_buf_t *b) {
   }
   if (feed(s, (const uint8_t *)b->base, (size_t)n) == 0)
     sess_mark(s); /* answers that are ready by the end of this turn go in one write */
+  /* the jobs these frames started answer now (a stored answer is ready at
+   * once), in this turn's write, rather than in the next turn (s may be
+   * gone after this) */
+  ns_ctx_run_posted(ctx);
 }
 
 /* Client bytes to nghttp2; -1 when the session was closed. */

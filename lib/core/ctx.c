@@ -116,6 +116,11 @@ static void run_queue(netstash_ctx *ctx) {
   }
 }
 
+void ns_ctx_run_posted(netstash_ctx *ctx) {
+  if (ns_ctx_on_loop(ctx))
+    run_queue(ctx);
+}
+
 static void on_wake(uv_poll_t *h, int status, int events) {
   netstash_ctx *ctx = h->data;
   uint64_t v;

@@ -123,6 +123,12 @@ netstash_error ns_ctx_post(netstash_ctx *ctx, ns_task *task);
 void ns_ctx_unpost(netstash_ctx *ctx, ns_task *task);
 /* Nonzero when the caller runs on the context's loop thread. */
 int ns_ctx_on_loop(const netstash_ctx *ctx);
+/* On the loop thread, from a libuv callback that is not itself a task: runs
+ * the tasks queued so far now instead of in the next turn's idle phase (netd's
+ * fronts answer a request read in this callback before reading the next
+ * connection's, as one event handler does in nginx). Tasks those tasks post
+ * wait for the idle phase as usual. */
+void ns_ctx_run_posted(netstash_ctx *ctx);
 
 static inline void ns_stat_add(netstash_ctx *ctx, netstash_stat s, int64_t v) {
   atomic_fetch_add_explicit(&ctx->stats[s], (uint64_t)v, memory_order_relaxed);
