@@ -117,8 +117,18 @@ static void run_queue(netstash_ctx *ctx) {
 }
 
 void ns_ctx_run_posted(netstash_ctx *ctx) {
-  if (ns_ctx_on_loop(ctx))
-    run_queue(ctx);
+  int empty;
+  if (!ns_ctx_on_loop(ctx))
+    return;
+  run_queue(ctx);
+  /* the idle kick the posts started has nothing left to run: without this
+   * the loop would turn once more with a zero poll timeout for an empty
+   * queue (posts from other threads wake it through the eventfd) */
+  uv_mutex_lock(&ctx->qlock);
+  empty = ns_list_empty(&ctx->queue);
+  uv_mutex_unlock(&ctx->qlock);
+  if (empty)
+    uv_idle_stop(&ctx->kick);
 }
 
 static void on_wake(uv_poll_t *h, int status, int events) {
