@@ -2116,7 +2116,25 @@ static void serve_cached_slice(netstash_fetch *f, netstash_source source,
     if (partial && (ns_ascii_casecmp(fld->name, "content-length") == 0 ||
                     ns_ascii_casecmp(fld->name, "content-encoding") == 0))
       continue;
+    if (fld->name_len == 3 && ns_ascii_casecmp_n(fld->name, "age", 3) == 0)
+      continue; /* replaced below */
     rv = add_header_nv(f, fld->name, fld->name_len, fld->value, fld->value_len);
+  }
+  if (rv == NETSTASH_OK) {
+    /* RFC 9111 §4, §5.1: a stored response goes out with its current age
+     * (the one the decision used; recomputed when the network was tried
+     * first: after a 304 updated it, or stale-if-error), so
+     * that whoever keeps it downstream (netd's fronts' clients, a memory
+     * cache above the ABI) does not count its freshness from now */
+    char age[24];
+    int64_t ms = f->hce.decision.age_ms;
+    if (f->hc_validating) {
+      ns_cache_stored st = {f->hce.status, &f->hce.headers, &f->hce.vary, f->hce.request_time_ms,
+                            f->hce.response_time_ms};
+      ms = ns_cache_current_age_ms(&st, wall_ms());
+    }
+    rv = add_header_nv(f, "age", 3, age,
+                       (size_t)snprintf(age, sizeof(age), "%lld", (long long)(ms / 1000)));
   }
   if (rv == NETSTASH_OK && partial) {
     char len[32];

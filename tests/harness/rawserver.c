@@ -509,6 +509,13 @@ static int handle(conn *c, request *rq) {
       n = snprintf(body, sizeof(body), "max-age n=%lu", k);
       return respond(c, rq, 200, extra, body, (size_t)n, 0) == 0 && rq->keep_alive;
     }
+    if (strncmp(q, "aged/", 5) == 0) { /* an upstream cache's answer: already N s old */
+      snprintf(extra, sizeof(extra),
+               "Content-Type: text/plain\r\nCache-Control: max-age=600\r\nAge: %ld\r\n",
+               strtol(q + 5, NULL, 10));
+      n = snprintf(body, sizeof(body), "aged n=%lu", k);
+      return respond(c, rq, 200, extra, body, (size_t)n, 0) == 0 && rq->keep_alive;
+    }
     if (strncmp(q, "etag", 4) == 0) {
       const char *h = "Content-Type: text/plain\r\nCache-Control: no-cache\r\nETag: \"e1\"\r\n"
                       "X-Served: origin\r\n";

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include <netstash/netstash.h>
@@ -114,6 +115,55 @@ static void test_fresh_hit_and_persistence(void **state) {
   c = GET(ctx, "/cache/max-age/600/a");
   assert_int_equal(c.source, NETSTASH_SOURCE_CACHE);
   assert_string_equal(c.body, a.body);
+  netstash_ctx_del(ctx);
+}
+
+/* The Age of an answer (its only one, RFC 9111 §4) and its source. */
+static long answer_age(netstash_ctx *ctx, const char *path, netstash_source *src) {
+  netstash_request *req;
+  netstash_fetch *f;
+  const char *name, *value;
+  long age = -1;
+  int count = 0;
+  size_t i;
+  assert_int_equal(netstash_request_new(&req, url(path)), NETSTASH_OK);
+  assert_int_equal(netstash_fetch_sync(ctx, req, &f), NETSTASH_OK);
+  *src = netstash_fetch_source(f);
+  for (i = 0; i < netstash_fetch_header_count(f); i++)
+    if (netstash_fetch_header_at(f, i, &name, &value) == NETSTASH_OK &&
+        strcasecmp(name, "age") == 0) {
+      age = strtol(value, NULL, 10);
+      count++;
+    }
+  assert_true(count <= 1);
+  netstash_fetch_del(f);
+  netstash_request_del(req);
+  return age;
+}
+
+/* A stored answer goes out with its current age, replacing the one it was
+ * stored with: an upstream's Age plus the time it has been resident. */
+static void test_age_of_stored_answers(void **state) {
+  netstash_ctx *ctx = ctx_for(new_profile(), 1);
+  netstash_source src;
+  long age;
+  (void)state;
+  assert_int_equal(answer_age(ctx, "/cache/aged/100", &src), 100); /* relayed as is */
+  assert_int_equal(src, NETSTASH_SOURCE_NETWORK);
+  sleep(1);
+  age = answer_age(ctx, "/cache/aged/100", &src);
+  assert_int_equal(src, NETSTASH_SOURCE_CACHE);
+  assert_true(age >= 101 && age <= 110);
+  /* no Age from the origin: the time since it was stored */
+  assert_int_equal(answer_age(ctx, "/cache/max-age/600/age", &src), -1);
+  age = answer_age(ctx, "/cache/max-age/600/age", &src);
+  assert_int_equal(src, NETSTASH_SOURCE_CACHE);
+  assert_true(age >= 0 && age <= 5);
+  /* revalidated (304): counted from the validation */
+  (void)answer_age(ctx, "/cache/etag", &src);
+  age = answer_age(ctx, "/cache/etag", &src);
+  assert_int_equal(src, NETSTASH_SOURCE_REVALIDATED);
+  assert_true(age >= 0 && age <= 5);
   netstash_ctx_del(ctx);
 }
 
@@ -444,6 +494,7 @@ static int teardown(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_fresh_hit_and_persistence),
+      cmocka_unit_test(test_age_of_stored_answers),
       cmocka_unit_test(test_revalidation_304),
       cmocka_unit_test(test_caller_conditionals),
       cmocka_unit_test(test_no_store_and_bypass),
