@@ -1,0 +1,177 @@
+/*
+ * floor-http — the physical floor of an HTTP/1.1 cache hit on this machine:
+ * one thread, epoll, one read and one writev per request, answering every
+ * request with the same body from memory, no parsing beyond finding the end
+ * of each request head, no cache, no headers looked at. What it costs per
+ * request is the kernel's TCP work plus the least user space can do; no
+ * cache can answer faster over the same sockets.
+ *
+ *   floor-http PORT SIZE [HEAD_BYTES]
+ *
+ * Listens on 127.0.0.1:PORT and answers each request with "200 OK", a
+ * Content-Length, padding headers up to HEAD_BYTES (default 300: about what
+ * the caches measured beside it send) and SIZE bytes of body. Runs until
+ * killed. Used by tools/bench/proxy (the "floor" row).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#define RBUF 16384
+
+typedef struct {
+  int fd;
+  size_t have; /* bytes of an unfinished request head kept in buf */
+  char buf[RBUF];
+} client;
+
+static char *head_text, *body;
+static size_t head_len, body_len;
+
+/* Counts complete request heads in the bytes read (keeping a partial one
+ * for the next read); a request line only, no header is looked at. */
+static int requests_in(client *c, size_t n) {
+  int count = 0;
+  size_t i, start = 0, end = c->have + n;
+  for (i = c->have >= 3 ? c->have - 3 : 0; i + 3 < end; i++) {
+    if (c->buf[i] == '\r' && c->buf[i + 1] == '\n' && c->buf[i + 2] == '\r' &&
+        c->buf[i + 3] == '\n') {
+      count++;
+      start = i + 4;
+      i += 3;
+    }
+  }
+  if (start < end && start > 0)
+    memmove(c->buf, c->buf + start, end - start);
+  c->have = end - start;
+  if (c->have == RBUF)
+    c->have = 0; /* a head larger than the buffer: not from wrk; dropped */
+  return count;
+}
+
+static int answer(client *c, int count) {
+  struct iovec iov[64];
+  int i, k = 0;
+  for (i = 0; i < count && k + 2 <= 64; i++) {
+    iov[k++] = (struct iovec){head_text, head_len};
+    iov[k++] = (struct iovec){body, body_len};
+  }
+  while (k > 0) {
+    ssize_t w = writev(c->fd, iov, k);
+    if (w < 0) {
+      if (errno == EINTR)
+        continue;
+      if (errno == EAGAIN) {
+        /* a benchmark client reads everything: wait for room, blocking */
+        struct timespec ts = {0, 100000};
+        nanosleep(&ts, NULL);
+        continue;
+      }
+      return -1;
+    }
+    while (k > 0 && (size_t)w >= iov[0].iov_len) {
+      w -= (ssize_t)iov[0].iov_len;
+      memmove(iov, iov + 1, (size_t)(--k) * sizeof(*iov));
+    }
+    if (k > 0) {
+      iov[0].iov_base = (char *)iov[0].iov_base + w;
+      iov[0].iov_len -= (size_t)w;
+    }
+  }
+  return 0;
+}
+
+int main(int argc, char **argv) {
+  int port, lfd, ep, one = 1;
+  size_t pad_to = 300, i;
+  struct sockaddr_in sa;
+  struct epoll_event ev, evs[256];
+  char prefix[128];
+  if (argc < 3 || (port = atoi(argv[1])) <= 0) {
+    fprintf(stderr, "usage: floor-http PORT SIZE [HEAD_BYTES]\n");
+    return 2;
+  }
+  body_len = (size_t)strtoull(argv[2], NULL, 10);
+  if (argc > 3)
+    pad_to = (size_t)strtoull(argv[3], NULL, 10);
+  body = malloc(body_len ? body_len : 1);
+  head_text = malloc(pad_to + 256);
+  if (!body || !head_text)
+    return 1;
+  for (i = 0; i < body_len; i++)
+    body[i] = (char)('a' + i % 26);
+  head_len = (size_t)snprintf(prefix, sizeof(prefix),
+                              "HTTP/1.1 200 OK\r\nContent-Length: %zu\r\nX-Pad: ", body_len);
+  memcpy(head_text, prefix, head_len);
+  while (head_len + 4 < pad_to)
+    head_text[head_len++] = 'p';
+  memcpy(head_text + head_len, "\r\n\r\n", 4);
+  head_len += 4;
+
+  lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+  setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  memset(&sa, 0, sizeof(sa));
+  sa.sin_family = AF_INET;
+  sa.sin_port = htons((unsigned short)port);
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (bind(lfd, (struct sockaddr *)&sa, sizeof(sa)) != 0 || listen(lfd, 1024) != 0) {
+    perror("floor-http: bind/listen");
+    return 1;
+  }
+  ep = epoll_create1(0);
+  ev.events = EPOLLIN;
+  ev.data.ptr = NULL;
+  epoll_ctl(ep, EPOLL_CTL_ADD, lfd, &ev);
+  for (;;) {
+    int n = epoll_wait(ep, evs, 256, -1), k;
+    for (k = 0; k < n; k++) {
+      client *c = evs[k].data.ptr;
+      if (!c) {
+        int fd;
+        while ((fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK)) >= 0) {
+          client *nc = calloc(1, sizeof(*nc));
+          if (!nc) {
+            close(fd);
+            continue;
+          }
+          nc->fd = fd;
+          setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+          ev.events = EPOLLIN;
+          ev.data.ptr = nc;
+          epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
+        }
+        continue;
+      }
+      for (;;) {
+        ssize_t r = read(c->fd, c->buf + c->have, RBUF - c->have);
+        int count;
+        if (r < 0 && errno == EINTR)
+          continue;
+        if (r <= 0) {
+          if (r < 0 && errno == EAGAIN)
+            break;
+          close(c->fd);
+          free(c);
+          break;
+        }
+        count = requests_in(c, (size_t)r);
+        if (count && answer(c, count) != 0) {
+          close(c->fd);
+          free(c);
+          break;
+        }
+        if ((size_t)r < RBUF)
+          break; /* drained (as libuv and nginx assume): no extra read */
+      }
+    }
+  }
+}
