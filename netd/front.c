@@ -817,16 +817,29 @@ static const char *source_name(netstash_source s) {
 /* Hop-by-hop fields (RFC 9110 §7.6.1, RFC 9112 §9.6, plus the de-facto
  * Keep-Alive and Proxy-Connection): never forwarded, either way. */
 int netd_hop_by_hop(const char *name, size_t len) {
-  static const char *const names[] = {"connection", "keep-alive",        "te",
-                                      "trailer",    "transfer-encoding", "upgrade"};
-  for (size_t i = 0; i < NS_ARRAY_LEN(names); i++)
-    if (len == strlen(names[i]) && ns_ascii_casecmp_n(name, names[i], len) == 0)
+  /* by length first: this runs for every field of every answer */
+  switch (len) {
+  case 2:
+    if (ns_ascii_casecmp_n(name, "te", 2) == 0)
       return 1;
+    break;
+  case 7:
+    if (ns_ascii_casecmp_n(name, "trailer", 7) == 0 || ns_ascii_casecmp_n(name, "upgrade", 7) == 0)
+      return 1;
+    break;
+  case 10:
+    if (ns_ascii_casecmp_n(name, "connection", 10) == 0 ||
+        ns_ascii_casecmp_n(name, "keep-alive", 10) == 0)
+      return 1;
+    break;
+  case 17:
+    if (ns_ascii_casecmp_n(name, "transfer-encoding", 17) == 0)
+      return 1;
+    break;
+  default:
+    break;
+  }
   return len >= 6 && ns_ascii_casecmp_n(name, "proxy-", 6) == 0;
-}
-
-static int hop_by_hop(const char *name) {
-  return netd_hop_by_hop(name, strlen(name));
 }
 
 /* Is name one of the fields a Connection header value lists? */
@@ -865,6 +878,7 @@ static void on_job_response(netstash_job *job, void *ud) {
   netstash_source src = netstash_fetch_source(f);
   const char *conn_hdr = NULL, *name, *value, *reason;
   size_t i, n = netstash_fetch_header_count(f);
+  const char *clen_hdr = NULL;
   ns_buf *b = &c->hbuf;
   netstash_error e;
   char line[64];
@@ -873,11 +887,16 @@ static void on_job_response(netstash_job *job, void *ud) {
     return;
   netd_metrics_request(&c->d->metrics, netd_source_index(src), ns_now_us() - c->t0_us);
   c->no_body = c->method == HTTP_HEAD || status < 200 || status == 204 || status == 304;
-  for (i = 0; i < n; i++)
-    if (netstash_fetch_header_at(f, i, &name, &value) == NETSTASH_OK &&
-        ns_ascii_casecmp(name, "connection") == 0)
-      conn_hdr = value;
-  c->clen = c->no_body ? -1 : parse_length(netstash_fetch_header(f, "content-length"));
+  /* the library's field names are lowercase */
+  for (i = 0; i < n; i++) {
+    if (netstash_fetch_header_at(f, i, &name, &value) != NETSTASH_OK)
+      continue;
+    if (name[0] == 'c' && strcmp(name, "connection") == 0)
+      conn_hdr = value; /* the last one, as before */
+    else if (!clen_hdr && name[0] == 'c' && strcmp(name, "content-length") == 0)
+      clen_hdr = value;
+  }
+  c->clen = c->no_body ? -1 : parse_length(clen_hdr);
   if (!c->no_body && c->clen < 0) {
     if (c->http_minor >= 1)
       c->chunked = 1;
@@ -888,26 +907,42 @@ static void on_job_response(netstash_job *job, void *ud) {
     c->keep_alive = 0;
 
   ns_buf_reset(b);
-  snprintf(line, sizeof(line), "HTTP/1.1 %d ", status);
-  if ((e = ns_buf_append_str(b, line)) == NETSTASH_OK &&
+  memcpy(line, "HTTP/1.1 ", 9);
+  if (status < 100 || status > 999)
+    status = 502; /* not a status line a client could read */
+  line[9] = (char)('0' + status / 100);
+  line[10] = (char)('0' + status / 10 % 10);
+  line[11] = (char)('0' + status % 10);
+  line[12] = ' ';
+  if ((e = ns_buf_append(b, line, 13)) == NETSTASH_OK &&
       (e = ns_buf_append_str(b, reason_of(status))) == NETSTASH_OK)
     e = ns_buf_append(b, "\r\n", 2);
   for (i = 0; e == NETSTASH_OK && i < n; i++) {
+    size_t nl, vl;
     if (netstash_fetch_header_at(f, i, &name, &value) != NETSTASH_OK)
       continue;
-    if (hop_by_hop(name) || in_connection(conn_hdr, name))
+    nl = strlen(name);
+    if (netd_hop_by_hop(name, nl) || in_connection(conn_hdr, name))
       continue;
     /* an upstream netd's (or stored) answer fields: ours replace them */
-    if (ns_ascii_casecmp_n(name, "x-netstash-", 11) == 0)
+    if (nl >= 11 && memcmp(name, "x-netstash-", 11) == 0)
       continue;
     /* a length we could not use (absent, invalid, or a list) is not relayed:
      * the body goes chunked, and both together would be a framing error */
-    if (!c->no_body && c->clen < 0 && ns_ascii_casecmp(name, "content-length") == 0)
+    if (!c->no_body && c->clen < 0 && nl == 14 && memcmp(name, "content-length", 14) == 0)
       continue;
-    if ((e = ns_buf_append_str(b, name)) == NETSTASH_OK &&
-        (e = ns_buf_append(b, ": ", 2)) == NETSTASH_OK &&
-        (e = ns_buf_append_str(b, value)) == NETSTASH_OK)
-      e = ns_buf_append(b, "\r\n", 2);
+    vl = strlen(value);
+    if ((e = ns_buf_reserve(b, nl + vl + 4)) == NETSTASH_OK) {
+      char *d = (char *)b->data + b->len;
+      memcpy(d, name, nl);
+      d[nl] = ':';
+      d[nl + 1] = ' ';
+      memcpy(d + nl + 2, value, vl);
+      d[nl + 2 + vl] = '\r';
+      d[nl + 3 + vl] = '\n';
+      b->len += nl + vl + 4;
+      b->data[b->len] = 0;
+    }
   }
   if (e == NETSTASH_OK && (e = ns_buf_append_str(b, "X-Netstash-Source: ")) == NETSTASH_OK &&
       (e = ns_buf_append_str(b, source_name(src))) == NETSTASH_OK)
@@ -1153,7 +1188,7 @@ static void start_job(conn *c, const char *url) {
   while (e == NETSTASH_OK && (fld = ns_headers_next(&c->hdrs, &it, NULL)) != NULL) {
     /* Host comes from the URL (the upstream's, for the gateway); the
      * library frames the body itself and answers 100-continue upstream. */
-    if (hop_by_hop(fld->name) || in_connection(conn_hdr, fld->name) ||
+    if (netd_hop_by_hop(fld->name, fld->name_len) || in_connection(conn_hdr, fld->name) ||
         ns_ascii_casecmp(fld->name, "host") == 0 ||
         ns_ascii_casecmp(fld->name, "content-length") == 0 ||
         ns_ascii_casecmp(fld->name, "expect") == 0)

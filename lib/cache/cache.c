@@ -510,20 +510,33 @@ int ns_cache_select_variant(const ns_cache_stored *const *variants, size_t n,
 
 /* ------------------------------------------------------- freshness and age */
 
-int64_t ns_cache_freshness_lifetime_ms(const ns_cache_policy *pol_in,
-                                       const ns_cache_stored *st,
-                                       ns_cache_fresh_source *source) {
+/* The stored Date, parsed once for the lifetime and the age: header_date's
+ * answer (1 valid, 0 absent, -1 invalid) and the value. */
+typedef struct {
+  int rd;
+  int64_t date_s;
+} stored_date;
+
+static stored_date date_of(const ns_cache_stored *st) {
+  stored_date d = {0, 0};
+  d.rd = header_date(st->headers, "Date", ms_to_s(st->response_time_ms), &d.date_s);
+  return d;
+}
+
+/* RFC 9111 §4.2.1 with the response's Cache-Control (cc) and Date (d)
+ * already parsed. */
+static int64_t lifetime_ms(const ns_cache_policy *pol_in, const ns_cache_stored *st,
+                           const ns_cache_control *ccp, stored_date d,
+                           ns_cache_fresh_source *source) {
   ns_cache_policy tmp;
   const ns_cache_policy *pol = policy(pol_in, &tmp);
-  ns_cache_control cc;
-  int64_t now_s = ms_to_s(st->response_time_ms), date_s, exp_s, lm_s;
-  int rd, re;
+  const ns_cache_control cc = *ccp;
+  int64_t now_s = ms_to_s(st->response_time_ms), date_s = d.date_s, exp_s, lm_s;
+  int re;
   ns_cache_fresh_source src = NS_CACHE_FRESH_NONE;
   int64_t life = 0;
 
-  ns_cache_control_from_headers(&cc, st->headers, 0);
-  rd = header_date(st->headers, "Date", now_s, &date_s);
-  if (rd != 1)
+  if (d.rd != 1)
     date_s = now_s; /* RFC 9110 §6.6.1: the time it was received */
 
   /* RFC 9111 §4.2.1; s-maxage is for shared caches only */
@@ -562,13 +575,20 @@ int64_t ns_cache_freshness_lifetime_ms(const ns_cache_policy *pol_in,
   return life;
 }
 
-int64_t ns_cache_current_age_ms(const ns_cache_stored *st, int64_t now_ms) {
+int64_t ns_cache_freshness_lifetime_ms(const ns_cache_policy *pol, const ns_cache_stored *st,
+                                       ns_cache_fresh_source *source) {
+  ns_cache_control cc;
+  ns_cache_control_from_headers(&cc, st->headers, 0);
+  return lifetime_ms(pol, st, &cc, date_of(st), source);
+}
+
+static int64_t age_ms(const ns_cache_stored *st, stored_date d, int64_t now_ms) {
   /* RFC 9111 §4.2.3 */
-  int64_t date_s, date_ms, apparent, age_value = 0, delay, corrected_age, initial, resident;
+  int64_t date_ms, apparent, age_value = 0, delay, corrected_age, initial, resident;
   size_t it = 0;
   const ns_header_field *f;
-  if (header_date(st->headers, "Date", ms_to_s(st->response_time_ms), &date_s) == 1)
-    date_ms = sat_mul1000(date_s);
+  if (d.rd == 1)
+    date_ms = sat_mul1000(d.date_s);
   else
     date_ms = st->response_time_ms;
   apparent = sat_sub(st->response_time_ms, date_ms);
@@ -592,6 +612,10 @@ int64_t ns_cache_current_age_ms(const ns_cache_stored *st, int64_t now_ms) {
   if (resident < 0)
     resident = 0; /* the clock went backwards */
   return sat_add(initial, resident);
+}
+
+int64_t ns_cache_current_age_ms(const ns_cache_stored *st, int64_t now_ms) {
+  return age_ms(st, date_of(st), now_ms);
 }
 
 /* ------------------------------------------------------------------ decide */
@@ -648,6 +672,7 @@ static void reason_set(ns_cache_decision *d, const char *fmt, ...) {
 void ns_cache_decide(const ns_cache_policy *pol, const ns_cache_request *req,
                      const ns_cache_stored *st, int64_t now_ms, ns_cache_decision *out) {
   ns_cache_control rq, rs;
+  stored_date date;
   int64_t life, age, remaining, age_s;
   int fresh, client_constraint;
   char src[96];
@@ -683,8 +708,9 @@ void ns_cache_decide(const ns_cache_policy *pol, const ns_cache_request *req,
   }
 
   ns_cache_control_from_headers(&rs, st->headers, 0);
-  life = ns_cache_freshness_lifetime_ms(pol, st, &out->source);
-  age = ns_cache_current_age_ms(st, now_ms);
+  date = date_of(st);
+  life = lifetime_ms(pol, st, &rs, date, &out->source);
+  age = age_ms(st, date, now_ms);
   fresh = life > age; /* RFC 9111 §4.2: strictly greater */
   remaining = sat_sub(life, age);
   age_s = age / 1000;

@@ -205,7 +205,16 @@ typedef netstash_error (*key_fn)(const ns_cache_policy *pol, const char *top_lev
 static netstash_error fitted_key(ns_httpcache *hc, key_fn fn, const char *top, const char *url,
                                  ns_buf *out) {
   ns_buf raw;
-  netstash_error rv;
+  size_t len0 = out->len;
+  /* most keys fit as they are: built in place, no scratch buffer */
+  netstash_error rv = fn(&hc->policy, top, url, out);
+  if (rv == NETSTASH_OK && out->len - len0 <= NS_STORE_KEY_MAX - 17)
+    return NETSTASH_OK;
+  if (rv != NETSTASH_OK && rv != NETSTASH_E_TOO_LARGE)
+    return rv;
+  out->len = len0;
+  if (out->data)
+    out->data[len0] = 0;
   ns_buf_init(&raw, hc->mem, 64 * 1024);
   rv = fn(&hc->policy, top, url, &raw);
   if (rv == NETSTASH_OK)

@@ -130,10 +130,15 @@ netstash_error netstash_request_add_header(netstash_request *r, const char *name
     return NETSTASH_E_NOMEM;
   /* "Name:" alone tells libcurl to remove a header it would add; an empty
    * value is sent as "Name;" which libcurl turns into "Name:". */
-  if (vl)
-    snprintf(line, total, "%s: %s", name, value);
-  else
-    snprintf(line, total, "%s;", name);
+  memcpy(line, name, nl);
+  if (vl) {
+    line[nl] = ':';
+    line[nl + 1] = ' ';
+    memcpy(line + nl + 2, value, vl + 1);
+  } else {
+    line[nl] = ';';
+    line[nl + 1] = 0;
+  }
   rv = push_str(&r->headers, &r->nheaders, &r->headers_cap, line);
   if (rv != NETSTASH_OK) {
     ns_free(REQ_MEM, line);

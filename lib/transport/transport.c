@@ -589,18 +589,23 @@ static netstash_error add_header_nv(netstash_fetch *f, const char *name, size_t 
     f->hdrs = h;
     f->hdrs_cap = ncap;
   }
+  /* "name\0value\0", the name lowercased, in one reservation */
+  if (!ns_add_size(nlen, vlen, &bytes) || !ns_add_size(bytes, 2, &bytes))
+    return NETSTASH_E_TOO_LARGE;
+  if ((rv = ns_buf_reserve(&f->hdr_arena, bytes)) != NETSTASH_OK)
+    return rv;
   name_off = (uint32_t)f->hdr_arena.len;
-  for (i = 0; i < nlen; i++) {
-    char c = ns_ascii_lower(name[i]);
-    if ((rv = ns_buf_append(&f->hdr_arena, &c, 1)) != NETSTASH_OK)
-      return rv;
+  {
+    char *d = (char *)f->hdr_arena.data + name_off;
+    for (i = 0; i < nlen; i++)
+      d[i] = ns_ascii_lower(name[i]);
+    d[nlen] = 0;
+    memcpy(d + nlen + 1, value, vlen);
+    d[nlen + 1 + vlen] = 0;
   }
-  if ((rv = ns_buf_append(&f->hdr_arena, "", 1)) != NETSTASH_OK)
-    return rv;
-  value_off = (uint32_t)f->hdr_arena.len;
-  if ((rv = ns_buf_append(&f->hdr_arena, value, vlen)) != NETSTASH_OK ||
-      (rv = ns_buf_append(&f->hdr_arena, "", 1)) != NETSTASH_OK)
-    return rv;
+  value_off = name_off + (uint32_t)nlen + 1;
+  f->hdr_arena.len += bytes;
+  f->hdr_arena.data[f->hdr_arena.len] = 0;
   f->hdrs[f->nhdrs].name_off = name_off;
   f->hdrs[f->nhdrs].value_off = value_off;
   f->nhdrs++;
