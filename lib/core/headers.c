@@ -7,21 +7,56 @@
 #include "core/reader.h"
 #include "core/url.h"
 
+struct ns_headers_block {
+  struct ns_headers_block *next; /* older */
+  size_t size, used;
+  char data[];
+};
+
+#define BLOCK_MIN 256
+#define BLOCK_MAX 4096
+
 void ns_headers_init(ns_headers *h, const ns_mem *mem) {
   h->mem = mem;
   h->f = NULL;
   h->len = h->cap = 0;
+  h->blk = NULL;
 }
 
 void ns_headers_free(ns_headers *h) {
-  size_t i;
+  struct ns_headers_block *b, *next;
   if (!h)
     return;
-  for (i = 0; i < h->len; i++)
-    ns_free(h->mem, h->f[i].name);
+  for (b = h->blk; b; b = next) {
+    next = b->next;
+    ns_free(h->mem, b);
+  }
   ns_free(h->mem, h->f);
   h->f = NULL;
   h->len = h->cap = 0;
+  h->blk = NULL;
+}
+
+/* Makes room for n more bytes of fields in the newest block (a new block
+ * when it has not: twice the last one's size up to BLOCK_MAX, at least n). */
+static netstash_error block_room(ns_headers *h, size_t n) {
+  struct ns_headers_block *b = h->blk;
+  size_t size, bytes;
+  if (b && b->size - b->used >= n)
+    return NETSTASH_OK;
+  size = b ? (b->size >= BLOCK_MAX / 2 ? BLOCK_MAX : b->size * 2) : BLOCK_MIN;
+  if (size < n)
+    size = n;
+  if (!ns_add_size(sizeof(*b), size, &bytes))
+    return NETSTASH_E_NOMEM;
+  b = ns_malloc(h->mem, bytes);
+  if (!b)
+    return NETSTASH_E_NOMEM;
+  b->next = h->blk;
+  b->size = size;
+  b->used = 0;
+  h->blk = b;
+  return NETSTASH_OK;
 }
 
 void ns_headers_clear(ns_headers *h) { ns_headers_free(h); }
@@ -68,16 +103,18 @@ static netstash_error reserve(ns_headers *h, size_t extra) {
   return NETSTASH_OK;
 }
 
-/* Builds one field (no validation) into *out. */
-static netstash_error make_field(const ns_mem *mem, const char *name, size_t nl,
-                                 const char *value, size_t vl, ns_header_field *out) {
+/* Builds one field of h (no validation) into *out. */
+static netstash_error make_field(ns_headers *h, const char *name, size_t nl, const char *value,
+                                 size_t vl, ns_header_field *out) {
   size_t total;
   char *p;
+  netstash_error rv;
   if (!ns_add_size(nl, vl, &total) || !ns_add_size(total, 2, &total))
     return NETSTASH_E_NOMEM;
-  p = ns_malloc(mem, total);
-  if (!p)
-    return NETSTASH_E_NOMEM;
+  if ((rv = block_room(h, total)) != NETSTASH_OK)
+    return rv;
+  p = h->blk->data + h->blk->used;
+  h->blk->used += total;
   memcpy(p, name, nl);
   p[nl] = 0;
   if (vl)
@@ -101,7 +138,7 @@ netstash_error ns_headers_add(ns_headers *h, const char *name, size_t name_len,
     return NETSTASH_E_INVALID_ARGUMENT;
   if ((rv = reserve(h, 1)) != NETSTASH_OK)
     return rv;
-  if ((rv = make_field(h->mem, name, name_len, v.p, v.len, &h->f[h->len])) != NETSTASH_OK)
+  if ((rv = make_field(h, name, name_len, v.p, v.len, &h->f[h->len])) != NETSTASH_OK)
     return rv;
   h->len++;
   return NETSTASH_OK;
@@ -137,7 +174,6 @@ size_t ns_headers_remove(ns_headers *h, const char *name) {
   nl = strlen(name);
   for (i = 0; i < h->len; i++) {
     if (name_is(&h->f[i], name, nl)) {
-      ns_free(h->mem, h->f[i].name);
       removed++;
     } else {
       h->f[j++] = h->f[i];
@@ -160,17 +196,14 @@ netstash_error ns_headers_set_str(ns_headers *h, const char *name, const char *v
     return NETSTASH_E_INVALID_ARGUMENT;
   for (i = 0; i < h->len; i++) {
     if (name_is(&h->f[i], name, nl)) {
-      if ((rv = make_field(h->mem, name, nl, v.p, v.len, &nf)) != NETSTASH_OK)
+      if ((rv = make_field(h, name, nl, v.p, v.len, &nf)) != NETSTASH_OK)
         return rv;
-      ns_free(h->mem, h->f[i].name);
       h->f[i] = nf;
       /* drop the later duplicates */
       {
         size_t k, j = i + 1;
         for (k = i + 1; k < h->len; k++) {
-          if (name_is(&h->f[k], name, nl))
-            ns_free(h->mem, h->f[k].name);
-          else
+          if (!name_is(&h->f[k], name, nl))
             h->f[j++] = h->f[k];
         }
         h->len = j;
@@ -236,8 +269,8 @@ netstash_error ns_headers_copy(ns_headers *dst, const ns_headers *src) {
     return rv;
   for (i = 0; i < src->len; i++) {
     const ns_header_field *f = &src->f[i];
-    if ((rv = make_field(tmp.mem, f->name, f->name_len, f->value, f->value_len,
-                         &tmp.f[tmp.len])) != NETSTASH_OK) {
+    if ((rv = make_field(&tmp, f->name, f->name_len, f->value, f->value_len, &tmp.f[tmp.len])) !=
+        NETSTASH_OK) {
       ns_headers_free(&tmp);
       return rv;
     }
@@ -377,7 +410,9 @@ netstash_error ns_headers_decode(ns_headers *h, const uint8_t *data, size_t len,
    * count the blob cannot hold before reserving room for it */
   if (n > (len - pos) / 3)
     return NETSTASH_E_DECODE;
-  if (n && (rv = reserve(h, n)) != NETSTASH_OK)
+  /* the strings fit in the blob's bytes plus two NULs per field: one block */
+  if (n && ((rv = reserve(h, n)) != NETSTASH_OK ||
+            (rv = block_room(h, (len - pos) + 2 * (size_t)n)) != NETSTASH_OK))
     return rv;
   rv = NETSTASH_E_DECODE;
   for (i = 0; i < n; i++) {
@@ -395,7 +430,7 @@ netstash_error ns_headers_decode(ns_headers *h, const uint8_t *data, size_t len,
     /* stored values are trimmed: an untrimmed one is not ours */
     if (vl && (ns_is_ows((unsigned char)value[0]) || ns_is_ows((unsigned char)value[vl - 1])))
       goto fail;
-    if ((rv = make_field(h->mem, name, nl, value, vl, &h->f[h->len])) != NETSTASH_OK)
+    if ((rv = make_field(h, name, nl, value, vl, &h->f[h->len])) != NETSTASH_OK)
       goto fail;
     rv = NETSTASH_E_DECODE;
     h->len++;

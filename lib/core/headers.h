@@ -37,15 +37,21 @@
 #define NS_HEADERS_MAX_FIELD_LEN (1u << 20)
 
 typedef struct ns_header_field {
-  char *name;  /* NUL-terminated; one allocation holds name and value */
-  char *value; /* NUL-terminated */
+  char *name;  /* NUL-terminated, in the list's blocks (they never move) */
+  char *value; /* NUL-terminated, right after the name */
   size_t name_len, value_len;
 } ns_header_field;
+
+struct ns_headers_block;
 
 typedef struct ns_headers {
   const ns_mem *mem;
   ns_header_field *f;
   size_t len, cap;
+  /* the fields' bytes, carved from blocks freed with the list (a removed or
+   * replaced field's bytes stay until then): a decoded stored head costs
+   * two allocations, not one per field */
+  struct ns_headers_block *blk;
 } ns_headers;
 
 /* Empty list, allocates nothing. mem must outlive the list. */
