@@ -2128,9 +2128,9 @@ static void serve_cached_slice(netstash_fetch *f, netstash_source source,
   if (rv == NETSTASH_OK) {
     /* RFC 9111 §4, §5.1: a stored response goes out with its current age
      * (the one the decision used; recomputed when the network was tried
-     * first: after a 304 updated it, or stale-if-error), so
-     * that whoever keeps it downstream (netd's fronts' clients, a memory
-     * cache above the ABI) does not count its freshness from now */
+     * first: after a 304 updated it, or stale-if-error), so that whoever
+     * keeps it downstream (netd's fronts' clients, a memory cache above the
+     * ABI) does not count its freshness from now */
     char age[24];
     int64_t ms = f->hce.decision.age_ms;
     if (f->hc_validating) {
