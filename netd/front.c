@@ -130,6 +130,8 @@ typedef struct conn {
   /* answer */
   netstash_job *job;
   uint64_t t0_us;
+  uint64_t idle_at; /* loop time (ms) of the last request activity */
+  int idle_timer;   /* the timer is the lazy idle one (on_idle) */
   int head_sent;    /* the job's head is known (in hbuf until flushed) */
   int head_flushed; /* ... and handed to the socket */
   ns_list head_node; /* in fr->heads while the head waits for body bytes */
@@ -495,6 +497,40 @@ static void on_timer(uv_timer_t *t) {
   conn_close(c); /* idle keep-alive connection, stalled request, or lingering */
 }
 
+/* The connection's timer for one deadline (lingering, a tunnel's connect,
+ * a client that reads nothing), or stopped. */
+static void timer_set(conn *c, uint64_t ms) {
+  c->idle_timer = 0;
+  uv_timer_start(&c->timer, on_timer, ms, 0);
+}
+
+static void timer_stop(conn *c) {
+  c->idle_timer = 0;
+  uv_timer_stop(&c->timer);
+}
+
+/* The keep-alive / stalled-request deadline, lazily: each request only
+ * notes the time, and the timer — armed once, not restarted per request (two
+ * timer-heap updates per request before) — checks it when it fires. A
+ * connection busy answering is not idle: checked again later. */
+static void on_idle(uv_timer_t *t) {
+  conn *c = t->data;
+  uint64_t now = uv_now(t->loop), idle = now - c->idle_at;
+  if (c->state == ST_IDLE && idle >= IDLE_MS) {
+    conn_close(c);
+    return;
+  }
+  uv_timer_start(t, on_idle, c->state == ST_IDLE ? IDLE_MS - idle : IDLE_MS, 0);
+}
+
+static void idle_touch(conn *c) {
+  c->idle_at = uv_now(c->d->loop);
+  if (!c->idle_timer || !uv_is_active((uv_handle_t *)&c->timer)) {
+    c->idle_timer = 1;
+    uv_timer_start(&c->timer, on_idle, IDLE_MS, 0);
+  }
+}
+
 static void on_client_shutdown(uv_shutdown_t *req, int status) {
   conn *c = NS_CONTAINER_OF(req, conn, shut_client);
   c->shut_pending--;
@@ -508,7 +544,7 @@ static void on_client_shutdown(uv_shutdown_t *req, int status) {
     if (c->client_eof)
       conn_close(c); /* the client is done too */
     else
-      uv_timer_start(&c->timer, on_timer, LINGER_MS, 0);
+      timer_set(c, LINGER_MS);
   } else if (c->state == ST_TUNNEL && c->peer_eof && c->client_eof && !c->shut_pending) {
     conn_close(c);
   }
@@ -549,7 +585,7 @@ static void finish_close(conn *c) {
   if (c->peer_inited && !uv_is_closing((uv_handle_t *)&c->peer))
     uv_close((uv_handle_t *)&c->peer, on_peer_closed);
   /* a client that reads nothing keeps the shutdown waiting: not forever */
-  uv_timer_start(&c->timer, on_timer, IDLE_MS, 0);
+  timer_set(c, IDLE_MS);
   if (c->client_eof) {
     /* nothing more will come: close once the queue is written */
     if (uv_shutdown(&c->shut_client, (uv_stream_t *)&c->tcp, on_client_shutdown) != 0) {
@@ -1291,8 +1327,7 @@ static void dispatch_proxy(conn *c) {
 static void tunnel_begin(conn *c);
 
 static void dispatch(conn *c) {
-  c->state = ST_BUSY;
-  uv_timer_stop(&c->timer);
+  c->state = ST_BUSY; /* the idle timer stays armed: on_idle skips busy connections */
   if (c->method == HTTP_CONNECT) {
     if (c->fr->kind == NETD_FRONT_PROXY)
       tunnel_begin(c);
@@ -1327,7 +1362,7 @@ static void request_done(conn *c) {
   request_reset(c);
   c->state = ST_IDLE;
   http_parser_pause(&c->parser, 0);
-  uv_timer_start(&c->timer, on_timer, IDLE_MS, 0);
+  idle_touch(c);
   drive(c);
 }
 
@@ -1387,7 +1422,7 @@ static void read_http(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     return;
   }
   if (c->state == ST_IDLE) {
-    uv_timer_start(&c->timer, on_timer, IDLE_MS, 0);
+    idle_touch(c);
     drive(c);
     /* the request just read is answered now, before the next connection's
      * is read (a stored answer is ready at once): in nginx's order, rather
@@ -1406,7 +1441,7 @@ static void tunnel_fail(conn *c, netstash_error e, const char *detail) {
   c->tunnel_failed = 1;
   if (c->peer_inited && !uv_is_closing((uv_handle_t *)&c->peer))
     uv_close((uv_handle_t *)&c->peer, on_peer_closed);
-  uv_timer_stop(&c->timer);
+  timer_stop(c);
   c->keep_alive = 0;
   {
     char extra[128];
@@ -1506,7 +1541,7 @@ static void on_peer_connected(uv_connect_t *req, int status) {
     uv_close((uv_handle_t *)&c->peer, on_peer_closed); /* tries the next address */
     return;
   }
-  uv_timer_stop(&c->timer);
+  timer_stop(c);
   uv_freeaddrinfo(c->ai);
   c->ai = c->ai_cur = NULL;
   c->tunnel_up = 1;
@@ -1591,7 +1626,7 @@ static void tunnel_begin(conn *c) {
   }
   c->gai_pending = 1;
   c->refs++;
-  uv_timer_start(&c->timer, on_timer, CONNECT_MS, 0);
+  timer_set(c, CONNECT_MS);
   netd_log(c->d, NETSTASH_LOG_DEBUG, "proxy: CONNECT %s:%s", host, port);
 }
 
@@ -1654,7 +1689,7 @@ static void on_accept(uv_stream_t *server, int status) {
   }
   uv_tcp_nodelay(&c->tcp, 1);
   c->state = ST_IDLE;
-  uv_timer_start(&c->timer, on_timer, IDLE_MS, 0);
+  idle_touch(c);
   drive(c);
 }
 

@@ -632,11 +632,37 @@ const char *ns_cache_verdict_name(ns_cache_verdict v) {
   return "unknown";
 }
 
+/* Appends to the string in b (n bytes, NUL-terminated, truncating): the two
+ * reasons every fresh hit formats, without printf's cost on that path. */
+static void cat_str(char *b, size_t n, const char *s) {
+  size_t l = strlen(b), k = strlen(s);
+  if (l + 1 >= n)
+    return;
+  if (k > n - l - 1)
+    k = n - l - 1;
+  memcpy(b + l, s, k);
+  b[l + k] = 0;
+}
+
+static void cat_i64(char *b, size_t n, int64_t v) {
+  char d[24], *p = d + sizeof(d) - 1;
+  uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
+  *p = 0;
+  do
+    *--p = (char)('0' + u % 10);
+  while (u /= 10);
+  if (v < 0)
+    *--p = '-';
+  cat_str(b, n, p);
+}
+
 static void describe_source(char *b, size_t n, ns_cache_fresh_source src,
                             const ns_cache_control *cc, int64_t life_ms) {
   switch (src) {
   case NS_CACHE_FRESH_MAX_AGE:
-    snprintf(b, n, "max-age=%" PRId64, cc->max_age_s);
+    b[0] = 0;
+    cat_str(b, n, "max-age=");
+    cat_i64(b, n, cc->max_age_s);
     break;
   case NS_CACHE_FRESH_EXPIRES:
     snprintf(b, n, "Expires (lifetime %" PRId64 "s)", life_ms / 1000);
@@ -750,7 +776,12 @@ void ns_cache_decide(const ns_cache_policy *pol, const ns_cache_request *req,
              rq.min_fresh_s, remaining / 1000);
     } else {
       out->verdict = NS_CACHE_FRESH;
-      REASON("fresh: %s, age %" PRId64 "s", src, age_s);
+      out->reason[0] = 0; /* "fresh: SRC, age Ns", as REASON would */
+      cat_str(out->reason, sizeof(out->reason), "fresh: ");
+      cat_str(out->reason, sizeof(out->reason), src);
+      cat_str(out->reason, sizeof(out->reason), ", age ");
+      cat_i64(out->reason, sizeof(out->reason), age_s);
+      cat_str(out->reason, sizeof(out->reason), "s");
     }
   } else {
     int64_t staleness = sat_sub(age, life);
