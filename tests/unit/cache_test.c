@@ -313,6 +313,68 @@ static void test_headers_basic(void **state) {
   ns_headers_free(NULL);
 }
 
+/* Field bytes come from blocks that never move: every field stays intact
+ * while later ones fill blocks, outgrow them (one value larger than a block)
+ * and replace earlier ones; a decoded list takes more fields after it. */
+static void test_headers_blocks(void **state) {
+  ns_headers h, c, d;
+  ns_buf b;
+  char name[32], value[10001];
+  const ns_header_field *first;
+  size_t i, k;
+  (void)state;
+  ns_headers_init(&h, ns_mem_default());
+  for (i = 0; i < 300; i++) {
+    size_t vl = i == 150 ? sizeof(value) - 1 : i % 97;
+    snprintf(name, sizeof(name), "X-F%zu", i);
+    for (k = 0; k < vl; k++)
+      value[k] = (char)('a' + (i + k) % 26);
+    value[vl] = 0;
+    assert_int_equal(ns_headers_add_str(&h, name, value), NETSTASH_OK);
+  }
+  first = &h.f[0];
+  assert_string_equal(first->name, "X-F0");
+  for (i = 0; i < 300; i++) {
+    size_t vl = i == 150 ? sizeof(value) - 1 : i % 97;
+    snprintf(name, sizeof(name), "X-F%zu", i);
+    assert_string_equal(h.f[i].name, name);
+    assert_int_equal(h.f[i].value_len, vl);
+    for (k = 0; k < vl; k++)
+      assert_int_equal(h.f[i].value[k], (char)('a' + (i + k) % 26));
+    assert_int_equal(h.f[i].value[vl], 0);
+  }
+  /* replaced a hundred times: the last value wins, the others are intact */
+  for (i = 0; i < 100; i++) {
+    snprintf(value, sizeof(value), "v%zu", i);
+    assert_int_equal(ns_headers_set_str(&h, "x-f7", value), NETSTASH_OK);
+  }
+  assert_string_equal(ns_headers_get(&h, "X-F7"), "v99");
+  assert_string_equal(ns_headers_get(&h, "X-F6"), "ghijkl");
+  assert_int_equal(ns_headers_remove(&h, "X-F150"), 1);
+  assert_int_equal(ns_headers_len(&h), 299);
+  /* a copy and a decoded list are whole, and take more fields */
+  ns_headers_init(&c, ns_mem_default());
+  assert_int_equal(ns_headers_copy(&c, &h), NETSTASH_OK);
+  ns_buf_init(&b, ns_mem_default(), 1 << 20);
+  assert_int_equal(ns_headers_encode(&h, &b), NETSTASH_OK);
+  ns_headers_init(&d, ns_mem_default());
+  assert_int_equal(ns_headers_decode(&d, b.data, b.len, NULL), NETSTASH_OK);
+  for (i = 0; i < 50; i++)
+    assert_int_equal(ns_headers_add_str(&d, "X-More", "after the decoded block"), NETSTASH_OK);
+  assert_int_equal(ns_headers_len(&d), 349);
+  for (i = 0; i < h.len; i++) {
+    assert_string_equal(c.f[i].name, h.f[i].name);
+    assert_string_equal(c.f[i].value, h.f[i].value);
+    assert_string_equal(d.f[i].name, h.f[i].name);
+    assert_string_equal(d.f[i].value, h.f[i].value);
+  }
+  assert_string_equal(d.f[348].value, "after the decoded block");
+  ns_buf_free(&b);
+  ns_headers_free(&h);
+  ns_headers_free(&c);
+  ns_headers_free(&d);
+}
+
 static void roundtrip(const ns_headers *h) {
   ns_buf b;
   ns_headers d;
@@ -1710,6 +1772,7 @@ int main(void) {
       cmocka_unit_test(test_delta_seconds),
       cmocka_unit_test(test_http_date),
       cmocka_unit_test(test_headers_basic),
+      cmocka_unit_test(test_headers_blocks),
       cmocka_unit_test(test_headers_binary),
       cmocka_unit_test(test_headers_alloc_failures),
       cmocka_unit_test(test_cache_control_parse),
