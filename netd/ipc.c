@@ -108,6 +108,11 @@ typedef struct lk_conn {
   int has_body;     /* a request with a body: refused */
   int ready;        /* a request is complete (the parser paused on it) */
   int keep_alive;   /* of that request */
+  /* its fields as "name:value\r\n" lines (HTTP-cache lookups send the
+   * request's own, lookup_http.h) */
+  char fields[NS_LOOKUP_MAX_REQ_HEAD + 8];
+  size_t fields_len;
+  int in_value;
 } lk_conn;
 
 typedef struct ipc_sess {
@@ -1058,6 +1063,11 @@ static netstash_error lk_head(netd_ipc *ipc, size_t *len) {
         lk_put(ipc, len, value, vl) != 0 || lk_put(ipc, len, "\r\n", 2) != 0)
       return NETSTASH_E_NOMEM;
   }
+  if (netstash_preload_hit_source(h) == NETSTASH_SOURCE_CACHE) {
+    snprintf(line, sizeof(line), "Content-Length: %" PRIu64 "\r\nX-Netstash-Source: cache\r\n\r\n",
+             netstash_preload_hit_body_size(h));
+    return lk_puts(ipc, len, line) != 0 ? NETSTASH_E_NOMEM : NETSTASH_OK;
+  }
   snprintf(line, sizeof(line),
            "Content-Length: %" PRIu64
            "\r\nX-Netstash-Source: preload\r\nX-Netstash-Preload-Version: "
@@ -1121,6 +1131,59 @@ static int lk_refuse(ipc_sess *s, int status) {
 
 /* Answers the complete request in s->lk from the preload store. -1 when the
  * session was closed. */
+/* An HTTP-cache lookup (X-Netstash-Lookup: cache): the client's request
+ * rebuilt from the lookup's fields, answered by netstash_intercept_cached on
+ * netd's own context. */
+static netstash_error lookup_cached(netd_ipc *ipc, lk_conn *k) {
+  netstash_request *req = NULL;
+  netstash_error e = netstash_request_new(&req, k->url);
+  char *p = k->fields, *end = k->fields + k->fields_len;
+  while (e == NETSTASH_OK && p < end) {
+    char *eol = memchr(p, '\r', (size_t)(end - p)), *colon, *v, *ve;
+    if (!eol)
+      break;
+    *eol = '\0';
+    colon = strchr(p, ':');
+    if (colon) {
+      *colon = '\0';
+      for (v = colon + 1; *v == ' ' || *v == '\t'; v++)
+        ;
+      for (ve = eol; ve > v && (ve[-1] == ' ' || ve[-1] == '\t'); ve--)
+        ;
+      *ve = '\0';
+      if (!strcasecmp(p, "x-netstash-top-level-site"))
+        e = netstash_request_set_top_level_site(req, v);
+      else if (strcasecmp(p, "host") != 0 && strncasecmp(p, "x-netstash-", 11) != 0)
+        e = netstash_request_add_header(req, p, v);
+    }
+    p = eol + 2;
+  }
+  if (e == NETSTASH_OK)
+    e = netstash_intercept_cached(req, ipc->hit);
+  netstash_request_del(req);
+  return e == NETSTASH_E_INVALID_ARGUMENT ? NETSTASH_E_NOT_FOUND : e;
+}
+
+/* Is the lookup one for the HTTP cache? */
+static int lk_wants_cache(const lk_conn *k) {
+  static const char f[] = "x-netstash-lookup:";
+  const char *p = k->fields, *end = k->fields + k->fields_len;
+  while (p < end) {
+    const char *eol = memchr(p, '\r', (size_t)(end - p));
+    size_t n = eol ? (size_t)(eol - p) : (size_t)(end - p);
+    if (n > sizeof(f) - 1 && !strncasecmp(p, f, sizeof(f) - 1)) {
+      const char *v = p + sizeof(f) - 1;
+      while (v < p + n && (*v == ' ' || *v == '\t'))
+        v++;
+      return (size_t)(p + n - v) >= 5 && !strncasecmp(v, "cache", 5);
+    }
+    if (!eol)
+      break;
+    p = eol + 2;
+  }
+  return 0;
+}
+
 static int lookup_answer(ipc_sess *s) {
   netd_ipc *ipc = s->ipc;
   lk_conn *k = s->lk;
@@ -1134,6 +1197,8 @@ static int lookup_answer(ipc_sess *s) {
     return lk_refuse(s, 400);
   if (!ipc->hit)
     e = NETSTASH_E_ILLEGAL_STATE;
+  else if (lk_wants_cache(k))
+    e = lookup_cached(ipc, k);
   else
     e = netstash_preload_lookup(ipc->hit, k->url);
   if (e == NETSTASH_OK && netstash_preload_hit_body_size(ipc->hit) > NS_LOOKUP_MAX_BODY)
@@ -1179,8 +1244,8 @@ static int lookup_answer(ipc_sess *s) {
 
 static int lk_on_begin(http_parser *p) {
   lk_conn *k = p->data;
-  k->url_len = k->head_bytes = 0;
-  k->too_big = k->url_too_long = k->has_body = 0;
+  k->url_len = k->head_bytes = k->fields_len = 0;
+  k->too_big = k->url_too_long = k->has_body = k->in_value = 0;
   return 0;
 }
 
@@ -1196,19 +1261,41 @@ static int lk_on_url(http_parser *p, const char *at, size_t len) {
   return 0;
 }
 
-static int lk_on_field(http_parser *p, const char *at, size_t len) {
-  lk_conn *k = p->data;
-  (void)at;
+/* A piece of a field's name (value 0) or value (1), kept in k->fields. */
+static int lk_piece(lk_conn *k, const char *at, size_t len, int value) {
   k->head_bytes += len + 4; /* ": " and CRLF */
   if (k->head_bytes > NS_LOOKUP_MAX_REQ_HEAD) {
     k->too_big = 1;
     return 1;
   }
+  /* head_bytes bounds what is kept: the separators fit in its 4 per piece */
+  if (k->in_value && !value) {
+    memcpy(k->fields + k->fields_len, "\r\n", 2);
+    k->fields_len += 2;
+  } else if (!k->in_value && value) {
+    k->fields[k->fields_len++] = ':';
+  }
+  k->in_value = value;
+  memcpy(k->fields + k->fields_len, at, len);
+  k->fields_len += len;
   return 0;
+}
+
+static int lk_on_field(http_parser *p, const char *at, size_t len) {
+  return lk_piece(p->data, at, len, 0);
+}
+
+static int lk_on_value(http_parser *p, const char *at, size_t len) {
+  return lk_piece(p->data, at, len, 1);
 }
 
 static int lk_on_headers(http_parser *p) {
   lk_conn *k = p->data;
+  if (k->in_value) {
+    memcpy(k->fields + k->fields_len, "\r\n", 2);
+    k->fields_len += 2;
+    k->in_value = 0;
+  }
   k->has_body = (p->flags & F_CHUNKED) || (p->content_length != UINT64_MAX && p->content_length);
   return 0;
 }
@@ -1225,7 +1312,7 @@ static const http_parser_settings lk_settings = {
     .on_message_begin = lk_on_begin,
     .on_url = lk_on_url,
     .on_header_field = lk_on_field,
-    .on_header_value = lk_on_field,
+    .on_header_value = lk_on_value,
     .on_headers_complete = lk_on_headers,
     .on_message_complete = lk_on_complete,
 };

@@ -138,6 +138,26 @@ NETSTASH_EXTERN netstash_error netstash_request_set_pull_buffer(netstash_request
 NETSTASH_EXTERN netstash_error netstash_intercept_preloaded(const netstash_request *req,
                                                             netstash_preload_hit *hit);
 
+/* The same for the HTTP cache: a GET request (no Range, no conditional
+ * fields, the default cache mode and no load flags) answered synchronously
+ * by a stored response that is fresh for it — RFC 9111 with the request's
+ * fields (Vary, Cache-Control) and its top-level site (the partition) — with
+ * its current Age: NETSTASH_OK, hit filled (netstash_preload_hit_source() is
+ * NETSTASH_SOURCE_CACHE; no manifest id). A body the store keeps encoded
+ * (gzip or br as received) is decoded into the hit's buffer, up to 16 MiB,
+ * and its Content-Encoding and Content-Length fields left out, as a job
+ * serves it. NETSTASH_E_NOT_FOUND for everything a job must do: absent,
+ * stale or to be revalidated, a stored redirect, a larger encoded body, a
+ * response stored moments ago and not yet committed. Never touches the
+ * network or the loop thread; allocates for the hit's first answer from the
+ * cache and while its decode buffer grows. On a remote-mode context: one
+ * round trip to netd on the hit's connection, the request's fields and top-
+ * level site sent along (lookup_http.h's cache lookups). Call it after
+ * netstash_intercept_preloaded (the job's order: preload, then the HTTP
+ * cache). */
+NETSTASH_EXTERN netstash_error netstash_intercept_cached(const netstash_request *req,
+                                                         netstash_preload_hit *hit);
+
 /* ------------------------------------------------------------------------
  * Jobs
  * ------------------------------------------------------------------------ */

@@ -32,6 +32,7 @@
 #define NETSTASH_PRELOAD_H
 
 #include "common.h"
+#include "fetch.h" /* netstash_source */
 
 #ifdef __cplusplus
 extern "C" {
@@ -183,6 +184,10 @@ NETSTASH_EXTERN netstash_error netstash_preload_lookup(netstash_preload_hit *hit
                                                        const char *url);
 
 NETSTASH_EXTERN int netstash_preload_hit_status(const netstash_preload_hit *hit);
+/* Where the hit's answer comes from: NETSTASH_SOURCE_PRELOAD, or
+ * NETSTASH_SOURCE_CACHE after netstash_intercept_cached (interceptor.h);
+ * NETSTASH_SOURCE_NONE without an answer. */
+NETSTASH_EXTERN netstash_source netstash_preload_hit_source(const netstash_preload_hit *hit);
 NETSTASH_EXTERN size_t netstash_preload_hit_header_count(const netstash_preload_hit *hit);
 /* Header i: name and value, not NUL-terminated. */
 NETSTASH_EXTERN netstash_error netstash_preload_hit_header_at(const netstash_preload_hit *hit,

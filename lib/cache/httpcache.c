@@ -123,6 +123,8 @@ static netstash_error decode_variant(const uint8_t *p, size_t len, ns_hc_entry *
   e->request_time_ms = (int64_t)rq;
   e->response_time_ms = (int64_t)rs;
   e->status = (int)st;
+  e->head_blob = hb;
+  e->head_blob_len = hl;
   return NETSTASH_OK;
 }
 
@@ -292,14 +294,15 @@ void ns_hc_entry_free(ns_hc_entry *e) {
 
 /* Inside a read transaction: the newest variant under primary whose Vary
  * snapshot matches req, decoded into e. Returns NETSTASH_OK with e->found. */
-static netstash_error find_variant(ns_httpcache *hc, const ns_buf *primary, const ns_headers *req,
-                                   ns_hc_entry *e) {
+static netstash_error find_variant_in(ns_httpcache *hc, ns_store_reader *reader,
+                                      const ns_buf *primary, const ns_headers *req,
+                                      ns_hc_entry *e) {
   ns_store_record rec;
   netstash_error rv;
   ns_buf vk;
   size_t i, n = 0;
   char ids[NS_HC_MAX_VARIANTS][17];
-  rv = ns_store_get(hc->reader, NS_STORE_HTTP, primary->data, primary->len, &rec);
+  rv = ns_store_get(reader, NS_STORE_HTTP, primary->data, primary->len, &rec);
   if (rv == NETSTASH_E_NOT_FOUND)
     return NETSTASH_OK;
   if (rv != NETSTASH_OK)
@@ -318,7 +321,7 @@ static netstash_error find_variant(ns_httpcache *hc, const ns_buf *primary, cons
     ns_buf_reset(&vk);
     if ((rv = variant_key(primary, ids[i], &vk)) != NETSTASH_OK)
       break;
-    rv = ns_store_get(hc->reader, NS_STORE_HTTP, vk.data, vk.len, &rec);
+    rv = ns_store_get(reader, NS_STORE_HTTP, vk.data, vk.len, &rec);
     if (rv == NETSTASH_E_NOT_FOUND) {
       rv = NETSTASH_OK;
       continue; /* evicted */
@@ -337,6 +340,11 @@ static netstash_error find_variant(ns_httpcache *hc, const ns_buf *primary, cons
   }
   ns_buf_free(&vk);
   return rv;
+}
+
+static netstash_error find_variant(ns_httpcache *hc, const ns_buf *primary, const ns_headers *req,
+                                   ns_hc_entry *e) {
+  return find_variant_in(hc, hc->reader, primary, req, e);
 }
 
 static netstash_error nvs_index_key(ns_httpcache *hc, const char *top, const char *url,
@@ -410,6 +418,30 @@ netstash_error ns_httpcache_lookup(ns_httpcache *hc, const char *top, const char
     rv = find_nvs(hc, top, url, req, e);
   ns_store_read_end(hc->reader);
   if (rv != NETSTASH_OK)
+    return rv;
+  if (e->found) {
+    st.status = e->status;
+    st.headers = &e->headers;
+    st.vary_request = &e->vary;
+    st.request_time_ms = e->request_time_ms;
+    st.response_time_ms = e->response_time_ms;
+    ns_cache_decide(&hc->policy, &creq, &st, now_ms, &e->decision);
+  } else {
+    ns_cache_decide(&hc->policy, &creq, NULL, now_ms, &e->decision);
+  }
+  return NETSTASH_OK;
+}
+
+netstash_error ns_httpcache_peek(ns_httpcache *hc, ns_store_reader *reader, const char *top,
+                                 const char *url, const ns_headers *req, int64_t now_ms,
+                                 ns_hc_entry *e) {
+  netstash_error rv;
+  ns_cache_request creq = {"GET", url, req};
+  ns_cache_stored st;
+  e->found = 0;
+  ns_buf_reset(&e->primary);
+  if ((rv = primary_key(hc, top, url, &e->primary)) != NETSTASH_OK ||
+      (rv = find_variant_in(hc, reader, &e->primary, req, e)) != NETSTASH_OK)
     return rv;
   if (e->found) {
     st.status = e->status;

@@ -44,6 +44,10 @@ typedef struct ns_hc_entry {
   int64_t request_time_ms, response_time_ms;
   int has_body;
   uint8_t body_hash[NS_STORE_HASH_LEN];
+  /* the stored head as encoded (ns_headers_encode form), in the store's map:
+   * valid while the read transaction of the lookup is open */
+  const uint8_t *head_blob;
+  size_t head_blob_len;
   ns_cache_decision decision;
 } ns_hc_entry;
 
@@ -71,6 +75,15 @@ void ns_hc_entry_free(ns_hc_entry *e);
 netstash_error ns_httpcache_lookup(ns_httpcache *hc, const char *top_level_url,
                                    const char *url, const char *method,
                                    const ns_headers *req, int64_t now_ms, ns_hc_entry *e);
+
+/* ns_httpcache_lookup for a GET from any thread, inside reader's open read
+ * transaction (the caller's: e->head_blob and the body stay valid while it
+ * is open): no No-Vary-Search fallback, and responses still queued for the
+ * group commit are not seen (the synchronous fast paths: a miss there means
+ * "start a job"). */
+netstash_error ns_httpcache_peek(ns_httpcache *hc, ns_store_reader *reader, const char *top,
+                                 const char *url, const ns_headers *req, int64_t now_ms,
+                                 ns_hc_entry *e);
 
 /* Streams the entry's body, decoded (or as stored when raw and the store did
  * not recompress it), to sink; at most max_out bytes. NETSTASH_E_NOT_FOUND

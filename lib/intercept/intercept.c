@@ -199,6 +199,20 @@ netstash_error netstash_intercept_preloaded(const netstash_request *req,
   return netstash_preload_lookup(hit, req->url.url);
 }
 
+netstash_error ns_preload_hit_cached(netstash_preload_hit *hit, const netstash_request *req);
+
+netstash_error netstash_intercept_cached(const netstash_request *req, netstash_preload_hit *hit) {
+  if (!req || !hit)
+    return NETSTASH_E_INVALID_ARGUMENT;
+  if ((req->method && strcmp(req->method, "GET") != 0) || req->has_body ||
+      req->cache_mode != NETSTASH_CACHE_DEFAULT || req->load_flags != 0 ||
+      has_header(req, "range") || has_header(req, "if-none-match") ||
+      has_header(req, "if-modified-since") || has_header(req, "if-match") ||
+      has_header(req, "if-unmodified-since") || has_header(req, "if-range"))
+    return NETSTASH_E_NOT_FOUND;
+  return ns_preload_hit_cached(hit, req);
+}
+
 /* ------------------------------------------------------------ jobs */
 
 struct netstash_job {

@@ -14,6 +14,12 @@
  * Request: GET with the URL in absolute form, no body; other fields are
  * ignored ("GET https://app.test/a.js HTTP/1.1\r\nHost: netd\r\n\r\n").
  * Connections persist; requests may be pipelined.
+ * With "X-Netstash-Lookup: cache" the lookup is netstash_intercept_cached's
+ * instead: netd's HTTP cache, for the request made of the URL, every other
+ * field of the lookup (Host and X-Netstash-* aside) and
+ * X-Netstash-Top-Level-Site when present; a fresh stored answer comes as a
+ * preloaded one does with "X-Netstash-Source: cache" (and its Age), no
+ * preload id or version; anything else is the 502 NETSTASH_E_NOT_FOUND.
  * Answer, from the preload store only:
  *  - preloaded: the stored status and fields, then Content-Length,
  *    X-Netstash-Source: preload, X-Netstash-Preload-Id and

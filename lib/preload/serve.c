@@ -20,11 +20,14 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cache/cache.h"
+#include "cache/httpcache.h"
 #include "core/ctx.h"
 #include "core/url.h"
 #include "preload/install.h"
 #include "preload/lookup_http.h"
 #include "store/store.h"
+#include "transport/fetch.h"
 
 #define HIT_MAX_FIELDS NS_LOOKUP_MAX_FIELDS
 #define HIT_MAX_ID 128
@@ -47,6 +50,13 @@ struct netstash_preload_hit {
     const char *name, *value;
     uint32_t name_len, value_len;
   } f[HIT_MAX_FIELDS];
+  /* an HTTP-cache answer (netstash_intercept_cached) rather than a preload */
+  int cache;
+  char age[24];    /* its Age field's value */
+  ns_hc_entry *ce; /* the local lookup's entry (allocated on first use) */
+  int decoded;     /* the body is dec (the store keeps it encoded) */
+  uint8_t *dec;
+  size_t dec_len, dec_cap;
   /* remote mode */
   int remote;
   int fd;       /* the connection to netd, -1: none yet (or dropped) */
@@ -90,13 +100,20 @@ void netstash_preload_hit_release(netstash_preload_hit *hit) {
     ns_store_read_end(hit->r);
   hit->open = 0;
   hit->valid = 0;
+  hit->cache = 0;
+  hit->decoded = 0;
 }
 
 void netstash_preload_hit_del(netstash_preload_hit *hit) {
   if (!hit)
     return;
   netstash_preload_hit_release(hit);
+  if (hit->ce) {
+    ns_hc_entry_free(hit->ce);
+    ns_free(&hit->ctx->mem, hit->ce);
+  }
   ns_store_reader_del(hit->r);
+  ns_free(&hit->ctx->mem, hit->dec);
   if (hit->fd >= 0)
     close(hit->fd);
   ns_free(&hit->ctx->mem, hit->buf);
@@ -171,6 +188,7 @@ typedef struct rhead {
   uint64_t length;    /* Content-Length, UINT64_MAX: none */
   netstash_error err; /* X-Netstash-Error, NETSTASH_OK: none */
   int preload;        /* X-Netstash-Source: preload (a hit, of any status) */
+  int cache;          /* X-Netstash-Source: cache (netstash_intercept_cached) */
   uint64_t version;
 } rhead;
 
@@ -199,6 +217,7 @@ static netstash_error parse_head(netstash_preload_hit *hit, size_t hend, rhead *
   h->length = UINT64_MAX;
   h->err = NETSTASH_OK;
   h->preload = 0;
+  h->cache = 0;
   h->version = 0;
   if (hend < 16 || memcmp(p, "HTTP/1.1 ", 9) || p[9] < '1' || p[9] > '9' || p[10] < '0' ||
       p[10] > '9' || p[11] < '0' || p[11] > '9' || (p[12] != ' ' && p[12] != '\r'))
@@ -224,6 +243,7 @@ static netstash_error parse_head(netstash_preload_hit *hit, size_t hend, rhead *
       h->err = ns_error_by_name(v, vl, NETSTASH_E_PROTOCOL);
     } else if (field_is(p, nl, "x-netstash-source")) {
       h->preload = vl == 7 && !memcmp(v, "preload", 7);
+      h->cache = vl == 5 && !memcmp(v, "cache", 5);
     } else if (field_is(p, nl, "x-netstash-preload-version")) {
       if (parse_u64(v, vl, &h->version) != 0)
         return NETSTASH_E_PROTOCOL;
@@ -247,17 +267,21 @@ static netstash_error parse_head(netstash_preload_hit *hit, size_t hend, rhead *
 /* One request and its answer on hit->fd. *answered: netd answered (the
  * result is its answer); otherwise the connection failed and is dropped. */
 static netstash_error remote_exchange(netstash_preload_hit *hit, const char *url, size_t n,
-                                      int *answered) {
-  static const char pre[] = "GET ", post[] = " HTTP/1.1\r\nHost: netd\r\n\r\n";
-  struct iovec iov[3] = {{(void *)pre, 4}, {(void *)url, n}, {(void *)post, sizeof(post) - 1}};
+                                      const char *extra, size_t extra_len, int *answered) {
+  static const char pre[] = "GET ", post[] = " HTTP/1.1\r\nHost: netd\r\n";
+  struct iovec iov[5] = {{(void *)pre, 4},
+                         {(void *)url, n},
+                         {(void *)post, sizeof(post) - 1},
+                         {(void *)extra, extra_len},
+                         {(void *)"\r\n", 2}};
   struct msghdr mh;
-  size_t left = 4 + n + sizeof(post) - 1, have = 0, hend = 0, total;
+  size_t left = 4 + n + sizeof(post) - 1 + extra_len + 2, have = 0, hend = 0, total;
   netstash_error e;
   rhead h;
   *answered = 0;
   memset(&mh, 0, sizeof(mh));
   mh.msg_iov = iov;
-  mh.msg_iovlen = 3;
+  mh.msg_iovlen = 5;
   while (left) {
     ssize_t w = sendmsg(hit->fd, &mh, MSG_NOSIGNAL);
     if (w < 0) {
@@ -307,11 +331,12 @@ static netstash_error remote_exchange(netstash_preload_hit *hit, const char *url
     *answered = 1;
     return h.err;
   }
-  if (!h.preload) /* refused (4xx: our request); netd closes, so do we */
+  if (!h.preload && !h.cache) /* refused (4xx: our request); netd closes, so do we */
     return h.status >= 400 && h.status < 500 ? NETSTASH_E_BAD_URL : NETSTASH_E_PROTOCOL;
   if (h.status < 100)
     return NETSTASH_E_PROTOCOL;
   *answered = 1;
+  hit->cache = h.cache;
   hit->h.entry.status = h.status;
   hit->h.entry.size = h.length;
   hit->h.version = h.version;
@@ -320,7 +345,8 @@ static netstash_error remote_exchange(netstash_preload_hit *hit, const char *url
   return NETSTASH_OK;
 }
 
-static netstash_error remote_lookup(netstash_preload_hit *hit, const char *url) {
+static netstash_error remote_lookup(netstash_preload_hit *hit, const char *url, const char *extra,
+                                    size_t extra_len) {
   size_t n = strlen(url);
   if (!n)
     return NETSTASH_E_BAD_URL;
@@ -334,7 +360,7 @@ static netstash_error remote_lookup(netstash_preload_hit *hit, const char *url) 
     netstash_error e;
     if (fresh && (e = remote_connect(hit)) != NETSTASH_OK)
       return e;
-    e = remote_exchange(hit, url, n, &answered);
+    e = remote_exchange(hit, url, n, extra, extra_len, &answered);
     if (answered)
       return e;
     close(hit->fd);
@@ -380,6 +406,11 @@ static netstash_error index_head(netstash_preload_hit *hit) {
   if (!ns_headers_walk_begin(&w, hit->h.entry.head, hit->h.entry.head_len))
     return NETSTASH_E_STORE_CORRUPT;
   while (ns_headers_walk_next(&w, &name, &nl, &value, &vl)) {
+    if (hit->cache && nl == 3 && !strncasecmp(name, "age", 3))
+      continue; /* replaced by the current age */
+    if (hit->decoded && ((nl == 16 && !strncasecmp(name, "content-encoding", 16)) ||
+                         (nl == 14 && !strncasecmp(name, "content-length", 14))))
+      continue; /* they describe the bytes as stored, not as served */
     if (hit->nf < HIT_MAX_FIELDS) {
       hit->f[hit->nf].name = name;
       hit->f[hit->nf].name_len = (uint32_t)nl;
@@ -387,6 +418,13 @@ static netstash_error index_head(netstash_preload_hit *hit) {
       hit->f[hit->nf].value_len = (uint32_t)vl;
       hit->nf++;
     }
+  }
+  if (!w.bad && hit->cache && hit->nf < HIT_MAX_FIELDS) {
+    hit->f[hit->nf].name = "age";
+    hit->f[hit->nf].name_len = 3;
+    hit->f[hit->nf].value = hit->age;
+    hit->f[hit->nf].value_len = (uint32_t)strlen(hit->age);
+    hit->nf++;
   }
   return w.bad ? NETSTASH_E_STORE_CORRUPT : NETSTASH_OK;
 }
@@ -424,7 +462,7 @@ netstash_error netstash_preload_lookup(netstash_preload_hit *hit, const char *ur
   /* a new snapshot per lookup: what was published since is seen */
   netstash_preload_hit_release(hit);
   if (hit->remote)
-    return remote_lookup(hit, url);
+    return remote_lookup(hit, url, "", 0);
   n = strlen(url);
   if (canonical(url, n))
     return lookup_norm(hit, url, n);
@@ -441,6 +479,139 @@ netstash_error netstash_preload_lookup(netstash_preload_hit *hit, const char *ur
   e = lookup_norm(hit, u.url, strlen(u.url));
   ns_url_free(&hit->ctx->mem, &u);
   return e;
+}
+
+/* ------------------------------------------------------------ HTTP cache */
+
+/* The request's fields as the HTTP cache matches them (as a fetch's cache
+ * lookup builds them: "Name;" lines carry nothing, Accept-Encoding as the
+ * transport would send it). */
+static netstash_error cache_fields(const netstash_request *req, ns_headers *out) {
+  netstash_error e = NETSTASH_OK;
+  for (size_t i = 0; e == NETSTASH_OK && i < req->nheaders; i++) {
+    const char *l = req->headers[i];
+    size_t n = strlen(l);
+    if (n && l[n - 1] != ';')
+      e = ns_headers_add_line(out, l, n);
+  }
+  if (e == NETSTASH_OK && !req->has_accept_encoding)
+    e = ns_headers_add_str(out, "accept-encoding", "br, gzip");
+  return e;
+}
+
+static netstash_error dec_sink(const uint8_t *data, size_t len, void *ud) {
+  netstash_preload_hit *hit = ud;
+  if (len > hit->dec_cap - hit->dec_len) {
+    size_t nc = hit->dec_cap ? hit->dec_cap : 65536;
+    uint8_t *nb;
+    while (nc - hit->dec_len < len)
+      nc *= 2;
+    if (!(nb = ns_realloc(&hit->ctx->mem, hit->dec, nc)))
+      return NETSTASH_E_NOMEM;
+    hit->dec = nb;
+    hit->dec_cap = nc;
+  }
+  memcpy(hit->dec + hit->dec_len, data, len);
+  hit->dec_len += len;
+  return NETSTASH_OK;
+}
+
+/* A fresh stored answer for req from the context's HTTP cache, in the hit's
+ * own read transaction; NETSTASH_E_NOT_FOUND for anything a job must do
+ * (absent, stale, a redirect, a body the store keeps encoded). */
+static netstash_error cached_local(netstash_preload_hit *hit, const netstash_request *req) {
+  netstash_ctx *ctx = hit->ctx;
+  ns_hc_entry *ce;
+  ns_headers rh;
+  struct timespec ts;
+  netstash_error e;
+  if (!ctx->hc)
+    return NETSTASH_E_NOT_FOUND;
+  if (!hit->ce) {
+    if (!(hit->ce = ns_calloc(&ctx->mem, 1, sizeof(*hit->ce))))
+      return NETSTASH_E_NOMEM;
+    ns_hc_entry_init(hit->ce, &ctx->mem);
+  }
+  ce = hit->ce;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  ns_headers_init(&rh, &ctx->mem);
+  e = cache_fields(req, &rh);
+  if (e == NETSTASH_OK && !hit->open && (e = ns_store_read_begin(hit->r)) == NETSTASH_OK)
+    hit->open = 1;
+  if (e == NETSTASH_OK)
+    e = ns_httpcache_peek(ctx->hc, hit->r, req->top_level_site.url, req->url.url, &rh,
+                          (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000, ce);
+  ns_headers_free(&rh);
+  if (e == NETSTASH_OK && (!ce->found || ce->decision.verdict != NS_CACHE_FRESH ||
+                           (ce->status >= 300 && ce->status < 400)))
+    e = NETSTASH_E_NOT_FOUND;
+  memset(&hit->h, 0, sizeof(hit->h));
+  if (e == NETSTASH_OK && ce->has_body) {
+    e = ns_store_body_get(hit->r, ce->body_hash, &hit->h.body);
+    if (e == NETSTASH_OK &&
+        (hit->h.body.coding != NS_CODING_IDENTITY || hit->h.body.recompressed)) {
+      /* served decoded, as a job serves it: into the hit's buffer */
+      hit->dec_len = 0;
+      hit->decoded = 1;
+      e = hit->h.body.decoded_size > NS_LOOKUP_MAX_BODY
+              ? NETSTASH_E_NOT_FOUND /* a job streams it */
+              : ns_store_body_decode(&hit->h.body, &ctx->mem, NS_LOOKUP_MAX_BODY, dec_sink, hit);
+    }
+  }
+  if (e == NETSTASH_OK) {
+    hit->body_loaded = 1;
+    hit->h.entry.status = ce->status;
+    hit->h.entry.size = !ce->has_body ? 0 : hit->decoded ? hit->dec_len : hit->h.body.decoded_size;
+    hit->h.entry.head = ce->head_blob;
+    hit->h.entry.head_len = ce->head_blob_len;
+    memcpy(hit->h.body_hash, ce->body_hash, sizeof(hit->h.body_hash));
+    snprintf(hit->age, sizeof(hit->age), "%lld", (long long)(ce->decision.age_ms / 1000));
+    hit->cache = 1;
+    hit->id[0] = '\0';
+    e = index_head(hit);
+  }
+  if (e != NETSTASH_OK) {
+    netstash_preload_hit_release(hit);
+    return e;
+  }
+  hit->valid = 1;
+  return NETSTASH_OK;
+}
+
+/* Remote: the request's fields go with the lookup (lookup_http.h). */
+static netstash_error cached_remote(netstash_preload_hit *hit, const netstash_request *req) {
+  ns_buf x;
+  netstash_error e;
+  ns_buf_init(&x, &hit->ctx->mem, NS_LOOKUP_MAX_REQ_HEAD / 2);
+  e = ns_buf_append_str(&x, "X-Netstash-Lookup: cache\r\n");
+  if (e == NETSTASH_OK && req->top_level_site.url)
+    e = ns_buf_printf(&x, "X-Netstash-Top-Level-Site: %s\r\n", req->top_level_site.url);
+  for (size_t i = 0; e == NETSTASH_OK && i < req->nheaders; i++) {
+    const char *l = req->headers[i];
+    size_t n = strlen(l);
+    if (n && l[n - 1] == ';')
+      continue;
+    if ((e = ns_buf_append(&x, l, n)) == NETSTASH_OK)
+      e = ns_buf_append(&x, "\r\n", 2);
+  }
+  if (e == NETSTASH_E_TOO_LARGE)
+    e = NETSTASH_E_NOT_FOUND; /* fields too large for a lookup: a job sends them */
+  if (e == NETSTASH_OK)
+    e = remote_lookup(hit, req->url.url, (const char *)x.data, x.len);
+  ns_buf_free(&x);
+  return e;
+}
+
+netstash_error ns_preload_hit_cached(netstash_preload_hit *hit, const netstash_request *req);
+netstash_error ns_preload_hit_cached(netstash_preload_hit *hit, const netstash_request *req) {
+  netstash_preload_hit_release(hit);
+  return hit->remote ? cached_remote(hit, req) : cached_local(hit, req);
+}
+
+netstash_source netstash_preload_hit_source(const netstash_preload_hit *hit) {
+  if (!hit || !hit->valid)
+    return NETSTASH_SOURCE_NONE;
+  return hit->cache ? NETSTASH_SOURCE_CACHE : NETSTASH_SOURCE_PRELOAD;
 }
 
 int netstash_preload_hit_status(const netstash_preload_hit *hit) {
@@ -488,7 +659,7 @@ uint64_t netstash_preload_hit_body_size(const netstash_preload_hit *hit) {
 }
 
 uint32_t netstash_preload_hit_chunk_count(const netstash_preload_hit *hit) {
-  if (hit && hit->remote) /* the answer is one piece */
+  if (hit && (hit->remote || hit->decoded)) /* the answer is one piece */
     return hit->valid && hit->h.entry.size ? 1 : 0;
   return body_of(hit) ? hit->h.body.nchunks : 0;
 }
@@ -499,10 +670,10 @@ netstash_error netstash_preload_hit_chunk(const netstash_preload_hit *hit, uint3
     return NETSTASH_E_INVALID_ARGUMENT;
   if (!hit->valid)
     return NETSTASH_E_ILLEGAL_STATE;
-  if (hit->remote) {
+  if (hit->remote || hit->decoded) {
     if (i != 0 || !hit->h.entry.size)
       return NETSTASH_E_NOT_FOUND;
-    *data = hit->body;
+    *data = hit->decoded ? hit->dec : hit->body;
     *len = (size_t)hit->h.entry.size;
     return NETSTASH_OK;
   }
@@ -526,5 +697,5 @@ uint64_t netstash_preload_hit_manifest_version(const netstash_preload_hit *hit) 
 /* Internal: the hit's store view, for the transport's preload route. */
 const ns_pl_hit *ns_preload_hit_view(const netstash_preload_hit *hit);
 const ns_pl_hit *ns_preload_hit_view(const netstash_preload_hit *hit) {
-  return hit && hit->valid && !hit->remote ? &hit->h : NULL;
+  return hit && hit->valid && !hit->remote && !hit->cache ? &hit->h : NULL;
 }

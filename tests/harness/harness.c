@@ -1427,6 +1427,7 @@ static int build_caddy(cmdline *c, int port, void *ud, char ***envp) {
           "\troot * %s\n"
           "%s%s"
           "\theader /hsts Strict-Transport-Security \"max-age=3600\"\n"
+          "\theader /fresh/* Cache-Control \"max-age=600\"\n"
           "\trespond /hsts \"hsts\" 200\n"
           "\tfile_server {\n"
           "\t\tprecompressed br gzip\n"

@@ -167,6 +167,110 @@ static void test_age_of_stored_answers(void **state) {
   netstash_ctx_del(ctx);
 }
 
+/* netstash_intercept_cached on req: the result, and the answer's body (its
+ * chunks) and Age when there is one. */
+static netstash_error fast(netstash_preload_hit *h, netstash_request *req, char *body, size_t cap,
+                           long *age) {
+  netstash_error e = netstash_intercept_cached(req, h);
+  size_t len = 0, i, nl, vl;
+  const char *n, *v;
+  body[0] = 0;
+  *age = -1;
+  if (e != NETSTASH_OK)
+    return e;
+  assert_int_equal(netstash_preload_hit_source(h), NETSTASH_SOURCE_CACHE);
+  for (uint32_t c = 0; c < netstash_preload_hit_chunk_count(h); c++) {
+    const uint8_t *d;
+    size_t l;
+    assert_int_equal(netstash_preload_hit_chunk(h, c, &d, &l), NETSTASH_OK);
+    assert_true(len + l < cap);
+    memcpy(body + len, d, l);
+    len += l;
+  }
+  body[len] = 0;
+  assert_int_equal(len, netstash_preload_hit_body_size(h));
+  for (i = 0; i < netstash_preload_hit_header_count(h); i++) {
+    assert_int_equal(netstash_preload_hit_header_at(h, i, &n, &nl, &v, &vl), NETSTASH_OK);
+    if (nl == 3 && !strncasecmp(n, "age", 3)) {
+      assert_int_equal(*age, -1); /* one Age */
+      *age = strtol(v, NULL, 10);
+    }
+  }
+  return e;
+}
+
+/* The synchronous HTTP-cache fast path: fresh stored answers only, for
+ * requests a job would answer from the cache without a request of its own. */
+static void test_intercept_cached(void **state) {
+  netstash_ctx *ctx = ctx_for(new_profile(), 1);
+  netstash_preload_hit *h;
+  netstash_request *req;
+  result a;
+  char body[512];
+  long age;
+  (void)state;
+  assert_int_equal(netstash_preload_hit_new(ctx, &h), NETSTASH_OK);
+  /* nothing stored yet */
+  assert_int_equal(netstash_request_new(&req, url("/cache/max-age/600/fast")), NETSTASH_OK);
+  assert_int_equal(fast(h, req, body, sizeof(body), &age), NETSTASH_E_NOT_FOUND);
+  assert_int_equal(netstash_preload_hit_source(h), NETSTASH_SOURCE_NONE);
+  a = GET(ctx, "/cache/max-age/600/fast");
+  assert_int_equal(a.source, NETSTASH_SOURCE_NETWORK);
+  assert_int_equal(fast(h, req, body, sizeof(body), &age), NETSTASH_OK);
+  assert_int_equal(netstash_preload_hit_status(h), 200);
+  assert_string_equal(body, a.body);
+  assert_true(age >= 0 && age <= 5);
+  assert_string_equal(netstash_preload_hit_manifest_id(h), "");
+  netstash_request_del(req);
+  /* what a job would not answer from the cache alone: a range, a conditional,
+   * another cache mode, another partition */
+  assert_int_equal(netstash_request_new(&req, url("/cache/max-age/600/fast")), NETSTASH_OK);
+  netstash_request_add_header(req, "Range", "bytes=0-1");
+  assert_int_equal(fast(h, req, body, sizeof(body), &age), NETSTASH_E_NOT_FOUND);
+  netstash_request_del(req);
+  assert_int_equal(netstash_request_new(&req, url("/cache/max-age/600/fast")), NETSTASH_OK);
+  netstash_request_add_header(req, "If-None-Match", "\"v1\"");
+  assert_int_equal(fast(h, req, body, sizeof(body), &age), NETSTASH_E_NOT_FOUND);
+  netstash_request_del(req);
+  assert_int_equal(netstash_request_new(&req, url("/cache/max-age/600/fast")), NETSTASH_OK);
+  netstash_request_set_cache_mode(req, NETSTASH_CACHE_VALIDATE);
+  assert_int_equal(fast(h, req, body, sizeof(body), &age), NETSTASH_E_NOT_FOUND);
+  netstash_request_del(req);
+  assert_int_equal(netstash_request_new(&req, url("/cache/max-age/600/fast")), NETSTASH_OK);
+  netstash_request_set_top_level_site(req, "https://elsewhere.test/");
+  assert_int_equal(fast(h, req, body, sizeof(body), &age), NETSTASH_E_NOT_FOUND);
+  netstash_request_del(req);
+  /* a request directive the decision honours */
+  assert_int_equal(netstash_request_new(&req, url("/cache/max-age/600/fast")), NETSTASH_OK);
+  netstash_request_add_header(req, "Cache-Control", "max-age=0");
+  assert_int_equal(fast(h, req, body, sizeof(body), &age), NETSTASH_E_NOT_FOUND);
+  netstash_request_del(req);
+  /* Vary: the variant of the request's own fields */
+  (void)fetch(ctx, url("/cache/vary"), NULL, 0, "en", NULL, NULL);
+  assert_int_equal(netstash_request_new(&req, url("/cache/vary")), NETSTASH_OK);
+  netstash_request_add_header(req, "Accept-Language", "en");
+  assert_int_equal(fast(h, req, body, sizeof(body), &age), NETSTASH_OK);
+  assert_non_null(strstr(body, "lang=en"));
+  netstash_request_del(req);
+  assert_int_equal(netstash_request_new(&req, url("/cache/vary")), NETSTASH_OK);
+  netstash_request_add_header(req, "Accept-Language", "fr");
+  assert_int_equal(fast(h, req, body, sizeof(body), &age), NETSTASH_E_NOT_FOUND);
+  netstash_request_del(req);
+  /* stale: a job revalidates */
+  (void)GET(ctx, "/cache/max-age/1/stale");
+  assert_int_equal(netstash_request_new(&req, url("/cache/max-age/1/stale")), NETSTASH_OK);
+  sleep(2);
+  assert_int_equal(fast(h, req, body, sizeof(body), &age), NETSTASH_E_NOT_FOUND);
+  netstash_request_del(req);
+  /* a stored redirect is a job's (it follows it, or hands it over) */
+  (void)GET(ctx, "/cache/perm");
+  assert_int_equal(netstash_request_new(&req, url("/cache/perm")), NETSTASH_OK);
+  assert_int_equal(fast(h, req, body, sizeof(body), &age), NETSTASH_E_NOT_FOUND);
+  netstash_request_del(req);
+  netstash_preload_hit_del(h);
+  netstash_ctx_del(ctx);
+}
+
 static void test_revalidation_304(void **state) {
   netstash_ctx *ctx = ctx_for(new_profile(), 1);
   result a, b;
@@ -495,6 +599,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_fresh_hit_and_persistence),
       cmocka_unit_test(test_age_of_stored_answers),
+      cmocka_unit_test(test_intercept_cached),
       cmocka_unit_test(test_revalidation_304),
       cmocka_unit_test(test_caller_conditionals),
       cmocka_unit_test(test_no_store_and_bypass),

@@ -533,6 +533,94 @@ static void check_hit_body(const netstash_preload_hit *h, const char *file) {
   free(want);
 }
 
+/* netstash_intercept_cached on a remote-mode context: netd answers fresh
+ * entries of its HTTP cache on the lookup connection, bodies it keeps
+ * encoded decoded, with their Age; what a job must do is NOT_FOUND. */
+static void test_remote_cached_lookup(void **state) {
+  netd_proc dp = {0};
+  netstash_ctx *ctx;
+  netstash_preload_hit *h;
+  netstash_request *req;
+  netstash_fetch *f;
+  char path[1200], cmd[4096], *out;
+  const char *name, *value;
+  size_t nl, vl, i;
+  int age = 0, cenc = 0, st;
+  FILE *fp;
+  (void)state;
+  /* the harness's caddy sends Cache-Control: max-age=600 under /fresh/ */
+  snprintf(cmd, sizeof(cmd),
+           "mkdir -p %s/fresh && head -c 200000 /dev/urandom >%s/fresh/a.bin && "
+           "for i in $(seq 400); do echo \"line $i of a text stored compressed\"; done "
+           ">%s/fresh/t.txt && gzip -kf %s/fresh/t.txt",
+           nst_site(), nst_site(), nst_site(), nst_site());
+  assert_int_equal(system(cmd), 0);
+  netd_start(&dp, "netd-cached", NULL);
+  ctx = remote_ctx(dp.sock);
+  assert_int_equal(netstash_preload_hit_new(ctx, &h), NETSTASH_OK);
+  assert_int_equal(netstash_request_new(&req, url_of("/fresh/a.bin")), NETSTASH_OK);
+  assert_int_equal(netstash_intercept_cached(req, h), NETSTASH_E_NOT_FOUND); /* not stored */
+  assert_int_equal(get(ctx, url_of("/fresh/a.bin"), &f), NETSTASH_OK);
+  netstash_fetch_del(f);
+  assert_int_equal(netstash_intercept_cached(req, h), NETSTASH_OK);
+  assert_int_equal(netstash_preload_hit_source(h), NETSTASH_SOURCE_CACHE);
+  assert_int_equal(netstash_preload_hit_status(h), 200);
+  snprintf(path, sizeof(path), "%s/fresh/a.bin", nst_site());
+  check_hit_body(h, path);
+  for (i = 0; i < netstash_preload_hit_header_count(h); i++) {
+    assert_int_equal(netstash_preload_hit_header_at(h, i, &name, &nl, &value, &vl), NETSTASH_OK);
+    if (nl == 3 && !strncasecmp(name, "age", 3))
+      age++;
+  }
+  assert_int_equal(age, 1);
+  /* a Range request is a job's */
+  assert_int_equal(netstash_request_add_header(req, "Range", "bytes=0-3"), NETSTASH_OK);
+  assert_int_equal(netstash_intercept_cached(req, h), NETSTASH_E_NOT_FOUND);
+  netstash_request_del(req);
+  /* gzip on the wire and stored so: served decoded, without its coding */
+  assert_int_equal(get(ctx, url_of("/fresh/t.txt"), &f), NETSTASH_OK);
+  netstash_fetch_del(f);
+  assert_int_equal(netstash_request_new(&req, url_of("/fresh/t.txt")), NETSTASH_OK);
+  assert_int_equal(netstash_intercept_cached(req, h), NETSTASH_OK);
+  snprintf(path, sizeof(path), "%s/fresh/t.txt", nst_site());
+  check_hit_body(h, path);
+  for (i = 0; i < netstash_preload_hit_header_count(h); i++) {
+    assert_int_equal(netstash_preload_hit_header_at(h, i, &name, &nl, &value, &vl), NETSTASH_OK);
+    if (nl == 16 && !strncasecmp(name, "content-encoding", 16))
+      cenc++;
+  }
+  assert_int_equal(cenc, 0);
+  netstash_request_del(req);
+  /* the lookup side by hand: the field asks for the HTTP cache */
+  snprintf(cmd, sizeof(cmd),
+           "curl -s -i -o %s/cached.out --unix-socket %s -H 'X-Netstash-Lookup: cache' "
+           "--request-target '%s' http://netd/",
+           nst_workdir(), dp.sock, url_of("/fresh/a.bin"));
+  assert_int_equal(system(cmd), 0);
+  snprintf(path, sizeof(path), "%s/cached.out", nst_workdir());
+  fp = fopen(path, "rb");
+  assert_non_null(fp);
+  {
+    char head[4096];
+    size_t n = fread(head, 1, sizeof(head) - 1, fp);
+    head[n] = 0;
+    assert_non_null(strstr(head, "HTTP/1.1 200 OK\r\n"));
+    assert_non_null(strstr(head, "X-Netstash-Source: cache\r\n"));
+    assert_non_null(strstr(head, "Content-Length: 200000\r\n"));
+  }
+  fclose(fp);
+  snprintf(cmd, sizeof(cmd),
+           "curl -s -i --unix-socket %s -H 'X-Netstash-Lookup: cache' --request-target '%s' "
+           "http://netd/",
+           dp.sock, url_of("/fresh/never-fetched.txt"));
+  out = netd_run_capture(cmd, &st);
+  assert_non_null(strstr(out, "X-Netstash-Error: NETSTASH_E_NOT_FOUND"));
+  free(out);
+  netstash_preload_hit_del(h);
+  netstash_ctx_del(ctx);
+  assert_int_equal(netd_run_stop(&dp), 0);
+}
+
 /* The synchronous lookup protocol: netstash_preload_lookup and
  * netstash_intercept_preloaded on a remote-mode context ask netd on the
  * caller's thread; head, body, manifest id and version as netd holds them;
@@ -799,7 +887,7 @@ int main(void) {
       cmocka_unit_test(test_restart_under_load),  cmocka_unit_test(test_lock_and_config),
       cmocka_unit_test(test_socket_permissions),  cmocka_unit_test(test_control_and_hostile_client),
       cmocka_unit_test(test_sigterm_during_warm), cmocka_unit_test(test_sighup_reload),
-      cmocka_unit_test(test_remote_lookup),
+      cmocka_unit_test(test_remote_lookup),       cmocka_unit_test(test_remote_cached_lookup),
   };
   if (getenv("NST_TEST_FILTER")) /* e.g. test_restart_under_load, to loop one test */
     cmocka_set_test_filter(getenv("NST_TEST_FILTER"));

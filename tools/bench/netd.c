@@ -29,7 +29,9 @@
  *              netstash_request_new(), netstash_intercept_preloaded() on a
  *              remote-mode context (one round trip on the hit's own
  *              connection to netd, from the calling thread), the body copied
- *              into a buffer, the hit released, the request deleted
+ *              into a buffer, the hit released, the request deleted; also
+ *              without -P for the HTTP cache's entries (c/big.bin,
+ *              c/small.bin) with netstash_intercept_cached()
  * A request is timed from netstash_request_new() to the end of
  * netstash_fetch_wait() (all of it the caller's latency). Per row: median
  * over REPS of the p50 and p99 latency, of the client's CPU per request
@@ -259,19 +261,21 @@ static netstash_source fetch_once(netstash_ctx *ctx, const char *url, size_t siz
 /* A preload hit of size bytes copied into buf: netstash_preload_lookup(url),
  * or with via_request the interceptor's fast path on a new request. */
 static void lookup_once(netstash_preload_hit *h, const char *url, size_t size, uint8_t *buf,
-                        int via_request) {
+                        int via_request, int cached) {
   size_t at = 0;
   netstash_request *req = NULL;
   netstash_error e;
   if (via_request) {
     if (netstash_request_new(&req, url) != NETSTASH_OK)
       die("cannot make a request");
-    e = netstash_intercept_preloaded(req, h);
+    e = cached ? netstash_intercept_cached(req, h) : netstash_intercept_preloaded(req, h);
   } else {
     e = netstash_preload_lookup(h, url);
   }
   if (e != NETSTASH_OK || netstash_preload_hit_status(h) != 200 ||
-      netstash_preload_hit_body_size(h) != size) {
+      netstash_preload_hit_body_size(h) != size ||
+      netstash_preload_hit_source(h) !=
+          (cached ? NETSTASH_SOURCE_CACHE : NETSTASH_SOURCE_PRELOAD)) {
     fprintf(stderr, "bench/netd: lookup %s: %s\n", url, netstash_error_name(e));
     exit(1);
   }
@@ -402,7 +406,7 @@ static result run_row(const row *r) {
       break;
     case K_LOOKUP:
     case K_RLOOKUP:
-      lookup_once(h, url, size, buf, r->k == K_RLOOKUP);
+      lookup_once(h, url, size, buf, r->k == K_RLOOKUP, !r->preload);
       break;
     }
     if (i >= warmup)
@@ -508,9 +512,15 @@ static double med_d(double *v, size_t n) {
   return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
-#define NROWS 14
+#define NROWS 24
 static row rows[NROWS];
 static size_t nrows;
+
+static void add_row(row r) {
+  if (nrows == NROWS)
+    die("bench/netd: more rows than NROWS");
+  rows[nrows++] = r;
+}
 static result (*res)[NROWS]; /* res[rep][row] */
 
 typedef double (*field_fn)(const result *);
@@ -614,21 +624,23 @@ int main(int argc, char **argv) {
     die("mkdtemp");
   signal(SIGPIPE, SIG_IGN);
 
-  rows[nrows++] = (row){"pingpong 50 KB", K_PINGPONG, 1, 0};
-  rows[nrows++] = (row){"pingpong 1 B", K_PINGPONG, 0, 0};
-  rows[nrows++] = (row){"netd, HTTP cache, big", K_NETD, 1, 0};
-  rows[nrows++] = (row){"netd, HTTP cache, small", K_NETD, 0, 0};
-  rows[nrows++] = (row){"direct, HTTP cache, big", K_DIRECT, 1, 0};
-  rows[nrows++] = (row){"direct, HTTP cache, small", K_DIRECT, 0, 0};
+  add_row((row){"pingpong 50 KB", K_PINGPONG, 1, 0});
+  add_row((row){"pingpong 1 B", K_PINGPONG, 0, 0});
+  add_row((row){"netd, HTTP cache, big", K_NETD, 1, 0});
+  add_row((row){"netd, HTTP cache, small", K_NETD, 0, 0});
+  add_row((row){"direct, HTTP cache, big", K_DIRECT, 1, 0});
+  add_row((row){"direct, HTTP cache, small", K_DIRECT, 0, 0});
+  add_row((row){"netd lookup, HTTP cache, big", K_RLOOKUP, 1, 0});
+  add_row((row){"netd lookup, HTTP cache, small", K_RLOOKUP, 0, 0});
   if (with_preload) {
-    rows[nrows++] = (row){"netd, preload, big", K_NETD, 1, 1};
-    rows[nrows++] = (row){"netd, preload, small", K_NETD, 0, 1};
-    rows[nrows++] = (row){"direct, preload, big", K_DIRECT, 1, 1};
-    rows[nrows++] = (row){"direct, preload, small", K_DIRECT, 0, 1};
-    rows[nrows++] = (row){"lookup, preload, big", K_LOOKUP, 1, 1};
-    rows[nrows++] = (row){"lookup, preload, small", K_LOOKUP, 0, 1};
-    rows[nrows++] = (row){"netd lookup, preload, big", K_RLOOKUP, 1, 1};
-    rows[nrows++] = (row){"netd lookup, preload, small", K_RLOOKUP, 0, 1};
+    add_row((row){"netd, preload, big", K_NETD, 1, 1});
+    add_row((row){"netd, preload, small", K_NETD, 0, 1});
+    add_row((row){"direct, preload, big", K_DIRECT, 1, 1});
+    add_row((row){"direct, preload, small", K_DIRECT, 0, 1});
+    add_row((row){"lookup, preload, big", K_LOOKUP, 1, 1});
+    add_row((row){"lookup, preload, small", K_LOOKUP, 0, 1});
+    add_row((row){"netd lookup, preload, big", K_RLOOKUP, 1, 1});
+    add_row((row){"netd lookup, preload, small", K_RLOOKUP, 0, 1});
   }
   if (only) { /* profiling one kind of row: keep the matching ones */
     size_t k = 0;
@@ -691,6 +703,12 @@ int main(int argc, char **argv) {
         f_p50, NULL);
   ratio("direct big / pingpong 50 KB", find_row(K_DIRECT, 1, 0), find_row(K_PINGPONG, 1, 0), f_p50,
         NULL);
+  ratio("netd lookup HTTP cache big / pingpong 50 KB", find_row(K_RLOOKUP, 1, 0),
+        find_row(K_PINGPONG, 1, 0), f_p50, "<= 1.5x");
+  ratio("netd lookup HTTP cache small / pingpong 1 B", find_row(K_RLOOKUP, 0, 0),
+        find_row(K_PINGPONG, 0, 0), f_p50, "<= 2x");
+  ratio("netd lookup HTTP cache big / pingpong 50 KB, p99", find_row(K_RLOOKUP, 1, 0),
+        find_row(K_PINGPONG, 1, 0), f_p99, NULL);
   if (with_preload) {
     ratio("netd preload big / pingpong 50 KB", find_row(K_NETD, 1, 1), find_row(K_PINGPONG, 1, 0),
           f_p50, "<= 1.5x");
