@@ -396,12 +396,15 @@ done:
 
 /* A hit from a profile that already holds the response: the stored body, or
  * (the lookup failed) a correct network answer. */
+static int hit_equals(netstash_preload_hit *h, const char *want, size_t len);
+
 static netstash_error sc_cache_hit(void) {
   const char *prof = fresh_profile();
   char from[600], to[600], detail[256], url[256];
   netstash_ctx *ctx = NULL;
   netstash_request *r = NULL;
   netstash_fetch *f = NULL;
+  netstash_preload_hit *h = NULL;
   netstash_error rv;
   assert_int_equal(mkdir(prof, 0700), 0);
   snprintf(to, sizeof(to), "%s/store", prof);
@@ -414,6 +417,16 @@ static netstash_error sc_cache_hit(void) {
   if (rv != NETSTASH_OK)
     goto done;
   r = req_for(url);
+  /* the synchronous fast path first (the stored answer, or an allocation
+   * failure) */
+  if ((rv = netstash_preload_hit_new(ctx, &h)) != NETSTASH_OK)
+    goto done;
+  rv = netstash_intercept_cached(r, h);
+  CHECK(rv == NETSTASH_OK || rv == NETSTASH_E_NOMEM, "fast path: %s", netstash_error_name(rv));
+  if (rv != NETSTASH_OK)
+    goto done;
+  CHECK(netstash_preload_hit_status(h) == 200 && hit_equals(h, hit_body, strlen(hit_body)),
+        "fast path: wrong answer");
   rv = fetch_bounded(ctx, r, &f);
   if (rv == NETSTASH_OK) {
     const uint8_t *d;
@@ -432,6 +445,7 @@ static netstash_error sc_cache_hit(void) {
 done:
   netstash_fetch_del(f);
   netstash_request_del(r);
+  netstash_preload_hit_del(h);
   netstash_ctx_del(ctx);
   return rv;
 }
