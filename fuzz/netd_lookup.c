@@ -20,7 +20,10 @@
  *    that is byte for byte one of the installed ones (netd never serves a
  *    wrong or torn body), a 502 an X-Netstash-Error and no body, a 4xx ends
  *    the connection; only the last answer may be cut short (netd closes a
- *    client that does not read what it asked for).
+ *    client that does not read what it asked for). Lookups with
+ *    "X-Netstash-Lookup: cache" (netstash_intercept_cached's: the request's
+ *    fields parsed into a request) reach an HTTP cache that holds nothing
+ *    here, so they too must be the 502.
  */
 #include "netd_fuzz.h"
 
