@@ -397,12 +397,18 @@ static netstash_error find_nvs(ns_httpcache *hc, const char *top, const char *ur
   return rv == NETSTASH_E_NOT_FOUND ? NETSTASH_OK : rv;
 }
 
+/* The RFC 9111 decision on what the lookup found in e (nothing: a miss). */
+static void decide_entry(ns_httpcache *hc, const ns_cache_request *creq, int64_t now_ms,
+                         ns_hc_entry *e) {
+  ns_cache_stored st = {e->status, &e->headers, &e->vary, e->request_time_ms, e->response_time_ms};
+  ns_cache_decide(&hc->policy, creq, e->found ? &st : NULL, now_ms, &e->decision);
+}
+
 netstash_error ns_httpcache_lookup(ns_httpcache *hc, const char *top, const char *url,
                                    const char *method, const ns_headers *req, int64_t now_ms,
                                    ns_hc_entry *e) {
   netstash_error rv;
   ns_cache_request creq = {method, url, req};
-  ns_cache_stored st;
 
   e->found = 0;
   (void)ns_httpcache_flush(hc); /* read our own writes (a failure: not stored) */
@@ -419,16 +425,7 @@ netstash_error ns_httpcache_lookup(ns_httpcache *hc, const char *top, const char
   ns_store_read_end(hc->reader);
   if (rv != NETSTASH_OK)
     return rv;
-  if (e->found) {
-    st.status = e->status;
-    st.headers = &e->headers;
-    st.vary_request = &e->vary;
-    st.request_time_ms = e->request_time_ms;
-    st.response_time_ms = e->response_time_ms;
-    ns_cache_decide(&hc->policy, &creq, &st, now_ms, &e->decision);
-  } else {
-    ns_cache_decide(&hc->policy, &creq, NULL, now_ms, &e->decision);
-  }
+  decide_entry(hc, &creq, now_ms, e);
   return NETSTASH_OK;
 }
 
@@ -437,22 +434,12 @@ netstash_error ns_httpcache_peek(ns_httpcache *hc, ns_store_reader *reader, cons
                                  ns_hc_entry *e) {
   netstash_error rv;
   ns_cache_request creq = {"GET", url, req};
-  ns_cache_stored st;
   e->found = 0;
   ns_buf_reset(&e->primary);
   if ((rv = primary_key(hc, top, url, &e->primary)) != NETSTASH_OK ||
       (rv = find_variant_in(hc, reader, &e->primary, req, e)) != NETSTASH_OK)
     return rv;
-  if (e->found) {
-    st.status = e->status;
-    st.headers = &e->headers;
-    st.vary_request = &e->vary;
-    st.request_time_ms = e->request_time_ms;
-    st.response_time_ms = e->response_time_ms;
-    ns_cache_decide(&hc->policy, &creq, &st, now_ms, &e->decision);
-  } else {
-    ns_cache_decide(&hc->policy, &creq, NULL, now_ms, &e->decision);
-  }
+  decide_entry(hc, &creq, now_ms, e);
   return NETSTASH_OK;
 }
 
