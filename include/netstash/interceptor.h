@@ -149,10 +149,11 @@ NETSTASH_EXTERN netstash_error netstash_intercept_preloaded(const netstash_reque
  * serves it. NETSTASH_E_NOT_FOUND for everything a job must do: absent,
  * stale or to be revalidated, a stored redirect, a larger encoded body, a
  * response stored moments ago and not yet committed. Never touches the
- * network or the loop thread; allocates for the hit's first answer from the
- * cache and while its decode buffer grows. On a remote-mode context: one
- * round trip to netd on the hit's connection, the request's fields and top-
- * level site sent along (lookup_http.h's cache lookups). Call it after
+ * network or the loop thread; unlike the preload check it allocates (the
+ * request's fields and the stored head, decoded to decide). On a
+ * remote-mode context: one round trip to netd on the hit's connection, the
+ * request's fields and top-level site sent along (lookup_http.h's cache
+ * lookups). Call it after
  * netstash_intercept_preloaded (the job's order: preload, then the HTTP
  * cache). */
 NETSTASH_EXTERN netstash_error netstash_intercept_cached(const netstash_request *req,

@@ -13,6 +13,7 @@
 
 #include "core/buf.h"
 #include "core/ctx.h"
+#include "core/reader.h"
 #include "core/url.h"
 #include "transport/fetch.h"
 #include "transport/transport.h"
@@ -277,15 +278,18 @@ static void on_redirect_hook(netstash_fetch *f, int status, const char *location
 #define STORED_EXPECT_MAX ((uint64_t)64 << 20)
 static uint64_t stored_length(const netstash_job *j, netstash_fetch *f, int status) {
   const char *cl = netstash_fetch_header(f, "content-length");
+  ns_reader r;
   uint64_t n = 0;
+  int sat = 0;
   if (!cl || j->head || status < 200 || status == 204 || status == 304 ||
       netstash_fetch_source(f) == NETSTASH_SOURCE_NETWORK)
     return 0;
-  for (; *cl >= '0' && *cl <= '9' && n <= STORED_EXPECT_MAX; cl++)
-    n = n * 10 + (uint64_t)(*cl - '0');
+  ns_reader_init(&r, cl, strlen(cl));
   /* not a plain length (a list, garbage) or a huge one: no hint (a wrong
    * one would only cost a realloc) */
-  return *cl || n > STORED_EXPECT_MAX ? 0 : n;
+  if (!ns_reader_uint(&r, STORED_EXPECT_MAX, &n, &sat) || sat || !ns_reader_eof(&r))
+    return 0;
+  return n;
 }
 
 static void on_response(netstash_fetch *f, void *ud) {

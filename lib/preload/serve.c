@@ -55,8 +55,7 @@ struct netstash_preload_hit {
   char age[24];    /* its Age field's value */
   ns_hc_entry *ce; /* the local lookup's entry (allocated on first use) */
   int decoded;     /* the body is dec (the store keeps it encoded) */
-  uint8_t *dec;
-  size_t dec_len, dec_cap;
+  ns_buf dec;
   /* remote mode */
   int remote;
   int fd;       /* the connection to netd, -1: none yet (or dropped) */
@@ -80,6 +79,7 @@ netstash_error netstash_preload_hit_new(netstash_ctx *ctx, netstash_preload_hit 
     return NETSTASH_E_NOMEM;
   hit->ctx = ctx;
   hit->fd = -1;
+  ns_buf_init(&hit->dec, &ctx->mem, NS_LOOKUP_MAX_BODY);
   if (ctx->cfg.remote_socket) { /* connected on the first lookup */
     hit->remote = 1;
     *out = hit;
@@ -113,7 +113,7 @@ void netstash_preload_hit_del(netstash_preload_hit *hit) {
     ns_free(&hit->ctx->mem, hit->ce);
   }
   ns_store_reader_del(hit->r);
-  ns_free(&hit->ctx->mem, hit->dec);
+  ns_buf_free(&hit->dec);
   if (hit->fd >= 0)
     close(hit->fd);
   ns_free(&hit->ctx->mem, hit->buf);
@@ -483,37 +483,8 @@ netstash_error netstash_preload_lookup(netstash_preload_hit *hit, const char *ur
 
 /* ------------------------------------------------------------ HTTP cache */
 
-/* The request's fields as the HTTP cache matches them (as a fetch's cache
- * lookup builds them: "Name;" lines carry nothing, Accept-Encoding as the
- * transport would send it). */
-static netstash_error cache_fields(const netstash_request *req, ns_headers *out) {
-  netstash_error e = NETSTASH_OK;
-  for (size_t i = 0; e == NETSTASH_OK && i < req->nheaders; i++) {
-    const char *l = req->headers[i];
-    size_t n = strlen(l);
-    if (n && l[n - 1] != ';')
-      e = ns_headers_add_line(out, l, n);
-  }
-  if (e == NETSTASH_OK && !req->has_accept_encoding)
-    e = ns_headers_add_str(out, "accept-encoding", "br, gzip");
-  return e;
-}
-
 static netstash_error dec_sink(const uint8_t *data, size_t len, void *ud) {
-  netstash_preload_hit *hit = ud;
-  if (len > hit->dec_cap - hit->dec_len) {
-    size_t nc = hit->dec_cap ? hit->dec_cap : 65536;
-    uint8_t *nb;
-    while (nc - hit->dec_len < len)
-      nc *= 2;
-    if (!(nb = ns_realloc(&hit->ctx->mem, hit->dec, nc)))
-      return NETSTASH_E_NOMEM;
-    hit->dec = nb;
-    hit->dec_cap = nc;
-  }
-  memcpy(hit->dec + hit->dec_len, data, len);
-  hit->dec_len += len;
-  return NETSTASH_OK;
+  return ns_buf_append(ud, data, len);
 }
 
 /* A fresh stored answer for req from the context's HTTP cache, in the hit's
@@ -535,7 +506,7 @@ static netstash_error cached_local(netstash_preload_hit *hit, const netstash_req
   ce = hit->ce;
   clock_gettime(CLOCK_REALTIME, &ts);
   ns_headers_init(&rh, &ctx->mem);
-  e = cache_fields(req, &rh);
+  e = ns_request_cache_fields(req, &rh);
   if (e == NETSTASH_OK && !hit->open && (e = ns_store_read_begin(hit->r)) == NETSTASH_OK)
     hit->open = 1;
   if (e == NETSTASH_OK)
@@ -551,17 +522,18 @@ static netstash_error cached_local(netstash_preload_hit *hit, const netstash_req
     if (e == NETSTASH_OK &&
         (hit->h.body.coding != NS_CODING_IDENTITY || hit->h.body.recompressed)) {
       /* served decoded, as a job serves it: into the hit's buffer */
-      hit->dec_len = 0;
+      ns_buf_reset(&hit->dec);
       hit->decoded = 1;
       e = hit->h.body.decoded_size > NS_LOOKUP_MAX_BODY
               ? NETSTASH_E_NOT_FOUND /* a job streams it */
-              : ns_store_body_decode(&hit->h.body, &ctx->mem, NS_LOOKUP_MAX_BODY, dec_sink, hit);
+              : ns_store_body_decode(&hit->h.body, &ctx->mem, NS_LOOKUP_MAX_BODY, dec_sink,
+                                     &hit->dec);
     }
   }
   if (e == NETSTASH_OK) {
     hit->body_loaded = 1;
     hit->h.entry.status = ce->status;
-    hit->h.entry.size = !ce->has_body ? 0 : hit->decoded ? hit->dec_len : hit->h.body.decoded_size;
+    hit->h.entry.size = !ce->has_body ? 0 : hit->decoded ? hit->dec.len : hit->h.body.decoded_size;
     hit->h.entry.head = ce->head_blob;
     hit->h.entry.head_len = ce->head_blob_len;
     memcpy(hit->h.body_hash, ce->body_hash, sizeof(hit->h.body_hash));
@@ -673,7 +645,7 @@ netstash_error netstash_preload_hit_chunk(const netstash_preload_hit *hit, uint3
   if (hit->remote || hit->decoded) {
     if (i != 0 || !hit->h.entry.size)
       return NETSTASH_E_NOT_FOUND;
-    *data = hit->decoded ? hit->dec : hit->body;
+    *data = hit->decoded ? hit->dec.data : hit->body;
     *len = (size_t)hit->h.entry.size;
     return NETSTASH_OK;
   }

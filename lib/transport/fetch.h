@@ -69,6 +69,10 @@ void ns_request_ref(netstash_request *req);
 /* A new request with src's URL, method, headers, pins and top-level site
  * (no body): for background revalidation. */
 netstash_error ns_request_clone(const netstash_request *src, netstash_request **out);
+/* The request's fields as the HTTP cache matches them (Vary): its header
+ * lines ("Name;", an empty value, carries nothing) and the Accept-Encoding
+ * the transport sends when the request sets none. Appended to out. */
+netstash_error ns_request_cache_fields(const netstash_request *req, ns_headers *out);
 
 typedef enum ns_fetch_state {
   NS_FETCH_NEW = 0,

@@ -389,3 +389,17 @@ netstash_error ns_request_clone(const netstash_request *src, netstash_request **
   *out = r;
   return NETSTASH_OK;
 }
+
+netstash_error ns_request_cache_fields(const netstash_request *req, ns_headers *out) {
+  netstash_error rv = NETSTASH_OK;
+  for (size_t i = 0; rv == NETSTASH_OK && i < req->nheaders; i++) {
+    const char *l = req->headers[i];
+    size_t n = strlen(l);
+    if (n && l[n - 1] == ';')
+      continue; /* "Name;" = empty value: nothing to match on */
+    rv = ns_headers_add_line(out, l, n);
+  }
+  if (rv == NETSTASH_OK && !req->has_accept_encoding)
+    rv = ns_headers_add_str(out, "accept-encoding", "br, gzip");
+  return rv;
+}

@@ -2519,7 +2519,6 @@ static int cache_consult(netstash_fetch *f) {
   const char *method = method_of(f);
   int is_get = strcmp(method, "GET") == 0, is_head = strcmp(method, "HEAD") == 0;
   netstash_error rv = NETSTASH_OK;
-  size_t i;
   int added = 0;
 
   /* per hop: every URL of a redirect chain is looked up and stored */
@@ -2554,15 +2553,7 @@ static int cache_consult(netstash_fetch *f) {
     snprintf(f->cache_reason, sizeof(f->cache_reason), "bypassed");
     return 0;
   }
-  for (i = 0; rv == NETSTASH_OK && i < req->nheaders; i++) {
-    const char *l = req->headers[i];
-    size_t n = strlen(l);
-    if (n && l[n - 1] == ';')
-      continue; /* "Name;" = empty value: nothing to match on */
-    rv = ns_headers_add_line(&f->hc_req, l, n);
-  }
-  if (rv == NETSTASH_OK && !req->has_accept_encoding)
-    rv = ns_headers_add_str(&f->hc_req, "accept-encoding", "br, gzip");
+  rv = ns_request_cache_fields(req, &f->hc_req);
   /* Cache modes as the request directives they mean (RFC 9111 §5.2.1). */
   if (rv == NETSTASH_OK && req->cache_mode == NETSTASH_CACHE_VALIDATE)
     rv = ns_headers_add_str(&f->hc_req, "cache-control", "no-cache");
