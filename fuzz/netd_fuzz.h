@@ -203,6 +203,42 @@ static void nf_cleanup(void) {
   nftw(nf_dir, nf_rm_one, 8, FTW_DEPTH | FTW_PHYS);
 }
 
+/* At exit, before the libraries' own exit handlers: the loop thread is
+ * parked in a task that never returns. libFuzzer ends a timed run with
+ * exit() while netd's jobs still run on that thread, and OpenSSL's atexit
+ * cleanup freed its locks under a libcurl handshake there (SEGV in
+ * RAND_bytes from SSL_CTX_new; the crash file an empty input, as no input
+ * was running). Handlers run in reverse order of registration: this one is
+ * registered after the context's creation initialised OpenSSL. */
+static pthread_mutex_t nf_park_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t nf_park_cond = PTHREAD_COND_INITIALIZER;
+static int nf_parked;
+
+static void nf_park_run(netstash_ctx *ctx, ns_task *task) {
+  (void)ctx;
+  (void)task;
+  pthread_mutex_lock(&nf_park_lock);
+  nf_parked = 1;
+  pthread_cond_broadcast(&nf_park_cond);
+  for (;;) /* until the process ends */
+    pthread_cond_wait(&nf_park_cond, &nf_park_lock);
+}
+
+static void nf_park(void) {
+  static ns_task t;
+  struct timespec until;
+  memset(&t, 0, sizeof(t));
+  t.run = nf_park_run;
+  if (ns_ctx_post(nf_d.ctx, &t) != NETSTASH_OK)
+    return;
+  clock_gettime(CLOCK_REALTIME, &until);
+  until.tv_sec += 5; /* a blocked loop thread (a hang being reported) */
+  pthread_mutex_lock(&nf_park_lock);
+  while (!nf_parked && pthread_cond_timedwait(&nf_park_cond, &nf_park_lock, &until) == 0)
+    ;
+  pthread_mutex_unlock(&nf_park_lock);
+}
+
 /* Creates the context and the origin; netd's parts are started by the
  * harness (nf_on_loop). */
 static void nf_setup(void) {
@@ -253,6 +289,7 @@ static void nf_setup(void) {
   }
   netstash_options_del(o);
   nf_d.ctx->test_open_socket = nf_open_hook;
+  atexit(nf_park);
 }
 
 /* Reads fd until EOF or until idle_ms pass without a byte (0: returned),
