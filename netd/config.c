@@ -176,11 +176,14 @@ int netd_config_load(netd_config *c, const char *file, char *err, size_t errlen)
                                             : &c->metrics_port;
       if (!json_is_string(v) || netd_parse_hostport(json_string_value(v), h, p) != 0)
         FAIL("%s: %s: \"HOST:PORT\" expected (e.g. \"127.0.0.1:8080\")", file, key);
-    } else if (!strcmp(key, "proxy_allow_remote") || !strcmp(key, "allow_unsigned")) {
+    } else if (!strcmp(key, "proxy_allow_remote") || !strcmp(key, "allow_unsigned") ||
+               !strcmp(key, "fast_hits")) {
       if (!json_is_boolean(v))
         FAIL("%s: %s: true or false expected", file, key);
       if (!strcmp(key, "allow_unsigned"))
         c->allow_unsigned = json_is_true(v);
+      else if (!strcmp(key, "fast_hits"))
+        c->no_fast_hits = !json_is_true(v);
       else
         c->proxy_allow_remote = json_is_true(v);
     } else if (!strcmp(key, "trusted_keys")) {

@@ -48,6 +48,7 @@
 #include "core/reader.h"
 #include "core/url.h"
 #include "netd/netd.h"
+#include "preload/serve.h"
 
 #define HEAD_MAX (64u * 1024u)         /* request line + header section */
 #define BODY_MAX (64u * 1024u * 1024u) /* buffered request body */
@@ -62,6 +63,8 @@
 #define LINGER_MS 2000u        /* after our FIN: drain what the client still sends */
 #define CONNECT_MS 10000u      /* CONNECT: resolve + connect */
 #define MAX_CONNS 4096u
+#define FAST_MAX_BODY (1u << 20) /* answer_stored: larger bodies are a job's */
+#define FAST_MAX_CHUNKS 20       /* ... 1 MiB in the store's chunks */
 
 struct netd_front {
   netd *d;
@@ -70,6 +73,9 @@ struct netd_front {
   uv_tcp_t listener;
   int listener_open;
   char *upstream; /* gateway: cfg.upstream without a trailing '/' */
+  int https;      /* ... an https one (the preload store answers it first) */
+  /* the gateway's stored answers without a job (answer_stored); NULL: off */
+  netstash_preload_hit *hit;
   ns_list conns;
   size_t nconns;
   int stopping;
@@ -379,6 +385,12 @@ static int write_copy(conn *c, const void *data, size_t len, int to_peer) {
 
 /* ------------------------------------------------------------ lifecycle */
 
+static void front_free(netd_front *fr) {
+  netstash_preload_hit_del(fr->hit);
+  free(fr->upstream);
+  free(fr);
+}
+
 static void front_maybe_done(netd_front *fr) {
   void (*done)(void *);
   void *ud;
@@ -386,8 +398,7 @@ static void front_maybe_done(netd_front *fr) {
     return;
   done = fr->done;
   ud = fr->done_ud;
-  free(fr->upstream);
-  free(fr);
+  front_free(fr);
   if (done)
     done(ud);
 }
@@ -878,61 +889,44 @@ int netd_hop_by_hop(const char *name, size_t len) {
   return len >= 6 && ns_ascii_casecmp_n(name, "proxy-", 6) == 0;
 }
 
-/* Is name one of the fields a Connection header value lists? */
-static int in_connection(const char *conn_value, const char *name) {
+/* Is name (nl bytes) one of the fields a Connection header value (cl bytes;
+ * cv NULL: none) lists? */
+static int in_connection(const char *cv, size_t cl, const char *name, size_t nl) {
   ns_reader r;
   ns_span t;
-  if (!conn_value)
+  if (!cv)
     return 0;
-  ns_reader_init(&r, conn_value, strlen(conn_value));
+  ns_reader_init(&r, cv, cl);
   while (ns_reader_list_next(&r)) {
-    if (ns_reader_token(&r, &t) && ns_span_eq_ci(t, name))
+    if (ns_reader_token(&r, &t) && t.len == nl && ns_ascii_casecmp_n(t.p, name, nl) == 0)
       return 1;
     ns_reader_list_skip(&r);
   }
   return 0;
 }
 
-static int64_t parse_length(const char *v) {
+/* A Content-Length value (n bytes; v NULL: none) as a length, -1 when it
+ * cannot be used (a list, garbage). */
+static int64_t parse_length(const char *v, size_t n) {
   ns_reader r;
-  uint64_t n;
+  uint64_t len;
   int sat = 0;
   if (!v)
     return -1;
-  ns_reader_init(&r, v, strlen(v));
+  ns_reader_init(&r, v, n);
   ns_reader_skip_ows(&r);
-  if (!ns_reader_uint(&r, INT64_MAX, &n, &sat) || sat)
+  if (!ns_reader_uint(&r, INT64_MAX, &len, &sat) || sat)
     return -1;
   ns_reader_skip_ows(&r);
-  return ns_reader_eof(&r) ? (int64_t)n : -1;
+  return ns_reader_eof(&r) ? (int64_t)len : -1;
 }
 
-static void on_job_response(netstash_job *job, void *ud) {
-  conn *c = ud;
-  const netstash_fetch *f = netstash_job_fetch(job);
-  int status = netstash_fetch_status(f);
-  netstash_source src = netstash_fetch_source(f);
-  const char *conn_hdr = NULL, *name, *value, *reason;
-  size_t i, n = netstash_fetch_header_count(f);
-  const char *clen_hdr = NULL;
-  ns_buf *b = &c->hbuf;
-  netstash_error e;
-  char line[64];
-
-  if (c->closed || c->job != job)
-    return;
-  netd_metrics_request(&c->d->metrics, netd_source_index(src), ns_now_us() - c->t0_us);
+/* The answer's framing from its status and Content-Length (clen: the
+ * field's value, NULL when absent): no body, a length, or chunked (HTTP/1.0:
+ * the body ends with the connection). */
+static void answer_framing(conn *c, int status, const char *clen, size_t clen_len) {
   c->no_body = c->method == HTTP_HEAD || status < 200 || status == 204 || status == 304;
-  /* the library's field names are lowercase */
-  for (i = 0; i < n; i++) {
-    if (netstash_fetch_header_at(f, i, &name, &value) != NETSTASH_OK)
-      continue;
-    if (name[0] == 'c' && strcmp(name, "connection") == 0)
-      conn_hdr = value; /* the last one, as before */
-    else if (!clen_hdr && name[0] == 'c' && strcmp(name, "content-length") == 0)
-      clen_hdr = value;
-  }
-  c->clen = c->no_body ? -1 : parse_length(clen_hdr);
+  c->clen = c->no_body ? -1 : parse_length(clen, clen_len);
   if (!c->no_body && c->clen < 0) {
     if (c->http_minor >= 1)
       c->chunked = 1;
@@ -941,7 +935,13 @@ static void on_job_response(netstash_job *job, void *ud) {
   }
   if (c->client_eof)
     c->keep_alive = 0;
+}
 
+/* The relayed head in c->hbuf, in three steps: the status line ... */
+static netstash_error head_begin(conn *c, int status) {
+  ns_buf *b = &c->hbuf;
+  char line[13];
+  netstash_error e;
   ns_buf_reset(b);
   memcpy(line, "HTTP/1.1 ", 9);
   if (status < 100 || status > 999)
@@ -953,37 +953,45 @@ static void on_job_response(netstash_job *job, void *ud) {
   if ((e = ns_buf_append(b, line, 13)) == NETSTASH_OK &&
       (e = ns_buf_append_str(b, reason_of(status))) == NETSTASH_OK)
     e = ns_buf_append(b, "\r\n", 2);
-  for (i = 0; e == NETSTASH_OK && i < n; i++) {
-    size_t nl, vl;
-    if (netstash_fetch_header_at(f, i, &name, &value) != NETSTASH_OK)
-      continue;
-    nl = strlen(name);
-    if (netd_hop_by_hop(name, nl) || in_connection(conn_hdr, name))
-      continue;
-    /* an upstream netd's (or stored) answer fields: ours replace them */
-    if (nl >= 11 && memcmp(name, "x-netstash-", 11) == 0)
-      continue;
-    /* a length we could not use (absent, invalid, or a list) is not relayed:
-     * the body goes chunked, and both together would be a framing error */
-    if (!c->no_body && c->clen < 0 && nl == 14 && memcmp(name, "content-length", 14) == 0)
-      continue;
-    vl = strlen(value);
-    if ((e = ns_buf_reserve(b, nl + vl + 4)) == NETSTASH_OK) {
-      char *d = (char *)b->data + b->len;
-      memcpy(d, name, nl);
-      d[nl] = ':';
-      d[nl + 1] = ' ';
-      memcpy(d + nl + 2, value, vl);
-      d[nl + 2 + vl] = '\r';
-      d[nl + 3 + vl] = '\n';
-      b->len += nl + vl + 4;
-      b->data[b->len] = 0;
-    }
-  }
-  if (e == NETSTASH_OK && (e = ns_buf_append_str(b, "X-Netstash-Source: ")) == NETSTASH_OK &&
+  return e;
+}
+
+/* ... each field of the answer, unless hop-by-hop (or named by its
+ * Connection field, cv/cl), an upstream netd's (or stored) answer field —
+ * ours replace them — or a length we could not use (absent, invalid, or a
+ * list: the body goes chunked, and both together would be a framing
+ * error) ... */
+static netstash_error head_field(conn *c, const char *cv, size_t cl, const char *name, size_t nl,
+                                 const char *value, size_t vl) {
+  ns_buf *b = &c->hbuf;
+  netstash_error e;
+  char *d;
+  if (netd_hop_by_hop(name, nl) || in_connection(cv, cl, name, nl) ||
+      (nl >= 11 && ns_ascii_casecmp_n(name, "x-netstash-", 11) == 0) ||
+      (!c->no_body && c->clen < 0 && nl == 14 &&
+       ns_ascii_casecmp_n(name, "content-length", 14) == 0))
+    return NETSTASH_OK;
+  if ((e = ns_buf_reserve(b, nl + vl + 4)) != NETSTASH_OK)
+    return e;
+  d = (char *)b->data + b->len;
+  memcpy(d, name, nl);
+  d[nl] = ':';
+  d[nl + 1] = ' ';
+  memcpy(d + nl + 2, value, vl);
+  d[nl + 2 + vl] = '\r';
+  d[nl + 3 + vl] = '\n';
+  b->len += nl + vl + 4;
+  b->data[b->len] = 0;
+  return NETSTASH_OK;
+}
+
+/* ... and netd's own fields and the blank line. */
+static netstash_error head_end(conn *c, netstash_source src, const char *reason) {
+  ns_buf *b = &c->hbuf;
+  netstash_error e;
+  if ((e = ns_buf_append_str(b, "X-Netstash-Source: ")) == NETSTASH_OK &&
       (e = ns_buf_append_str(b, source_name(src))) == NETSTASH_OK)
     e = ns_buf_append(b, "\r\n", 2);
-  reason = netstash_fetch_cache_reason(f);
   if (e == NETSTASH_OK && reason && *reason && ns_header_value_valid(reason, strlen(reason)) &&
       (e = ns_buf_append_str(b, "X-Netstash-Cache-Reason: ")) == NETSTASH_OK &&
       (e = ns_buf_append_str(b, reason)) == NETSTASH_OK)
@@ -994,9 +1002,43 @@ static void on_job_response(netstash_job *job, void *ud) {
     e = ns_buf_append_str(b, "Connection: close\r\n");
   if (e == NETSTASH_OK)
     e = ns_buf_append(b, "\r\n", 2);
-  if (e != NETSTASH_OK) {
+  if (e != NETSTASH_OK)
     netd_log(c->d, NETSTASH_LOG_WARN, "%s: response head not relayed: %s", c->fr->name,
              netstash_strerror(e));
+  return e;
+}
+
+static void on_job_response(netstash_job *job, void *ud) {
+  conn *c = ud;
+  const netstash_fetch *f = netstash_job_fetch(job);
+  int status = netstash_fetch_status(f);
+  netstash_source src = netstash_fetch_source(f);
+  const char *conn_hdr = NULL, *name, *value;
+  size_t i, n = netstash_fetch_header_count(f);
+  const char *clen_hdr = NULL;
+  netstash_error e;
+
+  if (c->closed || c->job != job)
+    return;
+  netd_metrics_request(&c->d->metrics, netd_source_index(src), ns_now_us() - c->t0_us);
+  /* the library's field names are lowercase */
+  for (i = 0; i < n; i++) {
+    if (netstash_fetch_header_at(f, i, &name, &value) != NETSTASH_OK)
+      continue;
+    if (name[0] == 'c' && strcmp(name, "connection") == 0)
+      conn_hdr = value; /* the last one, as before */
+    else if (!clen_hdr && name[0] == 'c' && strcmp(name, "content-length") == 0)
+      clen_hdr = value;
+  }
+  answer_framing(c, status, clen_hdr, clen_hdr ? strlen(clen_hdr) : 0);
+  e = head_begin(c, status);
+  for (i = 0; e == NETSTASH_OK && i < n; i++)
+    if (netstash_fetch_header_at(f, i, &name, &value) == NETSTASH_OK)
+      e = head_field(c, conn_hdr, conn_hdr ? strlen(conn_hdr) : 0, name, strlen(name), value,
+                     strlen(value));
+  if (e == NETSTASH_OK)
+    e = head_end(c, src, netstash_fetch_cache_reason(f));
+  if (e != NETSTASH_OK) {
     conn_close(c);
     return;
   }
@@ -1202,6 +1244,87 @@ static netstash_error proxy_context(conn *c, netstash_request *req) {
   return netstash_request_set_site_for_cookies(req, NULL, 0);
 }
 
+/* The gateway's fresh stored answers without a job: netstash_intercept_cached
+ * on the front's own hit, on this thread — no job, no fetch, no loop hop —
+ * and the head and the body in one writev, the body straight from the
+ * store's map (what the socket does not take at once is copied into a
+ * queued write, as a job's answer would have been). Only a plain answer: a
+ * GET, a status with a body, a Content-Length that is the body's own, at
+ * most FAST_MAX_BODY bytes. Everything else is the job's, as before: a URL
+ * the preload store has (a job's order: preload first), stale entries,
+ * ranges, validators, a body kept in the coding it came in (raw), a store
+ * error. 1 when answered (or the connection closed), 0 when a job must
+ * answer. */
+static int answer_stored(conn *c, netstash_request *req) {
+  netstash_preload_hit *hit = c->fr->hit;
+  uv_buf_t b[FAST_MAX_CHUNKS + 1];
+  const char *name, *value, *cv = NULL, *clen = NULL;
+  size_t nl, vl, cl = 0, clen_len = 0, nf, i;
+  uint32_t nc;
+  uint64_t size;
+  int status, ok;
+  netstash_error e = NETSTASH_OK;
+
+  if (!hit || c->method != HTTP_GET || c->has_body)
+    return 0;
+  if ((c->fr->https && netstash_intercept_preloaded(req, hit) == NETSTASH_OK) ||
+      netstash_intercept_cached(req, hit) != NETSTASH_OK) {
+    netstash_preload_hit_release(hit);
+    return 0;
+  }
+  status = netstash_preload_hit_status(hit);
+  size = netstash_preload_hit_body_size(hit);
+  nc = netstash_preload_hit_chunk_count(hit);
+  nf = netstash_preload_hit_header_count(hit);
+  ok = status >= 200 && status != 204 && size <= FAST_MAX_BODY && nc <= FAST_MAX_CHUNKS;
+  for (i = 0; ok && i < nf; i++) {
+    if (netstash_preload_hit_header_at(hit, i, &name, &nl, &value, &vl) != NETSTASH_OK) {
+      ok = 0;
+    } else if (nl == 10 && ns_ascii_casecmp_n(name, "connection", 10) == 0) {
+      cv = value;
+      cl = vl;
+    } else if (nl == 14 && ns_ascii_casecmp_n(name, "content-length", 14) == 0) {
+      ok = !clen; /* two: a job's framing rules */
+      clen = value;
+      clen_len = vl;
+    }
+  }
+  ok = ok && parse_length(clen, clen_len) == (int64_t)size;
+  for (i = 0; ok && i < nc; i++) {
+    const uint8_t *d;
+    size_t len;
+    ok = netstash_preload_hit_chunk(hit, (uint32_t)i, &d, &len) == NETSTASH_OK;
+    b[i + 1] = uv_buf_init((char *)(uintptr_t)d, (unsigned)len);
+  }
+  if (!ok) {
+    netstash_preload_hit_release(hit);
+    return 0;
+  }
+  answer_framing(c, status, clen, clen_len);
+  e = head_begin(c, status);
+  for (i = 0; e == NETSTASH_OK && i < nf; i++)
+    if ((e = netstash_preload_hit_header_at(hit, i, &name, &nl, &value, &vl)) == NETSTASH_OK)
+      e = head_field(c, cv, cl, name, nl, value, vl);
+  if (e == NETSTASH_OK)
+    e = head_end(c, NETSTASH_SOURCE_CACHE, ns_preload_hit_cache_reason(hit));
+  if (e != NETSTASH_OK) {
+    netstash_preload_hit_release(hit);
+    conn_close(c);
+    return 1;
+  }
+  netd_metrics_request(&c->d->metrics, netd_source_index(NETSTASH_SOURCE_CACHE),
+                       ns_now_us() - c->t0_us);
+  atomic_fetch_add_explicit(&c->d->metrics.fast_hits, 1, memory_order_relaxed);
+  b[0] = uv_buf_init((char *)c->hbuf.data, (unsigned)c->hbuf.len);
+  c->sent = size;
+  atomic_fetch_add_explicit(&c->d->metrics.bytes_out, size, memory_order_relaxed);
+  ok = send_bufs(c, b, nc + 1) == 0;
+  netstash_preload_hit_release(hit); /* no read transaction left open */
+  if (ok)
+    request_done(c);
+  return 1;
+}
+
 /* Builds the library request for a proxy or gateway request and starts the
  * job. url is absolute. */
 static void start_job(conn *c, const char *url) {
@@ -1224,7 +1347,8 @@ static void start_job(conn *c, const char *url) {
   while (e == NETSTASH_OK && (fld = ns_headers_next(&c->hdrs, &it, NULL)) != NULL) {
     /* Host comes from the URL (the upstream's, for the gateway); the
      * library frames the body itself and answers 100-continue upstream. */
-    if (netd_hop_by_hop(fld->name, fld->name_len) || in_connection(conn_hdr, fld->name) ||
+    if (netd_hop_by_hop(fld->name, fld->name_len) ||
+        in_connection(conn_hdr, conn_hdr ? strlen(conn_hdr) : 0, fld->name, fld->name_len) ||
         ns_ascii_casecmp(fld->name, "host") == 0 ||
         ns_ascii_casecmp(fld->name, "content-length") == 0 ||
         ns_ascii_casecmp(fld->name, "expect") == 0)
@@ -1246,6 +1370,10 @@ static void start_job(conn *c, const char *url) {
   if (e == NETSTASH_E_INVALID_ARGUMENT || e == NETSTASH_E_TOO_LARGE) {
     netstash_request_del(req);
     respond_text(c, 400, NULL, 0, "request refused by the library: %s", netstash_strerror(e));
+    return;
+  }
+  if (e == NETSTASH_OK && answer_stored(c, req)) {
+    netstash_request_del(req);
     return;
   }
   if (e == NETSTASH_OK)
@@ -1815,6 +1943,11 @@ int netd_front_start(netd *d, netd_front_kind kind, const char *host, int port, 
   fr->check_open = 1;
   if (kind == NETD_FRONT_GATEWAY && check_upstream(fr, d->cfg.upstream, err, errlen) != 0)
     goto done;
+  if (kind == NETD_FRONT_GATEWAY && !d->cfg.no_fast_hits) {
+    fr->https = strncasecmp(fr->upstream, "https://", 8) == 0;
+    if (netstash_preload_hit_new(d->ctx, &fr->hit) != NETSTASH_OK)
+      fr->hit = NULL; /* every request a job */
+  }
   r = uv_tcp_init(d->loop, &fr->listener);
   if (r != 0) {
     snprintf(err, errlen, "%s: %s", name, uv_strerror(r));
@@ -1846,8 +1979,7 @@ done:
       if (fr->listener_open)
         uv_close((uv_handle_t *)&fr->listener, on_listener_closed);
     } else {
-      free(fr->upstream);
-      free(fr);
+      front_free(fr);
     }
   }
   return rc;

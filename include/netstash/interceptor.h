@@ -146,9 +146,12 @@ NETSTASH_EXTERN netstash_error netstash_intercept_preloaded(const netstash_reque
  * NETSTASH_SOURCE_CACHE; no manifest id). A body the store keeps encoded
  * (gzip or br as received) is decoded into the hit's buffer, up to 16 MiB,
  * and its Content-Encoding and Content-Length fields left out, as a job
- * serves it. NETSTASH_E_NOT_FOUND for everything a job must do: absent,
- * stale or to be revalidated, a stored redirect, a larger encoded body, a
- * response stored moments ago and not yet committed. Never touches the
+ * serves it — unless the request asks for raw bodies
+ * (netstash_request_set_raw_body): then such a body is left to a job, which
+ * relays it in its coding. NETSTASH_E_NOT_FOUND for everything a job must
+ * do: absent, stale or to be revalidated, a stored redirect, a larger
+ * encoded body, a head of more than 63 fields, a response stored moments
+ * ago and not yet committed. Never touches the
  * network or the loop thread; unlike the preload check it allocates (the
  * request's fields and the stored head, decoded to decide). On a
  * remote-mode context: one round trip to netd on the hit's connection, the

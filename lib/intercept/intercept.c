@@ -15,6 +15,7 @@
 #include "core/ctx.h"
 #include "core/reader.h"
 #include "core/url.h"
+#include "preload/serve.h"
 #include "transport/fetch.h"
 #include "transport/transport.h"
 
@@ -199,8 +200,6 @@ netstash_error netstash_intercept_preloaded(const netstash_request *req,
     return NETSTASH_E_NOT_FOUND;
   return netstash_preload_lookup(hit, req->url.url);
 }
-
-netstash_error ns_preload_hit_cached(netstash_preload_hit *hit, const netstash_request *req);
 
 netstash_error netstash_intercept_cached(const netstash_request *req, netstash_preload_hit *hit) {
   if (!req || !hit)

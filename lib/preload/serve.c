@@ -26,6 +26,7 @@
 #include "core/url.h"
 #include "preload/install.h"
 #include "preload/lookup_http.h"
+#include "preload/serve.h"
 #include "store/store.h"
 #include "transport/fetch.h"
 
@@ -55,6 +56,7 @@ struct netstash_preload_hit {
   char age[24];    /* its Age field's value */
   ns_hc_entry *ce; /* the local lookup's entry (allocated on first use) */
   int decoded;     /* the body is dec (the store keeps it encoded) */
+  int strip;       /* ... in the coding it came in: its fields left out */
   ns_buf dec;
   /* remote mode */
   int remote;
@@ -101,7 +103,7 @@ void netstash_preload_hit_release(netstash_preload_hit *hit) {
   hit->open = 0;
   hit->valid = 0;
   hit->cache = 0;
-  hit->decoded = 0;
+  hit->decoded = hit->strip = 0;
 }
 
 void netstash_preload_hit_del(netstash_preload_hit *hit) {
@@ -408,9 +410,11 @@ static netstash_error index_head(netstash_preload_hit *hit) {
   while (ns_headers_walk_next(&w, &name, &nl, &value, &vl)) {
     if (hit->cache && nl == 3 && !strncasecmp(name, "age", 3))
       continue; /* replaced by the current age */
-    if (hit->decoded && ((nl == 16 && !strncasecmp(name, "content-encoding", 16)) ||
-                         (nl == 14 && !strncasecmp(name, "content-length", 14))))
+    if (hit->strip && ((nl == 16 && !strncasecmp(name, "content-encoding", 16)) ||
+                       (nl == 14 && !strncasecmp(name, "content-length", 14))))
       continue; /* they describe the bytes as stored, not as served */
+    if (hit->cache && hit->nf == HIT_MAX_FIELDS - 1)
+      return NETSTASH_E_NOT_FOUND; /* no field dropped: a job serves it whole */
     if (hit->nf < HIT_MAX_FIELDS) {
       hit->f[hit->nf].name = name;
       hit->f[hit->nf].name_len = (uint32_t)nl;
@@ -519,11 +523,17 @@ static netstash_error cached_local(netstash_preload_hit *hit, const netstash_req
   memset(&hit->h, 0, sizeof(hit->h));
   if (e == NETSTASH_OK && ce->has_body) {
     e = ns_store_body_get(hit->r, ce->body_hash, &hit->h.body);
-    if (e == NETSTASH_OK &&
-        (hit->h.body.coding != NS_CODING_IDENTITY || hit->h.body.recompressed)) {
+    if (e == NETSTASH_OK && req->raw && !hit->h.body.recompressed &&
+        hit->h.body.coding != NS_CODING_IDENTITY)
+      e = NETSTASH_E_NOT_FOUND; /* raw: a job relays the coding it came in */
+    else if (e == NETSTASH_OK &&
+             (hit->h.body.coding != NS_CODING_IDENTITY || hit->h.body.recompressed)) {
       /* served decoded, as a job serves it: into the hit's buffer */
       ns_buf_reset(&hit->dec);
       hit->decoded = 1;
+      /* a body the store compressed itself is the one received: its stored
+       * Content-Length holds */
+      hit->strip = !hit->h.body.recompressed;
       e = hit->h.body.decoded_size > NS_LOOKUP_MAX_BODY
               ? NETSTASH_E_NOT_FOUND /* a job streams it */
               : ns_store_body_decode(&hit->h.body, &ctx->mem, NS_LOOKUP_MAX_BODY, dec_sink,
@@ -574,7 +584,6 @@ static netstash_error cached_remote(netstash_preload_hit *hit, const netstash_re
   return e;
 }
 
-netstash_error ns_preload_hit_cached(netstash_preload_hit *hit, const netstash_request *req);
 netstash_error ns_preload_hit_cached(netstash_preload_hit *hit, const netstash_request *req) {
   netstash_preload_hit_release(hit);
   return hit->remote ? cached_remote(hit, req) : cached_local(hit, req);
@@ -666,8 +675,6 @@ uint64_t netstash_preload_hit_manifest_version(const netstash_preload_hit *hit) 
   return hit && hit->valid ? hit->h.version : 0;
 }
 
-/* Internal: the hit's store view, for the transport's preload route. */
-const ns_pl_hit *ns_preload_hit_view(const netstash_preload_hit *hit);
-const ns_pl_hit *ns_preload_hit_view(const netstash_preload_hit *hit) {
-  return hit && hit->valid && !hit->remote && !hit->cache ? &hit->h : NULL;
+const char *ns_preload_hit_cache_reason(const netstash_preload_hit *hit) {
+  return hit && hit->valid && hit->cache && !hit->remote ? hit->ce->decision.reason : NULL;
 }

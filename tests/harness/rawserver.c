@@ -525,6 +525,17 @@ static int handle(conn *c, request *rq) {
       n = snprintf(body, sizeof(body), "etag n=%lu", k);
       return respond(c, rq, 200, h, body, (size_t)n, 0) == 0 && rq->keep_alive;
     }
+    if (strcmp(q, "gzip") == 0) { /* fresh, gzip-encoded as sent ("netstash gzip body\n" x4) */
+      static const unsigned char gz[] = {
+          0x1f, 0x8b, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x02, 0x03, 0xcb, 0x4b, 0x2d, 0x29,
+          0x2e, 0x49, 0x2c, 0xce, 0x50, 0x48, 0xaf, 0xca, 0x2c, 0x50, 0x48, 0xca, 0x4f, 0xa9,
+          0xe4, 0xca, 0x23, 0x57, 0x08, 0x00, 0xf0, 0x20, 0xab, 0x19, 0x4c, 0x00, 0x00, 0x00};
+      return respond(c, rq, 200,
+                     "Content-Type: text/plain\r\nContent-Encoding: gzip\r\n"
+                     "Cache-Control: max-age=600\r\n",
+                     gz, sizeof(gz), 0) == 0 &&
+             rq->keep_alive;
+    }
     if (strcmp(q, "swr") == 0) {
       n = snprintf(body, sizeof(body), "swr n=%lu", k);
       return respond(c, rq, 200,

@@ -996,6 +996,187 @@ static void test_metrics(void **state) {
   resp_free(&r);
 }
 
+/* ------------------------------------------------------------ fast hits */
+
+static double fast_hits(void) {
+  resp m = scrape();
+  double v = sample(m.body, "netd_gateway_fast_hits_total");
+  resp_free(&m);
+  return v;
+}
+
+/* Two heads alike: the same status line and field lines in the same order
+ * (names without case), Age and the cache reason aside (they move with the
+ * clock). */
+static void assert_heads_alike(const resp *a, const resp *b) {
+  const char *p = a->head, *q = b->head;
+  const char *pe = a->head + a->head_len, *qe = b->head + b->head_len;
+  for (;;) {
+    const char *pl, *ql, *colon;
+    size_t nl;
+    while (p < pe &&
+           (!strncasecmp(p, "Age:", 4) || !strncasecmp(p, "X-Netstash-Cache-Reason:", 24)))
+      p = strstr(p, "\r\n") + 2;
+    while (q < qe &&
+           (!strncasecmp(q, "Age:", 4) || !strncasecmp(q, "X-Netstash-Cache-Reason:", 24)))
+      q = strstr(q, "\r\n") + 2;
+    if (p >= pe || q >= qe)
+      break;
+    pl = strstr(p, "\r\n");
+    ql = strstr(q, "\r\n");
+    colon = memchr(p, ':', (size_t)(pl - p));
+    nl = colon ? (size_t)(colon - p) : 0; /* names compare without case (a job's are lowercase) */
+    if (pl - p != ql - q || strncasecmp(p, q, nl) != 0 ||
+        strncmp(p + nl, q + nl, (size_t)(pl - p) - nl) != 0)
+      fail_msg("heads differ at \"%.*s\" / \"%.*s\"", (int)(pl - p), p, (int)(ql - q), q);
+    p = pl + 2;
+    q = ql + 2;
+  }
+  assert_true(p >= pe && q >= qe);
+}
+
+/* The gateway answers fresh stored responses on its own thread, without a
+ * job (netd_gateway_fast_hits_total): the same head and body as a job's
+ * answer from the same entry (the proxy front's, which has no fast path),
+ * pipelined, per Vary variant, a body larger than the socket takes at once;
+ * and what it leaves to a job still answers as before (HEAD, Range,
+ * No-Vary-Search, a body kept in the coding it came in). */
+static void test_gateway_fast_hits(void **state) {
+  static const char get[] = "GET /cache/max-age/600/fast HTTP/1.1\r\nHost: x\r\n"
+                            "Connection: close\r\n\r\n";
+  static const char twice[] = "GET /cache/max-age/600/fast HTTP/1.1\r\nHost: x\r\n\r\n"
+                              "GET /cache/max-age/600/fast HTTP/1.1\r\nHost: x\r\n\r\n"
+                              "GET /cache/max-age/600/fast HTTP/1.1\r\nHost: x\r\n\r\n"
+                              "GET /ok HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+  const size_t big = 768u << 10;
+  char req[512], *all, *head, body[256];
+  unsigned char *want = malloc(big), *got = malloc(big);
+  resp g1, g2, p, r, v1, v2, v3;
+  size_t used, bl;
+  double f0 = fast_hits();
+  int fd;
+  (void)state;
+  assert_non_null(want);
+  assert_non_null(got);
+
+  /* stored by a job, then answered without one */
+  g1 = exchange_str(nd.gateway, get);
+  assert_int_equal(g1.status, 200);
+  assert_string_equal(header(&g1, "X-Netstash-Source"), "network");
+  g2 = exchange_str(nd.gateway, get);
+  assert_int_equal(g2.status, 200);
+  assert_string_equal(header(&g2, "X-Netstash-Source"), "cache");
+  assert_non_null(header(&g2, "Age"));
+  assert_true(strncmp(header(&g2, "X-Netstash-Cache-Reason"), "fresh", 5) == 0);
+  assert_int_equal(g2.body_len, g1.body_len);
+  assert_memory_equal(g2.body, g1.body, g1.body_len);
+  assert_true(fast_hits() == f0 + 1);
+
+  /* the same entry through a job: the same answer */
+  snprintf(req, sizeof(req),
+           "GET http://127.0.0.1:%d/cache/max-age/600/fast HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n"
+           "Connection: close\r\n\r\n",
+           raw.port, raw.port);
+  p = exchange_str(nd.proxy, req);
+  assert_string_equal(header(&p, "X-Netstash-Source"), "cache");
+  assert_heads_alike(&g2, &p);
+  assert_int_equal(p.body_len, g2.body_len);
+  assert_memory_equal(p.body, g2.body, g2.body_len);
+  assert_true(fast_hits() == f0 + 1);
+
+  /* pipelined on one connection, then a network answer */
+  r = exchange_str(nd.gateway, twice);
+  used = 0;
+  for (int i = 0; i < 4; i++) {
+    used +=
+        take_answer(r.raw + used, r.len - used, &head, (unsigned char *)body, sizeof(body), &bl);
+    assert_true(strncmp(head, "HTTP/1.1 200 ", 13) == 0);
+    if (i < 3) {
+      assert_non_null(strstr(head, "X-Netstash-Source: cache"));
+      assert_int_equal(bl, g1.body_len);
+      assert_memory_equal(body, g1.body, bl);
+    } else {
+      assert_int_equal(bl, 5);
+      assert_memory_equal(body, "hello", 5);
+    }
+  }
+  assert_int_equal(used, r.len);
+  resp_free(&r);
+  assert_true(fast_hits() == f0 + 4);
+
+  /* Vary: each variant its own entry */
+  v1 = exchange_str(nd.gateway, "GET /cache/vary HTTP/1.1\r\nHost: x\r\nAccept-Language: fr\r\n"
+                                "Connection: close\r\n\r\n");
+  v2 = exchange_str(nd.gateway, "GET /cache/vary HTTP/1.1\r\nHost: x\r\nAccept-Language: fr\r\n"
+                                "Connection: close\r\n\r\n");
+  v3 = exchange_str(nd.gateway, "GET /cache/vary HTTP/1.1\r\nHost: x\r\nAccept-Language: de\r\n"
+                                "Connection: close\r\n\r\n");
+  assert_string_equal(header(&v2, "X-Netstash-Source"), "cache");
+  assert_int_equal(v2.body_len, v1.body_len);
+  assert_memory_equal(v2.body, v1.body, v1.body_len);
+  assert_string_equal(header(&v3, "X-Netstash-Source"), "network");
+  assert_non_null(strstr(v3.body, "lang=de"));
+  resp_free(&v1);
+  resp_free(&v2);
+  resp_free(&v3);
+  assert_true(fast_hits() == f0 + 5);
+
+  /* larger than a small receive window takes at once: the rest queued */
+  nst_pattern(want, 0, big);
+  for (int round = 0; round < 2; round++) {
+    int n = snprintf(req, sizeof(req),
+                     "GET /cache/big/%zu HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", big);
+    fd = connect_small_window(nd.gateway);
+    assert_int_equal(netd_run_send(fd, req, (size_t)n), 0);
+    read_slowly(fd, &all, &bl);
+    close(fd);
+    used = take_answer(all, bl, &head, got, big, &bl);
+    assert_non_null(
+        strstr(head, round ? "X-Netstash-Source: cache" : "X-Netstash-Source: network"));
+    assert_int_equal(bl, big);
+    assert_memory_equal(got, want, big);
+    free(all);
+  }
+  assert_true(fast_hits() == f0 + 6);
+
+  /* left to a job, answered from the cache as before */
+  r = exchange_str(nd.gateway, "HEAD /cache/max-age/600/fast HTTP/1.1\r\nHost: x\r\n"
+                               "Connection: close\r\n\r\n");
+  assert_string_equal(header(&r, "X-Netstash-Source"), "cache");
+  assert_int_equal(r.body_len, 0);
+  resp_free(&r);
+  r = exchange_str(nd.gateway, "GET /cache/max-age/600/fast HTTP/1.1\r\nHost: x\r\n"
+                               "Range: bytes=0-2\r\nConnection: close\r\n\r\n");
+  assert_int_equal(r.status, 206);
+  assert_string_equal(header(&r, "X-Netstash-Source"), "cache");
+  assert_int_equal(r.body_len, 3);
+  assert_memory_equal(r.body, g1.body, 3);
+  resp_free(&r);
+  r = exchange_str(nd.gateway, "GET /cache/nvs?utm=1 HTTP/1.1\r\nHost: x\r\n"
+                               "Connection: close\r\n\r\n");
+  resp_free(&r);
+  r = exchange_str(nd.gateway, "GET /cache/nvs?utm=2 HTTP/1.1\r\nHost: x\r\n"
+                               "Connection: close\r\n\r\n");
+  assert_string_equal(header(&r, "X-Netstash-Source"), "cache");
+  resp_free(&r);
+  for (int round = 0; round < 2; round++) {
+    r = exchange_str(nd.gateway, "GET /cache/gzip HTTP/1.1\r\nHost: x\r\n"
+                                 "Accept-Encoding: gzip\r\nConnection: close\r\n\r\n");
+    assert_string_equal(header(&r, "X-Netstash-Source"), round ? "cache" : "network");
+    assert_string_equal(header(&r, "Content-Encoding"), "gzip");
+    assert_int_equal(r.body_len, 42);
+    assert_int_equal((unsigned char)r.body[0], 0x1f);
+    resp_free(&r);
+  }
+  assert_true(fast_hits() == f0 + 6);
+
+  resp_free(&g1);
+  resp_free(&g2);
+  resp_free(&p);
+  free(want);
+  free(got);
+}
+
 /* ------------------------------------------------------------ setup */
 
 static int setup(void **state) {
@@ -1053,6 +1234,7 @@ int main(void) {
       cmocka_unit_test(test_proxy_connect_tunnel),
       cmocka_unit_test(test_remote_bind_refused),
       cmocka_unit_test(test_metrics),
+      cmocka_unit_test(test_gateway_fast_hits),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }

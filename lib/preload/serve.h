@@ -1,0 +1,24 @@
+/*
+ * serve.h — the preload hit's internal entry points (lib/preload/serve.c).
+ * Internal.
+ */
+#ifndef NS_PRELOAD_SERVE_H
+#define NS_PRELOAD_SERVE_H
+
+#include "ns_setup.h"
+
+#include <netstash/netstash.h>
+
+/* netstash_intercept_cached's lookup once the request has been checked: a
+ * fresh stored answer to req in hit, or NETSTASH_E_NOT_FOUND for anything a
+ * job must do. A raw request (netstash_request_set_raw_body) gets the body
+ * as received: one the store keeps in the coding it arrived in is left to a
+ * job, which relays it as is. */
+netstash_error ns_preload_hit_cached(netstash_preload_hit *hit, const netstash_request *req);
+
+/* The HTTP cache's reason for a local cache answer in hit ("fresh:
+ * max-age=600, age 12s"), as a job's netstash_fetch_cache_reason() gives
+ * it; NULL for any other hit. Valid until the hit's next lookup. */
+const char *ns_preload_hit_cache_reason(const netstash_preload_hit *hit);
+
+#endif /* NS_PRELOAD_SERVE_H */
