@@ -8,18 +8,26 @@
 
 /* tchar = "!" / "#" / "$" / "%" / "&" / "'" / "*" / "+" / "-" / "." /
  *         "^" / "_" / "`" / "|" / "~" / DIGIT / ALPHA   (RFC 9110 §5.6.2) */
-int ns_is_tchar(int c) {
-  if (ns_is_alpha(c) || ns_is_digit(c))
-    return 1;
-  switch (c) {
-  case '!': case '#': case '$': case '%': case '&': case '\'': case '*':
-  case '+': case '-': case '.': case '^': case '_': case '`': case '|':
-  case '~':
-    return 1;
-  default:
-    return 0;
-  }
-}
+#define T4(a, b, c, d) a, b, c, d
+const unsigned char ns_tchar_table[256] = {
+    /* 0x00-0x1f: CTLs */
+    T4(0, 0, 0, 0), T4(0, 0, 0, 0), T4(0, 0, 0, 0), T4(0, 0, 0, 0), T4(0, 0, 0, 0), T4(0, 0, 0, 0),
+    T4(0, 0, 0, 0), T4(0, 0, 0, 0),
+    /* SP ! " # $ % & ' ( ) * + , - . / */
+    T4(0, 1, 0, 1), T4(1, 1, 1, 1), T4(0, 0, 1, 1), T4(0, 1, 1, 0),
+    /* 0-9 : ; < = > ? */
+    T4(1, 1, 1, 1), T4(1, 1, 1, 1), T4(1, 1, 0, 0), T4(0, 0, 0, 0),
+    /* @ A-O */
+    T4(0, 1, 1, 1), T4(1, 1, 1, 1), T4(1, 1, 1, 1), T4(1, 1, 1, 1),
+    /* P-Z [ \ ] ^ _ */
+    T4(1, 1, 1, 1), T4(1, 1, 1, 1), T4(1, 1, 1, 0), T4(0, 0, 1, 1),
+    /* ` a-o */
+    T4(1, 1, 1, 1), T4(1, 1, 1, 1), T4(1, 1, 1, 1), T4(1, 1, 1, 1),
+    /* p-z { | } ~ DEL */
+    T4(1, 1, 1, 1), T4(1, 1, 1, 1), T4(1, 1, 1, 0), T4(1, 0, 1, 0),
+    /* 0x80-0xff: not ASCII */
+};
+#undef T4
 
 int ns_span_eq_ci(ns_span s, const char *lit) {
   size_t n = strlen(lit);

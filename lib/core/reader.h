@@ -35,7 +35,12 @@ typedef struct ns_reader {
 } ns_reader;
 
 /* ---- character classes (ASCII, RFC 9110 §5.6.2, RFC 5234 B.1) */
-int ns_is_tchar(int c);
+extern const unsigned char ns_tchar_table[256];
+/* tchar (RFC 9110 §5.6.2): a table lookup, as it runs per byte of every
+ * field name. c is a byte value (0..255) or EOF-like negative (not one). */
+static inline int ns_is_tchar(int c) {
+  return c >= 0 && c < 256 && ns_tchar_table[c];
+}
 static inline int ns_is_digit(int c) { return c >= '0' && c <= '9'; }
 static inline int ns_is_alpha(int c) {
   return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');

@@ -399,6 +399,29 @@ static int canonical(const char *u, size_t n) {
   return 1;
 }
 
+/* One stored field into the hit's index, unless it is one the answer
+ * replaces (Age) or that describes the bytes as stored (a decoded body's
+ * coding and length). 0, or -1 when a cache answer has more fields than the
+ * index holds (a preload answer keeps the first ones). */
+static int index_field(netstash_preload_hit *hit, const char *name, size_t nl, const char *value,
+                       size_t vl) {
+  if (hit->cache && nl == 3 && !strncasecmp(name, "age", 3))
+    return 0; /* replaced by the current age */
+  if (hit->strip && ((nl == 16 && !strncasecmp(name, "content-encoding", 16)) ||
+                     (nl == 14 && !strncasecmp(name, "content-length", 14))))
+    return 0; /* they describe the bytes as stored, not as served */
+  if (hit->cache && hit->nf == HIT_MAX_FIELDS - 1)
+    return -1; /* no field dropped: a job serves it whole */
+  if (hit->nf < HIT_MAX_FIELDS) {
+    hit->f[hit->nf].name = name;
+    hit->f[hit->nf].name_len = (uint32_t)nl;
+    hit->f[hit->nf].value = value;
+    hit->f[hit->nf].value_len = (uint32_t)vl;
+    hit->nf++;
+  }
+  return 0;
+}
+
 /* Field offsets of the stored head (format of ns_headers_encode). */
 static netstash_error index_head(netstash_preload_hit *hit) {
   ns_headers_walk w;
@@ -407,30 +430,26 @@ static netstash_error index_head(netstash_preload_hit *hit) {
   hit->nf = 0;
   if (!ns_headers_walk_begin(&w, hit->h.entry.head, hit->h.entry.head_len))
     return NETSTASH_E_STORE_CORRUPT;
-  while (ns_headers_walk_next(&w, &name, &nl, &value, &vl)) {
-    if (hit->cache && nl == 3 && !strncasecmp(name, "age", 3))
-      continue; /* replaced by the current age */
-    if (hit->strip && ((nl == 16 && !strncasecmp(name, "content-encoding", 16)) ||
-                       (nl == 14 && !strncasecmp(name, "content-length", 14))))
-      continue; /* they describe the bytes as stored, not as served */
-    if (hit->cache && hit->nf == HIT_MAX_FIELDS - 1)
-      return NETSTASH_E_NOT_FOUND; /* no field dropped: a job serves it whole */
-    if (hit->nf < HIT_MAX_FIELDS) {
-      hit->f[hit->nf].name = name;
-      hit->f[hit->nf].name_len = (uint32_t)nl;
-      hit->f[hit->nf].value = value;
-      hit->f[hit->nf].value_len = (uint32_t)vl;
-      hit->nf++;
-    }
-  }
-  if (!w.bad && hit->cache && hit->nf < HIT_MAX_FIELDS) {
-    hit->f[hit->nf].name = "age";
-    hit->f[hit->nf].name_len = 3;
-    hit->f[hit->nf].value = hit->age;
-    hit->f[hit->nf].value_len = (uint32_t)strlen(hit->age);
-    hit->nf++;
-  }
+  while (ns_headers_walk_next(&w, &name, &nl, &value, &vl))
+    (void)index_field(hit, name, nl, value, vl);
   return w.bad ? NETSTASH_E_STORE_CORRUPT : NETSTASH_OK;
+}
+
+/* A cache answer's fields: the entry's head, decoded (and checked) by the
+ * lookup already, then its current Age. */
+static netstash_error index_cached(netstash_preload_hit *hit, const ns_headers *h) {
+  size_t it = 0;
+  const ns_header_field *f;
+  hit->nf = 0;
+  while ((f = ns_headers_next(h, &it, NULL)) != NULL)
+    if (index_field(hit, f->name, f->name_len, f->value, f->value_len) != 0)
+      return NETSTASH_E_NOT_FOUND;
+  hit->f[hit->nf].name = "age";
+  hit->f[hit->nf].name_len = 3;
+  hit->f[hit->nf].value = hit->age;
+  hit->f[hit->nf].value_len = (uint32_t)strlen(hit->age);
+  hit->nf++;
+  return NETSTASH_OK;
 }
 
 static netstash_error lookup_norm(netstash_preload_hit *hit, const char *url, size_t n) {
@@ -550,7 +569,7 @@ static netstash_error cached_local(netstash_preload_hit *hit, const netstash_req
     snprintf(hit->age, sizeof(hit->age), "%lld", (long long)(ce->decision.age_ms / 1000));
     hit->cache = 1;
     hit->id[0] = '\0';
-    e = index_head(hit);
+    e = index_cached(hit, &ce->headers);
   }
   if (e != NETSTASH_OK) {
     netstash_preload_hit_release(hit);

@@ -6,6 +6,8 @@
 
 #include "ns_setup.h"
 #include "core/buf.h"
+#include "core/headers.h"
+#include "core/reader.h"
 #include "core/url.h"
 
 #include <stdlib.h>
@@ -188,6 +190,36 @@ static void test_strerror_table(void **state) {
   assert_int_equal(NETSTASH_E_TRUNCATED, 131);
 }
 
+/* The table-driven tchar and the word-at-a-time field value check agree
+ * with their definitions (RFC 9110 §5.6.2, §5.5) for every byte, at every
+ * position of values of every length around the word size. */
+static void test_char_classes(void **state) {
+  char v[40];
+  (void)state;
+  for (int c = -1; c < 256; c++) {
+    int alnum = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+    int want = c > 0 && (alnum || strchr("!#$%&'*+-.^_`|~", c) != NULL);
+    if (ns_is_tchar(c) != want)
+      fail_msg("ns_is_tchar(%d) = %d", c, ns_is_tchar(c));
+  }
+  for (size_t len = 1; len <= sizeof(v); len++) {
+    for (size_t at = 0; at < len; at++) {
+      for (int c = 0; c < 256; c++) {
+        int want = c == ' ' || c == '\t' || (c >= 0x21 && c != 0x7f);
+        memset(v, 'a', sizeof(v));
+        v[at] = (char)c;
+        if (ns_header_value_valid(v, len) != want)
+          fail_msg("byte %#x at %zu of %zu: %d", c, at, len, !want);
+      }
+    }
+  }
+  /* every other byte of a word bad, and high bytes beside low ones */
+  memcpy(v, "\x80\xff\x7e a\x7f\xfe\x81", 8);
+  assert_false(ns_header_value_valid(v, 8));
+  memcpy(v, "\x80\xff\x7e a\x20\xfe\x81", 8);
+  assert_true(ns_header_value_valid(v, 8));
+}
+
 static void test_buf_cap(void **state) {
   ns_buf b;
   (void)state;
@@ -206,6 +238,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_strerror_table),
       cmocka_unit_test(test_buf_cap),
+      cmocka_unit_test(test_char_classes),
       cmocka_unit_test(test_ctx_failmalloc),
       cmocka_unit_test(test_options_validation),
       cmocka_unit_test(test_bad_dns_servers_fail_ctx),
