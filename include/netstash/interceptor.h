@@ -153,7 +153,9 @@ NETSTASH_EXTERN netstash_error netstash_intercept_preloaded(const netstash_reque
  * encoded body, a head of more than 63 fields, a response stored moments
  * ago and not yet committed. Never touches the
  * network or the loop thread; unlike the preload check it allocates (the
- * request's fields and the stored head, decoded to decide). On a
+ * request's fields, and the stored head decoded to decide: the hit keeps
+ * the last 16 it decoded, one per slot of a hash of the URL, and one found
+ * again while the store has not changed is not decoded again). On a
  * remote-mode context: one round trip to netd on the hit's connection, the
  * request's fields and top-level site sent along (lookup_http.h's cache
  * lookups). Call it after

@@ -123,8 +123,6 @@ static netstash_error decode_variant(const uint8_t *p, size_t len, ns_hc_entry *
   e->request_time_ms = (int64_t)rq;
   e->response_time_ms = (int64_t)rs;
   e->status = (int)st;
-  e->head_blob = hb;
-  e->head_blob_len = hl;
   return NETSTASH_OK;
 }
 
@@ -280,12 +278,14 @@ ns_store *ns_httpcache_store_handle(ns_httpcache *hc) { return hc->store; }
 void ns_hc_entry_init(ns_hc_entry *e, const ns_mem *mem) {
   memset(e, 0, sizeof(*e));
   ns_buf_init(&e->primary, mem, NS_STORE_KEY_MAX);
+  ns_buf_init(&e->key2, mem, NS_STORE_KEY_MAX);
   ns_headers_init(&e->headers, mem);
   ns_headers_init(&e->vary, mem);
 }
 
 void ns_hc_entry_free(ns_hc_entry *e) {
   ns_buf_free(&e->primary);
+  ns_buf_free(&e->key2);
   ns_headers_free(&e->headers);
   ns_headers_free(&e->vary);
 }
@@ -310,6 +310,7 @@ static netstash_error find_variant_in(ns_httpcache *hc, ns_store_reader *reader,
   if (rec.value_len < 2 || rec.value[0] != REC_VERSION || rec.value[1] != REC_INDEX ||
       (rec.value_len - 2) % 16 != 0)
     return NETSTASH_E_STORE_CORRUPT;
+  e->index_flags = rec.flags;
   n = NS_MIN((rec.value_len - 2) / 16, (size_t)NS_HC_MAX_VARIANTS);
   for (i = 0; i < n; i++) {
     memcpy(ids[i], rec.value + 2 + 16 * i, 16);
@@ -333,6 +334,8 @@ static netstash_error find_variant_in(ns_httpcache *hc, ns_store_reader *reader,
     if (!ns_cache_vary_matches(&e->headers, &e->vary, req))
       continue;
     e->found = 1;
+    e->newest = i == 0;
+    e->variant_flags = rec.flags;
     memcpy(e->variant_id, ids[i], 17);
     e->has_body = rec.has_body;
     if (rec.has_body)
@@ -434,11 +437,31 @@ netstash_error ns_httpcache_peek(ns_httpcache *hc, ns_store_reader *reader, cons
                                  ns_hc_entry *e) {
   netstash_error rv;
   ns_cache_request creq = {"GET", url, req};
-  e->found = 0;
-  ns_buf_reset(&e->primary);
-  if ((rv = primary_key(hc, top, url, &e->primary)) != NETSTASH_OK ||
-      (rv = find_variant_in(hc, reader, &e->primary, req, e)) != NETSTASH_OK)
+  uint64_t snap = ns_store_reader_snapshot(reader);
+  ns_buf_reset(&e->key2);
+  if ((rv = primary_key(hc, top, url, &e->key2)) != NETSTASH_OK) {
+    e->found = 0;
     return rv;
+  }
+  if (e->found && e->newest && snap && e->snapshot == snap && e->key2.len == e->primary.len &&
+      memcmp(e->key2.data, e->primary.data, e->primary.len) == 0 &&
+      ns_cache_vary_matches(&e->headers, &e->vary, req)) {
+    /* the snapshot the entry was decoded in, its key, and its variant (the
+     * newest) matches this request too: find_variant_in would decode the
+     * same records again. Their accesses are noted as a read would. */
+    ns_store_touch(reader, NS_STORE_HTTP, e->primary.data, e->primary.len, e->index_flags);
+    ns_buf_reset(&e->key2);
+    if (variant_key(&e->primary, e->variant_id, &e->key2) == NETSTASH_OK)
+      ns_store_touch(reader, NS_STORE_HTTP, e->key2.data, e->key2.len, e->variant_flags);
+  } else {
+    ns_buf t = e->primary;
+    e->primary = e->key2;
+    e->key2 = t;
+    e->found = 0;
+    if ((rv = find_variant_in(hc, reader, &e->primary, req, e)) != NETSTASH_OK)
+      return rv;
+    e->snapshot = snap;
+  }
   decide_entry(hc, &creq, now_ms, e);
   return NETSTASH_OK;
 }

@@ -44,11 +44,14 @@ typedef struct ns_hc_entry {
   int64_t request_time_ms, response_time_ms;
   int has_body;
   uint8_t body_hash[NS_STORE_HASH_LEN];
-  /* the stored head as encoded (ns_headers_encode form), in the store's map:
-   * valid while the read transaction of the lookup is open */
-  const uint8_t *head_blob;
-  size_t head_blob_len;
   ns_cache_decision decision;
+  /* ns_httpcache_peek's memo: the snapshot this entry was read in, whether
+   * it is the newest variant under its key, the records' flags (for their
+   * access notes), and a scratch key */
+  uint64_t snapshot;
+  int newest;
+  uint32_t index_flags, variant_flags;
+  ns_buf key2;
 } ns_hc_entry;
 
 netstash_error ns_httpcache_open(const ns_mem *mem, const ns_hc_config *cfg,
@@ -77,10 +80,12 @@ netstash_error ns_httpcache_lookup(ns_httpcache *hc, const char *top_level_url,
                                    const ns_headers *req, int64_t now_ms, ns_hc_entry *e);
 
 /* ns_httpcache_lookup for a GET from any thread, inside reader's open read
- * transaction (the caller's: e->head_blob and the body stay valid while it
- * is open): no No-Vary-Search fallback, and responses still queued for the
- * group commit are not seen (the synchronous fast paths: a miss there means
- * "start a job"). */
+ * transaction (the caller's: the body stays valid while it is open): no
+ * No-Vary-Search fallback, and responses still queued for the group commit
+ * are not seen (the synchronous fast paths: a miss there means "start a
+ * job"). e found in the same snapshot by the previous peek, for the same
+ * key, and its variant the newest and matching req again, is kept as it is
+ * (not read and decoded again; the accesses noted all the same). */
 netstash_error ns_httpcache_peek(ns_httpcache *hc, ns_store_reader *reader, const char *top,
                                  const char *url, const ns_headers *req, int64_t now_ms,
                                  ns_hc_entry *e);

@@ -32,6 +32,7 @@
 
 #define HIT_MAX_FIELDS NS_LOOKUP_MAX_FIELDS
 #define HIT_MAX_ID 128
+#define HIT_ENTRIES 16 /* decoded cache entries kept by default (ns_preload_hit_keep) */
 /* A remote lookup that netd does not answer within this long fails
  * (NETSTASH_E_TIMEOUT; the caller then starts a job) and the connection is
  * dropped. netd answers from its loop in microseconds; this only bounds a
@@ -54,7 +55,13 @@ struct netstash_preload_hit {
   /* an HTTP-cache answer (netstash_intercept_cached) rather than a preload */
   int cache;
   char age[24];    /* its Age field's value */
-  ns_hc_entry *ce; /* the local lookup's entry (allocated on first use) */
+  /* the local lookups' entries (allocated on first use), one per slot of
+   * the URL's hash: ns_httpcache_peek keeps an entry it finds again in the
+   * same snapshot instead of decoding it again, so hot URLs interleaved
+   * keep theirs */
+  ns_hc_entry *ces;
+  size_t nces;
+  ns_hc_entry *ce; /* the last lookup's */
   int decoded;     /* the body is dec (the store keeps it encoded) */
   int strip;       /* ... in the coding it came in: its fields left out */
   ns_buf dec;
@@ -110,9 +117,10 @@ void netstash_preload_hit_del(netstash_preload_hit *hit) {
   if (!hit)
     return;
   netstash_preload_hit_release(hit);
-  if (hit->ce) {
-    ns_hc_entry_free(hit->ce);
-    ns_free(&hit->ctx->mem, hit->ce);
+  if (hit->ces) {
+    for (size_t i = 0; i < hit->nces; i++)
+      ns_hc_entry_free(&hit->ces[i]);
+    ns_free(&hit->ctx->mem, hit->ces);
   }
   ns_store_reader_del(hit->r);
   ns_buf_free(&hit->dec);
@@ -510,6 +518,16 @@ static netstash_error dec_sink(const uint8_t *data, size_t len, void *ud) {
   return ns_buf_append(ud, data, len);
 }
 
+/* The entry slot hash of a URL and top-level site (FNV-1a). */
+static size_t slot_of(const char *url, const char *top) {
+  uint32_t h = 2166136261u;
+  for (const char *p = url; p && *p; p++)
+    h = (h ^ (uint8_t)*p) * 16777619u;
+  for (const char *p = top; p && *p; p++)
+    h = (h ^ (uint8_t)*p) * 16777619u;
+  return h;
+}
+
 /* A fresh stored answer for req from the context's HTTP cache, in the hit's
  * own read transaction; NETSTASH_E_NOT_FOUND for anything a job must do
  * (absent, stale, a redirect, a body the store keeps encoded). */
@@ -521,12 +539,15 @@ static netstash_error cached_local(netstash_preload_hit *hit, const netstash_req
   netstash_error e;
   if (!ctx->hc)
     return NETSTASH_E_NOT_FOUND;
-  if (!hit->ce) {
-    if (!(hit->ce = ns_calloc(&ctx->mem, 1, sizeof(*hit->ce))))
+  if (!hit->ces) {
+    size_t n = hit->nces ? hit->nces : HIT_ENTRIES;
+    if (!(hit->ces = ns_calloc(&ctx->mem, n, sizeof(*hit->ces))))
       return NETSTASH_E_NOMEM;
-    ns_hc_entry_init(hit->ce, &ctx->mem);
+    hit->nces = n;
+    for (size_t i = 0; i < n; i++)
+      ns_hc_entry_init(&hit->ces[i], &ctx->mem);
   }
-  ce = hit->ce;
+  ce = hit->ce = &hit->ces[slot_of(req->url.url, req->top_level_site.url) % hit->nces];
   clock_gettime(CLOCK_REALTIME, &ts);
   ns_headers_init(&rh, &ctx->mem);
   e = ns_request_cache_fields(req, &rh);
@@ -563,8 +584,6 @@ static netstash_error cached_local(netstash_preload_hit *hit, const netstash_req
     hit->body_loaded = 1;
     hit->h.entry.status = ce->status;
     hit->h.entry.size = !ce->has_body ? 0 : hit->decoded ? hit->dec.len : hit->h.body.decoded_size;
-    hit->h.entry.head = ce->head_blob;
-    hit->h.entry.head_len = ce->head_blob_len;
     memcpy(hit->h.body_hash, ce->body_hash, sizeof(hit->h.body_hash));
     snprintf(hit->age, sizeof(hit->age), "%lld", (long long)(ce->decision.age_ms / 1000));
     hit->cache = 1;
@@ -692,6 +711,15 @@ const char *netstash_preload_hit_manifest_id(const netstash_preload_hit *hit) {
 
 uint64_t netstash_preload_hit_manifest_version(const netstash_preload_hit *hit) {
   return hit && hit->valid ? hit->h.version : 0;
+}
+
+netstash_error ns_preload_hit_keep(netstash_preload_hit *hit, size_t entries) {
+  if (!hit || !entries || entries > 65536)
+    return NETSTASH_E_INVALID_ARGUMENT;
+  if (hit->ces)
+    return NETSTASH_E_ILLEGAL_STATE;
+  hit->nces = entries;
+  return NETSTASH_OK;
 }
 
 const char *ns_preload_hit_cache_reason(const netstash_preload_hit *hit) {

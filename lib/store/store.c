@@ -868,6 +868,17 @@ static netstash_error get_in(ns_store *s, MDB_txn *txn, ns_store_db db, const vo
   return NETSTASH_OK;
 }
 
+uint64_t ns_store_reader_snapshot(const ns_store_reader *r) {
+  return r && r->active ? (uint64_t)mdb_txn_id(r->txn) : 0;
+}
+
+void ns_store_touch(ns_store_reader *r, ns_store_db db, const void *key, size_t keylen,
+                    uint32_t rec_flags) {
+  uint32_t f = (rec_flags & NS_STORE_REC_PINNED) ? REC_F_PINNED : 0;
+  if (r && r->active && valid_key(db, key, keylen) && evictable(db, f) && !r->s->p.read_only)
+    touch_note(r->s, db, key, keylen);
+}
+
 netstash_error ns_store_get(ns_store_reader *r, ns_store_db db, const void *key, size_t keylen,
                             ns_store_record *out) {
   rec_hdr h;

@@ -153,6 +153,11 @@ netstash_error ns_store_read_begin(ns_store_reader *r);
 /* Releases the snapshot (mdb_txn_reset: the handle stays reusable). No-op if
  * not begun. */
 void ns_store_read_end(ns_store_reader *r);
+/* The begun snapshot's identity (the last transaction committed before it;
+ * 0 when not begun): two snapshots with the same identity see the same
+ * records. Pointers into the map do not carry over from one to the other
+ * (the map may have moved): only what was copied out of it does. */
+uint64_t ns_store_reader_snapshot(const ns_store_reader *r);
 
 /* A record as stored. value points into the map (zero copy): valid until
  * ns_store_read_end, or for a record read in a write transaction, until that
@@ -189,6 +194,11 @@ typedef struct ns_store_body {
  * (not begun), NETSTASH_E_INVALID_ARGUMENT, NETSTASH_E_STORE_CORRUPT. */
 netstash_error ns_store_get(ns_store_reader *r, ns_store_db db, const void *key, size_t keylen,
                             ns_store_record *out);
+/* Notes an access to a record found earlier in an identical snapshot
+ * (rec_flags: its flags), as ns_store_get would have: for a caller that
+ * kept what it decoded instead of reading the record again. */
+void ns_store_touch(ns_store_reader *r, ns_store_db db, const void *key, size_t keylen,
+                    uint32_t rec_flags);
 /* The body stored under hash. NETSTASH_E_NOT_FOUND when absent;
  * NETSTASH_E_STORE_CORRUPT when its header is malformed. */
 netstash_error ns_store_body_get(ns_store_reader *r, const uint8_t *hash, ns_store_body *out);

@@ -550,6 +550,18 @@ static int handle(conn *c, request *rq) {
                      "Vary: Accept-Language\r\n",
                      body, (size_t)n, 0) == 0 && rq->keep_alive;
     }
+    if (strcmp(q, "vary2") ==
+        0) { /* Vary by the request: two variants varying on different fields */
+      n = snprintf(body, sizeof(body), "lang=%s n=%lu", rq->accept_language, k);
+      return respond(c, rq, 200,
+                     strcmp(rq->accept_language, "en") == 0
+                         ? "Content-Type: text/plain\r\nCache-Control: max-age=600\r\n"
+                           "Vary: Accept-Language\r\n"
+                         : "Content-Type: text/plain\r\nCache-Control: max-age=600\r\n"
+                           "Vary: Accept-Encoding\r\n",
+                     body, (size_t)n, 0) == 0 &&
+             rq->keep_alive;
+    }
     if (strcmp(q, "perm") == 0) { /* permanent redirect, no explicit freshness */
       n = snprintf(body, sizeof(body), "moved n=%lu", k);
       return respond(c, rq, 301, "Content-Type: text/plain\r\n"

@@ -205,7 +205,7 @@ static void test_intercept_cached(void **state) {
   netstash_ctx *ctx = ctx_for(new_profile(), 1);
   netstash_preload_hit *h;
   netstash_request *req;
-  result a;
+  result a, b;
   char body[512];
   long age;
   (void)state;
@@ -221,6 +221,15 @@ static void test_intercept_cached(void **state) {
   assert_string_equal(body, a.body);
   assert_true(age >= 0 && age <= 5);
   assert_string_equal(netstash_preload_hit_manifest_id(h), "");
+  /* again: the entry the last lookup decoded is kept (same snapshot, same
+   * key); once a new answer replaced it (a new snapshot), it is read again */
+  assert_int_equal(fast(h, req, body, sizeof(body), &age), NETSTASH_OK);
+  assert_string_equal(body, a.body);
+  b = fetch(ctx, url("/cache/max-age/600/fast"), NULL, NETSTASH_CACHE_VALIDATE, NULL, NULL, NULL);
+  assert_int_equal(b.err, NETSTASH_OK);
+  assert_string_not_equal(b.body, a.body);
+  assert_int_equal(fast(h, req, body, sizeof(body), &age), NETSTASH_OK);
+  assert_string_equal(body, b.body);
   netstash_request_del(req);
   /* what a job would not answer from the cache alone: a range, a conditional,
    * another cache mode, another partition */
@@ -256,6 +265,33 @@ static void test_intercept_cached(void **state) {
   netstash_request_add_header(req, "Accept-Language", "fr");
   assert_int_equal(fast(h, req, body, sizeof(body), &age), NETSTASH_E_NOT_FOUND);
   netstash_request_del(req);
+  /* a second variant, the newest: each request gets its own, whichever
+   * one the previous lookup kept */
+  (void)fetch(ctx, url("/cache/vary"), NULL, 0, "fr", NULL, NULL);
+  for (int i = 0; i < 6; i++) {
+    const char *lang = (i % 3) ? "en" : "fr"; /* fr en en fr en en */
+    char want[16];
+    assert_int_equal(netstash_request_new(&req, url("/cache/vary")), NETSTASH_OK);
+    netstash_request_add_header(req, "Accept-Language", lang);
+    assert_int_equal(fast(h, req, body, sizeof(body), &age), NETSTASH_OK);
+    snprintf(want, sizeof(want), "lang=%s", lang);
+    assert_non_null(strstr(body, want));
+    netstash_request_del(req);
+  }
+  /* variants varying on different fields (en: Accept-Language, others:
+   * Accept-Encoding): a request both match gets the newest, even right
+   * after a lookup kept the older one */
+  (void)fetch(ctx, url("/cache/vary2"), NULL, 0, "en", NULL, NULL);
+  (void)fetch(ctx, url("/cache/vary2"), NULL, 0, "fr", NULL, NULL);
+  for (int i = 0; i < 2; i++) {
+    assert_int_equal(netstash_request_new(&req, url("/cache/vary2")), NETSTASH_OK);
+    netstash_request_add_header(req, "Accept-Language", "en");
+    if (i == 0) /* only the older variant's */
+      netstash_request_add_header(req, "Accept-Encoding", "identity");
+    assert_int_equal(fast(h, req, body, sizeof(body), &age), NETSTASH_OK);
+    assert_non_null(strstr(body, i == 0 ? "lang=en" : "lang=fr"));
+    netstash_request_del(req);
+  }
   /* stale: a job revalidates */
   (void)GET(ctx, "/cache/max-age/1/stale");
   assert_int_equal(netstash_request_new(&req, url("/cache/max-age/1/stale")), NETSTASH_OK);
