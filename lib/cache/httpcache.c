@@ -279,6 +279,7 @@ void ns_hc_entry_init(ns_hc_entry *e, const ns_mem *mem) {
   memset(e, 0, sizeof(*e));
   ns_buf_init(&e->primary, mem, NS_STORE_KEY_MAX);
   ns_buf_init(&e->key2, mem, NS_STORE_KEY_MAX);
+  ns_buf_init(&e->keyed, mem, SIZE_MAX);
   ns_headers_init(&e->headers, mem);
   ns_headers_init(&e->vary, mem);
 }
@@ -286,6 +287,7 @@ void ns_hc_entry_init(ns_hc_entry *e, const ns_mem *mem) {
 void ns_hc_entry_free(ns_hc_entry *e) {
   ns_buf_free(&e->primary);
   ns_buf_free(&e->key2);
+  ns_buf_free(&e->keyed);
   ns_headers_free(&e->headers);
   ns_headers_free(&e->vary);
 }
@@ -432,19 +434,34 @@ netstash_error ns_httpcache_lookup(ns_httpcache *hc, const char *top, const char
   return NETSTASH_OK;
 }
 
+/* Is e->primary the key of (top, url)? e->keyed holds the pair it was
+ * built from ("url\n+top", or "url\n-" without a top-level site): the key
+ * is a function of them alone. */
+static int keyed_for(const ns_hc_entry *e, const char *top, const char *url) {
+  size_t ul = strlen(url), tl = top ? strlen(top) : 0;
+  const uint8_t *k = e->keyed.data;
+  return e->keyed.len == ul + 2 + tl && memcmp(k, url, ul) == 0 && k[ul] == '\n' &&
+         k[ul + 1] == (top ? '+' : '-') && (!tl || memcmp(k + ul + 2, top, tl) == 0);
+}
+
 netstash_error ns_httpcache_peek(ns_httpcache *hc, ns_store_reader *reader, const char *top,
                                  const char *url, const ns_headers *req, int64_t now_ms,
                                  ns_hc_entry *e) {
   netstash_error rv;
   ns_cache_request creq = {"GET", url, req};
   uint64_t snap = ns_store_reader_snapshot(reader);
-  ns_buf_reset(&e->key2);
-  if ((rv = primary_key(hc, top, url, &e->key2)) != NETSTASH_OK) {
-    e->found = 0;
-    return rv;
+  int same_key = keyed_for(e, top, url);
+  if (!same_key) {
+    ns_buf_reset(&e->key2);
+    if ((rv = primary_key(hc, top, url, &e->key2)) != NETSTASH_OK) {
+      e->found = 0;
+      ns_buf_reset(&e->keyed);
+      return rv;
+    }
+    same_key =
+        e->key2.len == e->primary.len && memcmp(e->key2.data, e->primary.data, e->primary.len) == 0;
   }
-  if (e->found && e->newest && snap && e->snapshot == snap && e->key2.len == e->primary.len &&
-      memcmp(e->key2.data, e->primary.data, e->primary.len) == 0 &&
+  if (e->found && e->newest && snap && e->snapshot == snap && same_key &&
       ns_cache_vary_matches(&e->headers, &e->vary, req)) {
     /* the snapshot the entry was decoded in, its key, and its variant (the
      * newest) matches this request too: find_variant_in would decode the
@@ -454,9 +471,16 @@ netstash_error ns_httpcache_peek(ns_httpcache *hc, ns_store_reader *reader, cons
     if (variant_key(&e->primary, e->variant_id, &e->key2) == NETSTASH_OK)
       ns_store_touch(reader, NS_STORE_HTTP, e->key2.data, e->key2.len, e->variant_flags);
   } else {
-    ns_buf t = e->primary;
-    e->primary = e->key2;
-    e->key2 = t;
+    if (!same_key) { /* key2 is the new key */
+      ns_buf t = e->primary;
+      e->primary = e->key2;
+      e->key2 = t;
+    }
+    ns_buf_reset(&e->keyed);
+    if (ns_buf_append_str(&e->keyed, url) != NETSTASH_OK ||
+        ns_buf_append_str(&e->keyed, top ? "\n+" : "\n-") != NETSTASH_OK ||
+        (top && ns_buf_append_str(&e->keyed, top) != NETSTASH_OK))
+      ns_buf_reset(&e->keyed); /* not kept: built again next time */
     e->found = 0;
     if ((rv = find_variant_in(hc, reader, &e->primary, req, e)) != NETSTASH_OK)
       return rv;

@@ -47,11 +47,13 @@ typedef struct ns_hc_entry {
   ns_cache_decision decision;
   /* ns_httpcache_peek's memo: the snapshot this entry was read in, whether
    * it is the newest variant under its key, the records' flags (for their
-   * access notes), and a scratch key */
+   * access notes), a scratch key, and the URL and top-level site primary
+   * was built from */
   uint64_t snapshot;
   int newest;
   uint32_t index_flags, variant_flags;
   ns_buf key2;
+  ns_buf keyed;
 } ns_hc_entry;
 
 netstash_error ns_httpcache_open(const ns_mem *mem, const ns_hc_config *cfg,

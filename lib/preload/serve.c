@@ -518,12 +518,10 @@ static netstash_error dec_sink(const uint8_t *data, size_t len, void *ud) {
   return ns_buf_append(ud, data, len);
 }
 
-/* The entry slot hash of a URL and top-level site (FNV-1a). */
-static size_t slot_of(const char *url, const char *top) {
+/* The entry slot hash of a URL (FNV-1a; its partitions share the slot). */
+static size_t slot_of(const char *url) {
   uint32_t h = 2166136261u;
   for (const char *p = url; p && *p; p++)
-    h = (h ^ (uint8_t)*p) * 16777619u;
-  for (const char *p = top; p && *p; p++)
     h = (h ^ (uint8_t)*p) * 16777619u;
   return h;
 }
@@ -547,7 +545,7 @@ static netstash_error cached_local(netstash_preload_hit *hit, const netstash_req
     for (size_t i = 0; i < n; i++)
       ns_hc_entry_init(&hit->ces[i], &ctx->mem);
   }
-  ce = hit->ce = &hit->ces[slot_of(req->url.url, req->top_level_site.url) % hit->nces];
+  ce = hit->ce = &hit->ces[slot_of(req->url.url) % hit->nces];
   clock_gettime(CLOCK_REALTIME, &ts);
   ns_headers_init(&rh, &ctx->mem);
   e = ns_request_cache_fields(req, &rh);
