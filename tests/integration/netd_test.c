@@ -273,7 +273,7 @@ static void test_lock_and_config(void **state) {
   assert_int_equal(netd_run_stop(&dp), 0);
 
   out = check_config(dp.profile, "good", "", &st,
-                     "{\"profile\": \"%s\", \"proxy\": \"127.0.0.1:18080\", "
+                     "{\"profile\": \"%s\", \"proxy\": \"127.0.0.1:18080\", \"fast_hits\": false, "
                      "\"log\": {\"level\": \"debug\"}, \"warm\": [{\"manifest\": "
                      "\"https://example.test/m.json\", \"interval_s\": 600}]}",
                      dp.profile);
@@ -284,6 +284,10 @@ static void test_lock_and_config(void **state) {
                      "{\"profile\": \"/tmp/x\", \"proxy\": \"10.1.2.3:8080\"}");
   assert_int_equal(st, 3);
   assert_non_null(strstr(out, "not a loopback address"));
+  free(out);
+  out = check_config(dp.profile, "fast", "", &st, "{\"profile\": \"/tmp/x\", \"fast_hits\": 1}");
+  assert_int_equal(st, 3);
+  assert_non_null(strstr(out, "fast_hits: true or false expected"));
   free(out);
   out = check_config(dp.profile, "typo", "", &st,
                      "{\"profile\": \"/tmp/x\", \"sockett\": \"/tmp/s\"}");
