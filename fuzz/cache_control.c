@@ -126,6 +126,22 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     ns_cache_control_from_headers(&cc, &req, 1);
     CHECK(cc.flags & NS_CC_MAX_STALE);
   }
+  /* a decision on the stored side prepared once (kept entries) is the same
+   * decision, when it is prepared and when it is reused at another time */
+  {
+    ns_cache_prepared prep;
+    ns_cache_decision d1, d2, d3;
+    int64_t later = now + (int8_t)data[2] * INT64_C(7000);
+    memset(&prep, 0, sizeof(prep));
+    st.prep = &prep;
+    ns_cache_decide(NULL, &rq, &st, now, &d1);
+    CHECK(prep.valid);
+    ns_cache_decide(NULL, &rq, &st, later, &d2);
+    st.prep = NULL;
+    ns_cache_decide(NULL, &rq, &st, later, &d3);
+    CHECK(memcmp(&d1, &d, sizeof(d)) == 0);
+    CHECK(memcmp(&d2, &d3, sizeof(d3)) == 0);
+  }
   ns_cache_decide(NULL, &rq, NULL, now, &d);
   CHECK(d.verdict == NS_CACHE_MISS || d.verdict == NS_CACHE_GATEWAY_TIMEOUT);
 

@@ -582,9 +582,10 @@ int64_t ns_cache_freshness_lifetime_ms(const ns_cache_policy *pol, const ns_cach
   return lifetime_ms(pol, st, &cc, date_of(st), source);
 }
 
-static int64_t age_ms(const ns_cache_stored *st, stored_date d, int64_t now_ms) {
-  /* RFC 9111 §4.2.3 */
-  int64_t date_ms, apparent, age_value = 0, delay, corrected_age, initial, resident;
+/* RFC 9111 §4.2.3's corrected_initial_age: what the age is when the
+ * response was received. */
+static int64_t initial_age_ms(const ns_cache_stored *st, stored_date d) {
+  int64_t date_ms, apparent, age_value = 0, delay, corrected_age;
   size_t it = 0;
   const ns_header_field *f;
   if (d.rd == 1)
@@ -607,11 +608,19 @@ static int64_t age_ms(const ns_cache_stored *st, stored_date d, int64_t now_ms) 
   if (delay < 0)
     delay = 0;
   corrected_age = sat_add(age_value, delay);
-  initial = NS_MAX(apparent, corrected_age);
-  resident = sat_sub(now_ms, st->response_time_ms);
+  return NS_MAX(apparent, corrected_age);
+}
+
+/* ... plus resident_time (RFC 9111 §4.2.3) */
+static int64_t age_from(const ns_cache_stored *st, int64_t initial, int64_t now_ms) {
+  int64_t resident = sat_sub(now_ms, st->response_time_ms);
   if (resident < 0)
     resident = 0; /* the clock went backwards */
   return sat_add(initial, resident);
+}
+
+static int64_t age_ms(const ns_cache_stored *st, stored_date d, int64_t now_ms) {
+  return age_from(st, initial_age_ms(st, d), now_ms);
 }
 
 int64_t ns_cache_current_age_ms(const ns_cache_stored *st, int64_t now_ms) {
@@ -695,13 +704,28 @@ static void reason_set(ns_cache_decision *d, const char *fmt, ...) {
 }
 #define REASON(...) reason_set(out, __VA_ARGS__)
 
+/* The stored response's side of a decision, computed into p. */
+static void prepare(const ns_cache_policy *pol, const ns_cache_stored *st, ns_cache_prepared *p) {
+  stored_date date;
+  ns_cache_fresh_source src;
+  p->vary_star = vary_has_star(st->headers);
+  ns_cache_control_from_headers(&p->rs, st->headers, 0);
+  date = date_of(st);
+  p->lifetime_ms = lifetime_ms(pol, st, &p->rs, date, &src);
+  p->source = (int)src;
+  p->initial_age_ms = initial_age_ms(st, date);
+  describe_source(p->source_text, sizeof(p->source_text), src, &p->rs, p->lifetime_ms);
+  p->policy = pol;
+  p->valid = 1;
+}
+
 void ns_cache_decide(const ns_cache_policy *pol, const ns_cache_request *req,
                      const ns_cache_stored *st, int64_t now_ms, ns_cache_decision *out) {
   ns_cache_control rq, rs;
-  stored_date date;
+  ns_cache_prepared local, *prep;
   int64_t life, age, remaining, age_s;
   int fresh, client_constraint;
-  char src[96];
+  const char *src;
   const ns_headers *rh = req ? req->headers : NULL;
 
   memset(out, 0, sizeof(*out));
@@ -724,7 +748,11 @@ void ns_cache_decide(const ns_cache_policy *pol, const ns_cache_request *req,
     REASON("miss: request no-store");
     goto only_if_cached;
   }
-  if (vary_has_star(st->headers)) {
+  /* the stored side: computed once for a response decided on again */
+  prep = st->prep ? st->prep : &local;
+  if (prep == &local || !prep->valid || prep->policy != (const void *)pol)
+    prepare(pol, st, prep);
+  if (prep->vary_star) {
     REASON("miss: Vary: * never matches (RFC 9111 §4.1)");
     goto only_if_cached;
   }
@@ -733,17 +761,17 @@ void ns_cache_decide(const ns_cache_policy *pol, const ns_cache_request *req,
     goto only_if_cached;
   }
 
-  ns_cache_control_from_headers(&rs, st->headers, 0);
-  date = date_of(st);
-  life = lifetime_ms(pol, st, &rs, date, &out->source);
-  age = age_ms(st, date, now_ms);
+  rs = prep->rs;
+  life = prep->lifetime_ms;
+  out->source = (ns_cache_fresh_source)prep->source;
+  age = age_from(st, prep->initial_age_ms, now_ms);
   fresh = life > age; /* RFC 9111 §4.2: strictly greater */
   remaining = sat_sub(life, age);
   age_s = age / 1000;
   out->lifetime_ms = life;
   out->age_ms = age;
   out->stale = !fresh;
-  describe_source(src, sizeof(src), out->source, &rs, life);
+  src = prep->source_text;
   client_constraint = (rq.flags & (NS_CC_MAX_AGE | NS_CC_MIN_FRESH)) != 0;
 
   if (rq.flags & NS_CC_NO_CACHE) {

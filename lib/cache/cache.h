@@ -113,6 +113,23 @@ typedef struct ns_cache_request {
   const ns_headers *headers; /* request header fields as sent */
 } ns_cache_request;
 
+/* What ns_cache_decide derives from a stored response alone — its
+ * Cache-Control, Date, freshness lifetime and initial age (RFC 9111 §4.2.1,
+ * §4.2.3) —, kept by a caller that decides on the same stored response
+ * again (netstash_intercept_cached's kept entries). Filled by the first
+ * decision that finds it invalid; the caller invalidates it (valid = 0)
+ * whenever the stored response changes. */
+typedef struct ns_cache_prepared {
+  int valid;
+  const void *policy; /* the policy it was computed under */
+  int vary_star;
+  ns_cache_control rs;
+  int64_t lifetime_ms;
+  int source; /* ns_cache_fresh_source */
+  int64_t initial_age_ms;
+  char source_text[96];
+} ns_cache_prepared;
+
 typedef struct ns_cache_stored {
   int status;
   const ns_headers *headers;      /* stored response header fields */
@@ -120,6 +137,7 @@ typedef struct ns_cache_stored {
                                      sent (ns_cache_vary_snapshot); NULL: none */
   int64_t request_time_ms;        /* RFC 9111 §4.2.3 request_time */
   int64_t response_time_ms;       /* RFC 9111 §4.2.3 response_time */
+  ns_cache_prepared *prep;        /* NULL, or kept across decisions (above) */
 } ns_cache_stored;
 
 /* ------------------------------------------------------------- storage */

@@ -403,9 +403,12 @@ static netstash_error find_nvs(ns_httpcache *hc, const char *top, const char *ur
 }
 
 /* The RFC 9111 decision on what the lookup found in e (nothing: a miss). */
+/* prep: e->prep may be used (peek's kept entries; peek invalidates it
+ * whenever it decodes the entry again). */
 static void decide_entry(ns_httpcache *hc, const ns_cache_request *creq, int64_t now_ms,
-                         ns_hc_entry *e) {
-  ns_cache_stored st = {e->status, &e->headers, &e->vary, e->request_time_ms, e->response_time_ms};
+                         ns_hc_entry *e, int prep) {
+  ns_cache_stored st = {e->status,          &e->headers,         &e->vary,
+                        e->request_time_ms, e->response_time_ms, prep ? &e->prep : NULL};
   ns_cache_decide(&hc->policy, creq, e->found ? &st : NULL, now_ms, &e->decision);
 }
 
@@ -430,7 +433,7 @@ netstash_error ns_httpcache_lookup(ns_httpcache *hc, const char *top, const char
   ns_store_read_end(hc->reader);
   if (rv != NETSTASH_OK)
     return rv;
-  decide_entry(hc, &creq, now_ms, e);
+  decide_entry(hc, &creq, now_ms, e, 0);
   return NETSTASH_OK;
 }
 
@@ -482,11 +485,12 @@ netstash_error ns_httpcache_peek(ns_httpcache *hc, ns_store_reader *reader, cons
         (top && ns_buf_append_str(&e->keyed, top) != NETSTASH_OK))
       ns_buf_reset(&e->keyed); /* not kept: built again next time */
     e->found = 0;
+    e->prep.valid = 0; /* decoded again below */
     if ((rv = find_variant_in(hc, reader, &e->primary, req, e)) != NETSTASH_OK)
       return rv;
     e->snapshot = snap;
   }
-  decide_entry(hc, &creq, now_ms, e);
+  decide_entry(hc, &creq, now_ms, e, 1);
   return NETSTASH_OK;
 }
 

@@ -54,6 +54,7 @@ typedef struct ns_hc_entry {
   uint32_t index_flags, variant_flags;
   ns_buf key2;
   ns_buf keyed;
+  ns_cache_prepared prep; /* the decision's stored side, for a kept entry */
 } ns_hc_entry;
 
 netstash_error ns_httpcache_open(const ns_mem *mem, const ns_hc_config *cfg,

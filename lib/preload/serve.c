@@ -583,7 +583,16 @@ static netstash_error cached_local(netstash_preload_hit *hit, const netstash_req
     hit->h.entry.status = ce->status;
     hit->h.entry.size = !ce->has_body ? 0 : hit->decoded ? hit->dec.len : hit->h.body.decoded_size;
     memcpy(hit->h.body_hash, ce->body_hash, sizeof(hit->h.body_hash));
-    snprintf(hit->age, sizeof(hit->age), "%lld", (long long)(ce->decision.age_ms / 1000));
+    {
+      /* Age in seconds (never negative), without printf on this path */
+      char d[24], *p = d + sizeof(d);
+      uint64_t v = ce->decision.age_ms > 0 ? (uint64_t)ce->decision.age_ms / 1000 : 0;
+      do
+        *--p = (char)('0' + v % 10);
+      while (v /= 10);
+      memcpy(hit->age, p, (size_t)(d + sizeof(d) - p));
+      hit->age[d + sizeof(d) - p] = '\0';
+    }
     hit->cache = 1;
     hit->id[0] = '\0';
     e = index_cached(hit, &ce->headers);

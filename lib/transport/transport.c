@@ -1050,8 +1050,8 @@ static void hop_result(netstash_fetch *f, netstash_error res) {
   }
   if (res == NETSTASH_OK && f->hc_got_304) {
     ns_headers h304;
-    ns_cache_stored st = {f->hce.status, &f->hce.headers, &f->hce.vary,
-                          f->hce.request_time_ms, f->hce.response_time_ms};
+    ns_cache_stored st = {f->hce.status,          &f->hce.headers,         &f->hce.vary,
+                          f->hce.request_time_ms, f->hce.response_time_ms, NULL};
     ns_headers_init(&h304, &f->mem);
     err = head_as_headers(f, &h304);
     if (err == NETSTASH_OK && ns_cache_304_matches(&st, &h304))
@@ -2134,8 +2134,8 @@ static void serve_cached_slice(netstash_fetch *f, netstash_source source,
     char age[24];
     int64_t ms = f->hce.decision.age_ms;
     if (f->hc_validating) {
-      ns_cache_stored st = {f->hce.status, &f->hce.headers, &f->hce.vary, f->hce.request_time_ms,
-                            f->hce.response_time_ms};
+      ns_cache_stored st = {f->hce.status,          &f->hce.headers,         &f->hce.vary,
+                            f->hce.request_time_ms, f->hce.response_time_ms, NULL};
       ms = ns_cache_current_age_ms(&st, wall_ms());
     }
     rv = add_header_nv(f, "age", 3, age,
@@ -2306,8 +2306,8 @@ static void start_revalidation(netstash_fetch *f) {
 
 static netstash_error add_validators(netstash_fetch *f, int *added) {
   ns_headers v;
-  ns_cache_stored st = {f->hce.status, &f->hce.headers, &f->hce.vary,
-                        f->hce.request_time_ms, f->hce.response_time_ms};
+  ns_cache_stored st = {f->hce.status,          &f->hce.headers,         &f->hce.vary,
+                        f->hce.request_time_ms, f->hce.response_time_ms, NULL};
   const ns_header_field *fld;
   size_t it = 0;
   netstash_error rv;

@@ -231,6 +231,12 @@ static void test_intercept_cached(void **state) {
   assert_int_equal(fast(h, req, body, sizeof(body), &age), NETSTASH_OK);
   assert_string_equal(body, b.body);
   netstash_request_del(req);
+  /* an upstream cache's Age counts (RFC 9111 §4.2.3) */
+  (void)GET(ctx, "/cache/aged/100");
+  assert_int_equal(netstash_request_new(&req, url("/cache/aged/100")), NETSTASH_OK);
+  assert_int_equal(fast(h, req, body, sizeof(body), &age), NETSTASH_OK);
+  assert_true(age >= 100 && age <= 105);
+  netstash_request_del(req);
   /* what a job would not answer from the cache alone: a range, a conditional,
    * another cache mode, another partition */
   assert_int_equal(netstash_request_new(&req, url("/cache/max-age/600/fast")), NETSTASH_OK);
