@@ -1104,6 +1104,17 @@ static void test_gateway_fast_hits(void **state) {
   resp_free(&r);
   assert_true(fast_hits() == f0 + 4);
 
+  /* an HTTP/1.0 client: the same answer, then the connection ends (the
+   * exchange reads until netd closes) */
+  r = exchange_str(nd.gateway, "GET /cache/max-age/600/fast HTTP/1.0\r\n\r\n");
+  assert_int_equal(r.status, 200);
+  assert_string_equal(header(&r, "X-Netstash-Source"), "cache");
+  assert_string_equal(header(&r, "Connection"), "close");
+  assert_int_equal(r.body_len, g1.body_len);
+  assert_memory_equal(r.body, g1.body, g1.body_len);
+  resp_free(&r);
+  assert_true(fast_hits() == f0 + 5);
+
   /* Vary: each variant its own entry */
   v1 = exchange_str(nd.gateway, "GET /cache/vary HTTP/1.1\r\nHost: x\r\nAccept-Language: fr\r\n"
                                 "Connection: close\r\n\r\n");
@@ -1119,7 +1130,7 @@ static void test_gateway_fast_hits(void **state) {
   resp_free(&v1);
   resp_free(&v2);
   resp_free(&v3);
-  assert_true(fast_hits() == f0 + 5);
+  assert_true(fast_hits() == f0 + 6);
 
   /* larger than a small receive window takes at once: the rest queued */
   nst_pattern(want, 0, big);
@@ -1137,7 +1148,7 @@ static void test_gateway_fast_hits(void **state) {
     assert_memory_equal(got, want, big);
     free(all);
   }
-  assert_true(fast_hits() == f0 + 6);
+  assert_true(fast_hits() == f0 + 7);
 
   /* left to a job, answered from the cache as before */
   r = exchange_str(nd.gateway, "HEAD /cache/max-age/600/fast HTTP/1.1\r\nHost: x\r\n"
@@ -1168,7 +1179,7 @@ static void test_gateway_fast_hits(void **state) {
     assert_int_equal((unsigned char)r.body[0], 0x1f);
     resp_free(&r);
   }
-  assert_true(fast_hits() == f0 + 6);
+  assert_true(fast_hits() == f0 + 7);
 
   resp_free(&g1);
   resp_free(&g2);
