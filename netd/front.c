@@ -65,7 +65,6 @@
 #define MAX_CONNS 4096u
 #define FAST_MAX_BODY (1u << 20) /* answer_stored: larger bodies are a job's */
 #define FAST_MAX_CHUNKS 20       /* ... 1 MiB in the store's chunks */
-#define FAST_ENTRIES 1024        /* decoded entries the front's hit keeps (~0.3 MB + heads) */
 
 struct netd_front {
   netd *d;
@@ -1949,7 +1948,7 @@ int netd_front_start(netd *d, netd_front_kind kind, const char *host, int port, 
     if (netstash_preload_hit_new(d->ctx, &fr->hit) != NETSTASH_OK)
       fr->hit = NULL; /* every request a job */
     else              /* the hot entries, decoded once while the store does not change */
-      (void)ns_preload_hit_keep(fr->hit, FAST_ENTRIES);
+      (void)ns_preload_hit_keep(fr->hit, NETD_HIT_ENTRIES);
   }
   r = uv_tcp_init(d->loop, &fr->listener);
   if (r != 0) {

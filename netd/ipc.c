@@ -46,6 +46,7 @@
 
 #include "core/ctx.h"
 #include "netd/netd.h"
+#include "preload/serve.h"
 #include "preload/lookup_http.h"
 
 #define MAX_REQ_BODY (64u << 20)
@@ -1654,6 +1655,8 @@ int netd_ipc_start(netd *d, char *err, size_t errlen) {
   d->ipc = ipc;
   if (netstash_preload_hit_new(d->ctx, &ipc->hit) != NETSTASH_OK)
     ipc->hit = NULL; /* lookups are answered NETSTASH_E_ILLEGAL_STATE */
+  else               /* every kernel process's cache lookups: the hot entries kept decoded */
+    (void)ns_preload_hit_keep(ipc->hit, NETD_HIT_ENTRIES);
   if (uv_check_init(d->loop, &ipc->flusher) != 0 || uv_idle_init(d->loop, &ipc->kick) != 0 ||
       uv_check_start(&ipc->flusher, on_flush_check) != 0) {
     snprintf(err, errlen, "uv_check_init failed");

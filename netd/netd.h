@@ -106,6 +106,10 @@ void netd_metrics_request(netd_metrics *m, int src, uint64_t head_us);
 char *netd_metrics_render(const netd_metrics *m, const netstash_ctx *ctx);
 int netd_source_index(netstash_source s);
 
+/* Decoded HTTP-cache entries kept by netd's hits (the gateway's fast hits,
+ * the IPC's cache lookups): 0.7 KB each plus the head, once used. */
+#define NETD_HIT_ENTRIES 1024
+
 /* ------------------------------------------------------------ daemon */
 
 typedef struct netd netd;

@@ -19,8 +19,9 @@ netstash_error ns_preload_hit_cached(netstash_preload_hit *hit, const netstash_r
 /* How many decoded HTTP-cache entries the hit keeps (default 16), one per
  * slot of a hash of the URL: an entry found again, in a store that has not
  * changed since, is not read and decoded again (ns_httpcache_peek). Before
- * the hit's first cache lookup; NETSTASH_E_ILLEGAL_STATE after it. A few
- * hundred bytes per slot, plus the decoded head of each entry kept. */
+ * the hit's first cache lookup; NETSTASH_E_ILLEGAL_STATE after it. About
+ * 0.7 KB per slot (allocated on the first lookup), plus the decoded head of
+ * each entry kept. */
 netstash_error ns_preload_hit_keep(netstash_preload_hit *hit, size_t entries);
 
 /* The HTTP cache's reason for a local cache answer in hit ("fresh:
