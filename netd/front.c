@@ -1016,6 +1016,7 @@ static void on_job_response(netstash_job *job, void *ud) {
   const char *conn_hdr = NULL, *name, *value;
   size_t i, n = netstash_fetch_header_count(f);
   const char *clen_hdr = NULL;
+  size_t conn_len;
   netstash_error e;
 
   if (c->closed || c->job != job)
@@ -1031,11 +1032,11 @@ static void on_job_response(netstash_job *job, void *ud) {
       clen_hdr = value;
   }
   answer_framing(c, status, clen_hdr, clen_hdr ? strlen(clen_hdr) : 0);
+  conn_len = conn_hdr ? strlen(conn_hdr) : 0;
   e = head_begin(c, status);
   for (i = 0; e == NETSTASH_OK && i < n; i++)
     if (netstash_fetch_header_at(f, i, &name, &value) == NETSTASH_OK)
-      e = head_field(c, conn_hdr, conn_hdr ? strlen(conn_hdr) : 0, name, strlen(name), value,
-                     strlen(value));
+      e = head_field(c, conn_hdr, conn_len, name, strlen(name), value, strlen(value));
   if (e == NETSTASH_OK)
     e = head_end(c, src, netstash_fetch_cache_reason(f));
   if (e != NETSTASH_OK) {
@@ -1332,6 +1333,7 @@ static void start_job(conn *c, const char *url) {
   netstash_request *req = NULL;
   netstash_job_callbacks cbs = {NULL, on_job_response, NULL, on_job_readable, on_job_complete};
   const char *conn_hdr = ns_headers_get(&c->hdrs, "connection");
+  size_t conn_len = conn_hdr ? strlen(conn_hdr) : 0;
   const ns_header_field *fld;
   size_t it = 0;
   netstash_error e;
@@ -1348,7 +1350,7 @@ static void start_job(conn *c, const char *url) {
     /* Host comes from the URL (the upstream's, for the gateway); the
      * library frames the body itself and answers 100-continue upstream. */
     if (netd_hop_by_hop(fld->name, fld->name_len) ||
-        in_connection(conn_hdr, conn_hdr ? strlen(conn_hdr) : 0, fld->name, fld->name_len) ||
+        in_connection(conn_hdr, conn_len, fld->name, fld->name_len) ||
         ns_ascii_casecmp(fld->name, "host") == 0 ||
         ns_ascii_casecmp(fld->name, "content-length") == 0 ||
         ns_ascii_casecmp(fld->name, "expect") == 0)

@@ -654,15 +654,10 @@ static void cat_str(char *b, size_t n, const char *s) {
 }
 
 static void cat_i64(char *b, size_t n, int64_t v) {
-  char d[24], *p = d + sizeof(d) - 1;
-  uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
-  *p = 0;
-  do
-    *--p = (char)('0' + u % 10);
-  while (u /= 10);
-  if (v < 0)
-    *--p = '-';
-  cat_str(b, n, p);
+  char d[22];
+  d[0] = '-';
+  ns_fmt_u64(d + 1, v < 0 ? 0 - (uint64_t)v : (uint64_t)v);
+  cat_str(b, n, v < 0 ? d : d + 1);
 }
 
 static void describe_source(char *b, size_t n, ns_cache_fresh_source src,

@@ -402,8 +402,8 @@ static netstash_error find_nvs(ns_httpcache *hc, const char *top, const char *ur
   return rv == NETSTASH_E_NOT_FOUND ? NETSTASH_OK : rv;
 }
 
-/* The RFC 9111 decision on what the lookup found in e (nothing: a miss). */
-/* prep: e->prep may be used (peek's kept entries; peek invalidates it
+/* The RFC 9111 decision on what the lookup found in e (nothing: a miss);
+ * prep: e->prep may be used (peek's kept entries; peek invalidates it
  * whenever it decodes the entry again). */
 static void decide_entry(ns_httpcache *hc, const ns_cache_request *creq, int64_t now_ms,
                          ns_hc_entry *e, int prep) {

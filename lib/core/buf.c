@@ -65,6 +65,18 @@ netstash_error ns_buf_append(ns_buf *b, const void *data, size_t len) {
   return NETSTASH_OK;
 }
 
+size_t ns_fmt_u64(char out[21], uint64_t v) {
+  char d[20], *p = d + sizeof(d);
+  size_t n;
+  do
+    *--p = (char)('0' + v % 10);
+  while (v /= 10);
+  n = (size_t)(d + sizeof(d) - p);
+  memcpy(out, p, n);
+  out[n] = 0;
+  return n;
+}
+
 netstash_error ns_buf_append_str(ns_buf *b, const char *s) {
   return ns_buf_append(b, s, strlen(s));
 }

@@ -31,6 +31,10 @@ static inline const char *ns_buf_str(const ns_buf *b) {
   return b->data ? (const char *)b->data : "";
 }
 
+/* v in decimal into out (NUL-terminated, at most 20 digits): the length.
+ * For hot paths that would otherwise call printf for one number. */
+size_t ns_fmt_u64(char out[21], uint64_t v);
+
 /* Writes a one-line detail ("which check failed") into d (n bytes,
  * truncated to fit); no-op when d is NULL or n is 0. */
 void ns_detailf(char *d, size_t n, const char *fmt, ...) __attribute__((format(printf, 3, 4)));

@@ -61,6 +61,19 @@ static netstash_error block_room(ns_headers *h, size_t n) {
 
 void ns_headers_clear(ns_headers *h) { ns_headers_free(h); }
 
+void ns_headers_reset(ns_headers *h) {
+  struct ns_headers_block *b, *next;
+  h->len = 0;
+  if (!h->blk)
+    return;
+  for (b = h->blk->next; b; b = next) {
+    next = b->next;
+    ns_free(h->mem, b);
+  }
+  h->blk->next = NULL;
+  h->blk->used = 0;
+}
+
 int ns_header_name_valid(const char *name, size_t len) {
   size_t i;
   if (!name || len == 0 || len > NS_HEADERS_MAX_FIELD_LEN)

@@ -59,6 +59,9 @@ void ns_headers_init(ns_headers *h, const ns_mem *mem);
 /* Frees every field; the list is empty and may be reused. NULL accepted. */
 void ns_headers_free(ns_headers *h);
 void ns_headers_clear(ns_headers *h); /* same as free (kept for readability) */
+/* Empties the list and keeps its field array and newest block for the next
+ * fields (a list refilled per lookup allocates once). */
+void ns_headers_reset(ns_headers *h);
 /* dst (initialised, any content) becomes a copy of src. On error dst is
  * unchanged. */
 netstash_error ns_headers_copy(ns_headers *dst, const ns_headers *src);

@@ -65,6 +65,7 @@ struct netstash_preload_hit {
   int decoded;     /* the body is dec (the store keeps it encoded) */
   int strip;       /* ... in the coding it came in: its fields left out */
   ns_buf dec;
+  ns_headers rh; /* the request's fields as the cache matches them (reused) */
   /* remote mode */
   int remote;
   int fd;       /* the connection to netd, -1: none yet (or dropped) */
@@ -89,6 +90,7 @@ netstash_error netstash_preload_hit_new(netstash_ctx *ctx, netstash_preload_hit 
   hit->ctx = ctx;
   hit->fd = -1;
   ns_buf_init(&hit->dec, &ctx->mem, NS_LOOKUP_MAX_BODY);
+  ns_headers_init(&hit->rh, &ctx->mem);
   if (ctx->cfg.remote_socket) { /* connected on the first lookup */
     hit->remote = 1;
     *out = hit;
@@ -124,6 +126,7 @@ void netstash_preload_hit_del(netstash_preload_hit *hit) {
   }
   ns_store_reader_del(hit->r);
   ns_buf_free(&hit->dec);
+  ns_headers_free(&hit->rh);
   if (hit->fd >= 0)
     close(hit->fd);
   ns_free(&hit->ctx->mem, hit->buf);
@@ -532,7 +535,6 @@ static size_t slot_of(const char *url) {
 static netstash_error cached_local(netstash_preload_hit *hit, const netstash_request *req) {
   netstash_ctx *ctx = hit->ctx;
   ns_hc_entry *ce;
-  ns_headers rh;
   struct timespec ts;
   netstash_error e;
   if (!ctx->hc)
@@ -547,14 +549,13 @@ static netstash_error cached_local(netstash_preload_hit *hit, const netstash_req
   }
   ce = hit->ce = &hit->ces[slot_of(req->url.url) % hit->nces];
   clock_gettime(CLOCK_REALTIME, &ts);
-  ns_headers_init(&rh, &ctx->mem);
-  e = ns_request_cache_fields(req, &rh);
+  ns_headers_reset(&hit->rh);
+  e = ns_request_cache_fields(req, &hit->rh);
   if (e == NETSTASH_OK && !hit->open && (e = ns_store_read_begin(hit->r)) == NETSTASH_OK)
     hit->open = 1;
   if (e == NETSTASH_OK)
-    e = ns_httpcache_peek(ctx->hc, hit->r, req->top_level_site.url, req->url.url, &rh,
+    e = ns_httpcache_peek(ctx->hc, hit->r, req->top_level_site.url, req->url.url, &hit->rh,
                           (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000, ce);
-  ns_headers_free(&rh);
   if (e == NETSTASH_OK && (!ce->found || ce->decision.verdict != NS_CACHE_FRESH ||
                            (ce->status >= 300 && ce->status < 400)))
     e = NETSTASH_E_NOT_FOUND;
@@ -583,16 +584,8 @@ static netstash_error cached_local(netstash_preload_hit *hit, const netstash_req
     hit->h.entry.status = ce->status;
     hit->h.entry.size = !ce->has_body ? 0 : hit->decoded ? hit->dec.len : hit->h.body.decoded_size;
     memcpy(hit->h.body_hash, ce->body_hash, sizeof(hit->h.body_hash));
-    {
-      /* Age in seconds (never negative), without printf on this path */
-      char d[24], *p = d + sizeof(d);
-      uint64_t v = ce->decision.age_ms > 0 ? (uint64_t)ce->decision.age_ms / 1000 : 0;
-      do
-        *--p = (char)('0' + v % 10);
-      while (v /= 10);
-      memcpy(hit->age, p, (size_t)(d + sizeof(d) - p));
-      hit->age[d + sizeof(d) - p] = '\0';
-    }
+    /* Age in seconds, never negative */
+    ns_fmt_u64(hit->age, ce->decision.age_ms > 0 ? (uint64_t)ce->decision.age_ms / 1000 : 0);
     hit->cache = 1;
     hit->id[0] = '\0';
     e = index_cached(hit, &ce->headers);

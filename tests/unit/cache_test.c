@@ -369,6 +369,18 @@ static void test_headers_blocks(void **state) {
     assert_string_equal(d.f[i].value, h.f[i].value);
   }
   assert_string_equal(d.f[348].value, "after the decoded block");
+  /* reset: empty, then refilled past a block; the copy made before stays */
+  ns_headers_reset(&d);
+  assert_int_equal(ns_headers_len(&d), 0);
+  assert_null(ns_headers_get(&d, "a"));
+  for (k = 0; k < 100; k++) {
+    snprintf(name, sizeof(name), "r%zu", k);
+    assert_int_equal(ns_headers_add_str(&d, name, "refilled value"), NETSTASH_OK);
+  }
+  assert_int_equal(ns_headers_len(&d), 100);
+  assert_string_equal(ns_headers_get(&d, "r0"), "refilled value");
+  assert_string_equal(ns_headers_get(&d, "r99"), "refilled value");
+  assert_string_equal(c.f[0].name, h.f[0].name);
   ns_buf_free(&b);
   ns_headers_free(&h);
   ns_headers_free(&c);

@@ -220,6 +220,17 @@ static void test_char_classes(void **state) {
   assert_true(ns_header_value_valid(v, 8));
 }
 
+static void test_fmt_u64(void **state) {
+  char b[21];
+  (void)state;
+  assert_int_equal(ns_fmt_u64(b, 0), 1);
+  assert_string_equal(b, "0");
+  assert_int_equal(ns_fmt_u64(b, 600), 3);
+  assert_string_equal(b, "600");
+  assert_int_equal(ns_fmt_u64(b, UINT64_MAX), 20);
+  assert_string_equal(b, "18446744073709551615");
+}
+
 static void test_buf_cap(void **state) {
   ns_buf b;
   (void)state;
@@ -239,6 +250,7 @@ int main(void) {
       cmocka_unit_test(test_strerror_table),
       cmocka_unit_test(test_buf_cap),
       cmocka_unit_test(test_char_classes),
+      cmocka_unit_test(test_fmt_u64),
       cmocka_unit_test(test_ctx_failmalloc),
       cmocka_unit_test(test_options_validation),
       cmocka_unit_test(test_bad_dns_servers_fail_ctx),
