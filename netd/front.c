@@ -1307,7 +1307,7 @@ static int answer_stored(conn *c, netstash_request *req) {
     if ((e = netstash_preload_hit_header_at(hit, i, &name, &nl, &value, &vl)) == NETSTASH_OK)
       e = head_field(c, cv, cl, name, nl, value, vl);
   if (e == NETSTASH_OK)
-    e = head_end(c, NETSTASH_SOURCE_CACHE, ns_preload_hit_cache_reason(hit));
+    e = head_end(c, NETSTASH_SOURCE_CACHE, ns_preload_hit_cache_reason(hit, NULL, 0));
   if (e != NETSTASH_OK) {
     netstash_preload_hit_release(hit);
     conn_close(c);

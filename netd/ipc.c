@@ -66,6 +66,10 @@
 #define GW_HANDSHAKE_MS 10000u
 #define GW_IDLE_MS 120000u
 #define GRACE_MS 5000           /* stop: in-flight requests get this long */
+/* answer_stored: larger bodies, more fields or longer names are a job's */
+#define IPC_FAST_MAX_BODY (1u << 20)
+#define IPC_FAST_MAX_FIELDS 64u
+#define IPC_FAST_NAME_MAX 63u
 /* A lookup connection with more unread answers than this is closed. */
 #define LOOKUP_BACKLOG_MAX (2 * (size_t)NS_LOOKUP_MAX_BODY)
 
@@ -97,6 +101,9 @@ struct netd_ipc {
   netstash_preload_hit *hit;
   uint8_t *lk_head;
   size_t lk_head_cap;
+  /* HTTP/2 requests' stored answers (answer_stored): the fields' names
+   * lower-cased, IPC_FAST_NAME_MAX + 1 bytes per field */
+  char *fast_names;
 };
 
 /* An HTTP/1.1 lookup connection (lookup_http.h): the request being read. */
@@ -491,6 +498,108 @@ static void job_complete(netstash_job *job, netstash_error err, void *ud) {
 static const netstash_job_callbacks job_cbs = {
     .on_response = job_response, .on_readable = job_readable, .on_complete = job_complete};
 
+/* A stored answer for a plain GET without a job, as the HTTP/1.1 gateway's
+ * answer_stored does it: the preload store's, else a fresh one of the HTTP
+ * cache (netstash_intercept_preloaded / _cached: the job's order and its
+ * rules — everything they leave, a job does), on the loop thread in the
+ * request's own callback. The head is the one job_response would send from
+ * the same entry (field names lower-cased for HTTP/2, hop-by-hop fields
+ * dropped, Content-Length only for raw requests, x-netstash-source and the
+ * cache reason added); the body, at most IPC_FAST_MAX_BODY, is copied out of
+ * the store's map so that the read transaction ends here. 1 when answered,
+ * 0 when a job must answer. */
+static int answer_stored(ipc_stream *st, const netstash_request *req) {
+  netd_ipc *ipc = st->s->ipc;
+  netd *d = ipc->d;
+  netstash_preload_hit *hit = ipc->hit;
+  nghttp2_nv nva[IPC_FAST_MAX_FIELDS + 3];
+  nghttp2_data_provider dp = {.source.ptr = st, .read_callback = read_ctrl};
+  char code[8], why[192], *names, *body = NULL;
+  const char *reason;
+  netstash_source src = NETSTASH_SOURCE_PRELOAD;
+  size_t nf, k = 0, off = 0, i;
+  uint64_t size;
+  uint32_t nc;
+
+  if (!hit || !ipc->fast_names || d->cfg.no_fast_hits || strcmp(st->method, "GET") || st->body)
+    return 0;
+  if (netstash_intercept_preloaded(req, hit) != NETSTASH_OK) {
+    src = NETSTASH_SOURCE_CACHE;
+    if (netstash_intercept_cached(req, hit) != NETSTASH_OK) {
+      netstash_preload_hit_release(hit);
+      return 0;
+    }
+  }
+  nf = netstash_preload_hit_header_count(hit);
+  size = netstash_preload_hit_body_size(hit);
+  nc = netstash_preload_hit_chunk_count(hit);
+  names = ipc->fast_names;
+  if (nf > IPC_FAST_MAX_FIELDS || size > IPC_FAST_MAX_BODY ||
+      (size && !(body = malloc((size_t)size)))) {
+    netstash_preload_hit_release(hit);
+    return 0;
+  }
+  for (i = 0; i < nc; i++) {
+    const uint8_t *c;
+    size_t len;
+    if (netstash_preload_hit_chunk(hit, (uint32_t)i, &c, &len) != NETSTASH_OK || len > size - off)
+      break;
+    memcpy(body + off, c, len);
+    off += len;
+  }
+  if (i < nc || off != size) { /* a damaged entry: the job's error to report */
+    free(body);
+    netstash_preload_hit_release(hit);
+    return 0;
+  }
+  snprintf(code, sizeof(code), "%d", netstash_preload_hit_status(hit));
+  nva[k++] = (nghttp2_nv)NV(":status", code);
+  for (i = 0; i < nf; i++) {
+    const char *name, *value;
+    size_t nl, vl;
+    char *lower;
+    if (netstash_preload_hit_header_at(hit, i, &name, &nl, &value, &vl) != NETSTASH_OK ||
+        nl > IPC_FAST_NAME_MAX)
+      break;
+    lower = names + i * (IPC_FAST_NAME_MAX + 1);
+    for (size_t j = 0; j < nl; j++)
+      lower[j] = (char)((name[j] >= 'A' && name[j] <= 'Z') ? name[j] + 32 : name[j]);
+    lower[nl] = 0;
+    if (hop_by_hop(lower) || !strncmp(lower, "x-netstash-", 11) ||
+        (!st->raw && !strcmp(lower, "content-length")))
+      continue;
+    nva[k++] =
+        (nghttp2_nv){(uint8_t *)lower, (uint8_t *)(uintptr_t)value, nl, vl, NGHTTP2_NV_FLAG_NONE};
+  }
+  if (i < nf) {
+    free(body);
+    netstash_preload_hit_release(hit);
+    return 0;
+  }
+  nva[k++] = (nghttp2_nv)NV("x-netstash-source", source_name(src));
+  reason = ns_preload_hit_cache_reason(hit, why, sizeof(why));
+  if (reason && reason[0])
+    nva[k++] = (nghttp2_nv)NV("x-netstash-cache-reason", reason);
+  free(st->ctrl);
+  st->ctrl = body;
+  st->ctrl_len = (size_t)size;
+  st->ctrl_off = 0;
+  st->head_sent = 1;
+  /* nghttp2 copies the fields: the hit's may go */
+  if (nghttp2_submit_response(st->s->ng, st->id, nva, k, &dp) != 0) {
+    netstash_preload_hit_release(hit);
+    nghttp2_submit_rst_stream(st->s->ng, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_INTERNAL_ERROR);
+    sess_mark(st->s);
+    return 1;
+  }
+  netstash_preload_hit_release(hit);
+  netd_metrics_request(&d->metrics, netd_source_index(src), ns_now_us() - st->t0);
+  atomic_fetch_add_explicit(&d->metrics.ipc_fast_hits, 1, memory_order_relaxed);
+  atomic_fetch_add_explicit(&d->metrics.bytes_out, size, memory_order_relaxed);
+  sess_mark(st->s);
+  return 1;
+}
+
 /* A library request for url with the stream's method and header fields
  * (the gateway's without content-length and te: the library frames the body,
  * and HTTP/2 has no other hop-by-hop fields a client may send). *has_ae (when
@@ -626,6 +735,10 @@ static void start_request(ipc_stream *st) {
     e = netstash_request_set_cookie_jar(req, st->jar);
   if (e == NETSTASH_OK && st->raw)
     e = netstash_request_set_raw_body(req, 1);
+  if (e == NETSTASH_OK && answer_stored(st, req)) {
+    netstash_request_del(req);
+    return;
+  }
   run_request(st, req, e);
 }
 
@@ -1657,6 +1770,8 @@ int netd_ipc_start(netd *d, char *err, size_t errlen) {
     ipc->hit = NULL; /* lookups are answered NETSTASH_E_ILLEGAL_STATE */
   else               /* every kernel process's cache lookups: the hot entries kept decoded */
     (void)ns_preload_hit_keep(ipc->hit, NETD_HIT_ENTRIES);
+  /* NULL (out of memory): every HTTP/2 request is a job's */
+  ipc->fast_names = malloc(IPC_FAST_MAX_FIELDS * (IPC_FAST_NAME_MAX + 1));
   if (uv_check_init(d->loop, &ipc->flusher) != 0 || uv_idle_init(d->loop, &ipc->kick) != 0 ||
       uv_check_start(&ipc->flusher, on_flush_check) != 0) {
     snprintf(err, errlen, "uv_check_init failed");
@@ -1765,6 +1880,7 @@ int netd_gateway_h2_start(netd *d, char *err, size_t errlen) {
 
 static void ipc_free(netd_ipc *ipc) {
   netstash_preload_hit_del(ipc->hit);
+  free(ipc->fast_names);
   free(ipc->lk_head);
   SSL_CTX_free(ipc->gw_tls);
   free(ipc->gw_upstream);

@@ -174,6 +174,12 @@ char *netd_metrics_render(const netd_metrics *m, const netstash_ctx *ctx) {
                "job (also counted in netd_requests_total as cache).");
   if (e == NETSTASH_OK)
     e = ns_buf_printf(&b, "netd_gateway_fast_hits_total %" PRIu64 "\n", load(&m->fast_hits));
+  if (e == NETSTASH_OK)
+    e = family(&b, "netd_ipc_fast_hits_total", "counter",
+               "IPC (HTTP/2) requests answered from the preload store or the HTTP cache on the "
+               "loop thread, without a job (also counted in netd_requests_total by source).");
+  if (e == NETSTASH_OK)
+    e = ns_buf_printf(&b, "netd_ipc_fast_hits_total %" PRIu64 "\n", load(&m->ipc_fast_hits));
 
   if (e == NETSTASH_OK)
     e = family(&b, "netd_warm_runs_total", "counter", "Background preload warms, by result.");

@@ -40,7 +40,7 @@ typedef struct netd_config {
   char *gateway_host;
   int gateway_port;
   char *upstream;      /* gateway's origin, e.g. https://example.test:8443 */
-  int no_fast_hits;    /* "fast_hits": false — every gateway request a job */
+  int no_fast_hits;    /* "fast_hits": false — every gateway and IPC request a job */
   /* the HTTP/2 gateway: TLS (ALPN h2) on gateway_h2_port, same upstream */
   char *gateway_h2_host;
   int gateway_h2_port;
@@ -94,6 +94,7 @@ typedef struct netd_metrics {
   _Atomic uint64_t bytes_out;            /* response body bytes sent to clients */
   _Atomic uint64_t ipc_conns, ipc_conns_open, front_conns;
   _Atomic uint64_t fast_hits; /* gateway answers without a job (front.c answer_stored) */
+  _Atomic uint64_t ipc_fast_hits; /* HTTP/2 IPC answers without a job (ipc.c answer_stored) */
   _Atomic uint64_t lookups_hit, lookups_miss; /* synchronous preload lookups (IPC) */
   _Atomic uint64_t warm_runs, warm_ok, warm_failed, warm_deferred;
   _Atomic uint64_t lat[NETD_LAT_BUCKETS]; /* time to response head */

@@ -722,6 +722,14 @@ netstash_error ns_preload_hit_keep(netstash_preload_hit *hit, size_t entries) {
   return NETSTASH_OK;
 }
 
-const char *ns_preload_hit_cache_reason(const netstash_preload_hit *hit) {
-  return hit && hit->valid && hit->cache && !hit->remote ? hit->ce->decision.reason : NULL;
+const char *ns_preload_hit_cache_reason(const netstash_preload_hit *hit, char *buf, size_t n) {
+  if (!hit || !hit->valid || hit->remote)
+    return NULL;
+  if (hit->cache)
+    return hit->ce->decision.reason;
+  if (!buf || !n)
+    return NULL;
+  snprintf(buf, n, NS_PRELOAD_REASON_FMT, (int)strlen(hit->id), hit->id,
+           (unsigned long long)hit->h.version, "");
+  return buf;
 }

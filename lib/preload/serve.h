@@ -24,9 +24,16 @@ netstash_error ns_preload_hit_cached(netstash_preload_hit *hit, const netstash_r
  * each entry kept. */
 netstash_error ns_preload_hit_keep(netstash_preload_hit *hit, size_t entries);
 
-/* The HTTP cache's reason for a local cache answer in hit ("fresh:
- * max-age=600, age 12s"), as a job's netstash_fetch_cache_reason() gives
- * it; NULL for any other hit. Valid until the hit's next lookup. */
-const char *ns_preload_hit_cache_reason(const netstash_preload_hit *hit);
+/* A preloaded answer's cache reason (transport.c's jobs, and
+ * ns_preload_hit_cache_reason): the manifest id (%.*s), its version (%llu),
+ * then what the request made of it (%s, may be ""). */
+#define NS_PRELOAD_REASON_FMT "preload: manifest \"%.*s\" version %llu%s"
+
+/* The reason a job's netstash_fetch_cache_reason() gives for the answer in
+ * a local hit: the HTTP cache's ("fresh: max-age=600, age 12s"), valid until
+ * the hit's next lookup, or for a preloaded one NS_PRELOAD_REASON_FMT's,
+ * written into buf (n bytes, cut as a job's 192). NULL without an answer and
+ * for a remote hit. */
+const char *ns_preload_hit_cache_reason(const netstash_preload_hit *hit, char *buf, size_t n);
 
 #endif /* NS_PRELOAD_SERVE_H */

@@ -44,6 +44,7 @@
 #include "transport/remote.h"
 #include "transport/transport.h"
 #include "preload/install.h"
+#include "preload/serve.h"
 #include "store/store.h"
 
 #define MOD "transport"
@@ -1919,6 +1920,8 @@ static netstash_error remote_attrs(netstash_fetch *f) {
     ADD("x-netstash-top-level-navigation: 1");
   if (r->jar)
     ADD("x-netstash-jar: %.200s", r->jar);
+  if (r->raw) /* the body in the coding it came in, with its length */
+    ADD("x-netstash-raw: 1");
 #undef ADD
   return NETSTASH_OK;
 }
@@ -2466,8 +2469,8 @@ static int preload_consult(netstash_fetch *f, int is_head) {
   }
   ns_headers_free(&h);
   ns_headers_free(&rq);
-  snprintf(f->cache_reason, sizeof(f->cache_reason), "preload: manifest \"%.*s\" version %llu%s",
-           (int)hit.id_len, hit.id, (unsigned long long)hit.version,
+  snprintf(f->cache_reason, sizeof(f->cache_reason), NS_PRELOAD_REASON_FMT, (int)hit.id_len, hit.id,
+           (unsigned long long)hit.version,
            not_modified ? "; 304: the request's validators match the preloaded response"
            : partial    ? (r.status == 206 ? "; range 206" : "; range 416")
                         : "");

@@ -827,6 +827,172 @@ static void test_remote_lookup(void **state) {
   netstash_ctx_del(ctx);
 }
 
+/* One answer as the library in remote mode sees it. */
+typedef struct ipc_answer {
+  int status;
+  netstash_source src;
+  char reason[192]; /* without the age it names */
+  char head[8192];  /* "name: value\n" in order, Age left out (it may tick) */
+  uint8_t *body;
+  size_t len;
+} ipc_answer;
+
+static void ipc_take(netstash_ctx *ctx, const char *url, int raw, ipc_answer *a) {
+  netstash_request *req;
+  netstash_fetch *f;
+  const uint8_t *b;
+  size_t n, off = 0;
+  char *p;
+  memset(a, 0, sizeof(*a));
+  assert_int_equal(netstash_request_new(&req, url), NETSTASH_OK);
+  assert_int_equal(netstash_request_set_collect_body(req, 16u << 20), NETSTASH_OK);
+  if (raw)
+    assert_int_equal(netstash_request_set_raw_body(req, 1), NETSTASH_OK);
+  assert_int_equal(netstash_fetch_sync(ctx, req, &f), NETSTASH_OK);
+  netstash_request_del(req);
+  a->status = netstash_fetch_status(f);
+  a->src = netstash_fetch_source(f);
+  snprintf(a->reason, sizeof(a->reason), "%s",
+           netstash_fetch_cache_reason(f) ? netstash_fetch_cache_reason(f) : "");
+  if ((p = strstr(a->reason, ", age ")) != NULL)
+    *p = 0; /* it may tick between two answers, as Age may */
+  for (size_t i = 0; i < netstash_fetch_header_count(f); i++) {
+    const char *hn, *hv;
+    assert_int_equal(netstash_fetch_header_at(f, i, &hn, &hv), NETSTASH_OK);
+    if (!strcasecmp(hn, "age"))
+      continue;
+    off += (size_t)snprintf(a->head + off, sizeof(a->head) - off, "%s: %s\n", hn, hv);
+    assert_true(off < sizeof(a->head));
+  }
+  assert_int_equal(netstash_fetch_body(f, &b, &n), NETSTASH_OK);
+  a->body = malloc(n ? n : 1);
+  memcpy(a->body, b, n);
+  a->len = n;
+  netstash_fetch_del(f);
+}
+
+static double ipc_fast_count(const netd_proc *dp) {
+  char *out = ctl(dp, "GET", "/metrics");
+  double v = netd_run_sample(out, "netd_ipc_fast_hits_total");
+  free(out);
+  return v;
+}
+
+/* netd's HTTP/2 IPC answers stored responses without a job (ipc.c
+ * answer_stored): for each URL the answer a client gets equals a job's from
+ * the same entry — netd restarted on the same profile with "fast_hits":
+ * false answered the same requests first — status, source, cache reason
+ * (its age aside), every field but Age, body; netd_ipc_fast_hits_total
+ * counts them. Ranges, HEAD, a raw request for a body stored encoded (the
+ * remote client did not tell netd "raw" before: the body came decoded) and
+ * a body over 1 MiB are still a job's. */
+static void test_ipc_fast_hits(void **state) {
+  enum { NURL = 5 };
+  netd_proc dp = {0};
+  char dir[600], cmd[8192], base[256], pbase[300], conf[1100], urls[NURL][512];
+  const int raw[NURL] = {0, 0, 1, 1, 0};
+  const char *cli = getenv("NST_BUILDDIR");
+  ipc_answer job[NURL], fast;
+  netstash_ctx *ctx;
+  netstash_request *req;
+  netstash_fetch *f;
+  FILE *fp;
+  int i;
+  (void)state;
+  snprintf(dir, sizeof(dir), "%s/fresh/ipcf", nst_site());
+  snprintf(cmd, sizeof(cmd),
+           "mkdir -p %s/p && head -c 200000 /dev/urandom >%s/a.bin && "
+           "head -c 1500000 /dev/urandom >%s/big.bin && echo preloaded >%s/p/p.txt && "
+           "for i in $(seq 300); do echo \"line $i, stored compressed\"; done >%s/t.txt && "
+           "gzip -kf %s/t.txt",
+           dir, dir, dir, dir, dir, dir);
+  assert_int_equal(system(cmd), 0);
+  snprintf(base, sizeof(base), "https://127.0.0.1:%d/fresh/ipcf/", caddy.port);
+  snprintf(pbase, sizeof(pbase), "%sp/", base);
+  snprintf(cmd, sizeof(cmd),
+           "%s/tools/netstash manifest make %s/p --base %s --id ipcf --version 1 --entry p.txt -o "
+           "%s/ipcf.json >/dev/null && %s/tools/netstash warm %s/ipcf.json --allow-unsigned "
+           "--profile %s --cacert %s --no-progress >/dev/null",
+           cli, dir, pbase, nst_workdir(), cli, nst_workdir(), nst_path("netd-ipcfast"),
+           nst_cert("ca.pem"));
+  assert_int_equal(system(cmd), 0);
+  /* a.bin, t.txt (gzip on the wire, served decoded), a.bin and p.txt (the
+   * preload store) raw and not */
+  snprintf(urls[0], sizeof(urls[0]), "%sa.bin", base);
+  snprintf(urls[1], sizeof(urls[1]), "%st.txt", base);
+  snprintf(urls[2], sizeof(urls[2]), "%sa.bin", base);
+  snprintf(urls[3], sizeof(urls[3]), "%sp.txt", pbase);
+  snprintf(urls[4], sizeof(urls[4]), "%sp.txt", pbase);
+
+  /* jobs only: the answers to compare with */
+  snprintf(conf, sizeof(conf), "%s/nofast.json", nst_workdir());
+  fp = fopen(conf, "w");
+  fputs("{\"fast_hits\": false}", fp);
+  fclose(fp);
+  netd_start(&dp, "netd-ipcfast", conf);
+  ctx = remote_ctx(dp.sock);
+  for (i = 0; i < NURL; i++) {
+    ipc_take(ctx, urls[i], raw[i], &job[i]); /* stores a.bin and t.txt */
+    free(job[i].body);
+    ipc_take(ctx, urls[i], raw[i], &job[i]);
+    assert_int_equal(job[i].status, 200);
+    assert_int_equal(job[i].src, i >= 3 ? NETSTASH_SOURCE_PRELOAD : NETSTASH_SOURCE_CACHE);
+  }
+  assert_null(strstr(job[1].head, "content-encoding"));
+  /* raw: the length as stored (x-netstash-raw reaches netd) */
+  assert_non_null(strstr(job[2].head, "content-length: 200000\n"));
+  assert_null(strstr(job[0].head, "content-length"));
+  assert_true(ipc_fast_count(&dp) == 0);
+  netstash_ctx_del(ctx);
+  assert_int_equal(netd_run_stop(&dp), 0);
+
+  /* the same profile, fast hits on (the default) */
+  netd_start(&dp, "netd-ipcfast", NULL);
+  ctx = remote_ctx(dp.sock);
+  for (i = 0; i < NURL; i++) {
+    ipc_take(ctx, urls[i], raw[i], &fast);
+    assert_int_equal(fast.status, job[i].status);
+    assert_int_equal(fast.src, job[i].src);
+    assert_string_equal(fast.reason, job[i].reason);
+    assert_string_equal(fast.head, job[i].head);
+    assert_int_equal(fast.len, job[i].len);
+    assert_memory_equal(fast.body, job[i].body, fast.len);
+    assert_true(ipc_fast_count(&dp) == i + 1);
+    free(fast.body);
+    free(job[i].body);
+  }
+
+  /* a job's: a range, HEAD, t.txt raw (kept gzip-encoded), over 1 MiB */
+  assert_int_equal(netstash_request_new(&req, urls[0]), NETSTASH_OK);
+  assert_int_equal(netstash_request_add_header(req, "Range", "bytes=0-3"), NETSTASH_OK);
+  assert_int_equal(netstash_fetch_sync(ctx, req, &f), NETSTASH_OK);
+  assert_int_equal(netstash_fetch_status(f), 206);
+  netstash_fetch_del(f);
+  netstash_request_del(req);
+  assert_int_equal(netstash_request_new(&req, urls[0]), NETSTASH_OK);
+  assert_int_equal(netstash_request_set_method(req, "HEAD"), NETSTASH_OK);
+  assert_int_equal(netstash_fetch_sync(ctx, req, &f), NETSTASH_OK);
+  assert_int_equal(netstash_fetch_status(f), 200);
+  assert_int_equal(netstash_fetch_source(f), NETSTASH_SOURCE_CACHE);
+  netstash_fetch_del(f);
+  netstash_request_del(req);
+  ipc_take(ctx, urls[1], 1, &fast);
+  assert_non_null(strstr(fast.head, "content-encoding: gzip\n"));
+  assert_true(fast.len > 2 && fast.body[0] == 0x1f && fast.body[1] == 0x8b);
+  assert_int_equal(fast.src, NETSTASH_SOURCE_CACHE);
+  free(fast.body);
+  snprintf(urls[0], sizeof(urls[0]), "%sbig.bin", base);
+  ipc_take(ctx, urls[0], 0, &fast);
+  free(fast.body);
+  ipc_take(ctx, urls[0], 0, &fast);
+  assert_int_equal(fast.src, NETSTASH_SOURCE_CACHE);
+  assert_int_equal(fast.len, 1500000);
+  free(fast.body);
+  assert_true(ipc_fast_count(&dp) == NURL);
+  netstash_ctx_del(ctx);
+  assert_int_equal(netd_run_stop(&dp), 0);
+}
+
 /* SIGHUP re-reads the configuration: a warm schedule added to the file
  * appears in /status without a restart. */
 static void test_sighup_reload(void **state) {
@@ -892,6 +1058,7 @@ int main(void) {
       cmocka_unit_test(test_socket_permissions),  cmocka_unit_test(test_control_and_hostile_client),
       cmocka_unit_test(test_sigterm_during_warm), cmocka_unit_test(test_sighup_reload),
       cmocka_unit_test(test_remote_lookup),       cmocka_unit_test(test_remote_cached_lookup),
+      cmocka_unit_test(test_ipc_fast_hits),
   };
   if (getenv("NST_TEST_FILTER")) /* e.g. test_restart_under_load, to loop one test */
     cmocka_set_test_filter(getenv("NST_TEST_FILTER"));
