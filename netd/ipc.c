@@ -674,6 +674,10 @@ static void start_gateway_request(ipc_stream *st) {
   if (e == NETSTASH_OK) /* the client's cookies; netd's jar stays out of it */
     e = netstash_request_set_cookies(req, 0);
   st->raw = 1; /* the answer keeps its coding and length */
+  if (e == NETSTASH_OK && answer_stored(st, req)) {
+    netstash_request_del(req);
+    return;
+  }
   run_request(st, req, e);
 }
 
