@@ -403,6 +403,17 @@ static int hop_by_hop(const char *n) {
   return 0;
 }
 
+/* Does a response field (name lower-case) go to the client? Not hop-by-hop
+ * ones, nor the answer fields of an upstream netd (ours follow); unless the
+ * request is raw, not the length — HTTP/2 frames the body — nor the coding
+ * of a body the library decoded. */
+static int relayed(const ipc_stream *st, const char *name, int decoded) {
+  if (hop_by_hop(name) || !strncmp(name, "x-netstash-", 11))
+    return 0;
+  return st->raw ||
+         (strcmp(name, "content-length") && !(decoded && !strcmp(name, "content-encoding")));
+}
+
 static const char *source_name(netstash_source s) {
   switch (s) {
   case NETSTASH_SOURCE_PRELOAD:
@@ -436,13 +447,7 @@ static void job_response(netstash_job *job, void *ud) {
   nva[k++] = (nghttp2_nv)NV(":status", code);
   for (size_t i = 0; i < n; i++) {
     const char *hn, *hv;
-    if (netstash_fetch_header_at(f, i, &hn, &hv) != NETSTASH_OK || hop_by_hop(hn) ||
-        !strncmp(hn, "x-netstash-", 11))
-      continue; /* hop-by-hop, or answer fields of an upstream netd: ours follow */
-    /* the library decoded the body (unless raw): its coding is not the
-     * bytes that follow, nor is a length — HTTP/2 frames the body anyway */
-    if (!st->raw && ((decoded && !strcmp(hn, "content-encoding")) ||
-                     !strcmp(hn, "content-length")))
+    if (netstash_fetch_header_at(f, i, &hn, &hv) != NETSTASH_OK || !relayed(st, hn, decoded))
       continue;
     nva[k++] = (nghttp2_nv)NV(hn, hv);
   }
@@ -565,8 +570,7 @@ static int answer_stored(ipc_stream *st, const netstash_request *req) {
     for (size_t j = 0; j < nl; j++)
       lower[j] = (char)((name[j] >= 'A' && name[j] <= 'Z') ? name[j] + 32 : name[j]);
     lower[nl] = 0;
-    if (hop_by_hop(lower) || !strncmp(lower, "x-netstash-", 11) ||
-        (!st->raw && !strcmp(lower, "content-length")))
+    if (!relayed(st, lower, 0)) /* a decoded body's coding is left out already */
       continue;
     nva[k++] =
         (nghttp2_nv){(uint8_t *)lower, (uint8_t *)(uintptr_t)value, nl, vl, NGHTTP2_NV_FLAG_NONE};
