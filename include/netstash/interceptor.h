@@ -129,7 +129,8 @@ NETSTASH_EXTERN netstash_error netstash_request_set_pull_buffer(netstash_request
  * Fast path
  * ------------------------------------------------------------------------ */
 
-/* Synchronous preload check for a GET request (no Range, no
+/* Synchronous preload check for a GET request (no Range, no conditional
+ * fields — a job answers 304 when they match —, no
  * ONLY_FROM_CACHE-incompatible flags): fills hit (preload.h) and returns
  * NETSTASH_OK, or NETSTASH_E_NOT_FOUND — then start a job. Does not touch
  * the loop thread; allocation-free. On a remote-mode context: one round

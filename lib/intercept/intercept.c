@@ -189,12 +189,20 @@ static netstash_error apply(netstash_ctx *ctx, netstash_request *r) {
 
 /* ------------------------------------------------------------ fast path */
 
+/* Range or conditional fields: a job's (a part, or a 304 when the
+ * validators match), not the whole stored answer. */
+static int partial_or_conditional(const netstash_request *req) {
+  return has_header(req, "range") || has_header(req, "if-none-match") ||
+         has_header(req, "if-modified-since") || has_header(req, "if-match") ||
+         has_header(req, "if-unmodified-since") || has_header(req, "if-range");
+}
+
 netstash_error netstash_intercept_preloaded(const netstash_request *req,
                                             netstash_preload_hit *hit) {
   if (!req || !hit)
     return NETSTASH_E_INVALID_ARGUMENT;
   if ((req->method && strcmp(req->method, "GET") != 0) || req->has_body || req->no_preload ||
-      req->cache_mode == NETSTASH_CACHE_BYPASS || has_header(req, "range") ||
+      req->cache_mode == NETSTASH_CACHE_BYPASS || partial_or_conditional(req) ||
       (req->from_worker &&
        (req->destination == NETSTASH_DEST_DOCUMENT || req->destination == NETSTASH_DEST_IFRAME)))
     return NETSTASH_E_NOT_FOUND;
@@ -206,9 +214,7 @@ netstash_error netstash_intercept_cached(const netstash_request *req, netstash_p
     return NETSTASH_E_INVALID_ARGUMENT;
   if ((req->method && strcmp(req->method, "GET") != 0) || req->has_body ||
       req->cache_mode != NETSTASH_CACHE_DEFAULT || req->load_flags != 0 ||
-      has_header(req, "range") || has_header(req, "if-none-match") ||
-      has_header(req, "if-modified-since") || has_header(req, "if-match") ||
-      has_header(req, "if-unmodified-since") || has_header(req, "if-range"))
+      partial_or_conditional(req))
     return NETSTASH_E_NOT_FOUND;
   return ns_preload_hit_cached(hit, req);
 }

@@ -258,6 +258,15 @@ static void test_fast_path(void **state) {
   netstash_request_set_load_flags(q, NETSTASH_LOAD_DISABLE_CACHE);
   assert_int_equal(netstash_intercept_preloaded(q, h), NETSTASH_E_NOT_FOUND);
   netstash_request_del(q);
+  /* conditional: a job's (it answers 304 when the validator matches) */
+  q = req_for(url);
+  netstash_request_add_header(q, "If-None-Match", "\"x\"");
+  assert_int_equal(netstash_intercept_preloaded(q, h), NETSTASH_E_NOT_FOUND);
+  netstash_request_del(q);
+  q = req_for(url);
+  netstash_request_add_header(q, "If-Modified-Since", "Sat, 05 Dec 2026 00:00:00 GMT");
+  assert_int_equal(netstash_intercept_preloaded(q, h), NETSTASH_E_NOT_FOUND);
+  netstash_request_del(q);
   netstash_preload_hit_del(h);
 }
 

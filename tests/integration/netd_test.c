@@ -962,7 +962,29 @@ static void test_ipc_fast_hits(void **state) {
     free(job[i].body);
   }
 
-  /* a job's: a range, HEAD, t.txt raw (kept gzip-encoded), over 1 MiB */
+  /* a job's: conditional (304 when the validator matches, preloaded or
+   * cached), a range, HEAD, t.txt raw (kept gzip-encoded), over 1 MiB */
+  for (i = 0; i < 4; i += 3) {
+    const char *etag;
+    assert_int_equal(netstash_request_new(&req, urls[i]), NETSTASH_OK);
+    ipc_take(ctx, urls[i], 0, &fast);
+    etag = strstr(fast.head, "etag: ");
+    assert_non_null(etag);
+    {
+      char v[128];
+      size_t n = strcspn(etag + 6, "\n");
+      assert_true(n < sizeof(v));
+      memcpy(v, etag + 6, n);
+      v[n] = 0;
+      assert_int_equal(netstash_request_add_header(req, "If-None-Match", v), NETSTASH_OK);
+    }
+    free(fast.body);
+    assert_int_equal(netstash_fetch_sync(ctx, req, &f), NETSTASH_OK);
+    assert_int_equal(netstash_fetch_status(f), 304);
+    netstash_fetch_del(f);
+    netstash_request_del(req);
+  }
+  assert_true(ipc_fast_count(&dp) == NURL + 2); /* the two takes for the ETags */
   assert_int_equal(netstash_request_new(&req, urls[0]), NETSTASH_OK);
   assert_int_equal(netstash_request_add_header(req, "Range", "bytes=0-3"), NETSTASH_OK);
   assert_int_equal(netstash_fetch_sync(ctx, req, &f), NETSTASH_OK);
@@ -988,7 +1010,7 @@ static void test_ipc_fast_hits(void **state) {
   assert_int_equal(fast.src, NETSTASH_SOURCE_CACHE);
   assert_int_equal(fast.len, 1500000);
   free(fast.body);
-  assert_true(ipc_fast_count(&dp) == NURL);
+  assert_true(ipc_fast_count(&dp) == NURL + 2);
   netstash_ctx_del(ctx);
   assert_int_equal(netd_run_stop(&dp), 0);
 }
