@@ -883,7 +883,8 @@ static double ipc_fast_count(const netd_proc *dp) {
  * the same entry — netd restarted on the same profile with "fast_hits":
  * false answered the same requests first — status, source, cache reason
  * (its age aside), every field but Age, body; netd_ipc_fast_hits_total
- * counts them. Ranges, HEAD, a raw request for a body stored encoded (the
+ * counts them. Conditional requests (a job's 304: the preload check took
+ * them before), ranges, HEAD, a raw request for a body stored encoded (the
  * remote client did not tell netd "raw" before: the body came decoded) and
  * a body over 1 MiB are still a job's. */
 static void test_ipc_fast_hits(void **state) {
