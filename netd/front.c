@@ -1251,11 +1251,11 @@ static netstash_error proxy_context(conn *c, netstash_request *req) {
  * store's map (what the socket does not take at once is copied into a
  * queued write, as a job's answer would have been). Only a plain answer: a
  * GET, a status with a body, a Content-Length that is the body's own, at
- * most FAST_MAX_BODY bytes. Everything else is the job's, as before: a URL
- * the preload store has (a job's order: preload first), stale entries,
- * ranges, validators, a body kept in the coding it came in (raw), a store
- * error. 1 when answered (or the connection closed), 0 when a job must
- * answer. */
+ * most FAST_MAX_BODY bytes. The preload store first, for an https upstream
+ * (only https URLs are preloaded; a job's order), then the HTTP cache.
+ * Everything else is the job's, as before: stale entries, ranges,
+ * validators, a body kept in the coding it came in (raw), a store error. 1
+ * when answered (or the connection closed), 0 when a job must answer. */
 static int answer_stored(conn *c, netstash_request *req) {
   netstash_preload_hit *hit = c->fr->hit;
   uv_buf_t b[FAST_MAX_CHUNKS + 1];
@@ -1265,13 +1265,17 @@ static int answer_stored(conn *c, netstash_request *req) {
   uint64_t size;
   int status, ok;
   netstash_error e = NETSTASH_OK;
+  netstash_source src = NETSTASH_SOURCE_PRELOAD;
+  char why[192];
 
   if (!hit || c->method != HTTP_GET || c->has_body)
     return 0;
-  if ((c->fr->https && netstash_intercept_preloaded(req, hit) == NETSTASH_OK) ||
-      netstash_intercept_cached(req, hit) != NETSTASH_OK) {
-    netstash_preload_hit_release(hit);
-    return 0;
+  if (!c->fr->https || netstash_intercept_preloaded(req, hit) != NETSTASH_OK) {
+    src = NETSTASH_SOURCE_CACHE;
+    if (netstash_intercept_cached(req, hit) != NETSTASH_OK) {
+      netstash_preload_hit_release(hit);
+      return 0;
+    }
   }
   status = netstash_preload_hit_status(hit);
   size = netstash_preload_hit_body_size(hit);
@@ -1307,14 +1311,13 @@ static int answer_stored(conn *c, netstash_request *req) {
     if ((e = netstash_preload_hit_header_at(hit, i, &name, &nl, &value, &vl)) == NETSTASH_OK)
       e = head_field(c, cv, cl, name, nl, value, vl);
   if (e == NETSTASH_OK)
-    e = head_end(c, NETSTASH_SOURCE_CACHE, ns_preload_hit_cache_reason(hit, NULL, 0));
+    e = head_end(c, src, ns_preload_hit_cache_reason(hit, why, sizeof(why)));
   if (e != NETSTASH_OK) {
     netstash_preload_hit_release(hit);
     conn_close(c);
     return 1;
   }
-  netd_metrics_request(&c->d->metrics, netd_source_index(NETSTASH_SOURCE_CACHE),
-                       ns_now_us() - c->t0_us);
+  netd_metrics_request(&c->d->metrics, netd_source_index(src), ns_now_us() - c->t0_us);
   atomic_fetch_add_explicit(&c->d->metrics.fast_hits, 1, memory_order_relaxed);
   b[0] = uv_buf_init((char *)c->hbuf.data, (unsigned)c->hbuf.len);
   c->sent = size;

@@ -883,14 +883,15 @@ static double ipc_fast_count(const netd_proc *dp) {
  * the same entry — netd restarted on the same profile with "fast_hits":
  * false answered the same requests first — status, source, cache reason
  * (its age aside), every field but Age, body; netd_ipc_fast_hits_total
- * counts them. Conditional requests (a job's 304: the preload check took
+ * counts them; and the HTTP/1.1 gateway's preloaded answer (front.c) is
+ * byte for byte a job's. Conditional requests (a job's 304: the preload check took
  * them before), ranges, HEAD, a raw request for a body stored encoded (the
  * remote client did not tell netd "raw" before: the body came decoded) and
  * a body over 1 MiB are still a job's. */
 static void test_ipc_fast_hits(void **state) {
   enum { NURL = 5 };
   netd_proc dp = {0};
-  char dir[600], cmd[8192], base[256], pbase[300], conf[1100], urls[NURL][512];
+  char dir[600], cmd[8192], base[256], pbase[300], conf[1100], urls[NURL][512], *gw_job, *gw_fast;
   const int raw[NURL] = {0, 0, 1, 1, 0};
   const char *cli = getenv("NST_BUILDDIR");
   ipc_answer job[NURL], fast;
@@ -925,10 +926,15 @@ static void test_ipc_fast_hits(void **state) {
   snprintf(urls[3], sizeof(urls[3]), "%sp.txt", pbase);
   snprintf(urls[4], sizeof(urls[4]), "%sp.txt", pbase);
 
-  /* jobs only: the answers to compare with */
+  /* jobs only: the answers to compare with; with the HTTP/1.1 gateway in
+   * front of caddy (its preloaded answers: front.c's answer_stored) */
+  dp.gateway = netd_run_free_port();
   snprintf(conf, sizeof(conf), "%s/nofast.json", nst_workdir());
   fp = fopen(conf, "w");
-  fputs("{\"fast_hits\": false}", fp);
+  fprintf(fp,
+          "{\"fast_hits\": false, \"gateway\": \"127.0.0.1:%d\", "
+          "\"upstream\": \"https://127.0.0.1:%d\"}",
+          dp.gateway, caddy.port);
   fclose(fp);
   netd_start(&dp, "netd-ipcfast", conf);
   ctx = remote_ctx(dp.sock);
@@ -944,11 +950,27 @@ static void test_ipc_fast_hits(void **state) {
   assert_non_null(strstr(job[2].head, "content-length: 200000\n"));
   assert_null(strstr(job[0].head, "content-length"));
   assert_true(ipc_fast_count(&dp) == 0);
+  snprintf(cmd, sizeof(cmd), "curl -s -i http://127.0.0.1:%d/fresh/ipcf/p/p.txt", dp.gateway);
+  gw_job = netd_run_capture(cmd, NULL);
+  assert_non_null(strstr(gw_job, "X-Netstash-Source: preload\r\n"));
   netstash_ctx_del(ctx);
   assert_int_equal(netd_run_stop(&dp), 0);
 
   /* the same profile, fast hits on (the default) */
-  netd_start(&dp, "netd-ipcfast", NULL);
+  fp = fopen(conf, "w");
+  fprintf(fp, "{\"gateway\": \"127.0.0.1:%d\", \"upstream\": \"https://127.0.0.1:%d\"}", dp.gateway,
+          caddy.port);
+  fclose(fp);
+  netd_start(&dp, "netd-ipcfast", conf);
+  gw_fast = netd_run_capture(cmd, NULL);
+  assert_string_equal(gw_fast, gw_job);
+  {
+    char *m = ctl(&dp, "GET", "/metrics");
+    assert_true(netd_run_sample(m, "netd_gateway_fast_hits_total") == 1);
+    free(m);
+  }
+  free(gw_job);
+  free(gw_fast);
   ctx = remote_ctx(dp.sock);
   for (i = 0; i < NURL; i++) {
     ipc_take(ctx, urls[i], raw[i], &fast);
