@@ -170,8 +170,8 @@ char *netd_metrics_render(const netd_metrics *m, const netstash_ctx *ctx) {
     e = ns_buf_printf(&b, "netd_front_connections_total %" PRIu64 "\n", load(&m->front_conns));
   if (e == NETSTASH_OK)
     e = family(&b, "netd_gateway_fast_hits_total", "counter",
-               "Gateway requests answered from the HTTP cache on the front's thread, without a "
-               "job (also counted in netd_requests_total as cache).");
+               "HTTP/1.1 gateway requests answered from the preload store or the HTTP cache on the "
+               "front's thread, without a job (also counted in netd_requests_total by source).");
   if (e == NETSTASH_OK)
     e = ns_buf_printf(&b, "netd_gateway_fast_hits_total %" PRIu64 "\n", load(&m->fast_hits));
   if (e == NETSTASH_OK)
