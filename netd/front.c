@@ -861,6 +861,18 @@ static const char *source_name(netstash_source s) {
   }
 }
 
+int netd_stored_lookup(netstash_preload_hit *hit, const netstash_request *req, int preload,
+                       netstash_source *src) {
+  *src = NETSTASH_SOURCE_PRELOAD;
+  if (preload && netstash_intercept_preloaded(req, hit) == NETSTASH_OK)
+    return 1;
+  *src = NETSTASH_SOURCE_CACHE;
+  if (netstash_intercept_cached(req, hit) == NETSTASH_OK)
+    return 1;
+  netstash_preload_hit_release(hit);
+  return 0;
+}
+
 /* Hop-by-hop fields (RFC 9110 §7.6.1, RFC 9112 §9.6, plus the de-facto
  * Keep-Alive and Proxy-Connection): never forwarded, either way. */
 int netd_hop_by_hop(const char *name, size_t len) {
@@ -1265,18 +1277,12 @@ static int answer_stored(conn *c, netstash_request *req) {
   uint64_t size;
   int status, ok;
   netstash_error e = NETSTASH_OK;
-  netstash_source src = NETSTASH_SOURCE_PRELOAD;
+  netstash_source src;
   char why[192];
 
-  if (!hit || c->method != HTTP_GET || c->has_body)
+  if (!hit || c->method != HTTP_GET || c->has_body ||
+      !netd_stored_lookup(hit, req, c->fr->https, &src))
     return 0;
-  if (!c->fr->https || netstash_intercept_preloaded(req, hit) != NETSTASH_OK) {
-    src = NETSTASH_SOURCE_CACHE;
-    if (netstash_intercept_cached(req, hit) != NETSTASH_OK) {
-      netstash_preload_hit_release(hit);
-      return 0;
-    }
-  }
   status = netstash_preload_hit_status(hit);
   size = netstash_preload_hit_body_size(hit);
   nc = netstash_preload_hit_chunk_count(hit);

@@ -521,20 +521,14 @@ static int answer_stored(ipc_stream *st, const netstash_request *req) {
   nghttp2_data_provider dp = {.source.ptr = st, .read_callback = read_ctrl};
   char code[8], why[192], *names, *body = NULL;
   const char *reason;
-  netstash_source src = NETSTASH_SOURCE_PRELOAD;
+  netstash_source src;
   size_t nf, k = 0, off = 0, i;
   uint64_t size;
   uint32_t nc;
 
-  if (!hit || !ipc->fast_names || d->cfg.no_fast_hits || strcmp(st->method, "GET") || st->body)
+  if (!hit || !ipc->fast_names || d->cfg.no_fast_hits || strcmp(st->method, "GET") || st->body ||
+      !netd_stored_lookup(hit, req, 1, &src))
     return 0;
-  if (netstash_intercept_preloaded(req, hit) != NETSTASH_OK) {
-    src = NETSTASH_SOURCE_CACHE;
-    if (netstash_intercept_cached(req, hit) != NETSTASH_OK) {
-      netstash_preload_hit_release(hit);
-      return 0;
-    }
-  }
   nf = netstash_preload_hit_header_count(hit);
   size = netstash_preload_hit_body_size(hit);
   nc = netstash_preload_hit_chunk_count(hit);

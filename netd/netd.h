@@ -149,6 +149,12 @@ size_t netd_copy_unwritten(void *dst, const uv_buf_t *bufs, size_t n, size_t wri
 /* A hop-by-hop field (RFC 9110 §7.6.1, RFC 9112 §9.6, plus the de-facto
  * Keep-Alive and Proxy-*): the HTTP/1.1 fronts and lookups never relay it. */
 int netd_hop_by_hop(const char *name, size_t len);
+/* The stored answer to req in hit, in a job's order: the preload store's
+ * (when preload is set: only https URLs are preloaded), else a fresh one of
+ * the HTTP cache (netstash_intercept_preloaded / _cached: what they leave is
+ * a job's). 1 with *src set; 0, the hit released, when a job must answer. */
+int netd_stored_lookup(netstash_preload_hit *hit, const netstash_request *req, int preload,
+                       netstash_source *src);
 
 typedef enum netd_front_kind {
   NETD_FRONT_PROXY = 1,   /* forward proxy: absolute-form http, CONNECT tunnels */
