@@ -102,7 +102,7 @@ typedef struct conn {
   ns_list node;
   netd_front *fr;
   netd *d;
-  int refs; /* open handles and pending requests (getaddrinfo) */
+  int refs; /* open handles, pending requests (getaddrinfo), jobs let go after their answer */
   int closed;
   conn_state state;
   int in_drive;
@@ -1121,6 +1121,17 @@ static void pump(conn *c) {
     const uint8_t *view = NULL;
     char hex[CHUNK_PREFIX + 1];
     netstash_error e = netstash_job_peek(c->job, &view, &n);
+    if (e == NETSTASH_E_AGAIN && c->head_flushed && !c->chunked && c->clen >= 0 &&
+        c->sent == (uint64_t)c->clen) {
+      /* every announced byte is out: what the job still does (waiting for the
+       * HTTP cache's commit of a miss, say) does not hold the connection's
+       * next request; the job ends on its own (on_job_complete) */
+      c->job = NULL;
+      c->refs++;
+      atomic_fetch_add_explicit(&c->d->metrics.jobs_finishing, 1, memory_order_relaxed);
+      request_done(c);
+      return;
+    }
     if (e == NETSTASH_E_AGAIN) {
       int defer = c->fr->check_open && !c->fr->stopping;
       if (!c->head_flushed && !c->head_queued && defer) {
@@ -1193,7 +1204,16 @@ static void on_job_complete(netstash_job *job, netstash_error err, void *ud) {
   conn *c = ud;
   const netstash_fetch *f;
   char detail[512];
-  if (c->closed || c->job != job)
+  if (c->job != job) { /* answered already (pump): the job was let go */
+    if (err != NETSTASH_OK)
+      netd_log(c->d, NETSTASH_LOG_DEBUG, "%s: a job ended after its answer: %s", c->fr->name,
+               netstash_error_name(err));
+    netstash_job_del(job);
+    atomic_fetch_sub_explicit(&c->d->metrics.jobs_finishing, 1, memory_order_relaxed);
+    conn_unref(c);
+    return;
+  }
+  if (c->closed)
     return;
   if (c->head_sent) {
     pump(c); /* what remains, then the end or the error */

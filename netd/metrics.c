@@ -182,6 +182,14 @@ char *netd_metrics_render(const netd_metrics *m, const netstash_ctx *ctx) {
     e = ns_buf_printf(&b, "netd_ipc_fast_hits_total %" PRIu64 "\n", load(&m->ipc_fast_hits));
 
   if (e == NETSTASH_OK)
+    e = family(&b, "netd_front_jobs_finishing", "gauge",
+               "HTTP/1.1 front requests answered in full whose job has not ended yet (a miss "
+               "waiting for the HTTP cache's commit of its response): the connection serves its "
+               "next request meanwhile.");
+  if (e == NETSTASH_OK)
+    e = ns_buf_printf(&b, "netd_front_jobs_finishing %" PRIu64 "\n", load(&m->jobs_finishing));
+
+  if (e == NETSTASH_OK)
     e = family(&b, "netd_warm_runs_total", "counter", "Background preload warms, by result.");
   if (e == NETSTASH_OK)
     e = ns_buf_printf(&b,

@@ -4,6 +4,8 @@
  */
 #include "ns_setup.h"
 
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 
 #include <openssl/evp.h>
@@ -29,8 +31,12 @@ typedef struct pend_store {
   ns_coding coding;
   char *content_type; /* NULL: none */
   char *url;
-  netstash_error *result; /* the commit's outcome, NULL: nobody asks */
+  netstash_error *result; /* the commit's outcome, NULL: nobody asks (loop thread) */
+  netstash_error rv;      /* the commit's outcome, written by whoever commits */
 } pend_store;
+
+/* The writer thread's state (guarded by w_lock). */
+enum { W_IDLE, W_BUSY, W_DONE };
 
 /* Queued bodies above this are committed at once, not at the end of the
  * loop turn. */
@@ -46,6 +52,19 @@ struct ns_httpcache {
   ns_list pending; /* pend_store */
   size_t npending;
   uint64_t pending_bytes;
+  /* The writer thread (ns_httpcache_set_writer): inflight is the batch it
+   * commits. The loop thread changes the list only while the writer is not
+   * W_BUSY; while it is, both only read the entries (the loop may clear an
+   * entry's result: a field the writer does not read). */
+  int has_writer;
+  pthread_t writer;
+  pthread_mutex_t w_lock;
+  pthread_cond_t w_cond;
+  int w_state, w_stop;
+  ns_list inflight;
+  size_t ninflight;
+  void (*notify)(void *ud);
+  void *notify_ud;
 };
 
 /* ------------------------------------------------------------ encoding */
@@ -248,6 +267,7 @@ netstash_error ns_httpcache_open(const ns_mem *mem, const ns_hc_config *cfg,
     return NETSTASH_E_NOMEM;
   hc->mem = mem;
   ns_list_init(&hc->pending);
+  ns_list_init(&hc->inflight);
   ns_cache_policy_init(&hc->policy);
   hc->policy.partition = cfg->partition;
   hc->max_entry = cfg->max_entry ? cfg->max_entry : (32u << 20);
@@ -265,6 +285,15 @@ void ns_httpcache_close(ns_httpcache *hc) {
   if (!hc)
     return;
   (void)ns_httpcache_flush(hc);
+  if (hc->has_writer) {
+    pthread_mutex_lock(&hc->w_lock);
+    hc->w_stop = 1;
+    pthread_cond_broadcast(&hc->w_cond);
+    pthread_mutex_unlock(&hc->w_lock);
+    pthread_join(hc->writer, NULL);
+    pthread_mutex_destroy(&hc->w_lock);
+    pthread_cond_destroy(&hc->w_cond);
+  }
   ns_store_reader_del(hc->reader);
   if (hc->store)
     ns_store_flush_access(hc->store);
@@ -412,6 +441,20 @@ static void decide_entry(ns_httpcache *hc, const ns_cache_request *creq, int64_t
   ns_cache_decide(&hc->policy, creq, e->found ? &st : NULL, now_ms, &e->decision);
 }
 
+/* Is an entry for primary (or, nvs set, any with a No-Vary-Search index)
+ * queued or being committed? */
+static int queued(const ns_httpcache *hc, const ns_buf *primary, int nvs) {
+  const ns_list *lists[2] = {&hc->pending, &hc->inflight};
+  for (int i = 0; i < 2; i++)
+    for (const ns_list *pos = lists[i]->next; pos != lists[i]; pos = pos->next) {
+      const pend_store *p = ns_list_entry(pos, pend_store, node);
+      if ((nvs && p->has_nvs) || (p->primary.len == primary->len &&
+                                  memcmp(p->primary.data, primary->data, primary->len) == 0))
+        return 1;
+    }
+  return 0;
+}
+
 netstash_error ns_httpcache_lookup(ns_httpcache *hc, const char *top, const char *url,
                                    const char *method, const ns_headers *req, int64_t now_ms,
                                    ns_hc_entry *e) {
@@ -419,11 +462,13 @@ netstash_error ns_httpcache_lookup(ns_httpcache *hc, const char *top, const char
   ns_cache_request creq = {method, url, req};
 
   e->found = 0;
-  (void)ns_httpcache_flush(hc); /* read our own writes (a failure: not stored) */
   ns_buf_reset(&e->primary);
   rv = primary_key(hc, top, url, &e->primary);
   if (rv != NETSTASH_OK)
     return rv;
+  /* read our own writes (a failure: not stored); the others' commits go on */
+  if (queued(hc, &e->primary, strchr(url, '?') != NULL))
+    (void)ns_httpcache_flush(hc);
   rv = ns_store_read_begin(hc->reader);
   if (rv != NETSTASH_OK)
     return rv;
@@ -723,17 +768,127 @@ static void job_of(ns_httpcache *hc, pend_store *p, store_job *j) {
   j->url = p->url;
 }
 
+typedef struct batch {
+  ns_httpcache *hc;
+  ns_list *list;
+} batch;
+
 static netstash_error batch_fn(ns_store_txn *t, void *ud) {
-  ns_httpcache *hc = ud;
+  batch *bt = ud;
   ns_list *pos;
-  for (pos = hc->pending.next; pos != &hc->pending; pos = pos->next) {
+  for (pos = bt->list->next; pos != bt->list; pos = pos->next) {
     store_job j;
     netstash_error rv;
-    job_of(hc, ns_list_entry(pos, pend_store, node), &j);
+    job_of(bt->hc, ns_list_entry(pos, pend_store, node), &j);
     if ((rv = store_fn(t, &j)) != NETSTASH_OK)
       return rv;
   }
   return NETSTASH_OK;
+}
+
+/* Commits the n entries of list in one transaction and writes each one's
+ * outcome to its rv; the first failure, or NETSTASH_OK. Any thread (the
+ * entries are only read). */
+static netstash_error commit_list(ns_httpcache *hc, ns_list *list, size_t n) {
+  batch bt = {hc, list};
+  ns_list *pos;
+  netstash_error rv = ns_store_write(hc->store, batch_fn, &bt);
+  if (rv != NETSTASH_OK && n > 1) {
+    /* one entry (too large for what is left of the disk, say) must not
+     * cost the others their place: each in its own transaction */
+    rv = NETSTASH_OK;
+    for (pos = list->next; pos != list; pos = pos->next) {
+      pend_store *p = ns_list_entry(pos, pend_store, node);
+      store_job j;
+      job_of(hc, p, &j);
+      if ((p->rv = ns_store_write(hc->store, store_fn, &j)) != NETSTASH_OK)
+        rv = p->rv;
+    }
+    return rv;
+  }
+  for (pos = list->next; pos != list; pos = pos->next)
+    ns_list_entry(pos, pend_store, node)->rv = rv;
+  return rv;
+}
+
+/* Loop thread: hands each committed entry's outcome to its commit_result and
+ * frees the list's entries; the first failure, or NETSTASH_OK. */
+static netstash_error settle(ns_httpcache *hc, ns_list *list) {
+  netstash_error rv = NETSTASH_OK;
+  while (!ns_list_empty(list)) {
+    pend_store *p = ns_list_entry(list->next, pend_store, node);
+    if (p->result)
+      *p->result = p->rv;
+    if (rv == NETSTASH_OK)
+      rv = p->rv;
+    ns_list_remove(&p->node);
+    pend_free(hc, p);
+  }
+  return rv;
+}
+
+static void *writer_main(void *arg) {
+  ns_httpcache *hc = arg;
+  pthread_mutex_lock(&hc->w_lock);
+  for (;;) {
+    while (hc->w_state != W_BUSY && !hc->w_stop)
+      pthread_cond_wait(&hc->w_cond, &hc->w_lock);
+    if (hc->w_state != W_BUSY)
+      break; /* stopping, nothing handed over */
+    pthread_mutex_unlock(&hc->w_lock);
+    (void)commit_list(hc, &hc->inflight, hc->ninflight);
+    pthread_mutex_lock(&hc->w_lock);
+    hc->w_state = W_DONE;
+    /* under the lock: once a waiter sees W_DONE, notify has returned */
+    if (hc->notify)
+      hc->notify(hc->notify_ud);
+    pthread_cond_broadcast(&hc->w_cond);
+  }
+  pthread_mutex_unlock(&hc->w_lock);
+  return NULL;
+}
+
+netstash_error ns_httpcache_set_writer(ns_httpcache *hc, void (*notify)(void *ud), void *ud) {
+  sigset_t all, old;
+  int rc;
+  if (!hc || hc->has_writer)
+    return NETSTASH_E_INVALID_ARGUMENT;
+  if (pthread_mutex_init(&hc->w_lock, NULL) != 0)
+    return NETSTASH_E_INTERNAL;
+  if (pthread_cond_init(&hc->w_cond, NULL) != 0) {
+    pthread_mutex_destroy(&hc->w_lock);
+    return NETSTASH_E_INTERNAL;
+  }
+  hc->notify = notify;
+  hc->notify_ud = ud;
+  hc->w_state = W_IDLE;
+  sigfillset(&all); /* the embedder's signals go to its own threads */
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  rc = pthread_create(&hc->writer, NULL, writer_main, hc);
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  if (rc != 0) {
+    pthread_mutex_destroy(&hc->w_lock);
+    pthread_cond_destroy(&hc->w_cond);
+    return NETSTASH_E_INTERNAL;
+  }
+  hc->has_writer = 1;
+  hc->deferred = 1;
+  return NETSTASH_OK;
+}
+
+/* Loop thread: waits for the writer's batch, if any, and settles it. */
+static netstash_error drain(ns_httpcache *hc) {
+  int done;
+  if (!hc->has_writer)
+    return NETSTASH_OK;
+  pthread_mutex_lock(&hc->w_lock);
+  while (hc->w_state == W_BUSY)
+    pthread_cond_wait(&hc->w_cond, &hc->w_lock);
+  done = hc->w_state == W_DONE;
+  hc->w_state = W_IDLE;
+  pthread_mutex_unlock(&hc->w_lock);
+  hc->ninflight = 0;
+  return done ? settle(hc, &hc->inflight) : NETSTASH_OK;
 }
 
 void ns_httpcache_set_deferred(ns_httpcache *hc, int deferred) {
@@ -741,50 +896,68 @@ void ns_httpcache_set_deferred(ns_httpcache *hc, int deferred) {
     hc->deferred = deferred != 0;
 }
 
-size_t ns_httpcache_pending(const ns_httpcache *hc) { return hc ? hc->npending : 0; }
+size_t ns_httpcache_pending(const ns_httpcache *hc) {
+  return hc ? hc->npending + hc->ninflight : 0;
+}
 
 void ns_httpcache_disown(ns_httpcache *hc, const netstash_error *result) {
-  ns_list *pos;
+  ns_list *lists[2], *pos;
   if (!hc || !result)
     return;
-  for (pos = hc->pending.next; pos != &hc->pending; pos = pos->next) {
-    pend_store *p = ns_list_entry(pos, pend_store, node);
-    if (p->result == result)
-      p->result = NULL;
-  }
+  lists[0] = &hc->pending;
+  lists[1] = &hc->inflight;
+  for (int i = 0; i < 2; i++)
+    for (pos = lists[i]->next; pos != lists[i]; pos = pos->next) {
+      pend_store *p = ns_list_entry(pos, pend_store, node);
+      if (p->result == result)
+        p->result = NULL;
+    }
 }
 
 netstash_error ns_httpcache_flush(ns_httpcache *hc) {
-  netstash_error rv;
-  if (!hc || !hc->npending)
+  netstash_error rv, r0;
+  if (!hc)
     return NETSTASH_OK;
-  rv = ns_store_write(hc->store, batch_fn, hc);
-  if (rv != NETSTASH_OK && hc->npending > 1) {
-    /* one entry (too large for what is left of the disk, say) must not
-     * cost the others their place: each in its own transaction */
-    ns_list *pos;
-    rv = NETSTASH_OK;
-    for (pos = hc->pending.next; pos != &hc->pending; pos = pos->next) {
-      pend_store *p = ns_list_entry(pos, pend_store, node);
-      store_job j;
-      netstash_error r1;
-      job_of(hc, p, &j);
-      if ((r1 = ns_store_write(hc->store, store_fn, &j)) != NETSTASH_OK)
-        rv = r1;
-      if (p->result)
-        *p->result = r1;
-      p->result = NULL;
-    }
-  }
-  while (!ns_list_empty(&hc->pending)) {
-    pend_store *p = ns_list_entry(hc->pending.next, pend_store, node);
-    if (p->result)
-      *p->result = rv;
-    ns_list_remove(&p->node);
-    pend_free(hc, p);
-  }
+  r0 = drain(hc);
+  if (!hc->npending)
+    return r0;
+  (void)commit_list(hc, &hc->pending, hc->npending);
+  rv = settle(hc, &hc->pending);
   hc->npending = 0;
   hc->pending_bytes = 0;
+  return r0 != NETSTASH_OK ? r0 : rv;
+}
+
+netstash_error ns_httpcache_commit(ns_httpcache *hc, int *settled) {
+  netstash_error rv = NETSTASH_OK;
+  int state;
+  *settled = 0;
+  if (!hc)
+    return NETSTASH_OK;
+  if (!hc->has_writer) {
+    *settled = hc->npending != 0;
+    return ns_httpcache_flush(hc);
+  }
+  pthread_mutex_lock(&hc->w_lock);
+  state = hc->w_state;
+  pthread_mutex_unlock(&hc->w_lock);
+  if (state == W_BUSY)
+    return NETSTASH_OK; /* the next batch goes when this one is done */
+  if (state == W_DONE) {
+    *settled = 1;
+    rv = drain(hc);
+  }
+  if (hc->npending) {
+    /* the queue becomes the writer's batch */
+    ns_list_splice_tail(&hc->inflight, &hc->pending);
+    hc->ninflight = hc->npending;
+    hc->npending = 0;
+    hc->pending_bytes = 0;
+    pthread_mutex_lock(&hc->w_lock);
+    hc->w_state = W_BUSY;
+    pthread_cond_broadcast(&hc->w_cond);
+    pthread_mutex_unlock(&hc->w_lock);
+  }
   return rv;
 }
 

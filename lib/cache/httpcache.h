@@ -105,7 +105,8 @@ netstash_error ns_httpcache_body_size(ns_httpcache *hc, const ns_hc_entry *e, ui
 /* Stores a response when RFC 9111 allows it (*stored tells). body is the
  * body as received (coding: from Content-Encoding). When the cache defers
  * (below) and *stored is set, commit_result (may be NULL) receives the
- * commit's outcome at the next ns_httpcache_flush. */
+ * commit's outcome when it is settled (ns_httpcache_flush or
+ * ns_httpcache_commit). */
 netstash_error ns_httpcache_store(ns_httpcache *hc, const char *top_level_url, const char *url,
                                   const char *method, const ns_headers *req, int status,
                                   const ns_headers *resp, const uint8_t *body, size_t len,
@@ -118,14 +119,28 @@ netstash_error ns_httpcache_store(ns_httpcache *hc, const char *top_level_url, c
  * queues it, and *stored means "queued"; ns_httpcache_flush commits every
  * queued entry in one store transaction — one fsync for many responses —
  * retrying them one by one if that fails as a whole (a full disk, one body
- * too large), and writes each entry's outcome to its commit_result. Lookups,
- * 304 updates, invalidations and close flush first, so the cache reads its
- * own writes. The transport completes a fetch only once its entry is
- * committed (group commit: "stored" stays true, a completed fetch is
- * durable). ns_httpcache_disown forgets a commit_result (its fetch ended
- * first). ns_httpcache_pending: entries queued. Loop thread only (as every
- * call of this module with a live fetch). */
+ * too large), and writes each entry's outcome to its commit_result. 304
+ * updates, invalidations and close flush first, lookups when what they look
+ * up is queued, so the cache reads its own writes. The transport completes a
+ * fetch only once its entry is committed (group commit: "stored" stays true,
+ * a completed fetch is durable). ns_httpcache_disown forgets a commit_result
+ * (its fetch ended first). ns_httpcache_pending: entries queued or being
+ * committed. Loop thread only (as every call of this module with a live
+ * fetch).
+ *
+ * ns_httpcache_set_writer starts a thread of the cache's own that commits
+ * (and sets deferred): ns_httpcache_commit hands the queue to it when it is
+ * idle and returns at once — the loop goes on serving while the store
+ * writes and syncs, and what is queued meanwhile is the next batch. When a
+ * batch is committed the writer calls notify (on its thread, under its lock:
+ * notify may only post to the loop); the next ns_httpcache_commit writes
+ * that batch's commit_results (*settled = 1) and hands over the next.
+ * Returns the settled batch's first failure. Without a writer
+ * ns_httpcache_commit is ns_httpcache_flush. ns_httpcache_flush waits for
+ * the writer's batch first. */
 void ns_httpcache_set_deferred(ns_httpcache *hc, int deferred);
+netstash_error ns_httpcache_set_writer(ns_httpcache *hc, void (*notify)(void *ud), void *ud);
+netstash_error ns_httpcache_commit(ns_httpcache *hc, int *settled);
 netstash_error ns_httpcache_flush(ns_httpcache *hc);
 size_t ns_httpcache_pending(const ns_httpcache *hc);
 void ns_httpcache_disown(ns_httpcache *hc, const netstash_error *commit_result);

@@ -96,24 +96,27 @@ void ns_ctx_unpost(netstash_ctx *ctx, ns_task *task) {
 }
 
 static void run_queue(netstash_ctx *ctx) {
-  ns_list batch, *pos, *tmp;
+  ns_list batch;
   ns_list_init(&batch);
   uv_mutex_lock(&ctx->qlock);
   ns_list_splice_tail(&batch, &ctx->queue);
-  ns_list_foreach_safe(pos, tmp, &batch) {
-    ns_task *t = ns_list_entry(pos, ns_task, node);
-    t->queued = 0;
-  }
-  uv_mutex_unlock(&ctx->qlock);
-  /* Tasks run in posting order. A task that frees the object another task
-   * of this batch is embedded in must not happen: objects free themselves
-   * only from their own last task (fetches keep a reference per queued
-   * task). */
+  /* Tasks run in posting order. A task stays "queued" until it is taken
+   * off the batch (under the lock): posted again meanwhile from another
+   * thread, it runs once, as posted; unposted, it does not run. (Marked
+   * unqueued while still linked in the batch, a post from another thread —
+   * the HTTP cache's writer's notify — linked the node into the queue too
+   * and broke both lists.) A task that frees the object another task of
+   * this batch is embedded in must not happen: objects free themselves only
+   * from their own last task (fetches keep a reference per queued task). */
   while (!ns_list_empty(&batch)) {
     ns_task *t = ns_list_entry(batch.next, ns_task, node);
     ns_list_remove(&t->node);
+    t->queued = 0;
+    uv_mutex_unlock(&ctx->qlock);
     t->run(ctx, t);
+    uv_mutex_lock(&ctx->qlock);
   }
+  uv_mutex_unlock(&ctx->qlock);
 }
 
 void ns_ctx_run_posted(netstash_ctx *ctx) {
@@ -264,8 +267,11 @@ netstash_error netstash_ctx_new(netstash_ctx **out, const netstash_options *opts
     rv = ns_httpcache_open(&ctx->mem, &hcc, &ctx->hc, detail, detail_len);
     if (rv != NETSTASH_OK)
       goto fail;
-    /* responses stored during one loop turn commit together (transport.c) */
-    ns_httpcache_set_deferred(ctx->hc, 1);
+    /* responses stored during one loop turn commit together, on a writer
+     * thread of the cache's own (transport.c hc_settle); without one, on
+     * the loop thread */
+    if (ns_httpcache_set_writer(ctx->hc, ns_transport_hc_notify, ctx) != NETSTASH_OK)
+      ns_httpcache_set_deferred(ctx->hc, 1);
   }
 
   if (uv_thread_create(&ctx->thread, loop_main, ctx) != 0) {

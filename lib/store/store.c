@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -97,7 +98,7 @@ struct ns_store {
   ns_buf scratch; /* writer side */
   uint8_t gc_pos[NS_STORE_HASH_LEN];
   int gc_pos_valid;
-  uint64_t evicted, grown;
+  _Atomic uint64_t evicted, grown; /* written by writers, read by ns_store_stats */
 };
 
 struct ns_store_reader {

@@ -60,7 +60,8 @@ struct ns_transport {
   uv_idle_t hc_check; /* commits the HTTP cache's queued stores once per loop turn
                          (an idle handle: the loop does not block in poll first) */
   int hc_check_ok;
-  ns_list awaiting; /* fetches whose cache entry awaits that commit (await_node) */
+  ns_task hc_done;  /* the cache's writer committed a batch (ns_transport_hc_notify) */
+  ns_list awaiting; /* fetches whose cache entry awaits its commit (await_node) */
 
   ns_list fetches; /* fetches in DNS or ACTIVE state */
   ns_list socks;   /* open sock_ctx */
@@ -962,17 +963,28 @@ static netstash_error head_as_headers(const netstash_fetch *f, ns_headers *out) 
   return rv;
 }
 
-/* The next loop turn, before it polls: the responses stored during the
- * last one are committed together (one transaction, one fsync), then their
- * fetches complete. */
-static void on_hc_check(uv_idle_t *h) {
-  ns_transport *tr = h->data;
-  netstash_error rv;
-  uv_idle_stop(h);
-  if ((rv = ns_httpcache_flush(tr->ctx->hc)) != NETSTASH_OK)
+/* The responses stored during the last loop turn are committed together
+ * (one transaction, one fsync): handed to the cache's writer thread when it
+ * is idle — the loop goes on — or, while it commits the batch before, left
+ * for the batch after; then the fetches whose entries are settled complete.
+ * Runs at the next loop turn, before it polls (on_hc_check), and when the
+ * writer has committed a batch (on_hc_done). */
+static void hc_settle(ns_transport *tr) {
+  ns_list done, *pos, *tmp;
+  int settled;
+  netstash_error rv = ns_httpcache_commit(tr->ctx->hc, &settled);
+  if (rv != NETSTASH_OK)
     NS_WARN(tr->ctx, MOD, "HTTP cache commit failed: %s", netstash_strerror(rv));
-  while (!ns_list_empty(&tr->awaiting)) {
-    netstash_fetch *f = ns_list_entry(tr->awaiting.next, netstash_fetch, await_node);
+  ns_list_init(&done);
+  ns_list_foreach_safe(pos, tmp, &tr->awaiting) {
+    netstash_fetch *f = ns_list_entry(pos, netstash_fetch, await_node);
+    if (f->hc_commit != NETSTASH_E_AGAIN) { /* settled here or by a flush before */
+      ns_list_remove(&f->await_node);
+      ns_list_insert_tail(&done, &f->await_node);
+    }
+  }
+  while (!ns_list_empty(&done)) {
+    netstash_fetch *f = ns_list_entry(done.next, netstash_fetch, await_node);
     size_t l = strlen(f->cache_reason);
     ns_list_remove(&f->await_node);
     f->hc_await = 0;
@@ -983,6 +995,22 @@ static void on_hc_check(uv_idle_t *h) {
                l ? "; " : "", netstash_strerror(f->hc_commit));
     end_fetch(f, NETSTASH_OK); /* may start, end or flush others: one at a time */
   }
+}
+
+static void on_hc_check(uv_idle_t *h) {
+  uv_idle_stop(h);
+  hc_settle(h->data);
+}
+
+static void on_hc_done(netstash_ctx *ctx, ns_task *task) {
+  (void)task;
+  if (ctx->transport->hc_check_ok)
+    hc_settle(ctx->transport);
+}
+
+void ns_transport_hc_notify(void *ud) {
+  netstash_ctx *ctx = ud;
+  (void)ns_ctx_post(ctx, &ctx->transport->hc_done); /* stopping: close settles */
 }
 
 /* 1 when the fetch must wait for the commit of its entry (final: the hop
@@ -2676,6 +2704,7 @@ netstash_error ns_transport_new(netstash_ctx *ctx, ns_transport **out, char *det
   tr->ctx = ctx;
   ns_list_init(&tr->fetches);
   ns_list_init(&tr->awaiting);
+  tr->hc_done.run = on_hc_done;
   ns_list_init(&tr->socks);
   snprintf(tr->user_agent, sizeof(tr->user_agent), "netstash/%s", PACKAGE_VERSION);
   tr->multi = curl_multi_init();
@@ -2768,6 +2797,7 @@ void ns_transport_shutdown(ns_transport *tr) {
 void ns_transport_del(ns_transport *tr) {
   if (!tr)
     return;
+  ns_ctx_unpost(tr->ctx, &tr->hc_done);
   ns_store_reader_del(tr->pl_reader);
   ns_h3_del(tr->h3);
   ns_remote_del(tr->remote);

@@ -19,6 +19,9 @@ netstash_error ns_transport_new(netstash_ctx *ctx, ns_transport **out, char *det
 void ns_transport_shutdown(ns_transport *tr);
 /* After the loop ended. NULL accepted. */
 void ns_transport_del(ns_transport *tr);
+/* The HTTP cache's writer committed a batch (ns_httpcache_set_writer's
+ * notify; ud: the context): posts its settling to the loop. */
+void ns_transport_hc_notify(void *ud);
 
 /* Stops (pause 1) or restarts reading a fetch's response (the
  * interceptor's pull mode). Loop thread; NETSTASH_E_ILLEGAL_STATE when the

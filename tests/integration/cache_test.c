@@ -10,10 +10,14 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/file.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <netstash/netstash.h>
@@ -626,6 +630,75 @@ static void test_permanent_redirect_cached(void **state) {
   netstash_ctx_del(ctx);
 }
 
+typedef struct done_flag {
+  pthread_mutex_t lock;
+  pthread_cond_t cond;
+  int done;
+  netstash_error err;
+} done_flag;
+
+static void on_done(netstash_fetch *f, netstash_error err, void *ud) {
+  done_flag *d = ud;
+  (void)f;
+  pthread_mutex_lock(&d->lock);
+  d->done = 1;
+  d->err = err;
+  pthread_cond_broadcast(&d->cond);
+  pthread_mutex_unlock(&d->lock);
+}
+
+/* Responses are committed to the store off the loop thread: while one
+ * waits for the store's write lock (taken here, as another process's writer
+ * would hold it), the context answers a stored response — before, its loop
+ * stood still until the lock came or the wait (1 s) gave up. The waiting
+ * fetch completes once its entry is committed ("stored"). */
+static void test_commit_off_the_loop(void **state) {
+  const char *prof = new_profile();
+  netstash_ctx *ctx = ctx_for(prof, 1);
+  static const netstash_fetch_callbacks cbs = {NULL, NULL, on_done};
+  done_flag d = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, NETSTASH_OK};
+  netstash_request *req;
+  netstash_fetch *f;
+  struct timespec t0, t1;
+  char lock[600];
+  result a, b;
+  int lfd, done;
+  (void)state;
+  a = GET(ctx, "/cache/max-age/600/loop-a");
+  assert_non_null(strstr(a.reason, "stored"));
+  snprintf(lock, sizeof(lock), "%s/store/write.lock", prof);
+  lfd = open(lock, O_RDWR | O_CLOEXEC);
+  assert_true(lfd >= 0);
+  assert_int_equal(flock(lfd, LOCK_EX), 0);
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  assert_int_equal(netstash_request_new(&req, url("/cache/max-age/600/loop-b")), NETSTASH_OK);
+  assert_int_equal(netstash_fetch_start(ctx, req, &cbs, &d, &f), NETSTASH_OK);
+  usleep(100 * 1000); /* its response is in, its commit waits for the lock */
+  b = GET(ctx, "/cache/max-age/600/loop-a");
+  clock_gettime(CLOCK_MONOTONIC, &t1);
+  pthread_mutex_lock(&d.lock);
+  done = d.done;
+  pthread_mutex_unlock(&d.lock);
+  assert_int_equal(b.source, NETSTASH_SOURCE_CACHE);
+  assert_string_equal(b.body, a.body);
+  assert_false(done); /* still waiting for its commit */
+  assert_true((t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000 < 600);
+  assert_int_equal(flock(lfd, LOCK_UN), 0);
+  close(lfd);
+  pthread_mutex_lock(&d.lock);
+  while (!d.done)
+    pthread_cond_wait(&d.cond, &d.lock);
+  pthread_mutex_unlock(&d.lock);
+  assert_int_equal(d.err, NETSTASH_OK);
+  assert_int_equal(netstash_fetch_source(f), NETSTASH_SOURCE_NETWORK);
+  assert_non_null(strstr(netstash_fetch_cache_reason(f), "; stored"));
+  netstash_fetch_del(f);
+  netstash_request_del(req);
+  b = GET(ctx, "/cache/max-age/600/loop-b");
+  assert_int_equal(b.source, NETSTASH_SOURCE_CACHE);
+  netstash_ctx_del(ctx);
+}
+
 static int setup(void **state) {
   (void)state;
   return nst_rawserver_start(&raw) ? -1 : 0;
@@ -655,6 +728,7 @@ int main(void) {
       cmocka_unit_test(test_ranges_from_stored_body),
       cmocka_unit_test(test_no_vary_search),
       cmocka_unit_test(test_permanent_redirect_cached),
+      cmocka_unit_test(test_commit_off_the_loop),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }
