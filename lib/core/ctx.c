@@ -103,9 +103,9 @@ static void run_queue(netstash_ctx *ctx) {
   /* Tasks run in posting order. A task stays "queued" until it is taken
    * off the batch (under the lock): posted again meanwhile from another
    * thread, it runs once, as posted; unposted, it does not run. (Marked
-   * unqueued while still linked in the batch, a post from another thread —
-   * the HTTP cache's writer's notify — linked the node into the queue too
-   * and broke both lists.) A task that frees the object another task of
+   * unqueued while still linked in the batch, a post from another thread in
+   * that window — the HTTP cache writer's notify, say — would link the node
+   * into the queue too and break both lists.) A task that frees the object another task of
    * this batch is embedded in must not happen: objects free themselves only
    * from their own last task (fetches keep a reference per queued task). */
   while (!ns_list_empty(&batch)) {

@@ -513,8 +513,72 @@ done:
   return err;
 }
 
+/* 1 when every page from first to last (inclusive) is in LMDB's free list:
+ * pages nothing references, that LMDB writes before it reads them again. */
+static int pages_free(ns_store *s, uint64_t first, uint64_t last) {
+  MDB_txn *txn = NULL;
+  MDB_cursor *c = NULL;
+  MDB_val k, v;
+  uint64_t n = last - first + 1, marked = 0;
+  uint8_t *bits;
+  int rc;
+  if (last < first || n > ((uint64_t)1 << 24))
+    return 0;
+  bits = ns_calloc(s->mem, (size_t)(n + 7) / 8, 1);
+  if (!bits)
+    return 0;
+  rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
+  if (rc == 0)
+    rc = mdb_cursor_open(txn, 0, &c); /* dbi 0: the free list, by transaction */
+  for (int op = MDB_FIRST; rc == 0; op = MDB_NEXT) {
+    const size_t *ids;
+    size_t cnt;
+    if ((rc = mdb_cursor_get(c, &k, &v, (MDB_cursor_op)op)) != 0)
+      break;
+    ids = v.mv_data; /* a count, then that many page numbers */
+    if (v.mv_size < sizeof(size_t) || (cnt = ids[0]) > v.mv_size / sizeof(size_t) - 1) {
+      rc = MDB_CORRUPTED;
+      break;
+    }
+    for (size_t i = 1; i <= cnt; i++) {
+      uint64_t pg = ids[i];
+      if (pg >= first && pg <= last && !(bits[(pg - first) / 8] & (1u << ((pg - first) % 8)))) {
+        bits[(pg - first) / 8] |= (uint8_t)(1u << ((pg - first) % 8));
+        marked++;
+      }
+    }
+  }
+  if (c)
+    mdb_cursor_close(c);
+  if (txn)
+    mdb_txn_abort(txn);
+  ns_free(s->mem, bits);
+  return rc == MDB_NOTFOUND && marked == n;
+}
+
+/* LMDB counts pages a transaction allocated and freed again ("loose"
+ * pages) in the meta page's last page number without writing them, so a
+ * sound data file can end before the last pages it counts — free pages,
+ * never read. Other readers would take such a file for a truncated one
+ * (check_file): after each write it is extended (sparse) to cover them.
+ * Under the write lock. */
+static void cover_tail(ns_store *s) {
+  MDB_envinfo info;
+  struct stat sb;
+  int fd;
+  uint64_t need;
+  if (mdb_env_info(s->env, &info) != 0 || mdb_env_get_fd(s->env, &fd) != 0 || fstat(fd, &sb) != 0)
+    return;
+  need = ((uint64_t)info.me_last_pgno + 1) * s->psize;
+  if ((uint64_t)sb.st_size < need && ftruncate(fd, (off_t)need) != 0)
+    return; /* the next writable open extends it */
+}
+
 /* Checks that the data file holds every page the meta page claims (reading
- * past its end through the map would be SIGBUS). */
+ * past its end through the map would be SIGBUS). A file that ends before
+ * pages LMDB keeps as free only (cover_tail's case, left by an earlier
+ * version or a crash between a commit and its extension) is extended when
+ * the store is writable. */
 static netstash_error check_file(ns_store *s, char *detail, size_t dlen) {
   MDB_envinfo info;
   MDB_stat st;
@@ -535,6 +599,22 @@ static netstash_error check_file(ns_store *s, char *detail, size_t dlen) {
     return NETSTASH_E_STORE_CORRUPT;
   }
   need = ((uint64_t)info.me_last_pgno + 1) * st.ms_psize;
+  if ((uint64_t)sb.st_size < need && need <= info.me_mapsize && !s->p.read_only &&
+      wlock_acquire(s) == NETSTASH_OK) {
+    /* under the write lock: no writer extends the file meanwhile */
+    if (mdb_env_info(s->env, &info) == 0 && fstat(fd, &sb) == 0 &&
+        (need = ((uint64_t)info.me_last_pgno + 1) * st.ms_psize) > (uint64_t)sb.st_size &&
+        ftruncate(fd, (off_t)need) == 0) {
+      /* the free list is read through the map: covered first */
+      if (pages_free(s, (uint64_t)sb.st_size / st.ms_psize, info.me_last_pgno)) {
+        sb.st_size = (off_t)need;
+      } else {
+        int undone = ftruncate(fd, sb.st_size); /* as found; refused below */
+        NS_UNUSED(undone);
+      }
+    }
+    wlock_release(s);
+  }
   if ((uint64_t)sb.st_size < need || need > info.me_mapsize) {
     ns_detailf(detail, dlen,
                "store %s is truncated (data.mdb has %llu bytes, its pages "
@@ -1672,6 +1752,7 @@ netstash_error ns_store_write(ns_store *s, ns_store_write_fn fn, void *ud) {
     if (err != NETSTASH_OK)
       break;
   }
+  cover_tail(s);
   wlock_release(s);
   return err;
 }
