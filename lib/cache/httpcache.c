@@ -42,6 +42,14 @@ enum { W_IDLE, W_BUSY, W_DONE };
  * loop turn. */
 #define PENDING_BYTES_MAX ((uint64_t)8 << 20)
 
+/* The bounds of one batch on the writer thread. Under load the queue grows
+ * while a batch commits; LMDB keeps the dirty page buffers of its largest
+ * transaction for reuse until the store closes, and the first entry of a
+ * batch waits for all of it. (netd filled with 100k entries at 12k
+ * misses/s: heap 7.4-7.7 MB with these bounds, 8.3 MB without.) */
+#define BATCH_MAX 64
+#define BATCH_BYTES_MAX ((uint64_t)4 << 20)
+
 struct ns_httpcache {
   const ns_mem *mem;
   ns_store *store;
@@ -948,11 +956,18 @@ netstash_error ns_httpcache_commit(ns_httpcache *hc, int *settled) {
     rv = drain(hc);
   }
   if (hc->npending) {
-    /* the queue becomes the writer's batch */
-    ns_list_splice_tail(&hc->inflight, &hc->pending);
-    hc->ninflight = hc->npending;
-    hc->npending = 0;
-    hc->pending_bytes = 0;
+    /* the queue, up to a batch's bounds, becomes the writer's batch */
+    uint64_t bytes = 0;
+    while (!ns_list_empty(&hc->pending) && hc->ninflight < BATCH_MAX &&
+           (bytes < BATCH_BYTES_MAX || !hc->ninflight)) {
+      pend_store *p = ns_list_entry(hc->pending.next, pend_store, node);
+      ns_list_remove(&p->node);
+      ns_list_insert_tail(&hc->inflight, &p->node);
+      hc->ninflight++;
+      hc->npending--;
+      hc->pending_bytes -= p->body_len;
+      bytes += p->body_len;
+    }
     pthread_mutex_lock(&hc->w_lock);
     hc->w_state = W_BUSY;
     pthread_cond_broadcast(&hc->w_cond);

@@ -699,6 +699,56 @@ static void test_commit_off_the_loop(void **state) {
   netstash_ctx_del(ctx);
 }
 
+/* More responses than one writer batch takes (64) queue while the store's
+ * write lock is held: once it is free they are committed batch after batch,
+ * every fetch completes "stored", and each is a hit afterwards. */
+static void test_commit_batches(void **state) {
+  enum { N = 150 };
+  const char *prof = new_profile();
+  netstash_ctx *ctx = ctx_for(prof, 1);
+  static const netstash_fetch_callbacks cbs = {NULL, NULL, on_done};
+  static done_flag d[N];
+  netstash_request *req[N];
+  netstash_fetch *f[N];
+  char lock[600], path[64];
+  int lfd;
+  (void)state;
+  (void)GET(ctx, "/cache/max-age/600/batch-first"); /* the store exists */
+  snprintf(lock, sizeof(lock), "%s/store/write.lock", prof);
+  lfd = open(lock, O_RDWR | O_CLOEXEC);
+  assert_true(lfd >= 0);
+  assert_int_equal(flock(lfd, LOCK_EX), 0);
+  for (int i = 0; i < N; i++) {
+    pthread_mutex_init(&d[i].lock, NULL);
+    pthread_cond_init(&d[i].cond, NULL);
+    d[i].done = 0;
+    snprintf(path, sizeof(path), "/cache/max-age/600/batch-%d", i);
+    assert_int_equal(netstash_request_new(&req[i], url(path)), NETSTASH_OK);
+    assert_int_equal(netstash_fetch_start(ctx, req[i], &cbs, &d[i], &f[i]), NETSTASH_OK);
+  }
+  usleep(300 * 1000); /* responses in, the first batch waiting for the lock */
+  assert_int_equal(flock(lfd, LOCK_UN), 0);
+  close(lfd);
+  for (int i = 0; i < N; i++) {
+    pthread_mutex_lock(&d[i].lock);
+    while (!d[i].done)
+      pthread_cond_wait(&d[i].cond, &d[i].lock);
+    pthread_mutex_unlock(&d[i].lock);
+    assert_int_equal(d[i].err, NETSTASH_OK);
+    if (!strstr(netstash_fetch_cache_reason(f[i]), "; stored"))
+      fail_msg("fetch %d: %s", i, netstash_fetch_cache_reason(f[i]));
+    netstash_fetch_del(f[i]);
+    netstash_request_del(req[i]);
+  }
+  for (int i = 0; i < N; i++) {
+    result r;
+    snprintf(path, sizeof(path), "/cache/max-age/600/batch-%d", i);
+    r = GET(ctx, path);
+    assert_int_equal(r.source, NETSTASH_SOURCE_CACHE);
+  }
+  netstash_ctx_del(ctx);
+}
+
 static int setup(void **state) {
   (void)state;
   return nst_rawserver_start(&raw) ? -1 : 0;
@@ -729,6 +779,7 @@ int main(void) {
       cmocka_unit_test(test_no_vary_search),
       cmocka_unit_test(test_permanent_redirect_cached),
       cmocka_unit_test(test_commit_off_the_loop),
+      cmocka_unit_test(test_commit_batches),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }
