@@ -870,7 +870,13 @@ netstash_error ns_httpcache_set_writer(ns_httpcache *hc, void (*notify)(void *ud
   hc->notify = notify;
   hc->notify_ud = ud;
   hc->w_state = W_IDLE;
-  sigfillset(&all); /* the embedder's signals go to its own threads */
+  /* the process's signals go to the embedder's threads; faults stay ours */
+  sigfillset(&all);
+  sigdelset(&all, SIGSEGV);
+  sigdelset(&all, SIGBUS);
+  sigdelset(&all, SIGFPE);
+  sigdelset(&all, SIGILL);
+  sigdelset(&all, SIGABRT);
   pthread_sigmask(SIG_SETMASK, &all, &old);
   rc = pthread_create(&hc->writer, NULL, writer_main, hc);
   pthread_sigmask(SIG_SETMASK, &old, NULL);
@@ -936,25 +942,20 @@ netstash_error ns_httpcache_flush(ns_httpcache *hc) {
   return r0 != NETSTASH_OK ? r0 : rv;
 }
 
-netstash_error ns_httpcache_commit(ns_httpcache *hc, int *settled) {
+netstash_error ns_httpcache_commit(ns_httpcache *hc) {
   netstash_error rv = NETSTASH_OK;
   int state;
-  *settled = 0;
   if (!hc)
     return NETSTASH_OK;
-  if (!hc->has_writer) {
-    *settled = hc->npending != 0;
+  if (!hc->has_writer)
     return ns_httpcache_flush(hc);
-  }
   pthread_mutex_lock(&hc->w_lock);
   state = hc->w_state;
   pthread_mutex_unlock(&hc->w_lock);
   if (state == W_BUSY)
     return NETSTASH_OK; /* the next batch goes when this one is done */
-  if (state == W_DONE) {
-    *settled = 1;
+  if (state == W_DONE)
     rv = drain(hc);
-  }
   if (hc->npending) {
     /* the queue, up to a batch's bounds, becomes the writer's batch */
     uint64_t bytes = 0;

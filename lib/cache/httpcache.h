@@ -134,13 +134,13 @@ netstash_error ns_httpcache_store(ns_httpcache *hc, const char *top_level_url, c
  * writes and syncs, and what is queued meanwhile is the next batch. When a
  * batch is committed the writer calls notify (on its thread, under its lock:
  * notify may only post to the loop); the next ns_httpcache_commit writes
- * that batch's commit_results (*settled = 1) and hands over the next.
- * Returns the settled batch's first failure. Without a writer
- * ns_httpcache_commit is ns_httpcache_flush. ns_httpcache_flush waits for
- * the writer's batch first. */
+ * that batch's commit_results and hands over the next (at most 64 entries
+ * or 4 MiB of bodies per batch). Returns the settled batch's first failure.
+ * Without a writer ns_httpcache_commit is ns_httpcache_flush.
+ * ns_httpcache_flush waits for the writer's batch first. */
 void ns_httpcache_set_deferred(ns_httpcache *hc, int deferred);
 netstash_error ns_httpcache_set_writer(ns_httpcache *hc, void (*notify)(void *ud), void *ud);
-netstash_error ns_httpcache_commit(ns_httpcache *hc, int *settled);
+netstash_error ns_httpcache_commit(ns_httpcache *hc);
 netstash_error ns_httpcache_flush(ns_httpcache *hc);
 size_t ns_httpcache_pending(const ns_httpcache *hc);
 void ns_httpcache_disown(ns_httpcache *hc, const netstash_error *commit_result);

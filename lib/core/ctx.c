@@ -100,14 +100,15 @@ static void run_queue(netstash_ctx *ctx) {
   ns_list_init(&batch);
   uv_mutex_lock(&ctx->qlock);
   ns_list_splice_tail(&batch, &ctx->queue);
-  /* Tasks run in posting order. A task stays "queued" until it is taken
-   * off the batch (under the lock): posted again meanwhile from another
-   * thread, it runs once, as posted; unposted, it does not run. (Marked
-   * unqueued while still linked in the batch, a post from another thread in
-   * that window — the HTTP cache writer's notify, say — would link the node
-   * into the queue too and break both lists.) A task that frees the object another task of
-   * this batch is embedded in must not happen: objects free themselves only
-   * from their own last task (fetches keep a reference per queued task). */
+  /* Tasks run in posting order. A task stays "queued" until it is taken off
+   * the batch (under the lock): posted again meanwhile from another thread,
+   * it runs once, as posted; unposted, it does not run. (Marked unqueued
+   * while still linked in the batch, a post from another thread in that
+   * window — the HTTP cache writer's notify, say — would link the node into
+   * the queue too and break both lists.) A task that frees the object
+   * another task of this batch is embedded in must not happen: objects free
+   * themselves only from their own last task (fetches keep a reference per
+   * queued task). */
   while (!ns_list_empty(&batch)) {
     ns_task *t = ns_list_entry(batch.next, ns_task, node);
     ns_list_remove(&t->node);

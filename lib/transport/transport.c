@@ -971,8 +971,7 @@ static netstash_error head_as_headers(const netstash_fetch *f, ns_headers *out) 
  * writer has committed a batch (on_hc_done). */
 static void hc_settle(ns_transport *tr) {
   ns_list done, *pos, *tmp;
-  int settled;
-  netstash_error rv = ns_httpcache_commit(tr->ctx->hc, &settled);
+  netstash_error rv = ns_httpcache_commit(tr->ctx->hc);
   if (rv != NETSTASH_OK)
     NS_WARN(tr->ctx, MOD, "HTTP cache commit failed: %s", netstash_strerror(rv));
   ns_list_init(&done);
