@@ -463,6 +463,17 @@ static int queued(const ns_httpcache *hc, const ns_buf *primary, int nvs) {
   return 0;
 }
 
+int ns_httpcache_queued(ns_httpcache *hc, const char *top, const char *url) {
+  ns_buf key;
+  int q;
+  if (!hc || (!hc->npending && !hc->ninflight))
+    return 0;
+  ns_buf_init(&key, hc->mem, NS_STORE_KEY_MAX);
+  q = primary_key(hc, top, url, &key) == NETSTASH_OK && queued(hc, &key, strchr(url, '?') != NULL);
+  ns_buf_free(&key);
+  return q;
+}
+
 netstash_error ns_httpcache_lookup(ns_httpcache *hc, const char *top, const char *url,
                                    const char *method, const ns_headers *req, int64_t now_ms,
                                    ns_hc_entry *e) {

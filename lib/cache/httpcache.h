@@ -138,6 +138,11 @@ netstash_error ns_httpcache_store(ns_httpcache *hc, const char *top_level_url, c
  * or 4 MiB of bodies per batch). Returns the settled batch's first failure.
  * Without a writer ns_httpcache_commit is ns_httpcache_flush.
  * ns_httpcache_flush waits for the writer's batch first. */
+/* 1 when a lookup of (top_level_url, url) would wait for the writer: an
+ * entry for it is queued or being committed (ns_httpcache_lookup then
+ * commits first, on the calling thread). 0 on any error (the lookup
+ * reports it). */
+int ns_httpcache_queued(ns_httpcache *hc, const char *top_level_url, const char *url);
 void ns_httpcache_set_deferred(ns_httpcache *hc, int deferred);
 netstash_error ns_httpcache_set_writer(ns_httpcache *hc, void (*notify)(void *ud), void *ud);
 netstash_error ns_httpcache_commit(ns_httpcache *hc);

@@ -161,10 +161,13 @@ struct netstash_fetch {
   int detached;      /* background revalidation: no caller */
   int hop_get;       /* a redirect turned the method into GET */
   /* group commit: the response's cache entry is queued; the fetch completes
-   * once the end of the loop turn committed it (transport.c on_hc_check) */
+   * once it is committed (transport.c hc_settle) */
   int hc_await;
   netstash_error hc_commit; /* NETSTASH_E_AGAIN until committed */
-  ns_list await_node;       /* in the transport's awaiting list */
+  /* the hop's URL has an entry queued or being committed: its lookup waits
+   * for that commit (transport.c start_hop) */
+  int hop_wait;
+  ns_list await_node; /* in the transport's awaiting or hop_waiting list */
   int retried_fresh; /* resent once on a new connection (transport.c retry_fresh) */
   ns_hc_entry hce;
   ns_headers hc_req;

@@ -62,6 +62,7 @@ struct ns_transport {
   int hc_check_ok;
   ns_task hc_done;  /* the cache's writer committed a batch (ns_transport_hc_notify) */
   ns_list awaiting; /* fetches whose cache entry awaits its commit (await_node) */
+  ns_list hop_waiting; /* fetches whose hop's lookup awaits a commit (await_node) */
 
   ns_list fetches; /* fetches in DNS or ACTIVE state */
   ns_list socks;   /* open sock_ctx */
@@ -880,6 +881,10 @@ static void end_fetch(netstash_fetch *f, netstash_error err) {
     ns_list_remove(&f->await_node);
     ns_httpcache_disown(f->ctx->hc, &f->hc_commit);
   }
+  if (f->hop_wait) { /* ended (cancelled) while its lookup waited */
+    f->hop_wait = 0;
+    ns_list_remove(&f->await_node);
+  }
   if (f->dnsq) {
     ns_dns_cancel(f->dnsq);
     f->dnsq = NULL;
@@ -993,6 +998,21 @@ static void hc_settle(ns_transport *tr) {
       snprintf(f->cache_reason + l, sizeof(f->cache_reason) - l, "%snot stored: %s",
                l ? "; " : "", netstash_strerror(f->hc_commit));
     end_fetch(f, NETSTASH_OK); /* may start, end or flush others: one at a time */
+  }
+  /* lookups that waited for a commit: those whose entry is settled go on */
+  ns_list_init(&done);
+  ns_list_foreach_safe(pos, tmp, &tr->hop_waiting) {
+    netstash_fetch *f = ns_list_entry(pos, netstash_fetch, await_node);
+    if (!ns_httpcache_queued(tr->ctx->hc, f->req->top_level_site.url, f->cur.url)) {
+      ns_list_remove(&f->await_node);
+      ns_list_insert_tail(&done, &f->await_node);
+    }
+  }
+  while (!ns_list_empty(&done)) {
+    netstash_fetch *f = ns_list_entry(done.next, netstash_fetch, await_node);
+    ns_list_remove(&f->await_node);
+    f->hop_wait = 0;
+    start_hop(f); /* may start, end or flush others: one at a time */
   }
 }
 
@@ -1648,6 +1668,14 @@ static void start_hop(netstash_fetch *f) {
       end_fetch(f, rv);
     else
       f->state = NS_FETCH_ACTIVE;
+    return;
+  }
+  if (f->ctx->hc && f->ctx->transport->hc_check_ok &&
+      ns_httpcache_queued(f->ctx->hc, f->req->top_level_site.url, f->cur.url)) {
+    /* a response for this URL is being stored: its lookup reads it once it
+     * is committed, without holding up the loop meanwhile (hc_settle) */
+    f->hop_wait = 1;
+    ns_list_insert_tail(&f->ctx->transport->hop_waiting, &f->await_node);
     return;
   }
   if (cache_consult(f))
@@ -2703,6 +2731,7 @@ netstash_error ns_transport_new(netstash_ctx *ctx, ns_transport **out, char *det
   tr->ctx = ctx;
   ns_list_init(&tr->fetches);
   ns_list_init(&tr->awaiting);
+  ns_list_init(&tr->hop_waiting);
   tr->hc_done.run = on_hc_done;
   ns_list_init(&tr->socks);
   snprintf(tr->user_agent, sizeof(tr->user_agent), "netstash/%s", PACKAGE_VERSION);

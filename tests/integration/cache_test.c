@@ -651,14 +651,17 @@ static void on_done(netstash_fetch *f, netstash_error err, void *ud) {
  * waits for the store's write lock (taken here, as another process's writer
  * would hold it), the context answers a stored response — before, its loop
  * stood still until the lock came or the wait (1 s) gave up. The waiting
- * fetch completes once its entry is committed ("stored"). */
+ * fetch completes once its entry is committed ("stored"); a second fetch of
+ * the same URL meanwhile waits for that commit and is answered from the
+ * cache, without holding up the loop either. */
 static void test_commit_off_the_loop(void **state) {
   const char *prof = new_profile();
   netstash_ctx *ctx = ctx_for(prof, 1);
   static const netstash_fetch_callbacks cbs = {NULL, NULL, on_done};
   done_flag d = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, NETSTASH_OK};
-  netstash_request *req;
-  netstash_fetch *f;
+  done_flag d2 = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, NETSTASH_OK};
+  netstash_request *req, *req2;
+  netstash_fetch *f, *f2;
   struct timespec t0, t1;
   char lock[600];
   result a, b;
@@ -674,6 +677,8 @@ static void test_commit_off_the_loop(void **state) {
   assert_int_equal(netstash_request_new(&req, url("/cache/max-age/600/loop-b")), NETSTASH_OK);
   assert_int_equal(netstash_fetch_start(ctx, req, &cbs, &d, &f), NETSTASH_OK);
   usleep(100 * 1000); /* its response is in, its commit waits for the lock */
+  assert_int_equal(netstash_request_new(&req2, url("/cache/max-age/600/loop-b")), NETSTASH_OK);
+  assert_int_equal(netstash_fetch_start(ctx, req2, &cbs, &d2, &f2), NETSTASH_OK);
   b = GET(ctx, "/cache/max-age/600/loop-a");
   clock_gettime(CLOCK_MONOTONIC, &t1);
   pthread_mutex_lock(&d.lock);
@@ -682,6 +687,10 @@ static void test_commit_off_the_loop(void **state) {
   assert_int_equal(b.source, NETSTASH_SOURCE_CACHE);
   assert_string_equal(b.body, a.body);
   assert_false(done); /* still waiting for its commit */
+  pthread_mutex_lock(&d2.lock);
+  done = d2.done;
+  pthread_mutex_unlock(&d2.lock);
+  assert_false(done); /* its lookup waits for that commit */
   assert_true((t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000 < 600);
   assert_int_equal(flock(lfd, LOCK_UN), 0);
   close(lfd);
@@ -694,6 +703,14 @@ static void test_commit_off_the_loop(void **state) {
   assert_non_null(strstr(netstash_fetch_cache_reason(f), "; stored"));
   netstash_fetch_del(f);
   netstash_request_del(req);
+  pthread_mutex_lock(&d2.lock);
+  while (!d2.done)
+    pthread_cond_wait(&d2.cond, &d2.lock);
+  pthread_mutex_unlock(&d2.lock);
+  assert_int_equal(d2.err, NETSTASH_OK);
+  assert_int_equal(netstash_fetch_source(f2), NETSTASH_SOURCE_CACHE);
+  netstash_fetch_del(f2);
+  netstash_request_del(req2);
   b = GET(ctx, "/cache/max-age/600/loop-b");
   assert_int_equal(b.source, NETSTASH_SOURCE_CACHE);
   netstash_ctx_del(ctx);
