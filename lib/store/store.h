@@ -108,6 +108,10 @@ typedef struct ns_store_params {
   uint32_t gc_grace_ms;   /* age before an unreferenced new body may be
                              collected (60000; see ns_store_gc_step) */
   uint32_t max_readers;   /* LMDB reader slots, all processes (126) */
+  uint32_t touch_granule_ms; /* a noted access moves a record's atime (and
+                                LRU place) only once it is older by more
+                                than this (1000): a hot record is rewritten
+                                at most once a second, not at every write */
   int read_only;          /* open with MDB_RDONLY: no writes, no creation */
   unsigned lmdb_flags;    /* extra mdb_env_open flags (tests: 0) */
 } ns_store_params;

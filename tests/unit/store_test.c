@@ -1089,6 +1089,52 @@ static void test_eviction_bounded_per_write(void **state) {
   ns_store_close(s);
 }
 
+static uint64_t atime_of(ns_store *s, const char *key) {
+  ns_store_reader *r;
+  ns_store_record rec;
+  uint64_t a;
+  assert_int_equal(ns_store_reader_new(s, &r), NETSTASH_OK);
+  assert_int_equal(ns_store_read_begin(r), NETSTASH_OK);
+  assert_int_equal(ns_store_get(r, NS_STORE_HTTP, key, strlen(key), &rec), NETSTASH_OK);
+  a = rec.atime_ms;
+  ns_store_read_end(r);
+  ns_store_reader_del(r);
+  return a;
+}
+
+/* A noted access moves a record's atime only once it is older than the
+ * granule: a hot record is not rewritten (with its LRU entry) at every
+ * write. */
+static void test_touch_granule(void **state) {
+  ns_store_params p;
+  ns_store *s;
+  ns_store_reader *r;
+  uint64_t a0, a1, a2;
+  (void)state;
+  params(&p);
+  p.touch_granule_ms = 200;
+  s = open_with(&p);
+  assert_int_equal(ns_store_put(s, NS_STORE_HTTP, "hot", 3, "v", 1, NULL, 0), NETSTASH_OK);
+  a0 = atime_of(s, "hot");
+  assert_int_equal(ns_store_reader_new(s, &r), NETSTASH_OK);
+  sleep_ms(20);
+  assert_int_equal(ns_store_read_begin(r), NETSTASH_OK);
+  ns_store_touch(r, NS_STORE_HTTP, "hot", 3, 0);
+  ns_store_read_end(r);
+  assert_int_equal(ns_store_flush_access(s), NETSTASH_OK);
+  a1 = atime_of(s, "hot");
+  assert_true(a1 == a0); /* within the granule: not rewritten */
+  sleep_ms(250);
+  assert_int_equal(ns_store_read_begin(r), NETSTASH_OK);
+  ns_store_touch(r, NS_STORE_HTTP, "hot", 3, 0);
+  ns_store_read_end(r);
+  assert_int_equal(ns_store_flush_access(s), NETSTASH_OK);
+  a2 = atime_of(s, "hot");
+  assert_true(a2 >= a0 + 250); /* past it: moved */
+  ns_store_reader_del(r);
+  ns_store_close(s);
+}
+
 static void test_eviction_lru_pinned(void **state) {
   (void)state;
   ns_store_params p;
@@ -1101,6 +1147,7 @@ static void test_eviction_lru_pinned(void **state) {
   char key[32], d[200];
   params(&p);
   p.size_limit = 2u << 20;
+  p.touch_granule_ms = 0; /* the whole run takes less than the default's second */
   s = open_with(&p);
   /* pinned preload records (active manifest), 500 KB */
   for (int i = 0; i < 5; i++) {
@@ -1723,6 +1770,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_create_parents, setup, teardown),
       cmocka_unit_test_setup_teardown(test_schema_too_new, setup, teardown),
       cmocka_unit_test_setup_teardown(test_truncated, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_touch_granule, setup, teardown),
       cmocka_unit_test_setup_teardown(test_free_tail_is_not_truncation, setup, teardown),
       cmocka_unit_test_setup_teardown(test_garbage, setup, teardown),
       cmocka_unit_test_setup_teardown(test_page_damage, setup, teardown),
