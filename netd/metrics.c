@@ -65,6 +65,13 @@ static netstash_error family(ns_buf *b, const char *name, const char *type, cons
   return ns_buf_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
+/* A family with one unlabelled sample. */
+static netstash_error single(ns_buf *b, const char *name, const char *type, const char *help,
+                             uint64_t v) {
+  netstash_error e = family(b, name, type, help);
+  return e != NETSTASH_OK ? e : ns_buf_printf(b, "%s %" PRIu64 "\n", name, v);
+}
+
 /* num/den as a decimal with 6 fractional digits ("0.250000"), den > 0. */
 static netstash_error ratio(ns_buf *b, uint64_t num, uint64_t den) {
   uint64_t micro;
@@ -126,10 +133,8 @@ char *netd_metrics_render(const netd_metrics *m, const netstash_ctx *ctx) {
     e = ns_buf_printf(&b, "netd_requests_total{source=\"%s\"} %" PRIu64 "\n", src_names[i], req[i]);
 
   if (e == NETSTASH_OK)
-    e = family(&b, "netd_response_bytes_total", "counter",
-               "Response body bytes sent to netd's clients.");
-  if (e == NETSTASH_OK)
-    e = ns_buf_printf(&b, "netd_response_bytes_total %" PRIu64 "\n", load(&m->bytes_out));
+    e = single(&b, "netd_response_bytes_total", "counter",
+               "Response body bytes sent to netd's clients.", load(&m->bytes_out));
 
   if (e == NETSTASH_OK)
     e = family(&b, "netd_hit_ratio", "gauge",
@@ -146,14 +151,11 @@ char *netd_metrics_render(const netd_metrics *m, const netstash_ctx *ctx) {
     e = ns_buf_append_str(&b, "\n");
 
   if (e == NETSTASH_OK)
-    e = family(&b, "netd_ipc_connections_total", "counter",
-               "Connections accepted on the IPC socket.");
+    e = single(&b, "netd_ipc_connections_total", "counter",
+               "Connections accepted on the IPC socket.", load(&m->ipc_conns));
   if (e == NETSTASH_OK)
-    e = ns_buf_printf(&b, "netd_ipc_connections_total %" PRIu64 "\n", load(&m->ipc_conns));
-  if (e == NETSTASH_OK)
-    e = family(&b, "netd_ipc_connections_open", "gauge", "IPC connections open now.");
-  if (e == NETSTASH_OK)
-    e = ns_buf_printf(&b, "netd_ipc_connections_open %" PRIu64 "\n", load(&m->ipc_conns_open));
+    e = single(&b, "netd_ipc_connections_open", "gauge", "IPC connections open now.",
+               load(&m->ipc_conns_open));
   if (e == NETSTASH_OK)
     e = family(&b, "netd_lookups_total", "counter",
                "Synchronous preload lookups on the IPC socket, by result (a miss includes "
@@ -164,30 +166,26 @@ char *netd_metrics_render(const netd_metrics *m, const netstash_ctx *ctx) {
                       "netd_lookups_total{result=\"miss\"} %" PRIu64 "\n",
                       load(&m->lookups_hit), load(&m->lookups_miss));
   if (e == NETSTASH_OK)
-    e = family(&b, "netd_front_connections_total", "counter",
-               "Connections accepted by the HTTP/1.1 fronts (proxy, gateway, metrics).");
+    e = single(&b, "netd_front_connections_total", "counter",
+               "Connections accepted by the HTTP/1.1 fronts (proxy, gateway, metrics).",
+               load(&m->front_conns));
   if (e == NETSTASH_OK)
-    e = ns_buf_printf(&b, "netd_front_connections_total %" PRIu64 "\n", load(&m->front_conns));
-  if (e == NETSTASH_OK)
-    e = family(&b, "netd_gateway_fast_hits_total", "counter",
+    e = single(&b, "netd_gateway_fast_hits_total", "counter",
                "HTTP/1.1 gateway requests answered from the preload store or the HTTP cache on the "
-               "front's thread, without a job (also counted in netd_requests_total by source).");
+               "front's thread, without a job (also counted in netd_requests_total by source).",
+               load(&m->fast_hits));
   if (e == NETSTASH_OK)
-    e = ns_buf_printf(&b, "netd_gateway_fast_hits_total %" PRIu64 "\n", load(&m->fast_hits));
-  if (e == NETSTASH_OK)
-    e = family(&b, "netd_ipc_fast_hits_total", "counter",
+    e = single(&b, "netd_ipc_fast_hits_total", "counter",
                "IPC (HTTP/2) requests answered from the preload store or the HTTP cache on the "
-               "loop thread, without a job (also counted in netd_requests_total by source).");
-  if (e == NETSTASH_OK)
-    e = ns_buf_printf(&b, "netd_ipc_fast_hits_total %" PRIu64 "\n", load(&m->ipc_fast_hits));
+               "loop thread, without a job (also counted in netd_requests_total by source).",
+               load(&m->ipc_fast_hits));
 
   if (e == NETSTASH_OK)
-    e = family(&b, "netd_front_jobs_finishing", "gauge",
+    e = single(&b, "netd_front_jobs_finishing", "gauge",
                "HTTP/1.1 front requests answered in full whose job has not ended yet (a miss "
                "waiting for the HTTP cache's commit of its response): the connection serves its "
-               "next request meanwhile.");
-  if (e == NETSTASH_OK)
-    e = ns_buf_printf(&b, "netd_front_jobs_finishing %" PRIu64 "\n", load(&m->jobs_finishing));
+               "next request meanwhile.",
+               load(&m->jobs_finishing));
 
   if (e == NETSTASH_OK)
     e = family(&b, "netd_warm_runs_total", "counter", "Background preload warms, by result.");

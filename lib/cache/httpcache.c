@@ -463,17 +463,6 @@ static int queued(const ns_httpcache *hc, const ns_buf *primary, int nvs) {
   return 0;
 }
 
-int ns_httpcache_queued(ns_httpcache *hc, const char *top, const char *url) {
-  ns_buf key;
-  int q;
-  if (!hc || (!hc->npending && !hc->ninflight))
-    return 0;
-  ns_buf_init(&key, hc->mem, NS_STORE_KEY_MAX);
-  q = primary_key(hc, top, url, &key) == NETSTASH_OK && queued(hc, &key, strchr(url, '?') != NULL);
-  ns_buf_free(&key);
-  return q;
-}
-
 netstash_error ns_httpcache_lookup(ns_httpcache *hc, const char *top, const char *url,
                                    const char *method, const ns_headers *req, int64_t now_ms,
                                    ns_hc_entry *e) {
@@ -485,9 +474,10 @@ netstash_error ns_httpcache_lookup(ns_httpcache *hc, const char *top, const char
   rv = primary_key(hc, top, url, &e->primary);
   if (rv != NETSTASH_OK)
     return rv;
-  /* read our own writes (a failure: not stored); the others' commits go on */
+  /* its entry is being stored: the caller looks again once it is settled
+   * (the cache reads its own writes, the loop does not wait for the writer) */
   if (queued(hc, &e->primary, strchr(url, '?') != NULL))
-    (void)ns_httpcache_flush(hc);
+    return NETSTASH_E_AGAIN;
   rv = ns_store_read_begin(hc->reader);
   if (rv != NETSTASH_OK)
     return rv;
@@ -922,7 +912,7 @@ void ns_httpcache_set_deferred(ns_httpcache *hc, int deferred) {
 }
 
 size_t ns_httpcache_pending(const ns_httpcache *hc) {
-  return hc ? hc->npending + hc->ninflight : 0;
+  return hc ? hc->npending : 0;
 }
 
 void ns_httpcache_disown(ns_httpcache *hc, const netstash_error *result) {

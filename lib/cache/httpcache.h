@@ -77,7 +77,10 @@ void ns_hc_entry_free(ns_hc_entry *e);
 
 /* Finds the variant for (top_level_url, url, request headers) and decides
  * (RFC 9111) at now_ms. e->found is 0 on a miss; e->decision is always set.
- * Errors are storage errors (the caller goes to the network). */
+ * NETSTASH_E_AGAIN: an entry for the URL is queued or being committed (for
+ * a URL with a query, any entry with a No-Vary-Search index): look again
+ * once it is settled (ns_httpcache_commit, ns_httpcache_flush). Other
+ * errors are storage errors (the caller goes to the network). */
 netstash_error ns_httpcache_lookup(ns_httpcache *hc, const char *top_level_url,
                                    const char *url, const char *method,
                                    const ns_headers *req, int64_t now_ms, ns_hc_entry *e);
@@ -120,13 +123,13 @@ netstash_error ns_httpcache_store(ns_httpcache *hc, const char *top_level_url, c
  * queued entry in one store transaction — one fsync for many responses —
  * retrying them one by one if that fails as a whole (a full disk, one body
  * too large), and writes each entry's outcome to its commit_result. 304
- * updates, invalidations and close flush first, lookups when what they look
- * up is queued, so the cache reads its own writes. The transport completes a
- * fetch only once its entry is committed (group commit: "stored" stays true,
- * a completed fetch is durable). ns_httpcache_disown forgets a commit_result
- * (its fetch ended first). ns_httpcache_pending: entries queued or being
- * committed. Loop thread only (as every call of this module with a live
- * fetch).
+ * updates, invalidations and close flush first, and a lookup of what is
+ * queued says so (NETSTASH_E_AGAIN), so the cache reads its own writes. The
+ * transport completes a fetch only once its entry is committed (group
+ * commit: "stored" stays true, a completed fetch is durable). ns_httpcache_disown forgets a
+ * commit_result (its fetch ended first). ns_httpcache_pending: entries queued, not yet handed to a
+ * writer (a batch it has ends in its notify). Loop thread only (as every call of this module with a
+ * live fetch).
  *
  * ns_httpcache_set_writer starts a thread of the cache's own that commits
  * (and sets deferred): ns_httpcache_commit hands the queue to it when it is
@@ -138,11 +141,6 @@ netstash_error ns_httpcache_store(ns_httpcache *hc, const char *top_level_url, c
  * or 4 MiB of bodies per batch). Returns the settled batch's first failure.
  * Without a writer ns_httpcache_commit is ns_httpcache_flush.
  * ns_httpcache_flush waits for the writer's batch first. */
-/* 1 when a lookup of (top_level_url, url) would wait for the writer: an
- * entry for it is queued or being committed (ns_httpcache_lookup then
- * commits first, on the calling thread). 0 on any error (the lookup
- * reports it). */
-int ns_httpcache_queued(ns_httpcache *hc, const char *top_level_url, const char *url);
 void ns_httpcache_set_deferred(ns_httpcache *hc, int deferred);
 netstash_error ns_httpcache_set_writer(ns_httpcache *hc, void (*notify)(void *ud), void *ud);
 netstash_error ns_httpcache_commit(ns_httpcache *hc);

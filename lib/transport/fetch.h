@@ -165,7 +165,7 @@ struct netstash_fetch {
   int hc_await;
   netstash_error hc_commit; /* NETSTASH_E_AGAIN until committed */
   /* the hop's URL has an entry queued or being committed: its lookup waits
-   * for that commit (transport.c start_hop) */
+   * for that commit (transport.c cache_consult, hc_settle) */
   int hop_wait;
   ns_list await_node; /* in the transport's awaiting or hop_waiting list */
   int retried_fresh; /* resent once on a new connection (transport.c retry_fresh) */

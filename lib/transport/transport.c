@@ -999,15 +999,10 @@ static void hc_settle(ns_transport *tr) {
                l ? "; " : "", netstash_strerror(f->hc_commit));
     end_fetch(f, NETSTASH_OK); /* may start, end or flush others: one at a time */
   }
-  /* lookups that waited for a commit: those whose entry is settled go on */
+  /* lookups that waited for a commit look again (one whose entry is still
+   * being stored waits again) */
   ns_list_init(&done);
-  ns_list_foreach_safe(pos, tmp, &tr->hop_waiting) {
-    netstash_fetch *f = ns_list_entry(pos, netstash_fetch, await_node);
-    if (!ns_httpcache_queued(tr->ctx->hc, f->req->top_level_site.url, f->cur.url)) {
-      ns_list_remove(&f->await_node);
-      ns_list_insert_tail(&done, &f->await_node);
-    }
-  }
+  ns_list_splice_tail(&done, &tr->hop_waiting);
   while (!ns_list_empty(&done)) {
     netstash_fetch *f = ns_list_entry(done.next, netstash_fetch, await_node);
     ns_list_remove(&f->await_node);
@@ -1668,14 +1663,6 @@ static void start_hop(netstash_fetch *f) {
       end_fetch(f, rv);
     else
       f->state = NS_FETCH_ACTIVE;
-    return;
-  }
-  if (f->ctx->hc && f->ctx->transport->hc_check_ok &&
-      ns_httpcache_queued(f->ctx->hc, f->req->top_level_site.url, f->cur.url)) {
-    /* a response for this URL is being stored: its lookup reads it once it
-     * is committed, without holding up the loop meanwhile (hc_settle) */
-    f->hop_wait = 1;
-    ns_list_insert_tail(&f->ctx->transport->hop_waiting, &f->await_node);
     return;
   }
   if (cache_consult(f))
@@ -2622,6 +2609,13 @@ static int cache_consult(netstash_fetch *f) {
   if (rv == NETSTASH_OK)
     rv = ns_httpcache_lookup(hc, req->top_level_site.url, f->cur.url, method, &f->hc_req,
                              wall_ms(), &f->hce);
+  if (rv == NETSTASH_E_AGAIN) {
+    /* a response for this URL is being stored: looked up again once it is
+     * committed (hc_settle), without holding up the loop meanwhile */
+    f->hop_wait = 1;
+    ns_list_insert_tail(&f->ctx->transport->hop_waiting, &f->await_node);
+    return 1;
+  }
   if (rv != NETSTASH_OK) {
     NS_WARN(f->ctx, MOD, "cache lookup for %s failed: %s", f->cur.url, netstash_strerror(rv));
     snprintf(f->cache_reason, sizeof(f->cache_reason), "cache unavailable: %s",
