@@ -1155,18 +1155,32 @@ static int lk_skip_field(const char *n, size_t nl, const char *v, size_t vl) {
          memchr(n, '\r', nl) || memchr(n, '\n', nl) || memchr(v, '\r', vl) || memchr(v, '\n', vl);
 }
 
-/* The HTTP/1.1 head of the hit in ipc->lk_head; *len its length. */
+/* Appends v in decimal. */
+static int lk_put_u64(netd_ipc *ipc, size_t *len, uint64_t v) {
+  char d[20];
+  size_t i = sizeof(d);
+  do
+    d[--i] = (char)('0' + v % 10);
+  while ((v /= 10));
+  return lk_put(ipc, len, d + i, sizeof(d) - i);
+}
+
+/* The HTTP/1.1 head of the hit in ipc->lk_head; *len its length. Built
+ * with appends, not snprintf (a tenth of netd's user time per lookup). */
 static netstash_error lk_head(netd_ipc *ipc, size_t *len) {
   const netstash_preload_hit *h = ipc->hit;
   size_t nf = netstash_preload_hit_header_count(h);
   const char *id = netstash_preload_hit_manifest_id(h), *reason;
   int status = netstash_preload_hit_status(h);
-  char line[160];
+  char sl[13] = "HTTP/1.1 000 ";
   *len = 0;
   reason = http_status_str((enum http_status)status);
-  snprintf(line, sizeof(line), "HTTP/1.1 %d %s\r\n", status,
-           strcmp(reason, "<unknown>") ? reason : "");
-  if (lk_puts(ipc, len, line) != 0)
+  sl[9] = (char)('0' + status / 100 % 10);
+  sl[10] = (char)('0' + status / 10 % 10);
+  sl[11] = (char)('0' + status % 10);
+  if (lk_put(ipc, len, sl, sizeof(sl)) != 0 ||
+      lk_puts(ipc, len, strcmp(reason, "<unknown>") ? reason : "") != 0 ||
+      lk_put(ipc, len, "\r\n", 2) != 0)
     return NETSTASH_E_NOMEM;
   for (size_t i = 0; i < nf; i++) {
     const char *name, *value;
@@ -1179,18 +1193,16 @@ static netstash_error lk_head(netd_ipc *ipc, size_t *len) {
         lk_put(ipc, len, value, vl) != 0 || lk_put(ipc, len, "\r\n", 2) != 0)
       return NETSTASH_E_NOMEM;
   }
-  if (netstash_preload_hit_source(h) == NETSTASH_SOURCE_CACHE) {
-    snprintf(line, sizeof(line), "Content-Length: %" PRIu64 "\r\nX-Netstash-Source: cache\r\n\r\n",
-             netstash_preload_hit_body_size(h));
-    return lk_puts(ipc, len, line) != 0 ? NETSTASH_E_NOMEM : NETSTASH_OK;
-  }
-  snprintf(line, sizeof(line),
-           "Content-Length: %" PRIu64
-           "\r\nX-Netstash-Source: preload\r\nX-Netstash-Preload-Version: "
-           "%" PRIu64 "\r\nX-Netstash-Preload-Id: ",
-           netstash_preload_hit_body_size(h), netstash_preload_hit_manifest_version(h));
-  if (lk_puts(ipc, len, line) != 0 || lk_puts(ipc, len, id ? id : "") != 0 ||
-      lk_puts(ipc, len, "\r\n\r\n") != 0)
+  if (lk_puts(ipc, len, "Content-Length: ") != 0 ||
+      lk_put_u64(ipc, len, netstash_preload_hit_body_size(h)) != 0)
+    return NETSTASH_E_NOMEM;
+  if (netstash_preload_hit_source(h) == NETSTASH_SOURCE_CACHE)
+    return lk_puts(ipc, len, "\r\nX-Netstash-Source: cache\r\n\r\n") != 0 ? NETSTASH_E_NOMEM
+                                                                          : NETSTASH_OK;
+  if (lk_puts(ipc, len, "\r\nX-Netstash-Source: preload\r\nX-Netstash-Preload-Version: ") != 0 ||
+      lk_put_u64(ipc, len, netstash_preload_hit_manifest_version(h)) != 0 ||
+      lk_puts(ipc, len, "\r\nX-Netstash-Preload-Id: ") != 0 ||
+      lk_puts(ipc, len, id ? id : "") != 0 || lk_puts(ipc, len, "\r\n\r\n") != 0)
     return NETSTASH_E_NOMEM;
   return NETSTASH_OK;
 }

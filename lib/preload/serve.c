@@ -241,8 +241,10 @@ static netstash_error parse_head(netstash_preload_hit *hit, size_t hend, rhead *
   p = (const char *)memchr(p, '\n', (size_t)(end - p)) + 1;
   for (; p < end; p = eol + 2) {
     const char *colon, *v, *ve;
-    eol = memmem(p, (size_t)(end - p) + 2, "\r\n", 2);
-    if (!eol || !(colon = memchr(p, ':', (size_t)(eol - p))) || colon == p)
+    /* memchr, not memmem: glibc's memmem sets up a shift table per call */
+    eol = memchr(p, '\n', (size_t)(end - p) + 2);
+    if (!eol || eol == p || *--eol != '\r' || !(colon = memchr(p, ':', (size_t)(eol - p))) ||
+        colon == p)
       return NETSTASH_E_PROTOCOL;
     for (v = colon + 1; v < eol && (*v == ' ' || *v == '\t'); v++)
       ;
@@ -275,6 +277,22 @@ static netstash_error parse_head(netstash_preload_hit *hit, size_t hend, rhead *
     }
   }
   return NETSTASH_OK;
+}
+
+/* The length of the head in buf[0..have) — up to and with its CRLF CRLF —
+ * or 0 when that has not arrived; buf[0..from) was looked at before, so the
+ * head's last LF is at from or later (what precedes it is looked at
+ * backwards). A memchr for each LF, not memmem: glibc's memmem builds a
+ * shift table per call, which cost more than the rest of the answer's
+ * parsing. */
+static size_t head_end(const uint8_t *buf, size_t from, size_t have) {
+  const uint8_t *p = buf + from, *end = buf + have, *lf;
+  while ((lf = memchr(p, '\n', (size_t)(end - p)))) {
+    if (lf - buf >= 3 && lf[-1] == '\r' && lf[-2] == '\n' && lf[-3] == '\r')
+      return (size_t)(lf - buf) + 1;
+    p = lf + 1;
+  }
+  return 0;
 }
 
 /* One request and its answer on hit->fd. *answered: netd answered (the
@@ -317,15 +335,13 @@ static netstash_error remote_exchange(netstash_preload_hit *hit, const char *url
   if ((e = grow(hit, 65536)) != NETSTASH_OK)
     return e;
   while (!hend) { /* the head: up to CRLF CRLF */
-    size_t from = have > 3 ? have - 3 : 0;
-    const uint8_t *crlf2;
+    size_t from = have;
     if (have == hit->cap &&
         (have >= NS_LOOKUP_MAX_HEAD || (e = grow(hit, have * 2)) != NETSTASH_OK))
       return have >= NS_LOOKUP_MAX_HEAD ? NETSTASH_E_PROTOCOL : e;
     if ((e = recv_at_least(hit, &have, have + 1)) != NETSTASH_OK)
       return e;
-    if ((crlf2 = memmem(hit->buf + from, have - from, "\r\n\r\n", 4)))
-      hend = (size_t)(crlf2 - hit->buf) + 4;
+    hend = head_end(hit->buf, from, have);
   }
   if ((e = parse_head(hit, hend, &h)) != NETSTASH_OK)
     return e;

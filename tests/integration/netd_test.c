@@ -19,7 +19,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -888,6 +890,93 @@ static double ipc_fast_count(const netd_proc *dp) {
  * them before), ranges, HEAD, a raw request for a body stored encoded (the
  * remote client did not tell netd "raw" before: the body came decoded) and
  * a body over 1 MiB are still a job's. */
+/* A stand-in for netd on a unix socket: reads one lookup request and writes
+ * the answer given a few bytes at a time (a pause between writes), so the
+ * client finds the head's end across several reads — and the CR LF pairs of
+ * the head split between them. */
+typedef struct dribble {
+  int lfd;
+  const char *answer;
+  size_t step;
+} dribble;
+
+static void *dribble_serve(void *arg) {
+  dribble *d = arg;
+  char req[4096];
+  size_t have = 0, n = strlen(d->answer);
+  int fd = accept(d->lfd, NULL, NULL);
+  if (fd < 0)
+    return NULL;
+  while (have < sizeof(req) - 1) { /* up to the request's CR LF CR LF */
+    ssize_t r = read(fd, req + have, sizeof(req) - 1 - have);
+    if (r <= 0)
+      break;
+    have += (size_t)r;
+    req[have] = '\0';
+    if (strstr(req, "\r\n\r\n"))
+      break;
+  }
+  for (size_t off = 0; off < n; off += d->step) {
+    size_t k = n - off < d->step ? n - off : d->step;
+    if (write(fd, d->answer + off, k) != (ssize_t)k)
+      break;
+    usleep(2000);
+  }
+  close(fd);
+  return NULL;
+}
+
+static void test_remote_lookup_answer_in_pieces(void **state) {
+  static const char answer[] = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+                               "X-Netstash-Source: preload\r\nX-Netstash-Preload-Version: 7\r\n"
+                               "X-Netstash-Preload-Id: drip\r\nContent-Length: 11\r\n\r\n"
+                               "hello drips";
+  static const size_t steps[] = {1, 2, 3, 5};
+  char sock[1024];
+  (void)state;
+  snprintf(sock, sizeof(sock), "%s/drip.sock", nst_workdir());
+  for (size_t si = 0; si < sizeof(steps) / sizeof(steps[0]); si++) {
+    struct sockaddr_un sa;
+    dribble d = {socket(AF_UNIX, SOCK_STREAM, 0), answer, steps[si]};
+    pthread_t th;
+    netstash_ctx *ctx;
+    netstash_preload_hit *h;
+    const uint8_t *data;
+    size_t len, nl, vl;
+    const char *name, *value;
+    memset(&sa, 0, sizeof(sa));
+    sa.sun_family = AF_UNIX;
+    assert_true(strlen(sock) < sizeof(sa.sun_path));
+    memcpy(sa.sun_path, sock, strlen(sock) + 1);
+    unlink(sock);
+    assert_true(d.lfd >= 0);
+    assert_int_equal(bind(d.lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    assert_int_equal(listen(d.lfd, 4), 0);
+    assert_int_equal(pthread_create(&th, NULL, dribble_serve, &d), 0);
+    ctx = remote_ctx(sock);
+    assert_int_equal(netstash_preload_hit_new(ctx, &h), NETSTASH_OK);
+    assert_int_equal(netstash_preload_lookup(h, "https://drip.test/a.txt"), NETSTASH_OK);
+    assert_int_equal(netstash_preload_hit_status(h), 200);
+    assert_string_equal(netstash_preload_hit_manifest_id(h), "drip");
+    assert_int_equal(netstash_preload_hit_manifest_version(h), 7);
+    assert_int_equal(netstash_preload_hit_header_count(h), 1);
+    assert_int_equal(netstash_preload_hit_header_at(h, 0, &name, &nl, &value, &vl), NETSTASH_OK);
+    assert_int_equal(nl, 12);
+    assert_memory_equal(name, "Content-Type", 12);
+    assert_int_equal(vl, 10);
+    assert_memory_equal(value, "text/plain", 10);
+    assert_int_equal(netstash_preload_hit_chunk_count(h), 1);
+    assert_int_equal(netstash_preload_hit_chunk(h, 0, &data, &len), NETSTASH_OK);
+    assert_int_equal(len, 11);
+    assert_memory_equal(data, "hello drips", 11);
+    netstash_preload_hit_del(h);
+    netstash_ctx_del(ctx);
+    pthread_join(th, NULL);
+    close(d.lfd);
+  }
+  unlink(sock);
+}
+
 static void test_ipc_fast_hits(void **state) {
   enum { NURL = 5 };
   netd_proc dp = {0};
@@ -1098,12 +1187,18 @@ static int teardown(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_remote_mode_basic),   cmocka_unit_test(test_many_processes),
-      cmocka_unit_test(test_restart_under_load),  cmocka_unit_test(test_lock_and_config),
-      cmocka_unit_test(test_socket_permissions),  cmocka_unit_test(test_control_and_hostile_client),
-      cmocka_unit_test(test_sigterm_during_warm), cmocka_unit_test(test_sighup_reload),
-      cmocka_unit_test(test_remote_lookup),       cmocka_unit_test(test_remote_cached_lookup),
+      cmocka_unit_test(test_remote_mode_basic),
+      cmocka_unit_test(test_many_processes),
+      cmocka_unit_test(test_restart_under_load),
+      cmocka_unit_test(test_lock_and_config),
+      cmocka_unit_test(test_socket_permissions),
+      cmocka_unit_test(test_control_and_hostile_client),
+      cmocka_unit_test(test_sigterm_during_warm),
+      cmocka_unit_test(test_sighup_reload),
+      cmocka_unit_test(test_remote_lookup),
+      cmocka_unit_test(test_remote_cached_lookup),
       cmocka_unit_test(test_ipc_fast_hits),
+      cmocka_unit_test(test_remote_lookup_answer_in_pieces),
   };
   if (getenv("NST_TEST_FILTER")) /* e.g. test_restart_under_load, to loop one test */
     cmocka_set_test_filter(getenv("NST_TEST_FILTER"));
