@@ -48,6 +48,7 @@
 #include "netd/netd.h"
 #include "preload/serve.h"
 #include "preload/lookup_http.h"
+#include "transport/fetch.h"
 
 #define MAX_REQ_BODY (64u << 20)
 #define MAX_HEADER_BYTES (64u << 10)
@@ -101,6 +102,10 @@ struct netd_ipc {
   netstash_preload_hit *hit;
   uint8_t *lk_head;
   size_t lk_head_cap;
+  /* the last HTTP-cache lookup's request, filled again when the next one is
+   * for the same URL (as written in the lookup: lk_req_url) */
+  netstash_request *lk_req;
+  char *lk_req_url;
   /* HTTP/2 requests' stored answers (answer_stored): the fields' names
    * lower-cased, IPC_FAST_NAME_MAX + 1 bytes per field */
   char *fast_names;
@@ -1263,9 +1268,21 @@ static int lk_refuse(ipc_sess *s, int status) {
  * rebuilt from the lookup's fields, answered by netstash_intercept_cached on
  * netd's own context. */
 static netstash_error lookup_cached(netd_ipc *ipc, lk_conn *k) {
-  netstash_request *req = NULL;
-  netstash_error e = netstash_request_new(&req, k->url);
+  netstash_request *req = ipc->lk_req;
+  netstash_error e = NETSTASH_OK;
   char *p = k->fields, *end = k->fields + k->fields_len;
+  if (req && !strcmp(ipc->lk_req_url, k->url)) {
+    ns_request_clear_fields(req); /* same URL: no new request, no URL parsed again */
+  } else {
+    netstash_request_del(req);
+    free(ipc->lk_req_url);
+    ipc->lk_req = NULL;
+    if (!(ipc->lk_req_url = strdup(k->url)))
+      return NETSTASH_E_NOMEM;
+    if ((e = netstash_request_new(&ipc->lk_req, k->url)) != NETSTASH_OK)
+      return e == NETSTASH_E_INVALID_ARGUMENT ? NETSTASH_E_NOT_FOUND : e;
+    req = ipc->lk_req;
+  }
   while (e == NETSTASH_OK && p < end) {
     char *eol = memchr(p, '\r', (size_t)(end - p)), *colon, *v, *ve;
     if (!eol)
@@ -1288,7 +1305,6 @@ static netstash_error lookup_cached(netd_ipc *ipc, lk_conn *k) {
   }
   if (e == NETSTASH_OK)
     e = netstash_intercept_cached(req, ipc->hit);
-  netstash_request_del(req);
   return e == NETSTASH_E_INVALID_ARGUMENT ? NETSTASH_E_NOT_FOUND : e;
 }
 
@@ -1896,6 +1912,8 @@ static void ipc_free(netd_ipc *ipc) {
   netstash_preload_hit_del(ipc->hit);
   free(ipc->fast_names);
   free(ipc->lk_head);
+  netstash_request_del(ipc->lk_req);
+  free(ipc->lk_req_url);
   SSL_CTX_free(ipc->gw_tls);
   free(ipc->gw_upstream);
   free(ipc);

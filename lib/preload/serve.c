@@ -71,6 +71,7 @@ struct netstash_preload_hit {
   int fd;       /* the connection to netd, -1: none yet (or dropped) */
   uint8_t *buf; /* the last answer (fields and body point into it) */
   size_t cap;
+  ns_buf req;          /* an HTTP-cache lookup's fields (kept for the next one) */
   const uint8_t *body; /* in buf */
 };
 
@@ -90,6 +91,7 @@ netstash_error netstash_preload_hit_new(netstash_ctx *ctx, netstash_preload_hit 
   hit->ctx = ctx;
   hit->fd = -1;
   ns_buf_init(&hit->dec, &ctx->mem, NS_LOOKUP_MAX_BODY);
+  ns_buf_init(&hit->req, &ctx->mem, NS_LOOKUP_MAX_REQ_HEAD / 2);
   ns_headers_init(&hit->rh, &ctx->mem);
   if (ctx->cfg.remote_socket) { /* connected on the first lookup */
     hit->remote = 1;
@@ -126,6 +128,7 @@ void netstash_preload_hit_del(netstash_preload_hit *hit) {
   }
   ns_store_reader_del(hit->r);
   ns_buf_free(&hit->dec);
+  ns_buf_free(&hit->req);
   ns_headers_free(&hit->rh);
   if (hit->fd >= 0)
     close(hit->fd);
@@ -616,25 +619,26 @@ static netstash_error cached_local(netstash_preload_hit *hit, const netstash_req
 
 /* Remote: the request's fields go with the lookup (lookup_http.h). */
 static netstash_error cached_remote(netstash_preload_hit *hit, const netstash_request *req) {
-  ns_buf x;
+  ns_buf *x = &hit->req;
   netstash_error e;
-  ns_buf_init(&x, &hit->ctx->mem, NS_LOOKUP_MAX_REQ_HEAD / 2);
-  e = ns_buf_append_str(&x, "X-Netstash-Lookup: cache\r\n");
-  if (e == NETSTASH_OK && req->top_level_site.url)
-    e = ns_buf_printf(&x, "X-Netstash-Top-Level-Site: %s\r\n", req->top_level_site.url);
+  ns_buf_reset(x);
+  e = ns_buf_append_str(x, "X-Netstash-Lookup: cache\r\n");
+  if (e == NETSTASH_OK && req->top_level_site.url &&
+      (e = ns_buf_append_str(x, "X-Netstash-Top-Level-Site: ")) == NETSTASH_OK &&
+      (e = ns_buf_append_str(x, req->top_level_site.url)) == NETSTASH_OK)
+    e = ns_buf_append(x, "\r\n", 2);
   for (size_t i = 0; e == NETSTASH_OK && i < req->nheaders; i++) {
     const char *l = req->headers[i];
     size_t n = strlen(l);
     if (n && l[n - 1] == ';')
       continue;
-    if ((e = ns_buf_append(&x, l, n)) == NETSTASH_OK)
-      e = ns_buf_append(&x, "\r\n", 2);
+    if ((e = ns_buf_append(x, l, n)) == NETSTASH_OK)
+      e = ns_buf_append(x, "\r\n", 2);
   }
   if (e == NETSTASH_E_TOO_LARGE)
     e = NETSTASH_E_NOT_FOUND; /* fields too large for a lookup: a job sends them */
   if (e == NETSTASH_OK)
-    e = remote_lookup(hit, req->url.url, (const char *)x.data, x.len);
-  ns_buf_free(&x);
+    e = remote_lookup(hit, req->url.url, (const char *)x->data, x->len);
   return e;
 }
 

@@ -66,6 +66,10 @@ struct netstash_request {
 };
 
 void ns_request_ref(netstash_request *req);
+/* Drops a request's fields and top-level site, so that one request can be
+ * filled again for the same URL (netd's HTTP-cache lookups); not for a
+ * request a fetch holds. */
+void ns_request_clear_fields(netstash_request *req);
 /* A new request with src's URL, method, headers, pins and top-level site
  * (no body): for background revalidation. */
 netstash_error ns_request_clone(const netstash_request *src, netstash_request **out);

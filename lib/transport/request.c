@@ -61,6 +61,14 @@ static void free_strv(char **v, size_t n) {
   ns_free(REQ_MEM, v);
 }
 
+void ns_request_clear_fields(netstash_request *r) {
+  for (size_t i = 0; i < r->nheaders; i++)
+    ns_free(REQ_MEM, r->headers[i]);
+  r->nheaders = 0;
+  r->has_accept_encoding = r->has_cookie_header = 0;
+  ns_url_free(REQ_MEM, &r->top_level_site);
+}
+
 void netstash_request_del(netstash_request *r) {
   if (!r || atomic_fetch_sub(&r->refs, 1) != 1)
     return;

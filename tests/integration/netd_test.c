@@ -615,6 +615,19 @@ static void test_remote_cached_lookup(void **state) {
     assert_non_null(strstr(head, "Content-Length: 200000\r\n"));
   }
   fclose(fp);
+  /* the same URL from another top-level site is another partition: not
+   * stored there; then without the field again (netd fills one request again
+   * for lookups of the same URL: the field must not stay) */
+  for (i = 0; i < 2; i++) {
+    snprintf(cmd, sizeof(cmd),
+             "curl -s -i -o /dev/null -w '%%{http_code}' --unix-socket %s -H 'X-Netstash-Lookup: "
+             "cache' %s --request-target '%s' http://netd/",
+             dp.sock, i ? "" : "-H 'X-Netstash-Top-Level-Site: https://other.test/'",
+             url_of("/fresh/a.bin"));
+    out = netd_run_capture(cmd, &st);
+    assert_string_equal(out, i ? "200" : "502");
+    free(out);
+  }
   snprintf(cmd, sizeof(cmd),
            "curl -s -i --unix-socket %s -H 'X-Netstash-Lookup: cache' --request-target '%s' "
            "http://netd/",
