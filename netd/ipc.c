@@ -102,6 +102,9 @@ struct netd_ipc {
   netstash_preload_hit *hit;
   uint8_t *lk_head;
   size_t lk_head_cap;
+  /* streams closed while their job finishes (ipc_stream.finishing) */
+  ns_list finishing;
+  size_t nfinishing;
   /* the last HTTP-cache lookup's request, filled again when the next one is
    * for the same URL (as written in the lookup: lk_req_url) */
   netstash_request *lk_req;
@@ -175,6 +178,14 @@ typedef struct ipc_stream {
   /* answer */
   netstash_job *job;
   int head_sent, job_done, eof, data_deferred;
+  /* a network answer's body length (Content-Length of a body relayed as
+   * received), -1: unknown; the body bytes relayed so far. Once they are all
+   * out, END_STREAM goes with them and the job is let go to end on its own
+   * (finishing: a miss's job ends only once its entry is committed) */
+  int64_t expect;
+  uint64_t sent;
+  int finishing;
+  netd_ipc *fipc; /* set when the stream closed while its job was finishing */
   netstash_error err;
   uint64_t t0;
   char *ctrl; /* control answer body */
@@ -190,12 +201,7 @@ static void sess_close(ipc_sess *s);
 
 /* ------------------------------------------------------------ streams */
 
-static void stream_free(ipc_stream *st) {
-  ns_list_remove(&st->node);
-  if (st->job) {
-    netstash_job_del(st->job); /* cancels when still running */
-    st->job = NULL;
-  }
+static void stream_release(ipc_stream *st) {
   free(st->method);
   free(st->scheme);
   free(st->authority);
@@ -210,6 +216,38 @@ static void stream_free(ipc_stream *st) {
   free(st->body);
   free(st->ctrl);
   free(st);
+}
+
+static void stream_free(ipc_stream *st) {
+  ns_list_remove(&st->node);
+  if (st->job && st->finishing && !st->job_done) {
+    /* the answer is out whole: the job is not cancelled (a miss would not be
+     * stored) but let go; job_complete frees the stream */
+    netd_ipc *ipc = st->s->ipc;
+    st->fipc = ipc;
+    st->s = NULL;
+    ns_list_insert_tail(&ipc->finishing, &st->node);
+    ipc->nfinishing++;
+    atomic_fetch_add_explicit(&ipc->d->metrics.ipc_jobs_finishing, 1, memory_order_relaxed);
+    return;
+  }
+  if (st->job) {
+    netstash_job_del(st->job); /* cancels when still running */
+    st->job = NULL;
+  }
+  stream_release(st);
+}
+
+/* A stream let go by stream_free whose job has ended, or is cancelled
+ * (netstash_job_del cancels a job still running: netd stops). */
+static void finishing_end(ipc_stream *st) {
+  netd_ipc *ipc = st->fipc;
+  netstash_job_del(st->job);
+  st->job = NULL;
+  ns_list_remove(&st->node);
+  ipc->nfinishing--;
+  atomic_fetch_sub_explicit(&ipc->d->metrics.ipc_jobs_finishing, 1, memory_order_relaxed);
+  stream_release(st);
 }
 
 static ipc_stream *stream_get(ipc_sess *s, int32_t id) {
@@ -395,6 +433,14 @@ static ssize_t read_job(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t le
     st->eof = 1;
     return 0;
   }
+  st->sent += n;
+  if (!st->eof && st->expect >= 0 && st->sent == (uint64_t)st->expect) {
+    /* every announced byte: the stream ends here, whatever the job still
+     * does (a miss waits for its entry's commit) */
+    *flags |= NGHTTP2_DATA_FLAG_EOF;
+    st->eof = 1;
+    st->finishing = !st->job_done;
+  }
   atomic_fetch_add(&st->s->ipc->d->metrics.bytes_out, n);
   return (ssize_t)n;
 }
@@ -432,6 +478,26 @@ static const char *source_name(netstash_source s) {
   }
 }
 
+/* The length of the body a job relays for a network answer: its
+ * Content-Length when the body goes as received (raw, or no content coding
+ * the library decodes) and the status has a body; -1 otherwise (stored
+ * answers end at once anyway; a decoded body's length is unknown). libcurl
+ * and nghttp2 hold a network body to its Content-Length. */
+static int64_t answer_length(const ipc_stream *st, const netstash_fetch *f, int decoded) {
+  const char *cl = netstash_fetch_header(f, "content-length");
+  int status = netstash_fetch_status(f);
+  int64_t v = 0;
+  if (!cl || !*cl || netstash_fetch_source(f) != NETSTASH_SOURCE_NETWORK || (decoded && !st->raw) ||
+      status < 200 || status == 204 || status == 304 || !strcmp(st->method, "HEAD"))
+    return -1;
+  for (; *cl; cl++) {
+    if (*cl < '0' || *cl > '9' || v > (INT64_MAX - 9) / 10)
+      return -1;
+    v = v * 10 + (*cl - '0');
+  }
+  return v;
+}
+
 static void job_response(netstash_job *job, void *ud) {
   ipc_stream *st = ud;
   const netstash_fetch *f = netstash_job_fetch(job);
@@ -462,10 +528,14 @@ static void job_response(netstash_job *job, void *ud) {
   st->head_sent = 1;
   netd_metrics_request(&d->metrics, netd_source_index(netstash_fetch_source(f)),
                        ns_now_us() - st->t0);
-  if (!strcmp(st->method, "HEAD"))
+  st->expect = answer_length(st, f, decoded);
+  if (!strcmp(st->method, "HEAD") || st->expect == 0) {
     nghttp2_submit_response(st->s->ng, st->id, nva, k, NULL);
-  else
+    st->eof = 1;
+    st->finishing = !st->job_done && st->expect == 0;
+  } else {
     nghttp2_submit_response(st->s->ng, st->id, nva, k, &dp);
+  }
   free(nva);
   sess_mark(st->s);
 }
@@ -473,6 +543,8 @@ static void job_response(netstash_job *job, void *ud) {
 static void job_readable(netstash_job *job, void *ud) {
   ipc_stream *st = ud;
   (void)job;
+  if (st->finishing)
+    return; /* the answer is out */
   if (st->data_deferred) {
     st->data_deferred = 0;
     nghttp2_session_resume_data(st->s->ng, st->id);
@@ -480,11 +552,25 @@ static void job_readable(netstash_job *job, void *ud) {
   }
 }
 
+static void ipc_maybe_done(netd_ipc *ipc);
+
 static void job_complete(netstash_job *job, netstash_error err, void *ud) {
   ipc_stream *st = ud;
-  netd *d = st->s->ipc->d;
+  netd *d;
   st->job_done = 1;
   st->err = err;
+  if (st->finishing) { /* its answer went out whole before */
+    if (err != NETSTASH_OK)
+      netd_log(st->s ? st->s->ipc->d : st->fipc->d, NETSTASH_LOG_DEBUG,
+               "IPC: a job ended after its answer: %s", netstash_error_name(err));
+    if (!st->s) { /* and its stream is closed */
+      netd_ipc *ipc = st->fipc;
+      finishing_end(st);
+      ipc_maybe_done(ipc);
+    }
+    return;
+  }
+  d = st->s->ipc->d;
   if (err != NETSTASH_OK && !st->head_sent) {
     const netstash_fetch *f = netstash_job_fetch(job);
     char *body = NULL;
@@ -761,6 +847,7 @@ static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame, voi
     return NGHTTP2_ERR_CALLBACK_FAILURE;
   st->s = s;
   st->id = frame->hd.stream_id;
+  st->expect = -1;
   ns_list_insert_tail(&s->streams, &st->node);
   nghttp2_session_set_stream_user_data(ng, st->id, st);
   return 0;
@@ -905,7 +992,7 @@ static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t code, void 
   (void)ng;
   (void)code;
   if (st)
-    stream_free(st); /* a job still running is cancelled */
+    stream_free(st); /* a job still running is cancelled, unless its answer is out */
   return 0;
 }
 
@@ -1795,6 +1882,7 @@ int netd_ipc_start(netd *d, char *err, size_t errlen) {
   ipc->d = d;
   ns_list_init(&ipc->sessions);
   ns_list_init(&ipc->dirty);
+  ns_list_init(&ipc->finishing);
   d->ipc = ipc;
   if (netstash_preload_hit_new(d->ctx, &ipc->hit) != NETSTASH_OK)
     ipc->hit = NULL; /* lookups are answered NETSTASH_E_ILLEGAL_STATE */
@@ -1934,7 +2022,8 @@ static void flusher_closed(uv_handle_t *h) {
 static void ipc_maybe_done(netd_ipc *ipc) {
   void (*done)(void *);
   void *ud;
-  if (!ipc->stopping || ipc->listening || ipc->gw_listening || ipc->nsessions || !ipc->done)
+  if (!ipc->stopping || ipc->listening || ipc->gw_listening || ipc->nsessions || ipc->nfinishing ||
+      !ipc->done)
     return;
   if (ipc->flusher_state == 1) {
     ipc->flusher_state = 2;
@@ -1976,6 +2065,12 @@ static void grace_over(uv_timer_t *t) {
   ns_list_foreach_safe(pos, tmp, &ipc->sessions) {
     sess_close(ns_list_entry(pos, ipc_sess, node));
   }
+  if (ipc->nfinishing)
+    netd_log(ipc->d, NETSTASH_LOG_INFO, "stop: cancelling %zu job(s) answered but not ended",
+             ipc->nfinishing);
+  while (!ns_list_empty(&ipc->finishing))
+    finishing_end(ns_list_entry(ipc->finishing.next, ipc_stream, node));
+  ipc_maybe_done(ipc);
 }
 
 /* Stop: no new connections; each session gets GOAWAY (streams in flight

@@ -186,6 +186,11 @@ char *netd_metrics_render(const netd_metrics *m, const netstash_ctx *ctx) {
                "waiting for the HTTP cache's commit of its response): the connection serves its "
                "next request meanwhile.",
                load(&m->jobs_finishing));
+  if (e == NETSTASH_OK)
+    e = single(&b, "netd_ipc_jobs_finishing", "gauge",
+               "HTTP/2 (IPC and gateway) streams ended after their whole body whose job has not "
+               "ended yet (a miss waiting for the HTTP cache's commit of its response).",
+               load(&m->ipc_jobs_finishing));
 
   if (e == NETSTASH_OK)
     e = family(&b, "netd_warm_runs_total", "counter", "Background preload warms, by result.");

@@ -96,6 +96,7 @@ typedef struct netd_metrics {
   _Atomic uint64_t fast_hits; /* gateway answers without a job (front.c answer_stored) */
   _Atomic uint64_t ipc_fast_hits; /* HTTP/2 IPC answers without a job (ipc.c answer_stored) */
   _Atomic uint64_t jobs_finishing; /* fronts' jobs let go after their answer, not ended yet */
+  _Atomic uint64_t ipc_jobs_finishing;        /* the same for the HTTP/2 IPC and gateway (ipc.c) */
   _Atomic uint64_t lookups_hit, lookups_miss; /* synchronous preload lookups (IPC) */
   _Atomic uint64_t warm_runs, warm_ok, warm_failed, warm_deferred;
   _Atomic uint64_t lat[NETD_LAT_BUCKETS]; /* time to response head */

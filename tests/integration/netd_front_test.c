@@ -1339,9 +1339,8 @@ static void test_gateway_h2_fast_hits(void **state) {
   assert_int_equal(st, 0);
   assert_non_null(strstr(out, "x-netstash-source: network"));
   free(out);
-  /* curl takes an answer whose Content-Length is in as complete before
-   * END_STREAM, which comes once the entry is committed: asked at once, the
-   * URL is answered by a job that waits for the commit */
+  /* END_STREAM comes with the last byte, before the entry is committed:
+   * asked at once, the URL is answered by a job that waits for the commit */
   stored_settled("/cache/max-age/600/h2fast");
   f0 = ipc_fast_hits();
   snprintf(args, sizeof(args), "-o %s -D - https://127.0.0.1:%d/cache/max-age/600/h2fast", path,

@@ -12,6 +12,7 @@
 #include <cmocka.h>
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -19,10 +20,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <netstash/netstash.h>
@@ -521,6 +524,27 @@ static unsigned char *slurp(const char *path, size_t *len) {
   return b;
 }
 
+static double ms_since(const struct timespec *t0) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (double)(t.tv_sec - t0->tv_sec) * 1e3 + (double)(t.tv_nsec - t0->tv_nsec) / 1e6;
+}
+
+static double ipc_finishing(const netd_proc *dp) {
+  char *out = ctl(dp, "GET", "/metrics");
+  double v = netd_run_sample(out, "netd_ipc_jobs_finishing");
+  free(out);
+  return v;
+}
+
+/* Waits (up to 3 s) until no IPC job is finishing: every miss answered
+ * before is committed to netd's HTTP cache. */
+static void ipc_settled(const netd_proc *dp) {
+  for (int i = 0; i < 300 && ipc_finishing(dp) != 0; i++)
+    usleep(10000);
+  assert_true(ipc_finishing(dp) == 0);
+}
+
 /* The hit's body equals the file's bytes. */
 static void check_hit_body(const netstash_preload_hit *h, const char *file) {
   size_t flen, off = 0;
@@ -568,6 +592,7 @@ static void test_remote_cached_lookup(void **state) {
   assert_int_equal(netstash_intercept_cached(req, h), NETSTASH_E_NOT_FOUND); /* not stored */
   assert_int_equal(get(ctx, url_of("/fresh/a.bin"), &f), NETSTASH_OK);
   netstash_fetch_del(f);
+  ipc_settled(&dp); /* the fetch ended with its last byte, before the commit */
   assert_int_equal(netstash_intercept_cached(req, h), NETSTASH_OK);
   assert_int_equal(netstash_preload_hit_source(h), NETSTASH_SOURCE_CACHE);
   assert_int_equal(netstash_preload_hit_status(h), 200);
@@ -586,6 +611,7 @@ static void test_remote_cached_lookup(void **state) {
   /* gzip on the wire and stored so: served decoded, without its coding */
   assert_int_equal(get(ctx, url_of("/fresh/t.txt"), &f), NETSTASH_OK);
   netstash_fetch_del(f);
+  ipc_settled(&dp);
   assert_int_equal(netstash_request_new(&req, url_of("/fresh/t.txt")), NETSTASH_OK);
   assert_int_equal(netstash_intercept_cached(req, h), NETSTASH_OK);
   snprintf(path, sizeof(path), "%s/fresh/t.txt", nst_site());
@@ -903,6 +929,68 @@ static double ipc_fast_count(const netd_proc *dp) {
  * them before), ranges, HEAD, a raw request for a body stored encoded (the
  * remote client did not tell netd "raw" before: the body came decoded) and
  * a body over 1 MiB are still a job's. */
+/* A remote-mode fetch of a miss ends with its last byte: netd sends
+ * END_STREAM with it, while the job waits for the HTTP cache's commit of the
+ * response (here held up by the store's write lock, taken by the test as
+ * another process's writer would: before, the fetch waited for it). The job
+ * still ends and stores: the next fetch is a cache hit. */
+static void test_ipc_end_before_commit(void **state) {
+  netd_proc dp = {0};
+  netstash_ctx *ctx;
+  netstash_fetch *f;
+  char path[1200], cmd[1400];
+  struct timespec t0;
+  int lfd;
+  (void)state;
+  snprintf(cmd, sizeof(cmd), "mkdir -p %s/fresh && head -c 30000 /dev/urandom >%s/fresh/early.bin",
+           nst_site(), nst_site());
+  assert_int_equal(system(cmd), 0);
+  netd_start(&dp, "netd-early", NULL);
+  ctx = remote_ctx(dp.sock);
+  snprintf(path, sizeof(path), "%s/store/write.lock", dp.profile);
+  lfd = open(path, O_RDWR | O_CLOEXEC);
+  assert_true(lfd >= 0);
+  assert_int_equal(flock(lfd, LOCK_EX), 0);
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  assert_int_equal(get(ctx, url_of("/fresh/early.bin"), &f), NETSTASH_OK);
+  assert_true(ms_since(&t0) < 500); /* the writer waits up to 1 s for the lock */
+  assert_int_equal(netstash_fetch_source(f), NETSTASH_SOURCE_NETWORK);
+  {
+    size_t flen, blen;
+    const uint8_t *body;
+    char file[1200];
+    unsigned char *want;
+    snprintf(file, sizeof(file), "%s/fresh/early.bin", nst_site());
+    want = slurp(file, &flen);
+    assert_int_equal(netstash_fetch_body(f, &body, &blen), NETSTASH_OK);
+    assert_int_equal(blen, flen);
+    assert_memory_equal(body, want, flen);
+    free(want);
+  }
+  netstash_fetch_del(f);
+  assert_true(ipc_finishing(&dp) == 1);
+  assert_int_equal(flock(lfd, LOCK_UN), 0);
+  close(lfd);
+  ipc_settled(&dp);
+  assert_int_equal(get(ctx, url_of("/fresh/early.bin"), &f), NETSTASH_OK);
+  assert_int_equal(netstash_fetch_source(f), NETSTASH_SOURCE_CACHE);
+  netstash_fetch_del(f);
+  /* SIGTERM while such a job waits: netd still stops cleanly (the commit
+   * gives up on the lock, or the stop's grace cancels the job) */
+  lfd = open(path, O_RDWR | O_CLOEXEC);
+  assert_true(lfd >= 0);
+  assert_int_equal(flock(lfd, LOCK_EX), 0);
+  assert_int_equal(get(ctx, url_of("/fresh/early.bin?again"), &f), NETSTASH_OK);
+  netstash_fetch_del(f);
+  assert_true(ipc_finishing(&dp) == 1);
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  assert_int_equal(netd_run_stop(&dp), 0);
+  assert_true(ms_since(&t0) < 8000);
+  assert_int_equal(flock(lfd, LOCK_UN), 0);
+  close(lfd);
+  netstash_ctx_del(ctx);
+}
+
 /* A stand-in for netd on a unix socket: reads one lookup request and writes
  * the answer given a few bytes at a time (a pause between writes), so the
  * client finds the head's end across several reads — and the CR LF pairs of
@@ -1212,6 +1300,7 @@ int main(void) {
       cmocka_unit_test(test_remote_cached_lookup),
       cmocka_unit_test(test_ipc_fast_hits),
       cmocka_unit_test(test_remote_lookup_answer_in_pieces),
+      cmocka_unit_test(test_ipc_end_before_commit),
   };
   if (getenv("NST_TEST_FILTER")) /* e.g. test_restart_under_load, to loop one test */
     cmocka_set_test_filter(getenv("NST_TEST_FILTER"));

@@ -32,6 +32,10 @@
  *              into a buffer, the hit released, the request deleted; also
  *              without -P for the HTTP cache's entries (c/big.bin,
  *              c/small.bin) with netstash_intercept_cached()
+ *   netd, miss  a remote-mode fetch of c/small.bin with a query of its own
+ *              (?miss=PID-I): netd fetches it from caddy (source network)
+ *              and stores it; the fetch ends with the last body byte, not
+ *              with netd's commit of the entry. N/10 requests (at least 100)
  * A request is timed from netstash_request_new() to the end of
  * netstash_fetch_wait() (all of it the caller's latency). Per row: median
  * over REPS of the p50 and p99 latency, of the client's CPU per request
@@ -71,7 +75,7 @@ __attribute__((noreturn)) static void die(const char *msg) {
   exit(1);
 }
 
-typedef enum kind { K_PINGPONG, K_NETD, K_DIRECT, K_LOOKUP, K_RLOOKUP } kind;
+typedef enum kind { K_PINGPONG, K_NETD, K_DIRECT, K_LOOKUP, K_RLOOKUP, K_MISS } kind;
 
 typedef struct row {
   const char *name;
@@ -199,8 +203,9 @@ static netstash_ctx *ctx_open(kind k) {
   char det[256] = "";
   if (netstash_options_new(&o) != NETSTASH_OK)
     die("options");
-  if (k == K_NETD || k == K_RLOOKUP ? netstash_options_set_remote(o, sock_path) != NETSTASH_OK
-                                    : netstash_options_set_profile_dir(o, profile) != NETSTASH_OK)
+  if (k == K_NETD || k == K_RLOOKUP || k == K_MISS
+          ? netstash_options_set_remote(o, sock_path) != NETSTASH_OK
+          : netstash_options_set_profile_dir(o, profile) != NETSTASH_OK)
     die("options");
   if (netstash_ctx_new(&ctx, o, det, sizeof(det)) != NETSTASH_OK) {
     fprintf(stderr, "bench/netd: context: %s\n", det);
@@ -365,6 +370,9 @@ static result run_row(const row *r) {
   netstash_preload_hit *h = NULL;
   int fd = -1;
   pid_t srv = r->k == K_PINGPONG ? pp_pid : netd_pid;
+  /* misses cost a network fetch and a stored entry each: fewer of them */
+  size_t n = r->k == K_MISS ? (nreq / 10 < 100 ? 100 : nreq / 10) : nreq;
+  size_t w = r->k == K_MISS ? warmup / 10 : warmup;
   uint64_t c0 = 0, s0 = 0, dummy;
   double f0 = 0;
   double h_sum0 = 0, h_n0 = 0, h_sum1, h_n1;
@@ -384,10 +392,10 @@ static result run_row(const row *r) {
     if ((r->k == K_LOOKUP || r->k == K_RLOOKUP) && netstash_preload_hit_new(ctx, &h) != NETSTASH_OK)
       die("preload hit");
   }
-  for (size_t i = 0; i < warmup + nreq; i++) {
+  for (size_t i = 0; i < w + n; i++) {
     uint64_t t0;
-    if (i == warmup) {
-      if (r->k == K_NETD)
+    if (i == w) {
+      if (r->k == K_NETD || r->k == K_MISS)
         netd_head(ctx, buf, &h_sum0, &h_n0);
       c0 = cpu_self_ns();
       s0 = cpu_of(srv);
@@ -399,35 +407,40 @@ static result run_row(const row *r) {
     case K_PINGPONG:
       pp_once(fd, r->big, buf);
       break;
+    case K_MISS:
+      snprintf(url, sizeof(url), "%sc/small.bin?miss=%d-%zu", base, (int)getpid(), i);
+      fetch_once(ctx, url, size, NETSTASH_SOURCE_NETWORK, buf, i >= w ? &sub[i - w] : &dummy,
+                 i >= w ? &tt[i - w] : &dummy);
+      break;
     case K_NETD:
     case K_DIRECT:
-      fetch_once(ctx, url, size, want, buf, i >= warmup ? &sub[i - warmup] : &dummy,
-                 i >= warmup ? &tt[i - warmup] : &dummy);
+      fetch_once(ctx, url, size, want, buf, i >= w ? &sub[i - w] : &dummy,
+                 i >= w ? &tt[i - w] : &dummy);
       break;
     case K_LOOKUP:
     case K_RLOOKUP:
       lookup_once(h, url, size, buf, r->k == K_RLOOKUP, !r->preload);
       break;
     }
-    if (i >= warmup)
-      t[i - warmup] = now_ns() - t0;
+    if (i >= w)
+      t[i - w] = now_ns() - t0;
   }
-  res.cpu_ns = (double)(cpu_self_ns() - c0) / (double)nreq;
-  res.srv_ns = (double)(cpu_of(srv) - s0) / (double)nreq;
-  res.srv_faults = (faults_of(srv) - f0) / (double)nreq;
-  res.allocs = (double)(n_alloc - a0) / (double)nreq;
-  if (r->k == K_NETD) {
+  res.cpu_ns = (double)(cpu_self_ns() - c0) / (double)n;
+  res.srv_ns = (double)(cpu_of(srv) - s0) / (double)n;
+  res.srv_faults = (faults_of(srv) - f0) / (double)n;
+  res.allocs = (double)(n_alloc - a0) / (double)n;
+  if (r->k == K_NETD || r->k == K_MISS) {
     netd_head(ctx, buf, &h_sum1, &h_n1);
     if (h_n1 > h_n0)
       res.netd_head_ns = (h_sum1 - h_sum0) / (h_n1 - h_n0) * 1e3;
   }
-  qsort(t, nreq, sizeof(uint64_t), cmp_u64);
-  qsort(sub, nreq, sizeof(uint64_t), cmp_u64);
-  qsort(tt, nreq, sizeof(uint64_t), cmp_u64);
-  res.p50 = t[nreq / 2];
-  res.p99 = t[nreq * 99 / 100];
-  res.sub50 = sub[nreq / 2];
-  res.ttfb50 = tt[nreq / 2];
+  qsort(t, n, sizeof(uint64_t), cmp_u64);
+  qsort(sub, n, sizeof(uint64_t), cmp_u64);
+  qsort(tt, n, sizeof(uint64_t), cmp_u64);
+  res.p50 = t[n / 2];
+  res.p99 = t[n * 99 / 100];
+  res.sub50 = sub[n / 2];
+  res.ttfb50 = tt[n / 2];
   if (fd >= 0)
     close(fd);
   netstash_preload_hit_del(h);
@@ -632,6 +645,7 @@ int main(int argc, char **argv) {
   add_row((row){"direct, HTTP cache, small", K_DIRECT, 0, 0});
   add_row((row){"netd lookup, HTTP cache, big", K_RLOOKUP, 1, 0});
   add_row((row){"netd lookup, HTTP cache, small", K_RLOOKUP, 0, 0});
+  add_row((row){"netd, miss, small", K_MISS, 0, 0});
   if (with_preload) {
     add_row((row){"netd, preload, big", K_NETD, 1, 1});
     add_row((row){"netd, preload, small", K_NETD, 0, 1});
@@ -677,7 +691,7 @@ int main(int argc, char **argv) {
     printf("%-27s %8.1f %8.1f %10.1f %10.1f %6.1f %7.1f %8ld", rows[i].name, med_of(i, f_p50) / 1e3,
            med_of(i, f_p99) / 1e3, med_of(i, f_cpu) / 1e3, med_of(i, f_srv) / 1e3, med_of(i, f_flt),
            med_of(i, f_alloc), rss);
-    if (rows[i].k == K_NETD)
+    if (rows[i].k == K_NETD || rows[i].k == K_MISS)
       printf(" %9.1f %8.1f %9.1f\n", med_of(i, f_sub) / 1e3, med_of(i, f_ttfb) / 1e3,
              med_of(i, f_nhead) / 1e3);
     else if (rows[i].k == K_DIRECT)
