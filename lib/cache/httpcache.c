@@ -7,6 +7,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
+#include <time.h>
 
 #include <openssl/evp.h>
 
@@ -49,6 +50,9 @@ enum { W_IDLE, W_BUSY, W_DONE };
  * misses/s: heap 7.4-7.7 MB with these bounds, 8.3 MB without.) */
 #define BATCH_MAX 64
 #define BATCH_BYTES_MAX ((uint64_t)4 << 20)
+/* Between two batches handed to the writer, at least this long while the
+ * queue is short of a full batch (ns_httpcache_commit). */
+#define COMMIT_GAP_US 5000u
 
 struct ns_httpcache {
   const ns_mem *mem;
@@ -69,6 +73,8 @@ struct ns_httpcache {
   pthread_mutex_t w_lock;
   pthread_cond_t w_cond;
   int w_state, w_stop;
+  uint32_t commit_gap_us;   /* COMMIT_GAP_US, or a test's (ns_httpcache_set_commit_gap) */
+  uint64_t last_handoff_us; /* monotonic time the last batch went to the writer */
   ns_list inflight;
   size_t ninflight;
   void (*notify)(void *ud);
@@ -279,6 +285,7 @@ netstash_error ns_httpcache_open(const ns_mem *mem, const ns_hc_config *cfg,
   ns_cache_policy_init(&hc->policy);
   hc->policy.partition = cfg->partition;
   hc->max_entry = cfg->max_entry ? cfg->max_entry : (32u << 20);
+  hc->commit_gap_us = COMMIT_GAP_US;
   hc->store = cfg->store;
   rv = ns_store_reader_new(hc->store, &hc->reader);
   if (rv != NETSTASH_OK) {
@@ -943,9 +950,22 @@ netstash_error ns_httpcache_flush(ns_httpcache *hc) {
   return r0 != NETSTASH_OK ? r0 : rv;
 }
 
-netstash_error ns_httpcache_commit(ns_httpcache *hc) {
+static uint64_t mono_us(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+void ns_httpcache_set_commit_gap(ns_httpcache *hc, uint32_t us) {
+  if (hc)
+    hc->commit_gap_us = us;
+}
+
+netstash_error ns_httpcache_commit(ns_httpcache *hc, uint32_t *retry_ms) {
   netstash_error rv = NETSTASH_OK;
   int state;
+  if (retry_ms)
+    *retry_ms = 0;
   if (!hc)
     return NETSTASH_OK;
   if (!hc->has_writer)
@@ -958,8 +978,19 @@ netstash_error ns_httpcache_commit(ns_httpcache *hc) {
   if (state == W_DONE)
     rv = drain(hc);
   if (hc->npending) {
-    /* the queue, up to a batch's bounds, becomes the writer's batch */
-    uint64_t bytes = 0;
+    /* the queue, up to a batch's bounds, becomes the writer's batch — but
+     * not sooner than commit_gap_us after the last one unless it is a full
+     * batch: under load batches grow (a commit and an fsync cost the writer
+     * about as much as the entries they write), and a quiet cache commits
+     * at once */
+    uint64_t bytes = 0, now = mono_us();
+    if (hc->commit_gap_us && hc->npending < BATCH_MAX && hc->pending_bytes < BATCH_BYTES_MAX &&
+        now - hc->last_handoff_us < hc->commit_gap_us) {
+      if (retry_ms)
+        *retry_ms = (uint32_t)((hc->commit_gap_us - (now - hc->last_handoff_us) + 999) / 1000);
+      return rv;
+    }
+    hc->last_handoff_us = now;
     while (!ns_list_empty(&hc->pending) && hc->ninflight < BATCH_MAX &&
            (bytes < BATCH_BYTES_MAX || !hc->ninflight)) {
       pend_store *p = ns_list_entry(hc->pending.next, pend_store, node);

@@ -143,7 +143,13 @@ netstash_error ns_httpcache_store(ns_httpcache *hc, const char *top_level_url, c
  * ns_httpcache_flush waits for the writer's batch first. */
 void ns_httpcache_set_deferred(ns_httpcache *hc, int deferred);
 netstash_error ns_httpcache_set_writer(ns_httpcache *hc, void (*notify)(void *ud), void *ud);
-netstash_error ns_httpcache_commit(ns_httpcache *hc);
+netstash_error ns_httpcache_commit(ns_httpcache *hc, uint32_t *retry_ms);
+/* A writer's batches go at least 5 ms apart while the queue is short of a
+ * full batch: ns_httpcache_commit then leaves the queue and says in
+ * *retry_ms (may be NULL; 0: nothing held back) when to call it again. A
+ * quiet cache (no batch in the last 5 ms) commits at once. Tests set the
+ * gap (0: none). */
+void ns_httpcache_set_commit_gap(ns_httpcache *hc, uint32_t us);
 netstash_error ns_httpcache_flush(ns_httpcache *hc);
 size_t ns_httpcache_pending(const ns_httpcache *hc);
 void ns_httpcache_disown(ns_httpcache *hc, const netstash_error *commit_result);

@@ -61,6 +61,8 @@ struct ns_transport {
                          (an idle handle: the loop does not block in poll first) */
   int hc_check_ok;
   ns_task hc_done;  /* the cache's writer committed a batch (ns_transport_hc_notify) */
+  uv_timer_t hc_timer; /* a batch held back for the commit gap (ns_httpcache_commit) */
+  int hc_timer_ok;
   ns_list awaiting; /* fetches whose cache entry awaits its commit (await_node) */
   ns_list hop_waiting; /* fetches whose hop's lookup awaits a commit (await_node) */
 
@@ -974,11 +976,17 @@ static netstash_error head_as_headers(const netstash_fetch *f, ns_headers *out) 
  * for the batch after; then the fetches whose entries are settled complete.
  * Runs at the next loop turn, before it polls (on_hc_check), and when the
  * writer has committed a batch (on_hc_done). */
+static void on_hc_timer(uv_timer_t *t);
+
 static void hc_settle(ns_transport *tr) {
   ns_list done, *pos, *tmp;
-  netstash_error rv = ns_httpcache_commit(tr->ctx->hc);
+  uint32_t retry_ms = 0;
+  netstash_error rv = ns_httpcache_commit(tr->ctx->hc, &retry_ms);
   if (rv != NETSTASH_OK)
     NS_WARN(tr->ctx, MOD, "HTTP cache commit failed: %s", netstash_strerror(rv));
+  /* a batch held back for the commit gap goes when it is over */
+  if (retry_ms && tr->hc_timer_ok && !uv_is_active((uv_handle_t *)&tr->hc_timer))
+    uv_timer_start(&tr->hc_timer, on_hc_timer, retry_ms, 0);
   ns_list_init(&done);
   ns_list_foreach_safe(pos, tmp, &tr->awaiting) {
     netstash_fetch *f = ns_list_entry(pos, netstash_fetch, await_node);
@@ -1009,6 +1017,10 @@ static void hc_settle(ns_transport *tr) {
     f->hop_wait = 0;
     start_hop(f); /* may start, end or flush others: one at a time */
   }
+}
+
+static void on_hc_timer(uv_timer_t *t) {
+  hc_settle(t->data);
 }
 
 static void on_hc_check(uv_idle_t *h) {
@@ -2765,9 +2777,9 @@ netstash_error ns_transport_new(netstash_ctx *ctx, ns_transport **out, char *det
   tr->hc_check.data = tr;
   tr->hc_check_ok = 1;
   {
-    uv_timer_t *timers[] = {&tr->timer, &tr->kick};
-    int *oks[] = {&tr->timer_ok, &tr->kick_ok};
-    for (size_t i = 0; i < 2; i++) {
+    uv_timer_t *timers[] = {&tr->timer, &tr->kick, &tr->hc_timer};
+    int *oks[] = {&tr->timer_ok, &tr->kick_ok, &tr->hc_timer_ok};
+    for (size_t i = 0; i < 3; i++) {
       if (uv_timer_init(&ctx->loop, timers[i]) != 0) {
         ns_transport_del(tr);
         if (detail && detail_len)
@@ -2806,6 +2818,11 @@ void ns_transport_shutdown(ns_transport *tr) {
   if (tr->kick_ok) {
     uv_timer_stop(&tr->kick);
     uv_close((uv_handle_t *)&tr->kick, NULL);
+  }
+  if (tr->hc_timer_ok) { /* what it holds back is flushed below */
+    tr->hc_timer_ok = 0;
+    uv_timer_stop(&tr->hc_timer);
+    uv_close((uv_handle_t *)&tr->hc_timer, NULL);
   }
   if (tr->hc_check_ok) {
     tr->hc_check_ok = 0; /* the handle is closing: what is queued later commits at close */

@@ -18,6 +18,7 @@
 #include <fcntl.h>
 #include <ftw.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -29,6 +30,9 @@
 #include <zlib.h>
 
 #include "ns_setup.h"
+#include "cache/httpcache.h"
+#include "core/headers.h"
+#include "core/mem.h"
 #include "store/store.h"
 
 /* ------------------------------------------------------------ helpers */
@@ -1764,6 +1768,114 @@ static void test_failmalloc(void **state) {
   free(t);
 }
 
+/* The HTTP cache's writer: batches go commit_gap apart unless the queue is
+ * a full batch; a quiet cache commits at once. */
+static atomic_int batches_done;
+
+static void on_batch(void *ud) {
+  (void)ud;
+  atomic_fetch_add(&batches_done, 1);
+}
+
+static double now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+/* Waits (up to 5 s) until the writer has reported n batches. */
+static void wait_batches(int n) {
+  for (int i = 0; i < 5000 && atomic_load(&batches_done) < n; i++)
+    usleep(1000);
+  assert_int_equal(atomic_load(&batches_done), n);
+}
+
+static void store_one(ns_httpcache *hc, int i, netstash_error *result) {
+  ns_headers req, resp;
+  char url[64];
+  int stored = 0;
+  const char *why = NULL;
+  int64_t t = (int64_t)time(NULL) * 1000;
+  ns_headers_init(&req, ns_mem_default());
+  ns_headers_init(&resp, ns_mem_default());
+  assert_int_equal(ns_headers_add_str(&resp, "cache-control", "max-age=600"), NETSTASH_OK);
+  assert_int_equal(ns_headers_add_str(&resp, "content-length", "5"), NETSTASH_OK);
+  snprintf(url, sizeof(url), "https://gap.test/r%d", i);
+  *result = NETSTASH_E_AGAIN;
+  assert_int_equal(ns_httpcache_store(hc, NULL, url, "GET", &req, 200, &resp,
+                                      (const uint8_t *)"hello", 5, t, t, &stored, &why, result),
+                   NETSTASH_OK);
+  assert_true(stored);
+  ns_headers_free(&req);
+  ns_headers_free(&resp);
+}
+
+static void test_commit_gap(void **state) {
+  ns_store *s = open_default();
+  ns_hc_config cfg = {s, 0, 0};
+  ns_httpcache *hc = NULL;
+  netstash_error r[70];
+  uint32_t retry = 0;
+  double t0;
+  (void)state;
+  atomic_store(&batches_done, 0);
+  assert_int_equal(ns_httpcache_open(ns_mem_default(), &cfg, &hc, NULL, 0), NETSTASH_OK);
+  assert_int_equal(ns_httpcache_set_writer(hc, on_batch, NULL), NETSTASH_OK);
+  ns_httpcache_set_commit_gap(hc, 300000); /* 300 ms */
+
+  /* quiet: handed over at once */
+  store_one(hc, 0, &r[0]);
+  t0 = now_ms();
+  assert_int_equal(ns_httpcache_commit(hc, &retry), NETSTASH_OK);
+  assert_int_equal(retry, 0);
+  wait_batches(1);
+  assert_int_equal(ns_httpcache_commit(hc, &retry), NETSTASH_OK); /* settles it */
+  assert_int_equal(r[0], NETSTASH_OK);
+  /* within the gap: held back, and what follows joins it */
+  store_one(hc, 1, &r[1]);
+  assert_int_equal(ns_httpcache_commit(hc, &retry), NETSTASH_OK);
+  assert_true(retry > 0 && retry <= 300);
+  store_one(hc, 2, &r[2]);
+  assert_int_equal(ns_httpcache_commit(hc, &retry), NETSTASH_OK);
+  assert_true(retry > 0);
+  assert_int_equal(r[1], NETSTASH_E_AGAIN);
+  assert_int_equal(ns_httpcache_pending(hc), 2);
+  while (retry) { /* as the transport's timer does */
+    usleep(retry * 1000);
+    assert_int_equal(ns_httpcache_commit(hc, &retry), NETSTASH_OK);
+  }
+  assert_true(now_ms() - t0 >= 290);
+  assert_int_equal(ns_httpcache_pending(hc), 0);
+  wait_batches(2); /* one batch for both */
+  assert_int_equal(ns_httpcache_commit(hc, &retry), NETSTASH_OK);
+  assert_int_equal(r[1], NETSTASH_OK);
+  assert_int_equal(r[2], NETSTASH_OK);
+
+  /* a full batch does not wait, even right after the last one */
+  ns_httpcache_set_commit_gap(hc, 10000000); /* 10 s */
+  for (int i = 3; i < 3 + 64; i++)
+    store_one(hc, i, &r[i]);
+  assert_int_equal(ns_httpcache_commit(hc, &retry), NETSTASH_OK);
+  assert_int_equal(retry, 0);
+  assert_int_equal(ns_httpcache_pending(hc), 0);
+  wait_batches(3);
+  assert_int_equal(ns_httpcache_commit(hc, &retry), NETSTASH_OK); /* settles them */
+  /* one more: held back for the gap; without a gap it goes at once */
+  store_one(hc, 67, &r[67]);
+  assert_int_equal(ns_httpcache_commit(hc, &retry), NETSTASH_OK);
+  assert_true(retry > 9000);
+  assert_int_equal(ns_httpcache_pending(hc), 1);
+  ns_httpcache_set_commit_gap(hc, 0);
+  assert_int_equal(ns_httpcache_commit(hc, &retry), NETSTASH_OK);
+  assert_int_equal(retry, 0);
+  assert_int_equal(ns_httpcache_pending(hc), 0);
+  wait_batches(4);
+  ns_httpcache_close(hc); /* settles the rest */
+  for (int i = 0; i < 68; i++)
+    assert_int_equal(r[i], NETSTASH_OK);
+  ns_store_close(s);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_create_reopen, setup, teardown),
@@ -1789,6 +1901,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_busy_writer, setup, teardown),
       cmocka_unit_test_setup_teardown(test_crash_kill9, setup, teardown),
       cmocka_unit_test_setup_teardown(test_failmalloc, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_commit_gap, setup, teardown),
   };
   int failed;
   if (getenv("STORE_TEST_FILTER")) /* e.g. "test_gc*" */
