@@ -298,14 +298,13 @@ static void lookup_once(netstash_preload_hit *h, const char *url, size_t size, u
   netstash_request_del(req);
 }
 
-/* netd's request_head_seconds sum (us) and count, from GET /metrics (a
- * control request through the same connection). */
-static void netd_head(netstash_ctx *ctx, uint8_t *buf, double *sum_us, double *count) {
+/* netd's GET /metrics (a control request through the same connection) into
+ * buf, NUL-terminated; 0, or -1 when it could not be read. */
+static int netd_metrics(netstash_ctx *ctx, uint8_t *buf) {
   netstash_request *req;
   netstash_fetch *f;
   sink s = {buf, 0};
-  const char *p;
-  *sum_us = *count = 0;
+  int rc = -1;
   if (netstash_request_new(&req, "http://netd/metrics") != NETSTASH_OK ||
       netstash_fetch_start(ctx, req, &cbs, &s, &f) != NETSTASH_OK)
     die("cannot start a fetch");
@@ -313,12 +312,22 @@ static void netd_head(netstash_ctx *ctx, uint8_t *buf, double *sum_us, double *c
   if (netstash_fetch_wait(f, 10000) == NETSTASH_OK && netstash_fetch_status(f) == 200 &&
       s.len < BUF_CAP) {
     buf[s.len] = 0;
-    if ((p = strstr((char *)buf, "netd_request_head_seconds_sum ")))
-      *sum_us = strtod(p + 30, NULL) * 1e6;
-    if ((p = strstr((char *)buf, "netd_request_head_seconds_count ")))
-      *count = strtod(p + 32, NULL);
+    rc = 0;
   }
   netstash_fetch_del(f);
+  return rc;
+}
+
+/* netd's request_head_seconds sum (us) and count. */
+static void netd_head(netstash_ctx *ctx, uint8_t *buf, double *sum_us, double *count) {
+  const char *p;
+  *sum_us = *count = 0;
+  if (netd_metrics(ctx, buf) != 0)
+    return;
+  if ((p = strstr((char *)buf, "netd_request_head_seconds_sum ")))
+    *sum_us = strtod(p + 30, NULL) * 1e6;
+  if ((p = strstr((char *)buf, "netd_request_head_seconds_count ")))
+    *count = strtod(p + 32, NULL);
 }
 
 /* Waits (up to 5 s) until netd has no job finishing after its answer (a
@@ -326,23 +335,9 @@ static void netd_head(netstash_ctx *ctx, uint8_t *buf, double *sum_us, double *c
  * one's last misses. */
 static void netd_settle(netstash_ctx *ctx, uint8_t *buf) {
   for (int i = 0; i < 500; i++) {
-    netstash_request *req;
-    netstash_fetch *f;
-    sink s = {buf, 0};
     const char *p;
-    int busy = 1;
-    if (netstash_request_new(&req, "http://netd/metrics") != NETSTASH_OK ||
-        netstash_fetch_start(ctx, req, &cbs, &s, &f) != NETSTASH_OK)
-      die("cannot start a fetch");
-    netstash_request_del(req);
-    if (netstash_fetch_wait(f, 10000) == NETSTASH_OK && netstash_fetch_status(f) == 200 &&
-        s.len < BUF_CAP) {
-      buf[s.len] = 0;
-      p = strstr((char *)buf, "\nnetd_ipc_jobs_finishing ");
-      busy = p && strtod(p + 25, NULL) > 0;
-    }
-    netstash_fetch_del(f);
-    if (!busy)
+    if (netd_metrics(ctx, buf) == 0 &&
+        (!(p = strstr((char *)buf, "\nnetd_ipc_jobs_finishing ")) || strtod(p + 25, NULL) == 0))
       return;
     usleep(10000);
   }
