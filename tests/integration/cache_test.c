@@ -766,6 +766,40 @@ static void test_commit_batches(void **state) {
   netstash_ctx_del(ctx);
 }
 
+/* Misses back to back: the writer gets at most one batch per 5 ms unless a
+ * batch is full, so the entries of the later ones are held back and handed
+ * over by the transport's timer, with nothing else happening in the
+ * context. Each fetch still completes, "stored", and is a hit after the
+ * context is opened again. */
+static void test_commit_gap_timer(void **state) {
+  const char *prof = new_profile();
+  netstash_ctx *ctx = ctx_for(prof, 1);
+  char path[64];
+  (void)state;
+  for (int i = 0; i < 8; i++) {
+    netstash_request *req;
+    netstash_fetch *f;
+    snprintf(path, sizeof(path), "/cache/max-age/600/gap-%d", i);
+    assert_int_equal(netstash_request_new(&req, url(path)), NETSTASH_OK);
+    assert_int_equal(netstash_fetch_start(ctx, req, NULL, NULL, &f), NETSTASH_OK);
+    assert_int_equal(netstash_fetch_wait(f, 3000), NETSTASH_OK); /* not E_TIMEOUT */
+    assert_int_equal(netstash_fetch_source(f), NETSTASH_SOURCE_NETWORK);
+    if (!strstr(netstash_fetch_cache_reason(f), "; stored"))
+      fail_msg("fetch %d: %s", i, netstash_fetch_cache_reason(f));
+    netstash_fetch_del(f);
+    netstash_request_del(req);
+  }
+  netstash_ctx_del(ctx);
+  ctx = ctx_for(prof, 1);
+  for (int i = 0; i < 8; i++) {
+    result r;
+    snprintf(path, sizeof(path), "/cache/max-age/600/gap-%d", i);
+    r = GET(ctx, path);
+    assert_int_equal(r.source, NETSTASH_SOURCE_CACHE);
+  }
+  netstash_ctx_del(ctx);
+}
+
 static int setup(void **state) {
   (void)state;
   return nst_rawserver_start(&raw) ? -1 : 0;
@@ -797,6 +831,7 @@ int main(void) {
       cmocka_unit_test(test_permanent_redirect_cached),
       cmocka_unit_test(test_commit_off_the_loop),
       cmocka_unit_test(test_commit_batches),
+      cmocka_unit_test(test_commit_gap_timer),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }
