@@ -974,8 +974,9 @@ static netstash_error head_as_headers(const netstash_fetch *f, ns_headers *out) 
  * (one transaction, one fsync): handed to the cache's writer thread when it
  * is idle — the loop goes on — or, while it commits the batch before, left
  * for the batch after; then the fetches whose entries are settled complete.
- * Runs at the next loop turn, before it polls (on_hc_check), and when the
- * writer has committed a batch (on_hc_done). */
+ * Runs at the next loop turn, before it polls (on_hc_check), when the
+ * writer has committed a batch (on_hc_done), and when a batch held back for
+ * the commit gap may go (on_hc_timer). */
 static void on_hc_timer(uv_timer_t *t);
 
 static void hc_settle(ns_transport *tr) {
