@@ -1152,6 +1152,9 @@ static void hop_result(netstash_fetch *f, netstash_error res) {
     }
     if (!cache_after_response(f, 1))
       end_fetch(f, NETSTASH_OK);
+    else
+      release_easy(
+          f); /* the transfer is over: its handle and buffers need not wait for the commit */
     return;
   }
   end_fetch(f, res);
