@@ -1152,9 +1152,8 @@ static void hop_result(netstash_fetch *f, netstash_error res) {
     }
     if (!cache_after_response(f, 1))
       end_fetch(f, NETSTASH_OK);
-    else
-      release_easy(
-          f); /* the transfer is over: its handle and buffers need not wait for the commit */
+    else /* the transfer is over: its handle and buffers do not wait for the commit */
+      release_easy(f);
     return;
   }
   end_fetch(f, res);
