@@ -919,7 +919,7 @@ static int in_connection(const char *cv, size_t cl, const char *name, size_t nl)
 
 /* A Content-Length value (n bytes; v NULL: none) as a length, -1 when it
  * cannot be used (a list, garbage). */
-static int64_t parse_length(const char *v, size_t n) {
+int64_t netd_parse_length(const char *v, size_t n) {
   ns_reader r;
   uint64_t len;
   int sat = 0;
@@ -938,7 +938,7 @@ static int64_t parse_length(const char *v, size_t n) {
  * the body ends with the connection). */
 static void answer_framing(conn *c, int status, const char *clen, size_t clen_len) {
   c->no_body = c->method == HTTP_HEAD || status < 200 || status == 204 || status == 304;
-  c->clen = c->no_body ? -1 : parse_length(clen, clen_len);
+  c->clen = c->no_body ? -1 : netd_parse_length(clen, clen_len);
   if (!c->no_body && c->clen < 0) {
     if (c->http_minor >= 1)
       c->chunked = 1;
@@ -1320,7 +1320,7 @@ static int answer_stored(conn *c, netstash_request *req) {
       clen_len = vl;
     }
   }
-  ok = ok && parse_length(clen, clen_len) == (int64_t)size;
+  ok = ok && netd_parse_length(clen, clen_len) == (int64_t)size;
   for (i = 0; ok && i < nc; i++) {
     const uint8_t *d;
     size_t len;

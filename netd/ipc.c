@@ -44,6 +44,7 @@
 
 #include <netstash/netstash.h>
 
+#include "core/buf.h"
 #include "core/ctx.h"
 #include "netd/netd.h"
 #include "preload/serve.h"
@@ -486,16 +487,10 @@ static const char *source_name(netstash_source s) {
 static int64_t answer_length(const ipc_stream *st, const netstash_fetch *f, int decoded) {
   const char *cl = netstash_fetch_header(f, "content-length");
   int status = netstash_fetch_status(f);
-  int64_t v = 0;
-  if (!cl || !*cl || netstash_fetch_source(f) != NETSTASH_SOURCE_NETWORK || (decoded && !st->raw) ||
+  if (!cl || netstash_fetch_source(f) != NETSTASH_SOURCE_NETWORK || (decoded && !st->raw) ||
       status < 200 || status == 204 || status == 304 || !strcmp(st->method, "HEAD"))
     return -1;
-  for (; *cl; cl++) {
-    if (*cl < '0' || *cl > '9' || v > (INT64_MAX - 9) / 10)
-      return -1;
-    v = v * 10 + (*cl - '0');
-  }
-  return v;
+  return netd_parse_length(cl, strlen(cl));
 }
 
 static void job_response(netstash_job *job, void *ud) {
@@ -1249,12 +1244,8 @@ static int lk_skip_field(const char *n, size_t nl, const char *v, size_t vl) {
 
 /* Appends v in decimal. */
 static int lk_put_u64(netd_ipc *ipc, size_t *len, uint64_t v) {
-  char d[20];
-  size_t i = sizeof(d);
-  do
-    d[--i] = (char)('0' + v % 10);
-  while ((v /= 10));
-  return lk_put(ipc, len, d + i, sizeof(d) - i);
+  char d[21];
+  return lk_put(ipc, len, d, ns_fmt_u64(d, v));
 }
 
 /* The HTTP/1.1 head of the hit in ipc->lk_head; *len its length. Built

@@ -151,6 +151,9 @@ size_t netd_copy_unwritten(void *dst, const uv_buf_t *bufs, size_t n, size_t wri
 /* A hop-by-hop field (RFC 9110 §7.6.1, RFC 9112 §9.6, plus the de-facto
  * Keep-Alive and Proxy-*): the HTTP/1.1 fronts and lookups never relay it. */
 int netd_hop_by_hop(const char *name, size_t len);
+/* A Content-Length value (v, n bytes; NULL: absent) as a length, -1 when it
+ * is absent or not one (front.c). */
+int64_t netd_parse_length(const char *v, size_t n);
 /* The stored answer to req in hit, in a job's order: the preload store's
  * (when preload is set: only https URLs are preloaded), else a fresh one of
  * the HTTP cache (netstash_intercept_preloaded / _cached: what they leave is

@@ -96,6 +96,17 @@ static result fetch(netstash_ctx *ctx, const char *u, const char *method, netsta
 
 #define GET(ctx, path) fetch(ctx, url(path), NULL, NETSTASH_CACHE_DEFAULT, NULL, NULL, NULL)
 
+/* /cache/max-age/600/NAME-0 .. NAME-(n-1) are answered from the cache. */
+static void assert_all_cached(netstash_ctx *ctx, const char *name, int n) {
+  char path[64];
+  for (int i = 0; i < n; i++) {
+    result r;
+    snprintf(path, sizeof(path), "/cache/max-age/600/%s-%d", name, i);
+    r = GET(ctx, path);
+    assert_int_equal(r.source, NETSTASH_SOURCE_CACHE);
+  }
+}
+
 static void test_fresh_hit_and_persistence(void **state) {
   const char *prof = new_profile();
   netstash_ctx *ctx = ctx_for(prof, 1);
@@ -757,12 +768,7 @@ static void test_commit_batches(void **state) {
     netstash_fetch_del(f[i]);
     netstash_request_del(req[i]);
   }
-  for (int i = 0; i < N; i++) {
-    result r;
-    snprintf(path, sizeof(path), "/cache/max-age/600/batch-%d", i);
-    r = GET(ctx, path);
-    assert_int_equal(r.source, NETSTASH_SOURCE_CACHE);
-  }
+  assert_all_cached(ctx, "batch", N);
   netstash_ctx_del(ctx);
 }
 
@@ -791,12 +797,7 @@ static void test_commit_gap_timer(void **state) {
   }
   netstash_ctx_del(ctx);
   ctx = ctx_for(prof, 1);
-  for (int i = 0; i < 8; i++) {
-    result r;
-    snprintf(path, sizeof(path), "/cache/max-age/600/gap-%d", i);
-    r = GET(ctx, path);
-    assert_int_equal(r.source, NETSTASH_SOURCE_CACHE);
-  }
+  assert_all_cached(ctx, "gap", 8);
   netstash_ctx_del(ctx);
 }
 

@@ -186,16 +186,25 @@ static int body_exists(ns_store *s, const uint8_t *hash) {
   return err == NETSTASH_OK;
 }
 
-static int record_exists(ns_store *s, ns_store_db db, const char *key) {
+/* A record's lookup in a snapshot of its own: NETSTASH_OK (its atime in
+ * *atime_ms, may be NULL) or NETSTASH_E_NOT_FOUND. */
+static netstash_error record_atime(ns_store *s, ns_store_db db, const char *key,
+                                   uint64_t *atime_ms) {
   ns_store_reader *r;
   ns_store_record rec;
   netstash_error err;
   assert_int_equal(ns_store_reader_new(s, &r), NETSTASH_OK);
   assert_int_equal(ns_store_read_begin(r), NETSTASH_OK);
   err = ns_store_get(r, db, key, strlen(key), &rec);
+  if (err == NETSTASH_OK && atime_ms)
+    *atime_ms = rec.atime_ms;
   ns_store_reader_del(r);
   assert_true(err == NETSTASH_OK || err == NETSTASH_E_NOT_FOUND);
-  return err == NETSTASH_OK;
+  return err;
+}
+
+static int record_exists(ns_store *s, ns_store_db db, const char *key) {
+  return record_atime(s, db, key, NULL) == NETSTASH_OK;
 }
 
 static void put_body_record(ns_store *s, ns_store_db db, const char *key, const uint8_t *body,
@@ -1094,15 +1103,8 @@ static void test_eviction_bounded_per_write(void **state) {
 }
 
 static uint64_t atime_of(ns_store *s, const char *key) {
-  ns_store_reader *r;
-  ns_store_record rec;
-  uint64_t a;
-  assert_int_equal(ns_store_reader_new(s, &r), NETSTASH_OK);
-  assert_int_equal(ns_store_read_begin(r), NETSTASH_OK);
-  assert_int_equal(ns_store_get(r, NS_STORE_HTTP, key, strlen(key), &rec), NETSTASH_OK);
-  a = rec.atime_ms;
-  ns_store_read_end(r);
-  ns_store_reader_del(r);
+  uint64_t a = 0;
+  assert_int_equal(record_atime(s, NS_STORE_HTTP, key, &a), NETSTASH_OK);
   return a;
 }
 
