@@ -16,6 +16,7 @@
 void netd_config_defaults(netd_config *c) {
   memset(c, 0, sizeof(*c));
   c->socket_mode = 0660;
+  c->lookup_threads = NETD_LOOKUP_THREADS;
   c->log_level = NETSTASH_LOG_INFO;
 }
 
@@ -186,6 +187,10 @@ int netd_config_load(netd_config *c, const char *file, char *err, size_t errlen)
         c->no_fast_hits = !json_is_true(v);
       else
         c->proxy_allow_remote = json_is_true(v);
+    } else if (!strcmp(key, "lookup_threads")) {
+      if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > 64)
+        FAIL("%s: lookup_threads: an integer from 0 to 64 expected", file);
+      c->lookup_threads = (uint32_t)json_integer_value(v);
     } else if (!strcmp(key, "trusted_keys")) {
       if (str_list(v, &c->trusted_keys, key, err, errlen) != 0)
         goto out;

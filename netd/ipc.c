@@ -26,14 +26,18 @@
 #include "ns_setup.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <http_parser.h>
@@ -75,6 +79,19 @@
 /* A lookup connection with more unread answers than this is closed. */
 #define LOOKUP_BACKLOG_MAX (2 * (size_t)NS_LOOKUP_MAX_BODY)
 
+/* What answering HTTP/1.1 lookups takes besides a connection: a hit (used
+ * and released within each answer), the answers' head, built here, and the
+ * last HTTP-cache lookup's request, filled again when the next one is for the
+ * same URL (as written in the lookup: req_url). One for the lookups the loop
+ * answers, one per lookup thread. */
+typedef struct lk_server {
+  netstash_preload_hit *hit;
+  uint8_t *head;
+  size_t head_cap;
+  netstash_request *req;
+  char *req_url;
+} lk_server;
+
 struct netd_ipc {
   netd *d;
   uv_pipe_t listener;
@@ -98,18 +115,18 @@ struct netd_ipc {
   int gw_listening;
   SSL_CTX *gw_tls;
   char *gw_upstream; /* cfg.upstream without a trailing '/' */
-  /* HTTP/1.1 lookups: one hit (used and released within each answer) and
-   * the answers' head, built here */
-  netstash_preload_hit *hit;
-  uint8_t *lk_head;
-  size_t lk_head_cap;
+  /* HTTP/1.1 lookups the loop answers (its hit also serves the HTTP/2
+   * requests' stored answers, answer_stored) */
+  lk_server lk;
+  /* lookup connections with a thread of their own (lk_thread): the list
+   * and each one's fd and done under lk_lock */
+  pthread_mutex_t lk_lock;
+  ns_list lk_threads;
+  size_t nlk_threads;
+  size_t lk_threads_max;
   /* streams closed while their job finishes (ipc_stream.finishing) */
   ns_list finishing;
   size_t nfinishing;
-  /* the last HTTP-cache lookup's request, filled again when the next one is
-   * for the same URL (as written in the lookup: lk_req_url) */
-  netstash_request *lk_req;
-  char *lk_req_url;
   /* HTTP/2 requests' stored answers (answer_stored): the fields' names
    * lower-cased, IPC_FAST_NAME_MAX + 1 bytes per field */
   char *fast_names;
@@ -602,7 +619,7 @@ static const netstash_job_callbacks job_cbs = {
 static int answer_stored(ipc_stream *st, const netstash_request *req) {
   netd_ipc *ipc = st->s->ipc;
   netd *d = ipc->d;
-  netstash_preload_hit *hit = ipc->hit;
+  netstash_preload_hit *hit = ipc->lk.hit;
   nghttp2_nv nva[IPC_FAST_MAX_FIELDS + 3];
   nghttp2_data_provider dp = {.source.ptr = st, .read_callback = read_ctrl};
   char code[8], why[192], *names, *body = NULL;
@@ -1214,26 +1231,26 @@ static void sess_flush(ipc_sess *s) {
 
 /* ------------------------------------------------------------ lookups */
 
-/* Appends n bytes to the answer head being built (ipc->lk_head); -1 on
+/* Appends n bytes to the answer head being built (w->head); -1 on
  * allocation failure. */
-static int lk_put(netd_ipc *ipc, size_t *len, const void *p, size_t n) {
-  if (*len + n > ipc->lk_head_cap) {
-    size_t nc = ipc->lk_head_cap ? ipc->lk_head_cap : 4096;
+static int lk_put(lk_server *w, size_t *len, const void *p, size_t n) {
+  if (*len + n > w->head_cap) {
+    size_t nc = w->head_cap ? w->head_cap : 4096;
     uint8_t *nb;
     while (nc < *len + n)
       nc *= 2;
-    if (!(nb = realloc(ipc->lk_head, nc)))
+    if (!(nb = realloc(w->head, nc)))
       return -1;
-    ipc->lk_head = nb;
-    ipc->lk_head_cap = nc;
+    w->head = nb;
+    w->head_cap = nc;
   }
-  memcpy(ipc->lk_head + *len, p, n);
+  memcpy(w->head + *len, p, n);
   *len += n;
   return 0;
 }
 
-static int lk_puts(netd_ipc *ipc, size_t *len, const char *str) {
-  return lk_put(ipc, len, str, strlen(str));
+static int lk_puts(lk_server *w, size_t *len, const char *str) {
+  return lk_put(w, len, str, strlen(str));
 }
 
 /* Fields a stored head must not pass on: framing and hop-by-hop. */
@@ -1243,15 +1260,15 @@ static int lk_skip_field(const char *n, size_t nl, const char *v, size_t vl) {
 }
 
 /* Appends v in decimal. */
-static int lk_put_u64(netd_ipc *ipc, size_t *len, uint64_t v) {
+static int lk_put_u64(lk_server *w, size_t *len, uint64_t v) {
   char d[21];
-  return lk_put(ipc, len, d, ns_fmt_u64(d, v));
+  return lk_put(w, len, d, ns_fmt_u64(d, v));
 }
 
-/* The HTTP/1.1 head of the hit in ipc->lk_head; *len its length. Built
- * with appends, not snprintf (a tenth of netd's user time per lookup). */
-static netstash_error lk_head(netd_ipc *ipc, size_t *len) {
-  const netstash_preload_hit *h = ipc->hit;
+/* The HTTP/1.1 head of the hit in w->head; *len its length. Built with
+ * appends, not snprintf (a tenth of netd's user time per lookup). */
+static netstash_error lk_head(lk_server *w, size_t *len) {
+  const netstash_preload_hit *h = w->hit;
   size_t nf = netstash_preload_hit_header_count(h);
   const char *id = netstash_preload_hit_manifest_id(h), *reason;
   int status = netstash_preload_hit_status(h);
@@ -1261,9 +1278,9 @@ static netstash_error lk_head(netd_ipc *ipc, size_t *len) {
   sl[9] = (char)('0' + status / 100 % 10);
   sl[10] = (char)('0' + status / 10 % 10);
   sl[11] = (char)('0' + status % 10);
-  if (lk_put(ipc, len, sl, sizeof(sl)) != 0 ||
-      lk_puts(ipc, len, strcmp(reason, "<unknown>") ? reason : "") != 0 ||
-      lk_put(ipc, len, "\r\n", 2) != 0)
+  if (lk_put(w, len, sl, sizeof(sl)) != 0 ||
+      lk_puts(w, len, strcmp(reason, "<unknown>") ? reason : "") != 0 ||
+      lk_put(w, len, "\r\n", 2) != 0)
     return NETSTASH_E_NOMEM;
   for (size_t i = 0; i < nf; i++) {
     const char *name, *value;
@@ -1272,22 +1289,94 @@ static netstash_error lk_head(netd_ipc *ipc, size_t *len) {
       return NETSTASH_E_INTERNAL;
     if (lk_skip_field(name, nl, value, vl))
       continue;
-    if (lk_put(ipc, len, name, nl) != 0 || lk_put(ipc, len, ": ", 2) != 0 ||
-        lk_put(ipc, len, value, vl) != 0 || lk_put(ipc, len, "\r\n", 2) != 0)
+    if (lk_put(w, len, name, nl) != 0 || lk_put(w, len, ": ", 2) != 0 ||
+        lk_put(w, len, value, vl) != 0 || lk_put(w, len, "\r\n", 2) != 0)
       return NETSTASH_E_NOMEM;
   }
-  if (lk_puts(ipc, len, "Content-Length: ") != 0 ||
-      lk_put_u64(ipc, len, netstash_preload_hit_body_size(h)) != 0)
+  if (lk_puts(w, len, "Content-Length: ") != 0 ||
+      lk_put_u64(w, len, netstash_preload_hit_body_size(h)) != 0)
     return NETSTASH_E_NOMEM;
   if (netstash_preload_hit_source(h) == NETSTASH_SOURCE_CACHE)
-    return lk_puts(ipc, len, "\r\nX-Netstash-Source: cache\r\n\r\n") != 0 ? NETSTASH_E_NOMEM
-                                                                          : NETSTASH_OK;
-  if (lk_puts(ipc, len, "\r\nX-Netstash-Source: preload\r\nX-Netstash-Preload-Version: ") != 0 ||
-      lk_put_u64(ipc, len, netstash_preload_hit_manifest_version(h)) != 0 ||
-      lk_puts(ipc, len, "\r\nX-Netstash-Preload-Id: ") != 0 ||
-      lk_puts(ipc, len, id ? id : "") != 0 || lk_puts(ipc, len, "\r\n\r\n") != 0)
+    return lk_puts(w, len, "\r\nX-Netstash-Source: cache\r\n\r\n") != 0 ? NETSTASH_E_NOMEM
+                                                                        : NETSTASH_OK;
+  if (lk_puts(w, len, "\r\nX-Netstash-Source: preload\r\nX-Netstash-Preload-Version: ") != 0 ||
+      lk_put_u64(w, len, netstash_preload_hit_manifest_version(h)) != 0 ||
+      lk_puts(w, len, "\r\nX-Netstash-Preload-Id: ") != 0 || lk_puts(w, len, id ? id : "") != 0 ||
+      lk_puts(w, len, "\r\n\r\n") != 0)
     return NETSTASH_E_NOMEM;
   return NETSTASH_OK;
+}
+
+/* A lookup server for netd's context: its hit keeps `keep` entries decoded
+ * (ns_preload_hit_keep). Without a hit (out of memory) lookups are answered
+ * NETSTASH_E_ILLEGAL_STATE. */
+static void lk_server_init(lk_server *w, netd *d, size_t keep) {
+  memset(w, 0, sizeof(*w));
+  if (netstash_preload_hit_new(d->ctx, &w->hit) != NETSTASH_OK)
+    w->hit = NULL;
+  else
+    (void)ns_preload_hit_keep(w->hit, keep);
+}
+
+static void lk_server_free(lk_server *w) {
+  netstash_preload_hit_del(w->hit);
+  free(w->head);
+  netstash_request_del(w->req);
+  free(w->req_url);
+  memset(w, 0, sizeof(*w));
+}
+
+/* The refusal of the request being read (status 400, 405, 414 or 431), in
+ * msg (128 bytes); its length. The connection closes once it is written. */
+static size_t lk_refusal(netd *d, char *msg, int status) {
+  netd_log(d, NETSTASH_LOG_INFO, "IPC lookup client refused (%d)", status);
+  return (size_t)snprintf(msg, 128,
+                          "HTTP/1.1 %d %s\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+                          status, http_status_str((enum http_status)status));
+}
+
+/* An HTTP-cache lookup (X-Netstash-Lookup: cache): the client's request
+ * rebuilt from the lookup's fields, answered by netstash_intercept_cached on
+ * netd's own context. */
+static netstash_error lookup_cached(lk_server *w, lk_conn *k) {
+  netstash_request *req = w->req;
+  netstash_error e = NETSTASH_OK;
+  char *p = k->fields, *end = k->fields + k->fields_len;
+  if (req && !strcmp(w->req_url, k->url)) {
+    ns_request_clear_fields(req); /* same URL: no new request, no URL parsed again */
+  } else {
+    netstash_request_del(req);
+    free(w->req_url);
+    w->req = NULL;
+    if (!(w->req_url = strdup(k->url)))
+      return NETSTASH_E_NOMEM;
+    if ((e = netstash_request_new(&w->req, k->url)) != NETSTASH_OK)
+      return e == NETSTASH_E_INVALID_ARGUMENT ? NETSTASH_E_NOT_FOUND : e;
+    req = w->req;
+  }
+  while (e == NETSTASH_OK && p < end) {
+    char *eol = memchr(p, '\r', (size_t)(end - p)), *colon, *v, *ve;
+    if (!eol)
+      break;
+    *eol = '\0';
+    colon = strchr(p, ':');
+    if (colon) {
+      *colon = '\0';
+      for (v = colon + 1; *v == ' ' || *v == '\t'; v++)
+        ;
+      for (ve = eol; ve > v && (ve[-1] == ' ' || ve[-1] == '\t'); ve--)
+        ;
+      *ve = '\0';
+      if (!strcasecmp(p, "x-netstash-top-level-site"))
+        e = netstash_request_set_top_level_site(req, v);
+      else if (strcasecmp(p, "host") != 0 && strncasecmp(p, "x-netstash-", 11) != 0)
+        e = netstash_request_add_header(req, p, v);
+    }
+    p = eol + 2;
+  }
+  if (e == NETSTASH_OK)
+    e = netstash_intercept_cached(req, w->hit);
+  return e == NETSTASH_E_INVALID_ARGUMENT ? NETSTASH_E_NOT_FOUND : e;
 }
 
 /* Writes bufs (n) to a lookup connection: at once when the socket takes it
@@ -1303,7 +1392,7 @@ static int lk_send(ipc_sess *s, const uv_buf_t *bufs, size_t n, size_t total) {
     r->cap = total - (size_t)w;
     netd_copy_unwritten(r->data, bufs, n, (size_t)w);
   }
-  netstash_preload_hit_release(ipc->hit); /* no read transaction left open */
+  netstash_preload_hit_release(ipc->lk.hit); /* no read transaction left open */
   if (w < 0 || ((size_t)w < total && !r)) {
     sess_close(s);
     return -1;
@@ -1329,61 +1418,11 @@ static int lk_send(ipc_sess *s, const uv_buf_t *bufs, size_t n, size_t total) {
  * connection once that is written. */
 static int lk_refuse(ipc_sess *s, int status) {
   char msg[128];
-  uv_buf_t b;
-  int n =
-      snprintf(msg, sizeof(msg), "HTTP/1.1 %d %s\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
-               status, http_status_str((enum http_status)status));
-  netd_log(s->ipc->d, NETSTASH_LOG_INFO, "IPC lookup client refused (%d)", status);
+  size_t n = lk_refusal(s->ipc->d, msg, status);
+  uv_buf_t b = uv_buf_init(msg, (unsigned)n);
   s->lk_eof = 1;
   uv_read_stop((uv_stream_t *)&s->h);
-  b = uv_buf_init(msg, (unsigned)n);
-  return lk_send(s, &b, 1, (size_t)n);
-}
-
-/* Answers the complete request in s->lk from the preload store. -1 when the
- * session was closed. */
-/* An HTTP-cache lookup (X-Netstash-Lookup: cache): the client's request
- * rebuilt from the lookup's fields, answered by netstash_intercept_cached on
- * netd's own context. */
-static netstash_error lookup_cached(netd_ipc *ipc, lk_conn *k) {
-  netstash_request *req = ipc->lk_req;
-  netstash_error e = NETSTASH_OK;
-  char *p = k->fields, *end = k->fields + k->fields_len;
-  if (req && !strcmp(ipc->lk_req_url, k->url)) {
-    ns_request_clear_fields(req); /* same URL: no new request, no URL parsed again */
-  } else {
-    netstash_request_del(req);
-    free(ipc->lk_req_url);
-    ipc->lk_req = NULL;
-    if (!(ipc->lk_req_url = strdup(k->url)))
-      return NETSTASH_E_NOMEM;
-    if ((e = netstash_request_new(&ipc->lk_req, k->url)) != NETSTASH_OK)
-      return e == NETSTASH_E_INVALID_ARGUMENT ? NETSTASH_E_NOT_FOUND : e;
-    req = ipc->lk_req;
-  }
-  while (e == NETSTASH_OK && p < end) {
-    char *eol = memchr(p, '\r', (size_t)(end - p)), *colon, *v, *ve;
-    if (!eol)
-      break;
-    *eol = '\0';
-    colon = strchr(p, ':');
-    if (colon) {
-      *colon = '\0';
-      for (v = colon + 1; *v == ' ' || *v == '\t'; v++)
-        ;
-      for (ve = eol; ve > v && (ve[-1] == ' ' || ve[-1] == '\t'); ve--)
-        ;
-      *ve = '\0';
-      if (!strcasecmp(p, "x-netstash-top-level-site"))
-        e = netstash_request_set_top_level_site(req, v);
-      else if (strcasecmp(p, "host") != 0 && strncasecmp(p, "x-netstash-", 11) != 0)
-        e = netstash_request_add_header(req, p, v);
-    }
-    p = eol + 2;
-  }
-  if (e == NETSTASH_OK)
-    e = netstash_intercept_cached(req, ipc->hit);
-  return e == NETSTASH_E_INVALID_ARGUMENT ? NETSTASH_E_NOT_FOUND : e;
+  return lk_send(s, &b, 1, n);
 }
 
 /* Is the lookup one for the HTTP cache? */
@@ -1406,58 +1445,72 @@ static int lk_wants_cache(const lk_conn *k) {
   return 0;
 }
 
-static int lookup_answer(ipc_sess *s) {
-  netd_ipc *ipc = s->ipc;
-  lk_conn *k = s->lk;
+#define LK_MAX_BUFS (1 + NS_LOOKUP_MAX_BODY / 65520 + 2) /* the head, one per store chunk */
+
+/* The answer to the complete request in k: bufs[0..*nb), *total bytes — the
+ * head in w->head (or in err, 160 bytes, for a failure), the body straight
+ * from the store's map, so w->hit stays acquired until the caller has written
+ * or copied them and released it. 0, or the status to refuse the request
+ * with (it is not a lookup; nothing acquired). */
+static int lk_compose(netd *d, lk_server *w, lk_conn *k, uv_buf_t *bufs, size_t *nb, size_t *total,
+                      char *err) {
   netstash_error e = NETSTASH_OK;
-  uv_buf_t bufs[1 + NS_LOOKUP_MAX_BODY / 65520 + 2]; /* the head, one per store chunk */
-  size_t nb = 0, total = 0, hl = 0, nc = 0;
-  char err[160];
+  size_t hl = 0, nc = 0;
+  *nb = *total = 0;
   if (k->p.method != HTTP_GET)
-    return lk_refuse(s, 405);
+    return 405;
   if (k->has_body || (strncmp(k->url, "https://", 8) && strncmp(k->url, "http://", 7)))
-    return lk_refuse(s, 400);
-  if (!ipc->hit)
+    return 400;
+  if (!w->hit)
     e = NETSTASH_E_ILLEGAL_STATE;
   else if (lk_wants_cache(k))
-    e = lookup_cached(ipc, k);
+    e = lookup_cached(w, k);
   else
-    e = netstash_preload_lookup(ipc->hit, k->url);
-  if (e == NETSTASH_OK && netstash_preload_hit_body_size(ipc->hit) > NS_LOOKUP_MAX_BODY)
+    e = netstash_preload_lookup(w->hit, k->url);
+  if (e == NETSTASH_OK && netstash_preload_hit_body_size(w->hit) > NS_LOOKUP_MAX_BODY)
     e = NETSTASH_E_TOO_LARGE; /* the client starts a job: streamed */
   if (e == NETSTASH_OK)
-    e = lk_head(ipc, &hl);
+    e = lk_head(w, &hl);
   if (e == NETSTASH_OK) {
-    nc = netstash_preload_hit_chunk_count(ipc->hit);
-    if (nc > sizeof(bufs) / sizeof(bufs[0]) - 1)
+    nc = netstash_preload_hit_chunk_count(w->hit);
+    if (nc > LK_MAX_BUFS - 1)
       e = NETSTASH_E_TOO_LARGE;
   }
   if (e == NETSTASH_OK) {
-    bufs[nb++] = uv_buf_init((char *)ipc->lk_head, (unsigned)hl);
-    total = hl;
+    bufs[(*nb)++] = uv_buf_init((char *)w->head, (unsigned)hl);
+    *total = hl;
     for (uint32_t i = 0; i < nc && e == NETSTASH_OK; i++) {
-      const uint8_t *d;
+      const uint8_t *p;
       size_t len;
-      if ((e = netstash_preload_hit_chunk(ipc->hit, i, &d, &len)) == NETSTASH_OK) {
-        bufs[nb++] = uv_buf_init((char *)d, (unsigned)len);
-        total += len;
+      if ((e = netstash_preload_hit_chunk(w->hit, i, &p, &len)) == NETSTASH_OK) {
+        bufs[(*nb)++] = uv_buf_init((char *)p, (unsigned)len);
+        *total += len;
       }
     }
-    if (e == NETSTASH_OK && total - hl != netstash_preload_hit_body_size(ipc->hit))
+    if (e == NETSTASH_OK && *total - hl != netstash_preload_hit_body_size(w->hit))
       e = NETSTASH_E_STORE_CORRUPT;
   }
   if (e != NETSTASH_OK) {
-    int n =
-        snprintf(err, sizeof(err),
-                 "HTTP/1.1 502 Bad Gateway\r\nX-Netstash-Error: %s\r\nContent-Length: 0\r\n\r\n",
-                 netstash_error_name(e));
+    int n = snprintf(
+        err, 160, "HTTP/1.1 502 Bad Gateway\r\nX-Netstash-Error: %s\r\nContent-Length: 0\r\n\r\n",
+        netstash_error_name(e));
     bufs[0] = uv_buf_init(err, (unsigned)n);
-    nb = 1;
-    total = (size_t)n;
+    *nb = 1;
+    *total = (size_t)n;
   }
-  atomic_fetch_add(e == NETSTASH_OK ? &ipc->d->metrics.lookups_hit : &ipc->d->metrics.lookups_miss,
-                   1);
-  if (!k->keep_alive) {
+  atomic_fetch_add(e == NETSTASH_OK ? &d->metrics.lookups_hit : &d->metrics.lookups_miss, 1);
+  return 0;
+}
+
+/* Answers the complete request in s->lk. -1 when the session was closed. */
+static int lookup_answer(ipc_sess *s) {
+  uv_buf_t bufs[LK_MAX_BUFS];
+  size_t nb, total;
+  char err[160];
+  int status = lk_compose(s->ipc->d, &s->ipc->lk, s->lk, bufs, &nb, &total, err);
+  if (status)
+    return lk_refuse(s, status);
+  if (!s->lk->keep_alive) {
     s->lk_eof = 1; /* HTTP/1.0 or "Connection: close": this answer is the last */
     uv_read_stop((uv_stream_t *)&s->h);
   }
@@ -1539,22 +1592,35 @@ static const http_parser_settings lk_settings = {
     .on_message_complete = lk_on_complete,
 };
 
+/* Runs the parser over *p (*n bytes) to the end of the next request: 1 when
+ * one is complete in k (*p and *n moved past it: answer it, then call again
+ * with the rest), 0 when every byte was taken, else the status to refuse the
+ * request with (the connection closes after it). */
+static int lk_parse(lk_conn *k, const char **p, size_t *n) {
+  size_t used = http_parser_execute(&k->p, &lk_settings, *p, *n);
+  enum http_errno he = HTTP_PARSER_ERRNO(&k->p);
+  *p += used;
+  *n -= used;
+  if (k->ready) {
+    k->ready = 0;
+    http_parser_pause(&k->p, 0);
+    return 1;
+  }
+  if (he != HPE_OK)
+    return k->url_too_long ? 414 : k->too_big ? 431 : 400;
+  return 0;
+}
+
 /* HTTP/1.1 bytes from a lookup client: each request answered as soon as it
  * is complete. */
 static void lookup_feed(ipc_sess *s, const char *p, size_t n) {
-  lk_conn *k = s->lk;
   while (n && !s->closing && !s->lk_eof) {
-    size_t used = http_parser_execute(&k->p, &lk_settings, p, n);
-    enum http_errno he = HTTP_PARSER_ERRNO(&k->p);
-    p += used;
-    n -= used;
-    if (k->ready) {
-      k->ready = 0;
-      http_parser_pause(&k->p, 0);
+    int r = lk_parse(s->lk, &p, &n);
+    if (r == 1) {
       if (lookup_answer(s) != 0)
         return;
-    } else if (he != HPE_OK) {
-      (void)lk_refuse(s, k->url_too_long ? 414 : k->too_big ? 431 : 400);
+    } else if (r) {
+      (void)lk_refuse(s, r);
       return;
     }
   }
@@ -1566,6 +1632,219 @@ static int lookup_begin(ipc_sess *s) {
     return -1;
   http_parser_init(&s->lk->p, HTTP_REQUEST);
   s->lk->p.data = s->lk;
+  return 0;
+}
+
+/* ------------------------------------------------------------ lookup threads */
+
+/* A lookup connection served by a thread of its own: blocking reads and
+ * writes on its socket, answers from the store as the loop's (lk_compose)
+ * — the client's round trip is two wake-ups, as a plain socket's, and it
+ * never waits behind the loop's other work. See doc/DESIGN.md. */
+typedef struct lk_thread {
+  ns_list node; /* ipc->lk_threads */
+  netd_ipc *ipc;
+  pthread_t tid;
+  int fd;   /* -1 once closed (under ipc->lk_lock: the stop shuts it down) */
+  int done; /* the thread has ended and may be joined (under ipc->lk_lock) */
+  lk_server srv;
+  lk_conn conn;
+  size_t npre;
+  char pre[]; /* the bytes the loop read before the hand-over */
+} lk_thread;
+
+#define LK_THREAD_STACK (512u << 10)
+#define LK_THREAD_KEEP 128  /* entries each lookup thread's hit keeps decoded */
+#define LK_SEND_TIMEOUT_S 2 /* a client that takes no byte for this long is closed */
+
+/* Writes iov[0..n) to fd (blocking, SO_SNDTIMEO); -1 on failure. */
+static int lk_write_all(int fd, struct iovec *iov, size_t n) {
+  while (n) {
+    ssize_t w = writev(fd, iov, (int)n);
+    if (w < 0) {
+      if (errno == EINTR)
+        continue;
+      return -1;
+    }
+    for (; n && (size_t)w >= iov->iov_len; iov++, n--)
+      w -= (ssize_t)iov->iov_len;
+    if (n) {
+      iov->iov_base = (char *)iov->iov_base + w;
+      iov->iov_len -= (size_t)w;
+    }
+  }
+  return 0;
+}
+
+/* Answers the complete request in t->conn: what the socket takes at once
+ * is written straight from the store's map, the rest copied (the hit, and
+ * so the read transaction, is released before a slow client is waited for).
+ * 0 to read on, -1 to close. */
+static int lk_thread_answer(lk_thread *t) {
+  netd *d = t->ipc->d;
+  uv_buf_t bufs[LK_MAX_BUFS];
+  struct iovec iov[LK_MAX_BUFS];
+  size_t nb, total, sent = 0;
+  char err[160], msg[128];
+  uint8_t *rest = NULL;
+  int status = lk_compose(d, &t->srv, &t->conn, bufs, &nb, &total, err), rc = 0;
+  if (status) {
+    iov[0] = (struct iovec){msg, lk_refusal(d, msg, status)};
+    (void)lk_write_all(t->fd, iov, 1);
+    return -1;
+  }
+  for (size_t i = 0; i < nb; i++)
+    iov[i] = (struct iovec){bufs[i].base, bufs[i].len};
+  for (;;) {
+    struct msghdr mh = {.msg_iov = iov, .msg_iovlen = nb};
+    ssize_t w = sendmsg(t->fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (w < 0 && errno == EINTR)
+      continue;
+    if (w < 0 && errno != EAGAIN)
+      rc = -1;
+    sent = w > 0 ? (size_t)w : 0;
+    break;
+  }
+  if (rc == 0 && sent < total) {
+    if (!(rest = malloc(total - sent)))
+      rc = -1;
+    else
+      netd_copy_unwritten(rest, bufs, nb, sent);
+  }
+  netstash_preload_hit_release(t->srv.hit); /* no read transaction left open */
+  if (rest) {
+    iov[0] = (struct iovec){rest, total - sent};
+    rc = lk_write_all(t->fd, iov, 1);
+    free(rest);
+  }
+  return rc == 0 && t->conn.keep_alive ? 0 : -1;
+}
+
+static void *lk_thread_main(void *arg) {
+  lk_thread *t = arg;
+  netd_ipc *ipc = t->ipc;
+  struct timeval tv = {LK_SEND_TIMEOUT_S, 0};
+  const char *p = t->pre;
+  size_t n = t->npre;
+  char buf[16384];
+  int flags = fcntl(t->fd, F_GETFL), r = 0;
+  /* (the descriptor's flags are shared with the loop's copy, closed by now) */
+  if (flags < 0 || fcntl(t->fd, F_SETFL, flags & ~O_NONBLOCK) != 0 ||
+      setsockopt(t->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) != 0)
+    r = -1;
+  while (r == 0) {
+    while (n && r == 0) {
+      int k = lk_parse(&t->conn, &p, &n);
+      if (k == 1) {
+        r = lk_thread_answer(t);
+      } else if (k) {
+        char msg[128];
+        struct iovec v = {msg, lk_refusal(ipc->d, msg, k)};
+        (void)lk_write_all(t->fd, &v, 1);
+        r = -1;
+      }
+    }
+    if (r == 0) {
+      ssize_t got = read(t->fd, buf, sizeof(buf));
+      if (got < 0 && errno == EINTR)
+        continue;
+      if (got <= 0)
+        break;
+      p = buf;
+      n = (size_t)got;
+    }
+  }
+  pthread_mutex_lock(&ipc->lk_lock);
+  close(t->fd);
+  t->fd = -1;
+  t->done = 1;
+  pthread_mutex_unlock(&ipc->lk_lock);
+  atomic_fetch_sub(&ipc->d->metrics.ipc_conns_open, 1);
+  atomic_fetch_sub(&ipc->d->metrics.lookup_threads, 1);
+  return NULL;
+}
+
+static void lk_thread_free(lk_thread *t) {
+  lk_server_free(&t->srv);
+  free(t);
+}
+
+/* Joins the lookup threads that have ended (all of them with `all`, after
+ * their connections were shut down). Loop thread. */
+static void lk_reap(netd_ipc *ipc, int all) {
+  ns_list ended, *pos, *tmp;
+  ns_list_init(&ended);
+  pthread_mutex_lock(&ipc->lk_lock);
+  ns_list_foreach_safe(pos, tmp, &ipc->lk_threads) {
+    lk_thread *t = ns_list_entry(pos, lk_thread, node);
+    if (all && t->fd >= 0)
+      shutdown(t->fd, SHUT_RDWR); /* its read or write returns at once */
+    if (all || t->done) {
+      ns_list_remove(&t->node);
+      ns_list_insert_tail(&ended, &t->node);
+      ipc->nlk_threads--;
+    }
+  }
+  pthread_mutex_unlock(&ipc->lk_lock);
+  while (!ns_list_empty(&ended)) {
+    lk_thread *t = ns_list_entry(ended.next, lk_thread, node);
+    ns_list_remove(&t->node);
+    pthread_join(t->tid, NULL);
+    lk_thread_free(t);
+  }
+}
+
+/* Hands the lookup connection s to a thread of its own, with the bytes read
+ * so far (a[0..na), then b[0..nb)): 0 when it did (s is closed; the thread
+ * has a duplicate of its descriptor), -1 when the loop keeps serving it (no
+ * threads configured, all busy, or a failure). */
+static int lk_handoff(ipc_sess *s, const char *a, size_t na, const char *b, size_t nb) {
+  netd_ipc *ipc = s->ipc;
+  lk_thread *t;
+  uv_os_fd_t fd;
+  pthread_attr_t at;
+  int rc;
+  if (!ipc->lk_threads_max || ipc->stopping)
+    return -1;
+  lk_reap(ipc, 0);
+  if (ipc->nlk_threads >= ipc->lk_threads_max || uv_fileno((const uv_handle_t *)&s->h, &fd) != 0 ||
+      !(t = calloc(1, sizeof(*t) + na + nb)))
+    return -1;
+  t->ipc = ipc;
+  memcpy(t->pre, a, na);
+  memcpy(t->pre + na, b, nb);
+  t->npre = na + nb;
+  http_parser_init(&t->conn.p, HTTP_REQUEST);
+  t->conn.p.data = &t->conn;
+  lk_server_init(&t->srv, ipc->d, LK_THREAD_KEEP);
+  if ((t->fd = fcntl(fd, F_DUPFD_CLOEXEC, 3)) < 0) {
+    lk_thread_free(t);
+    return -1;
+  }
+  if (pthread_attr_init(&at) != 0) {
+    close(t->fd);
+    lk_thread_free(t);
+    return -1;
+  }
+  (void)pthread_attr_setstacksize(&at, LK_THREAD_STACK);
+  atomic_fetch_add(&ipc->d->metrics.lookup_threads, 1);
+  pthread_mutex_lock(&ipc->lk_lock);
+  rc = pthread_create(&t->tid, &at, lk_thread_main, t);
+  if (rc == 0) {
+    ns_list_insert_tail(&ipc->lk_threads, &t->node);
+    ipc->nlk_threads++;
+  }
+  pthread_mutex_unlock(&ipc->lk_lock);
+  pthread_attr_destroy(&at);
+  if (rc != 0) {
+    atomic_fetch_sub(&ipc->d->metrics.lookup_threads, 1);
+    close(t->fd);
+    lk_thread_free(t);
+    return -1;
+  }
+  /* the connection is the thread's: counted open until it ends there */
+  atomic_fetch_add(&ipc->d->metrics.ipc_conns_open, 1);
+  sess_close(s);
   return 0;
 }
 
@@ -1651,6 +1930,9 @@ static int sniff(ipc_sess *s, const char *p, size_t n) {
   h2 = !memcmp(s->sniff, "PRI", s->nsniff);
   if (h2 && s->nsniff < 3)
     return 1; /* a prefix of "PRI" so far */
+  /* a lookup client: a thread of its own if there is one (s is closed) */
+  if (!h2 && lk_handoff(s, s->sniff, s->nsniff - k, p, n) == 0)
+    return 1;
   if (h2 ? h2_begin(s) != 0 : lookup_begin(s) != 0) {
     sess_close(s);
     return 1;
@@ -1875,10 +2157,11 @@ int netd_ipc_start(netd *d, char *err, size_t errlen) {
   ns_list_init(&ipc->dirty);
   ns_list_init(&ipc->finishing);
   d->ipc = ipc;
-  if (netstash_preload_hit_new(d->ctx, &ipc->hit) != NETSTASH_OK)
-    ipc->hit = NULL; /* lookups are answered NETSTASH_E_ILLEGAL_STATE */
-  else               /* every kernel process's cache lookups: the hot entries kept decoded */
-    (void)ns_preload_hit_keep(ipc->hit, NETD_HIT_ENTRIES);
+  /* every kernel process's cache lookups: the hot entries kept decoded */
+  lk_server_init(&ipc->lk, d, NETD_HIT_ENTRIES);
+  ns_list_init(&ipc->lk_threads);
+  pthread_mutex_init(&ipc->lk_lock, NULL);
+  ipc->lk_threads_max = d->cfg.lookup_threads;
   /* NULL (out of memory): every HTTP/2 request is a job's */
   ipc->fast_names = malloc(IPC_FAST_MAX_FIELDS * (IPC_FAST_NAME_MAX + 1));
   if (uv_check_init(d->loop, &ipc->flusher) != 0 || uv_idle_init(d->loop, &ipc->kick) != 0 ||
@@ -1913,7 +2196,9 @@ int netd_ipc_start(netd *d, char *err, size_t errlen) {
   return 0;
 }
 
-size_t netd_ipc_clients(const netd *d) { return d->ipc ? d->ipc->nsessions : 0; }
+size_t netd_ipc_clients(const netd *d) {
+  return d->ipc ? d->ipc->nsessions + (size_t)atomic_load(&d->metrics.lookup_threads) : 0;
+}
 
 /* ALPN: h2 or nothing (a client that cannot speak HTTP/2 gets the
  * no_application_protocol alert; the HTTP/1.1 gateway is the other front). */
@@ -1988,11 +2273,9 @@ int netd_gateway_h2_start(netd *d, char *err, size_t errlen) {
 }
 
 static void ipc_free(netd_ipc *ipc) {
-  netstash_preload_hit_del(ipc->hit);
+  lk_server_free(&ipc->lk);
+  pthread_mutex_destroy(&ipc->lk_lock);
   free(ipc->fast_names);
-  free(ipc->lk_head);
-  netstash_request_del(ipc->lk_req);
-  free(ipc->lk_req_url);
   SSL_CTX_free(ipc->gw_tls);
   free(ipc->gw_upstream);
   free(ipc);
@@ -2073,6 +2356,7 @@ void netd_ipc_stop(netd *d, void (*done)(void *), void *ud) {
   ipc->stopping = 1;
   ipc->done = done;
   ipc->done_ud = ud;
+  lk_reap(ipc, 1); /* the lookup threads' connections shut down, the threads joined */
   ns_list_foreach_safe(pos, tmp, &ipc->sessions) {
     ipc_sess *s = ns_list_entry(pos, ipc_sess, node);
     if (!s->ng) { /* lookups (answered at once) or no byte yet */

@@ -166,6 +166,11 @@ char *netd_metrics_render(const netd_metrics *m, const netstash_ctx *ctx) {
                       "netd_lookups_total{result=\"miss\"} %" PRIu64 "\n",
                       load(&m->lookups_hit), load(&m->lookups_miss));
   if (e == NETSTASH_OK)
+    e = single(&b, "netd_ipc_lookup_threads", "gauge",
+               "IPC lookup connections served by a thread of their own now (the others by the "
+               "event loop; config lookup_threads).",
+               load(&m->lookup_threads));
+  if (e == NETSTASH_OK)
     e = single(&b, "netd_front_connections_total", "counter",
                "Connections accepted by the HTTP/1.1 fronts (proxy, gateway, metrics).",
                load(&m->front_conns));

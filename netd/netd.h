@@ -41,6 +41,9 @@ typedef struct netd_config {
   int gateway_port;
   char *upstream;      /* gateway's origin, e.g. https://example.test:8443 */
   int no_fast_hits;    /* "fast_hits": false — every gateway and IPC request a job */
+  /* IPC lookup connections served by threads of their own (the rest by the
+   * loop); 0: the loop serves every one. Default NETD_LOOKUP_THREADS */
+  uint32_t lookup_threads;
   /* the HTTP/2 gateway: TLS (ALPN h2) on gateway_h2_port, same upstream */
   char *gateway_h2_host;
   int gateway_h2_port;
@@ -98,6 +101,7 @@ typedef struct netd_metrics {
   _Atomic uint64_t jobs_finishing; /* fronts' jobs let go after their answer, not ended yet */
   _Atomic uint64_t ipc_jobs_finishing;        /* the same for the HTTP/2 IPC and gateway (ipc.c) */
   _Atomic uint64_t lookups_hit, lookups_miss; /* synchronous preload lookups (IPC) */
+  _Atomic uint64_t lookup_threads; /* IPC lookup connections with a thread of their own now */
   _Atomic uint64_t warm_runs, warm_ok, warm_failed, warm_deferred;
   _Atomic uint64_t lat[NETD_LAT_BUCKETS]; /* time to response head */
   _Atomic uint64_t lat_sum_us, lat_count;
@@ -112,6 +116,10 @@ int netd_source_index(netstash_source s);
 /* Decoded HTTP-cache entries kept by netd's hits (the gateway's fast hits,
  * the IPC's cache lookups): 0.7 KB each plus the head, once used. */
 #define NETD_HIT_ENTRIES 1024
+/* IPC lookup connections served by threads of their own (config
+ * lookup_threads, 0..64): each holds one of the store's LMDB reader slots
+ * (126 for all processes) while its connection is open. */
+#define NETD_LOOKUP_THREADS 16
 
 /* ------------------------------------------------------------ daemon */
 

@@ -294,6 +294,11 @@ static void test_lock_and_config(void **state) {
   assert_int_equal(st, 3);
   assert_non_null(strstr(out, "fast_hits: true or false expected"));
   free(out);
+  out =
+      check_config(dp.profile, "lkt", "", &st, "{\"profile\": \"/tmp/x\", \"lookup_threads\": 65}");
+  assert_int_equal(st, 3);
+  assert_non_null(strstr(out, "lookup_threads: an integer from 0 to 64 expected"));
+  free(out);
   out = check_config(dp.profile, "typo", "", &st,
                      "{\"profile\": \"/tmp/x\", \"sockett\": \"/tmp/s\"}");
   assert_int_equal(st, 3);
@@ -670,7 +675,47 @@ static void test_remote_cached_lookup(void **state) {
  * netstash_intercept_preloaded on a remote-mode context ask netd on the
  * caller's thread; head, body, manifest id and version as netd holds them;
  * misses, a restart of netd, netd gone, and hostile lookup clients. */
-static void test_remote_lookup(void **state) {
+/* Sends a GET for url on a raw lookup connection (kept alive) and reads its
+ * answer: the status, or -1 when the connection failed. */
+static int raw_lookup(int fd, const char *url) {
+  char req[1024], buf[4096], *hend = NULL;
+  size_t got = 0, want = SIZE_MAX;
+  int n = snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: netd\r\n\r\n", url);
+  if (write(fd, req, (size_t)n) != n)
+    return -1;
+  while (got < want) {
+    ssize_t r = read(fd, buf + got, sizeof(buf) - 1 - got);
+    const char *cl;
+    if (r <= 0)
+      return -1;
+    got += (size_t)r;
+    buf[got] = 0;
+    if (!hend && (hend = strstr(buf, "\r\n\r\n")) != NULL) {
+      if (!(cl = strstr(buf, "Content-Length: ")) || cl > hend)
+        return -1;
+      want = (size_t)(hend + 4 - buf) + strtoul(cl + 16, NULL, 10);
+    }
+  }
+  return got > 12 ? atoi(buf + 9) : -1;
+}
+
+/* netd_ipc_lookup_threads becomes want within 2 s. */
+static void wait_lookup_threads(netd_proc *dp, double want) {
+  double v = -1;
+  for (int i = 0; i < 200; i++) {
+    char *out = ctl(dp, "GET", "/metrics");
+    v = netd_run_sample(out, "netd_ipc_lookup_threads");
+    free(out);
+    if (v == want)
+      return;
+    usleep(10000);
+  }
+  fail_msg("netd_ipc_lookup_threads %g, expected %g", v, want);
+}
+
+/* The synchronous lookups through netd, with config (NULL: the defaults)
+ * and its lookup_threads (threads: how many connections get one). */
+static void remote_lookup_checks(const char *config, int threads) {
   netd_proc dp = {0};
   char dir[1024], cmd[4096], base[256], prof[1024], url[512], path[1200];
   const char *cli = getenv("NST_BUILDDIR");
@@ -684,7 +729,6 @@ static void test_remote_lookup(void **state) {
   double hits;
   char *out;
   FILE *fp;
-  (void)state;
   snprintf(dir, sizeof(dir), "%s/nlook", nst_site());
   snprintf(cmd, sizeof(cmd), "mkdir -p %s", dir);
   assert_int_equal(system(cmd), 0);
@@ -711,7 +755,7 @@ static void test_remote_lookup(void **state) {
            "--cacert %s --no-progress >/dev/null",
            cli, dir, base, nst_workdir(), cli, nst_workdir(), prof, nst_cert("ca.pem"));
   assert_int_equal(system(cmd), 0);
-  netd_start(&dp, "netd-lookup", NULL);
+  netd_start(&dp, "netd-lookup", config);
   ctx = remote_ctx(dp.sock);
   assert_int_equal(netstash_preload_hit_new(ctx, &h), NETSTASH_OK);
 
@@ -749,6 +793,22 @@ static void test_remote_lookup(void **state) {
                    NETSTASH_E_NOT_FOUND);
   assert_int_equal(netstash_preload_lookup(h, "no url"), NETSTASH_E_BAD_URL);
 
+  /* lookup connections get a thread of their own up to lookup_threads (the
+   * hit's is the first), the others are served by the loop; a thread ends
+   * with its connection */
+  wait_lookup_threads(&dp, threads < 1 ? threads : 1);
+  {
+    int fd = netd_run_connect_unix(dp.sock);
+    snprintf(url, sizeof(url), "%sa.txt", base);
+    assert_true(fd >= 0);
+    assert_int_equal(raw_lookup(fd, url), 200);
+    wait_lookup_threads(&dp, threads < 2 ? threads : 2);
+    snprintf(url, sizeof(url), "%snope.txt", base);
+    assert_int_equal(raw_lookup(fd, url), 502);
+    close(fd);
+    wait_lookup_threads(&dp, threads < 1 ? threads : 1);
+  }
+
   /* the interceptor's fast path: a GET is answered, a Range request not */
   snprintf(url, sizeof(url), "%sa.txt", base);
   assert_int_equal(netstash_request_new(&req, url), NETSTASH_OK);
@@ -759,9 +819,9 @@ static void test_remote_lookup(void **state) {
   netstash_request_del(req);
 
   out = ctl(&dp, "GET", "/metrics");
-  assert_non_null(strstr(out, "netd_lookups_total{result=\"hit\"} 4\n"));
+  assert_non_null(strstr(out, "netd_lookups_total{result=\"hit\"} 5\n"));
   /* ("no url" never left the client: a space cannot go on a request line) */
-  assert_non_null(strstr(out, "netd_lookups_total{result=\"miss\"} 2\n"));
+  assert_non_null(strstr(out, "netd_lookups_total{result=\"miss\"} 3\n"));
   free(out);
 
   /* the lookup side of the socket is plain HTTP/1.1: curl can ask it */
@@ -852,10 +912,10 @@ static void test_remote_lookup(void **state) {
   assert_int_equal(st, 2);
   free(out);
 
-  /* netd restarted: the hit's connection is gone, the next lookup
-   * reconnects */
+  /* netd restarted: the hit's connection is gone (a SIGTERM while it is
+   * open and idle), the next lookup reconnects */
   assert_int_equal(netd_run_stop(&dp), 0);
-  netd_start(&dp, "netd-lookup", NULL);
+  netd_start(&dp, "netd-lookup", config);
   snprintf(url, sizeof(url), "%sbig.bin", base);
   assert_int_equal(netstash_preload_lookup(h, url), NETSTASH_OK);
   snprintf(path, sizeof(path), "%s/big.bin", dir);
@@ -866,6 +926,26 @@ static void test_remote_lookup(void **state) {
   assert_int_equal(netstash_preload_hit_status(h), 0);
   netstash_preload_hit_del(h);
   netstash_ctx_del(ctx);
+}
+
+static void test_remote_lookup(void **state) {
+  (void)state;
+  remote_lookup_checks(NULL, 16); /* the default lookup_threads */
+}
+
+/* The same with one lookup thread (the second connection is the loop's)
+ * and with none (every lookup served by the loop). */
+static void test_remote_lookup_few_threads(void **state) {
+  char conf[1024];
+  FILE *fp;
+  (void)state;
+  for (int n = 1; n >= 0; n--) {
+    snprintf(conf, sizeof(conf), "%s/lookup-threads-%d.json", nst_workdir(), n);
+    assert_non_null(fp = fopen(conf, "w"));
+    fprintf(fp, "{\"lookup_threads\": %d}\n", n);
+    fclose(fp);
+    remote_lookup_checks(conf, n);
+  }
 }
 
 /* One answer as the library in remote mode sees it. */
@@ -1297,6 +1377,7 @@ int main(void) {
       cmocka_unit_test(test_sigterm_during_warm),
       cmocka_unit_test(test_sighup_reload),
       cmocka_unit_test(test_remote_lookup),
+      cmocka_unit_test(test_remote_lookup_few_threads),
       cmocka_unit_test(test_remote_cached_lookup),
       cmocka_unit_test(test_ipc_fast_hits),
       cmocka_unit_test(test_remote_lookup_answer_in_pieces),
