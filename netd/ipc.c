@@ -31,12 +31,14 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -1656,6 +1658,7 @@ typedef struct lk_thread {
 #define LK_THREAD_STACK (512u << 10)
 #define LK_THREAD_KEEP 128  /* entries each lookup thread's hit keeps decoded */
 #define LK_SEND_TIMEOUT_S 2 /* a client that takes no byte for this long is closed */
+#define LK_SLICE_NS 100000u /* lk_short_slices: the shortest the kernel takes */
 
 /* Writes iov[0..n) to fd (blocking, SO_SNDTIMEO); -1 on failure. */
 static int lk_write_all(int fd, struct iovec *iov, size_t n) {
@@ -1720,6 +1723,27 @@ static int lk_thread_answer(lk_thread *t) {
   return rc == 0 && t->conn.keep_alive ? 0 : -1;
 }
 
+/* Asks the scheduler for short slices on this thread: on an EEVDF kernel
+ * (Linux 6.12 and later) a task with a shorter slice than the one running may
+ * preempt it when woken, so a lookup does not wait up to a full slice (~3 ms)
+ * behind netd's busy loop thread on the same core. Older kernels ignore the
+ * hint (or refuse it: nothing changes). */
+static void lk_short_slices(void) {
+  struct { /* the kernel's struct sched_attr, version 0 (linux/sched/types.h, whose
+            * struct sched_param clashes with <sched.h>'s) */
+    uint32_t size, sched_policy;
+    uint64_t sched_flags;
+    int32_t sched_nice;
+    uint32_t sched_priority;
+    uint64_t sched_runtime, sched_deadline, sched_period;
+  } a;
+  memset(&a, 0, sizeof(a));
+  a.size = sizeof(a);
+  a.sched_policy = SCHED_OTHER;
+  a.sched_runtime = LK_SLICE_NS;
+  (void)syscall(SYS_sched_setattr, 0, &a, 0);
+}
+
 static void *lk_thread_main(void *arg) {
   lk_thread *t = arg;
   netd_ipc *ipc = t->ipc;
@@ -1729,6 +1753,7 @@ static void *lk_thread_main(void *arg) {
   char buf[16384];
   int flags = fcntl(t->fd, F_GETFL), r = 0;
   /* (the descriptor's flags are shared with the loop's copy, closed by now) */
+  lk_short_slices();
   if (flags < 0 || fcntl(t->fd, F_SETFL, flags & ~O_NONBLOCK) != 0 ||
       setsockopt(t->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) != 0)
     r = -1;
