@@ -182,13 +182,13 @@ done:
 }
 
 const char *nst_path(const char *name) {
-  static char ring[8][PATH_MAX];
-  static unsigned next;
+  static _Thread_local char ring[8][PATH_MAX]; /* per thread: tests' load threads call it */
+  static _Thread_local unsigned next;
   const char *wd = nst_workdir();
   char *out;
   if (wd == NULL)
     return NULL;
-  out = ring[__atomic_fetch_add(&next, 1, __ATOMIC_RELAXED) % 8];
+  out = ring[next++ % 8];
   if (fmt_path(out, PATH_MAX, "%s/%s", wd, name) != 0)
     return NULL;
   return out;

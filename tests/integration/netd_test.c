@@ -36,9 +36,10 @@
 
 static nst_server caddy;
 
+/* (per thread: test_restart_under_load's load threads call it) */
 static char *url_of(const char *path) {
-  static char bufs[8][512];
-  static int i;
+  static _Thread_local char bufs[8][512];
+  static _Thread_local int i;
   char *b = bufs[i++ % 8];
   snprintf(b, sizeof(bufs[0]), "https://127.0.0.1:%d%s", caddy.port, path);
   return b;
@@ -717,7 +718,7 @@ static void wait_lookup_threads(netd_proc *dp, double want) {
  * and its lookup_threads (threads: how many connections get one). */
 static void remote_lookup_checks(const char *config, int threads) {
   netd_proc dp = {0};
-  char dir[1024], cmd[4096], base[256], prof[1024], url[512], path[1200];
+  char dir[1024], cmd[4096], base[256], prof[1024], url[512], path[1200], pname[64];
   const char *cli = getenv("NST_BUILDDIR");
   unsigned char *big = malloc(300000);
   netstash_ctx *ctx;
@@ -747,7 +748,8 @@ static void remote_lookup_checks(const char *config, int threads) {
   fp = fopen(path, "w");
   fclose(fp);
   snprintf(base, sizeof(base), "https://127.0.0.1:%d/nlook/", caddy.port);
-  snprintf(prof, sizeof(prof), "%s", nst_path("netd-lookup"));
+  snprintf(pname, sizeof(pname), "netd-lookup-%d", threads); /* a profile of its own */
+  snprintf(prof, sizeof(prof), "%s", nst_path(pname));
   snprintf(cmd, sizeof(cmd),
            "%s/tools/netstash manifest make %s --base %s --id nlook --version 3 --entry a.txt -o "
            "%s/nlook.json "
@@ -755,7 +757,7 @@ static void remote_lookup_checks(const char *config, int threads) {
            "--cacert %s --no-progress >/dev/null",
            cli, dir, base, nst_workdir(), cli, nst_workdir(), prof, nst_cert("ca.pem"));
   assert_int_equal(system(cmd), 0);
-  netd_start(&dp, "netd-lookup", config);
+  netd_start(&dp, pname, config);
   ctx = remote_ctx(dp.sock);
   assert_int_equal(netstash_preload_hit_new(ctx, &h), NETSTASH_OK);
 
@@ -915,7 +917,7 @@ static void remote_lookup_checks(const char *config, int threads) {
   /* netd restarted: the hit's connection is gone (a SIGTERM while it is
    * open and idle), the next lookup reconnects */
   assert_int_equal(netd_run_stop(&dp), 0);
-  netd_start(&dp, "netd-lookup", config);
+  netd_start(&dp, pname, config);
   snprintf(url, sizeof(url), "%sbig.bin", base);
   assert_int_equal(netstash_preload_lookup(h, url), NETSTASH_OK);
   snprintf(path, sizeof(path), "%s/big.bin", dir);
