@@ -1679,6 +1679,14 @@ static int lk_write_all(int fd, struct iovec *iov, size_t n) {
   return 0;
 }
 
+/* Refuses the request read (lk_refusal) and says the connection is over (-1). */
+static int lk_thread_refuse(lk_thread *t, int status) {
+  char msg[128];
+  struct iovec v = {msg, lk_refusal(t->ipc->d, msg, status)};
+  (void)lk_write_all(t->fd, &v, 1);
+  return -1;
+}
+
 /* Answers the complete request in t->conn: what the socket takes at once
  * is written straight from the store's map, the rest copied (the hit, and
  * so the read transaction, is released before a slow client is waited for).
@@ -1688,14 +1696,11 @@ static int lk_thread_answer(lk_thread *t) {
   uv_buf_t bufs[LK_MAX_BUFS];
   struct iovec iov[LK_MAX_BUFS];
   size_t nb, total, sent = 0;
-  char err[160], msg[128];
+  char err[160];
   uint8_t *rest = NULL;
   int status = lk_compose(d, &t->srv, &t->conn, bufs, &nb, &total, err), rc = 0;
-  if (status) {
-    iov[0] = (struct iovec){msg, lk_refusal(d, msg, status)};
-    (void)lk_write_all(t->fd, iov, 1);
-    return -1;
-  }
+  if (status)
+    return lk_thread_refuse(t, status);
   for (size_t i = 0; i < nb; i++)
     iov[i] = (struct iovec){bufs[i].base, bufs[i].len};
   for (;;) {
@@ -1752,22 +1757,19 @@ static void *lk_thread_main(void *arg) {
   size_t n = t->npre;
   char buf[16384];
   int flags = fcntl(t->fd, F_GETFL), r = 0;
-  /* (the descriptor's flags are shared with the loop's copy, closed by now) */
   lk_short_slices();
+  /* (O_NONBLOCK is the open file's, shared with the loop's descriptor: the
+   * loop closes that one without another read) */
   if (flags < 0 || fcntl(t->fd, F_SETFL, flags & ~O_NONBLOCK) != 0 ||
       setsockopt(t->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) != 0)
     r = -1;
   while (r == 0) {
     while (n && r == 0) {
       int k = lk_parse(&t->conn, &p, &n);
-      if (k == 1) {
+      if (k == 1)
         r = lk_thread_answer(t);
-      } else if (k) {
-        char msg[128];
-        struct iovec v = {msg, lk_refusal(ipc->d, msg, k)};
-        (void)lk_write_all(t->fd, &v, 1);
-        r = -1;
-      }
+      else if (k)
+        r = lk_thread_refuse(t, k);
     }
     if (r == 0) {
       ssize_t got = read(t->fd, buf, sizeof(buf));
@@ -1779,6 +1781,7 @@ static void *lk_thread_main(void *arg) {
       n = (size_t)got;
     }
   }
+  lk_server_free(&t->srv); /* its LMDB reader slot goes now, not when joined */
   pthread_mutex_lock(&ipc->lk_lock);
   close(t->fd);
   t->fd = -1;
@@ -1790,7 +1793,7 @@ static void *lk_thread_main(void *arg) {
 }
 
 static void lk_thread_free(lk_thread *t) {
-  lk_server_free(&t->srv);
+  lk_server_free(&t->srv); /* (a no-op once the thread ran) */
   free(t);
 }
 
