@@ -672,10 +672,6 @@ static void test_remote_cached_lookup(void **state) {
   assert_int_equal(netd_run_stop(&dp), 0);
 }
 
-/* The synchronous lookup protocol: netstash_preload_lookup and
- * netstash_intercept_preloaded on a remote-mode context ask netd on the
- * caller's thread; head, body, manifest id and version as netd holds them;
- * misses, a restart of netd, netd gone, and hostile lookup clients. */
 /* Sends a GET for url on a raw lookup connection (kept alive) and reads its
  * answer: the status, or -1 when the connection failed. */
 static int raw_lookup(int fd, const char *url) {
@@ -714,8 +710,12 @@ static void wait_lookup_threads(netd_proc *dp, double want) {
   fail_msg("netd_ipc_lookup_threads %g, expected %g", v, want);
 }
 
-/* The synchronous lookups through netd, with config (NULL: the defaults)
- * and its lookup_threads (threads: how many connections get one). */
+/* The synchronous lookup protocol: netstash_preload_lookup and
+ * netstash_intercept_preloaded on a remote-mode context ask netd on the
+ * caller's thread; head, body, manifest id and version as netd holds them;
+ * misses, lookup connections on threads and on the loop, a restart of netd,
+ * netd gone, and hostile lookup clients. With config (NULL: the defaults) and
+ * its lookup_threads (threads: how many connections get one). */
 static void remote_lookup_checks(const char *config, int threads) {
   netd_proc dp = {0};
   char dir[1024], cmd[4096], base[256], prof[1024], url[512], path[1200], pname[64];
