@@ -5,6 +5,7 @@
 #include "ns_setup.h"
 
 #include <arpa/inet.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,7 +17,7 @@
 void netd_config_defaults(netd_config *c) {
   memset(c, 0, sizeof(*c));
   c->socket_mode = 0660;
-  c->lookup_threads = NETD_LOOKUP_THREADS;
+  c->lookup_threads = -1; /* netd_lookup_threads() */
   c->log_level = NETSTASH_LOG_INFO;
 }
 
@@ -190,7 +191,7 @@ int netd_config_load(netd_config *c, const char *file, char *err, size_t errlen)
     } else if (!strcmp(key, "lookup_threads")) {
       if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > 64)
         FAIL("%s: lookup_threads: an integer from 0 to 64 expected", file);
-      c->lookup_threads = (uint32_t)json_integer_value(v);
+      c->lookup_threads = (int)json_integer_value(v);
     } else if (!strcmp(key, "trusted_keys")) {
       if (str_list(v, &c->trusted_keys, key, err, errlen) != 0)
         goto out;
@@ -269,6 +270,15 @@ static int is_loopback(const char *host) {
   if (inet_pton(AF_INET6, host, &a6) == 1)
     return IN6_IS_ADDR_LOOPBACK(&a6);
   return strcmp(host, "localhost") == 0;
+}
+
+size_t netd_lookup_threads(const netd_config *c) {
+  cpu_set_t set;
+  if (c->lookup_threads >= 0)
+    return (size_t)c->lookup_threads;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) < 2)
+    return 0;
+  return NETD_LOOKUP_THREADS;
 }
 
 int netd_config_check(const netd_config *c, char *err, size_t errlen) {

@@ -2189,7 +2189,7 @@ int netd_ipc_start(netd *d, char *err, size_t errlen) {
   lk_server_init(&ipc->lk, d, NETD_HIT_ENTRIES);
   ns_list_init(&ipc->lk_threads);
   pthread_mutex_init(&ipc->lk_lock, NULL);
-  ipc->lk_threads_max = d->cfg.lookup_threads;
+  ipc->lk_threads_max = netd_lookup_threads(&d->cfg);
   /* NULL (out of memory): every HTTP/2 request is a job's */
   ipc->fast_names = malloc(IPC_FAST_MAX_FIELDS * (IPC_FAST_NAME_MAX + 1));
   if (uv_check_init(d->loop, &ipc->flusher) != 0 || uv_idle_init(d->loop, &ipc->kick) != 0 ||

@@ -468,11 +468,11 @@ int main(int argc, char **argv) {
     return o.check || o.config ? EX_CONFIG : EX_USAGE_;
   }
   if (o.check) {
-    printf("netd: configuration OK (profile %s, socket %s%s%s%s%s, %zu warm schedule(s))\n",
+    printf("netd: configuration OK (profile %s, socket %s%s%s%s%s, %zu warm schedule(s), "
+           "%zu lookup thread(s))\n",
            d->cfg.profile, d->cfg.socket_path, d->cfg.proxy_port ? ", proxy" : "",
-           d->cfg.gateway_port ? ", gateway" : "",
-           d->cfg.gateway_h2_port ? ", HTTP/2 gateway" : "",
-           d->cfg.metrics_port ? ", metrics" : "", d->cfg.nwarms);
+           d->cfg.gateway_port ? ", gateway" : "", d->cfg.gateway_h2_port ? ", HTTP/2 gateway" : "",
+           d->cfg.metrics_port ? ", metrics" : "", d->cfg.nwarms, netd_lookup_threads(&d->cfg));
     netd_config_free(&d->cfg);
     return EX_OK_;
   }
@@ -527,8 +527,8 @@ int main(int argc, char **argv) {
     rc = EX_FAIL;
     goto out;
   }
-  netd_log(d, NETSTASH_LOG_INFO, "serving profile %s on %s (pid %ld)", d->cfg.profile,
-           d->cfg.socket_path, (long)getpid());
+  netd_log(d, NETSTASH_LOG_INFO, "serving profile %s on %s (pid %ld, lookup threads: %zu)",
+           d->cfg.profile, d->cfg.socket_path, (long)getpid(), netd_lookup_threads(&d->cfg));
   for (;;) {
     if (sigwait(&set, &sig) != 0)
       continue;

@@ -42,8 +42,9 @@ typedef struct netd_config {
   char *upstream;      /* gateway's origin, e.g. https://example.test:8443 */
   int no_fast_hits;    /* "fast_hits": false — every gateway and IPC request a job */
   /* IPC lookup connections served by threads of their own (the rest by the
-   * loop); 0: the loop serves every one. Default NETD_LOOKUP_THREADS */
-  uint32_t lookup_threads;
+   * loop); 0: the loop serves every one; -1 (the default): NETD_LOOKUP_THREADS
+   * when netd may run on two CPUs or more, else 0 */
+  int lookup_threads;
   /* the HTTP/2 gateway: TLS (ALPN h2) on gateway_h2_port, same upstream */
   char *gateway_h2_host;
   int gateway_h2_port;
@@ -78,6 +79,9 @@ netstash_error netd_add_resolves(netstash_request *req, const char *list);
 netstash_error netd_relay_request(netstash_request *req, int has_accept_encoding);
 /* Checks values (ports, paths, a front's address); 0 or -1 with a message. */
 int netd_config_check(const netd_config *c, char *err, size_t errlen);
+/* The lookup threads netd runs with: c->lookup_threads, or when that is -1,
+ * NETD_LOOKUP_THREADS if this process may run on two CPUs or more, else 0. */
+size_t netd_lookup_threads(const netd_config *c);
 
 /* ------------------------------------------------------------ metrics */
 
@@ -118,7 +122,9 @@ int netd_source_index(netstash_source s);
 #define NETD_HIT_ENTRIES 1024
 /* IPC lookup connections served by threads of their own (config
  * lookup_threads, 0..64): each holds one of the store's LMDB reader slots
- * (126 for all processes) while its connection is open. */
+ * (126 for all processes) while its connection is open. Confined to one CPU,
+ * a lookup thread competes with netd's busy loop for it and loses more than
+ * it gains (doc/DESIGN.md): then the default is none. */
 #define NETD_LOOKUP_THREADS 16
 
 /* ------------------------------------------------------------ daemon */

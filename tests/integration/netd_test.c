@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -294,6 +295,28 @@ static void test_lock_and_config(void **state) {
   out = check_config(dp.profile, "fast", "", &st, "{\"profile\": \"/tmp/x\", \"fast_hits\": 1}");
   assert_int_equal(st, 3);
   assert_non_null(strstr(out, "fast_hits: true or false expected"));
+  free(out);
+  /* lookup threads: none by default when netd may use one CPU only */
+  snprintf(cmd, sizeof(cmd), "%s --profile %s --check-config 2>&1", netd_run_bin(), dp.profile);
+  out = netd_run_capture(cmd, &st);
+  assert_int_equal(st, 0);
+  {
+    cpu_set_t set;
+    assert_int_equal(sched_getaffinity(0, sizeof(set), &set), 0);
+    assert_non_null(
+        strstr(out, CPU_COUNT(&set) > 1 ? "16 lookup thread(s)" : " 0 lookup thread(s)"));
+  }
+  free(out);
+  snprintf(cmd, sizeof(cmd), "taskset -c 0 %s --profile %s --check-config 2>&1", netd_run_bin(),
+           dp.profile);
+  out = netd_run_capture(cmd, &st);
+  assert_int_equal(st, 0);
+  assert_non_null(strstr(out, " 0 lookup thread(s)"));
+  free(out);
+  out =
+      check_config(dp.profile, "lkt1", "", &st, "{\"profile\": \"/tmp/x\", \"lookup_threads\": 3}");
+  assert_int_equal(st, 0);
+  assert_non_null(strstr(out, " 3 lookup thread(s)"));
   free(out);
   out =
       check_config(dp.profile, "lkt", "", &st, "{\"profile\": \"/tmp/x\", \"lookup_threads\": 65}");
