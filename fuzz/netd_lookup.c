@@ -11,7 +11,11 @@
  * input, then shuts its side, and reads netd's answers until netd closes.
  *
  * Input layout: the client's bytes (HTTP/1.1 requests; an input starting
- * with "PRI" is the HTTP/2 side's, which fuzz/netd_h2.c covers).
+ * with "PRI" is the HTTP/2 side's, which fuzz/netd_h2.c covers). netd runs
+ * with one lookup thread: an input of even length is served by it, one of
+ * odd length by the event loop (a connection the harness keeps open holds
+ * the thread meanwhile) — both paths answer with the same code, each has
+ * its own reading and writing.
  *
  * Checked beyond "no crash, no leak, no UB":
  *  - netd closes the connection after the client's EOF (20 s: hung, abort);
@@ -28,7 +32,9 @@
 #include "netd_fuzz.h"
 
 #include <openssl/evp.h>
+#include <stdatomic.h>
 #include <strings.h>
+#include <unistd.h>
 
 #include "preload/install.h"
 #include "preload/lookup_http.h"
@@ -113,6 +119,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
     big[i] = (uint8_t)((i * 2654435761u) >> 11);
   nf_setup();
   install_site();
+  nf_d.cfg.lookup_threads = 1;
   if (nf_on_loop(start_ipc) != 0) {
     fprintf(stderr, "netd_lookup: %s\n", nf_err);
     abort();
@@ -176,11 +183,40 @@ static size_t check_answer(const uint8_t *p, size_t n, int *refused) {
   return total;
 }
 
+/* netd's lookup threads serving now become want (2 s, else abort). */
+static void wait_lookup_threads(uint64_t want) {
+  for (int i = 0; atomic_load(&nf_d.metrics.lookup_threads) != want; i++) {
+    if (i == 20000) {
+      fprintf(stderr, "netd_lookup: %llu lookup threads after 2 s, expected %llu\n",
+              (unsigned long long)atomic_load(&nf_d.metrics.lookup_threads),
+              (unsigned long long)want);
+      abort();
+    }
+    usleep(100);
+  }
+}
+
+/* The next connection's path: the loop (the one lookup thread held by a
+ * connection of the harness's, an incomplete request on it) or the thread. */
+static void lookup_path(int on_loop) {
+  static int hold = -1;
+  if (on_loop && hold < 0) {
+    hold = nf_connect_ipc("netd_lookup");
+    NF_CHECK(nf_write_all(hold, (const uint8_t *)"GET ", 4) == 0);
+    wait_lookup_threads(1);
+  } else if (!on_loop && hold >= 0) {
+    close(hold);
+    hold = -1;
+    wait_lookup_threads(0);
+  }
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   static uint8_t in[1 << 18];
   size_t have = 0;
   int fd, r = 0, idle_polls = 0, refused = 0;
 
+  lookup_path(size & 1);
   fd = nf_connect_ipc("netd_lookup");
   if (size >= 3 && !memcmp(data, "PRI", 3))
     size = 2; /* the HTTP/2 side: netd_h2's */
