@@ -365,6 +365,10 @@ static void control(ipc_stream *st) {
     json_object_set_new(o, "profile", json_string(d->cfg.profile));
     json_object_set_new(o, "socket", json_string(d->cfg.socket_path));
     json_object_set_new(o, "ipc_clients", json_integer((json_int_t)netd_ipc_clients(d)));
+    json_object_set_new(o, "lookup_threads",
+                        json_pack("{s:I,s:I}", "serving",
+                                  (json_int_t)atomic_load(&d->metrics.lookup_threads), "max",
+                                  (json_int_t)st->s->ipc->lk_threads_max));
     json_object_set_new(o, "requests", req);
     json_object_set_new(o, "signals", json_pack("{s:b,s:b,s:b}", "metered", atomic_load(&d->metered),
                                                 "low_battery", atomic_load(&d->low_battery),

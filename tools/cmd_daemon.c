@@ -53,7 +53,8 @@ static const char usage[] =
     "  metrics   the Prometheus metrics, as text\n"
     "\n"
     "--json prints netd's JSON as it is: status {\"version\", \"pid\", \"uptime_s\",\n"
-    "\"profile\", \"socket\", \"ipc_clients\", \"requests\", \"warms\": [{\"manifest\",\n"
+    "\"profile\", \"socket\", \"ipc_clients\", \"lookup_threads\": {\"serving\", \"max\"},\n"
+    "\"requests\", \"warms\": [{\"manifest\",\n"
     "\"interval_s\", \"state\", \"last_result\", \"last_run\", \"next_run\", \"runs\",\n"
     "\"failures\", \"last_bytes\"}]}, warm {\"started\"}, ls {\"manifests\": [...]},\n"
     "signals {\"metered\", \"low_battery\", \"foreground\"}.\n"
@@ -287,7 +288,8 @@ static void print_value(const json_t *v) {
 static const char *label(const char *key) {
   static const struct {
     const char *key, *label;
-  } names[] = {{"uptime_s", "uptime"}, {"ipc_clients", "ipc clients"}};
+  } names[] = {
+      {"uptime_s", "uptime"}, {"ipc_clients", "ipc clients"}, {"lookup_threads", "lookup threads"}};
   for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
     if (!strcmp(key, names[i].key))
       return names[i].label;
@@ -299,7 +301,7 @@ static void print_warms(const json_t *warms) {
   size_t i;
   time_t now = time(NULL);
   if (json_array_size(warms) == 0) {
-    puts("warms:        none configured");
+    puts("warms:          none configured");
     return;
   }
   puts("warms:");
@@ -352,7 +354,7 @@ static void print_status(const json_t *o) {
     if (!strcmp(k, "warms"))
       continue;
     snprintf(key, sizeof(key), "%s:", label(k));
-    printf("%-13s ", key);
+    printf("%-15s ", key);
     if (!strcmp(k, "uptime_s") && json_is_integer(v))
       fputs(duration(json_integer_value(v), d, sizeof(d)), stdout);
     else

@@ -822,6 +822,12 @@ static void remote_lookup_checks(const char *config, int threads) {
    * hit's is the first), the others are served by the loop; a thread ends
    * with its connection */
   wait_lookup_threads(&dp, threads < 1 ? threads : 1);
+  out = ctl(&dp, "GET", "/status");
+  snprintf(url, sizeof(url), "\"lookup_threads\":{\"serving\":%d,\"max\":%d}",
+           threads < 1 ? threads : 1, threads);
+  if (!strstr(out, url))
+    fail_msg("status without %s: %s", url, out);
+  free(out);
   {
     int fd = netd_run_connect_unix(dp.sock);
     snprintf(url, sizeof(url), "%sa.txt", base);
