@@ -7,11 +7,11 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
-#include <time.h>
 
 #include <openssl/evp.h>
 
 #include "cache/httpcache.h"
+#include "core/ctx.h" /* ns_now_us */
 #include "core/list.h"
 #include "transport/decode.h"
 
@@ -950,12 +950,6 @@ netstash_error ns_httpcache_flush(ns_httpcache *hc) {
   return r0 != NETSTASH_OK ? r0 : rv;
 }
 
-static uint64_t mono_us(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
-
 void ns_httpcache_set_commit_gap(ns_httpcache *hc, uint32_t us) {
   if (hc)
     hc->commit_gap_us = us;
@@ -983,7 +977,7 @@ netstash_error ns_httpcache_commit(ns_httpcache *hc, uint32_t *retry_ms) {
      * batch: under load batches grow (a commit and an fsync cost the writer
      * about as much as the entries they write), and a quiet cache commits
      * at once */
-    uint64_t bytes = 0, now = mono_us();
+    uint64_t bytes = 0, now = ns_now_us();
     if (hc->commit_gap_us && hc->npending < BATCH_MAX && hc->pending_bytes < BATCH_BYTES_MAX &&
         now - hc->last_handoff_us < hc->commit_gap_us) {
       if (retry_ms)
