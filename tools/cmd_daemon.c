@@ -285,6 +285,8 @@ static void print_value(const json_t *v) {
   }
 }
 
+#define STATUS_LABEL_W 15 /* status: "lookup threads:" and its value beside */
+
 static const char *label(const char *key) {
   static const struct {
     const char *key, *label;
@@ -301,7 +303,7 @@ static void print_warms(const json_t *warms) {
   size_t i;
   time_t now = time(NULL);
   if (json_array_size(warms) == 0) {
-    puts("warms:          none configured");
+    printf("%-*s none configured\n", STATUS_LABEL_W, "warms:");
     return;
   }
   puts("warms:");
@@ -354,7 +356,7 @@ static void print_status(const json_t *o) {
     if (!strcmp(k, "warms"))
       continue;
     snprintf(key, sizeof(key), "%s:", label(k));
-    printf("%-15s ", key);
+    printf("%-*s ", STATUS_LABEL_W, key);
     if (!strcmp(k, "uptime_s") && json_is_integer(v))
       fputs(duration(json_integer_value(v), d, sizeof(d)), stdout);
     else
