@@ -41,7 +41,7 @@ netstash_error netstash_store_verify(const char *dir, char *detail, size_t dlen)
 }
 
 netstash_error netstash_store_purge(const char *dir, char *detail, size_t dlen) {
-  static const char *const files[] = {"data.mdb", "lock.mdb", "write.lock"};
+  static const char *const files[] = {"data.mdb", "lock.mdb", "write.lock", "touches"};
   char path[4096], lockpath[4200];
   struct stat st;
   int fd, n;

@@ -24,6 +24,7 @@
 #include "core/buf.h"
 #include "core/map.h"
 #include "store/store.h"
+#include "store/touches.h"
 
 /* ------------------------------------------------------------ layout */
 
@@ -70,13 +71,6 @@ static const int rec_dbi[NS_STORE_DB_COUNT_] = {DBI_HTTP, DBI_PRELOAD, DBI_MANIF
 #define BR_MIN_INPUT 1024u
 #define BR_MIN_SAVING 512u
 
-typedef struct touch {
-  uint64_t ms;
-  uint16_t len;
-  uint8_t db;
-  uint8_t key[NS_STORE_KEY_MAX];
-} touch;
-
 struct ns_store {
   const ns_mem *mem;
   ns_store_params p;
@@ -88,10 +82,8 @@ struct ns_store {
   int lockfd;
   pthread_mutex_t wlock;    /* writers of this handle */
   pthread_rwlock_t maplock; /* shared: a txn is open; exclusive: remap */
-  pthread_mutex_t tlock;    /* the touch ring */
-  touch *ring;              /* TOUCH_SLOTS, filled by readers */
-  size_t rhead, rcount;
-  touch *pending; /* writer side: taken from the ring */
+  ns_touches *touches;      /* access notes of every process (NULL: read-only) */
+  ns_touch *pending;        /* writer side: TOUCH_SLOTS taken from them */
   size_t npending;
   EVP_MD *sha;
   EVP_MD_CTX *md; /* writer side */
@@ -656,20 +648,14 @@ netstash_error ns_store_open(const ns_store_params *p, ns_store **out, char *det
   s->dir = ns_malloc(s->mem, n + sizeof("/store/write.lock"));
   s->created_by = ns_strdup(s->mem, p->created_by ? p->created_by : "netstash");
   path = ns_malloc(s->mem, n + sizeof("/store/write.lock"));
-  s->ring = ns_calloc(s->mem, TOUCH_SLOTS, sizeof(touch));
-  s->pending = ns_calloc(s->mem, TOUCH_SLOTS, sizeof(touch));
-  if (!s->dir || !s->created_by || !path || !s->ring || !s->pending)
+  s->pending = ns_calloc(s->mem, TOUCH_SLOTS, sizeof(ns_touch));
+  if (!s->dir || !s->created_by || !path || !s->pending)
     goto fail;
   s->p.dir = NULL;
   s->p.created_by = NULL;
   if (pthread_mutex_init(&s->wlock, NULL) != 0)
     goto fail;
   if (pthread_rwlock_init(&s->maplock, NULL) != 0) {
-    pthread_mutex_destroy(&s->wlock);
-    goto fail;
-  }
-  if (pthread_mutex_init(&s->tlock, NULL) != 0) {
-    pthread_rwlock_destroy(&s->maplock);
     pthread_mutex_destroy(&s->wlock);
     goto fail;
   }
@@ -788,6 +774,13 @@ netstash_error ns_store_open(const ns_store_params *p, ns_store **out, char *det
     if (err != NETSTASH_OK)
       goto fail;
   }
+  if (!p->read_only) {
+    s->touches = ns_touches_open(s->mem, s->dir, p->touch_granule_ms);
+    if (!s->touches) {
+      err = NETSTASH_E_NOMEM;
+      goto fail;
+    }
+  }
   ns_free(s->mem, path);
   *out = s;
   return NETSTASH_OK;
@@ -801,13 +794,12 @@ fail:
   EVP_MD_CTX_free(s->md);
   EVP_MD_free(s->sha);
   if (locks) {
-    pthread_mutex_destroy(&s->tlock);
     pthread_rwlock_destroy(&s->maplock);
     pthread_mutex_destroy(&s->wlock);
   }
   ns_buf_free(&s->scratch);
+  ns_touches_close(s->touches);
   ns_free(s->mem, s->pending);
-  ns_free(s->mem, s->ring);
   ns_free(s->mem, s->created_by);
   ns_free(s->mem, s->dir);
   ns_free(p->mem, s);
@@ -824,12 +816,11 @@ void ns_store_close(ns_store *s) {
     close(s->lockfd);
   EVP_MD_CTX_free(s->md);
   EVP_MD_free(s->sha);
-  pthread_mutex_destroy(&s->tlock);
   pthread_rwlock_destroy(&s->maplock);
   pthread_mutex_destroy(&s->wlock);
   ns_buf_free(&s->scratch);
+  ns_touches_close(s->touches);
   ns_free(m, s->pending);
-  ns_free(m, s->ring);
   ns_free(m, s->created_by);
   ns_free(m, s->dir);
   ns_free(m, s);
@@ -912,21 +903,15 @@ void ns_store_read_end(ns_store_reader *r) {
   pthread_rwlock_unlock(&r->s->maplock);
 }
 
-/* Notes an access to an evictable record for the next write (no allocation:
- * a fixed ring; when full, the oldest note is overwritten). */
+/* Notes an access to an evictable record for the next write of any process
+ * (touches.h: no allocation, no lock). The coarse clock (a few ms, the
+ * kernel's tick) is a third of what the precise one costs on a hit, and
+ * access times only matter to the second (touch_granule_ms). */
 static void touch_note(ns_store *s, ns_store_db db, const void *key, size_t keylen) {
-  touch *t;
-  pthread_mutex_lock(&s->tlock);
-  t = &s->ring[(s->rhead + s->rcount) % TOUCH_SLOTS];
-  if (s->rcount == TOUCH_SLOTS)
-    s->rhead = (s->rhead + 1) % TOUCH_SLOTS;
-  else
-    s->rcount++;
-  t->ms = wall_ms();
-  t->db = (uint8_t)db;
-  t->len = (uint16_t)keylen;
-  memcpy(t->key, key, keylen);
-  pthread_mutex_unlock(&s->tlock);
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME_COARSE, &ts);
+  ns_touches_note(s->touches, (unsigned)db, key, keylen,
+                  (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u);
 }
 
 static netstash_error get_in(ns_store *s, MDB_txn *txn, ns_store_db db, const void *key,
@@ -1483,17 +1468,14 @@ netstash_error ns_store_txn_pin(ns_store_txn *t, ns_store_db db, const void *key
 static netstash_error apply_touches(ns_store_txn *t) {
   ns_store *s = t->s;
   netstash_error err = NETSTASH_OK;
-  pthread_mutex_lock(&s->tlock);
-  while (s->rcount && s->npending < TOUCH_SLOTS) {
-    s->pending[s->npending++] = s->ring[s->rhead];
-    s->rhead = (s->rhead + 1) % TOUCH_SLOTS;
-    s->rcount--;
-  }
-  pthread_mutex_unlock(&s->tlock);
+  if (s->npending < TOUCH_SLOTS) /* under the write lock: this process's and others' */
+    s->npending += ns_touches_take(s->touches, s->pending + s->npending, TOUCH_SLOTS - s->npending);
   for (size_t i = 0; i < s->npending && err == NETSTASH_OK; i++) {
-    const touch *tc = &s->pending[i];
+    const ns_touch *tc = &s->pending[i];
     ns_store_record old;
     rec_hdr oh, h;
+    if (!valid_key((ns_store_db)tc->db, tc->key, tc->len))
+      continue; /* (notes come from other processes too: one damaged on disk) */
     err = get_in(s, t->txn, (ns_store_db)tc->db, tc->key, tc->len, &old, &oh);
     if (err == NETSTASH_E_NOT_FOUND) {
       err = NETSTASH_OK;

@@ -4,8 +4,9 @@
  * Design notes: doc/internals/store.md.
  *
  * Layout. One LMDB environment per profile directory, in DIR/store/
- * (data.mdb, lock.mdb, write.lock; directories created 0700, files 0600),
- * with named sub-databases:
+ * (data.mdb, lock.mdb, write.lock, touches — the access notes of every
+ * process, touches.h; directories created 0700, files 0600), with named
+ * sub-databases:
  *   bodies     SHA-256 -> body header + first chunk; SHA-256||be32(i) -> chunk i
  *   http, preload, manifests, cookies
  *              caller key -> record (48-byte header + opaque value)

@@ -17,6 +17,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <sys/stat.h>
@@ -274,8 +275,8 @@ static void *c_realloc(void *p, size_t n, void *ud) {
 static const ns_mem counting_mem = {NULL, c_malloc, c_free, c_calloc, c_realloc};
 
 /* Every malloc of the process (LMDB's, OpenSSL's too), counted while
- * counting_all is set. Not under ASan, which owns malloc. */
-#if !defined(__SANITIZE_ADDRESS__)
+ * counting_all is set. Not under ASan or ThreadSanitizer, which own malloc. */
+#if !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
 #define COUNT_LIBC 1
 extern void *__libc_malloc(size_t);
 extern void *__libc_calloc(size_t, size_t);
@@ -1141,6 +1142,224 @@ static void test_touch_granule(void **state) {
   ns_store_close(s);
 }
 
+/* A process that only reads (a kernel process reading netd's store
+ * directly) notes its hits in DIR/store/touches, and the next write of
+ * another process moves those records' access times (and LRU places) —
+ * also when the reader was killed without ever writing or closing. */
+static void test_touches_across_processes(void **state) {
+  ns_store_params p;
+  ns_store *s;
+  uint64_t a_hot, a_cold;
+  pid_t pid;
+  int st;
+  (void)state;
+  params(&p);
+  p.touch_granule_ms = 100;
+  s = open_with(&p);
+  assert_int_equal(ns_store_put(s, NS_STORE_HTTP, "hot", 3, "v", 1, NULL, 0), NETSTASH_OK);
+  assert_int_equal(ns_store_put(s, NS_STORE_HTTP, "cold", 4, "v", 1, NULL, 0), NETSTASH_OK);
+  a_hot = atime_of(s, "hot"); /* (these reads' own notes are within the granule) */
+  a_cold = atime_of(s, "cold");
+  sleep_ms(150);
+  fflush(NULL);
+  pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) { /* the reader */
+    ns_store *cs;
+    ns_store_reader *r;
+    ns_store_record rec;
+    child_init();
+    if (ns_store_open(&p, &cs, NULL, 0) != NETSTASH_OK ||
+        ns_store_reader_new(cs, &r) != NETSTASH_OK)
+      _exit(2);
+    if (ns_store_read_begin(r) != NETSTASH_OK ||
+        ns_store_get(r, NS_STORE_HTTP, "hot", 3, &rec) != NETSTASH_OK)
+      _exit(3);
+    ns_store_read_end(r);
+    raise(SIGKILL);
+    _exit(4);
+  }
+  assert_int_equal(waitpid(pid, &st, 0), pid);
+  assert_true(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL);
+  assert_int_equal(ns_store_flush_access(s), NETSTASH_OK);
+  assert_true(atime_of(s, "hot") >= a_hot + 140); /* the reader's hit (a coarse clock) */
+  assert_true(atime_of(s, "cold") == a_cold);
+  ns_store_close(s);
+}
+
+#define NOTE_KEYS 64
+
+typedef struct noter {
+  ns_store *s;
+  int rounds;
+} noter;
+
+static void *note_many(void *arg) {
+  noter *n = arg;
+  ns_store_reader *r;
+  char key[16];
+  uint32_t x = (uint32_t)(uintptr_t)&r | 1; /* a generator per thread */
+  if (ns_store_reader_new(n->s, &r) != NETSTASH_OK)
+    return (void *)1;
+  for (int i = 0; i < n->rounds; i++) {
+    int len;
+    x ^= x << 13;
+    x ^= x >> 17;
+    x ^= x << 5;
+    len = snprintf(key, sizeof(key), "k%02d", (int)(x % NOTE_KEYS));
+    if (ns_store_read_begin(r) != NETSTASH_OK)
+      return (void *)1;
+    ns_store_touch(r, NS_STORE_HTTP, key, (size_t)len, 0);
+    ns_store_read_end(r);
+  }
+  ns_store_reader_del(r);
+  return NULL;
+}
+
+/* Notes from three threads and another process while this one writes:
+ * every write goes through, nothing is damaged, and the ring keeps working
+ * (run under ThreadSanitizer by scripts/test). */
+static void test_touches_concurrent(void **state) {
+  ns_store_params p;
+  ns_store *s;
+  pthread_t th[3];
+  noter n;
+  pid_t pid;
+  int st;
+  uint64_t before[NOTE_KEYS];
+  char key[16], d[200];
+  (void)state;
+  params(&p);
+  p.touch_granule_ms = 0;
+  s = open_with(&p);
+  for (int i = 0; i < NOTE_KEYS; i++) {
+    snprintf(key, sizeof(key), "k%02d", i);
+    assert_int_equal(ns_store_put(s, NS_STORE_HTTP, key, 3, "v", 1, NULL, 0), NETSTASH_OK);
+  }
+  fflush(NULL);
+  pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    ns_store *cs;
+    child_init();
+    if (ns_store_open(&p, &cs, NULL, 0) != NETSTASH_OK)
+      _exit(2);
+    n.s = cs;
+    n.rounds = 30000;
+    _exit(note_many(&n) ? 3 : 0);
+  }
+  n.s = s;
+  n.rounds = 30000;
+  for (int i = 0; i < 3; i++)
+    assert_int_equal(pthread_create(&th[i], NULL, note_many, &n), 0);
+  for (int i = 0; i < 200; i++) {
+    assert_int_equal(ns_store_put(s, NS_STORE_HTTP, "w", 1, "v", 1, NULL, 0), NETSTASH_OK);
+    assert_int_equal(ns_store_flush_access(s), NETSTASH_OK);
+  }
+  for (int i = 0; i < 3; i++) {
+    void *rv;
+    assert_int_equal(pthread_join(th[i], &rv), 0);
+    assert_null(rv);
+  }
+  assert_int_equal(waitpid(pid, &st, 0), pid);
+  assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+  assert_int_equal(ns_store_verify(s, d, sizeof(d)), NETSTASH_OK);
+  /* and afterwards one note per key still lands */
+  assert_int_equal(ns_store_flush_access(s), NETSTASH_OK);
+  for (int i = 0; i < NOTE_KEYS; i++) {
+    snprintf(key, sizeof(key), "k%02d", i);
+    before[i] = atime_of(s, key);
+  }
+  sleep_ms(20);
+  {
+    ns_store_reader *r;
+    assert_int_equal(ns_store_reader_new(s, &r), NETSTASH_OK);
+    assert_int_equal(ns_store_read_begin(r), NETSTASH_OK);
+    for (int i = 0; i < NOTE_KEYS; i++) {
+      snprintf(key, sizeof(key), "k%02d", i);
+      ns_store_touch(r, NS_STORE_HTTP, key, 3, 0);
+    }
+    ns_store_read_end(r);
+    ns_store_reader_del(r);
+  }
+  assert_int_equal(ns_store_flush_access(s), NETSTASH_OK);
+  for (int i = 0; i < NOTE_KEYS; i++) {
+    snprintf(key, sizeof(key), "k%02d", i);
+    assert_true(atime_of(s, key) >= before[i] + 10);
+  }
+  ns_store_close(s);
+}
+
+/* Opens the store, notes a hit on "a" and writes it back: the access time
+ * moves. */
+static void touches_still_work(ns_store_params *p) {
+  ns_store *s = open_with(p);
+  ns_store_reader *r;
+  uint64_t a0 = atime_of(s, "a");
+  char d[200];
+  sleep_ms(20);
+  assert_int_equal(ns_store_reader_new(s, &r), NETSTASH_OK);
+  assert_int_equal(ns_store_read_begin(r), NETSTASH_OK);
+  ns_store_touch(r, NS_STORE_HTTP, "a", 1, 0);
+  ns_store_read_end(r);
+  ns_store_reader_del(r);
+  assert_int_equal(ns_store_flush_access(s), NETSTASH_OK);
+  assert_true(atime_of(s, "a") >= a0 + 10); /* (notes read a coarse clock) */
+  assert_int_equal(ns_store_verify(s, d, sizeof(d)), NETSTASH_OK);
+  ns_store_close(s);
+}
+
+/* DIR/store/touches holds hints: overwritten with junk, with a valid header
+ * over junk notes and indexes, cut short, or not a file at all, the store
+ * opens, writes, and its own hits still move access times. */
+static void test_touches_damaged(void **state) {
+  /* touches.c's layout: 4096-byte header (magic, slots, slot size; head at
+   * 64, tail at 128), 1024 slots of 528 bytes */
+  const size_t size = 4096 + 1024 * 528;
+  const uint64_t head = UINT64_C(1) << 40, tail = head + 5;
+  const uint32_t dims[2] = {1024, 528};
+  ns_store_params p;
+  ns_store *s;
+  struct stat sb;
+  char path[400];
+  uint8_t *junk = random_bytes(size);
+  int fd;
+  (void)state;
+  params(&p);
+  p.touch_granule_ms = 0;
+  s = open_with(&p);
+  assert_int_equal(ns_store_put(s, NS_STORE_HTTP, "a", 1, "v", 1, NULL, 0), NETSTASH_OK);
+  ns_store_close(s);
+  path_of(path, sizeof(path), "touches");
+  assert_int_equal(stat(path, &sb), 0);
+  assert_int_equal((size_t)sb.st_size, size);
+  assert_int_equal(sb.st_mode & 0777, 0600);
+
+  fd = open(path, O_WRONLY);
+  assert_true(fd >= 0);
+  assert_int_equal(pwrite(fd, junk, size, 0), (ssize_t)size);
+  touches_still_work(&p);
+
+  assert_int_equal(pwrite(fd, junk, size, 0), (ssize_t)size);
+  assert_int_equal(pwrite(fd, "NSTOUCH1", 8, 0), 8);
+  assert_int_equal(pwrite(fd, dims, sizeof(dims), 8), (ssize_t)sizeof(dims));
+  assert_int_equal(pwrite(fd, &head, 8, 64), 8);
+  assert_int_equal(pwrite(fd, &tail, 8, 128), 8);
+  touches_still_work(&p);
+  close(fd);
+
+  assert_int_equal(truncate(path, 100), 0);
+  touches_still_work(&p);
+  assert_int_equal(stat(path, &sb), 0);
+  assert_int_equal((size_t)sb.st_size, size);
+
+  assert_int_equal(unlink(path), 0);
+  assert_int_equal(mkdir(path, 0700), 0);
+  touches_still_work(&p); /* a ring of the handle's own */
+  assert_int_equal(rmdir(path), 0);
+  free(junk);
+}
+
 static void test_eviction_lru_pinned(void **state) {
   (void)state;
   ns_store_params p;
@@ -1885,6 +2104,9 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_schema_too_new, setup, teardown),
       cmocka_unit_test_setup_teardown(test_truncated, setup, teardown),
       cmocka_unit_test_setup_teardown(test_touch_granule, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_touches_across_processes, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_touches_damaged, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_touches_concurrent, setup, teardown),
       cmocka_unit_test_setup_teardown(test_free_tail_is_not_truncation, setup, teardown),
       cmocka_unit_test_setup_teardown(test_garbage, setup, teardown),
       cmocka_unit_test_setup_teardown(test_page_damage, setup, teardown),
