@@ -192,6 +192,12 @@ int netd_config_load(netd_config *c, const char *file, char *err, size_t errlen)
       if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > 64)
         FAIL("%s: lookup_threads: an integer from 0 to 64 expected", file);
       c->lookup_threads = (int)json_integer_value(v);
+    } else if (!strcmp(key, "cache_max_bytes")) {
+      /* up to 2^53: a JSON number every parser reads exactly */
+      if (!json_is_integer(v) || json_integer_value(v) < NETD_CACHE_MIN ||
+          json_integer_value(v) > (json_int_t)1 << 53)
+        FAIL("%s: cache_max_bytes: an integer of bytes from 1048576 (1 MiB) expected", file);
+      c->cache_max_bytes = (uint64_t)json_integer_value(v);
     } else if (!strcmp(key, "trusted_keys")) {
       if (str_list(v, &c->trusted_keys, key, err, errlen) != 0)
         goto out;

@@ -371,6 +371,8 @@ static netstash_ctx *make_ctx(netd *d, char *err, size_t errlen) {
   }
   netstash_options_set_profile_dir(o, d->cfg.profile);
   netstash_options_set_log(o, lib_log, d->cfg.log_level, d);
+  if (d->cfg.cache_max_bytes)
+    netstash_options_set_cache_max_bytes(o, d->cfg.cache_max_bytes);
   if (d->cfg.ca_file)
     netstash_options_set_ca_file(o, d->cfg.ca_file);
   if (d->cfg.allow_unsigned)
@@ -468,11 +470,13 @@ int main(int argc, char **argv) {
     return o.check || o.config ? EX_CONFIG : EX_USAGE_;
   }
   if (o.check) {
-    printf("netd: configuration OK (profile %s, socket %s%s%s%s%s, %zu warm schedule(s), "
-           "%zu lookup thread(s))\n",
-           d->cfg.profile, d->cfg.socket_path, d->cfg.proxy_port ? ", proxy" : "",
-           d->cfg.gateway_port ? ", gateway" : "", d->cfg.gateway_h2_port ? ", HTTP/2 gateway" : "",
-           d->cfg.metrics_port ? ", metrics" : "", d->cfg.nwarms, netd_lookup_threads(&d->cfg));
+    printf(
+        "netd: configuration OK (profile %s, socket %s%s%s%s%s, %zu warm schedule(s), "
+        "%zu lookup thread(s), store evicted down to %llu bytes)\n",
+        d->cfg.profile, d->cfg.socket_path, d->cfg.proxy_port ? ", proxy" : "",
+        d->cfg.gateway_port ? ", gateway" : "", d->cfg.gateway_h2_port ? ", HTTP/2 gateway" : "",
+        d->cfg.metrics_port ? ", metrics" : "", d->cfg.nwarms, netd_lookup_threads(&d->cfg),
+        (unsigned long long)(d->cfg.cache_max_bytes ? d->cfg.cache_max_bytes : NETD_CACHE_DEFAULT));
     netd_config_free(&d->cfg);
     return EX_OK_;
   }

@@ -53,6 +53,7 @@ typedef struct netd_config {
   char *metrics_host;
   int metrics_port;
   /* library options */
+  uint64_t cache_max_bytes; /* the store's size (evicted down to); 0: the library's 256 MiB */
   char *ca_file;
   char *trusted_keys;  /* '\n'-separated public key files */
   int allow_unsigned;
@@ -126,6 +127,10 @@ int netd_source_index(netstash_source s);
  * a lookup thread competes with netd's busy loop for it and loses more than
  * it gains (doc/DESIGN.md): then the default is none. */
 #define NETD_LOOKUP_THREADS 16
+/* cache_max_bytes: the library's floor and default
+ * (netstash_options_set_cache_max_bytes). */
+#define NETD_CACHE_MIN (1 << 20)
+#define NETD_CACHE_DEFAULT ((uint64_t)256 << 20)
 
 /* ------------------------------------------------------------ daemon */
 

@@ -323,6 +323,23 @@ static void test_lock_and_config(void **state) {
   assert_int_equal(st, 3);
   assert_non_null(strstr(out, "lookup_threads: an integer from 0 to 64 expected"));
   free(out);
+  /* the store's size: the library's default, or the configured one */
+  out =
+      check_config(dp.profile, "lkt1", "", &st, "{\"profile\": \"/tmp/x\", \"lookup_threads\": 3}");
+  assert_int_equal(st, 0);
+  assert_non_null(strstr(out, "store evicted down to 268435456 bytes"));
+  free(out);
+  out = check_config(dp.profile, "cmb", "", &st,
+                     "{\"profile\": \"/tmp/x\", \"cache_max_bytes\": 5000000}");
+  assert_int_equal(st, 0);
+  assert_non_null(strstr(out, "store evicted down to 5000000 bytes"));
+  free(out);
+  out = check_config(dp.profile, "cmb", "", &st,
+                     "{\"profile\": \"/tmp/x\", \"cache_max_bytes\": 1000}");
+  assert_int_equal(st, 3);
+  assert_non_null(
+      strstr(out, "cache_max_bytes: an integer of bytes from 1048576 (1 MiB) expected"));
+  free(out);
   out = check_config(dp.profile, "typo", "", &st,
                      "{\"profile\": \"/tmp/x\", \"sockett\": \"/tmp/s\"}");
   assert_int_equal(st, 3);
@@ -1382,6 +1399,99 @@ static void test_sighup_reload(void **state) {
   assert_int_equal(netd_run_stop(&dp), 0);
 }
 
+/* The HTTP cache's records in netd's store, read by `netstash stats` (whose
+ * reads note no access). */
+static long http_records(const char *profile) {
+  char cmd[2048], *out, *p;
+  long n = -1;
+  int st;
+  snprintf(cmd, sizeof(cmd), "%s/tools/netstash stats --profile %s --json", getenv("NST_BUILDDIR"),
+           profile);
+  out = netd_run_capture(cmd, &st);
+  assert_int_equal(st, 0);
+  p = strstr(out, "\"http\":");
+  if (p)
+    n = strtol(p + 7, NULL, 10);
+  free(out);
+  return n;
+}
+
+/* A kernel process reading netd's store directly (a local-mode context on
+ * netd's profile) keeps the entries it serves: its hits reach the LRU order
+ * netd evicts by (the store's shared access notes), although that process
+ * never writes. Entry a is stored first, b1..b4 after it; the reader hits a
+ * only; then netd stores more than its cache_max_bytes holds, and the first
+ * eviction takes b1..., not a — without the reader's hits a, the oldest,
+ * would go first. */
+static void test_direct_reader_keeps_entries(void **state) {
+  enum { SIZE = 50000, FILL = 30 };
+  netd_proc dp = {0};
+  netstash_ctx *ctx, *local;
+  netstash_options *o;
+  netstash_preload_hit *h;
+  netstash_request *req;
+  netstash_fetch *f;
+  char cmd[2048], conf[1100], detail[256], name[64];
+  long before, now;
+  int evicted = 0;
+  FILE *fp;
+  (void)state;
+  snprintf(
+      cmd, sizeof(cmd),
+      "mkdir -p %s/fresh/lru && cd %s/fresh/lru && for n in a b1 b2 b3 b4 $(seq -f f%%02g 1 %d); "
+      "do head -c %d /dev/urandom >$n.bin; done",
+      nst_site(), nst_site(), FILL, SIZE);
+  assert_int_equal(system(cmd), 0);
+  snprintf(conf, sizeof(conf), "%s.json", nst_path("netd-lru"));
+  fp = fopen(conf, "w");
+  assert_non_null(fp);
+  fprintf(fp, "{\"cache_max_bytes\": 1048576}");
+  fclose(fp);
+  netd_start(&dp, "netd-lru", conf);
+  ctx = remote_ctx(dp.sock);
+  for (int i = 0; i < 5; i++) {
+    snprintf(name, sizeof(name), "/fresh/lru/%s.bin",
+             i ? (const char *[]){"b1", "b2", "b3", "b4"}[i - 1] : "a");
+    assert_int_equal(get(ctx, url_of(name), &f), NETSTASH_OK);
+    assert_int_equal(netstash_fetch_status(f), 200);
+    netstash_fetch_del(f);
+  }
+  ipc_settled(&dp);
+  /* the reader: netd's profile, read directly */
+  assert_int_equal(netstash_options_new(&o), NETSTASH_OK);
+  assert_int_equal(netstash_options_set_profile_dir(o, dp.profile), NETSTASH_OK);
+  assert_int_equal(netstash_ctx_new(&local, o, detail, sizeof(detail)), NETSTASH_OK);
+  netstash_options_del(o);
+  assert_int_equal(netstash_preload_hit_new(local, &h), NETSTASH_OK);
+  usleep(1100 * 1000); /* an access moves a record's time once it is a second old */
+  assert_int_equal(netstash_request_new(&req, url_of("/fresh/lru/a.bin")), NETSTASH_OK);
+  assert_int_equal(netstash_intercept_cached(req, h), NETSTASH_OK);
+  netstash_preload_hit_release(h);
+  /* netd stores more until its first eviction */
+  before = http_records(dp.profile);
+  assert_true(before > 0);
+  for (int i = 1; i <= FILL && !evicted; i++) {
+    snprintf(name, sizeof(name), "/fresh/lru/f%02d.bin", i);
+    assert_int_equal(get(ctx, url_of(name), &f), NETSTASH_OK);
+    netstash_fetch_del(f);
+    ipc_settled(&dp);
+    now = http_records(dp.profile);
+    evicted = now < before + 2; /* each entry is two records: index, variant */
+    before = now;
+  }
+  assert_true(evicted);
+  assert_int_equal(netstash_intercept_cached(req, h), NETSTASH_OK); /* a stayed */
+  netstash_preload_hit_release(h);
+  netstash_request_del(req);
+  assert_int_equal(netstash_request_new(&req, url_of("/fresh/lru/b1.bin")), NETSTASH_OK);
+  assert_int_equal(netstash_intercept_cached(req, h), NETSTASH_E_NOT_FOUND); /* b1 went */
+  netstash_request_del(req);
+  netstash_preload_hit_del(h);
+  netstash_ctx_del(local);
+  netstash_ctx_del(ctx);
+  assert_int_equal(netd_run_stop(&dp), 0);
+}
+
 static int setup(void **state) {
   (void)state;
   if (netd_run_setup("netd") != 0)
@@ -1413,6 +1523,7 @@ int main(void) {
       cmocka_unit_test(test_ipc_fast_hits),
       cmocka_unit_test(test_remote_lookup_answer_in_pieces),
       cmocka_unit_test(test_ipc_end_before_commit),
+      cmocka_unit_test(test_direct_reader_keeps_entries),
   };
   if (getenv("NST_TEST_FILTER")) /* e.g. test_restart_under_load, to loop one test */
     cmocka_set_test_filter(getenv("NST_TEST_FILTER"));
