@@ -1431,8 +1431,10 @@ static int lk_refuse(ipc_sess *s, int status) {
   return lk_send(s, &b, 1, n);
 }
 
-/* Is the lookup one for the HTTP cache? */
-static int lk_wants_cache(const lk_conn *k) {
+enum { LK_PRELOAD, LK_CACHE, LK_ANY };
+
+/* Which store the lookup asks (X-Netstash-Lookup: cache, any, or none). */
+static int lk_wants(const lk_conn *k) {
   static const char f[] = "x-netstash-lookup:";
   const char *p = k->fields, *end = k->fields + k->fields_len;
   while (p < end) {
@@ -1440,15 +1442,19 @@ static int lk_wants_cache(const lk_conn *k) {
     size_t n = eol ? (size_t)(eol - p) : (size_t)(end - p);
     if (n > sizeof(f) - 1 && !strncasecmp(p, f, sizeof(f) - 1)) {
       const char *v = p + sizeof(f) - 1;
+      size_t vl;
       while (v < p + n && (*v == ' ' || *v == '\t'))
         v++;
-      return (size_t)(p + n - v) >= 5 && !strncasecmp(v, "cache", 5);
+      vl = (size_t)(p + n - v);
+      return vl >= 5 && !strncasecmp(v, "cache", 5) ? LK_CACHE
+             : vl >= 3 && !strncasecmp(v, "any", 3) ? LK_ANY
+                                                    : LK_PRELOAD;
     }
     if (!eol)
       break;
     p = eol + 2;
   }
-  return 0;
+  return LK_PRELOAD;
 }
 
 #define LK_MAX_BUFS (1 + NS_LOOKUP_MAX_BODY / 65520 + 2) /* the head, one per store chunk */
@@ -1467,12 +1473,14 @@ static int lk_compose(netd *d, lk_server *w, lk_conn *k, uv_buf_t *bufs, size_t 
     return 405;
   if (k->has_body || (strncmp(k->url, "https://", 8) && strncmp(k->url, "http://", 7)))
     return 400;
-  if (!w->hit)
+  if (!w->hit) {
     e = NETSTASH_E_ILLEGAL_STATE;
-  else if (lk_wants_cache(k))
-    e = lookup_cached(w, k);
-  else
-    e = netstash_preload_lookup(w->hit, k->url);
+  } else {
+    int want = lk_wants(k);
+    e = want == LK_CACHE ? NETSTASH_E_NOT_FOUND : netstash_preload_lookup(w->hit, k->url);
+    if (e != NETSTASH_OK && want != LK_PRELOAD) /* any: the HTTP cache when not preloaded */
+      e = lookup_cached(w, k);
+  }
   if (e == NETSTASH_OK && netstash_preload_hit_body_size(w->hit) > NS_LOOKUP_MAX_BODY)
     e = NETSTASH_E_TOO_LARGE; /* the client starts a job: streamed */
   if (e == NETSTASH_OK)

@@ -3,8 +3,9 @@
  * the resource-interceptor ABI only (include/netstash/interceptor.h): the
  * document, then every subresource a parser and a style engine would find,
  * with browser-like priorities and concurrency, each request first offered
- * to the synchronous preload fast path (netstash_intercept_preloaded) and
- * then started as a job (netstash_job_start, push callbacks).
+ * to the synchronous fast path (netstash_intercept_lookup: preloaded, or
+ * fresh in the HTTP cache) and then started as a job (netstash_job_start,
+ * push callbacks).
  *
  * Discovery: HTML is parsed with Gumbo (a conforming HTML5 parser); CSS
  * (stylesheets, @import, <style>, style="") with the small tokenizer below,
@@ -1696,7 +1697,7 @@ static void take_preload_hit(load *L, res *r) {
   /* the body view is opened only for what is parsed (a kernel hands the
    * view on; opening it costs a store read) */
   uint32_t k, nc = r->parse ? netstash_preload_hit_chunk_count(L->hit) : 0;
-  r->source = NETSTASH_SOURCE_PRELOAD;
+  r->source = netstash_preload_hit_source(L->hit); /* preload, or a fresh HTTP-cache entry */
   r->status = netstash_preload_hit_status(L->hit);
   r->bytes = netstash_preload_hit_body_size(L->hit);
   r->head_ms = now_ms(L);
@@ -1727,7 +1728,7 @@ static void start_res(load *L, res *r) {
   L->running++;
   r->start_ms = now_ms(L);
   e = build_request(L, r, &q);
-  if (e == NETSTASH_OK && L->hit && netstash_intercept_preloaded(q, L->hit) == NETSTASH_OK) {
+  if (e == NETSTASH_OK && L->hit && netstash_intercept_lookup(q, L->hit) == NETSTASH_OK) {
     take_preload_hit(L, r);
     netstash_request_del(q);
     push_done(r);

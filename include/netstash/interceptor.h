@@ -9,8 +9,10 @@
  * network — and reports which, and why (netstash_fetch_source /
  * netstash_fetch_cache_reason on netstash_job_fetch(job)).
  *
- *   fast path   netstash_intercept_preloaded(): "is this URL preloaded? head
- *               and body now" — synchronous, allocation-free, no thread hop.
+ *   fast path   netstash_intercept_lookup(): "is this URL preloaded, or fresh
+ *               in the HTTP cache? head and body now" — synchronous, no
+ *               thread hop (netstash_intercept_preloaded and
+ *               netstash_intercept_cached are its two halves).
  *   job         netstash_job_start(): asynchronous, always: it returns at once
  *               (the kernel is never blocked on the network, unlike a
  *               synchronous shouldInterceptRequest) and the answer follows
@@ -163,6 +165,17 @@ NETSTASH_EXTERN netstash_error netstash_intercept_preloaded(const netstash_reque
  * netstash_intercept_preloaded (the job's order: preload, then the HTTP
  * cache). */
 NETSTASH_EXTERN netstash_error netstash_intercept_cached(const netstash_request *req,
+                                                         netstash_preload_hit *hit);
+
+/* Both in one call, in the job's order: netstash_intercept_preloaded, then,
+ * when that has no answer, netstash_intercept_cached — each where the
+ * request qualifies for it (a request with NETSTASH_CACHE_BYPASS or load
+ * flags is asked of one of them only). NETSTASH_OK: hit filled, and
+ * netstash_preload_hit_source() says from where; otherwise what the last
+ * check asked said (NETSTASH_E_NOT_FOUND: start a job). On a remote-mode
+ * context: one round trip to netd where the two calls take two (netd tries
+ * its preload store, then its HTTP cache). */
+NETSTASH_EXTERN netstash_error netstash_intercept_lookup(const netstash_request *req,
                                                          netstash_preload_hit *hit);
 
 /* ------------------------------------------------------------------------

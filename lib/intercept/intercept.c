@@ -207,14 +207,26 @@ static int partial_or_conditional(const netstash_request *req) {
   return 0;
 }
 
+/* May the preload store answer req (as a job would let it)? */
+static int preload_may(const netstash_request *req) {
+  return !(req->method && strcmp(req->method, "GET") != 0) && !req->has_body && !req->no_preload &&
+         req->cache_mode != NETSTASH_CACHE_BYPASS && !partial_or_conditional(req) &&
+         !(req->from_worker && (req->destination == NETSTASH_DEST_DOCUMENT ||
+                                req->destination == NETSTASH_DEST_IFRAME));
+}
+
+/* May a fresh stored answer be served for req without a request of its own? */
+static int cache_may(const netstash_request *req) {
+  return !(req->method && strcmp(req->method, "GET") != 0) && !req->has_body &&
+         req->cache_mode == NETSTASH_CACHE_DEFAULT && req->load_flags == 0 &&
+         !partial_or_conditional(req);
+}
+
 netstash_error netstash_intercept_preloaded(const netstash_request *req,
                                             netstash_preload_hit *hit) {
   if (!req || !hit)
     return NETSTASH_E_INVALID_ARGUMENT;
-  if ((req->method && strcmp(req->method, "GET") != 0) || req->has_body || req->no_preload ||
-      req->cache_mode == NETSTASH_CACHE_BYPASS || partial_or_conditional(req) ||
-      (req->from_worker &&
-       (req->destination == NETSTASH_DEST_DOCUMENT || req->destination == NETSTASH_DEST_IFRAME)))
+  if (!preload_may(req))
     return NETSTASH_E_NOT_FOUND;
   return netstash_preload_lookup(hit, req->url.url);
 }
@@ -222,11 +234,25 @@ netstash_error netstash_intercept_preloaded(const netstash_request *req,
 netstash_error netstash_intercept_cached(const netstash_request *req, netstash_preload_hit *hit) {
   if (!req || !hit)
     return NETSTASH_E_INVALID_ARGUMENT;
-  if ((req->method && strcmp(req->method, "GET") != 0) || req->has_body ||
-      req->cache_mode != NETSTASH_CACHE_DEFAULT || req->load_flags != 0 ||
-      partial_or_conditional(req))
+  if (!cache_may(req))
     return NETSTASH_E_NOT_FOUND;
-  return ns_preload_hit_cached(hit, req);
+  return ns_preload_hit_cached(hit, req, 0);
+}
+
+netstash_error netstash_intercept_lookup(const netstash_request *req, netstash_preload_hit *hit) {
+  int pre, cache;
+  if (!req || !hit)
+    return NETSTASH_E_INVALID_ARGUMENT;
+  pre = preload_may(req);
+  cache = cache_may(req);
+  if (pre && cache && ns_preload_hit_remote(hit))
+    return ns_preload_hit_cached(hit, req, 1); /* netd tries both: one round trip */
+  if (pre) {
+    netstash_error e = netstash_preload_lookup(hit, req->url.url);
+    if (e == NETSTASH_OK || !cache)
+      return e;
+  }
+  return cache ? ns_preload_hit_cached(hit, req, 0) : NETSTASH_E_NOT_FOUND;
 }
 
 /* ------------------------------------------------------------ jobs */

@@ -20,6 +20,9 @@
  * X-Netstash-Top-Level-Site when present; a fresh stored answer comes as a
  * preloaded one does with "X-Netstash-Source: cache" (and its Age), no
  * preload id or version; anything else is the 502 NETSTASH_E_NOT_FOUND.
+ * With "X-Netstash-Lookup: any" (netstash_intercept_lookup) netd answers
+ * from its preload store as without the field and, when that has nothing,
+ * from its HTTP cache as with "cache": one round trip for both checks.
  * Answer, from the preload store only:
  *  - preloaded: the stored status and fields, then Content-Length,
  *    X-Netstash-Source: preload, X-Netstash-Preload-Id and

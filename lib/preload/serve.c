@@ -618,11 +618,13 @@ static netstash_error cached_local(netstash_preload_hit *hit, const netstash_req
 }
 
 /* Remote: the request's fields go with the lookup (lookup_http.h). */
-static netstash_error cached_remote(netstash_preload_hit *hit, const netstash_request *req) {
+static netstash_error cached_remote(netstash_preload_hit *hit, const netstash_request *req,
+                                    int preload_first) {
   ns_buf *x = &hit->req;
   netstash_error e;
   ns_buf_reset(x);
-  e = ns_buf_append_str(x, "X-Netstash-Lookup: cache\r\n");
+  e = ns_buf_append_str(x, preload_first ? "X-Netstash-Lookup: any\r\n"
+                                         : "X-Netstash-Lookup: cache\r\n");
   if (e == NETSTASH_OK && req->top_level_site.url &&
       (e = ns_buf_append_str(x, "X-Netstash-Top-Level-Site: ")) == NETSTASH_OK &&
       (e = ns_buf_append_str(x, req->top_level_site.url)) == NETSTASH_OK)
@@ -642,9 +644,14 @@ static netstash_error cached_remote(netstash_preload_hit *hit, const netstash_re
   return e;
 }
 
-netstash_error ns_preload_hit_cached(netstash_preload_hit *hit, const netstash_request *req) {
+netstash_error ns_preload_hit_cached(netstash_preload_hit *hit, const netstash_request *req,
+                                     int preload_first) {
   netstash_preload_hit_release(hit);
-  return hit->remote ? cached_remote(hit, req) : cached_local(hit, req);
+  return hit->remote ? cached_remote(hit, req, preload_first) : cached_local(hit, req);
+}
+
+int ns_preload_hit_remote(const netstash_preload_hit *hit) {
+  return hit->remote;
 }
 
 netstash_source netstash_preload_hit_source(const netstash_preload_hit *hit) {

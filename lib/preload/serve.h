@@ -14,7 +14,14 @@
  * job must do. A raw request (netstash_request_set_raw_body) gets the body
  * as received: one the store keeps in the coding it arrived in is left to a
  * job, which relays it as is. */
-netstash_error ns_preload_hit_cached(netstash_preload_hit *hit, const netstash_request *req);
+netstash_error ns_preload_hit_cached(netstash_preload_hit *hit, const netstash_request *req,
+                                     int preload_first);
+/* preload_first (a remote hit only; the request qualifies for both): netd
+ * tries its preload store first, then its HTTP cache, in one round trip
+ * (netstash_intercept_lookup). */
+
+/* Does the hit ask netd (a remote-mode context's)? */
+int ns_preload_hit_remote(const netstash_preload_hit *hit);
 
 /* How many decoded HTTP-cache entries the hit keeps (default 16), one per
  * slot of a hash of the URL: an entry found again, in a store that has not

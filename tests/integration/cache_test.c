@@ -236,6 +236,10 @@ static void test_intercept_cached(void **state) {
   assert_string_equal(body, a.body);
   assert_true(age >= 0 && age <= 5);
   assert_string_equal(netstash_preload_hit_manifest_id(h), "");
+  /* the whole fast path in one call: not preloaded, then the HTTP cache */
+  assert_int_equal(netstash_intercept_lookup(req, h), NETSTASH_OK);
+  assert_int_equal(netstash_preload_hit_source(h), NETSTASH_SOURCE_CACHE);
+  assert_int_equal(netstash_preload_hit_body_size(h), strlen(a.body));
   /* again: the entry the last lookup decoded is kept (same snapshot, same
    * key); once a new answer replaced it (a new snapshot), it is read again */
   assert_int_equal(fast(h, req, body, sizeof(body), &age), NETSTASH_OK);

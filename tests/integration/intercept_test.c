@@ -244,11 +244,16 @@ static void test_fast_path(void **state) {
   assert_int_equal(netstash_intercept_preloaded(q, h), NETSTASH_OK);
   assert_int_equal(netstash_preload_hit_body_size(h), 4u << 20);
   assert_true(netstash_preload_hit_chunk_count(h) > 1);
+  /* the whole fast path in one call: preloaded first */
+  assert_int_equal(netstash_intercept_lookup(q, h), NETSTASH_OK);
+  assert_int_equal(netstash_preload_hit_source(h), NETSTASH_SOURCE_PRELOAD);
+  assert_int_equal(netstash_preload_hit_body_size(h), 4u << 20);
   netstash_request_del(q);
   /* POST, Range, and disabled cache go the long way */
   q = req_for(url);
   netstash_request_set_method(q, "POST");
   assert_int_equal(netstash_intercept_preloaded(q, h), NETSTASH_E_NOT_FOUND);
+  assert_int_equal(netstash_intercept_lookup(q, h), NETSTASH_E_NOT_FOUND);
   netstash_request_del(q);
   q = req_for(url);
   netstash_request_add_header(q, "Range", "bytes=0-9");
@@ -257,6 +262,7 @@ static void test_fast_path(void **state) {
   q = req_for(url);
   netstash_request_set_load_flags(q, NETSTASH_LOAD_DISABLE_CACHE);
   assert_int_equal(netstash_intercept_preloaded(q, h), NETSTASH_E_NOT_FOUND);
+  assert_int_equal(netstash_intercept_lookup(q, h), NETSTASH_E_NOT_FOUND);
   netstash_request_del(q);
   /* conditional: a job's (it answers 304 when the validator matches) */
   q = req_for(url);

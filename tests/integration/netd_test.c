@@ -650,6 +650,20 @@ static void test_remote_cached_lookup(void **state) {
       age++;
   }
   assert_int_equal(age, 1);
+  /* the kernel's whole fast path in one round trip: not preloaded, then
+   * netd's HTTP cache */
+  assert_int_equal(netstash_intercept_lookup(req, h), NETSTASH_OK);
+  assert_int_equal(netstash_preload_hit_source(h), NETSTASH_SOURCE_CACHE);
+  check_hit_body(h, path);
+  {
+    /* a load flag keeps the HTTP cache out: only the preload store is asked */
+    netstash_request *r2;
+    assert_int_equal(netstash_request_new(&r2, url_of("/fresh/a.bin")), NETSTASH_OK);
+    assert_int_equal(netstash_request_set_load_flags(r2, NETSTASH_LOAD_VALIDATE_CACHE),
+                     NETSTASH_OK);
+    assert_int_equal(netstash_intercept_lookup(r2, h), NETSTASH_E_NOT_FOUND);
+    netstash_request_del(r2);
+  }
   /* a Range request is a job's */
   assert_int_equal(netstash_request_add_header(req, "Range", "bytes=0-3"), NETSTASH_OK);
   assert_int_equal(netstash_intercept_cached(req, h), NETSTASH_E_NOT_FOUND);
@@ -685,6 +699,22 @@ static void test_remote_cached_lookup(void **state) {
     assert_non_null(strstr(head, "HTTP/1.1 200 OK\r\n"));
     assert_non_null(strstr(head, "X-Netstash-Source: cache\r\n"));
     assert_non_null(strstr(head, "Content-Length: 200000\r\n"));
+  }
+  fclose(fp);
+  /* "any": the preload store, then the HTTP cache */
+  snprintf(cmd, sizeof(cmd),
+           "curl -s -i -o %s/cached.out --unix-socket %s -H 'X-Netstash-Lookup: any' "
+           "--request-target '%s' http://netd/",
+           nst_workdir(), dp.sock, url_of("/fresh/a.bin"));
+  assert_int_equal(system(cmd), 0);
+  fp = fopen(path, "rb");
+  assert_non_null(fp);
+  {
+    char head[4096];
+    size_t n = fread(head, 1, sizeof(head) - 1, fp);
+    head[n] = 0;
+    assert_non_null(strstr(head, "HTTP/1.1 200 OK\r\n"));
+    assert_non_null(strstr(head, "X-Netstash-Source: cache\r\n"));
   }
   fclose(fp);
   /* the same URL from another top-level site is another partition: not
@@ -938,6 +968,16 @@ static void remote_lookup_checks(const char *config, int threads) {
   assert_int_equal(netstash_preload_lookup(h, url), NETSTASH_OK);
   snprintf(path, sizeof(path), "%s/a.txt", dir);
   check_hit_body(h, path);
+  /* the kernel's whole fast path in one round trip: preloaded first; a
+   * request that may use neither store does not ask */
+  assert_int_equal(netstash_request_new(&req, url), NETSTASH_OK);
+  assert_int_equal(netstash_intercept_lookup(req, h), NETSTASH_OK);
+  assert_int_equal(netstash_preload_hit_source(h), NETSTASH_SOURCE_PRELOAD);
+  assert_string_equal(netstash_preload_hit_manifest_id(h), "nlook");
+  check_hit_body(h, path);
+  assert_int_equal(netstash_request_set_cache_mode(req, NETSTASH_CACHE_BYPASS), NETSTASH_OK);
+  assert_int_equal(netstash_intercept_lookup(req, h), NETSTASH_E_NOT_FOUND);
+  netstash_request_del(req);
 
   /* a page loaded through netd as a sandboxed kernel would: the
    * preloaded document by the fast path, nothing from the network */

@@ -32,6 +32,11 @@
  *              into a buffer, the hit released, the request deleted; also
  *              without -P for the HTTP cache's entries (c/big.bin,
  *              c/small.bin) with netstash_intercept_cached()
+ *   netd kernel lookup  the kernel's whole fast path for those HTTP-cache
+ *              entries: netstash_intercept_lookup() (netd tries its preload
+ *              store, then its HTTP cache: one round trip)
+ *   netd two lookups  the same as two calls, netstash_intercept_preloaded()
+ *              (a miss) then netstash_intercept_cached(): two round trips
  *   netd, miss  a remote-mode fetch of c/small.bin with a query of its own
  *              (?miss=PID-I): netd fetches it from caddy (source network)
  *              and stores it; the fetch ends with the last body byte, not
@@ -75,7 +80,19 @@ __attribute__((noreturn)) static void die(const char *msg) {
   exit(1);
 }
 
-typedef enum kind { K_PINGPONG, K_NETD, K_DIRECT, K_LOOKUP, K_RLOOKUP, K_MISS } kind;
+/* K_KLOOKUP: the kernel's whole fast path, netstash_intercept_lookup (one
+ * round trip); K_KLOOKUP2: the same as two calls, netstash_intercept_preloaded
+ * (a miss for an HTTP-cache entry) then netstash_intercept_cached */
+typedef enum kind {
+  K_PINGPONG,
+  K_NETD,
+  K_DIRECT,
+  K_LOOKUP,
+  K_RLOOKUP,
+  K_MISS,
+  K_KLOOKUP,
+  K_KLOOKUP2
+} kind;
 
 typedef struct row {
   const char *name;
@@ -203,7 +220,7 @@ static netstash_ctx *ctx_open(kind k) {
   char det[256] = "";
   if (netstash_options_new(&o) != NETSTASH_OK)
     die("options");
-  if (k == K_NETD || k == K_RLOOKUP || k == K_MISS
+  if (k == K_NETD || k == K_RLOOKUP || k == K_MISS || k == K_KLOOKUP || k == K_KLOOKUP2
           ? netstash_options_set_remote(o, sock_path) != NETSTASH_OK
           : netstash_options_set_profile_dir(o, profile) != NETSTASH_OK)
     die("options");
@@ -264,16 +281,28 @@ static netstash_source fetch_once(netstash_ctx *ctx, const char *url, size_t siz
 }
 
 /* A preload hit of size bytes copied into buf: netstash_preload_lookup(url),
- * or with via_request the interceptor's fast path on a new request. */
-static void lookup_once(netstash_preload_hit *h, const char *url, size_t size, uint8_t *buf,
-                        int via_request, int cached) {
+ * or (k other than K_LOOKUP) the interceptor's fast path on a new request. */
+static void lookup_once(netstash_preload_hit *h, const char *url, size_t size, uint8_t *buf, kind k,
+                        int cached) {
   size_t at = 0;
   netstash_request *req = NULL;
   netstash_error e;
-  if (via_request) {
+  if (k != K_LOOKUP) {
     if (netstash_request_new(&req, url) != NETSTASH_OK)
       die("cannot make a request");
-    e = cached ? netstash_intercept_cached(req, h) : netstash_intercept_preloaded(req, h);
+    switch (k) {
+    case K_KLOOKUP:
+      e = netstash_intercept_lookup(req, h);
+      break;
+    case K_KLOOKUP2:
+      e = netstash_intercept_preloaded(req, h);
+      if (e != NETSTASH_OK)
+        e = netstash_intercept_cached(req, h);
+      break;
+    default:
+      e = cached ? netstash_intercept_cached(req, h) : netstash_intercept_preloaded(req, h);
+      break;
+    }
   } else {
     e = netstash_preload_lookup(h, url);
   }
@@ -411,7 +440,8 @@ static result run_row(const row *r) {
       size = 1;
   } else {
     ctx = ctx_open(r->k);
-    if ((r->k == K_LOOKUP || r->k == K_RLOOKUP) && netstash_preload_hit_new(ctx, &h) != NETSTASH_OK)
+    if ((r->k == K_LOOKUP || r->k == K_RLOOKUP || r->k == K_KLOOKUP || r->k == K_KLOOKUP2) &&
+        netstash_preload_hit_new(ctx, &h) != NETSTASH_OK)
       die("preload hit");
   }
   for (size_t i = 0; i < w + n; i++) {
@@ -441,7 +471,9 @@ static result run_row(const row *r) {
       break;
     case K_LOOKUP:
     case K_RLOOKUP:
-      lookup_once(h, url, size, buf, r->k == K_RLOOKUP, !r->preload);
+    case K_KLOOKUP:
+    case K_KLOOKUP2:
+      lookup_once(h, url, size, buf, r->k, !r->preload);
       break;
     }
     if (i >= w)
@@ -669,6 +701,9 @@ int main(int argc, char **argv) {
   add_row((row){"direct, HTTP cache, small", K_DIRECT, 0, 0});
   add_row((row){"netd lookup, HTTP cache, big", K_RLOOKUP, 1, 0});
   add_row((row){"netd lookup, HTTP cache, small", K_RLOOKUP, 0, 0});
+  add_row((row){"netd kernel lookup, HTTP cache, big", K_KLOOKUP, 1, 0});
+  add_row((row){"netd kernel lookup, HTTP cache, small", K_KLOOKUP, 0, 0});
+  add_row((row){"netd two lookups, HTTP cache, small", K_KLOOKUP2, 0, 0});
   add_row((row){"netd, miss, small", K_MISS, 0, 0});
   if (with_preload) {
     add_row((row){"netd, preload, big", K_NETD, 1, 1});
@@ -747,6 +782,12 @@ int main(int argc, char **argv) {
         find_row(K_PINGPONG, 0, 0), f_p50, "<= 2x");
   ratio("netd lookup HTTP cache big / pingpong 50 KB, p99", find_row(K_RLOOKUP, 1, 0),
         find_row(K_PINGPONG, 1, 0), f_p99, NULL);
+  ratio("netd kernel lookup HTTP cache big / pingpong 50 KB", find_row(K_KLOOKUP, 1, 0),
+        find_row(K_PINGPONG, 1, 0), f_p50, "<= 1.5x");
+  ratio("netd kernel lookup HTTP cache small / pingpong 1 B", find_row(K_KLOOKUP, 0, 0),
+        find_row(K_PINGPONG, 0, 0), f_p50, "<= 2x");
+  ratio("netd two lookups HTTP cache small / pingpong 1 B", find_row(K_KLOOKUP2, 0, 0),
+        find_row(K_PINGPONG, 0, 0), f_p50, NULL);
   if (with_preload) {
     ratio("netd preload big / pingpong 50 KB", find_row(K_NETD, 1, 1), find_row(K_PINGPONG, 1, 0),
           f_p50, "<= 1.5x");
