@@ -13,12 +13,11 @@
  * fresh stored answer to req in hit, or NETSTASH_E_NOT_FOUND for anything a
  * job must do. A raw request (netstash_request_set_raw_body) gets the body
  * as received: one the store keeps in the coding it arrived in is left to a
- * job, which relays it as is. */
+ * job, which relays it as is. preload_first (a remote hit, and a request
+ * that qualifies for both): netd tries its preload store first, then its
+ * HTTP cache, in one round trip (netstash_intercept_lookup). */
 netstash_error ns_preload_hit_cached(netstash_preload_hit *hit, const netstash_request *req,
                                      int preload_first);
-/* preload_first (a remote hit only; the request qualifies for both): netd
- * tries its preload store first, then its HTTP cache, in one round trip
- * (netstash_intercept_lookup). */
 
 /* Does the hit ask netd (a remote-mode context's)? */
 int ns_preload_hit_remote(const netstash_preload_hit *hit);

@@ -8,12 +8,12 @@
  *   128   tail: the index the next writer takes from (under the write lock)
  *   4096  slots[SLOTS]: seq (index + 1 once written, 0 while written),
  *         ms, len | db << 16, the key in 8-byte words
- * Every field in the map is read and written as an atomic: producers in
- * other processes write it at any time.
+ * head, tail and the slots are read and written as atomics only:
+ * producers in other processes write them at any time. The dimensions are
+ * written once, under the file's flock, before anyone maps it.
  */
 #include "ns_setup.h"
 
-#include <errno.h>
 #include <fcntl.h>
 #include <stdatomic.h>
 #include <stdio.h>

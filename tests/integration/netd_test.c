@@ -265,6 +265,16 @@ static char *check_config(const char *dir, const char *name, const char *args, i
   return netd_run_capture(cmd, st);
 }
 
+/* netd --check-config on {"profile": "/tmp/x", FIELDS}: exit status want_st,
+ * want in what it says. */
+static void config_says(const char *dir, const char *fields, int want_st, const char *want) {
+  int st;
+  char *out = check_config(dir, "says", "", &st, "{\"profile\": \"/tmp/x\", %s}", fields);
+  if (st != want_st || !strstr(out, want))
+    fail_msg("--check-config with %s: status %d (want %d), said: %s", fields, st, want_st, out);
+  free(out);
+}
+
 /* One netd per profile; --check-config. */
 static void test_lock_and_config(void **state) {
   netd_proc dp = {0};
@@ -287,15 +297,8 @@ static void test_lock_and_config(void **state) {
   assert_int_equal(st, 0);
   assert_non_null(strstr(out, "configuration OK"));
   free(out);
-  out = check_config(dp.profile, "bad", "", &st,
-                     "{\"profile\": \"/tmp/x\", \"proxy\": \"10.1.2.3:8080\"}");
-  assert_int_equal(st, 3);
-  assert_non_null(strstr(out, "not a loopback address"));
-  free(out);
-  out = check_config(dp.profile, "fast", "", &st, "{\"profile\": \"/tmp/x\", \"fast_hits\": 1}");
-  assert_int_equal(st, 3);
-  assert_non_null(strstr(out, "fast_hits: true or false expected"));
-  free(out);
+  config_says(dp.profile, "\"proxy\": \"10.1.2.3:8080\"", 3, "not a loopback address");
+  config_says(dp.profile, "\"fast_hits\": 1", 3, "fast_hits: true or false expected");
   /* lookup threads: none by default when netd may use one CPU only */
   snprintf(cmd, sizeof(cmd), "%s --profile %s --check-config 2>&1", netd_run_bin(), dp.profile);
   out = netd_run_capture(cmd, &st);
@@ -313,38 +316,15 @@ static void test_lock_and_config(void **state) {
   assert_int_equal(st, 0);
   assert_non_null(strstr(out, " 0 lookup thread(s)"));
   free(out);
-  out =
-      check_config(dp.profile, "lkt1", "", &st, "{\"profile\": \"/tmp/x\", \"lookup_threads\": 3}");
-  assert_int_equal(st, 0);
-  assert_non_null(strstr(out, " 3 lookup thread(s)"));
-  free(out);
-  out =
-      check_config(dp.profile, "lkt", "", &st, "{\"profile\": \"/tmp/x\", \"lookup_threads\": 65}");
-  assert_int_equal(st, 3);
-  assert_non_null(strstr(out, "lookup_threads: an integer from 0 to 64 expected"));
-  free(out);
+  config_says(dp.profile, "\"lookup_threads\": 3", 0, " 3 lookup thread(s)");
+  config_says(dp.profile, "\"lookup_threads\": 65", 3,
+              "lookup_threads: an integer from 0 to 64 expected");
   /* the store's size: the library's default, or the configured one */
-  out =
-      check_config(dp.profile, "lkt1", "", &st, "{\"profile\": \"/tmp/x\", \"lookup_threads\": 3}");
-  assert_int_equal(st, 0);
-  assert_non_null(strstr(out, "store evicted down to 268435456 bytes"));
-  free(out);
-  out = check_config(dp.profile, "cmb", "", &st,
-                     "{\"profile\": \"/tmp/x\", \"cache_max_bytes\": 5000000}");
-  assert_int_equal(st, 0);
-  assert_non_null(strstr(out, "store evicted down to 5000000 bytes"));
-  free(out);
-  out = check_config(dp.profile, "cmb", "", &st,
-                     "{\"profile\": \"/tmp/x\", \"cache_max_bytes\": 1000}");
-  assert_int_equal(st, 3);
-  assert_non_null(
-      strstr(out, "cache_max_bytes: an integer of bytes from 1048576 (1 MiB) expected"));
-  free(out);
-  out = check_config(dp.profile, "typo", "", &st,
-                     "{\"profile\": \"/tmp/x\", \"sockett\": \"/tmp/s\"}");
-  assert_int_equal(st, 3);
-  assert_non_null(strstr(out, "unknown key \"sockett\""));
-  free(out);
+  config_says(dp.profile, "\"lookup_threads\": 3", 0, "store evicted down to 268435456 bytes");
+  config_says(dp.profile, "\"cache_max_bytes\": 5000000", 0, "store evicted down to 5000000 bytes");
+  config_says(dp.profile, "\"cache_max_bytes\": 1000", 3,
+              "cache_max_bytes: an integer of bytes from 1048576 (1 MiB) expected");
+  config_says(dp.profile, "\"sockett\": \"/tmp/s\"", 3, "unknown key \"sockett\"");
   /* the HTTP/2 gateway: TLS needs a certificate and key; a bad pair is
    * named at start */
   out = check_config(dp.profile, "h2", "", &st,
