@@ -1692,7 +1692,7 @@ static netstash_error build_request(load *L, res *r, netstash_request **out) {
 }
 
 /* The fast path answered r: status, body and headers are in L->hit. */
-static void take_preload_hit(load *L, res *r) {
+static void take_fast_hit(load *L, res *r) {
   size_t i, nh = netstash_preload_hit_header_count(L->hit);
   /* the body view is opened only for what is parsed (a kernel hands the
    * view on; opening it costs a store read) */
@@ -1729,7 +1729,7 @@ static void start_res(load *L, res *r) {
   r->start_ms = now_ms(L);
   e = build_request(L, r, &q);
   if (e == NETSTASH_OK && L->hit && netstash_intercept_lookup(q, L->hit) == NETSTASH_OK) {
-    take_preload_hit(L, r);
+    take_fast_hit(L, r);
     netstash_request_del(q);
     push_done(r);
     return;

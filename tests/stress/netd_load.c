@@ -22,9 +22,11 @@
  *                        the body is the request head, so an answer meant for
  *                        another request or client is caught
  * Clients with an odd number ask as a kernel does: the interceptor's fast
- * path first (netstash_intercept_preloaded / netstash_intercept_cached: a
- * synchronous lookup on a connection of the client's own, served by one of
- * netd's lookup threads or its loop), a job only when that says NOT_FOUND.
+ * path first (a synchronous lookup on a connection of the client's own,
+ * served by one of netd's lookup threads or its loop: clients 4k+3 with
+ * netstash_intercept_lookup, preload store and HTTP cache in one lookup;
+ * clients 4k+1 with netstash_intercept_preloaded or _cached by the URL's
+ * kind), a job only when that says NOT_FOUND.
  * Every answer is checked: status 200 and the exact bytes (preload and cache
  * answers against the files; echo answers must carry their own request
  * line). A request that fails (netd restarting) is retried after 10 ms, up to
@@ -208,15 +210,17 @@ static int one(netstash_ctx *ctx, int nostore, const char *url, const file *want
 /* The interceptor's fast path for a preload (cls C_PRELOAD) or cache URL, as
  * a kernel tries it before a job: 1 answered right, 0 failed (retry), -1
  * answered wrongly, 2 not answered there (a job's). */
-static int one_fast(netstash_preload_hit *h, int cls, const char *url, const file *want,
-                    netstash_source *src) {
+static int one_fast(netstash_preload_hit *h, int cls, int combined, const char *url,
+                    const file *want, netstash_source *src) {
   netstash_request *r = NULL;
   netstash_error e;
   size_t off = 0;
   int rv = 1;
   if (netstash_request_new(&r, url) != NETSTASH_OK)
     return 0;
-  e = cls == C_PRELOAD ? netstash_intercept_preloaded(r, h) : netstash_intercept_cached(r, h);
+  e = combined           ? netstash_intercept_lookup(r, h)
+      : cls == C_PRELOAD ? netstash_intercept_preloaded(r, h)
+                         : netstash_intercept_cached(r, h);
   netstash_request_del(r);
   if (e == NETSTASH_E_NOT_FOUND)
     return 2;
@@ -277,7 +281,7 @@ static int client_main(int id, uint64_t requests, shared *sh, uint64_t seed) {
     for (int tries = 0; tries < MAX_TRIES; tries++) {
       uint64_t t0 = now_us();
       int fast = h && cls != C_NET;
-      rv = fast ? one_fast(h, cls, url, want, &src) : 2;
+      rv = fast ? one_fast(h, cls, (id & 3) == 3, url, want, &src) : 2;
       if (rv == 2) {
         fast = 0;
         rv = one(ctx, nostore, url, want, line, &src);
