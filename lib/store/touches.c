@@ -49,6 +49,10 @@ typedef struct ring_hdr {
 
 _Static_assert(sizeof(ring_hdr) <= HDR, "touches header");
 _Static_assert(sizeof(slot) % 8 == 0, "touches slot");
+/* other processes share these atomics: they must be the CPU's own, not a
+ * lock of this process's */
+_Static_assert(ATOMIC_LONG_LOCK_FREE == 2 && ATOMIC_LLONG_LOCK_FREE == 2,
+               "64-bit atomics must be lock-free");
 
 struct ns_touches {
   const ns_mem *mem;
