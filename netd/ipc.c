@@ -370,6 +370,8 @@ static void control(ipc_stream *st) {
                                   (json_int_t)atomic_load(&d->metrics.lookup_threads), "max",
                                   (json_int_t)st->s->ipc->lk_threads_max));
     json_object_set_new(o, "requests", req);
+    if ((w = netd_store_figures(d->ctx)) != NULL)
+      json_object_set_new(o, "store", w);
     json_object_set_new(o, "signals", json_pack("{s:b,s:b,s:b}", "metered", atomic_load(&d->metered),
                                                 "low_battery", atomic_load(&d->low_battery),
                                                 "foreground", atomic_load(&d->foreground)));

@@ -12,6 +12,8 @@
 #include <inttypes.h>
 #include <stdatomic.h>
 
+#include <jansson.h>
+
 #include "core/buf.h"
 #include "netd/netd.h"
 
@@ -114,6 +116,25 @@ static const lib_counter lib_counters[] = {
     {NETSTASH_STAT_H3_REQUESTS, "netstash_h3_requests_total", "counter",
      "Requests sent over HTTP/3."},
 };
+
+json_t *netd_store_figures(netstash_ctx *ctx) {
+  char *js = NULL;
+  json_t *all, *store = NULL;
+  if (!ctx || netstash_preload_stats(ctx, &js) != NETSTASH_OK || !js)
+    return NULL;
+  all = json_loads(js, 0, NULL);
+  netstash_free(ctx, js);
+  if (all && json_is_object(json_object_get(all, "store")))
+    store = json_incref(json_object_get(all, "store"));
+  json_decref(all);
+  return store;
+}
+
+/* A figure of the store's (netd_store_figures), 0 when absent. */
+static uint64_t figure(const json_t *store, const char *key) {
+  const json_t *v = json_object_get(store, key);
+  return json_is_integer(v) && json_integer_value(v) > 0 ? (uint64_t)json_integer_value(v) : 0;
+}
 
 char *netd_metrics_render(const netd_metrics *m, const netstash_ctx *ctx) {
   ns_buf b;
@@ -223,6 +244,26 @@ char *netd_metrics_render(const netd_metrics *m, const netstash_ctx *ctx) {
                       "netd_request_head_seconds_sum %" PRIu64 ".%06" PRIu64 "\n"
                       "netd_request_head_seconds_count %" PRIu64 "\n",
                       sum_us / 1000000, sum_us % 1000000, cum);
+
+  /* The store: its size, its limit, what was evicted */
+  if (ctx && e == NETSTASH_OK) {
+    json_t *store = netd_store_figures((netstash_ctx *)(uintptr_t)ctx);
+    if (store) {
+      e = single(&b, "netd_store_used_bytes", "gauge",
+                 "Bytes of the profile's store in use (live LMDB pages).",
+                 figure(store, "used_bytes"));
+      if (e == NETSTASH_OK)
+        e = single(&b, "netd_store_limit_bytes", "gauge",
+                   "The store's size limit: a write above it evicts the least recently used "
+                   "records down to 90 % of it (config cache_max_bytes).",
+                   figure(store, "limit_bytes"));
+      if (e == NETSTASH_OK)
+        e = single(&b, "netd_store_evicted_total", "counter",
+                   "Records evicted (least recently used first) since netd started.",
+                   figure(store, "evicted"));
+      json_decref(store);
+    }
+  }
 
   /* The library's own counters. netstash_ctx_stat only reads atomics; its
    * parameter is not const for historical reasons. */

@@ -53,7 +53,7 @@ typedef struct netd_config {
   char *metrics_host;
   int metrics_port;
   /* library options */
-  uint64_t cache_max_bytes; /* the store's size (evicted down to); 0: the library's 256 MiB */
+  uint64_t cache_max_bytes; /* the store's size limit; 0: the library's 256 MiB */
   char *ca_file;
   char *trusted_keys;  /* '\n'-separated public key files */
   int allow_unsigned;
@@ -116,6 +116,11 @@ typedef struct netd_metrics {
 void netd_metrics_request(netd_metrics *m, int src, uint64_t head_us);
 /* Prometheus text exposition format (version 0.0.4) into a malloc'd string. */
 char *netd_metrics_render(const netd_metrics *m, const netstash_ctx *ctx);
+/* The store's figures (netstash_preload_stats' "store": used_bytes,
+ * limit_bytes, records evicted since netd started, records...) as a new jansson
+ * object, or NULL (no store, out of memory). Reads the store: the loop
+ * thread or any other. */
+struct json_t *netd_store_figures(netstash_ctx *ctx);
 int netd_source_index(netstash_source s);
 
 /* Decoded HTTP-cache entries kept by netd's hits (the gateway's fast hits,

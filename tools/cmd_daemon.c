@@ -43,7 +43,8 @@ static const char usage[] =
     "Asks the netd serving SOCKET (its unix socket, e.g. PROFILE/netd.sock)\n"
     "instead of opening a profile. Commands:\n"
     "  status    netd's version, pid, uptime, profile, clients, requests by\n"
-    "            source, and every warm schedule (state, last result, next run)\n"
+    "            source, the store's size and evictions, and every warm\n"
+    "            schedule (state, last result, next run)\n"
     "  warm      run every configured warm now; one already running is left\n"
     "            alone, and under host signals the runs are deferred\n"
     "  ls        the preload manifests of netd's profile (as netstash ls)\n"
@@ -54,7 +55,8 @@ static const char usage[] =
     "\n"
     "--json prints netd's JSON as it is: status {\"version\", \"pid\", \"uptime_s\",\n"
     "\"profile\", \"socket\", \"ipc_clients\", \"lookup_threads\": {\"serving\", \"max\"},\n"
-    "\"requests\", \"warms\": [{\"manifest\",\n"
+    "\"requests\", \"store\": {\"used_bytes\", \"limit_bytes\", \"evicted\", \"records\", ...},\n"
+    "\"warms\": [{\"manifest\",\n"
     "\"interval_s\", \"state\", \"last_result\", \"last_run\", \"next_run\", \"runs\",\n"
     "\"failures\", \"last_bytes\"}]}, warm {\"started\"}, ls {\"manifests\": [...]},\n"
     "signals {\"metered\", \"low_battery\", \"foreground\"}.\n"
@@ -357,10 +359,20 @@ static void print_status(const json_t *o) {
       continue;
     snprintf(key, sizeof(key), "%s:", label(k));
     printf("%-*s ", STATUS_LABEL_W, key);
-    if (!strcmp(k, "uptime_s") && json_is_integer(v))
+    if (!strcmp(k, "uptime_s") && json_is_integer(v)) {
       fputs(duration(json_integer_value(v), d, sizeof(d)), stdout);
-    else
+    } else if (!strcmp(k, "store") && json_is_object(v)) {
+      char used[32], limit[32];
+      const json_t *recs = json_object_get(v, "records");
+      printf("%s used of a %s limit; %lld records evicted since netd started, %lld HTTP-cache "
+             "and %lld preload records",
+             cli_human_bytes((uint64_t)ji(v, "used_bytes"), used, sizeof(used)),
+             cli_human_bytes((uint64_t)ji(v, "limit_bytes"), limit, sizeof(limit)),
+             (long long)ji(v, "evicted"), (long long)ji(recs, "http"),
+             (long long)ji(recs, "preload"));
+    } else {
       print_value(v);
+    }
     putchar('\n');
   }
   print_warms(json_object_get(o, "warms"));

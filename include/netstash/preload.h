@@ -240,8 +240,11 @@ NETSTASH_EXTERN netstash_error netstash_preload_verify(netstash_ctx *ctx, char *
  * *collected (may be NULL) receives the count. */
 NETSTASH_EXTERN netstash_error netstash_preload_gc(netstash_ctx *ctx, uint64_t *collected);
 /* Store and preload figures as JSON: {"manifests", "active", "resources",
- * "bytes", "store": {"used_bytes", "map_size", "bodies", "gc_queued",
- * "records": {"http", "preload", "manifests", "cookies"}}}. */
+ * "bytes", "store": {"used_bytes", "limit_bytes" (the size above which a
+ * write evicts: netstash_options_set_cache_max_bytes), "evicted" (records this
+ * context's writes evicted since it opened the store), "map_size",
+ * "bodies", "gc_queued", "records": {"http", "preload", "manifests",
+ * "cookies"}}}. */
 NETSTASH_EXTERN netstash_error netstash_preload_stats(netstash_ctx *ctx, char **json);
 /* Writes an offline bundle of the active version of id: a tar archive with
  * manifest.json, manifest.json.sig and bodies/<sha256 hex> (decoded

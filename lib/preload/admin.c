@@ -1061,6 +1061,8 @@ netstash_error netstash_preload_stats(netstash_ctx *ctx, char **json) {
   jset(recs, "manifests", ju64(ss.records[NS_STORE_MANIFESTS]), &oom);
   jset(recs, "cookies", ju64(ss.records[NS_STORE_COOKIES]), &oom);
   jset(store, "used_bytes", ju64(ss.used_bytes), &oom);
+  jset(store, "limit_bytes", ju64(ss.size_limit), &oom);
+  jset(store, "evicted", ju64(ss.evicted), &oom);
   jset(store, "map_size", ju64(ss.map_size), &oom);
   jset(store, "bodies", ju64(ss.bodies), &oom);
   jset(store, "gc_queued", ju64(ss.gc_queued), &oom);

@@ -2176,6 +2176,7 @@ netstash_error ns_store_get_stats(ns_store *s, ns_store_stats *st) {
   st->map_size = map_size(s);
   st->evicted = s->evicted;
   st->map_grown = s->grown;
+  st->size_limit = s->p.size_limit;
   return err;
 }
 

@@ -320,8 +320,8 @@ static void test_lock_and_config(void **state) {
   config_says(dp.profile, "\"lookup_threads\": 65", 3,
               "lookup_threads: an integer from 0 to 64 expected");
   /* the store's size: the library's default, or the configured one */
-  config_says(dp.profile, "\"lookup_threads\": 3", 0, "store evicted down to 268435456 bytes");
-  config_says(dp.profile, "\"cache_max_bytes\": 5000000", 0, "store evicted down to 5000000 bytes");
+  config_says(dp.profile, "\"lookup_threads\": 3", 0, "store limit 268435456 bytes");
+  config_says(dp.profile, "\"cache_max_bytes\": 5000000", 0, "store limit 5000000 bytes");
   config_says(dp.profile, "\"cache_max_bytes\": 1000", 3,
               "cache_max_bytes: an integer of bytes from 1048576 (1 MiB) expected");
   config_says(dp.profile, "\"sockett\": \"/tmp/s\"", 3, "unknown key \"sockett\"");
@@ -1419,19 +1419,26 @@ static void test_sighup_reload(void **state) {
   assert_int_equal(netd_run_stop(&dp), 0);
 }
 
+/* The number after "key": in a JSON text (-1 when absent). */
+static long long json_number(const char *text, const char *key) {
+  char k[64];
+  const char *p;
+  snprintf(k, sizeof(k), "\"%s\":", key);
+  p = strstr(text, k);
+  return p ? strtoll(p + strlen(k), NULL, 10) : -1;
+}
+
 /* The HTTP cache's records in netd's store, read by `netstash stats` (whose
  * reads note no access). */
 static long http_records(const char *profile) {
-  char cmd[2048], *out, *p;
-  long n = -1;
+  char cmd[2048], *out;
+  long n;
   int st;
   snprintf(cmd, sizeof(cmd), "%s/tools/netstash stats --profile %s --json", getenv("NST_BUILDDIR"),
            profile);
   out = netd_run_capture(cmd, &st);
   assert_int_equal(st, 0);
-  p = strstr(out, "\"http\":");
-  if (p)
-    n = strtol(p + 7, NULL, 10);
+  n = (long)json_number(out, "http");
   free(out);
   return n;
 }
@@ -1506,6 +1513,26 @@ static void test_direct_reader_keeps_entries(void **state) {
   assert_int_equal(netstash_request_new(&req, url_of("/fresh/lru/b1.bin")), NETSTASH_OK);
   assert_int_equal(netstash_intercept_cached(req, h), NETSTASH_E_NOT_FOUND); /* b1 went */
   netstash_request_del(req);
+  /* what netd says of its store: the limit, the evictions */
+  {
+    char *out = ctl(&dp, "GET", "/status"), *m;
+    int st;
+    if (json_number(out, "limit_bytes") != 1048576 || json_number(out, "evicted") < 1)
+      fail_msg("/status: %s", out);
+    free(out);
+    m = ctl(&dp, "GET", "/metrics");
+    assert_true(netd_run_sample(m, "netd_store_limit_bytes") == 1048576);
+    assert_true(netd_run_sample(m, "netd_store_evicted_total") >= 1);
+    assert_true(netd_run_sample(m, "netd_store_used_bytes") > 0);
+    free(m);
+    snprintf(cmd, sizeof(cmd), "%s/tools/netstash --daemon %s status", getenv("NST_BUILDDIR"),
+             dp.sock);
+    out = netd_run_capture(cmd, &st);
+    assert_int_equal(st, 0);
+    if (!strstr(out, "used of a 1.0 MiB limit"))
+      fail_msg("netstash --daemon status: %s", out);
+    free(out);
+  }
   netstash_preload_hit_del(h);
   netstash_ctx_del(local);
   netstash_ctx_del(ctx);
