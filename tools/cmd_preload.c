@@ -345,8 +345,9 @@ int cmd_stats(int argc, char **argv) {
       "resources and bytes they serve) and of its store (pages used, map size,\n"
       "bodies, bodies waiting for GC, records per database).\n"
       "--json prints the object of netstash_preload_stats: {\"manifests\", \"active\",\n"
-      "\"resources\", \"bytes\", \"store\": {\"used_bytes\", \"map_size\", \"bodies\",\n"
-      "\"gc_queued\", \"records\": {\"http\", \"preload\", \"manifests\", \"cookies\"}}}.\n"
+      "\"resources\", \"bytes\", \"store\": {\"used_bytes\", \"limit_bytes\", \"evicted\",\n"
+      "\"map_size\", \"bodies\", \"gc_queued\", \"records\": {\"http\", \"preload\",\n"
+      "\"manifests\", \"cookies\"}}}.\n"
       "Exit 0; 9 when there is no store.\n";
   admin r;
   char s1[32], s2[32], s3[32];
