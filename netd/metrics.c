@@ -15,7 +15,9 @@
 #include <jansson.h>
 
 #include "core/buf.h"
+#include "core/ctx.h"
 #include "netd/netd.h"
+#include "store/store.h"
 
 /* Upper bounds of the latency buckets in microseconds (NETD_LAT_BUCKETS - 1
  * finite ones; the last bucket is +Inf). */
@@ -117,27 +119,25 @@ static const lib_counter lib_counters[] = {
      "Requests sent over HTTP/3."},
 };
 
-json_t *netd_store_figures(netstash_ctx *ctx) {
-  char *js = NULL;
-  json_t *all, *store = NULL;
-  if (!ctx || netstash_preload_stats(ctx, &js) != NETSTASH_OK || !js)
-    return NULL;
-  all = json_loads(js, 0, NULL);
-  netstash_free(ctx, js);
-  if (all && json_is_object(json_object_get(all, "store")))
-    store = json_incref(json_object_get(all, "store"));
-  json_decref(all);
-  return store;
+/* The store's counts (a read transaction and a few mdb_stat calls: no walk
+ * of the records). 0, or -1 without a store. */
+static int store_stats(const netstash_ctx *ctx, ns_store_stats *st) {
+  return ctx && ctx->store && ns_store_get_stats(ctx->store, st) == NETSTASH_OK ? 0 : -1;
 }
 
-/* A figure of the store's (netd_store_figures), 0 when absent. */
-static uint64_t figure(const json_t *store, const char *key) {
-  const json_t *v = json_object_get(store, key);
-  return json_is_integer(v) && json_integer_value(v) > 0 ? (uint64_t)json_integer_value(v) : 0;
+json_t *netd_store_figures(netstash_ctx *ctx) {
+  ns_store_stats st;
+  if (store_stats(ctx, &st) != 0)
+    return NULL;
+  return json_pack("{s:I,s:I,s:I,s:{s:I,s:I}}", "used_bytes", (json_int_t)st.used_bytes,
+                   "limit_bytes", (json_int_t)st.size_limit, "evicted", (json_int_t)st.evicted,
+                   "records", "http", (json_int_t)st.records[NS_STORE_HTTP], "preload",
+                   (json_int_t)st.records[NS_STORE_PRELOAD]);
 }
 
 char *netd_metrics_render(const netd_metrics *m, const netstash_ctx *ctx) {
   ns_buf b;
+  ns_store_stats st;
   netstash_error e;
   uint64_t req[NETD_SRC_N], answered = 0, cum = 0, sum_us;
   size_t i;
@@ -246,23 +246,17 @@ char *netd_metrics_render(const netd_metrics *m, const netstash_ctx *ctx) {
                       sum_us / 1000000, sum_us % 1000000, cum);
 
   /* The store: its size, its limit, what was evicted */
-  if (ctx && e == NETSTASH_OK) {
-    json_t *store = netd_store_figures((netstash_ctx *)(uintptr_t)ctx);
-    if (store) {
-      e = single(&b, "netd_store_used_bytes", "gauge",
-                 "Bytes of the profile's store in use (live LMDB pages).",
-                 figure(store, "used_bytes"));
-      if (e == NETSTASH_OK)
-        e = single(&b, "netd_store_limit_bytes", "gauge",
-                   "The store's size limit: a write above it evicts the least recently used "
-                   "records down to 90 % of it (config cache_max_bytes).",
-                   figure(store, "limit_bytes"));
-      if (e == NETSTASH_OK)
-        e = single(&b, "netd_store_evicted_total", "counter",
-                   "Records evicted (least recently used first) since netd started.",
-                   figure(store, "evicted"));
-      json_decref(store);
-    }
+  if (e == NETSTASH_OK && store_stats(ctx, &st) == 0) {
+    e = single(&b, "netd_store_used_bytes", "gauge",
+               "Bytes of the profile's store in use (live LMDB pages).", st.used_bytes);
+    if (e == NETSTASH_OK)
+      e = single(&b, "netd_store_limit_bytes", "gauge",
+                 "The store's size limit: a write above it evicts the least recently used "
+                 "records down to 90 % of it (config cache_max_bytes).",
+                 st.size_limit);
+    if (e == NETSTASH_OK)
+      e = single(&b, "netd_store_evicted_total", "counter",
+                 "Records evicted (least recently used first) since netd started.", st.evicted);
   }
 
   /* The library's own counters. netstash_ctx_stat only reads atomics; its

@@ -116,10 +116,10 @@ typedef struct netd_metrics {
 void netd_metrics_request(netd_metrics *m, int src, uint64_t head_us);
 /* Prometheus text exposition format (version 0.0.4) into a malloc'd string. */
 char *netd_metrics_render(const netd_metrics *m, const netstash_ctx *ctx);
-/* The store's figures (netstash_preload_stats' "store": used_bytes,
- * limit_bytes, records evicted since netd started, records...) as a new jansson
- * object, or NULL (no store, out of memory). Reads the store: the loop
- * thread or any other. */
+/* The store's figures as a new jansson object {"used_bytes",
+ * "limit_bytes", "evicted" (records, since netd started), "records":
+ * {"http", "preload"}}, or NULL (no store, out of memory). One read
+ * transaction, no walk of the records: any thread. */
 struct json_t *netd_store_figures(netstash_ctx *ctx);
 int netd_source_index(netstash_source s);
 

@@ -331,7 +331,7 @@ typedef struct ns_store_stats {
   uint64_t bodies; /* body headers */
   uint64_t gc_queued;
   uint64_t evicted;   /* records evicted by this handle */
-  uint64_t size_limit; /* the size writes evict down to (params.size_limit) */
+  uint64_t size_limit; /* above it a write evicts, down to 90 % (params.size_limit) */
   uint64_t map_grown; /* map growths by this handle */
 } ns_store_stats;
 netstash_error ns_store_get_stats(ns_store *s, ns_store_stats *st);
