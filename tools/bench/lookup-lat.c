@@ -1,9 +1,11 @@
 /*
- * tools/bench/lookup-lat.c — the latency of the kernel's synchronous
- * HTTP-cache lookup through netd, one at a time: a remote-mode context
- * (netstash_options_set_remote), then per lookup netstash_request_new(),
- * netstash_intercept_cached() (one round trip on the hit's own connection to
- * netd), the body copied out, the hit released, the request deleted. Driven by
+ * tools/bench/lookup-lat.c — the latency of the kernel's synchronous fast
+ * path through netd for an HTTP-cache entry, one at a time: a remote-mode
+ * context (netstash_options_set_remote), then per lookup
+ * netstash_request_new(), netstash_intercept_lookup() (one round trip on the
+ * hit's own connection: netd tries its preload store, then its HTTP cache;
+ * until session 15 netstash_intercept_cached alone), the body copied out, the
+ * hit released, the request deleted. Driven by
  * tools/bench/lookup-load, which keeps netd's event loop busy meanwhile.
  *
  *   lookup-lat [-n N] [-w WARMUP] [-g GAP_US] SOCKET URL
@@ -38,8 +40,8 @@ static size_t lookup_once(netstash_preload_hit *h, const char *url, uint8_t *buf
   size_t off = 0;
   if ((e = netstash_request_new(&req, url)) != NETSTASH_OK)
     die("netstash_request_new", e);
-  if ((e = netstash_intercept_cached(req, h)) != NETSTASH_OK)
-    die("netstash_intercept_cached (is the URL a fresh entry of netd's HTTP cache?)", e);
+  if ((e = netstash_intercept_lookup(req, h)) != NETSTASH_OK)
+    die("netstash_intercept_lookup (is the URL a fresh entry of netd's HTTP cache?)", e);
   if (netstash_preload_hit_source(h) != NETSTASH_SOURCE_CACHE)
     die("the answer's source", NETSTASH_E_INTERNAL);
   for (uint32_t i = 0; i < netstash_preload_hit_chunk_count(h); i++) {
