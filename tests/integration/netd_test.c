@@ -643,6 +643,15 @@ static void test_remote_cached_lookup(void **state) {
                      NETSTASH_OK);
     assert_int_equal(netstash_intercept_lookup(r2, h), NETSTASH_E_NOT_FOUND);
     netstash_request_del(r2);
+    /* a worker's navigation keeps the preload store out: only the HTTP cache
+     * is asked (X-Netstash-Lookup: cache), and it answers */
+    assert_int_equal(netstash_request_new(&r2, url_of("/fresh/a.bin")), NETSTASH_OK);
+    assert_int_equal(netstash_request_set_from_worker(r2, 1), NETSTASH_OK);
+    assert_int_equal(netstash_request_set_destination(r2, NETSTASH_DEST_DOCUMENT), NETSTASH_OK);
+    assert_int_equal(netstash_intercept_lookup(r2, h), NETSTASH_OK);
+    assert_int_equal(netstash_preload_hit_source(h), NETSTASH_SOURCE_CACHE);
+    check_hit_body(h, path);
+    netstash_request_del(r2);
   }
   /* a Range request is a job's */
   assert_int_equal(netstash_request_add_header(req, "Range", "bytes=0-3"), NETSTASH_OK);
