@@ -357,6 +357,7 @@ static netstash_error find_variant_in(ns_httpcache *hc, ns_store_reader *reader,
       (rec.value_len - 2) % 16 != 0)
     return NETSTASH_E_STORE_CORRUPT;
   e->index_flags = rec.flags;
+  e->index_atime = rec.atime_ms;
   n = NS_MIN((rec.value_len - 2) / 16, (size_t)NS_HC_MAX_VARIANTS);
   for (i = 0; i < n; i++) {
     memcpy(ids[i], rec.value + 2 + 16 * i, 16);
@@ -382,6 +383,7 @@ static netstash_error find_variant_in(ns_httpcache *hc, ns_store_reader *reader,
     e->found = 1;
     e->newest = i == 0;
     e->variant_flags = rec.flags;
+    e->variant_atime = rec.atime_ms;
     memcpy(e->variant_id, ids[i], 17);
     e->has_body = rec.has_body;
     if (rec.has_body)
@@ -530,10 +532,12 @@ netstash_error ns_httpcache_peek(ns_httpcache *hc, ns_store_reader *reader, cons
     /* the snapshot the entry was decoded in, its key, and its variant (the
      * newest) matches this request too: find_variant_in would decode the
      * same records again. Their accesses are noted as a read would. */
-    ns_store_touch(reader, NS_STORE_HTTP, e->primary.data, e->primary.len, e->index_flags);
+    ns_store_touch(reader, NS_STORE_HTTP, e->primary.data, e->primary.len, e->index_flags,
+                   e->index_atime);
     ns_buf_reset(&e->key2);
     if (variant_key(&e->primary, e->variant_id, &e->key2) == NETSTASH_OK)
-      ns_store_touch(reader, NS_STORE_HTTP, e->key2.data, e->key2.len, e->variant_flags);
+      ns_store_touch(reader, NS_STORE_HTTP, e->key2.data, e->key2.len, e->variant_flags,
+                     e->variant_atime);
   } else {
     if (!same_key) { /* key2 is the new key */
       ns_buf t = e->primary;

@@ -46,12 +46,13 @@ typedef struct ns_hc_entry {
   uint8_t body_hash[NS_STORE_HASH_LEN];
   ns_cache_decision decision;
   /* ns_httpcache_peek's memo: the snapshot this entry was read in, whether
-   * it is the newest variant under its key, the records' flags (for their
-   * access notes), a scratch key, and the URL and top-level site primary
+   * it is the newest variant under its key, the records' flags and access
+   * times (for their access notes), a scratch key, and the URL and top-level site primary
    * was built from */
   uint64_t snapshot;
   int newest;
   uint32_t index_flags, variant_flags;
+  uint64_t index_atime, variant_atime;
   ns_buf key2;
   ns_buf keyed;
   ns_cache_prepared prep; /* the decision's stored side, for a kept entry */

@@ -903,15 +903,23 @@ void ns_store_read_end(ns_store_reader *r) {
   pthread_rwlock_unlock(&r->s->maplock);
 }
 
-/* Notes an access to an evictable record for the next write of any process
- * (touches.h: no allocation, no lock). The coarse clock (a few ms, the
- * kernel's tick) is a third of what the precise one costs on a hit, and
- * access times only matter to the second (touch_granule_ms). */
-static void touch_note(ns_store *s, ns_store_db db, const void *key, size_t keylen) {
+/* Notes an access to an evictable record (its access time atime, as read)
+ * for the next write of any process (touches.h: no allocation, no lock) —
+ * unless that write would drop the note: a record whose time is less than
+ * a granule old (apply_touches; the record's time can only have moved on
+ * since this snapshot), the usual case for a hot record while writes come.
+ * The coarse clock (a few ms, the kernel's tick) is a third of what the
+ * precise one costs on a hit, and access times only matter to the second
+ * (touch_granule_ms). */
+static void touch_note(ns_store *s, ns_store_db db, const void *key, size_t keylen,
+                       uint64_t atime) {
   struct timespec ts;
+  uint64_t now;
   clock_gettime(CLOCK_REALTIME_COARSE, &ts);
-  ns_touches_note(s->touches, (unsigned)db, key, keylen,
-                  (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u);
+  now = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+  if (now <= atime + s->p.touch_granule_ms)
+    return;
+  ns_touches_note(s->touches, (unsigned)db, key, keylen, now);
 }
 
 static netstash_error get_in(ns_store *s, MDB_txn *txn, ns_store_db db, const void *key,
@@ -940,10 +948,10 @@ uint64_t ns_store_reader_snapshot(const ns_store_reader *r) {
 }
 
 void ns_store_touch(ns_store_reader *r, ns_store_db db, const void *key, size_t keylen,
-                    uint32_t rec_flags) {
+                    uint32_t rec_flags, uint64_t rec_atime_ms) {
   uint32_t f = (rec_flags & NS_STORE_REC_PINNED) ? REC_F_PINNED : 0;
   if (r && r->active && valid_key(db, key, keylen) && evictable(db, f) && !r->s->p.read_only)
-    touch_note(r->s, db, key, keylen);
+    touch_note(r->s, db, key, keylen, rec_atime_ms);
 }
 
 netstash_error ns_store_get(ns_store_reader *r, ns_store_db db, const void *key, size_t keylen,
@@ -956,7 +964,7 @@ netstash_error ns_store_get(ns_store_reader *r, ns_store_db db, const void *key,
     return NETSTASH_E_ILLEGAL_STATE;
   err = get_in(r->s, r->txn, db, key, keylen, out, &h);
   if (err == NETSTASH_OK && evictable(db, h.flags) && !r->s->p.read_only)
-    touch_note(r->s, db, key, keylen);
+    touch_note(r->s, db, key, keylen, h.atime);
   return err;
 }
 

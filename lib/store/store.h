@@ -200,10 +200,11 @@ typedef struct ns_store_body {
 netstash_error ns_store_get(ns_store_reader *r, ns_store_db db, const void *key, size_t keylen,
                             ns_store_record *out);
 /* Notes an access to a record found earlier in an identical snapshot
- * (rec_flags: its flags), as ns_store_get would have: for a caller that
- * kept what it decoded instead of reading the record again. */
+ * (rec_flags, rec_atime_ms: its flags and atime_ms as read; 0 for an
+ * unknown time), as ns_store_get would have: for a caller that kept what it
+ * decoded instead of reading the record again. */
 void ns_store_touch(ns_store_reader *r, ns_store_db db, const void *key, size_t keylen,
-                    uint32_t rec_flags);
+                    uint32_t rec_flags, uint64_t rec_atime_ms);
 /* The body stored under hash. NETSTASH_E_NOT_FOUND when absent;
  * NETSTASH_E_STORE_CORRUPT when its header is malformed. */
 netstash_error ns_store_body_get(ns_store_reader *r, const uint8_t *hash, ns_store_body *out);

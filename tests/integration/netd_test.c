@@ -592,6 +592,26 @@ static void check_hit_body(const netstash_preload_hit *h, const char *file) {
 /* netstash_intercept_cached on a remote-mode context: netd answers fresh
  * entries of its HTTP cache on the lookup connection, bodies it keeps
  * encoded decoded, with their Age; what a job must do is NOT_FOUND. */
+/* A lookup on netd's socket by curl with X-Netstash-Lookup: MODE: the first
+ * cap - 1 bytes of the answer (head first) in head, NUL-terminated. */
+static void lookup_by_hand(const netd_proc *dp, const char *mode, const char *url, char *head,
+                           size_t cap) {
+  char cmd[4096], path[1100];
+  size_t n;
+  FILE *fp;
+  snprintf(path, sizeof(path), "%s/cached.out", nst_workdir());
+  snprintf(cmd, sizeof(cmd),
+           "curl -s -i -o %s --unix-socket %s -H 'X-Netstash-Lookup: %s' --request-target '%s' "
+           "http://netd/",
+           path, dp->sock, mode, url);
+  assert_int_equal(system(cmd), 0);
+  fp = fopen(path, "rb");
+  assert_non_null(fp);
+  n = fread(head, 1, cap - 1, fp);
+  head[n] = 0;
+  fclose(fp);
+}
+
 static void test_remote_cached_lookup(void **state) {
   netd_proc dp = {0};
   netstash_ctx *ctx;
@@ -602,7 +622,6 @@ static void test_remote_cached_lookup(void **state) {
   const char *name, *value;
   size_t nl, vl, i;
   int age = 0, cenc = 0, st;
-  FILE *fp;
   (void)state;
   /* the harness's caddy sends Cache-Control: max-age=600 under /fresh/ */
   snprintf(cmd, sizeof(cmd),
@@ -673,39 +692,17 @@ static void test_remote_cached_lookup(void **state) {
   assert_int_equal(cenc, 0);
   netstash_request_del(req);
   /* the lookup side by hand: the field asks for the HTTP cache */
-  snprintf(cmd, sizeof(cmd),
-           "curl -s -i -o %s/cached.out --unix-socket %s -H 'X-Netstash-Lookup: cache' "
-           "--request-target '%s' http://netd/",
-           nst_workdir(), dp.sock, url_of("/fresh/a.bin"));
-  assert_int_equal(system(cmd), 0);
-  snprintf(path, sizeof(path), "%s/cached.out", nst_workdir());
-  fp = fopen(path, "rb");
-  assert_non_null(fp);
   {
     char head[4096];
-    size_t n = fread(head, 1, sizeof(head) - 1, fp);
-    head[n] = 0;
+    lookup_by_hand(&dp, "cache", url_of("/fresh/a.bin"), head, sizeof(head));
     assert_non_null(strstr(head, "HTTP/1.1 200 OK\r\n"));
     assert_non_null(strstr(head, "X-Netstash-Source: cache\r\n"));
     assert_non_null(strstr(head, "Content-Length: 200000\r\n"));
-  }
-  fclose(fp);
-  /* "any": the preload store, then the HTTP cache */
-  snprintf(cmd, sizeof(cmd),
-           "curl -s -i -o %s/cached.out --unix-socket %s -H 'X-Netstash-Lookup: any' "
-           "--request-target '%s' http://netd/",
-           nst_workdir(), dp.sock, url_of("/fresh/a.bin"));
-  assert_int_equal(system(cmd), 0);
-  fp = fopen(path, "rb");
-  assert_non_null(fp);
-  {
-    char head[4096];
-    size_t n = fread(head, 1, sizeof(head) - 1, fp);
-    head[n] = 0;
+    /* "any": the preload store, then the HTTP cache */
+    lookup_by_hand(&dp, "any", url_of("/fresh/a.bin"), head, sizeof(head));
     assert_non_null(strstr(head, "HTTP/1.1 200 OK\r\n"));
     assert_non_null(strstr(head, "X-Netstash-Source: cache\r\n"));
   }
-  fclose(fp);
   /* the same URL from another top-level site is another partition: not
    * stored there; then without the field again (netd fills one request again
    * for lookups of the same URL: the field must not stay) */

@@ -1126,14 +1126,14 @@ static void test_touch_granule(void **state) {
   assert_int_equal(ns_store_reader_new(s, &r), NETSTASH_OK);
   sleep_ms(20);
   assert_int_equal(ns_store_read_begin(r), NETSTASH_OK);
-  ns_store_touch(r, NS_STORE_HTTP, "hot", 3, 0);
+  ns_store_touch(r, NS_STORE_HTTP, "hot", 3, 0, 0);
   ns_store_read_end(r);
   assert_int_equal(ns_store_flush_access(s), NETSTASH_OK);
   a1 = atime_of(s, "hot");
   assert_true(a1 == a0); /* within the granule: not rewritten */
   sleep_ms(250);
   assert_int_equal(ns_store_read_begin(r), NETSTASH_OK);
-  ns_store_touch(r, NS_STORE_HTTP, "hot", 3, 0);
+  ns_store_touch(r, NS_STORE_HTTP, "hot", 3, 0, 0);
   ns_store_read_end(r);
   assert_int_equal(ns_store_flush_access(s), NETSTASH_OK);
   a2 = atime_of(s, "hot");
@@ -1209,7 +1209,7 @@ static void *note_many(void *arg) {
     len = snprintf(key, sizeof(key), "k%02d", (int)(x % NOTE_KEYS));
     if (ns_store_read_begin(r) != NETSTASH_OK)
       return (void *)1;
-    ns_store_touch(r, NS_STORE_HTTP, key, (size_t)len, 0);
+    ns_store_touch(r, NS_STORE_HTTP, key, (size_t)len, 0, 0);
     ns_store_read_end(r);
   }
   ns_store_reader_del(r);
@@ -1277,7 +1277,7 @@ static void test_touches_concurrent(void **state) {
     assert_int_equal(ns_store_read_begin(r), NETSTASH_OK);
     for (int i = 0; i < NOTE_KEYS; i++) {
       snprintf(key, sizeof(key), "k%02d", i);
-      ns_store_touch(r, NS_STORE_HTTP, key, 3, 0);
+      ns_store_touch(r, NS_STORE_HTTP, key, 3, 0, 0);
     }
     ns_store_read_end(r);
     ns_store_reader_del(r);
@@ -1300,7 +1300,7 @@ static void touches_still_work(ns_store_params *p) {
   sleep_ms(20);
   assert_int_equal(ns_store_reader_new(s, &r), NETSTASH_OK);
   assert_int_equal(ns_store_read_begin(r), NETSTASH_OK);
-  ns_store_touch(r, NS_STORE_HTTP, "a", 1, 0);
+  ns_store_touch(r, NS_STORE_HTTP, "a", 1, 0, 0);
   ns_store_read_end(r);
   ns_store_reader_del(r);
   assert_int_equal(ns_store_flush_access(s), NETSTASH_OK);
@@ -1394,7 +1394,7 @@ static void test_eviction_lru_pinned(void **state) {
       assert_int_equal(ns_store_read_begin(r), NETSTASH_OK);
       assert_int_equal(ns_store_get(r, NS_STORE_HTTP, "h00", 3, &rec), NETSTASH_OK);
       /* and h02 by a reader that kept what it read (ns_store_touch) */
-      ns_store_touch(r, NS_STORE_HTTP, "h02", 3, 0);
+      ns_store_touch(r, NS_STORE_HTTP, "h02", 3, 0, 0);
       ns_store_read_end(r);
       sleep_ms(2);
     }
