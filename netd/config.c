@@ -18,6 +18,7 @@ void netd_config_defaults(netd_config *c) {
   memset(c, 0, sizeof(*c));
   c->socket_mode = 0660;
   c->lookup_threads = -1; /* netd_lookup_threads() */
+  c->hot_body_bytes = NETD_HOT_DEFAULT;
   c->log_level = NETSTASH_LOG_INFO;
 }
 
@@ -198,6 +199,11 @@ int netd_config_load(netd_config *c, const char *file, char *err, size_t errlen)
           json_integer_value(v) > (json_int_t)1 << 53)
         FAIL("%s: cache_max_bytes: an integer of bytes from 1048576 (1 MiB) expected", file);
       c->cache_max_bytes = (uint64_t)json_integer_value(v);
+    } else if (!strcmp(key, "hot_body_bytes")) {
+      if (!json_is_integer(v) || json_integer_value(v) < 0 ||
+          json_integer_value(v) > (json_int_t)1 << 40)
+        FAIL("%s: hot_body_bytes: an integer of bytes from 0 (none) to 2^40 expected", file);
+      c->hot_body_bytes = (uint64_t)json_integer_value(v);
     } else if (!strcmp(key, "trusted_keys")) {
       if (str_list(v, &c->trusted_keys, key, err, errlen) != 0)
         goto out;

@@ -34,11 +34,14 @@
 #include "ns_setup.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <netdb.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/sendfile.h>
+#include <sys/socket.h>
 
 #include <http_parser.h>
 
@@ -76,6 +79,7 @@ struct netd_front {
   int https;      /* ... an https one (the preload store answers it first) */
   /* the gateway's stored answers without a job (answer_stored); NULL: off */
   netstash_preload_hit *hit;
+  netd_hot *hot; /* ... the hot ones' bodies sent with sendfile; NULL: off */
   ns_list conns;
   size_t nconns;
   int stopping;
@@ -281,6 +285,54 @@ static int send_bufs(conn *c, const uv_buf_t *bufs, unsigned n) {
   return write_wbuf(c, w, 0);
 }
 
+/* Sends an answer whose body (size bytes) is both in bufs[1..n-1] and in
+ * the sealed memfd mfd (hotbody.c): the head (bufs[0]) with MSG_MORE, so
+ * that it leaves with the body's first bytes, then the body with sendfile —
+ * nothing copied on this side. Only when nothing is queued ahead (else
+ * send_bufs). What the socket does not take is copied from bufs into a
+ * queued write, as send_bufs does. 0, or -1 when the connection was
+ * closed. */
+static int send_hot(conn *c, int mfd, const uv_buf_t *bufs, unsigned n, uint64_t size) {
+  uv_os_fd_t fd;
+  size_t done = 0, total = bufs[0].len + (size_t)size;
+  off_t off = 0;
+  wbuf *w;
+  if (c->closed || c->out_pending || uv_fileno((uv_handle_t *)&c->tcp, &fd) != 0)
+    return send_bufs(c, bufs, n);
+  while (done < bufs[0].len) {
+    ssize_t r = send(fd, bufs[0].base + done, bufs[0].len - done, MSG_MORE | MSG_NOSIGNAL);
+    if (r < 0 && errno == EINTR)
+      continue;
+    if (r < 0 && errno != EAGAIN)
+      goto gone;
+    if (r < 0)
+      break;
+    done += (size_t)r;
+  }
+  while (done == bufs[0].len && (uint64_t)off < size) {
+    ssize_t r = sendfile(fd, mfd, &off, (size_t)size - (size_t)off);
+    if (r < 0 && errno == EINTR)
+      continue;
+    if (r < 0 && errno != EAGAIN)
+      goto gone;
+    if (r <= 0)
+      break;
+  }
+  done += (size_t)off;
+  if (off > 0)
+    atomic_fetch_add_explicit(&c->d->metrics.sendfile_answers, 1, memory_order_relaxed);
+  if (done == total)
+    return 0;
+  w = wbuf_new(total - done);
+  if (!w)
+    goto gone;
+  w->ub.len = netd_copy_unwritten(w->inl, bufs, n, done);
+  return write_wbuf(c, w, 0);
+gone:
+  conn_close(c);
+  return -1;
+}
+
 size_t netd_copy_unwritten(void *dst, const uv_buf_t *bufs, size_t n, size_t written) {
   size_t off = 0;
   for (size_t i = 0; i < n; i++) {
@@ -387,6 +439,7 @@ static int write_copy(conn *c, const void *data, size_t len, int to_peer) {
 
 static void front_free(netd_front *fr) {
   netstash_preload_hit_del(fr->hit);
+  netd_hot_free(fr->hot);
   free(fr->upstream);
   free(fr);
 }
@@ -1299,6 +1352,8 @@ static int answer_stored(conn *c, netstash_request *req) {
   netstash_error e = NETSTASH_OK;
   netstash_source src;
   char why[192];
+  uint8_t key[32];
+  int mfd;
 
   if (!hit || c->method != HTTP_GET || c->has_body ||
       !netd_stored_lookup(hit, req, c->fr->https, &src))
@@ -1348,7 +1403,12 @@ static int answer_stored(conn *c, netstash_request *req) {
   b[0] = uv_buf_init((char *)c->hbuf.data, (unsigned)c->hbuf.len);
   c->sent = size;
   atomic_fetch_add_explicit(&c->d->metrics.bytes_out, size, memory_order_relaxed);
-  ok = send_bufs(c, b, nc + 1) == 0;
+  if (c->fr->hot && size >= NETD_HOT_MIN && size <= NETD_HOT_MAX && !c->out_pending &&
+      ns_preload_hit_body_key(hit, key) &&
+      (mfd = netd_hot_fd(c->fr->hot, key, b + 1, nc, size)) >= 0)
+    ok = send_hot(c, mfd, b, nc + 1, size) == 0;
+  else
+    ok = send_bufs(c, b, nc + 1) == 0;
   netstash_preload_hit_release(hit); /* no read transaction left open */
   if (ok)
     request_done(c);
@@ -1980,6 +2040,7 @@ int netd_front_start(netd *d, netd_front_kind kind, const char *host, int port, 
       fr->hit = NULL; /* every request a job */
     else              /* the hot entries, decoded once while the store does not change */
       (void)ns_preload_hit_keep(fr->hit, NETD_HIT_ENTRIES);
+    fr->hot = fr->hit ? netd_hot_new(d->cfg.hot_body_bytes, &d->metrics) : NULL;
   }
   r = uv_tcp_init(d->loop, &fr->listener);
   if (r != 0) {

@@ -472,11 +472,12 @@ int main(int argc, char **argv) {
   if (o.check) {
     printf(
         "netd: configuration OK (profile %s, socket %s%s%s%s%s, %zu warm schedule(s), "
-        "%zu lookup thread(s), store limit %llu bytes)\n",
+        "%zu lookup thread(s), store limit %llu bytes, hot bodies %llu bytes)\n",
         d->cfg.profile, d->cfg.socket_path, d->cfg.proxy_port ? ", proxy" : "",
         d->cfg.gateway_port ? ", gateway" : "", d->cfg.gateway_h2_port ? ", HTTP/2 gateway" : "",
         d->cfg.metrics_port ? ", metrics" : "", d->cfg.nwarms, netd_lookup_threads(&d->cfg),
-        (unsigned long long)(d->cfg.cache_max_bytes ? d->cfg.cache_max_bytes : NETD_CACHE_DEFAULT));
+        (unsigned long long)(d->cfg.cache_max_bytes ? d->cfg.cache_max_bytes : NETD_CACHE_DEFAULT),
+        (unsigned long long)d->cfg.hot_body_bytes);
     netd_config_free(&d->cfg);
     return EX_OK_;
   }

@@ -201,6 +201,21 @@ char *netd_metrics_render(const netd_metrics *m, const netstash_ctx *ctx) {
                "front's thread, without a job (also counted in netd_requests_total by source).",
                load(&m->fast_hits));
   if (e == NETSTASH_OK)
+    e = single(&b, "netd_gateway_sendfile_answers_total", "counter",
+               "Gateway fast hits whose body went out with sendfile from a hot body's copy, "
+               "all or its first part (config hot_body_bytes; also counted in "
+               "netd_gateway_fast_hits_total).",
+               load(&m->sendfile_answers));
+  if (e == NETSTASH_OK)
+    e = single(&b, "netd_hot_bodies", "gauge",
+               "Bodies the gateway keeps in sealed memfds to send with sendfile (16-96 KiB, "
+               "answered twice).",
+               load(&m->hot_bodies));
+  if (e == NETSTASH_OK)
+    e = single(&b, "netd_hot_body_bytes", "gauge",
+               "Bytes of those copies (shared memory; at most the config's hot_body_bytes).",
+               load(&m->hot_body_bytes));
+  if (e == NETSTASH_OK)
     e = single(&b, "netd_ipc_fast_hits_total", "counter",
                "IPC (HTTP/2) requests answered from the preload store or the HTTP cache on the "
                "loop thread, without a job (also counted in netd_requests_total by source).",

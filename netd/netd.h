@@ -54,6 +54,9 @@ typedef struct netd_config {
   int metrics_port;
   /* library options */
   uint64_t cache_max_bytes; /* the store's size limit; 0: the library's 256 MiB */
+  /* the gateway's hot bodies sent with sendfile (netd/hotbody.c): memory
+   * for their copies (default NETD_HOT_DEFAULT), 0: none */
+  uint64_t hot_body_bytes;
   char *ca_file;
   char *trusted_keys;  /* '\n'-separated public key files */
   int allow_unsigned;
@@ -108,6 +111,8 @@ typedef struct netd_metrics {
   _Atomic uint64_t lookups_hit, lookups_miss; /* synchronous preload lookups (IPC) */
   _Atomic uint64_t lookup_threads; /* IPC lookup connections with a thread of their own now */
   _Atomic uint64_t warm_runs, warm_ok, warm_failed, warm_deferred;
+  _Atomic uint64_t sendfile_answers;           /* gateway answers sent from a hot body's memfd */
+  _Atomic uint64_t hot_bodies, hot_body_bytes; /* the hot bodies kept now (hotbody.c) */
   _Atomic uint64_t lat[NETD_LAT_BUCKETS]; /* time to response head */
   _Atomic uint64_t lat_sum_us, lat_count;
 } netd_metrics;
@@ -136,6 +141,25 @@ int netd_source_index(netstash_source s);
  * (netstash_options_set_cache_max_bytes). */
 #define NETD_CACHE_MIN (1 << 20)
 #define NETD_CACHE_DEFAULT ((uint64_t)256 << 20)
+
+/* ------------------------------------------------------------ hot bodies */
+
+/* The gateway's hot bodies (netd/hotbody.c): bodies of NETD_HOT_MIN to
+ * NETD_HOT_MAX bytes answered twice are copied into sealed memfds and sent
+ * with sendfile; their copies take at most hot_body_bytes (config). */
+#define NETD_HOT_MIN (16u << 10)
+#define NETD_HOT_MAX (96u << 10)
+#define NETD_HOT_DEFAULT ((uint64_t)16 << 20)
+typedef struct netd_hot netd_hot;
+/* NULL when max_bytes is 0 (or out of memory): no hot bodies. m: where the
+ * gauges netd_hot_bodies / netd_hot_body_bytes go (may be NULL). */
+netd_hot *netd_hot_new(uint64_t max_bytes, netd_metrics *m);
+void netd_hot_free(netd_hot *h);
+/* The memfd holding the size bytes of chunks (n buffers), whose content
+ * address (the store's SHA-256, 32 bytes) is key: its descriptor when the
+ * body is kept — copied on its second sighting —, -1 when not (a first
+ * sighting, a size out of range, no memory). Valid until the next call. */
+int netd_hot_fd(netd_hot *h, const uint8_t *key, const uv_buf_t *chunks, unsigned n, uint64_t size);
 
 /* ------------------------------------------------------------ daemon */
 

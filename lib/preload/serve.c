@@ -732,6 +732,14 @@ netstash_error netstash_preload_hit_chunk(const netstash_preload_hit *hit, uint3
   return ns_store_body_chunk(&hit->h.body, i, data, len);
 }
 
+int ns_preload_hit_body_key(const netstash_preload_hit *hit, uint8_t *key) {
+  if (!hit || !key || hit->remote || hit->decoded || !body_of(hit) ||
+      hit->h.body.coding != NS_CODING_IDENTITY || hit->h.body.recompressed)
+    return 0;
+  memcpy(key, hit->h.body_hash, NS_STORE_HASH_LEN);
+  return 1;
+}
+
 const char *netstash_preload_hit_manifest_id(const netstash_preload_hit *hit) {
   return hit && hit->valid ? hit->id : NULL;
 }

@@ -42,4 +42,11 @@ netstash_error ns_preload_hit_keep(netstash_preload_hit *hit, size_t entries);
  * for a remote hit. */
 const char *ns_preload_hit_cache_reason(const netstash_preload_hit *hit, char *buf, size_t n);
 
+/* The store's content address of the body a local hit's chunks hold (its
+ * SHA-256, NS_STORE_HASH_LEN bytes into key): 1 when the chunks are the
+ * stored bytes as they are (not decoded into the hit's buffer, not a remote
+ * answer) — the same key always names the same bytes, so netd may keep a
+ * copy of them under it (netd/hotbody.c); 0 otherwise. */
+int ns_preload_hit_body_key(const netstash_preload_hit *hit, uint8_t *key);
+
 #endif /* NS_PRELOAD_SERVE_H */

@@ -44,7 +44,7 @@ static pthread_t cookie_thread;
 /* ------------------------------------------------------------ netd as a child */
 
 static int start_netd_once(netd_proc *p, const char *name, const char *upstream, int with_proxy,
-                           int with_metrics) {
+                           int with_metrics, const char *config) {
   char proxy[64], gateway[64], gateway_h2[64], metrics[64];
   const char *args[32];
   size_t n = 0;
@@ -59,6 +59,10 @@ static int start_netd_once(netd_proc *p, const char *name, const char *upstream,
   args[n++] = "--cacert";
   args[n++] = nst_cert("ca.pem");
   args[n++] = "-v";
+  if (config) {
+    args[n++] = "--config";
+    args[n++] = config;
+  }
   if (p->proxy) {
     snprintf(proxy, sizeof(proxy), "127.0.0.1:%d", p->proxy);
     args[n++] = "--proxy";
@@ -90,9 +94,9 @@ static int start_netd_once(netd_proc *p, const char *name, const char *upstream,
 /* The ports are picked free but not held: another test may take one in
  * between, so a failed start is retried with new ones. */
 static int start_netd(netd_proc *p, const char *name, const char *upstream, int with_proxy,
-                      int with_metrics) {
+                      int with_metrics, const char *config) {
   for (int attempt = 0; attempt < 3; attempt++) {
-    if (start_netd_once(p, name, upstream, with_proxy, with_metrics) == 0)
+    if (start_netd_once(p, name, upstream, with_proxy, with_metrics, config) == 0)
       return 0;
     netd_run_stop(p);
   }
@@ -936,8 +940,12 @@ static double sample(const char *text, const char *name) {
   return v;
 }
 
+static resp scrape_of(const netd_proc *p) {
+  return exchange_str(p->metrics, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+}
+
 static resp scrape(void) {
-  return exchange_str(nd.metrics, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+  return scrape_of(&nd);
 }
 
 static void test_metrics(void **state) {
@@ -1000,11 +1008,16 @@ static void test_metrics(void **state) {
 
 /* ------------------------------------------------------------ fast hits */
 
-static double fast_hits(void) {
-  resp m = scrape();
-  double v = sample(m.body, "netd_gateway_fast_hits_total");
+/* One sample of p's metrics. */
+static double metric_of(const netd_proc *p, const char *name) {
+  resp m = scrape_of(p);
+  double v = sample(m.body, name);
   resp_free(&m);
   return v;
+}
+
+static double fast_hits(void) {
+  return metric_of(&nd, "netd_gateway_fast_hits_total");
 }
 
 /* Waits until no front job answered in full is still ending (a miss's
@@ -1021,19 +1034,23 @@ static void jobs_settled(void) {
   fail_msg("front jobs still finishing after 5 s");
 }
 
-/* Waits until the gateway's fast path answers path (the entry committed). */
-static void stored_settled(const char *path) {
+/* Waits until p's gateway's fast path answers path (the entry committed). */
+static void stored_settled_on(const netd_proc *p, const char *path) {
   char req[512];
   snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", path);
   for (int i = 0; i < 500; i++) {
-    double f = fast_hits();
-    resp r = exchange_str(nd.gateway, req);
+    double f = metric_of(p, "netd_gateway_fast_hits_total");
+    resp r = exchange_str(p->gateway, req);
     resp_free(&r);
-    if (fast_hits() > f)
+    if (metric_of(p, "netd_gateway_fast_hits_total") > f)
       return;
     usleep(10000);
   }
   fail_msg("%s not answered by the fast path after 5 s", path);
+}
+
+static void stored_settled(const char *path) {
+  stored_settled_on(&nd, path);
 }
 
 /* Reads one answer with a Content-Length from a keep-alive connection into
@@ -1392,6 +1409,172 @@ static void test_gateway_h2_fast_hits(void **state) {
 
 /* ------------------------------------------------------------ setup */
 
+/* ------------------------------------------------------------ hot bodies */
+
+/* Requests path n times on one keep-alive connection to p's gateway, one
+ * after the other, and checks each answer: 200 from the cache, the body
+ * size bytes of nst_pattern. */
+static void hot_rounds(const netd_proc *p, const char *path, size_t size, int n) {
+  char req[512], *buf = malloc(size + 4096);
+  unsigned char *want = malloc(size);
+  int fd = netd_run_connect(p->gateway), len;
+  assert_non_null(buf);
+  assert_non_null(want);
+  assert_true(fd >= 0);
+  nst_pattern(want, 0, size);
+  len = snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: x\r\n\r\n", path);
+  for (int i = 0; i < n; i++) {
+    size_t got;
+    char *eoh;
+    assert_int_equal(netd_run_send(fd, req, (size_t)len), 0);
+    got = read_answer(fd, buf, size + 4096);
+    eoh = strstr(buf, "\r\n\r\n");
+    assert_non_null(eoh);
+    assert_true(strncmp(buf, "HTTP/1.1 200 ", 13) == 0);
+    assert_non_null(strcasestr(buf, "\r\nX-Netstash-Source: cache\r\n"));
+    assert_int_equal(got - (size_t)(eoh + 4 - buf), size);
+    assert_memory_equal(eoh + 4, want, size);
+  }
+  close(fd);
+  free(buf);
+  free(want);
+}
+
+/* Bodies of 16 to 96 KiB the gateway answers from the store again and
+ * again go out with sendfile from a sealed copy (netd/hotbody.c): copied
+ * on the second fast hit, sent so from then on — the same bytes as ever,
+ * one after another on a connection, pipelined, and to a client reading
+ * slowly through a small window (what the socket does not take is queued
+ * from the store's bytes). A body out of the range never is. */
+static void test_gateway_hot_bodies(void **state) {
+  static const char path[] = "/cache/big/40000", small[] = "/cache/big/8000";
+  const size_t size = 40000;
+  unsigned char *want = malloc(size), *got = malloc(size);
+  char *all, *head;
+  double sf0, hot0, sf;
+  size_t len, used = 0, bl;
+  int fd, n;
+  resp r;
+  (void)state;
+  assert_non_null(want);
+  assert_non_null(got);
+  nst_pattern(want, 0, size);
+  r = exchange_str(nd.gateway, "GET /cache/big/40000 HTTP/1.1\r\nHost: x\r\n"
+                               "Connection: close\r\n\r\n");
+  assert_int_equal(r.status, 200);
+  resp_free(&r);
+  stored_settled(path); /* a fast hit: the body seen once */
+  sf0 = metric_of(&nd, "netd_gateway_sendfile_answers_total");
+  hot0 = metric_of(&nd, "netd_hot_bodies");
+  hot_rounds(&nd, path, size, 3); /* the second sighting copies it */
+  assert_true(metric_of(&nd, "netd_gateway_sendfile_answers_total") == sf0 + 3);
+  assert_true(metric_of(&nd, "netd_hot_bodies") == hot0 + 1);
+  assert_true(metric_of(&nd, "netd_hot_body_bytes") >= (double)size);
+
+  /* pipelined; then 40 of them to a client reading slowly through a small
+   * window, so that the socket fills: a sendfile sends part of a body and
+   * the rest is queued, later answers are written after it */
+  for (int slow = 0; slow < 2; slow++) {
+    int k = slow ? 200 : 3;
+    char *req = malloc((size_t)k * 64 + 128);
+    assert_non_null(req);
+    n = 0;
+    for (int i = 0; i < k; i++)
+      n += sprintf(req + n, "GET %s HTTP/1.1\r\nHost: x\r\n\r\n", path);
+    n += sprintf(req + n, "GET /ok HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    sf = metric_of(&nd, "netd_gateway_sendfile_answers_total");
+    fd = slow ? connect_small_window(nd.gateway) : netd_run_connect(nd.gateway);
+    assert_true(fd >= 0);
+    assert_int_equal(netd_run_send(fd, req, (size_t)n), 0);
+    free(req);
+    if (slow) {
+      read_slowly(fd, &all, &len);
+    } else {
+      assert_int_equal(netd_run_read(fd, IO_TIMEOUT_MS, &all, &len), 0);
+    }
+    close(fd);
+    used = 0;
+    for (int i = 0; i < k; i++) {
+      used += take_answer(all + used, len - used, &head, got, size, &bl);
+      assert_true(strncmp(head, "HTTP/1.1 200 ", 13) == 0);
+      assert_non_null(strstr(head, "X-Netstash-Source: cache"));
+      assert_int_equal(bl, size);
+      assert_memory_equal(got, want, size);
+    }
+    used += take_answer(all + used, len - used, &head, got, size, &bl);
+    assert_int_equal(bl, 5);
+    assert_memory_equal(got, "hello", 5);
+    assert_int_equal(used, len);
+    free(all);
+    /* the first of them at least went out with sendfile (the others may
+     * find an earlier one's rest still queued: then they are written) */
+    assert_true(metric_of(&nd, "netd_gateway_sendfile_answers_total") >= sf + 1);
+  }
+
+  /* 8000 bytes: below the range, written as before */
+  r = exchange_str(nd.gateway, "GET /cache/big/8000 HTTP/1.1\r\nHost: x\r\n"
+                               "Connection: close\r\n\r\n");
+  resp_free(&r);
+  stored_settled(small);
+  sf = metric_of(&nd, "netd_gateway_sendfile_answers_total");
+  hot_rounds(&nd, small, 8000, 3);
+  assert_true(metric_of(&nd, "netd_gateway_sendfile_answers_total") == sf);
+  free(want);
+  free(got);
+}
+
+/* With room for one copy (hot_body_bytes 65536), a second hot body evicts
+ * the first; the evicted one is answered from the store as before, and
+ * kept again once it is hot again. A netd with "hot_body_bytes": 0 keeps
+ * none. */
+static void test_gateway_hot_body_room(void **state) {
+  netd_proc p = {.pid = -1};
+  char upstream[128], cfg[512];
+  static const char *const paths[2] = {"/cache/big/40000", "/cache/big/40001"};
+  const size_t sizes[2] = {40000, 40001};
+  FILE *f;
+  (void)state;
+  snprintf(upstream, sizeof(upstream), "http://127.0.0.1:%d", raw.port);
+  for (int off = 0; off < 2; off++) {
+    double sf;
+    snprintf(cfg, sizeof(cfg), "%s", nst_path(off ? "hot-off.json" : "hot-room.json"));
+    assert_non_null(f = fopen(cfg, "w"));
+    fprintf(f, "{\"hot_body_bytes\": %d}\n", off ? 0 : 65536);
+    fclose(f);
+    assert_int_equal(start_netd(&p, off ? "netd-hot-off" : "netd-hot-room", upstream, 0, 1, cfg),
+                     0);
+    for (int i = 0; i < 2; i++) {
+      char req[256];
+      resp r;
+      snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+               paths[i]);
+      r = exchange_str(p.gateway, req);
+      assert_int_equal(r.status, 200);
+      resp_free(&r);
+      stored_settled_on(&p, paths[i]); /* seen once */
+    }
+    sf = metric_of(&p, "netd_gateway_sendfile_answers_total");
+    hot_rounds(&p, paths[0], sizes[0], 2); /* kept */
+    if (off) {
+      assert_true(metric_of(&p, "netd_gateway_sendfile_answers_total") == sf);
+      assert_true(metric_of(&p, "netd_hot_bodies") == 0);
+      assert_int_equal(netd_run_stop(&p), 0);
+      continue;
+    }
+    assert_true(metric_of(&p, "netd_gateway_sendfile_answers_total") == sf + 2);
+    assert_true(metric_of(&p, "netd_hot_body_bytes") == 40000);
+    hot_rounds(&p, paths[1], sizes[1], 2); /* kept; the first evicted */
+    assert_true(metric_of(&p, "netd_gateway_sendfile_answers_total") == sf + 4);
+    assert_true(metric_of(&p, "netd_hot_bodies") == 1);
+    assert_true(metric_of(&p, "netd_hot_body_bytes") == 40001);
+    /* the first again: seen anew (written), then kept again (sendfile) */
+    hot_rounds(&p, paths[0], sizes[0], 3);
+    assert_true(metric_of(&p, "netd_gateway_sendfile_answers_total") == sf + 6);
+    assert_true(metric_of(&p, "netd_hot_body_bytes") == 40000);
+    assert_int_equal(netd_run_stop(&p), 0);
+  }
+}
+
 static int setup(void **state) {
   char upstream[128];
   (void)state;
@@ -1402,10 +1585,10 @@ static int setup(void **state) {
       nst_caddy_start("h2", &caddy) != 0 || start_cookie_server() != 0)
     return -1;
   snprintf(upstream, sizeof(upstream), "http://127.0.0.1:%d", raw.port);
-  if (start_netd(&nd, "netd-main", upstream, 1, 1) != 0)
+  if (start_netd(&nd, "netd-main", upstream, 1, 1, NULL) != 0)
     return -1;
   snprintf(upstream, sizeof(upstream), "http://127.0.0.1:%d/", cookie_port);
-  if (start_netd(&nd_cookies, "netd-cookies", upstream, 0, 0) != 0)
+  if (start_netd(&nd_cookies, "netd-cookies", upstream, 0, 0, NULL) != 0)
     return -1;
   return 0;
 }
@@ -1450,6 +1633,8 @@ int main(void) {
       cmocka_unit_test(test_gateway_fast_hits),
       cmocka_unit_test(test_gateway_next_request_during_commit),
       cmocka_unit_test(test_gateway_h2_fast_hits),
+      cmocka_unit_test(test_gateway_hot_bodies),
+      cmocka_unit_test(test_gateway_hot_body_room),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -324,6 +324,13 @@ static void test_lock_and_config(void **state) {
   config_says(dp.profile, "\"cache_max_bytes\": 5000000", 0, "store limit 5000000 bytes");
   config_says(dp.profile, "\"cache_max_bytes\": 1000", 3,
               "cache_max_bytes: an integer of bytes from 1048576 (1 MiB) expected");
+  /* the gateway's hot bodies: 16 MiB unless configured, 0 for none */
+  config_says(dp.profile, "\"lookup_threads\": 3", 0, "hot bodies 16777216 bytes");
+  config_says(dp.profile, "\"hot_body_bytes\": 0", 0, "hot bodies 0 bytes)");
+  config_says(dp.profile, "\"hot_body_bytes\": -1", 3,
+              "hot_body_bytes: an integer of bytes from 0 (none) to 2^40 expected");
+  config_says(dp.profile, "\"hot_body_bytes\": \"1M\"", 3,
+              "hot_body_bytes: an integer of bytes from 0 (none) to 2^40 expected");
   config_says(dp.profile, "\"sockett\": \"/tmp/s\"", 3, "unknown key \"sockett\"");
   /* the HTTP/2 gateway: TLS needs a certificate and key; a bad pair is
    * named at start */
