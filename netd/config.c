@@ -180,11 +180,13 @@ int netd_config_load(netd_config *c, const char *file, char *err, size_t errlen)
       if (!json_is_string(v) || netd_parse_hostport(json_string_value(v), h, p) != 0)
         FAIL("%s: %s: \"HOST:PORT\" expected (e.g. \"127.0.0.1:8080\")", file, key);
     } else if (!strcmp(key, "proxy_allow_remote") || !strcmp(key, "allow_unsigned") ||
-               !strcmp(key, "fast_hits")) {
+               !strcmp(key, "fast_hits") || !strcmp(key, "cache_recompress")) {
       if (!json_is_boolean(v))
         FAIL("%s: %s: true or false expected", file, key);
       if (!strcmp(key, "allow_unsigned"))
         c->allow_unsigned = json_is_true(v);
+      else if (!strcmp(key, "cache_recompress"))
+        c->cache_recompress = json_is_true(v);
       else if (!strcmp(key, "fast_hits"))
         c->no_fast_hits = !json_is_true(v);
       else

@@ -373,6 +373,7 @@ static netstash_ctx *make_ctx(netd *d, char *err, size_t errlen) {
   netstash_options_set_log(o, lib_log, d->cfg.log_level, d);
   if (d->cfg.cache_max_bytes)
     netstash_options_set_cache_max_bytes(o, d->cfg.cache_max_bytes);
+  netstash_options_set_cache_recompress(o, d->cfg.cache_recompress);
   if (d->cfg.ca_file)
     netstash_options_set_ca_file(o, d->cfg.ca_file);
   if (d->cfg.allow_unsigned)

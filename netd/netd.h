@@ -54,6 +54,7 @@ typedef struct netd_config {
   int metrics_port;
   /* library options */
   uint64_t cache_max_bytes; /* the store's size limit; 0: the library's 256 MiB */
+  int cache_recompress; /* text bodies stored as Brotli (netstash_options_set_cache_recompress) */
   /* the gateway's hot bodies sent with sendfile (netd/hotbody.c): memory
    * for their copies (default NETD_HOT_DEFAULT), 0: none */
   uint64_t hot_body_bytes;

@@ -60,6 +60,7 @@ struct ns_httpcache {
   ns_store_reader *reader;
   ns_cache_policy policy;
   uint64_t max_entry;
+  int recompress; /* ns_hc_config.recompress */
   int deferred;
   ns_list pending; /* pend_store */
   size_t npending;
@@ -285,6 +286,7 @@ netstash_error ns_httpcache_open(const ns_mem *mem, const ns_hc_config *cfg,
   ns_cache_policy_init(&hc->policy);
   hc->policy.partition = cfg->partition;
   hc->max_entry = cfg->max_entry ? cfg->max_entry : (32u << 20);
+  hc->recompress = cfg->recompress;
   hc->commit_gap_us = COMMIT_GAP_US;
   hc->store = cfg->store;
   rv = ns_store_reader_new(hc->store, &hc->reader);
@@ -703,7 +705,8 @@ static netstash_error store_fn(ns_store_txn *t, void *ud) {
   ns_buf vk;
   netstash_error rv = NETSTASH_OK;
   if (j->has_body && !j->body_known)
-    rv = ns_store_txn_body_put(t, j->body, j->body_len, j->coding, j->content_type, 0, j->hash);
+    rv = ns_store_txn_body_put(t, j->body, j->body_len, j->coding, j->content_type,
+                               j->hc->recompress ? 0 : NS_STORE_BODY_NO_RECOMPRESS, j->hash);
   if (rv != NETSTASH_OK)
     return rv;
   ns_buf_init(&vk, j->hc->mem, NS_STORE_KEY_MAX);

@@ -30,6 +30,7 @@ typedef struct ns_hc_config {
   ns_store *store;        /* the profile's store (borrowed: outlives the cache) */
   uint64_t max_entry;     /* largest body stored */
   int partition;          /* double-keyed cache */
+  int recompress;         /* identity text bodies stored as Brotli (the store's rule) */
 } ns_hc_config;
 
 /* A stored response, copied out of the store (the read transaction does not

@@ -265,6 +265,7 @@ netstash_error netstash_ctx_new(netstash_ctx **out, const netstash_options *opts
     memset(&hcc, 0, sizeof(hcc));
     hcc.store = ctx->store;
     hcc.partition = ctx->cfg.cache_partition;
+    hcc.recompress = ctx->cfg.cache_recompress;
     rv = ns_httpcache_open(&ctx->mem, &hcc, &ctx->hc, detail, detail_len);
     if (rv != NETSTASH_OK)
       goto fail;

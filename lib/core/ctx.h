@@ -49,6 +49,7 @@ typedef struct ns_config {
   char *profile_dir;
   int http_cache;          /* use the profile's HTTP cache (default 1) */
   int cache_partition;     /* double-keyed (default 1) */
+  int cache_recompress;    /* text bodies stored as Brotli (default 0) */
   uint64_t cache_max_bytes;
   /* preload */
   char *trusted_keys; /* public key files, '\n'-separated; NULL: none */

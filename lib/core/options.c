@@ -243,6 +243,13 @@ netstash_error netstash_options_set_cache_partitioning(netstash_options *o, int 
   return NETSTASH_OK;
 }
 
+netstash_error netstash_options_set_cache_recompress(netstash_options *o, int enable) {
+  if (!o)
+    return NETSTASH_E_INVALID_ARGUMENT;
+  o->cfg.cache_recompress = enable ? 1 : 0;
+  return NETSTASH_OK;
+}
+
 netstash_error netstash_options_set_cache_max_bytes(netstash_options *o, uint64_t bytes) {
   if (!o || bytes < (1u << 20))
     return NETSTASH_E_INVALID_ARGUMENT;

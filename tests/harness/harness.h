@@ -239,4 +239,12 @@ static inline void nst_pattern(unsigned char *dst, uint64_t off, size_t n) {
   }
 }
 
+/* Bytes off .. off+n-1 of a text that compresses well (the rawserver's
+ * /cache/text/N bodies, text/html), into dst. */
+static inline void nst_text(unsigned char *dst, uint64_t off, size_t n) {
+  static const char line[] = "<p>netstash keeps this page for the next visit.</p>\n";
+  for (size_t i = 0; i < n; i++)
+    dst[i] = (unsigned char)line[(off + i) % (sizeof(line) - 1)];
+}
+
 #endif

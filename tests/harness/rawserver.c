@@ -470,6 +470,24 @@ static int handle(conn *c, request *rq) {
       return respond(c, rq, 200, "Content-Type: text/plain\r\n", body, (size_t)n, 0) == 0 &&
              rq->keep_alive;
     }
+    if (strncmp(q, "text/", 5) == 0) {
+      /* /cache/text/N: N bytes (at most 1 MiB) of nst_text(), text/html,
+       * fresh for 600 s */
+      char *end;
+      unsigned long len = strtoul(q + 5, &end, 10);
+      unsigned char *t;
+      int ok;
+      if (*end || len > (1ul << 20) || !(t = malloc(len ? len : 1)))
+        return respond(c, rq, 400, "Content-Type: text/plain\r\n", "bad size\n", 9, 0) == 0 &&
+               rq->keep_alive;
+      nst_text(t, 0, len);
+      ok = respond(c, rq, 200,
+                   "Content-Type: text/html; charset=utf-8\r\n"
+                   "Cache-Control: max-age=600\r\n",
+                   (const char *)t, len, 0) == 0;
+      free(t);
+      return ok && rq->keep_alive;
+    }
     if (strncmp(q, "big/", 4) == 0) {
       /* /cache/big/N[/chunked]: N bytes (at most 16 MiB) of nst_pattern(),
        * fresh for 600 s, framed by Content-Length or chunked in 64 KiB

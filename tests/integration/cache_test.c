@@ -214,6 +214,72 @@ static netstash_error fast(netstash_preload_hit *h, netstash_request *req, char 
   return e;
 }
 
+/* The store's live bytes (netstash_preload_stats' store.used_bytes). */
+static long long used_bytes(netstash_ctx *ctx) {
+  char *js = NULL, *p;
+  long long v;
+  assert_int_equal(netstash_preload_stats(ctx, &js), NETSTASH_OK);
+  p = strstr(js, "\"used_bytes\":");
+  assert_non_null(p);
+  v = strtoll(p + 13, NULL, 10);
+  netstash_free(ctx, js);
+  return v;
+}
+
+/* A text body that came uncompressed (40000 bytes of HTML that Brotli
+ * shrinks to almost nothing) is stored as it came by default — the store
+ * grows by the body's size, and a hit hands out the stored bytes — and
+ * Brotli-compressed with netstash_options_set_cache_recompress(): the store
+ * grows by a page or so, a hit decodes. The same bytes either way. */
+static void test_text_bodies_as_they_came(void **state) {
+  const size_t size = 40000;
+  unsigned char *want = malloc(size);
+  char *body = malloc(size + 1);
+  (void)state;
+  assert_non_null(want);
+  assert_non_null(body);
+  nst_text(want, 0, size);
+  for (int recompress = 0; recompress < 2; recompress++) {
+    netstash_options *o;
+    netstash_ctx *ctx = NULL;
+    netstash_preload_hit *h;
+    netstash_request *req;
+    char detail[256];
+    long long before, grew;
+    long age;
+    netstash_error e = NETSTASH_E_NOT_FOUND;
+    result r;
+    assert_int_equal(netstash_options_new(&o), NETSTASH_OK);
+    assert_int_equal(netstash_options_set_profile_dir(o, new_profile()), NETSTASH_OK);
+    assert_int_equal(netstash_options_set_cache_recompress(o, recompress), NETSTASH_OK);
+    if (netstash_ctx_new(&ctx, o, detail, sizeof(detail)) != NETSTASH_OK)
+      fail_msg("ctx: %s", detail);
+    netstash_options_del(o);
+    before = used_bytes(ctx);
+    r = GET(ctx, "/cache/text/40000");
+    assert_int_equal(r.source, NETSTASH_SOURCE_NETWORK);
+    assert_int_equal(netstash_preload_hit_new(ctx, &h), NETSTASH_OK);
+    assert_int_equal(netstash_request_new(&req, url("/cache/text/40000")), NETSTASH_OK);
+    for (int i = 0; i < 500 && e == NETSTASH_E_NOT_FOUND; i++) { /* committed */
+      e = fast(h, req, body, size + 1, &age);
+      if (e == NETSTASH_E_NOT_FOUND)
+        usleep(10000);
+    }
+    assert_int_equal(e, NETSTASH_OK);
+    assert_memory_equal(body, want, size);
+    grew = used_bytes(ctx) - before;
+    if (recompress)
+      assert_true(grew < 20000);
+    else
+      assert_true(grew >= 40000);
+    netstash_request_del(req);
+    netstash_preload_hit_del(h);
+    netstash_ctx_del(ctx);
+  }
+  free(want);
+  free(body);
+}
+
 /* The synchronous HTTP-cache fast path: fresh stored answers only, for
  * requests a job would answer from the cache without a request of its own. */
 static void test_intercept_cached(void **state) {
@@ -821,6 +887,7 @@ int main(void) {
       cmocka_unit_test(test_fresh_hit_and_persistence),
       cmocka_unit_test(test_age_of_stored_answers),
       cmocka_unit_test(test_intercept_cached),
+      cmocka_unit_test(test_text_bodies_as_they_came),
       cmocka_unit_test(test_revalidation_304),
       cmocka_unit_test(test_caller_conditionals),
       cmocka_unit_test(test_no_store_and_bypass),

@@ -1413,7 +1413,7 @@ static void test_gateway_h2_fast_hits(void **state) {
 
 /* Requests path n times on one keep-alive connection to p's gateway, one
  * after the other, and checks each answer: 200 from the cache, the body
- * size bytes of nst_pattern. */
+ * size bytes of nst_pattern (of nst_text for a /cache/text/ path). */
 static void hot_rounds(const netd_proc *p, const char *path, size_t size, int n) {
   char req[512], *buf = malloc(size + 4096);
   unsigned char *want = malloc(size);
@@ -1421,7 +1421,10 @@ static void hot_rounds(const netd_proc *p, const char *path, size_t size, int n)
   assert_non_null(buf);
   assert_non_null(want);
   assert_true(fd >= 0);
-  nst_pattern(want, 0, size);
+  if (strncmp(path, "/cache/text/", 12) == 0)
+    nst_text(want, 0, size);
+  else
+    nst_pattern(want, 0, size);
   len = snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: x\r\n\r\n", path);
   for (int i = 0; i < n; i++) {
     size_t got;
@@ -1510,6 +1513,17 @@ static void test_gateway_hot_bodies(void **state) {
      * find an earlier one's rest still queued: then they are written) */
     assert_true(metric_of(&nd, "netd_gateway_sendfile_answers_total") >= sf + 1);
   }
+
+  /* a text body that came uncompressed is stored as it came (the library's
+   * default): its hits go out so too, not decoded each time */
+  r = exchange_str(nd.gateway, "GET /cache/text/40000 HTTP/1.1\r\nHost: x\r\n"
+                               "Connection: close\r\n\r\n");
+  assert_int_equal(r.status, 200);
+  resp_free(&r);
+  stored_settled("/cache/text/40000");
+  sf = metric_of(&nd, "netd_gateway_sendfile_answers_total");
+  hot_rounds(&nd, "/cache/text/40000", size, 3);
+  assert_true(metric_of(&nd, "netd_gateway_sendfile_answers_total") == sf + 3);
 
   /* 8000 bytes: below the range, written as before */
   r = exchange_str(nd.gateway, "GET /cache/big/8000 HTTP/1.1\r\nHost: x\r\n"

@@ -2033,7 +2033,7 @@ static void store_one(ns_httpcache *hc, int i, netstash_error *result) {
 
 static void test_commit_gap(void **state) {
   ns_store *s = open_default();
-  ns_hc_config cfg = {s, 0, 0};
+  ns_hc_config cfg = {s, 0, 0, 0};
   ns_httpcache *hc = NULL;
   netstash_error r[70];
   uint32_t retry = 0;
