@@ -26,7 +26,9 @@
  * answered (a first sighting is noted in a table of candidates), so bodies
  * read once cost a table entry, not a copy. Copies are bounded by
  * max_bytes (config hot_body_bytes), least recently sent evicted first.
- * Loop thread only.
+ * Entries come from a pool allocated with the table (candidates, plus as
+ * many copies as fit at the smallest size, at most MAX_FILES): an answer
+ * allocates no memory. Loop thread only.
  */
 #define _GNU_SOURCE 1
 #include <errno.h>
@@ -40,10 +42,11 @@
 #include "netd/netd.h"
 
 #define KEY_LEN 32
-#define CANDIDATES 1024 /* first sightings remembered */
+#define CANDIDATES 1024      /* first sightings remembered */
+#define MAX_FILES (1u << 16) /* copies kept, whatever the budget */
 
 typedef struct hot_entry {
-  ns_list lru;             /* in files or candidates, most recent first */
+  ns_list lru;             /* in files or candidates (most recent first), or free */
   struct hot_entry *chain; /* hash bucket */
   uint8_t key[KEY_LEN];
   int fd; /* the sealed memfd; -1: a candidate (seen once) */
@@ -52,10 +55,11 @@ typedef struct hot_entry {
 
 struct netd_hot {
   uint64_t max_bytes, bytes;
-  size_t nfiles, ncand;
+  size_t nfiles, ncand, max_files;
   hot_entry **buckets;
   size_t nbuckets; /* a power of two */
-  ns_list files, cands;
+  hot_entry *pool; /* CANDIDATES + max_files entries */
+  ns_list files, cands, free;
   netd_metrics *m;
 };
 
@@ -85,7 +89,7 @@ static void unlink_entry(netd_hot *h, hot_entry *e) {
   } else {
     h->ncand--;
   }
-  free(e);
+  ns_list_insert_head(&h->free, &e->lru);
 }
 
 static void publish(netd_hot *h) {
@@ -97,18 +101,26 @@ static void publish(netd_hot *h) {
 
 netd_hot *netd_hot_new(uint64_t max_bytes, netd_metrics *m) {
   netd_hot *h;
+  size_t n;
   if (!max_bytes)
     return NULL;
   h = calloc(1, sizeof(*h));
   if (!h)
     return NULL;
-  /* buckets for the candidates and as many files as fit at the smallest
-   * size, at most 4 per bucket */
+  h->max_files =
+      max_bytes / NETD_HOT_MIN < MAX_FILES ? (size_t)(max_bytes / NETD_HOT_MIN) : MAX_FILES;
+  if (!h->max_files)
+    h->max_files = 1; /* a budget below 16 KiB holds none (size check), but stays consistent */
+  n = CANDIDATES + h->max_files;
+  /* buckets: at most 4 entries per bucket on average */
   h->nbuckets = 256;
-  while (h->nbuckets * 4 < CANDIDATES + max_bytes / NETD_HOT_MIN && h->nbuckets < (1u << 16))
+  while (h->nbuckets * 4 < n)
     h->nbuckets *= 2;
   h->buckets = calloc(h->nbuckets, sizeof(*h->buckets));
-  if (!h->buckets) {
+  h->pool = calloc(n, sizeof(*h->pool));
+  if (!h->buckets || !h->pool) {
+    free(h->buckets);
+    free(h->pool);
     free(h);
     return NULL;
   }
@@ -116,6 +128,9 @@ netd_hot *netd_hot_new(uint64_t max_bytes, netd_metrics *m) {
   h->m = m;
   ns_list_init(&h->files);
   ns_list_init(&h->cands);
+  ns_list_init(&h->free);
+  for (size_t i = 0; i < n; i++)
+    ns_list_insert_tail(&h->free, &h->pool[i].lru);
   return h;
 }
 
@@ -128,6 +143,7 @@ void netd_hot_free(netd_hot *h) {
     unlink_entry(h, ns_list_entry(h->cands.next, hot_entry, lru));
   publish(h);
   free(h->buckets);
+  free(h->pool);
   free(h);
 }
 
@@ -170,9 +186,8 @@ int netd_hot_fd(netd_hot *h, const uint8_t *key, const uv_buf_t *chunks, unsigne
   if (!e) { /* a first sighting: remembered, not copied */
     if (h->ncand >= CANDIDATES)
       unlink_entry(h, ns_list_entry(h->cands.prev, hot_entry, lru));
-    e = calloc(1, sizeof(*e));
-    if (!e)
-      return -1;
+    e = ns_list_entry(h->free.next, hot_entry, lru); /* one is free now */
+    ns_list_remove(&e->lru);
     memcpy(e->key, key, KEY_LEN);
     e->fd = -1;
     e->size = size;
@@ -185,7 +200,7 @@ int netd_hot_fd(netd_hot *h, const uint8_t *key, const uv_buf_t *chunks, unsigne
   /* the second: copied, room made from the least recently sent */
   if (e->size != size)
     return -1; /* cannot be for one content address; not trusted */
-  while (h->bytes + size > h->max_bytes && !ns_list_empty(&h->files))
+  while ((h->bytes + size > h->max_bytes || h->nfiles >= h->max_files) && !ns_list_empty(&h->files))
     unlink_entry(h, ns_list_entry(h->files.prev, hot_entry, lru));
   e->fd = copy_body(chunks, n, size);
   if (e->fd < 0) {
