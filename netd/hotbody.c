@@ -27,8 +27,9 @@
  * read once cost a table entry, not a copy. Copies are bounded by
  * max_bytes (config hot_body_bytes), least recently sent evicted first.
  * Entries come from a pool allocated with the table (candidates, plus as
- * many copies as fit at the smallest size, at most MAX_FILES): an answer
- * allocates no memory. Loop thread only.
+ * many copies as fit at the smallest size, at most MAX_FILES and a quarter
+ * of the descriptor limit): an answer allocates no memory. Loop thread
+ * only.
  */
 #define _GNU_SOURCE 1
 #include <errno.h>
@@ -36,6 +37,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "core/list.h"
@@ -109,6 +111,14 @@ netd_hot *netd_hot_new(uint64_t max_bytes, netd_metrics *m) {
     return NULL;
   h->max_files =
       max_bytes / NETD_HOT_MIN < MAX_FILES ? (size_t)(max_bytes / NETD_HOT_MIN) : MAX_FILES;
+  {
+    /* a copy holds a descriptor: at most a quarter of what the process may
+     * open, the rest is its connections' */
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
+        rl.rlim_cur / 4 < h->max_files)
+      h->max_files = (size_t)(rl.rlim_cur / 4);
+  }
   if (!h->max_files)
     h->max_files = 1; /* a budget below 16 KiB holds none (size check), but stays consistent */
   n = CANDIDATES + h->max_files;

@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -394,6 +395,22 @@ static netstash_ctx *make_ctx(netd *d, char *err, size_t errlen) {
   return ctx;
 }
 
+/* A daemon serving thousands of connections (MAX_CONNS per front) and
+ * keeping hot bodies' memfds open wants more than the usual soft limit of
+ * 1024 descriptors: the soft limit goes up to the hard one, as nginx's
+ * worker_rlimit_nofile or systemd's LimitNOFILE would set it. */
+static void raise_fd_limit(const netd *d) {
+  struct rlimit rl;
+  rlim_t was;
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur >= rl.rlim_max)
+    return;
+  was = rl.rlim_cur;
+  rl.rlim_cur = rl.rlim_max;
+  if (setrlimit(RLIMIT_NOFILE, &rl) == 0)
+    netd_log(d, NETSTASH_LOG_DEBUG, "descriptor limit raised from %llu to %llu",
+             (unsigned long long)was, (unsigned long long)rl.rlim_max);
+}
+
 int main(int argc, char **argv) {
   static const struct option longopts[] = {
       {"profile", required_argument, NULL, OPT_PROFILE},
@@ -519,6 +536,7 @@ int main(int argc, char **argv) {
   sigaddset(&set, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &set, NULL);
   signal(SIGPIPE, SIG_IGN);
+  raise_fd_limit(d);
 
   d->started_us = ns_now_us();
   d->ctx = make_ctx(d, err, sizeof(err));

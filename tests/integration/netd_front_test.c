@@ -25,6 +25,7 @@
 #include <string.h>
 #include <fcntl.h>
 #include <sys/file.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -1544,6 +1545,7 @@ static void test_gateway_hot_bodies(void **state) {
 static void test_gateway_hot_body_room(void **state) {
   netd_proc p = {.pid = -1};
   char upstream[128], cfg[512];
+  int n;
   static const char *const paths[2] = {"/cache/big/40000", "/cache/big/40001"};
   const size_t sizes[2] = {40000, 40001};
   FILE *f;
@@ -1555,8 +1557,29 @@ static void test_gateway_hot_body_room(void **state) {
     assert_non_null(f = fopen(cfg, "w"));
     fprintf(f, "{\"hot_body_bytes\": %d}\n", off ? 0 : 65536);
     fclose(f);
-    assert_int_equal(start_netd(&p, off ? "netd-hot-off" : "netd-hot-room", upstream, 0, 1, cfg),
-                     0);
+    {
+      /* netd inherits a soft descriptor limit of 512 */
+      struct rlimit was, low;
+      assert_int_equal(getrlimit(RLIMIT_NOFILE, &was), 0);
+      low = was;
+      low.rlim_cur = was.rlim_max > 512 ? 512 : was.rlim_max;
+      assert_int_equal(setrlimit(RLIMIT_NOFILE, &low), 0);
+      n = start_netd(&p, off ? "netd-hot-off" : "netd-hot-room", upstream, 0, 1, cfg);
+      assert_int_equal(setrlimit(RLIMIT_NOFILE, &was), 0);
+      assert_int_equal(n, 0);
+    }
+    if (!off) { /* raised to the hard limit at start (hot bodies hold some) */
+      char lp[64], line[256];
+      unsigned long long soft = 0, hard = 1;
+      FILE *lf;
+      snprintf(lp, sizeof(lp), "/proc/%d/limits", (int)p.pid);
+      assert_non_null(lf = fopen(lp, "r"));
+      while (fgets(line, sizeof(line), lf))
+        if (strncmp(line, "Max open files", 14) == 0)
+          assert_int_equal(sscanf(line + 14, "%llu %llu", &soft, &hard), 2);
+      fclose(lf);
+      assert_true(soft == hard);
+    }
     for (int i = 0; i < 2; i++) {
       char req[256];
       resp r;

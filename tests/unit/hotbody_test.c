@@ -16,6 +16,7 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -173,11 +174,43 @@ static void test_many_keys(void **state) {
   free(body);
 }
 
+/* Each copy holds a descriptor: at most a quarter of the process's limit,
+ * whatever the budget. */
+static void test_descriptor_bound(void **state) {
+  netd_metrics m;
+  netd_hot *h;
+  struct rlimit was, rl;
+  unsigned char *body = malloc(NETD_HOT_MIN);
+  uv_buf_t c;
+  uint8_t key[32];
+  (void)state;
+  memset(&m, 0, sizeof(m));
+  assert_non_null(body);
+  fill(body, NETD_HOT_MIN, 9);
+  c = uv_buf_init((char *)body, NETD_HOT_MIN);
+  assert_int_equal(getrlimit(RLIMIT_NOFILE, &was), 0);
+  rl = was;
+  rl.rlim_cur = 128;
+  assert_int_equal(setrlimit(RLIMIT_NOFILE, &rl), 0);
+  h = netd_hot_new(16u << 20, &m); /* room for 1024 copies by size */
+  assert_int_equal(setrlimit(RLIMIT_NOFILE, &was), 0);
+  assert_non_null(h);
+  for (unsigned i = 0; i < 100; i++) {
+    key_of(key, 50000 + i);
+    assert_int_equal(netd_hot_fd(h, key, &c, 1, NETD_HOT_MIN), -1);
+    assert_true(netd_hot_fd(h, key, &c, 1, NETD_HOT_MIN) >= 0);
+  }
+  assert_int_equal(atomic_load(&m.hot_bodies), 32);
+  netd_hot_free(h);
+  free(body);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_second_sighting_copies),
       cmocka_unit_test(test_budget_and_eviction),
       cmocka_unit_test(test_many_keys),
+      cmocka_unit_test(test_descriptor_bound),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
