@@ -1515,6 +1515,27 @@ static void test_gateway_hot_bodies(void **state) {
     assert_true(metric_of(&nd, "netd_gateway_sendfile_answers_total") >= sf + 1);
   }
 
+  /* a client that asks for 100 of them and leaves after 10 KiB: netd closes
+   * that connection (a send or sendfile fails) and goes on */
+  {
+    char *req = malloc(100 * 64), buf[10240];
+    size_t taken = 0;
+    n = 0;
+    assert_non_null(req);
+    for (int i = 0; i < 100; i++)
+      n += sprintf(req + n, "GET %s HTTP/1.1\r\nHost: x\r\n\r\n", path);
+    fd = connect_small_window(nd.gateway);
+    assert_int_equal(netd_run_send(fd, req, (size_t)n), 0);
+    free(req);
+    while (taken < sizeof(buf)) {
+      ssize_t k = recv(fd, buf + taken, sizeof(buf) - taken, 0);
+      assert_true(k > 0);
+      taken += (size_t)k;
+    }
+    close(fd);
+    hot_rounds(&nd, path, size, 2);
+  }
+
   /* a text body that came uncompressed is stored as it came (the library's
    * default): its hits go out so too, not decoded each time */
   r = exchange_str(nd.gateway, "GET /cache/text/40000 HTTP/1.1\r\nHost: x\r\n"
