@@ -22,7 +22,8 @@
  * touches an answer on its way.
  *
  * The key is the store's content address (SHA-256) of the bytes: the same
- * key always names the same bytes. A body is copied the second time it is
+ * key always names the same bytes (its bucket is a salted hash of it, so an
+ * origin choosing bodies cannot pile them into one chain). A body is copied the second time it is
  * answered (a first sighting is noted in a table of candidates), so bodies
  * read once cost a table entry, not a copy. Copies are bounded by
  * max_bytes (config hot_body_bytes), least recently sent evicted first.
@@ -37,6 +38,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/random.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -60,6 +62,8 @@ struct netd_hot {
   size_t nfiles, ncand, max_files;
   hot_entry **buckets;
   size_t nbuckets; /* a power of two */
+  unsigned shift;  /* 64 - log2(nbuckets) */
+  uint64_t salt;   /* random: an origin choosing bodies cannot aim at a bucket */
   hot_entry *pool; /* CANDIDATES + max_files entries */
   ns_list files, cands, free;
   netd_metrics *m;
@@ -67,8 +71,8 @@ struct netd_hot {
 
 static size_t bucket_of(const netd_hot *h, const uint8_t *key) {
   uint64_t v;
-  memcpy(&v, key, sizeof(v)); /* a SHA-256: uniform already */
-  return (size_t)v & (h->nbuckets - 1);
+  memcpy(&v, key, sizeof(v));
+  return (size_t)(((v ^ h->salt) * 0x9E3779B97F4A7C15ull) >> h->shift);
 }
 
 static hot_entry *find(const netd_hot *h, const uint8_t *key) {
@@ -124,8 +128,13 @@ netd_hot *netd_hot_new(uint64_t max_bytes, netd_metrics *m) {
   n = CANDIDATES + h->max_files;
   /* buckets: at most 4 entries per bucket on average */
   h->nbuckets = 256;
-  while (h->nbuckets * 4 < n)
+  h->shift = 56;
+  while (h->nbuckets * 4 < n) {
     h->nbuckets *= 2;
+    h->shift--;
+  }
+  if (getrandom(&h->salt, sizeof(h->salt), GRND_NONBLOCK) != (ssize_t)sizeof(h->salt))
+    h->salt = (uint64_t)(uintptr_t)h ^ (uint64_t)getpid() << 32; /* not secret, still spread */
   h->buckets = calloc(h->nbuckets, sizeof(*h->buckets));
   h->pool = calloc(n, sizeof(*h->pool));
   if (!h->buckets || !h->pool) {
