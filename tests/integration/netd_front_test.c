@@ -1475,7 +1475,7 @@ static void test_gateway_hot_bodies(void **state) {
   assert_true(metric_of(&nd, "netd_hot_bodies") == hot0 + 1);
   assert_true(metric_of(&nd, "netd_hot_body_bytes") >= (double)size);
 
-  /* pipelined; then 40 of them to a client reading slowly through a small
+  /* pipelined; then 200 of them to a client reading slowly through a small
    * window, so that the socket fills: a sendfile sends part of a body and
    * the rest is queued, later answers are written after it */
   for (int slow = 0; slow < 2; slow++) {
