@@ -561,6 +561,41 @@ netstash_error ns_httpcache_peek(ns_httpcache *hc, ns_store_reader *reader, cons
   return NETSTASH_OK;
 }
 
+ns_coding ns_httpcache_head_coding(const ns_headers *head) {
+  const char *ce = ns_headers_get(head, "content-encoding");
+  ns_coding c[NS_DECODE_MAX_LAYERS];
+  int n;
+  if (!ce)
+    return NS_CODING_IDENTITY;
+  n = ns_coding_parse(ce, strlen(ce), c);
+  return n == 0 ? NS_CODING_IDENTITY : n == 1 ? c[0] : NS_CODING_UNKNOWN;
+}
+
+/* The body b kept as e's head says (not recompressed, the same coding). */
+static int kept_as_head_says(const ns_store_body *b, const ns_hc_entry *e) {
+  return !b->recompressed && b->coding == ns_httpcache_head_coding(&e->headers);
+}
+
+netstash_error ns_httpcache_body_form(ns_httpcache *hc, const ns_hc_entry *e, int *as_stored,
+                                      uint64_t *decoded_size) {
+  ns_store_body b;
+  netstash_error rv;
+  *as_stored = 1;
+  *decoded_size = 0;
+  if (!e->has_body)
+    return NETSTASH_OK;
+  rv = ns_store_read_begin(hc->reader);
+  if (rv != NETSTASH_OK)
+    return rv;
+  rv = ns_store_body_get(hc->reader, e->body_hash, &b);
+  if (rv == NETSTASH_OK) {
+    *as_stored = kept_as_head_says(&b, e);
+    *decoded_size = b.decoded_size;
+  }
+  ns_store_read_end(hc->reader);
+  return rv;
+}
+
 netstash_error ns_httpcache_serve_body(ns_httpcache *hc, const ns_hc_entry *e, int raw,
                                        uint64_t max_out, ns_decoder_sink sink, void *ud) {
   ns_store_body b;
@@ -571,8 +606,10 @@ netstash_error ns_httpcache_serve_body(ns_httpcache *hc, const ns_hc_entry *e, i
   if (rv != NETSTASH_OK)
     return rv;
   rv = ns_store_body_get(hc->reader, e->body_hash, &b);
+  if (rv == NETSTASH_OK && raw && !kept_as_head_says(&b, e))
+    rv = NETSTASH_E_NOT_FOUND; /* replaced since ns_httpcache_body_form: not what the head says */
   if (rv == NETSTASH_OK) {
-    if (raw && !b.recompressed) {
+    if (raw) {
       /* as received: the chunks themselves */
       uint64_t sent = 0;
       for (uint32_t i = 0; rv == NETSTASH_OK && i < b.nchunks; i++) {

@@ -98,9 +98,28 @@ netstash_error ns_httpcache_peek(ns_httpcache *hc, ns_store_reader *reader, cons
                                  const char *url, const ns_headers *req, int64_t now_ms,
                                  ns_hc_entry *e);
 
-/* Streams the entry's body, decoded (or as stored when raw and the store did
- * not recompress it), to sink; at most max_out bytes. NETSTASH_E_NOT_FOUND
- * when the body went away (evicted between lookup and serve). */
+/* The coding a stored head names (its Content-Encoding): NS_CODING_IDENTITY,
+ * _GZIP or _BR (the only ones stored), NS_CODING_UNKNOWN for anything else. */
+ns_coding ns_httpcache_head_coding(const ns_headers *head);
+
+/* Whether a raw answer from e (a relay) can carry the stored body as it is
+ * kept: *as_stored 1 when the store keeps it in the coding e's head names —
+ * not so when the store recompressed it, or when two responses with the same
+ * decoded content came in different codings (the body is kept once, keyed
+ * by its decoded SHA-256, in the coding of the first stored: a Vary:
+ * Accept-Encoding resource's identity and gzip variants share it). Then the
+ * answer must be the decoded body, *decoded_size bytes, without the head's
+ * Content-Encoding and Content-Length. NETSTASH_E_NOT_FOUND when the body
+ * went away. */
+netstash_error ns_httpcache_body_form(ns_httpcache *hc, const ns_hc_entry *e, int *as_stored,
+                                      uint64_t *decoded_size);
+
+/* Streams the entry's body to sink, at most max_out bytes: decoded, or with
+ * raw as it is kept — only when it is kept in the coding e's head names
+ * (ns_httpcache_body_form said so; if the body changed since, this fails
+ * with NETSTASH_E_NOT_FOUND rather than send bytes the head does not
+ * describe). NETSTASH_E_NOT_FOUND when the body went away (evicted between
+ * lookup and serve). */
 netstash_error ns_httpcache_serve_body(ns_httpcache *hc, const ns_hc_entry *e, int raw,
                                        uint64_t max_out, ns_decoder_sink sink, void *ud);
 

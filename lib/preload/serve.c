@@ -580,22 +580,28 @@ static netstash_error cached_local(netstash_preload_hit *hit, const netstash_req
     e = NETSTASH_E_NOT_FOUND;
   memset(&hit->h, 0, sizeof(hit->h));
   if (e == NETSTASH_OK && ce->has_body) {
+    /* the coding the head names; the body is kept in another one when the
+     * store recompressed it, or when a response with the same decoded
+     * content came first in another coding (ns_httpcache_body_form) */
+    ns_coding named = ns_httpcache_head_coding(&ce->headers);
     e = ns_store_body_get(hit->r, ce->body_hash, &hit->h.body);
-    if (e == NETSTASH_OK && req->raw && !hit->h.body.recompressed &&
-        hit->h.body.coding != NS_CODING_IDENTITY)
+    if (e == NETSTASH_OK && req->raw && !hit->h.body.recompressed && hit->h.body.coding == named &&
+        named != NS_CODING_IDENTITY)
       e = NETSTASH_E_NOT_FOUND; /* raw: a job relays the coding it came in */
     else if (e == NETSTASH_OK &&
              (hit->h.body.coding != NS_CODING_IDENTITY || hit->h.body.recompressed)) {
       /* served decoded, as a job serves it: into the hit's buffer */
       ns_buf_reset(&hit->dec);
       hit->decoded = 1;
-      /* a body the store compressed itself is the one received: its stored
-       * Content-Length holds */
-      hit->strip = !hit->h.body.recompressed;
+      /* the head's coding and length describe other bytes, unless it names
+       * none (a body the store compressed itself: its Content-Length holds) */
+      hit->strip = named != NS_CODING_IDENTITY;
       e = hit->h.body.decoded_size > NS_LOOKUP_MAX_BODY
               ? NETSTASH_E_NOT_FOUND /* a job streams it */
               : ns_store_body_decode(&hit->h.body, &ctx->mem, NS_LOOKUP_MAX_BODY, dec_sink,
                                      &hit->dec);
+    } else if (e == NETSTASH_OK && named != NS_CODING_IDENTITY) {
+      hit->strip = 1; /* kept as identity for a head that names a coding: served so */
     }
   }
   if (e == NETSTASH_OK) {

@@ -2162,7 +2162,10 @@ static netstash_error range_deliver(const uint8_t *data, size_t len, void *ud) {
 
 /* Answers the fetch from f->hce (the stored response) and ends it; r (may be
  * NULL) turns it into a 206 or 416 answer to the request's Range, computed
- * on the decoded body (the answer carries no Content-Encoding). */
+ * on the decoded body (the answer carries no Content-Encoding). A raw
+ * request gets the body as it is kept when that is in the coding the head
+ * names; otherwise (ns_httpcache_body_form) the decoded body, without the
+ * head's Content-Encoding, its Content-Length the decoded size. */
 static void serve_cached_slice(netstash_fetch *f, netstash_source source,
                                const ns_cache_range *r) {
   ns_transport *tr = f->ctx->transport;
@@ -2170,16 +2173,32 @@ static void serve_cached_slice(netstash_fetch *f, netstash_source source,
   size_t it = 0;
   netstash_error rv = NETSTASH_OK;
   int partial = r && (r->status == 206 || r->status == 416);
+  int as_stored = 1, plain = partial; /* plain: the answer carries no coding */
+  uint64_t decoded_size = 0;
   range_sink rs;
   if (f->easy && f->state == NS_FETCH_ACTIVE) {
     curl_multi_remove_handle(tr->multi, f->easy);
     f->state = NS_FETCH_NEW;
   }
+  if (f->req->raw && !partial) {
+    rv = ns_httpcache_body_form(f->ctx->hc, &f->hce, &as_stored, &decoded_size);
+    if (rv == NETSTASH_E_NOT_FOUND) {
+      ns_fetch_detail(f, "the stored body of %s went away (evicted); retry", f->cur.url);
+      end_fetch(f, NETSTASH_E_NOT_CACHED);
+      return;
+    }
+    if (rv != NETSTASH_OK) {
+      ns_fetch_detail(f, "reading the stored body: %s", netstash_strerror(rv));
+      end_fetch(f, rv);
+      return;
+    }
+    plain = !as_stored && ns_httpcache_head_coding(&f->hce.headers) != NS_CODING_IDENTITY;
+  }
   reset_response(f);
   f->status = partial ? r->status : f->hce.status;
   while (rv == NETSTASH_OK && (fld = ns_headers_next(&f->hce.headers, &it, NULL)) != NULL) {
-    if (partial && (ns_ascii_casecmp(fld->name, "content-length") == 0 ||
-                    ns_ascii_casecmp(fld->name, "content-encoding") == 0))
+    if (plain && (ns_ascii_casecmp(fld->name, "content-length") == 0 ||
+                  ns_ascii_casecmp(fld->name, "content-encoding") == 0))
       continue;
     if (fld->name_len == 3 && ns_ascii_casecmp_n(fld->name, "age", 3) == 0)
       continue; /* replaced below */
@@ -2200,6 +2219,12 @@ static void serve_cached_slice(netstash_fetch *f, netstash_source source,
     }
     rv = add_header_nv(f, "age", 3, age,
                        (size_t)snprintf(age, sizeof(age), "%lld", (long long)(ms / 1000)));
+  }
+  if (rv == NETSTASH_OK && plain && !partial && f->hce.has_body) {
+    char len[32];
+    rv =
+        add_header_nv(f, "content-length", 14, len,
+                      (size_t)snprintf(len, sizeof(len), "%llu", (unsigned long long)decoded_size));
   }
   if (rv == NETSTASH_OK && partial) {
     char len[32];
@@ -2228,7 +2253,8 @@ static void serve_cached_slice(netstash_fetch *f, netstash_source source,
       rs.left = r->last - r->first + 1;
       rv = ns_httpcache_serve_body(f->ctx->hc, &f->hce, 0, f->max_body, range_deliver, &rs);
     } else {
-      rv = ns_httpcache_serve_body(f->ctx->hc, &f->hce, f->req->raw, f->max_body, deliver, f);
+      rv = ns_httpcache_serve_body(f->ctx->hc, &f->hce, f->req->raw && as_stored, f->max_body,
+                                   deliver, f);
     }
   }
   if (rv == NETSTASH_E_NOT_FOUND) {

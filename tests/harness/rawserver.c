@@ -76,6 +76,7 @@ typedef struct request {
   size_t body_len;
   char if_none_match[128];
   char accept_language[64];
+  char accept_encoding[64];
 } request;
 
 static atomic_ulong g_cache_hits, g_sie_hits;
@@ -277,6 +278,8 @@ static int read_request(conn *c, request *rq) {
           snprintf(rq->if_none_match, sizeof(rq->if_none_match), "%.127s", value);
         else if (strcasecmp(name, "Accept-Language") == 0)
           snprintf(rq->accept_language, sizeof(rq->accept_language), "%.63s", value);
+        else if (strcasecmp(name, "Accept-Encoding") == 0)
+          snprintf(rq->accept_encoding, sizeof(rq->accept_encoding), "%.63s", value);
       }
     }
     line = next + 2;
@@ -542,6 +545,29 @@ static int handle(conn *c, request *rq) {
                        "X-Revalidated: yes\r\n", NULL, 0, 1) == 0 && rq->keep_alive;
       n = snprintf(body, sizeof(body), "etag n=%lu", k);
       return respond(c, rq, 200, h, body, (size_t)n, 0) == 0 && rq->keep_alive;
+    }
+    if (strcmp(q, "negotiated") == 0) {
+      /* "netstash negotiated body\n" x4, gzip-encoded when the request's
+       * Accept-Encoding names gzip and as it is otherwise, Vary:
+       * Accept-Encoding: two variants, one decoded content (no other
+       * endpoint serves it, so its body is kept as the first variant
+       * stored came) */
+      static const unsigned char gz[] = {0x1f, 0x8b, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x02, 0x03,
+                                         0xcb, 0x4b, 0x2d, 0x29, 0x2e, 0x49, 0x2c, 0xce, 0x50, 0xc8,
+                                         0x4b, 0x4d, 0xcf, 0x2f, 0xc9, 0x4c, 0x2c, 0x49, 0x4d, 0x51,
+                                         0x48, 0xca, 0x4f, 0xa9, 0xe4, 0xca, 0xa3, 0x9e, 0x04, 0x00,
+                                         0x7e, 0x03, 0x6e, 0xf0, 0x64, 0x00, 0x00, 0x00};
+      static const char plain[] = "netstash negotiated body\nnetstash negotiated body\n"
+                                  "netstash negotiated body\nnetstash negotiated body\n";
+      int gzip = strcasestr(rq->accept_encoding, "gzip") != NULL;
+      return respond(c, rq, 200,
+                     gzip ? "Content-Type: text/plain\r\nContent-Encoding: gzip\r\n"
+                            "Vary: Accept-Encoding\r\nCache-Control: max-age=600\r\n"
+                          : "Content-Type: text/plain\r\nVary: Accept-Encoding\r\n"
+                            "Cache-Control: max-age=600\r\n",
+                     gzip ? (const void *)gz : (const void *)plain,
+                     gzip ? sizeof(gz) : sizeof(plain) - 1, 0) == 0 &&
+             rq->keep_alive;
     }
     if (strcmp(q, "gzip") == 0) { /* fresh, gzip-encoded as sent ("netstash gzip body\n" x4) */
       static const unsigned char gz[] = {

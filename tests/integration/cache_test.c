@@ -280,6 +280,115 @@ static void test_text_bodies_as_they_came(void **state) {
   free(body);
 }
 
+/* A raw answer (a relay: netd's gateway) from the cache, Accept-Encoding
+ * as given: its body, its Content-Encoding ("" without) and Content-Length
+ * (-1 without). */
+typedef struct raw_answer {
+  netstash_source source;
+  char body[256];
+  size_t len;
+  char ce[32];
+  long clen;
+} raw_answer;
+
+static raw_answer raw_get(netstash_ctx *ctx, const char *path, const char *ae) {
+  netstash_request *req;
+  netstash_fetch *f;
+  raw_answer a;
+  const uint8_t *b;
+  const char *v;
+  memset(&a, 0, sizeof(a));
+  assert_int_equal(netstash_request_new(&req, url(path)), NETSTASH_OK);
+  netstash_request_set_collect_body(req, 1 << 20);
+  assert_int_equal(netstash_request_set_raw_body(req, 1), NETSTASH_OK);
+  assert_int_equal(netstash_request_add_header(req, "Accept-Encoding", ae), NETSTASH_OK);
+  assert_int_equal(netstash_fetch_sync(ctx, req, &f), NETSTASH_OK);
+  a.source = netstash_fetch_source(f);
+  if (netstash_fetch_body(f, &b, &a.len) == NETSTASH_OK && a.len < sizeof(a.body))
+    memcpy(a.body, b, a.len);
+  v = netstash_fetch_header(f, "content-encoding");
+  snprintf(a.ce, sizeof(a.ce), "%s", v ? v : "");
+  v = netstash_fetch_header(f, "content-length");
+  a.clen = v ? strtol(v, NULL, 10) : -1;
+  netstash_fetch_del(f);
+  netstash_request_del(req);
+  return a;
+}
+
+/* /cache/negotiated has two variants (Vary: Accept-Encoding) with one
+ * decoded content, identity and gzip: the store keeps that content once, in
+ * the coding of the variant stored first. A relayed (raw) answer from the
+ * cache must still say what its bytes are: the stored bytes when they are in
+ * the coding the variant's head names, else the decoded content without the
+ * head's Content-Encoding, its Content-Length the decoded size — through a
+ * job and through the fast path (netstash_intercept_cached), in either
+ * order. Before: the gzip variant's answer was the identity bytes labelled
+ * gzip (a browser fails to decode it), and the other way round. */
+static void test_raw_variants_share_a_body(void **state) {
+  static const char plain[] = "netstash negotiated body\nnetstash negotiated body\n"
+                              "netstash negotiated body\nnetstash negotiated body\n";
+  const size_t plen = sizeof(plain) - 1;
+  (void)state;
+  for (int gzip_first = 0; gzip_first < 2; gzip_first++) {
+    netstash_ctx *ctx = ctx_for(new_profile(), 1);
+    netstash_preload_hit *h;
+    raw_answer a;
+    const char *order[2] = {gzip_first ? "gzip" : "identity", gzip_first ? "identity" : "gzip"};
+    for (int i = 0; i < 2; i++) {
+      a = raw_get(ctx, "/cache/negotiated", order[i]);
+      assert_int_equal(a.source, NETSTASH_SOURCE_NETWORK);
+    }
+    assert_int_equal(netstash_preload_hit_new(ctx, &h), NETSTASH_OK);
+    for (int i = 0; i < 2; i++) {
+      int gz = strcmp(order[i], "gzip") == 0;
+      /* kept as it came for the variant stored first only */
+      int as_stored = i == 0;
+      netstash_request *req;
+      netstash_error e = NETSTASH_E_NOT_FOUND;
+      a = raw_get(ctx, "/cache/negotiated", order[i]);
+      assert_int_equal(a.source, NETSTASH_SOURCE_CACHE);
+      if (gz && as_stored) { /* the origin's gzip bytes, labelled so */
+        assert_string_equal(a.ce, "gzip");
+        assert_int_equal(a.len, 48);
+        assert_memory_equal(a.body, "\x1f\x8b", 2);
+      } else { /* the content itself, no coding named */
+        assert_string_equal(a.ce, "");
+        assert_int_equal(a.len, plen);
+        assert_memory_equal(a.body, plain, plen);
+        assert_true(a.clen == -1 || a.clen == (long)plen);
+        if (gz)
+          assert_int_equal(a.clen, (long)plen);
+      }
+      /* the fast path: the same rule (a relayed coding is a job's) */
+      assert_int_equal(netstash_request_new(&req, url("/cache/negotiated")), NETSTASH_OK);
+      assert_int_equal(netstash_request_set_raw_body(req, 1), NETSTASH_OK);
+      assert_int_equal(netstash_request_add_header(req, "Accept-Encoding", order[i]), NETSTASH_OK);
+      e = netstash_intercept_cached(req, h);
+      if (gz && as_stored) {
+        assert_int_equal(e, NETSTASH_E_NOT_FOUND);
+      } else {
+        const uint8_t *d;
+        size_t l, nl, vl;
+        const char *n, *v;
+        assert_int_equal(e, NETSTASH_OK);
+        assert_int_equal(netstash_preload_hit_body_size(h), plen);
+        assert_int_equal(netstash_preload_hit_chunk(h, 0, &d, &l), NETSTASH_OK);
+        assert_int_equal(l, plen);
+        assert_memory_equal(d, plain, plen);
+        for (size_t k = 0; k < netstash_preload_hit_header_count(h); k++) {
+          assert_int_equal(netstash_preload_hit_header_at(h, k, &n, &nl, &v, &vl), NETSTASH_OK);
+          assert_false(nl == 16 && !strncasecmp(n, "content-encoding", 16));
+          if (nl == 14 && !strncasecmp(n, "content-length", 14))
+            assert_int_equal(strtol(v, NULL, 10), (long)plen);
+        }
+      }
+      netstash_request_del(req);
+    }
+    netstash_preload_hit_del(h);
+    netstash_ctx_del(ctx);
+  }
+}
+
 /* The synchronous HTTP-cache fast path: fresh stored answers only, for
  * requests a job would answer from the cache without a request of its own. */
 static void test_intercept_cached(void **state) {
@@ -888,6 +997,7 @@ int main(void) {
       cmocka_unit_test(test_age_of_stored_answers),
       cmocka_unit_test(test_intercept_cached),
       cmocka_unit_test(test_text_bodies_as_they_came),
+      cmocka_unit_test(test_raw_variants_share_a_body),
       cmocka_unit_test(test_revalidation_304),
       cmocka_unit_test(test_caller_conditionals),
       cmocka_unit_test(test_no_store_and_bypass),
