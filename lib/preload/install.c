@@ -839,6 +839,11 @@ out:
   return e;
 }
 
+/* A body kept as the bytes it holds: identity, not recompressed. */
+static int kept_as_identity(const ns_store_body *b) {
+  return b->coding == NS_CODING_IDENTITY && !b->recompressed;
+}
+
 /* Which resources are held: an entry of this version with its body, or a
  * body known by sha256 / alias. */
 static netstash_error scan_held(ns_pl_install *in) {
@@ -861,8 +866,11 @@ static netstash_error scan_held(ns_pl_install *in) {
                            res->query_ignore, res->n_query_ignore);
     size_t kl = ul ? entry_key(key, in->m->id, strlen(in->m->id), in->v, surl, ul) : 0;
     in->held[i] = 0;
+    /* held: a body kept as identity (preload hits hand its bytes out as
+     * they are); one the HTTP cache keeps coded (the same content arrived
+     * gzip or br first) is fetched and rewritten as identity */
     if (kl && ns_store_get(r, NS_STORE_PRELOAD, key, kl, &rec) == NETSTASH_OK && rec.has_body &&
-        ns_store_body_get(r, rec.body_hash, &b) == NETSTASH_OK) {
+        ns_store_body_get(r, rec.body_hash, &b) == NETSTASH_OK && kept_as_identity(&b)) {
       in->held[i] = 1;
       memcpy(in->sha[i], rec.body_hash, 32);
       continue;
@@ -878,8 +886,8 @@ static netstash_error scan_held(ns_pl_install *in) {
       else if (ns_store_get(r, NS_STORE_MANIFESTS, ak, al, &rec) == NETSTASH_OK &&
                rec.value_len == 32)
         h256 = rec.value;
-      if (h256 && ns_store_body_get(r, h256, &b) == NETSTASH_OK &&
-          b.decoded_size == res->size) {
+      if (h256 && ns_store_body_get(r, h256, &b) == NETSTASH_OK && b.decoded_size == res->size &&
+          kept_as_identity(&b)) {
         in->held[i] = 2;
         memcpy(in->sha[i], h256, 32);
         break;

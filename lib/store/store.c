@@ -1281,17 +1281,13 @@ static netstash_error incref(ns_store_txn *t, const uint8_t *hash) {
   return err;
 }
 
-/* Deletes a body: chunks first, header last (all in this transaction). */
-static netstash_error body_delete(ns_store_txn *t, const uint8_t *hash, size_t *items) {
-  ns_store_body b;
+/* Deletes a body's nchunks chunks: the others first, the header (which
+ * holds the first) last. Its references and GC entry stay. */
+static netstash_error body_chunks_delete(ns_store_txn *t, const uint8_t *hash, uint32_t nchunks) {
   uint8_t key[NS_STORE_HASH_LEN + 4];
-  netstash_error err = body_get_in(t->s, t->txn, hash, &b);
-  if (err == NETSTASH_E_NOT_FOUND)
-    return NETSTASH_OK;
-  if (err != NETSTASH_OK)
-    return err;
+  netstash_error err;
   memcpy(key, hash, NS_STORE_HASH_LEN);
-  for (uint32_t i = 1; i < b.nchunks; i++) {
+  for (uint32_t i = 1; i < nchunks; i++) {
     key[32] = (uint8_t)(i >> 24);
     key[33] = (uint8_t)(i >> 16);
     key[34] = (uint8_t)(i >> 8);
@@ -1300,9 +1296,20 @@ static netstash_error body_delete(ns_store_txn *t, const uint8_t *hash, size_t *
     if (err != NETSTASH_OK)
       return err;
   }
+  return tdel(t, DBI_BODIES, hash, NS_STORE_HASH_LEN);
+}
+
+/* Deletes a body: chunks first, header last (all in this transaction). */
+static netstash_error body_delete(ns_store_txn *t, const uint8_t *hash, size_t *items) {
+  ns_store_body b;
+  netstash_error err = body_get_in(t->s, t->txn, hash, &b);
+  if (err == NETSTASH_E_NOT_FOUND)
+    return NETSTASH_OK;
+  if (err != NETSTASH_OK)
+    return err;
   if (items)
     *items += b.nchunks ? b.nchunks : 1;
-  err = tdel(t, DBI_BODIES, hash, NS_STORE_HASH_LEN);
+  err = body_chunks_delete(t, hash, b.nchunks);
   if (err == NETSTASH_OK)
     err = tdel(t, DBI_REFS, hash, NS_STORE_HASH_LEN);
   if (err == NETSTASH_OK)
@@ -1935,11 +1942,23 @@ netstash_error ns_store_txn_body_put(ns_store_txn *t, const uint8_t *data, size_
   mval(&k, hash, NS_STORE_HASH_LEN);
   rc = mdb_get(t->txn, s->dbi[DBI_BODIES], &k, &v);
   if (rc == 0) { /* deduplicated; an unreferenced copy gets a fresh grace */
+    ns_store_body old;
     err = refs_get(t, hash, &refs);
-    return err == NETSTASH_OK && refs == 0 ? gcq_put(t, hash, t->start_ms) : err;
-  }
-  if (rc != MDB_NOTFOUND)
+    if (err != NETSTASH_OK)
+      return err;
+    if (coding != NS_CODING_IDENTITY || !(flags & NS_STORE_BODY_NO_RECOMPRESS) ||
+        (err = body_get_in(s, t->txn, hash, &old)) != NETSTASH_OK ||
+        (old.coding == NS_CODING_IDENTITY && !old.recompressed))
+      return err == NETSTASH_OK && refs == 0 ? gcq_put(t, hash, t->start_ms) : err;
+    /* kept coded, given identity: rewritten as identity, references kept */
+    err = body_chunks_delete(t, hash, old.nchunks);
+    if (err != NETSTASH_OK)
+      return err;
+  } else if (rc != MDB_NOTFOUND) {
     return txn_rc(t, rc);
+  } else {
+    refs = 0;
+  }
 
   src = data;
   srclen = len;
@@ -1992,7 +2011,8 @@ netstash_error ns_store_txn_body_put(ns_store_txn *t, const uint8_t *data, size_
       goto done;
     off += n;
   }
-  err = gcq_put(t, hash, t->start_ms);
+  if (refs == 0)
+    err = gcq_put(t, hash, t->start_ms);
 done:
   ns_free(s->mem, br);
   return err;

@@ -268,7 +268,12 @@ netstash_error ns_store_write(ns_store *s, ns_store_write_fn fn, void *user_data
  * JavaScript, JSON, XML, SVG, wasm, uncompressed fonts; NULL for unknown) of
  * at least 1 KiB are stored Brotli-compressed (quality 5) when that saves at
  * least 10 % and 512 bytes, unless flags has NS_STORE_BODY_NO_RECOMPRESS.
- * A body already stored is not written again. A new body has no reference
+ * A body already stored is not written again — unless it is kept coded
+ * (gzip, br, or recompressed) and this one is identity with
+ * NS_STORE_BODY_NO_RECOMPRESS: then it is rewritten as identity, its
+ * references kept (the same content; a hit hands identity bytes out as they
+ * are kept, and a head naming another coding is served decoded:
+ * ns_httpcache_body_form). A new body has no reference
  * yet: a record must reference it (ns_store_txn_put with its hash) within
  * gc_grace_ms or GC may remove it. */
 netstash_error ns_store_txn_body_put(ns_store_txn *t, const uint8_t *data, size_t len,

@@ -315,15 +315,47 @@ static raw_answer raw_get(netstash_ctx *ctx, const char *path, const char *ae) {
   return a;
 }
 
+/* The fast path's raw answer for the variant asked with ae: NETSTASH_OK
+ * with the content and no Content-Encoding field (checked here), or what
+ * netstash_intercept_cached returned. */
+static netstash_error raw_fast(netstash_preload_hit *h, const char *ae, const char *plain,
+                               size_t plen) {
+  netstash_request *req;
+  netstash_error e;
+  assert_int_equal(netstash_request_new(&req, url("/cache/negotiated")), NETSTASH_OK);
+  assert_int_equal(netstash_request_set_raw_body(req, 1), NETSTASH_OK);
+  assert_int_equal(netstash_request_add_header(req, "Accept-Encoding", ae), NETSTASH_OK);
+  e = netstash_intercept_cached(req, h);
+  if (e == NETSTASH_OK) {
+    const uint8_t *d;
+    size_t l, nl, vl;
+    const char *n, *v;
+    assert_int_equal(netstash_preload_hit_body_size(h), plen);
+    assert_int_equal(netstash_preload_hit_chunk(h, 0, &d, &l), NETSTASH_OK);
+    assert_int_equal(l, plen);
+    assert_memory_equal(d, plain, plen);
+    for (size_t k = 0; k < netstash_preload_hit_header_count(h); k++) {
+      assert_int_equal(netstash_preload_hit_header_at(h, k, &n, &nl, &v, &vl), NETSTASH_OK);
+      assert_false(nl == 16 && !strncasecmp(n, "content-encoding", 16));
+      if (nl == 14 && !strncasecmp(n, "content-length", 14))
+        assert_int_equal(strtol(v, NULL, 10), (long)plen);
+    }
+  }
+  netstash_request_del(req);
+  return e;
+}
+
 /* /cache/negotiated has two variants (Vary: Accept-Encoding) with one
- * decoded content, identity and gzip: the store keeps that content once, in
- * the coding of the variant stored first. A relayed (raw) answer from the
- * cache must still say what its bytes are: the stored bytes when they are in
- * the coding the variant's head names, else the decoded content without the
- * head's Content-Encoding, its Content-Length the decoded size — through a
- * job and through the fast path (netstash_intercept_cached), in either
- * order. Before: the gzip variant's answer was the identity bytes labelled
- * gzip (a browser fails to decode it), and the other way round. */
+ * decoded content, identity and gzip: the store keeps that content once —
+ * as the gzip it came in while only the gzip variant is stored, as identity
+ * once the identity variant is (ns_store_txn_body_put rewrites a coded body
+ * given identity). A relayed (raw) answer from the cache must still say what
+ * its bytes are: the kept bytes when they are in the coding the variant's
+ * head names, else the decoded content without the head's Content-Encoding,
+ * its Content-Length the decoded size — through a job and through the fast
+ * path (netstash_intercept_cached), in either order. Before: the gzip
+ * variant's answer was the identity bytes labelled gzip (a browser fails to
+ * decode it), or the other way round. */
 static void test_raw_variants_share_a_body(void **state) {
   static const char plain[] = "netstash negotiated body\nnetstash negotiated body\n"
                               "netstash negotiated body\nnetstash negotiated body\n";
@@ -334,55 +366,39 @@ static void test_raw_variants_share_a_body(void **state) {
     netstash_preload_hit *h;
     raw_answer a;
     const char *order[2] = {gzip_first ? "gzip" : "identity", gzip_first ? "identity" : "gzip"};
-    for (int i = 0; i < 2; i++) {
-      a = raw_get(ctx, "/cache/negotiated", order[i]);
-      assert_int_equal(a.source, NETSTASH_SOURCE_NETWORK);
-    }
     assert_int_equal(netstash_preload_hit_new(ctx, &h), NETSTASH_OK);
-    for (int i = 0; i < 2; i++) {
-      int gz = strcmp(order[i], "gzip") == 0;
-      /* kept as it came for the variant stored first only */
-      int as_stored = i == 0;
-      netstash_request *req;
+    a = raw_get(ctx, "/cache/negotiated", order[0]);
+    assert_int_equal(a.source, NETSTASH_SOURCE_NETWORK);
+    if (gzip_first) { /* only the gzip variant: its bytes as they came, labelled so */
+      for (int i = 0; i < 500 && (a = raw_get(ctx, "/cache/negotiated", "gzip")).source !=
+                                     NETSTASH_SOURCE_CACHE;
+           i++)
+        usleep(10000);
+      assert_int_equal(a.source, NETSTASH_SOURCE_CACHE);
+      assert_string_equal(a.ce, "gzip");
+      assert_int_equal(a.len, 48);
+      assert_memory_equal(a.body, "\x1f\x8b", 2);
+      /* a relayed coding is a job's, not the fast path's */
+      assert_int_equal(raw_fast(h, "gzip", plain, plen), NETSTASH_E_NOT_FOUND);
+    }
+    a = raw_get(ctx, "/cache/negotiated", order[1]);
+    assert_int_equal(a.source, NETSTASH_SOURCE_NETWORK);
+    for (int i = 0; i < 2; i++) { /* both stored: the content, no coding named */
       netstash_error e = NETSTASH_E_NOT_FOUND;
       a = raw_get(ctx, "/cache/negotiated", order[i]);
       assert_int_equal(a.source, NETSTASH_SOURCE_CACHE);
-      if (gz && as_stored) { /* the origin's gzip bytes, labelled so */
-        assert_string_equal(a.ce, "gzip");
-        assert_int_equal(a.len, 48);
-        assert_memory_equal(a.body, "\x1f\x8b", 2);
-      } else { /* the content itself, no coding named */
-        assert_string_equal(a.ce, "");
-        assert_int_equal(a.len, plen);
-        assert_memory_equal(a.body, plain, plen);
-        assert_true(a.clen == -1 || a.clen == (long)plen);
-        if (gz)
-          assert_int_equal(a.clen, (long)plen);
+      assert_string_equal(a.ce, "");
+      assert_int_equal(a.len, plen);
+      assert_memory_equal(a.body, plain, plen);
+      assert_true(a.clen == -1 || a.clen == (long)plen);
+      if (!strcmp(order[i], "gzip"))
+        assert_int_equal(a.clen, (long)plen);
+      for (int k = 0; k < 500 && e == NETSTASH_E_NOT_FOUND; k++) {
+        e = raw_fast(h, order[i], plain, plen);
+        if (e == NETSTASH_E_NOT_FOUND)
+          usleep(10000);
       }
-      /* the fast path: the same rule (a relayed coding is a job's) */
-      assert_int_equal(netstash_request_new(&req, url("/cache/negotiated")), NETSTASH_OK);
-      assert_int_equal(netstash_request_set_raw_body(req, 1), NETSTASH_OK);
-      assert_int_equal(netstash_request_add_header(req, "Accept-Encoding", order[i]), NETSTASH_OK);
-      e = netstash_intercept_cached(req, h);
-      if (gz && as_stored) {
-        assert_int_equal(e, NETSTASH_E_NOT_FOUND);
-      } else {
-        const uint8_t *d;
-        size_t l, nl, vl;
-        const char *n, *v;
-        assert_int_equal(e, NETSTASH_OK);
-        assert_int_equal(netstash_preload_hit_body_size(h), plen);
-        assert_int_equal(netstash_preload_hit_chunk(h, 0, &d, &l), NETSTASH_OK);
-        assert_int_equal(l, plen);
-        assert_memory_equal(d, plain, plen);
-        for (size_t k = 0; k < netstash_preload_hit_header_count(h); k++) {
-          assert_int_equal(netstash_preload_hit_header_at(h, k, &n, &nl, &v, &vl), NETSTASH_OK);
-          assert_false(nl == 16 && !strncasecmp(n, "content-encoding", 16));
-          if (nl == 14 && !strncasecmp(n, "content-length", 14))
-            assert_int_equal(strtol(v, NULL, 10), (long)plen);
-        }
-      }
-      netstash_request_del(req);
+      assert_int_equal(e, NETSTASH_OK);
     }
     netstash_preload_hit_del(h);
     netstash_ctx_del(ctx);

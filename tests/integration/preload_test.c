@@ -866,6 +866,69 @@ static void test_cli_offline_and_bundle(void **state) {
                    14);
 }
 
+/* The HTTP cache stored a resource as the origin sent it, gzip-encoded
+ * (caddy's precompressed sidecar); a manifest then preloads the same file.
+ * Bodies are kept once per decoded content, so the preload entry finds the
+ * cache's gzip body: its hits must still be the file's bytes (decoded), not
+ * a damaged-store error — and offline through a fetch too. */
+static void test_preload_shares_a_cached_body(void **state) {
+  static const res_spec one[] = {{"s.js", "critical", NULL, NULL}};
+  const char *prof = new_profile(), *src;
+  char path[1024], hdr[64];
+  netstash_ctx *ctx;
+  netstash_request *r;
+  netstash_fetch *f;
+  evlog log;
+  (void)state;
+  site_file("shared", "s.js", 30000, 77);
+  snprintf(path, sizeof(path), "%s/pl/shared/s.js", nst_site());
+  assert_int_equal(sh("gzip -9 -n -c -- %s > %s.gz", path, path), 0);
+  ctx = ctx_for(prof, NULL);
+  /* through the HTTP cache first: stored gzip-encoded */
+  assert_int_equal(netstash_request_new(&r, rurl("shared", "s.js")), NETSTASH_OK);
+  assert_int_equal(netstash_request_add_resolve(r, resolve), NETSTASH_OK);
+  netstash_request_set_collect_body(r, 1 << 20);
+  assert_int_equal(netstash_fetch_sync(ctx, r, &f), NETSTASH_OK);
+  assert_int_equal(netstash_fetch_status(f), 200);
+  assert_int_equal(netstash_fetch_source(f), NETSTASH_SOURCE_NETWORK);
+  snprintf(hdr, sizeof(hdr), "%s",
+           netstash_fetch_header(f, "content-encoding")
+               ? netstash_fetch_header(f, "content-encoding")
+               : "");
+  assert_string_equal(hdr, "gzip");
+  assert_int_equal(netstash_fetch_body_bytes(f), 30000);
+  netstash_fetch_del(f);
+  netstash_request_del(r);
+  for (int i = 0; i < 500; i++) { /* committed: a cache hit */
+    netstash_source s;
+    assert_int_equal(netstash_request_new(&r, rurl("shared", "s.js")), NETSTASH_OK);
+    netstash_request_set_cache_mode(r, NETSTASH_CACHE_ONLY_IF_CACHED);
+    assert_int_equal(netstash_fetch_sync(ctx, r, &f), NETSTASH_OK);
+    s = netstash_fetch_source(f);
+    netstash_fetch_del(f);
+    netstash_request_del(r);
+    if (s == NETSTASH_SOURCE_CACHE)
+      break;
+    assert_true(i < 499);
+    usleep(10000);
+  }
+  /* then preloaded: the same content */
+  src = make_manifest("shared", "m.json", "shared", 1, one, 1, NULL);
+  sign("shared", "m.json", key);
+  assert_int_equal(warm(ctx, src, &log, NULL, 0), NETSTASH_OK);
+  assert_true(body_is(ctx, rurl("shared", "s.js"), "shared", "s.js"));
+  assert_int_equal(netstash_request_new(&r, rurl("shared", "s.js")), NETSTASH_OK);
+  netstash_request_set_cache_mode(r, NETSTASH_CACHE_ONLY_IF_CACHED);
+  netstash_request_set_collect_body(r, 1 << 20);
+  assert_int_equal(netstash_fetch_sync(ctx, r, &f), NETSTASH_OK);
+  assert_int_equal(netstash_fetch_status(f), 200);
+  assert_int_equal(netstash_fetch_source(f), NETSTASH_SOURCE_PRELOAD);
+  assert_int_equal(netstash_fetch_body_bytes(f), 30000);
+  netstash_fetch_del(f);
+  netstash_request_del(r);
+  netstash_ctx_del(ctx);
+}
+
 static int setup(void **state) {
   (void)state;
   const char *b = getenv("NST_BUILDDIR");
@@ -906,6 +969,7 @@ int main(void) {
       cmocka_unit_test(test_fallback_and_rollout),
       cmocka_unit_test(test_overlap_expiry_pin),
       cmocka_unit_test(test_cli_offline_and_bundle),
+      cmocka_unit_test(test_preload_shares_a_cached_body),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }

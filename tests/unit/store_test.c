@@ -757,6 +757,76 @@ static void test_body_coded(void **state) {
   ns_store_close(s);
 }
 
+/* A body kept coded (the HTTP cache stored the gzip or br it came in, or
+ * recompressed it) is rewritten as identity when the same content is put as
+ * identity with NS_STORE_BODY_NO_RECOMPRESS (the preload warmer, whose hits
+ * hand the bytes out as kept): the same key, its references kept, the
+ * records that name it read the same content, verify holds; an identity
+ * body is never rewritten coded. */
+static void test_body_rewritten_as_identity(void **state) {
+  (void)state;
+  ns_store *s = open_default();
+  size_t n = 40000, clen, got;
+  uint8_t *t = make_text(n), *c = gz(t, n, &clen), h[32], h2[32], *out;
+  ns_store_body info;
+  char d[256];
+  int more = 1;
+  assert_int_equal(ns_store_body_put(s, c, clen, NS_CODING_GZIP, "text/html", 0, h), NETSTASH_OK);
+  assert_int_equal(ns_store_put(s, NS_STORE_HTTP, "cached", 6, "head", 4, h, 0), NETSTASH_OK);
+  out = read_body(s, h, &got, &info);
+  assert_int_equal(info.coding, NS_CODING_GZIP);
+  free(out);
+  /* the same content, identity, as the HTTP cache now stores it by default
+   * and as the warmer does: rewritten */
+  assert_int_equal(
+      ns_store_body_put(s, t, n, NS_CODING_IDENTITY, "text/html", NS_STORE_BODY_NO_RECOMPRESS, h2),
+      NETSTASH_OK);
+  assert_memory_equal(h2, h, 32);
+  assert_int_equal(ns_store_put(s, NS_STORE_PRELOAD, "preloaded", 9, "head", 4, h, 0), NETSTASH_OK);
+  out = read_body(s, h, &got, &info);
+  assert_int_equal(info.coding, NS_CODING_IDENTITY);
+  assert_false(info.recompressed);
+  assert_int_equal(info.stored_size, n);
+  assert_int_equal(got, n);
+  assert_memory_equal(out, t, n);
+  free(out);
+  if (ns_store_verify(s, d, sizeof(d)) != NETSTASH_OK)
+    fail_msg("verify: %s", d);
+  /* gzip again: stays identity (never rewritten toward a coding) */
+  assert_int_equal(
+      ns_store_body_put(s, c, clen, NS_CODING_GZIP, "text/html", NS_STORE_BODY_NO_RECOMPRESS, h2),
+      NETSTASH_OK);
+  out = read_body(s, h, &got, &info);
+  assert_int_equal(info.coding, NS_CODING_IDENTITY);
+  free(out);
+  /* both references counted: one record gone, GC keeps the body */
+  assert_int_equal(ns_store_del(s, NS_STORE_HTTP, "cached", 6), NETSTASH_OK);
+  while (more)
+    assert_int_equal(ns_store_gc_step(s, 1000, &more), NETSTASH_OK);
+  out = read_body(s, h, &got, &info);
+  assert_int_equal(got, n);
+  free(out);
+  if (ns_store_verify(s, d, sizeof(d)) != NETSTASH_OK)
+    fail_msg("verify: %s", d);
+  /* a recompressed body too */
+  t[0] ^= 1;
+  assert_int_equal(ns_store_body_put(s, t, n, NS_CODING_IDENTITY, "text/html", 0, h), NETSTASH_OK);
+  out = read_body(s, h, &got, &info);
+  assert_true(info.recompressed);
+  free(out);
+  assert_int_equal(
+      ns_store_body_put(s, t, n, NS_CODING_IDENTITY, "text/html", NS_STORE_BODY_NO_RECOMPRESS, h2),
+      NETSTASH_OK);
+  out = read_body(s, h, &got, &info);
+  assert_false(info.recompressed);
+  assert_int_equal(info.coding, NS_CODING_IDENTITY);
+  assert_memory_equal(out, t, n);
+  free(out);
+  free(t);
+  free(c);
+  ns_store_close(s);
+}
+
 static void test_body_recompress(void **state) {
   (void)state;
   ns_store *s = open_default();
@@ -2113,6 +2183,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_body_identity, setup, teardown),
       cmocka_unit_test_setup_teardown(test_body_coded, setup, teardown),
       cmocka_unit_test_setup_teardown(test_body_recompress, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_body_rewritten_as_identity, setup, teardown),
       cmocka_unit_test_setup_teardown(test_chunking_zero_copy, setup, teardown),
       cmocka_unit_test_setup_teardown(test_records_crud, setup, teardown),
       cmocka_unit_test_setup_teardown(test_eviction_lru_pinned, setup, teardown),
