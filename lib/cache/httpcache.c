@@ -632,19 +632,8 @@ netstash_error ns_httpcache_serve_body(ns_httpcache *hc, const ns_hc_entry *e, i
 }
 
 netstash_error ns_httpcache_body_size(ns_httpcache *hc, const ns_hc_entry *e, uint64_t *size) {
-  ns_store_body b;
-  netstash_error rv;
-  *size = 0;
-  if (!e->has_body)
-    return NETSTASH_OK;
-  rv = ns_store_read_begin(hc->reader);
-  if (rv != NETSTASH_OK)
-    return rv;
-  rv = ns_store_body_get(hc->reader, e->body_hash, &b);
-  if (rv == NETSTASH_OK)
-    *size = b.decoded_size;
-  ns_store_read_end(hc->reader);
-  return rv;
+  int as_stored;
+  return ns_httpcache_body_form(hc, e, &as_stored, size);
 }
 
 /* ------------------------------------------------------------ writes */
