@@ -138,6 +138,18 @@ static netstash_error encode_variant(const ns_mem *mem, int status, const ns_hea
   return rv;
 }
 
+/* The coding a stored head names (its Content-Encoding): NS_CODING_IDENTITY,
+ * _GZIP or _BR (the only ones stored), NS_CODING_UNKNOWN for anything else. */
+static ns_coding head_coding(const ns_headers *head) {
+  const char *ce = ns_headers_get(head, "content-encoding");
+  ns_coding c[NS_DECODE_MAX_LAYERS];
+  int n;
+  if (!ce)
+    return NS_CODING_IDENTITY;
+  n = ns_coding_parse(ce, strlen(ce), c);
+  return n == 0 ? NS_CODING_IDENTITY : n == 1 ? c[0] : NS_CODING_UNKNOWN;
+}
+
 static netstash_error decode_variant(const uint8_t *p, size_t len, ns_hc_entry *e) {
   const uint8_t *end = p + len, *hb, *vb;
   size_t hl, vl;
@@ -157,6 +169,7 @@ static netstash_error decode_variant(const uint8_t *p, size_t len, ns_hc_entry *
   e->request_time_ms = (int64_t)rq;
   e->response_time_ms = (int64_t)rs;
   e->status = (int)st;
+  e->coding = head_coding(&e->headers);
   return NETSTASH_OK;
 }
 
@@ -561,19 +574,9 @@ netstash_error ns_httpcache_peek(ns_httpcache *hc, ns_store_reader *reader, cons
   return NETSTASH_OK;
 }
 
-ns_coding ns_httpcache_head_coding(const ns_headers *head) {
-  const char *ce = ns_headers_get(head, "content-encoding");
-  ns_coding c[NS_DECODE_MAX_LAYERS];
-  int n;
-  if (!ce)
-    return NS_CODING_IDENTITY;
-  n = ns_coding_parse(ce, strlen(ce), c);
-  return n == 0 ? NS_CODING_IDENTITY : n == 1 ? c[0] : NS_CODING_UNKNOWN;
-}
-
 /* The body b kept as e's head says (not recompressed, the same coding). */
 static int kept_as_head_says(const ns_store_body *b, const ns_hc_entry *e) {
-  return !b->recompressed && b->coding == ns_httpcache_head_coding(&e->headers);
+  return !b->recompressed && b->coding == e->coding;
 }
 
 netstash_error ns_httpcache_body_form(ns_httpcache *hc, const ns_hc_entry *e, int *as_stored,
@@ -1131,6 +1134,7 @@ netstash_error ns_httpcache_update_304(ns_httpcache *hc, ns_hc_entry *e,
   rv = ns_cache_merge_304(&e->headers, resp304);
   if (rv != NETSTASH_OK)
     return rv;
+  e->coding = head_coding(&e->headers);
   e->request_time_ms = req_ms;
   e->response_time_ms = resp_ms;
   ns_buf_init(&value, hc->mem, 32u << 20);

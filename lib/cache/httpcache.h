@@ -41,6 +41,7 @@ typedef struct ns_hc_entry {
   char variant_id[17];
   int status;
   ns_headers headers;
+  ns_coding coding; /* what headers' Content-Encoding names: identity, gzip, br (or unknown) */
   ns_headers vary;
   int64_t request_time_ms, response_time_ms;
   int has_body;
@@ -97,10 +98,6 @@ netstash_error ns_httpcache_lookup(ns_httpcache *hc, const char *top_level_url,
 netstash_error ns_httpcache_peek(ns_httpcache *hc, ns_store_reader *reader, const char *top,
                                  const char *url, const ns_headers *req, int64_t now_ms,
                                  ns_hc_entry *e);
-
-/* The coding a stored head names (its Content-Encoding): NS_CODING_IDENTITY,
- * _GZIP or _BR (the only ones stored), NS_CODING_UNKNOWN for anything else. */
-ns_coding ns_httpcache_head_coding(const ns_headers *head);
 
 /* Whether a raw answer from e (a relay) can carry the stored body as it is
  * kept: *as_stored 1 when the store keeps it in the coding e's head names —

@@ -583,7 +583,7 @@ static netstash_error cached_local(netstash_preload_hit *hit, const netstash_req
     /* the coding the head names; the body is kept in another one when the
      * store recompressed it, or when a response with the same decoded
      * content came first in another coding (ns_httpcache_body_form) */
-    ns_coding named = ns_httpcache_head_coding(&ce->headers);
+    ns_coding named = ce->coding;
     e = ns_store_body_get(hit->r, ce->body_hash, &hit->h.body);
     if (e == NETSTASH_OK && req->raw && !hit->h.body.recompressed && hit->h.body.coding == named &&
         named != NS_CODING_IDENTITY)

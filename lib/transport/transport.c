@@ -2192,7 +2192,7 @@ static void serve_cached_slice(netstash_fetch *f, netstash_source source,
       end_fetch(f, rv);
       return;
     }
-    plain = !as_stored && ns_httpcache_head_coding(&f->hce.headers) != NS_CODING_IDENTITY;
+    plain = !as_stored && f->hce.coding != NS_CODING_IDENTITY;
   }
   reset_response(f);
   f->status = partial ? r->status : f->hce.status;
