@@ -12,6 +12,7 @@
 #include <openssl/evp.h>
 
 #include "cache/cache.h"
+#include "cookie/parse.h"
 #include "core/url.h"
 
 /* ------------------------------------------------------------ small helpers */
@@ -54,14 +55,20 @@ void ns_cache_policy_init(ns_cache_policy *p) {
 
 /* A header date: 1 valid (*out), 0 absent, -1 invalid. Several lines with
  * different values count as invalid (RFC 9111 §4.2.1 allows "consider
- * stale"); identical duplicates are fine. */
+ * stale"); identical duplicates are fine. An HTTP-date first; what is not
+ * one is read as RFC 6265's cookie-date algorithm reads a date (RFC 9110
+ * §5.6.7 asks recipients to be robust; Chromium parses as leniently): a
+ * missing comma, dashes, a month in capitals, a zone other than GMT (taken
+ * as GMT), a two-digit year. What neither reads ("0", "-1") stays invalid:
+ * a time in the past (RFC 9111 §5.3). */
 static int header_date(const ns_headers *h, const char *name, int64_t now_s, int64_t *out) {
   size_t it = 0;
   const ns_header_field *f;
   int64_t first = 0, v;
   int seen = 0;
   while ((f = ns_headers_next(h, &it, name)) != NULL) {
-    if (ns_http_date_parse(f->value, f->value_len, now_s, &v) != NETSTASH_OK)
+    if (ns_http_date_parse(f->value, f->value_len, now_s, &v) != NETSTASH_OK &&
+        !ns_cookie_date_parse(f->value, f->value_len, &v))
       return -1;
     if (seen && v != first)
       return -1;
@@ -946,9 +953,12 @@ int ns_cache_304_matches(const ns_cache_stored *st, const ns_headers *r304) {
   return 1; /* no validator: the stored response we validated */
 }
 
+/* Fields a 304 does not update (RFC 9111 §3.2): those that describe the
+ * stored bytes themselves — their length, coding, range and digests — and,
+ * as Chromium, Content-Type (a browser may have acted on the stored one). */
 static int merge_excluded(const char *name, size_t nl, const ns_headers *r304) {
   static const char *const k[] = {"Content-Length", "Content-Encoding", "Content-Type",
-                                  "Content-Range"};
+                                  "Content-Range",  "Content-MD5",      "Content-Digest"};
   size_t i;
   if (hop_by_hop(name) || is_set_cookie(name) || connection_nominated(r304, name, nl))
     return 1;

@@ -139,7 +139,8 @@ static netstash_error encode_variant(const ns_mem *mem, int status, const ns_hea
 }
 
 /* The coding a stored head names (its Content-Encoding): NS_CODING_IDENTITY,
- * _GZIP or _BR (the only ones stored), NS_CODING_UNKNOWN for anything else. */
+ * _GZIP or _BR, NS_CODING_UNKNOWN for a coding nobody here decodes (its body
+ * kept opaque, as identity) or anything else. */
 static ns_coding head_coding(const ns_headers *head) {
   const char *ce = ns_headers_get(head, "content-encoding");
   ns_coding c[NS_DECODE_MAX_LAYERS];
@@ -574,9 +575,11 @@ netstash_error ns_httpcache_peek(ns_httpcache *hc, ns_store_reader *reader, cons
   return NETSTASH_OK;
 }
 
-/* The body b kept as e's head says (not recompressed, the same coding). */
+/* The body b kept as e's head says (not recompressed, the same coding; a
+ * coding the cache does not know is kept as identity: opaque bytes). */
 static int kept_as_head_says(const ns_store_body *b, const ns_hc_entry *e) {
-  return !b->recompressed && b->coding == e->coding;
+  return !b->recompressed &&
+         b->coding == (e->coding == NS_CODING_UNKNOWN ? NS_CODING_IDENTITY : e->coding);
 }
 
 netstash_error ns_httpcache_body_form(ns_httpcache *hc, const ns_hc_entry *e, int *as_stored,
@@ -733,9 +736,15 @@ static netstash_error store_fn(ns_store_txn *t, void *ud) {
   store_job *j = ud;
   ns_buf vk;
   netstash_error rv = NETSTASH_OK;
-  if (j->has_body && !j->body_known)
-    rv = ns_store_txn_body_put(t, j->body, j->body_len, j->coding, j->content_type,
-                               j->hc->recompress ? 0 : NS_STORE_BODY_NO_RECOMPRESS, j->hash);
+  if (j->has_body && !j->body_known) {
+    /* a coding this cache cannot decode (NS_CODING_UNKNOWN): the bytes as
+     * sent are the content, kept as they are (never recompressed: a
+     * relayed answer hands them out under the head's Content-Encoding) */
+    int opaque = j->coding == NS_CODING_UNKNOWN;
+    rv = ns_store_txn_body_put(
+        t, j->body, j->body_len, opaque ? NS_CODING_IDENTITY : j->coding, j->content_type,
+        j->hc->recompress && !opaque ? 0 : NS_STORE_BODY_NO_RECOMPRESS, j->hash);
+  }
   if (rv != NETSTASH_OK)
     return rv;
   ns_buf_init(&vk, j->hc->mem, NS_STORE_KEY_MAX);
@@ -1066,9 +1075,14 @@ netstash_error ns_httpcache_store(ns_httpcache *hc, const char *top, const char 
   ce = ns_headers_get(resp, "content-encoding");
   if (ce) {
     nc = ns_coding_parse(ce, strlen(ce), codings);
-    if (nc < 0 || nc > 1 || (nc == 1 && codings[0] == NS_CODING_DEFLATE)) {
+    if (nc < 0) {
+      /* a coding nobody here decodes: the fetch handed the body over as
+       * sent (as Chromium does), and so does the cache — kept opaque */
+      nc = 1;
+      codings[0] = NS_CODING_UNKNOWN;
+    } else if (nc > 1 || (nc == 1 && codings[0] == NS_CODING_DEFLATE)) {
       if (why_not)
-        *why_not = "content coding not stored (only identity, gzip, br)";
+        *why_not = "content coding not stored (layered codings and deflate are not)";
       return NETSTASH_OK;
     }
   }

@@ -584,6 +584,9 @@ static netstash_error cached_local(netstash_preload_hit *hit, const netstash_req
      * store recompressed it, or when a response with the same decoded
      * content came first in another coding (ns_httpcache_body_form) */
     ns_coding named = ce->coding;
+    /* a coding the cache does not know: the bytes as sent are the content,
+     * served under the head as it is (kept as identity, decoded otherwise) */
+    int opaque = named == NS_CODING_UNKNOWN;
     e = ns_store_body_get(hit->r, ce->body_hash, &hit->h.body);
     if (e == NETSTASH_OK && req->raw && !hit->h.body.recompressed && hit->h.body.coding == named &&
         named != NS_CODING_IDENTITY)
@@ -595,12 +598,12 @@ static netstash_error cached_local(netstash_preload_hit *hit, const netstash_req
       hit->decoded = 1;
       /* the head's coding and length describe other bytes, unless it names
        * none (a body the store compressed itself: its Content-Length holds) */
-      hit->strip = named != NS_CODING_IDENTITY;
+      hit->strip = named != NS_CODING_IDENTITY && !opaque;
       e = hit->h.body.decoded_size > NS_LOOKUP_MAX_BODY
               ? NETSTASH_E_NOT_FOUND /* a job streams it */
               : ns_store_body_decode(&hit->h.body, &ctx->mem, NS_LOOKUP_MAX_BODY, dec_sink,
                                      &hit->dec);
-    } else if (e == NETSTASH_OK && named != NS_CODING_IDENTITY) {
+    } else if (e == NETSTASH_OK && named != NS_CODING_IDENTITY && !opaque) {
       hit->strip = 1; /* kept as identity for a head that names a coding: served so */
     }
   }

@@ -2162,7 +2162,8 @@ static netstash_error range_deliver(const uint8_t *data, size_t len, void *ud) {
 
 /* Answers the fetch from f->hce (the stored response) and ends it; r (may be
  * NULL) turns it into a 206 or 416 answer to the request's Range, computed
- * on the decoded body (the answer carries no Content-Encoding). A raw
+ * on the decoded body (the answer carries no Content-Encoding, unless it
+ * names a coding the cache does not know: those bytes are kept as sent). A raw
  * request gets the body as it is kept when that is in the coding the head
  * names; otherwise (ns_httpcache_body_form) the decoded body, without the
  * head's Content-Encoding, its Content-Length the decoded size. */
@@ -2174,6 +2175,7 @@ static void serve_cached_slice(netstash_fetch *f, netstash_source source,
   netstash_error rv = NETSTASH_OK;
   int partial = r && (r->status == 206 || r->status == 416);
   int as_stored = 1, plain = partial; /* plain: the answer carries no coding */
+  int opaque = f->hce.coding == NS_CODING_UNKNOWN;
   uint64_t decoded_size = 0;
   range_sink rs;
   if (f->easy && f->state == NS_FETCH_ACTIVE) {
@@ -2192,14 +2194,16 @@ static void serve_cached_slice(netstash_fetch *f, netstash_source source,
       end_fetch(f, rv);
       return;
     }
-    plain = !as_stored && f->hce.coding != NS_CODING_IDENTITY;
+    /* opaque (a coding the cache does not know): its bytes as sent, under
+     * its head, either way */
+    plain = !as_stored && f->hce.coding != NS_CODING_IDENTITY && !opaque;
   }
   reset_response(f);
   f->status = partial ? r->status : f->hce.status;
   while (rv == NETSTASH_OK && (fld = ns_headers_next(&f->hce.headers, &it, NULL)) != NULL) {
     if (plain && (ns_ascii_casecmp(fld->name, "content-length") == 0 ||
-                  ns_ascii_casecmp(fld->name, "content-encoding") == 0))
-      continue;
+                  (!opaque && ns_ascii_casecmp(fld->name, "content-encoding") == 0)))
+      continue; /* a range of opaque bytes is still in their coding */
     if (fld->name_len == 3 && ns_ascii_casecmp_n(fld->name, "age", 3) == 0)
       continue; /* replaced below */
     rv = add_header_nv(f, fld->name, fld->name_len, fld->value, fld->value_len);

@@ -491,6 +491,25 @@ static int handle(conn *c, request *rq) {
       free(t);
       return ok && rq->keep_alive;
     }
+    if (strncmp(q, "opaque/", 7) == 0) {
+      /* /cache/opaque/N: N bytes (at most 1 MiB) of nst_text() under a
+       * content coding nobody decodes (x-nst-opaque): passed through as
+       * sent, fresh for 600 s */
+      char *end;
+      unsigned long len = strtoul(q + 7, &end, 10);
+      unsigned char *t;
+      int ok;
+      if (*end || len > (1ul << 20) || !(t = malloc(len ? len : 1)))
+        return respond(c, rq, 400, "Content-Type: text/plain\r\n", "bad size\n", 9, 0) == 0 &&
+               rq->keep_alive;
+      nst_text(t, 0, len);
+      ok = respond(c, rq, 200,
+                   "Content-Type: text/html; charset=utf-8\r\n"
+                   "Content-Encoding: x-nst-opaque\r\nCache-Control: max-age=600\r\n",
+                   (const char *)t, len, 0) == 0;
+      free(t);
+      return ok && rq->keep_alive;
+    }
     if (strncmp(q, "big/", 4) == 0) {
       /* /cache/big/N[/chunked]: N bytes (at most 16 MiB) of nst_pattern(),
        * fresh for 600 s, framed by Content-Length or chunked in 64 KiB

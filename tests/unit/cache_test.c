@@ -793,6 +793,19 @@ static const decide_case k_decide[] = {
     {"Expires in the past", 200, "Date: {T+0}\nExpires: {T-10}", NULL, 0, 0, 0, D_REVAL, 0, NULL},
     {"invalid Expires = expired (§5.3)", 200, "Date: {T+0}\nExpires: 0", NULL, 0, 0, 0, D_REVAL,
      0, "revalidate: stale, invalid freshness"},
+    /* not an HTTP-date, read as the cookie-date algorithm reads one (RFC
+     * 9110 §5.6.7's robustness, as Chromium): T0 + 100 s each */
+    {"Expires without the comma", 200, "Date: {T+0}\nExpires: Tue 14 Nov 2023 22:15:00 GMT", NULL,
+     0, 0, MS(99), D_FRESH, 0, "fresh: Expires (lifetime 100s)"},
+    {"Expires with dashes, capitals, UTC", 200,
+     "Date: {T+0}\nExpires: Tue, 14-NOV-2023 22:15:00 UTC", NULL, 0, 0, MS(100), D_REVAL, 0,
+     "revalidate: stale, Expires (lifetime 100s)"},
+    {"Expires with a two-digit year", 200, "Date: {T+0}\nExpires: Tue, 14 Nov 23 22:15:00 GMT",
+     NULL, 0, 0, MS(99), D_FRESH, 0, "fresh: Expires (lifetime 100s)"},
+    {"Expires -1 stays invalid", 200, "Date: {T+0}\nExpires: -1", NULL, 0, 0, 0, D_REVAL, 0,
+     "revalidate: stale, invalid freshness"},
+    {"Date read leniently", 200, "Date: Tue 14 Nov 2023 22:13:20 GMT\nExpires: {T+100}", NULL,
+     0, 0, MS(99), D_FRESH, 0, "fresh: Expires (lifetime 100s)"},
     {"conflicting Expires lines", 200, "Date: {T+0}\nExpires: {T+100}\nExpires: {T+200}", NULL,
      0, 0, MS(1), D_REVAL, 0, NULL},
     {"identical Expires lines", 200, "Date: {T+0}\nExpires: {T+100}\nExpires: {T+100}", NULL, 0,
@@ -1136,11 +1149,12 @@ static void test_merge_304(void **state) {
   (void)state;
   hdrs(&st, "Date: {T-1000}\nCache-Control: max-age=60\nContent-Type: text/plain\n"
             "Content-Length: 100\nContent-Encoding: br\nETag: \"v1\"\nX-Multi: a\nX-Multi: b\n"
-            "X-Keep: k");
+            "X-Keep: k\nContent-MD5: rL0Y20zC+Fzt72VPzMSk2A==\nContent-Digest: sha-256=:a:");
   hdrs(&r3, "Date: {T+0}\nCache-Control: max-age=600\nContent-Type: text/html\n"
             "Content-Length: 0\nContent-Encoding: gzip\nETag: \"v1\"\nX-Multi: c\n"
             "Connection: X-Hop\nX-Hop: 1\nKeep-Alive: 5\nSet-Cookie: s=1\nX-New: n\n"
-            "Content-Range: bytes 0-1/2");
+            "Content-Range: bytes 0-1/2\nContent-MD5: N7UdGUp1E+RbVvZSTy1R8g==\n"
+            "Content-Digest: sha-256=:b:");
   assert_int_equal(ns_cache_merge_304(&st, &r3), NETSTASH_OK);
   /* updated in place */
   assert_string_equal(st.f[1].name, "Cache-Control");
@@ -1150,6 +1164,10 @@ static void test_merge_304(void **state) {
   assert_string_equal(ns_headers_get(&st, "Content-Length"), "100");
   assert_string_equal(ns_headers_get(&st, "Content-Encoding"), "br");
   assert_null(ns_headers_get(&st, "Content-Range"));
+  /* digests of the stored bytes stay theirs (http-cache-tests'
+   * 304-etag-update-response-Content-MD5) */
+  assert_string_equal(ns_headers_get(&st, "Content-MD5"), "rL0Y20zC+Fzt72VPzMSk2A==");
+  assert_string_equal(ns_headers_get(&st, "Content-Digest"), "sha-256=:a:");
   /* every stored line of a replaced name goes */
   assert_int_equal(ns_headers_count(&st, "X-Multi"), 1);
   assert_string_equal(ns_headers_get(&st, "X-Multi"), "c");
