@@ -732,14 +732,14 @@ static void respond_text(conn *c, int status, const char *extra, int close_after
   respond(c, status, "text/plain; charset=utf-8", extra, msg, (size_t)n, close_after);
 }
 
-/* 502 for a library error: X-Netstash-Error names it, the body adds the
- * detail. Recorded as an error answer. */
+/* 502 (or 504, netd_error_status) for a library error: X-Netstash-Error
+ * names it, the body adds the detail. Recorded as an error answer. */
 static void respond_error(conn *c, netstash_error e, const char *detail) {
   char extra[128];
   netd_metrics_request(&c->d->metrics, NETD_SRC_ERROR, ns_now_us() - c->t0_us);
   snprintf(extra, sizeof(extra), "X-Netstash-Error: %s\r\n", netstash_error_name(e));
-  respond_text(c, 502, extra, 0, "%s: %s%s%s", netstash_error_name(e), netstash_strerror(e),
-               detail && *detail ? ": " : "", detail ? detail : "");
+  respond_text(c, netd_error_status(e), extra, 0, "%s: %s%s%s", netstash_error_name(e),
+               netstash_strerror(e), detail && *detail ? ": " : "", detail ? detail : "");
 }
 
 /* ------------------------------------------------------------ the request */

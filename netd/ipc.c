@@ -600,7 +600,7 @@ static void job_complete(netstash_job *job, netstash_error err, void *ud) {
     if (body)
       snprintf(body, n, "netd: %s: %s\n", netstash_error_name(err), detail);
     netd_metrics_request(&d->metrics, NETD_SRC_ERROR, ns_now_us() - st->t0);
-    answer_mem(st, 502, "text/plain", body, netstash_error_name(err));
+    answer_mem(st, netd_error_status(err), "text/plain", body, netstash_error_name(err));
   } else if (err != NETSTASH_OK) {
     /* the head is out: the body cannot be completed */
     nghttp2_submit_rst_stream(st->s->ng, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_INTERNAL_ERROR);

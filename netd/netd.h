@@ -164,6 +164,14 @@ int netd_hot_fd(netd_hot *h, const uint8_t *key, const uv_buf_t *chunks, unsigne
 
 /* ------------------------------------------------------------ daemon */
 
+/* The status of an answer for a library error before any head: 504 when
+ * the cache alone could not answer (only-if-cached, RFC 9111 §5.2.1.7) or
+ * the origin did not answer in time, else 502. X-Netstash-Error names the
+ * error either way. */
+static inline int netd_error_status(netstash_error e) {
+  return e == NETSTASH_E_NOT_CACHED || e == NETSTASH_E_TIMEOUT ? 504 : 502;
+}
+
 typedef struct netd netd;
 typedef struct netd_ipc netd_ipc;
 typedef struct netd_front netd_front;

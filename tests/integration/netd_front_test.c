@@ -517,6 +517,18 @@ static void test_gateway_cache(void **state) {
   assert_memory_equal(r1.body, r2.body, r1.body_len);
   resp_free(&r1);
   resp_free(&r2);
+  /* only-if-cached with nothing stored: 504 (RFC 9111 §5.2.1.7; was 502),
+   * the error named; with the answer stored: the stored answer */
+  r1 = exchange_str(nd.gateway, "GET /cache/max-age/600/gw-oic HTTP/1.1\r\nHost: x\r\n"
+                                "Cache-Control: only-if-cached\r\nConnection: close\r\n\r\n");
+  assert_int_equal(r1.status, 504);
+  assert_string_equal(header(&r1, "X-Netstash-Error"), "NETSTASH_E_NOT_CACHED");
+  resp_free(&r1);
+  r1 = exchange_str(nd.gateway, "GET /cache/max-age/600/gw HTTP/1.1\r\nHost: x\r\n"
+                                "Cache-Control: only-if-cached\r\nConnection: close\r\n\r\n");
+  assert_int_equal(r1.status, 200);
+  assert_string_equal(header(&r1, "X-Netstash-Source"), "cache");
+  resp_free(&r1);
 }
 
 /* A connection whose receive window is small (SO_RCVBUF before connect), so
