@@ -144,11 +144,15 @@ void ns_cache_control_parse(ns_cache_control *cc, const char *value, size_t len,
     } else if (ns_span_eq_ci(name, "no-store")) {
       cc->flags |= NS_CC_NO_STORE;
     } else if (ns_span_eq_ci(name, "no-cache")) {
-      /* RFC 9111 §5.2.2.4: the qualified form is treated as unqualified
-       * (revalidate every time), which the RFC notes is what caches do. */
-      cc->flags |= NS_CC_NO_CACHE;
-      if (has_value && !is_request)
+      /* RFC 9111 §5.2.2.4: a response's qualified form no-cache="a, b"
+       * leaves the response reusable without the listed fields — never
+       * stored (ns_cache_prepare_for_storage, ns_cache_merge_304); the
+       * usual case is no-cache="Set-Cookie", which Chromium honours the
+       * same way. One that lists nothing readable counts as unqualified. */
+      if (has_value && !is_request && ok && arg.len > 0)
         cc->flags |= NS_CC_NO_CACHE_FIELDS;
+      else
+        cc->flags |= NS_CC_NO_CACHE;
     } else if (ns_span_eq_ci(name, "must-revalidate")) {
       cc->flags |= NS_CC_MUST_REVALIDATE;
     } else if (ns_span_eq_ci(name, "proxy-revalidate")) {
@@ -307,6 +311,64 @@ static int is_set_cookie(const char *name) {
          ns_ascii_casecmp(name, "Set-Cookie2") == 0;
 }
 
+/* Is name listed in a qualified no-cache="..." of h's Cache-Control (RFC
+ * 9111 §5.2.2.4)? Such a field is not stored: a stored response is reused
+ * without it, and one revalidated is answered with the 304's fields. */
+static int no_cache_listed(const ns_headers *h, const char *name, size_t nl) {
+  size_t it = 0;
+  const ns_header_field *f;
+  while ((f = ns_headers_next(h, &it, "Cache-Control")) != NULL) {
+    ns_reader r;
+    ns_reader_init(&r, f->value, f->value_len);
+    while (ns_reader_list_next(&r)) {
+      ns_span dname, dval;
+      /* a directive as ns_cache_control_parse reads it */
+      if (ns_reader_token(&r, &dname) && ns_span_eq_ci(dname, "no-cache")) {
+        ns_reader_skip_ows(&r);
+        if (ns_reader_skip_char(&r, '=')) {
+          ns_reader_skip_ows(&r);
+          if (ns_reader_token_or_quoted(&r, &dval, NULL)) {
+            ns_reader lr;
+            ns_span t;
+            ns_reader_init(&lr, dval.p, dval.len);
+            while (ns_reader_list_next(&lr)) {
+              if (ns_reader_token(&lr, &t) && t.len == nl && ns_ascii_casecmp_n(t.p, name, nl) == 0)
+                return 1;
+              ns_reader_list_skip(&lr);
+            }
+          }
+        }
+      }
+      ns_reader_list_skip(&r);
+    }
+  }
+  return 0;
+}
+
+/* After a 304's merge: the fields the merged Cache-Control lists in a
+ * qualified no-cache (it may be the 304's, naming fields stored before). */
+static netstash_error merged_strip(ns_headers *h) {
+  ns_headers tmp;
+  size_t i;
+  netstash_error rv = NETSTASH_OK;
+  for (i = 0; i < h->len; i++)
+    if (no_cache_listed(h, h->f[i].name, h->f[i].name_len))
+      break;
+  if (i == h->len)
+    return NETSTASH_OK; /* the usual case: nothing listed, nothing copied */
+  ns_headers_init(&tmp, h->mem);
+  for (i = 0; i < h->len && rv == NETSTASH_OK; i++)
+    if (!no_cache_listed(h, h->f[i].name, h->f[i].name_len))
+      rv = ns_headers_add(&tmp, h->f[i].name, h->f[i].name_len, h->f[i].value, h->f[i].value_len);
+  if (rv != NETSTASH_OK) {
+    ns_headers_free(&tmp);
+    return rv;
+  }
+  ns_headers_free(h);
+  *h = tmp;
+  return NETSTASH_OK;
+}
+
 netstash_error ns_cache_prepare_for_storage(ns_headers *resp, int64_t response_time_ms) {
   ns_headers tmp;
   size_t i;
@@ -315,8 +377,9 @@ netstash_error ns_cache_prepare_for_storage(ns_headers *resp, int64_t response_t
   for (i = 0; i < resp->len; i++) {
     const ns_header_field *f = &resp->f[i];
     if (hop_by_hop(f->name) || is_set_cookie(f->name) ||
-        connection_nominated(resp, f->name, f->name_len))
-      continue;
+        connection_nominated(resp, f->name, f->name_len) ||
+        no_cache_listed(resp, f->name, f->name_len))
+      continue; /* the merge of a 304 drops them as well (merged_strip) */
     if ((rv = ns_headers_add(&tmp, f->name, f->name_len, f->value, f->value_len)) !=
         NETSTASH_OK)
       goto fail;
@@ -998,6 +1061,8 @@ netstash_error ns_cache_merge_304(ns_headers *stored, const ns_headers *r304) {
         NETSTASH_OK)
       goto fail;
   }
+  if ((rv = merged_strip(&tmp)) != NETSTASH_OK)
+    goto fail;
   ns_headers_free(stored);
   *stored = tmp;
   return NETSTASH_OK;

@@ -572,8 +572,12 @@ static void test_cache_control_parse(void **state) {
       {"s-maxage=10", 0, NS_CC_S_MAXAGE, 0, 0},
       {"no-store", 0, NS_CC_NO_STORE, 0, 0},
       {"no-cache", 0, NS_CC_NO_CACHE, 0, 0},
-      {"no-cache=\"Set-Cookie, X-A\"", 0, NS_CC_NO_CACHE | NS_CC_NO_CACHE_FIELDS, 0, 0},
-      {"no-cache=Set-Cookie", 0, NS_CC_NO_CACHE | NS_CC_NO_CACHE_FIELDS, 0, 0},
+      /* qualified (§5.2.2.4): reusable without the listed fields */
+      {"no-cache=\"Set-Cookie, X-A\"", 0, NS_CC_NO_CACHE_FIELDS, 0, 0},
+      {"no-cache=Set-Cookie", 0, NS_CC_NO_CACHE_FIELDS, 0, 0},
+      {"no-cache=\"\"", 0, NS_CC_NO_CACHE, 0, 0}, /* lists nothing: unqualified */
+      {"no-cache=\"X-A\", no-cache", 0, NS_CC_NO_CACHE | NS_CC_NO_CACHE_FIELDS, 0, 0},
+      {"no-cache=\"X-A\"", 1, NS_CC_NO_CACHE, 0, 0}, /* a request's: no-cache */
       {"must-revalidate", 0, NS_CC_MUST_REVALIDATE, 0, 0},
       {"proxy-revalidate", 0, NS_CC_PROXY_REVALIDATE, 0, 0},
       {"private", 0, NS_CC_PRIVATE, 0, 0},
@@ -737,6 +741,15 @@ static void test_prepare_for_storage(void **state) {
   assert_string_equal(ns_headers_get(&h, "Date"), d);
   assert_int_equal(ns_headers_len(&h), 1);
   ns_headers_free(&h);
+  /* the fields a qualified no-cache lists are not stored (§5.2.2.4) */
+  hdrs(&h, "Date: {T-5}\nCache-Control: max-age=60, no-cache=\"X-A, x-b\"\nX-A: 1\nX-B: 2\n"
+           "X-C: 3\nX-A: 4");
+  assert_int_equal(ns_cache_prepare_for_storage(&h, MS(T0)), NETSTASH_OK);
+  assert_int_equal(ns_headers_len(&h), 3);
+  assert_null(ns_headers_get(&h, "X-A"));
+  assert_null(ns_headers_get(&h, "X-B"));
+  assert_string_equal(ns_headers_get(&h, "X-C"), "3");
+  ns_headers_free(&h);
 }
 
 /* ================================================================ decisions */
@@ -875,6 +888,9 @@ static const decide_case k_decide[] = {
     {"no-cache fresh", 200, "Date: {T+0}\nCache-Control: max-age=600, no-cache", NULL, 0, 0, 0,
      D_MUST, 0, "must-revalidate: response no-cache"},
     {"qualified no-cache", 200, "Date: {T+0}\nCache-Control: max-age=600, no-cache=\"X-A\"",
+     NULL, 0, 0, 0, D_FRESH, 0, "fresh: max-age=600"},
+    {"qualified and plain no-cache", 200,
+     "Date: {T+0}\nCache-Control: max-age=600, no-cache=\"X-A\"\nCache-Control: no-cache",
      NULL, 0, 0, 0, D_MUST, 0, NULL},
     {"must-revalidate fresh", 200, "Date: {T+0}\nCache-Control: max-age=60, must-revalidate",
      NULL, 0, 0, MS(59), D_FRESH, 0, NULL},
@@ -1188,6 +1204,16 @@ static void test_merge_304(void **state) {
   req.headers = NULL;
   ns_cache_decide(NULL, &req, &s, MS(T0) + MS(10), &d);
   assert_int_equal(d.verdict, NS_CACHE_FRESH);
+  ns_headers_free(&st);
+  ns_headers_free(&r3);
+  /* a 304 whose Cache-Control lists fields in a qualified no-cache: they
+   * go, stored before or carried by the 304 */
+  hdrs(&st, "Date: {T-1000}\nCache-Control: max-age=60\nX-Keep: k\nX-Old: o");
+  hdrs(&r3, "Date: {T+0}\nCache-Control: max-age=600, no-cache=\"X-Old, X-New\"\nX-New: n");
+  assert_int_equal(ns_cache_merge_304(&st, &r3), NETSTASH_OK);
+  assert_null(ns_headers_get(&st, "X-Old"));
+  assert_null(ns_headers_get(&st, "X-New"));
+  assert_string_equal(ns_headers_get(&st, "X-Keep"), "k");
   ns_headers_free(&st);
   ns_headers_free(&r3);
 }
