@@ -447,8 +447,8 @@ static int h_recv_header(nghttp3_conn *hc, int64_t id, int32_t token, nghttp3_rc
   if (!s || !s->f || s->failed || s->done)
     return 0;
   if (token == NGHTTP3_QPACK_TOKEN__STATUS) {
-    int code = 0;
-    if (v.len == 3 && v.base[0] >= '1' && v.base[0] <= '5' && v.base[1] >= '0' &&
+    int code = 0; /* 600-999 as over HTTP/1.1 (RFC 9110 §15: a 5xx) */
+    if (v.len == 3 && v.base[0] >= '1' && v.base[0] <= '9' && v.base[1] >= '0' &&
         v.base[1] <= '9' && v.base[2] >= '0' && v.base[2] <= '9')
       code = (v.base[0] - '0') * 100 + (v.base[1] - '0') * 10 + (v.base[2] - '0');
     if (!code) {

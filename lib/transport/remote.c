@@ -114,7 +114,7 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *fr, const uint8_t
     int code = 0;
     if (vlen == 3)
       code = (value[0] - '0') * 100 + (value[1] - '0') * 10 + (value[2] - '0');
-    if (code < 100 || code > 599)
+    if (code < 100 || code > 999) /* netd relays 600-999 as it got them */
       return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     ns_hop_status(s->f, code);
     s->f->proto = NETSTASH_HTTP_2;

@@ -20,7 +20,8 @@
  *                       connection gets no answer: the connection is closed
  *   /n/NAME             200 "NAME n=K", Cache-Control: max-age=600
  *   /status-bad/I       malformed status line I (0..6): "HTTP/1.1 2OO OK",
- *                       "HTTP/1.1 999 Nope", "HTTP/1.1 -20 OK",
+ *                       "HTTP/1.1 999 Nope" (invalid, not malformed: a
+ *                       client takes it as a 5xx), "HTTP/1.1 -20 OK",
  *                       "HTTP/1.1 20 OK", "HTTP/9.9 200 OK", binary garbage,
  *                       nothing at all (close); then a 5-byte body, close
  *   /header-bad/I       status 200 and a malformed header I (0..5): obs-fold
