@@ -647,8 +647,7 @@ static size_t hdr_cb(char *buf, size_t size, size_t n, void *ud) {
       /* 600-999 are invalid but not malformed: RFC 9110 §15 asks a client
        * to process them as a 5xx (LinkedIn answers robots 999) — delivered,
        * never stored (ns_cache_storable) */
-      if (d[0] >= '1' && d[0] <= '9' && d[1] >= '0' && d[1] <= '9' && d[2] >= '0' &&
-          d[2] <= '9')
+      if (d[0] >= '1' && d[0] <= '9' && d[1] >= '0' && d[1] <= '9' && d[2] >= '0' && d[2] <= '9')
         code = (d[0] - '0') * 100 + (d[1] - '0') * 10 + (d[2] - '0');
     }
     if (!code) {
