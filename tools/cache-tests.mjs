@@ -6,8 +6,11 @@
 // gateway; see there for the options.
 //
 //   node cache-tests.mjs PKGDIR BASEURL [--id ID] [--json FILE]
-//        [--expect FILE] [--compare]
+//        [--expect FILE] [--compare] [--h2]
 //
+// --h2: BASEURL is https and speaks HTTP/2 only (netd's --gateway-h2): the
+// requests go over one HTTP/2 connection (node's http2 module; the test
+// certificate is not checked) instead of node-fetch's HTTP/1.1;
 // --id runs one test and prints what went to and came from the cache;
 // --json writes the raw results (the suite's format, as in its results/);
 // --expect FILE checks every result against FILE: {"test-id": "why it does
@@ -18,11 +21,12 @@
 // implementations whose results the package ships (browsers, proxies).
 // Exit status: 0, or 1 when a result differs from --expect.
 import fs from 'fs'
+import http2 from 'http2'
 import path from 'path'
 import { pathToFileURL } from 'url'
 
 const args = process.argv.slice(2)
-const usage = 'usage: node cache-tests.mjs PKGDIR BASEURL [--id ID] [--json FILE] [--expect FILE] [--compare]'
+const usage = 'usage: node cache-tests.mjs PKGDIR BASEURL [--id ID] [--json FILE] [--expect FILE] [--compare] [--h2]'
 if (args.length < 2) {
   console.error(usage)
   process.exit(2)
@@ -32,11 +36,13 @@ let only = ''
 let jsonOut = ''
 let expectFile = ''
 let compare = false
+let h2 = false
 for (let i = 2; i < args.length; i++) {
   if (args[i] === '--id' && i + 1 < args.length) only = args[++i]
   else if (args[i] === '--json' && i + 1 < args.length) jsonOut = args[++i]
   else if (args[i] === '--expect' && i + 1 < args.length) expectFile = args[++i]
   else if (args[i] === '--compare') compare = true
+  else if (args[i] === '--h2') h2 = true
   else {
     console.error(usage)
     process.exit(2)
@@ -47,7 +53,52 @@ const load = p => import(pathToFileURL(path.join(pkg, p)).href)
 const { runTests, getResults } = await load('client/runner.mjs')
 const suites = (await load('tests/index.mjs')).default
 // node-fetch 2, the suite's own dependency, beside it in node_modules
-const nodeFetch = (await import(pathToFileURL(path.join(pkg, '..', 'node-fetch', 'lib', 'index.mjs')).href)).default
+const nodeFetchModule = await import(pathToFileURL(path.join(pkg, '..', 'node-fetch', 'lib', 'index.mjs')).href)
+const nodeFetch = nodeFetchModule.default
+
+// fetch() over HTTP/2 with node's http2 module, one session per origin; the
+// answer is a node-fetch Response, which is what the suite reads
+const sessions = new Map()
+function h2Fetch (url, init) {
+  const u = new URL(url)
+  let session = sessions.get(u.origin)
+  if (!session || session.closed || session.destroyed) {
+    session = http2.connect(u.origin, { rejectUnauthorized: false })
+    session.on('error', () => {})
+    sessions.set(u.origin, session)
+  }
+  const head = {
+    ':method': (init.method || 'GET').toUpperCase(),
+    ':path': u.pathname + u.search,
+    ':authority': u.host
+  }
+  for (const [name, value] of init.headers || []) {
+    const n = name.toLowerCase()
+    // as fetch() normalises a value (and HTTP/2 forbids whitespace at its
+    // ends, RFC 9113 §8.2.1: netd resets such a stream)
+    const v = String(value).trim()
+    if (n === 'connection' || n === 'host') continue
+    head[n] = n in head ? [].concat(head[n], v) : v
+  }
+  return new Promise((resolve, reject) => {
+    const req = session.request(head, { endStream: init.body === undefined })
+    const chunks = []
+    let status = 0
+    const headers = new nodeFetchModule.Headers()
+    req.on('response', h => {
+      status = h[':status']
+      for (const [n, v] of Object.entries(h)) {
+        if (n.startsWith(':')) continue
+        for (const one of [].concat(v)) headers.append(n, String(one))
+      }
+    })
+    req.on('data', c => chunks.push(c))
+    req.on('end', () => resolve(new nodeFetchModule.Response(Buffer.concat(chunks),
+      { status, statusText: String(status), headers })))
+    req.on('error', reject)
+    if (init.body !== undefined) req.end(init.body)
+  })
+}
 
 // What a browser's fetch() does with a cache mode when its own cache is not
 // there (netd is the cache): "no-cache" validates, so the request carries
@@ -59,7 +110,7 @@ function browserFetch (url, init) {
   if (o.cache === 'no-cache') h.push(['Cache-Control', 'max-age=0'])
   delete o.cache
   o.headers = h
-  return nodeFetch(url, o)
+  return h2 ? h2Fetch(url, o) : nodeFetch(url, o)
 }
 
 const byId = new Map()
@@ -78,6 +129,7 @@ if (only) {
 
 // true: a private cache (tests marked browser_only run, browser_skip do not)
 await runTests(run, browserFetch, true, base)
+for (const session of sessions.values()) session.close()
 const results = getResults()
 if (jsonOut) fs.writeFileSync(jsonOut, JSON.stringify(results, null, 2) + '\n')
 
@@ -128,7 +180,7 @@ if (only) {
 
 const pct = ([a, b]) => `${a}/${b}`.padEnd(9)
 const ours = tally(results)
-console.log(`http-cache-tests against ${base} as a private cache: ${ids.length} tests`)
+console.log(`http-cache-tests against ${base}${h2 ? ' over HTTP/2' : ''} as a private cache: ${ids.length} tests`)
 console.log('                       required  optimal   checks (yes)')
 console.log(`  this run             ${pct(ours.required)} ${pct(ours.optimal)} ${pct(ours.check)}`)
 if (compare) {
