@@ -11,6 +11,8 @@
 // --h2: BASEURL is https and speaks HTTP/2 only (netd's --gateway-h2): the
 // requests go over one HTTP/2 connection (node's http2 module; the test
 // certificate is not checked) instead of node-fetch's HTTP/1.1;
+// --proxy HOST:PORT: BASEURL is the origin itself, every request goes to
+// the forward proxy at HOST:PORT in absolute form (netd's --proxy);
 // --id runs one test and prints what went to and came from the cache;
 // --json writes the raw results (the suite's format, as in its results/);
 // --expect FILE checks every result against FILE: {"test-id": "why it does
@@ -21,12 +23,13 @@
 // implementations whose results the package ships (browsers, proxies).
 // Exit status: 0, or 1 when a result differs from --expect.
 import fs from 'fs'
+import http from 'http'
 import http2 from 'http2'
 import path from 'path'
 import { pathToFileURL } from 'url'
 
 const args = process.argv.slice(2)
-const usage = 'usage: node cache-tests.mjs PKGDIR BASEURL [--id ID] [--json FILE] [--expect FILE] [--compare] [--h2]'
+const usage = 'usage: node cache-tests.mjs PKGDIR BASEURL [--id ID] [--json FILE] [--expect FILE] [--compare] [--h2 | --proxy HOST:PORT]'
 if (args.length < 2) {
   console.error(usage)
   process.exit(2)
@@ -37,12 +40,14 @@ let jsonOut = ''
 let expectFile = ''
 let compare = false
 let h2 = false
+let proxy = ''
 for (let i = 2; i < args.length; i++) {
   if (args[i] === '--id' && i + 1 < args.length) only = args[++i]
   else if (args[i] === '--json' && i + 1 < args.length) jsonOut = args[++i]
   else if (args[i] === '--expect' && i + 1 < args.length) expectFile = args[++i]
   else if (args[i] === '--compare') compare = true
   else if (args[i] === '--h2') h2 = true
+  else if (args[i] === '--proxy' && i + 1 < args.length) proxy = args[++i]
   else {
     console.error(usage)
     process.exit(2)
@@ -104,13 +109,40 @@ function h2Fetch (url, init) {
 // there (netd is the cache): "no-cache" validates, so the request carries
 // Cache-Control: max-age=0 (as Chromium sends it). node-fetch ignores cache
 // modes; the suite uses "no-cache" only.
+// fetch() through a forward proxy: the request line in absolute form
+// (RFC 9112 §3.2.2), Host the origin's; the answer a node-fetch Response
+function proxyFetch (url, init) {
+  const u = new URL(url)
+  const [phost, pport] = proxy.split(':')
+  const headers = { host: u.host }
+  for (const [name, value] of init.headers || []) {
+    const n = name.toLowerCase()
+    if (n === 'host') continue
+    headers[n] = n in headers ? [].concat(headers[n], value) : value
+  }
+  return new Promise((resolve, reject) => {
+    const req = http.request({ host: phost, port: Number(pport), method: init.method || 'GET', path: u.href, headers },
+      res => {
+        const chunks = []
+        const h = new nodeFetchModule.Headers()
+        for (let i = 0; i < res.rawHeaders.length; i += 2) h.append(res.rawHeaders[i], res.rawHeaders[i + 1])
+        res.on('data', c => chunks.push(c))
+        res.on('end', () => resolve(new nodeFetchModule.Response(Buffer.concat(chunks),
+          { status: res.statusCode, statusText: res.statusMessage, headers: h })))
+        res.on('error', reject)
+      })
+    req.on('error', reject)
+    req.end(init.body)
+  })
+}
+
 function browserFetch (url, init) {
   const o = Object.assign({}, init)
   const h = (o.headers || []).slice()
   if (o.cache === 'no-cache') h.push(['Cache-Control', 'max-age=0'])
   delete o.cache
   o.headers = h
-  return h2 ? h2Fetch(url, o) : nodeFetch(url, o)
+  return h2 ? h2Fetch(url, o) : proxy ? proxyFetch(url, o) : nodeFetch(url, o)
 }
 
 const byId = new Map()
@@ -180,7 +212,8 @@ if (only) {
 
 const pct = ([a, b]) => `${a}/${b}`.padEnd(9)
 const ours = tally(results)
-console.log(`http-cache-tests against ${base}${h2 ? ' over HTTP/2' : ''} as a private cache: ${ids.length} tests`)
+const via = h2 ? ' over HTTP/2' : proxy ? ` through the proxy ${proxy}` : ''
+console.log(`http-cache-tests against ${base}${via} as a private cache: ${ids.length} tests`)
 console.log('                       required  optimal   checks (yes)')
 console.log(`  this run             ${pct(ours.required)} ${pct(ours.optimal)} ${pct(ours.check)}`)
 if (compare) {
