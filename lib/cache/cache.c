@@ -313,7 +313,8 @@ static int is_set_cookie(const char *name) {
 
 /* Is name listed in a qualified no-cache="..." of h's Cache-Control (RFC
  * 9111 §5.2.2.4)? Such a field is not stored: a stored response is reused
- * without it, and one revalidated is answered with the 304's fields. */
+ * without it, and one revalidated is answered with the 304's fields. With
+ * name NULL: does a qualified no-cache list anything at all? */
 static int no_cache_listed(const ns_headers *h, const char *name, size_t nl) {
   size_t it = 0;
   const ns_header_field *f;
@@ -332,7 +333,8 @@ static int no_cache_listed(const ns_headers *h, const char *name, size_t nl) {
             ns_span t;
             ns_reader_init(&lr, dval.p, dval.len);
             while (ns_reader_list_next(&lr)) {
-              if (ns_reader_token(&lr, &t) && t.len == nl && ns_ascii_casecmp_n(t.p, name, nl) == 0)
+              if (ns_reader_token(&lr, &t) &&
+                  (!name || (t.len == nl && ns_ascii_casecmp_n(t.p, name, nl) == 0)))
                 return 1;
               ns_reader_list_skip(&lr);
             }
@@ -351,10 +353,7 @@ static netstash_error merged_strip(ns_headers *h) {
   ns_headers tmp;
   size_t i;
   netstash_error rv = NETSTASH_OK;
-  for (i = 0; i < h->len; i++)
-    if (no_cache_listed(h, h->f[i].name, h->f[i].name_len))
-      break;
-  if (i == h->len)
+  if (!no_cache_listed(h, NULL, 0))
     return NETSTASH_OK; /* the usual case: nothing listed, nothing copied */
   ns_headers_init(&tmp, h->mem);
   for (i = 0; i < h->len && rv == NETSTASH_OK; i++)
@@ -373,12 +372,13 @@ netstash_error ns_cache_prepare_for_storage(ns_headers *resp, int64_t response_t
   ns_headers tmp;
   size_t i;
   netstash_error rv = NETSTASH_OK;
+  int listing = no_cache_listed(resp, NULL, 0); /* rare: the per-field look only then */
   ns_headers_init(&tmp, resp->mem);
   for (i = 0; i < resp->len; i++) {
     const ns_header_field *f = &resp->f[i];
     if (hop_by_hop(f->name) || is_set_cookie(f->name) ||
         connection_nominated(resp, f->name, f->name_len) ||
-        no_cache_listed(resp, f->name, f->name_len))
+        (listing && no_cache_listed(resp, f->name, f->name_len)))
       continue; /* the merge of a 304 drops them as well (merged_strip) */
     if ((rv = ns_headers_add(&tmp, f->name, f->name_len, f->value, f->value_len)) !=
         NETSTASH_OK)
