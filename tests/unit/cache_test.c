@@ -750,6 +750,15 @@ static void test_prepare_for_storage(void **state) {
   assert_null(ns_headers_get(&h, "X-B"));
   assert_string_equal(ns_headers_get(&h, "X-C"), "3");
   ns_headers_free(&h);
+  /* ... but never those the cache rests on (a merge stays idempotent) */
+  hdrs(&h, "Date: {T-5}\nCache-Control: max-age=60, no-cache=\"Cache-Control, Content-Encoding, "
+           "Vary, X-A\"\nContent-Encoding: gzip\nVary: Accept-Encoding\nX-A: 1");
+  assert_int_equal(ns_cache_prepare_for_storage(&h, MS(T0)), NETSTASH_OK);
+  assert_int_equal(ns_headers_len(&h), 4);
+  assert_null(ns_headers_get(&h, "X-A"));
+  assert_string_equal(ns_headers_get(&h, "Content-Encoding"), "gzip");
+  assert_string_equal(ns_headers_get(&h, "Vary"), "Accept-Encoding");
+  ns_headers_free(&h);
 }
 
 /* ================================================================ decisions */
