@@ -18,6 +18,8 @@
  *  - a non-storable response's must-understand / no-store logic agrees with
  *    the parsed flags (no-store without must-understand → not storable);
  *  - 304 merge never changes Content-Length / Content-Type and is idempotent;
+ *  - storage never drops the fields the cache rests on (unless Connection
+ *    names them) and always drops Set-Cookie;
  *  - range answers stay inside the body; 206 has first <= last < len;
  *  - No-Vary-Search: a URL is always equivalent to itself;
  *  - cache keys and ns_url_parse: the allocation-free split of normalised
@@ -164,6 +166,23 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   CHECK(ns_headers_copy(&merged2, &merged) == NETSTASH_OK);
   CHECK(ns_cache_merge_304(&merged2, &req) == NETSTASH_OK);
   CHECK(merged.len == merged2.len);
+
+  /* storage drops hop-by-hop fields, Set-Cookie and what a qualified
+   * no-cache lists, never the fields the cache itself rests on */
+  {
+    static const char *const kept[] = {
+        "Cache-Control", "Content-Encoding", "Content-Length", "Vary", "ETag", "Expires"};
+    ns_headers stored;
+    size_t k;
+    ns_headers_init(&stored, mem);
+    CHECK(ns_headers_copy(&stored, &resp) == NETSTASH_OK);
+    CHECK(ns_cache_prepare_for_storage(&stored, now) == NETSTASH_OK);
+    if (ns_headers_count(&resp, "Connection") == 0)
+      for (k = 0; k < sizeof(kept) / sizeof(kept[0]); k++)
+        CHECK(same_values(&stored, &resp, kept[k]));
+    CHECK(ns_headers_count(&stored, "Set-Cookie") == 0);
+    ns_headers_free(&stored);
+  }
 
   /* Vary */
   {
