@@ -55,6 +55,7 @@
 #include "netd/netd.h"
 #include "preload/serve.h"
 #include "preload/lookup_http.h"
+#include "transport/decode.h"
 #include "transport/fetch.h"
 
 #define MAX_REQ_BODY (64u << 20)
@@ -526,7 +527,11 @@ static void job_response(netstash_job *job, void *ud) {
   char code[8];
   const char *reason = netstash_fetch_cache_reason(f);
   const char *ce = netstash_fetch_header(f, "content-encoding");
-  int decoded = ce && ce[0] && strcmp(ce, "identity") != 0;
+  ns_coding codings[NS_DECODE_MAX_LAYERS];
+  /* the library decoded the body only for codings it knows: one it does
+   * not (x-foo) came as sent, and its field goes along (as Chromium hands
+   * such a body over) — dropping it gave coded bytes as identity */
+  int decoded = ce && ns_coding_parse(ce, strlen(ce), codings) > 0;
   nghttp2_data_provider dp = {.source.ptr = st, .read_callback = read_job};
   netd *d = st->s->ipc->d;
   if (!nva) {

@@ -1428,6 +1428,12 @@ static int build_caddy(cmdline *c, int port, void *ud, char ***envp) {
           "%s%s"
           "\theader /hsts Strict-Transport-Security \"max-age=3600\"\n"
           "\theader /fresh/* Cache-Control \"max-age=600\"\n"
+          /* the site's files under a content coding nobody decodes */
+          "\thandle_path /opaque/* {\n"
+          "\t\theader Content-Encoding x-nst-opaque\n"
+          "\t\theader Cache-Control \"max-age=600\"\n"
+          "\t\tfile_server\n"
+          "\t}\n"
           "\trespond /hsts \"hsts\" 200\n"
           "\tfile_server {\n"
           "\t\tprecompressed br gzip\n"

@@ -124,6 +124,20 @@ static void test_remote_mode_basic(void **state) {
   if (netstash_fetch_source(f) == NETSTASH_SOURCE_NETWORK)
     fail_msg("second fetch from the network (%s)", netstash_fetch_cache_reason(f));
   netstash_fetch_del(f);
+  /* a content coding nobody decodes: the bytes as sent, its field with
+   * them — from the network and from netd's cache (was: the field dropped,
+   * coded bytes taken as identity) */
+  for (int i = 0; i < 2; i++) {
+    const char *ce;
+    assert_int_equal(get(ctx, url_of("/opaque/hello.txt"), &f), NETSTASH_OK);
+    assert_true(site_cmp_matches(f, "hello.txt"));
+    ce = netstash_fetch_header(f, "content-encoding");
+    assert_non_null(ce);
+    assert_string_equal(ce, "x-nst-opaque");
+    if (i == 1 && netstash_fetch_source(f) == NETSTASH_SOURCE_NETWORK)
+      fail_msg("second fetch from the network (%s)", netstash_fetch_cache_reason(f));
+    netstash_fetch_del(f);
+  }
   /* errors keep their code across the socket */
   {
     char u[128];
