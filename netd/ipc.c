@@ -292,7 +292,8 @@ static ssize_t read_ctrl(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t l
   (void)ud;
   if (n > len)
     n = len;
-  memcpy(buf, st->ctrl + st->ctrl_off, n);
+  if (n) /* an empty stored body has no buffer (UBSan: memcpy from NULL) */
+    memcpy(buf, st->ctrl + st->ctrl_off, n);
   st->ctrl_off += n;
   if (st->ctrl_off == st->ctrl_len)
     *flags |= NGHTTP2_DATA_FLAG_EOF;
