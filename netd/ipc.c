@@ -484,13 +484,21 @@ static int hop_by_hop(const char *n) {
 
 /* Does a response field (name lower-case) go to the client? Not hop-by-hop
  * ones, nor the answer fields of an upstream netd (ours follow); unless the
- * request is raw, not the length — HTTP/2 frames the body — nor the coding
- * of a body the library decoded. */
-static int relayed(const ipc_stream *st, const char *name, int decoded) {
+ * request is raw, neither the coding nor the length of a body the library
+ * decoded (they describe other bytes). The length of a body that goes as it
+ * is stays, as a local-mode fetch has it (a browser shows progress by it;
+ * HTTP/2 holds the DATA frames to it) — but never with a 1xx or 204, which
+ * RFC 9110 §8.6 forbids and the client's nghttp2 rejects. */
+static int relayed(const ipc_stream *st, const char *name, int decoded, int status) {
   if (hop_by_hop(name) || !strncmp(name, "x-netstash-", 11))
     return 0;
-  return st->raw ||
-         (strcmp(name, "content-length") && !(decoded && !strcmp(name, "content-encoding")));
+  if (st->raw)
+    return 1;
+  if (!strcmp(name, "content-encoding"))
+    return !decoded;
+  if (!strcmp(name, "content-length"))
+    return !decoded && status >= 200 && status != 204;
+  return 1;
 }
 
 static const char *source_name(netstash_source s) {
@@ -544,7 +552,8 @@ static void job_response(netstash_job *job, void *ud) {
   nva[k++] = (nghttp2_nv)NV(":status", code);
   for (size_t i = 0; i < n; i++) {
     const char *hn, *hv;
-    if (netstash_fetch_header_at(f, i, &hn, &hv) != NETSTASH_OK || !relayed(st, hn, decoded))
+    if (netstash_fetch_header_at(f, i, &hn, &hv) != NETSTASH_OK ||
+        !relayed(st, hn, decoded, netstash_fetch_status(f)))
       continue;
     nva[k++] = (nghttp2_nv)NV(hn, hv);
   }
@@ -681,7 +690,8 @@ static int answer_stored(ipc_stream *st, const netstash_request *req) {
     for (size_t j = 0; j < nl; j++)
       lower[j] = (char)((name[j] >= 'A' && name[j] <= 'Z') ? name[j] + 32 : name[j]);
     lower[nl] = 0;
-    if (!relayed(st, lower, 0)) /* a decoded body's coding is left out already */
+    /* a decoded body's coding and length are left out already */
+    if (!relayed(st, lower, 0, netstash_preload_hit_status(hit)))
       continue;
     nva[k++] =
         (nghttp2_nv){(uint8_t *)lower, (uint8_t *)(uintptr_t)value, nl, vl, NGHTTP2_NV_FLAG_NONE};

@@ -13,6 +13,10 @@
 // certificate is not checked) instead of node-fetch's HTTP/1.1;
 // --proxy HOST:PORT: BASEURL is the origin itself, every request goes to
 // the forward proxy at HOST:PORT in absolute form (netd's --proxy);
+// --unix SOCKET (with --h2): BASEURL is the origin itself, every request
+// goes to netd's IPC socket as a kernel process sends it in remote mode
+// (HTTP/2 with prior knowledge, :scheme/:authority/:path the target's,
+// bodies decoded by netd);
 // --id runs one test and prints what went to and came from the cache;
 // --json writes the raw results (the suite's format, as in its results/);
 // --expect FILE checks every result against FILE: {"test-id": "why it does
@@ -25,11 +29,12 @@
 import fs from 'fs'
 import http from 'http'
 import http2 from 'http2'
+import net from 'net'
 import path from 'path'
 import { pathToFileURL } from 'url'
 
 const args = process.argv.slice(2)
-const usage = 'usage: node cache-tests.mjs PKGDIR BASEURL [--id ID] [--json FILE] [--expect FILE] [--compare] [--h2 | --proxy HOST:PORT]'
+const usage = 'usage: node cache-tests.mjs PKGDIR BASEURL [--id ID] [--json FILE] [--expect FILE] [--compare] [--h2 [--unix SOCKET] | --proxy HOST:PORT]'
 if (args.length < 2) {
   console.error(usage)
   process.exit(2)
@@ -41,6 +46,7 @@ let expectFile = ''
 let compare = false
 let h2 = false
 let proxy = ''
+let unix = ''
 for (let i = 2; i < args.length; i++) {
   if (args[i] === '--id' && i + 1 < args.length) only = args[++i]
   else if (args[i] === '--json' && i + 1 < args.length) jsonOut = args[++i]
@@ -48,6 +54,7 @@ for (let i = 2; i < args.length; i++) {
   else if (args[i] === '--compare') compare = true
   else if (args[i] === '--h2') h2 = true
   else if (args[i] === '--proxy' && i + 1 < args.length) proxy = args[++i]
+  else if (args[i] === '--unix' && i + 1 < args.length) unix = args[++i]
   else {
     console.error(usage)
     process.exit(2)
@@ -68,7 +75,9 @@ function h2Fetch (url, init) {
   const u = new URL(url)
   let session = sessions.get(u.origin)
   if (!session || session.closed || session.destroyed) {
-    session = http2.connect(u.origin, { rejectUnauthorized: false })
+    session = unix
+      ? http2.connect(u.origin, { createConnection: () => net.connect(unix) })
+      : http2.connect(u.origin, { rejectUnauthorized: false })
     session.on('error', () => {})
     sessions.set(u.origin, session)
   }
@@ -212,7 +221,7 @@ if (only) {
 
 const pct = ([a, b]) => `${a}/${b}`.padEnd(9)
 const ours = tally(results)
-const via = h2 ? ' over HTTP/2' : proxy ? ` through the proxy ${proxy}` : ''
+const via = unix ? ` through netd's IPC socket (remote mode)` : h2 ? ' over HTTP/2' : proxy ? ` through the proxy ${proxy}` : ''
 console.log(`http-cache-tests against ${base}${via} as a private cache: ${ids.length} tests`)
 console.log('                       required  optimal   checks (yes)')
 console.log(`  this run             ${pct(ours.required)} ${pct(ours.optimal)} ${pct(ours.check)}`)
