@@ -473,11 +473,13 @@ static int handle(conn *c, request *rq) {
       return respond(c, rq, 200, "Content-Type: text/plain\r\n", body, (size_t)n, 0) == 0 &&
              rq->keep_alive;
     }
-    if (strncmp(q, "text/", 5) == 0) {
+    if (strncmp(q, "text/", 5) == 0 || strncmp(q, "opaque/", 7) == 0) {
       /* /cache/text/N: N bytes (at most 1 MiB) of nst_text(), text/html,
-       * fresh for 600 s */
+       * fresh for 600 s; /cache/opaque/N: the same under a content coding
+       * nobody decodes (x-nst-opaque), passed through as sent */
+      int opaque = q[0] == 'o';
       char *end;
-      unsigned long len = strtoul(q + 5, &end, 10);
+      unsigned long len = strtoul(q + (opaque ? 7 : 5), &end, 10);
       unsigned char *t;
       int ok;
       if (*end || len > (1ul << 20) || !(t = malloc(len ? len : 1)))
@@ -485,27 +487,10 @@ static int handle(conn *c, request *rq) {
                rq->keep_alive;
       nst_text(t, 0, len);
       ok = respond(c, rq, 200,
-                   "Content-Type: text/html; charset=utf-8\r\n"
-                   "Cache-Control: max-age=600\r\n",
-                   (const char *)t, len, 0) == 0;
-      free(t);
-      return ok && rq->keep_alive;
-    }
-    if (strncmp(q, "opaque/", 7) == 0) {
-      /* /cache/opaque/N: N bytes (at most 1 MiB) of nst_text() under a
-       * content coding nobody decodes (x-nst-opaque): passed through as
-       * sent, fresh for 600 s */
-      char *end;
-      unsigned long len = strtoul(q + 7, &end, 10);
-      unsigned char *t;
-      int ok;
-      if (*end || len > (1ul << 20) || !(t = malloc(len ? len : 1)))
-        return respond(c, rq, 400, "Content-Type: text/plain\r\n", "bad size\n", 9, 0) == 0 &&
-               rq->keep_alive;
-      nst_text(t, 0, len);
-      ok = respond(c, rq, 200,
-                   "Content-Type: text/html; charset=utf-8\r\n"
-                   "Content-Encoding: x-nst-opaque\r\nCache-Control: max-age=600\r\n",
+                   opaque ? "Content-Type: text/html; charset=utf-8\r\n"
+                            "Content-Encoding: x-nst-opaque\r\nCache-Control: max-age=600\r\n"
+                          : "Content-Type: text/html; charset=utf-8\r\n"
+                            "Cache-Control: max-age=600\r\n",
                    (const char *)t, len, 0) == 0;
       free(t);
       return ok && rq->keep_alive;

@@ -55,6 +55,20 @@ static const char *new_profile(void) {
   return nst_path(name);
 }
 
+/* A context on a new profile whose HTTP cache recompresses text (or not). */
+static netstash_ctx *ctx_recompressing(int recompress) {
+  netstash_options *o;
+  netstash_ctx *ctx = NULL;
+  char detail[256];
+  assert_int_equal(netstash_options_new(&o), NETSTASH_OK);
+  assert_int_equal(netstash_options_set_profile_dir(o, new_profile()), NETSTASH_OK);
+  assert_int_equal(netstash_options_set_cache_recompress(o, recompress), NETSTASH_OK);
+  if (netstash_ctx_new(&ctx, o, detail, sizeof(detail)) != NETSTASH_OK)
+    fail_msg("ctx: %s", detail);
+  netstash_options_del(o);
+  return ctx;
+}
+
 typedef struct result {
   netstash_error err;
   int status;
@@ -240,21 +254,13 @@ static void test_text_bodies_as_they_came(void **state) {
   assert_non_null(body);
   nst_text(want, 0, size);
   for (int recompress = 0; recompress < 2; recompress++) {
-    netstash_options *o;
-    netstash_ctx *ctx = NULL;
+    netstash_ctx *ctx = ctx_recompressing(recompress);
     netstash_preload_hit *h;
     netstash_request *req;
-    char detail[256];
     long long before, grew;
     long age;
     netstash_error e = NETSTASH_E_NOT_FOUND;
     result r;
-    assert_int_equal(netstash_options_new(&o), NETSTASH_OK);
-    assert_int_equal(netstash_options_set_profile_dir(o, new_profile()), NETSTASH_OK);
-    assert_int_equal(netstash_options_set_cache_recompress(o, recompress), NETSTASH_OK);
-    if (netstash_ctx_new(&ctx, o, detail, sizeof(detail)) != NETSTASH_OK)
-      fail_msg("ctx: %s", detail);
-    netstash_options_del(o);
     before = used_bytes(ctx);
     r = GET(ctx, "/cache/text/40000");
     assert_int_equal(r.source, NETSTASH_SOURCE_NETWORK);
@@ -460,8 +466,7 @@ static opaque_answer opaque_get(netstash_ctx *ctx, const char *path, int as_sent
 static void test_unknown_coding_kept_as_sent(void **state) {
   (void)state;
   for (int recompress = 0; recompress < 2; recompress++) {
-    netstash_options *o;
-    netstash_ctx *ctx = NULL;
+    netstash_ctx *ctx = ctx_recompressing(recompress);
     netstash_preload_hit *h;
     netstash_request *req;
     opaque_answer a;
@@ -469,14 +474,7 @@ static void test_unknown_coding_kept_as_sent(void **state) {
     size_t l, nl, vl;
     const char *n, *v;
     int ce_seen = 0;
-    char detail[256];
     unsigned char t[4000];
-    assert_int_equal(netstash_options_new(&o), NETSTASH_OK);
-    assert_int_equal(netstash_options_set_profile_dir(o, new_profile()), NETSTASH_OK);
-    assert_int_equal(netstash_options_set_cache_recompress(o, recompress), NETSTASH_OK);
-    if (netstash_ctx_new(&ctx, o, detail, sizeof(detail)) != NETSTASH_OK)
-      fail_msg("ctx: %s", detail);
-    netstash_options_del(o);
     a = opaque_get(ctx, "/cache/opaque/4000", 0, NULL, 0, 4000);
     assert_int_equal(a.err, NETSTASH_OK);
     assert_int_equal(a.source, NETSTASH_SOURCE_NETWORK);
