@@ -968,9 +968,31 @@ static int parse_etag(ns_span s, int *weak, ns_span *opaque) {
   return 1;
 }
 
+/* An ETag as servers send it: an entity-tag, or else one unquoted word
+ * (`ETag: abc123` — not an entity-tag, but what some servers send), taken
+ * as a strong validator to be echoed verbatim, as Chromium and Firefox do: a
+ * server matches its own word, and without it such a response could only
+ * be fetched again whole. Not with a '"', a comma (a list) or whitespace. */
+static int lenient_etag(ns_span s, int *weak, ns_span *opaque) {
+  size_t i;
+  if (parse_etag(s, weak, opaque))
+    return 1;
+  s = ns_span_trim(s);
+  if (s.len == 0)
+    return 0;
+  for (i = 0; i < s.len; i++) {
+    unsigned char c = (unsigned char)s.p[i];
+    if (c <= 0x20 || c == '"' || c == ',' || c == 0x7f)
+      return 0;
+  }
+  *weak = 0;
+  *opaque = s;
+  return 1;
+}
+
 static int header_etag(const ns_headers *h, int *weak, ns_span *opaque) {
   const char *v = ns_headers_get(h, "ETag");
-  return v && parse_etag(ns_span_make(v, strlen(v)), weak, opaque);
+  return v && lenient_etag(ns_span_make(v, strlen(v)), weak, opaque);
 }
 
 netstash_error ns_cache_add_validators(const ns_cache_stored *st, ns_headers *req,
@@ -984,7 +1006,7 @@ netstash_error ns_cache_add_validators(const ns_cache_stored *st, ns_headers *re
   if (added)
     *added = 0;
   /* RFC 9111 §4.3.1: MUST send the entity tag if the stored response has one */
-  if (etag && parse_etag(ns_span_make(etag, strlen(etag)), &weak, &op)) {
+  if (etag && lenient_etag(ns_span_make(etag, strlen(etag)), &weak, &op)) {
     if ((rv = ns_headers_set_str(req, "If-None-Match", etag)) != NETSTASH_OK)
       return rv;
     n++;

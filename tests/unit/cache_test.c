@@ -1099,7 +1099,10 @@ static void test_validators(void **state) {
       {"Last-Modified: {T-100}\nDate: {T+0}", NULL, "{T-100}", 1},
       {"Date: {T+0}", NULL, "{T+0}", 1},          /* Date fallback */
       {"ETag: \"e\"\nDate: {T+0}", "\"e\"", NULL, 1}, /* no Date fallback with an ETag */
-      {"ETag: junk\nLast-Modified: nope\nDate: bad", NULL, NULL, 0},
+      /* an unquoted word is echoed as it came, as browsers do */
+      {"ETag: junk\nLast-Modified: nope\nDate: bad", "junk", NULL, 1},
+      {"ETag: a, b\nLast-Modified: nope\nDate: bad", NULL, NULL, 0}, /* not one word */
+      {"ETag: \"x\nLast-Modified: nope\nDate: bad", NULL, NULL, 0},   /* a broken quote */
       {"", NULL, NULL, 0},
   };
   size_t i;
@@ -1144,6 +1147,9 @@ static void test_304_matches(void **state) {
       {"ETag: W/\"a\"", "ETag: \"a\"", 0},    /* strong 304 validator needs a strong match */
       {"Last-Modified: {T-5}", "ETag: \"a\"", 0},
       {"ETag: \"a\"", "ETag: bogus", 0},
+      {"ETag: abc", "ETag: abc", 1}, /* unquoted words, compared as they are */
+      {"ETag: abc", "ETag: abd", 0},
+      {"ETag: abc", "ETag: \"abc\"", 0},
       {"ETag: \"a\"\nLast-Modified: {T-5}", "Last-Modified: {T-5}", 1},
       {"Last-Modified: {T-5}", "Last-Modified: {T-6}", 0},
       {"ETag: \"a\"", "Date: {T+0}", 1},      /* no validator: the one we validated */
