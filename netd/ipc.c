@@ -541,6 +541,7 @@ static void job_response(netstash_job *job, void *ud) {
    * not (x-foo) came as sent, and its field goes along (as Chromium hands
    * such a body over) — dropping it gave coded bytes as identity */
   int decoded = ce && ns_coding_parse(ce, strlen(ce), codings) > 0;
+  int status = netstash_fetch_status(f);
   nghttp2_data_provider dp = {.source.ptr = st, .read_callback = read_job};
   netd *d = st->s->ipc->d;
   if (!nva) {
@@ -548,12 +549,12 @@ static void job_response(netstash_job *job, void *ud) {
     sess_mark(st->s);
     return;
   }
-  snprintf(code, sizeof(code), "%d", netstash_fetch_status(f));
+  snprintf(code, sizeof(code), "%d", status);
   nva[k++] = (nghttp2_nv)NV(":status", code);
   for (size_t i = 0; i < n; i++) {
     const char *hn, *hv;
     if (netstash_fetch_header_at(f, i, &hn, &hv) != NETSTASH_OK ||
-        !relayed(st, hn, decoded, netstash_fetch_status(f)))
+        !relayed(st, hn, decoded, status))
       continue;
     nva[k++] = (nghttp2_nv)NV(hn, hv);
   }
@@ -651,6 +652,7 @@ static int answer_stored(ipc_stream *st, const netstash_request *req) {
   size_t nf, k = 0, off = 0, i;
   uint64_t size;
   uint32_t nc;
+  int status;
 
   if (!hit || !ipc->fast_names || d->cfg.no_fast_hits || strcmp(st->method, "GET") || st->body ||
       !netd_stored_lookup(hit, req, 1, &src))
@@ -677,7 +679,8 @@ static int answer_stored(ipc_stream *st, const netstash_request *req) {
     netstash_preload_hit_release(hit);
     return 0;
   }
-  snprintf(code, sizeof(code), "%d", netstash_preload_hit_status(hit));
+  status = netstash_preload_hit_status(hit);
+  snprintf(code, sizeof(code), "%d", status);
   nva[k++] = (nghttp2_nv)NV(":status", code);
   for (i = 0; i < nf; i++) {
     const char *name, *value;
@@ -691,7 +694,7 @@ static int answer_stored(ipc_stream *st, const netstash_request *req) {
       lower[j] = (char)((name[j] >= 'A' && name[j] <= 'Z') ? name[j] + 32 : name[j]);
     lower[nl] = 0;
     /* a decoded body's coding and length are left out already */
-    if (!relayed(st, lower, 0, netstash_preload_hit_status(hit)))
+    if (!relayed(st, lower, 0, status))
       continue;
     nva[k++] =
         (nghttp2_nv){(uint8_t *)lower, (uint8_t *)(uintptr_t)value, nl, vl, NGHTTP2_NV_FLAG_NONE};
