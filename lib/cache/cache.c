@@ -254,8 +254,12 @@ int ns_cache_storable(const ns_cache_request *req, int status, const ns_headers 
     why = "not stored: only GET responses are stored";
   else if (status < 200 || status > 599)
     why = "not stored: not a final status";
-  else if (status == 206)
-    why = "not stored: partial content (bodies are stored whole)";
+  else if (status == 206 && !ns_cache_piece(resp, NULL, NULL, NULL))
+    why = "not stored: partial content without one byte range of a known length "
+          "(RFC 9111 §3.3)";
+  else if (status == 206 && ns_headers_count(resp, "Content-Encoding") &&
+           ns_ascii_casecmp(ns_headers_get(resp, "Content-Encoding"), "identity") != 0)
+    why = "not stored: partial content in a content coding (coded bytes alone)";
   else if (status == 304)
     why = "not stored: 304 only updates a stored response";
   else if (rq.flags & NS_CC_NO_STORE)
@@ -842,6 +846,21 @@ void ns_cache_decide(const ns_cache_policy *pol, const ns_cache_request *req,
   if (!ns_cache_vary_matches(st->headers, st->vary_request, rh)) {
     REASON("miss: Vary mismatch (RFC 9111 §4.1)");
     goto only_if_cached;
+  }
+  if (st->status == 206) {
+    /* RFC 9111 §3.3: an incomplete response answers only a range request
+     * wholly within it */
+    ns_cache_range r;
+    uint64_t a = 0, b = 0, n = 0;
+    r.status = 0;
+    if (ns_cache_piece(st->headers, &a, &b, &n) && strcmp(req->method, "GET") == 0)
+      ns_cache_range_decide(rh, 206, st->headers, b - a + 1, &r);
+    if (r.status != 206 && r.status != 416) {
+      REASON("miss: the stored partial content (bytes %" PRIu64 "-%" PRIu64 "/%" PRIu64
+             ") does not hold what is asked (RFC 9111 §3.3)",
+             a, b, n);
+      goto only_if_cached;
+    }
   }
 
   rs = prep->rs;
@@ -1544,6 +1563,34 @@ static void sort_ranges(brange *r, size_t n) {
   }
 }
 
+int ns_cache_piece(const ns_headers *resp, uint64_t *first, uint64_t *last, uint64_t *complete) {
+  const char *v = resp ? ns_headers_get(resp, "Content-Range") : NULL;
+  ns_reader rd;
+  ns_span unit;
+  uint64_t a, b, n;
+  if (!v || ns_headers_count(resp, "Content-Range") != 1)
+    return 0;
+  /* Content-Range = range-unit SP range-resp; range-resp = incl-range "/"
+   * complete-length; incl-range = first-pos "-" last-pos */
+  ns_reader_init(&rd, v, strlen(v));
+  ns_reader_skip_ows(&rd);
+  if (!ns_reader_token(&rd, &unit) || !ns_span_eq_ci(unit, "bytes") ||
+      !ns_reader_skip_char(&rd, ' ') || !ns_reader_uint(&rd, UINT64_MAX, &a, NULL) ||
+      !ns_reader_skip_char(&rd, '-') || !ns_reader_uint(&rd, UINT64_MAX, &b, NULL) ||
+      !ns_reader_skip_char(&rd, '/') || !ns_reader_uint(&rd, UINT64_MAX, &n, NULL))
+    return 0;
+  ns_reader_skip_ows(&rd);
+  if (!ns_reader_eof(&rd) || b < a || b >= n)
+    return 0;
+  if (first)
+    *first = a;
+  if (last)
+    *last = b;
+  if (complete)
+    *complete = n;
+  return 1;
+}
+
 void ns_cache_range_decide(const ns_headers *req, int stored_status,
                            const ns_headers *stored_resp, uint64_t body_len,
                            ns_cache_range *out) {
@@ -1551,6 +1598,7 @@ void ns_cache_range_decide(const ns_headers *req, int stored_status,
   size_t n = 0, i, m;
   int nonempty_suffix;
   const char *rv, *ir;
+  uint64_t off = 0, total = body_len, plast = 0, pn = 0;
   memset(out, 0, sizeof(*out));
   out->status = 200;
   rv = req ? ns_headers_get(req, "Range") : NULL;
@@ -1558,12 +1606,19 @@ void ns_cache_range_decide(const ns_headers *req, int stored_status,
     out->reason = "no Range";
     return;
   }
-  if (stored_status != 200) {
+  if (stored_status == 206) {
+    /* a stored piece: positions are the complete representation's */
+    if (!ns_cache_piece(stored_resp, &off, &plast, &pn) || plast - off + 1 != body_len) {
+      out->reason = "Range ignored: the stored partial content is not what its Content-Range says";
+      return;
+    }
+    total = pn;
+  } else if (stored_status != 200) {
     out->reason = "Range ignored: stored status is not 200";
     return;
   }
   if (ns_headers_count(req, "Range") != 1 ||
-      !parse_range(ns_span_make(rv, strlen(rv)), body_len, r, &n, &nonempty_suffix)) {
+      !parse_range(ns_span_make(rv, strlen(rv)), total, r, &n, &nonempty_suffix)) {
     out->reason = "Range ignored: not a valid bytes range";
     return;
   }
@@ -1573,12 +1628,12 @@ void ns_cache_range_decide(const ns_headers *req, int stored_status,
     return;
   }
   if (n == 0) {
-    if (body_len == 0 && nonempty_suffix) {
+    if (total == 0 && nonempty_suffix) {
       out->reason = "Range ignored: empty representation";
       return;
     }
     out->status = 416; /* RFC 9110 §15.5.17 */
-    snprintf(out->content_range, sizeof(out->content_range), "bytes */%" PRIu64, body_len);
+    snprintf(out->content_range, sizeof(out->content_range), "bytes */%" PRIu64, total);
     out->reason = "range not satisfiable";
     return;
   }
@@ -1596,11 +1651,16 @@ void ns_cache_range_decide(const ns_headers *req, int stored_status,
     out->reason = "several ranges: whole body served (no multipart/byteranges)";
     return;
   }
+  if (stored_status == 206 && (r[0].first < off || r[0].last > plast)) {
+    out->reason = "the range is not all in the stored partial content";
+    return;
+  }
   out->status = 206;
   out->first = r[0].first;
   out->last = r[0].last;
-  snprintf(out->content_range, sizeof(out->content_range),
-           "bytes %" PRIu64 "-%" PRIu64 "/%" PRIu64, out->first, out->last, body_len);
+  out->body_offset = off;
+  snprintf(out->content_range, sizeof(out->content_range), "bytes %" PRIu64 "-%" PRIu64 "/%" PRIu64,
+           out->first, out->last, total);
   out->reason = "partial content";
 }
 

@@ -28,7 +28,7 @@
  *   store    ns_cache_storable() → ns_cache_prepare_for_storage() →
  *            ns_cache_vary_snapshot()
  *   unsafe   ns_cache_invalidation_targets() after POST/PUT/DELETE/...
- *   ranges   ns_cache_range_decide() to answer Range from a complete body
+ *   ranges   ns_cache_range_decide() to answer Range from a stored body or piece
  */
 #ifndef NS_CACHE_CACHE_H
 #define NS_CACHE_CACHE_H
@@ -322,18 +322,28 @@ void ns_cache_invalidation_free(const ns_mem *mem, ns_cache_invalidation *inv);
 typedef struct ns_cache_range {
   int status;             /* 200 (whole body), 206 or 416 */
   uint64_t first, last;   /* 206: inclusive byte positions */
+  uint64_t body_offset;   /* 206: the position of the stored body's first
+                             byte (a stored piece's; 0 for a whole body) */
   char content_range[64]; /* 206: "bytes 0-99/1000"; 416: "bytes * /1000"
                              (no space); "" for 200 */
   const char *reason;     /* static */
 } ns_cache_range;
 
-/* Answers a request's Range (RFC 9110 §14.2) from a complete stored body of
- * body_len bytes. 200 when there is no Range, it is not a bytes range, it is
- * syntactically invalid, If-Range does not match (RFC 9110 §13.1.5: a strong
- * ETag equal by strong comparison, or a date equal to a strong Last-Modified),
- * the stored status is not 200, or there are several ranges that do not
- * coalesce into one (we do not generate multipart/byteranges). 416 when no
- * range overlaps the body; 206 otherwise. */
+/* The one byte range a 206 carries, from its Content-Range (RFC 9110 §14.4:
+ * "bytes first-last/complete", the complete length known, first <= last <
+ * complete): 1 and the positions (each pointer may be NULL), else 0. */
+int ns_cache_piece(const ns_headers *resp, uint64_t *first, uint64_t *last, uint64_t *complete);
+
+/* Answers a request's Range (RFC 9110 §14.2) from a stored body of body_len
+ * bytes: a complete one (stored status 200), or a stored 206's piece (RFC 9111
+ * §3.3: it answers only ranges wholly within it; body_len must be its
+ * Content-Range's length). 200 when there is no Range, it is not a bytes
+ * range, it is syntactically invalid, If-Range does not match (RFC 9110
+ * §13.1.5: a strong ETag equal by strong comparison, or a date equal to a
+ * strong Last-Modified), the stored status is neither, there are several
+ * ranges that do not coalesce into one (we do not generate
+ * multipart/byteranges), or the range is not all in the stored piece. 416
+ * when no range overlaps the representation; 206 otherwise. */
 void ns_cache_range_decide(const ns_headers *req, int stored_status,
                            const ns_headers *stored_resp, uint64_t body_len,
                            ns_cache_range *out);

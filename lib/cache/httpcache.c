@@ -1072,6 +1072,14 @@ netstash_error ns_httpcache_store(ns_httpcache *hc, const char *top, const char 
       *why_not = "body larger than the cache's entry limit";
     return NETSTASH_OK;
   }
+  if (status == 206) {
+    uint64_t a, b;
+    if (!ns_cache_piece(resp, &a, &b, NULL) || b - a + 1 != len) {
+      if (why_not)
+        *why_not = "partial content whose body is not its Content-Range's length";
+      return NETSTASH_OK;
+    }
+  }
   ce = ns_headers_get(resp, "content-encoding");
   if (ce) {
     nc = ns_coding_parse(ce, strlen(ce), codings);

@@ -106,6 +106,7 @@ static void end_fetch(netstash_fetch *f, netstash_error err);
 static void serve_cached(netstash_fetch *f, netstash_source source);
 static int caller_validators_match(netstash_fetch *f);
 static void serve_304(netstash_fetch *f, netstash_source source);
+static void serve_stored(netstash_fetch *f, netstash_source source);
 static void hsts_setup(ns_transport *tr, CURL *e);
 static const char *method_of(const netstash_fetch *f);
 static int cache_consult(netstash_fetch *f);
@@ -437,7 +438,15 @@ static void decide_storage(netstash_fetch *f) {
   const char *why = NULL;
   ns_cache_request cr = {method_of(f), f->cur.url, &f->hc_req};
   ns_headers_init(&resp, &f->mem);
-  if (head_as_headers(f, &resp) == NETSTASH_OK && !ns_cache_storable(&cr, f->status, &resp, &why)) {
+  if (f->status == 206 && f->hce.found && f->hce.status != 206) {
+    /* RFC 9111 §3.4 would combine the two; a piece never replaces the
+     * complete stored response (validated again when it is stale) */
+    size_t l = strlen(f->cache_reason);
+    f->hc_store = 0;
+    snprintf(f->cache_reason + l, sizeof(f->cache_reason) - l,
+             "%snot stored: partial content (the complete stored response is kept)", l ? "; " : "");
+  } else if (head_as_headers(f, &resp) == NETSTASH_OK &&
+             !ns_cache_storable(&cr, f->status, &resp, &why)) {
     size_t l = strlen(f->cache_reason);
     f->hc_store = 0;
     snprintf(f->cache_reason + l, sizeof(f->cache_reason) - l, "%snot stored: %s", l ? "; " : "",
@@ -1120,17 +1129,14 @@ static void hop_result(netstash_fetch *f, netstash_error res) {
       NS_WARN(f->ctx, MOD, "304 for %s not applied: %s", f->cur.url, netstash_strerror(err));
     snprintf(f->cache_reason, sizeof(f->cache_reason), "revalidated (304): %s",
              f->hce.decision.reason);
-    if (caller_validators_match(f))
-      serve_304(f, NETSTASH_SOURCE_REVALIDATED); /* the caller's own conditional */
-    else
-      serve_cached(f, NETSTASH_SOURCE_REVALIDATED);
+    serve_stored(f, NETSTASH_SOURCE_REVALIDATED); /* the caller's validators, Range */
     return;
   }
   if (f->hc_validating && f->hce.decision.stale_if_error &&
       (f->hc_sie || res != NETSTASH_OK)) {
     snprintf(f->cache_reason, sizeof(f->cache_reason), "stale-if-error (%s): %s",
              f->hc_sie ? "server error" : "network error", f->hce.decision.reason);
-    serve_cached(f, NETSTASH_SOURCE_CACHE);
+    serve_stored(f, NETSTASH_SOURCE_CACHE);
     return;
   }
   if (res == NETSTASH_OK) {
@@ -2206,6 +2212,8 @@ static void serve_cached_slice(netstash_fetch *f, netstash_source source,
     if (plain && (ns_ascii_casecmp(fld->name, "content-length") == 0 ||
                   (!opaque && ns_ascii_casecmp(fld->name, "content-encoding") == 0)))
       continue; /* a range of opaque bytes is still in their coding */
+    if (partial && ns_ascii_casecmp(fld->name, "content-range") == 0)
+      continue; /* a stored piece's: the answer's is added below */
     if (fld->name_len == 3 && ns_ascii_casecmp_n(fld->name, "age", 3) == 0)
       continue; /* replaced below */
     rv = add_header_nv(f, fld->name, fld->name_len, fld->value, fld->value_len);
@@ -2255,7 +2263,7 @@ static void serve_cached_slice(netstash_fetch *f, netstash_source source,
   if (strcmp(method_of(f), "HEAD") != 0 && !(partial && r->status == 416)) {
     if (partial) {
       rs.f = f;
-      rs.skip = r->first;
+      rs.skip = r->first - r->body_offset; /* a stored piece starts there */
       rs.left = r->last - r->first + 1;
       rv = ns_httpcache_serve_body(f->ctx->hc, &f->hce, 0, f->max_body, range_deliver, &rs);
     } else {
@@ -2362,11 +2370,13 @@ static void serve_304(netstash_fetch *f, netstash_source source) {
   end_fetch(f, rv);
 }
 
-static void serve_stored(netstash_fetch *f) {
+/* Serves the stored response (source: the cache, or revalidated after a
+ * 304): a 304 for the caller's own validators, a 206/416 for its Range. */
+static void serve_stored(netstash_fetch *f, netstash_source source) {
   ns_cache_range r;
   uint64_t size = 0;
   if (caller_validators_match(f)) {
-    serve_304(f, NETSTASH_SOURCE_CACHE);
+    serve_304(f, source);
     return;
   }
   if (ns_headers_get(&f->hc_req, "range") &&
@@ -2376,11 +2386,11 @@ static void serve_stored(netstash_fetch *f) {
       size_t l = strlen(f->cache_reason);
       snprintf(f->cache_reason + l, sizeof(f->cache_reason) - l, "; range %d from the stored body",
                r.status);
-      serve_cached_slice(f, NETSTASH_SOURCE_CACHE, &r);
+      serve_cached_slice(f, source, &r);
       return;
     }
   }
-  serve_cached(f, NETSTASH_SOURCE_CACHE);
+  serve_cached(f, source);
 }
 
 /* stale-while-revalidate: a detached fetch refreshes the entry. */
@@ -2688,7 +2698,7 @@ static int cache_consult(netstash_fetch *f) {
     }
     if (cached_redirect_exhausted(f))
       return 1;
-    serve_stored(f);
+    serve_stored(f, NETSTASH_SOURCE_CACHE);
     return 1;
   case NS_CACHE_STALE_WHILE_REVALIDATE:
     if (redirect_we_follow(f))
@@ -2696,7 +2706,7 @@ static int cache_consult(netstash_fetch *f) {
     if (cached_redirect_exhausted(f))
       return 1;
     start_revalidation(f);
-    serve_stored(f);
+    serve_stored(f, NETSTASH_SOURCE_CACHE);
     return 1;
   case NS_CACHE_REVALIDATE:
   case NS_CACHE_MUST_REVALIDATE:

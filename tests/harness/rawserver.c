@@ -77,6 +77,8 @@ typedef struct request {
   char if_none_match[128];
   char accept_language[64];
   char accept_encoding[64];
+  char range[64];
+  char if_range[64];
 } request;
 
 static atomic_ulong g_cache_hits, g_sie_hits;
@@ -280,6 +282,10 @@ static int read_request(conn *c, request *rq) {
           snprintf(rq->accept_language, sizeof(rq->accept_language), "%.63s", value);
         else if (strcasecmp(name, "Accept-Encoding") == 0)
           snprintf(rq->accept_encoding, sizeof(rq->accept_encoding), "%.63s", value);
+        else if (strcasecmp(name, "Range") == 0)
+          snprintf(rq->range, sizeof(rq->range), "%.63s", value);
+        else if (strcasecmp(name, "If-Range") == 0)
+          snprintf(rq->if_range, sizeof(rq->if_range), "%.63s", value);
       }
     }
     line = next + 2;
@@ -492,6 +498,58 @@ static int handle(conn *c, request *rq) {
                           : "Content-Type: text/html; charset=utf-8\r\n"
                             "Cache-Control: max-age=600\r\n",
                    (const char *)t, len, 0) == 0;
+      free(t);
+      return ok && rq->keep_alive;
+    }
+    if (strncmp(q, "ranged/", 7) == 0 || strncmp(q, "ranged0/", 8) == 0) {
+      /* /cache/ranged/N: N bytes (at most 1 MiB) of nst_text(), ETag "r1",
+       * fresh for 600 s (ranged0: max-age=0, and a 304 for If-None-Match
+       * "r1"); one bytes range honoured — a 206, a 416 past the end, the
+       * whole body when If-Range is not "r1". X-N: the count of /cache/
+       * requests served. */
+      int stale = q[6] == '0';
+      char *end, h[320];
+      unsigned long len = strtoul(q + (stale ? 8 : 7), &end, 10);
+      unsigned long long a = 0, b = 0;
+      unsigned char *t;
+      int ok, st = 200, m = 0;
+      if (*end || len == 0 || len > (1ul << 20) || !(t = malloc(len)))
+        return respond(c, rq, 400, "Content-Type: text/plain\r\n", "bad size\n", 9, 0) == 0 &&
+               rq->keep_alive;
+      nst_text(t, 0, len);
+      n = snprintf(h, sizeof(h),
+                   "Content-Type: text/plain\r\nETag: \"r1\"\r\nCache-Control: max-age=%d\r\n"
+                   "Accept-Ranges: bytes\r\nX-N: %lu\r\n",
+                   stale ? 0 : 600, k);
+      if (stale && strcmp(rq->if_none_match, "\"r1\"") == 0) {
+        free(t);
+        return respond(c, rq, 304, h, NULL, 0, 1) == 0 && rq->keep_alive;
+      }
+      if (rq->range[0] && (!rq->if_range[0] || strcmp(rq->if_range, "\"r1\"") == 0)) {
+        if (strncmp(rq->range, "bytes=-", 7) == 0) {
+          if (sscanf(rq->range, "bytes=-%llu", &b) == 1 && b > 0)
+            st = 206, a = b >= len ? 0 : len - b, b = len - 1;
+        } else if (sscanf(rq->range, "bytes=%llu-%llu", &a, &b) == 2) {
+          st = a <= b ? 206 : 200;
+        } else if (sscanf(rq->range, "bytes=%llu-", &a) == 1) {
+          st = 206, b = len - 1;
+        }
+        if (st == 206 && a >= len)
+          st = 416;
+        if (b >= len)
+          b = len - 1;
+      }
+      if (st == 206)
+        m = snprintf(h + n, sizeof(h) - (size_t)n, "Content-Range: bytes %llu-%llu/%lu\r\n", a, b,
+                     len);
+      else if (st == 416)
+        m = snprintf(h + n, sizeof(h) - (size_t)n, "Content-Range: bytes */%lu\r\n", len);
+      (void)m;
+      ok = respond(c, rq, st, h, st == 416 ? NULL : (const char *)t + a,
+                   st == 206   ? (size_t)(b - a + 1)
+                   : st == 416 ? 0
+                               : len,
+                   0) == 0;
       free(t);
       return ok && rq->keep_alive;
     }

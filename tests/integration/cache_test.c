@@ -901,6 +901,83 @@ static void test_ranges_from_stored_body(void **state) {
   netstash_ctx_del(ctx);
 }
 
+/* r is a 206 from `source` holding bytes first..last of the 1000 bytes of
+ * nst_text() that /cache/ranged/1000 serves. */
+static void assert_piece(const result *r, netstash_source source, unsigned first, unsigned last) {
+  unsigned char want[256];
+  char cr[64];
+  assert_true(last - first + 1 < sizeof(want));
+  nst_text(want, first, last - first + 1);
+  if (r->status != 206 || r->source != source)
+    fail_msg("%u-%u: status %d, source %d (want 206 from %d)", first, last, r->status,
+             (int)r->source, (int)source);
+  assert_int_equal(strlen(r->body), last - first + 1);
+  assert_memory_equal(r->body, want, last - first + 1);
+  snprintf(cr, sizeof(cr), "bytes %u-%u/1000", first, last);
+  assert_string_equal(r->hdr, cr);
+}
+
+/* RFC 9111 §3.3: a 206 is stored as a piece of the representation and
+ * answers the ranges wholly within it; nothing else. */
+static void test_partial_content_stored(void **state) {
+  netstash_ctx *ctx = ctx_for(new_profile(), 1);
+  const char *u = url("/cache/ranged/1000");
+  result r;
+  (void)state;
+  r = get_range(ctx, u, "bytes=100-199");
+  assert_piece(&r, NETSTASH_SOURCE_NETWORK, 100, 199);
+  r = get_range(ctx, u, "bytes=100-199");
+  assert_piece(&r, NETSTASH_SOURCE_CACHE, 100, 199);
+  r = get_range(ctx, u, "bytes=150-180"); /* within the piece */
+  assert_piece(&r, NETSTASH_SOURCE_CACHE, 150, 180);
+  r = get_range(ctx, u, "bytes=5000-"); /* past the end it knows of */
+  assert_int_equal(r.status, 416);
+  assert_int_equal(r.source, NETSTASH_SOURCE_CACHE);
+  assert_string_equal(r.hdr, "bytes */1000");
+  r = get_range(ctx, u, "bytes=150-250"); /* beyond the piece: the network's */
+  assert_piece(&r, NETSTASH_SOURCE_NETWORK, 150, 250);
+  r = get_range(ctx, u, "bytes=200-250"); /* that piece replaced the first */
+  assert_piece(&r, NETSTASH_SOURCE_CACHE, 200, 250);
+  r = get_range(ctx, u, "bytes=100-120");
+  assert_piece(&r, NETSTASH_SOURCE_NETWORK, 100, 120);
+  /* a request for the whole never gets a piece, nor a HEAD */
+  r = fetch(ctx, u, "HEAD", NETSTASH_CACHE_DEFAULT, NULL, NULL, NULL);
+  assert_int_equal(r.status, 200);
+  assert_int_equal(r.source, NETSTASH_SOURCE_NETWORK);
+  r = fetch(ctx, u, NULL, NETSTASH_CACHE_ONLY_IF_CACHED, NULL, NULL, NULL);
+  assert_int_equal(r.err, NETSTASH_E_NOT_CACHED);
+  r = GET(ctx, "/cache/ranged/1000");
+  assert_int_equal(r.status, 200);
+  assert_int_equal(r.source, NETSTASH_SOURCE_NETWORK);
+  /* the complete response now answers every range */
+  r = get_range(ctx, u, "bytes=0-99");
+  assert_piece(&r, NETSTASH_SOURCE_CACHE, 0, 99);
+  r = get_range(ctx, u, "bytes=-10");
+  assert_piece(&r, NETSTASH_SOURCE_CACHE, 990, 999);
+  netstash_ctx_del(ctx);
+}
+
+/* A stale piece is revalidated with the request's Range; the 304 answers the
+ * range from it (and, for a complete stored response, the range too). */
+static void test_partial_content_revalidated(void **state) {
+  netstash_ctx *ctx = ctx_for(new_profile(), 1);
+  const char *u = url("/cache/ranged0/1000");
+  result r;
+  (void)state;
+  r = get_range(ctx, u, "bytes=0-99");
+  assert_piece(&r, NETSTASH_SOURCE_NETWORK, 0, 99);
+  r = get_range(ctx, u, "bytes=10-19");
+  assert_piece(&r, NETSTASH_SOURCE_REVALIDATED, 10, 19);
+  r = fetch(ctx, u, NULL, NETSTASH_CACHE_DEFAULT, NULL, NULL, NULL);
+  assert_int_equal(r.status, 200);
+  assert_int_equal(r.source, NETSTASH_SOURCE_NETWORK);
+  r = get_range(ctx, u, "bytes=500-699");
+  assert_int_equal(r.source, NETSTASH_SOURCE_REVALIDATED);
+  assert_int_equal(r.status, 206);
+  assert_string_equal(r.hdr, "bytes 500-699/1000");
+  netstash_ctx_del(ctx);
+}
+
 /* No-Vary-Search: the response says "utm" does not matter. */
 static void test_no_vary_search(void **state) {
   netstash_ctx *ctx = ctx_for(new_profile(), 1);
@@ -1145,6 +1222,8 @@ int main(void) {
       cmocka_unit_test(test_partitioned_keys),
       cmocka_unit_test(test_corrupt_store_refused),
       cmocka_unit_test(test_ranges_from_stored_body),
+      cmocka_unit_test(test_partial_content_stored),
+      cmocka_unit_test(test_partial_content_revalidated),
       cmocka_unit_test(test_no_vary_search),
       cmocka_unit_test(test_permanent_redirect_cached),
       cmocka_unit_test(test_commit_off_the_loop),

@@ -8,6 +8,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <inttypes.h>
 #include <cmocka.h>
 
 #include <stdio.h>
@@ -680,7 +681,15 @@ static void test_storable(void **state) {
       {"GET", 500, NULL, NULL, 0},
       {"GET", 503, NULL, "Cache-Control: s-maxage=60", 0}, /* shared-only */
       {"GET", 302, NULL, "Cache-Control: max-age=x", 1},   /* stored, but stale */
-      {"GET", 206, NULL, "Cache-Control: max-age=60", 0},  /* whole bodies only */
+      {"GET", 206, NULL, "Cache-Control: max-age=60", 0},  /* no Content-Range */
+      {"GET", 206, NULL, "Cache-Control: max-age=60\nContent-Range: bytes 0-4/10", 1},
+      {"GET", 206, NULL, "Content-Range: bytes 0-4/10", 1}, /* heuristically cacheable */
+      {"GET", 206, NULL, "Content-Range: bytes 0-4/*", 0},  /* length unknown */
+      {"GET", 206, NULL, "Content-Range: bytes 5-4/10", 0},
+      {"GET", 206, NULL, "Content-Range: bytes 0-10/10", 0},
+      {"GET", 206, NULL, "Content-Range: bytes 0-4/10\nContent-Range: bytes 0-4/10", 0},
+      {"GET", 206, NULL, "Content-Range: bytes 0-4/10\nContent-Encoding: gzip", 0},
+      {"GET", 206, NULL, "Content-Range: bytes 0-4/10\nContent-Encoding: identity", 1},
       {"GET", 304, NULL, "Cache-Control: max-age=60", 0},
       {"GET", 100, NULL, NULL, 0},
       {"GET", 200, NULL, "Cache-Control: no-store", 0},
@@ -1682,6 +1691,128 @@ static void test_ranges(void **state) {
   }
 }
 
+/* A stored 206 (RFC 9111 §3.3): its piece, the ranges it answers, and the
+ * decision for requests it cannot answer. */
+static void test_partial_pieces(void **state) {
+  static const struct {
+    const char *field;
+    int ok;
+    uint64_t first, last, complete;
+  } cr[] = {
+      {"bytes 0-4/10", 1, 0, 4, 10},
+      {"BYTES 9-9/10", 1, 9, 9, 10},
+      {"bytes 0-4/10 ", 1, 0, 4, 10},
+      {"bytes 0-4/*", 0, 0, 0, 0},
+      {"bytes */10", 0, 0, 0, 0},
+      {"bytes 4-0/10", 0, 0, 0, 0},
+      {"bytes 0-10/10", 0, 0, 0, 0},
+      {"bytes 0-4/10, 5-9/10", 0, 0, 0, 0},
+      {"bytes 0-4", 0, 0, 0, 0},
+      {"bytes  0-4/10", 0, 0, 0, 0},
+      {"items 0-4/10", 0, 0, 0, 0},
+      {"bytes 0-18446744073709551615/18446744073709551615", 0, 0, 0, 0},
+      {"bytes -1-4/10", 0, 0, 0, 0},
+  };
+  static const struct {
+    const char *req;
+    int status;
+    uint64_t first, last;
+    const char *content_range;
+  } k[] = {
+      /* the piece holds 100-199 of 1000 */
+      {"Range: bytes=100-199", 206, 100, 199, "bytes 100-199/1000"},
+      {"Range: bytes=120-130", 206, 120, 130, "bytes 120-130/1000"},
+      {"Range: bytes=150-199, 100-149", 206, 100, 199, "bytes 100-199/1000"},
+      {"Range: bytes=99-150", 200, 0, 0, ""},  /* starts before it */
+      {"Range: bytes=150-200", 200, 0, 0, ""}, /* ends after it */
+      {"Range: bytes=100-", 200, 0, 0, ""},    /* to the end: 999 */
+      {"Range: bytes=-10", 200, 0, 0, ""},     /* the last 10: 990-999 */
+      {"Range: bytes=0-", 200, 0, 0, ""},
+      {"Range: bytes=100-110, 150-160", 200, 0, 0, ""}, /* no multipart */
+      {"Range: bytes=1000-", 416, 0, 0, "bytes */1000"}, /* past the length it gives */
+      {"Range: bytes=100-199\nIf-Range: \"p1\"", 206, 100, 199, "bytes 100-199/1000"},
+      {"Range: bytes=100-199\nIf-Range: \"p2\"", 200, 0, 0, ""},
+      {"Range: bytes=a-b", 200, 0, 0, ""},
+      {NULL, 200, 0, 0, ""},
+  };
+  ns_headers stored, rq, bad;
+  ns_cache_range r;
+  size_t i;
+  (void)state;
+  for (i = 0; i < NS_ARRAY_LEN(cr); i++) {
+    char line[128];
+    uint64_t a = 7, b = 7, n = 7;
+    int ok;
+    snprintf(line, sizeof(line), "Content-Range: %s", cr[i].field);
+    hdrs(&stored, line);
+    ok = ns_cache_piece(&stored, &a, &b, &n);
+    if (ok != cr[i].ok || (ok && (a != cr[i].first || b != cr[i].last || n != cr[i].complete)))
+      fail_msg("Content-Range \"%s\": %d %" PRIu64 "-%" PRIu64 "/%" PRIu64, cr[i].field, ok, a,
+               b, n);
+    ns_headers_free(&stored);
+  }
+  assert_int_equal(ns_cache_piece(NULL, NULL, NULL, NULL), 0);
+  hdrs(&stored, "Content-Range: bytes 100-199/1000\nETag: \"p1\"");
+  for (i = 0; i < NS_ARRAY_LEN(k); i++) {
+    hdrs(&rq, k[i].req);
+    ns_cache_range_decide(&rq, 206, &stored, 100, &r);
+    if (r.status != k[i].status || strcmp(r.content_range, k[i].content_range) != 0 ||
+        (r.status == 206 && (r.first != k[i].first || r.last != k[i].last || r.body_offset != 100)))
+      fail_msg("row %zu \"%s\": %d %s (%s)", i, k[i].req ? k[i].req : "-", r.status,
+               r.content_range, r.reason);
+    ns_headers_free(&rq);
+  }
+  /* a body that is not the Content-Range's length answers nothing */
+  hdrs(&rq, "Range: bytes=100-109");
+  ns_cache_range_decide(&rq, 206, &stored, 99, &r);
+  assert_int_equal(r.status, 200);
+  hdrs(&bad, "Content-Range: bytes 100-199/*");
+  ns_cache_range_decide(&rq, 206, &bad, 100, &r);
+  assert_int_equal(r.status, 200);
+  ns_headers_free(&bad);
+  ns_headers_free(&rq);
+  ns_headers_free(&stored);
+  /* decisions: only a range request wholly within the piece is answered */
+  {
+    static const struct {
+      const char *method, *req;
+      ns_cache_verdict verdict;
+    } d[] = {
+        {"GET", "Range: bytes=0-4", NS_CACHE_FRESH},
+        {"GET", "Range: bytes=2-3", NS_CACHE_FRESH},
+        {"GET", "Range: bytes=20-", NS_CACHE_FRESH}, /* 416 from what it knows */
+        {"GET", "Range: bytes=0-5", NS_CACHE_MISS},
+        {"GET", NULL, NS_CACHE_MISS},
+        {"HEAD", NULL, NS_CACHE_MISS},
+        {"HEAD", "Range: bytes=0-4", NS_CACHE_MISS},
+        {"GET", "Cache-Control: only-if-cached", NS_CACHE_GATEWAY_TIMEOUT},
+        {"GET", "Range: bytes=0-4\nCache-Control: max-age=0", NS_CACHE_REVALIDATE},
+    };
+    ns_cache_stored st;
+    ns_cache_request req;
+    ns_cache_decision dec;
+    hdrs(&stored, "Date: {T+0}\nCache-Control: max-age=60\nContent-Range: bytes 0-4/10");
+    memset(&st, 0, sizeof(st));
+    st.status = 206;
+    st.headers = &stored;
+    st.request_time_ms = st.response_time_ms = MS(T0);
+    for (i = 0; i < NS_ARRAY_LEN(d); i++) {
+      hdrs(&rq, d[i].req);
+      req.method = d[i].method;
+      req.url = "https://example.com/a";
+      req.headers = &rq;
+      ns_cache_decide(NULL, &req, &st, MS(T0) + 1000, &dec);
+      if (dec.verdict != d[i].verdict)
+        fail_msg("%s \"%s\": %s (%s)", d[i].method, d[i].req ? d[i].req : "-",
+                 ns_cache_verdict_name(dec.verdict), dec.reason);
+      if (dec.verdict == NS_CACHE_MISS)
+        assert_non_null(strstr(dec.reason, "partial content (bytes 0-4/10)"));
+      ns_headers_free(&rq);
+    }
+    ns_headers_free(&stored);
+  }
+}
+
 /* =========================================================== No-Vary-Search */
 
 static void nvs_of(const char *field, ns_cache_nvs *nvs) {
@@ -1864,6 +1995,7 @@ int main(void) {
       cmocka_unit_test(test_invalidation),
       cmocka_unit_test(test_invalidation_alloc_failures),
       cmocka_unit_test(test_ranges),
+      cmocka_unit_test(test_partial_pieces),
       cmocka_unit_test(test_nvs_parse),
       cmocka_unit_test(test_nvs_equivalence),
       cmocka_unit_test(test_nvs_alloc_failures),
