@@ -856,6 +856,7 @@ void ns_cache_decide(const ns_cache_policy *pol, const ns_cache_request *req,
     if (ns_cache_piece(st->headers, &a, &b, &n) && strcmp(req->method, "GET") == 0)
       ns_cache_range_decide(rh, 206, st->headers, b - a + 1, &r);
     if (r.status != 206 && r.status != 416) {
+      out->incomplete = 1;
       REASON("miss: the stored partial content (bytes %" PRIu64 "-%" PRIu64 "/%" PRIu64
              ") does not hold what is asked (RFC 9111 §3.3)",
              a, b, n);
@@ -1551,6 +1552,24 @@ static int if_range_matches(ns_span v, const ns_headers *resp) {
       header_date(resp, "Date", 0, &date) != 1)
     return 0;
   return lm == t && date - lm >= 60;
+}
+
+const char *ns_cache_if_range(const ns_headers *stored) {
+  const char *v = stored ? ns_headers_get(stored, "ETag") : NULL;
+  int weak;
+  ns_span op;
+  int64_t lm, date;
+  if (v) /* a strong entity-tag, quoted: the only tag If-Range can carry */
+    return parse_etag(ns_span_trim(ns_span_make(v, strlen(v))), &weak, &op) && !weak ? v : NULL;
+  if (header_date(stored, "Last-Modified", 0, &lm) == 1 &&
+      header_date(stored, "Date", 0, &date) == 1 && date - lm >= 60)
+    return ns_headers_get(stored, "Last-Modified");
+  return NULL;
+}
+
+int ns_cache_same_validator(const ns_headers *stored, const ns_headers *resp) {
+  const char *v = ns_cache_if_range(stored);
+  return v && if_range_matches(ns_span_make(v, strlen(v)), resp);
 }
 
 static void sort_ranges(brange *r, size_t n) {

@@ -208,6 +208,8 @@ typedef struct ns_cache_decision {
   int stale_if_error;
   int stale;              /* the stored response is stale */
   int immutable;          /* served fresh despite a reload, RFC 8246 */
+  int incomplete;         /* MISS only because what is stored is a piece (a
+                             206) that does not hold what is asked */
   ns_cache_fresh_source source;
   int64_t lifetime_ms, age_ms;
   char reason[160];       /* "fresh: max-age=600, age 12s" */
@@ -333,6 +335,16 @@ typedef struct ns_cache_range {
  * "bytes first-last/complete", the complete length known, first <= last <
  * complete): 1 and the positions (each pointer may be NULL), else 0. */
 int ns_cache_piece(const ns_headers *resp, uint64_t *first, uint64_t *last, uint64_t *complete);
+
+/* The strong validator of a stored response, as an If-Range value (RFC 9110
+ * §13.1.5): its ETag when that is a strong entity-tag, else its Last-Modified
+ * when that is at least 60 s before its Date; NULL when it has neither. */
+const char *ns_cache_if_range(const ns_headers *stored);
+
+/* 1 when resp carries the stored response's strong validator (the one
+ * ns_cache_if_range names), so that their bytes may be combined (RFC 9111
+ * §3.4). */
+int ns_cache_same_validator(const ns_headers *stored, const ns_headers *resp);
 
 /* Answers a request's Range (RFC 9110 §14.2) from a stored body of body_len
  * bytes: a complete one (stored status 200), or a stored 206's piece (RFC 9111

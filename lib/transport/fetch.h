@@ -162,6 +162,12 @@ struct netstash_fetch {
   int hc_sie;        /* serve hce: stale-if-error */
   int hc_store;      /* keep the wire body to store it */
   int hc_invalidate; /* unsafe method: invalidate on success */
+  /* completing a stored piece (RFC 9111 §3.3, transport.c start_completion):
+   * its range request is out (completing), its answer was not the rest, so
+   * the hop goes again without it (retry_whole, then no_complete); the
+   * piece's bytes, hc_piece_len of hc_total, go first (prefix) */
+  uint8_t hc_completing, hc_retry_whole, hc_no_complete, hc_prefix;
+  uint64_t hc_piece_len, hc_total;
   int detached;      /* background revalidation: no caller */
   int hop_get;       /* a redirect turned the method into GET */
   /* group commit: the response's cache entry is queued; the fetch completes

@@ -430,6 +430,64 @@ static void deliver_head(netstash_fetch *f) {
 /* End of a header block (the empty line). Returns 0 to abort the transfer. */
 static void note_altsvc(netstash_fetch *f);
 static netstash_error head_as_headers(const netstash_fetch *f, ns_headers *out);
+static netstash_error add_header_nv(netstash_fetch *f, const char *name, size_t nlen,
+                                    const char *value, size_t vlen);
+
+/* Drops every response field named name (lowercase). */
+static void drop_header(netstash_fetch *f, const char *name) {
+  size_t i, k = 0;
+  for (i = 0; i < f->nhdrs; i++)
+    if (strcmp((const char *)f->hdr_arena.data + f->hdrs[i].name_off, name) != 0)
+      f->hdrs[k++] = f->hdrs[i];
+  f->nhdrs = k;
+}
+
+static netstash_error piece_sink(const uint8_t *data, size_t len, void *ud) {
+  return ns_buf_append(ud, data, len);
+}
+
+/* The answer to start_completion's range request. A 206 with the rest of the
+ * stored piece's representation under its validator, in no content coding,
+ * is answered as the whole (RFC 9111 §3.4): a 200 of the complete length,
+ * the piece's bytes first (read now into hc_body, delivered after the head);
+ * a 200 is the whole already. Anything else — another range, a 416, a coded
+ * body, or a piece gone from the store — sends the hop again without the
+ * range (0: abort this transfer). */
+static int complete_piece(netstash_fetch *f) {
+  ns_headers resp;
+  uint64_t a, b, n;
+  const char *ce = netstash_fetch_header(f, "content-encoding");
+  char cl[24];
+  int ok;
+  f->hc_completing = 0;
+  if (f->status != 206 && f->status != 416)
+    return 1;
+  ns_headers_init(&resp, &f->mem);
+  ok = head_as_headers(f, &resp) == NETSTASH_OK && ns_cache_piece(&resp, &a, &b, &n) &&
+       a == f->hc_piece_len && b + 1 == n && n == f->hc_total &&
+       (!ce || ns_ascii_casecmp(ce, "identity") == 0) &&
+       ns_cache_same_validator(&f->hce.headers, &resp);
+  ns_headers_free(&resp);
+  ns_buf_reset(&f->hc_body);
+  if (ok && (ns_httpcache_serve_body(f->ctx->hc, &f->hce, 0, f->hc_piece_len, piece_sink,
+                                     &f->hc_body) != NETSTASH_OK ||
+             f->hc_body.len != f->hc_piece_len))
+    ok = 0;
+  if (ok) {
+    drop_header(f, "content-range");
+    drop_header(f, "content-length");
+    ok = add_header_nv(f, "content-length", 14, cl,
+                       (size_t)snprintf(cl, sizeof(cl), "%" PRIu64, n)) == NETSTASH_OK;
+  }
+  if (!ok) {
+    ns_buf_reset(&f->hc_body);
+    f->hc_retry_whole = 1;
+    return 0;
+  }
+  f->status = 200;
+  f->hc_prefix = 1;
+  return 1;
+}
 
 /* At the head: a response the cache will not keep (no-store, an uncacheable
  * status, ...) is not buffered for it (RFC 9111 §3). */
@@ -504,6 +562,8 @@ static int head_end(netstash_fetch *f) {
   }
   store_cookies(f);
   note_altsvc(f);
+  if (f->hc_completing && !complete_piece(f))
+    return 0;
   if (f->hc_validating) {
     if (f->status == 304) {
       f->hc_got_304 = 1; /* answered from the stored body at the end */
@@ -559,6 +619,18 @@ static int head_end(netstash_fetch *f) {
   if (f->hc_store && !f->redirecting)
     decide_storage(f);
   deliver_head(f);
+  if (f->hc_prefix) {
+    /* the stored piece's bytes, before the rest the network sends */
+    netstash_error rv;
+    f->hc_prefix = 0;
+    rv = deliver(f->hc_body.data, f->hc_body.len, f);
+    if (!f->hc_store)
+      ns_buf_reset(&f->hc_body);
+    if (rv != NETSTASH_OK) {
+      f->fail = rv;
+      return 0;
+    }
+  }
   return 1;
 }
 
@@ -1051,6 +1123,56 @@ void ns_transport_hc_notify(void *ud) {
   (void)ns_ctx_post(ctx, &ctx->transport->hc_done); /* stopping: close settles */
 }
 
+/* RFC 9111 §3.4: a new piece (f's 206, its body in hc_body) that overlaps
+ * or adjoins the stored piece under the same strong validator is stored as
+ * their union — the new bytes where both have some — or, when that is all of
+ * the representation, as the complete response (*status 200). Otherwise the
+ * new piece is stored alone, as it came. */
+static netstash_error combine_pieces(netstash_fetch *f, ns_headers *resp, int *status) {
+  uint64_t a1, b1, n1, a2, b2, n2, lo, hi;
+  ns_buf old, u;
+  char v[80];
+  netstash_error rv;
+  if (!f->hce.found || f->hce.status != 206 || !ns_cache_piece(&f->hce.headers, &a1, &b1, &n1) ||
+      !ns_cache_piece(resp, &a2, &b2, &n2) || n1 != n2 || f->hc_body.len != b2 - a2 + 1 ||
+      a1 > b2 + 1 || a2 > b1 + 1 || !ns_cache_same_validator(&f->hce.headers, resp))
+    return NETSTASH_OK;
+  lo = NS_MIN(a1, a2);
+  hi = NS_MAX(b1, b2);
+  if (hi - lo + 1 > f->hc_body.max)
+    return NETSTASH_OK; /* larger than the fetch keeps: the new piece alone */
+  ns_buf_init(&old, &f->mem, (size_t)(b1 - a1 + 1));
+  ns_buf_init(&u, &f->mem, f->hc_body.max);
+  rv = ns_httpcache_serve_body(f->ctx->hc, &f->hce, 0, b1 - a1 + 1, piece_sink, &old);
+  if (rv != NETSTASH_OK || old.len != b1 - a1 + 1) {
+    ns_buf_free(&old);
+    ns_buf_free(&u);
+    return NETSTASH_OK; /* the stored piece went away: the new one alone */
+  }
+  rv = ns_buf_reserve(&u, (size_t)(hi - lo + 1));
+  if (rv == NETSTASH_OK) {
+    memcpy(u.data + (a1 - lo), old.data, old.len);
+    memcpy(u.data + (a2 - lo), f->hc_body.data, f->hc_body.len);
+    u.len = (size_t)(hi - lo + 1);
+    ns_buf_free(&f->hc_body);
+    f->hc_body = u;
+    if (lo == 0 && hi + 1 == n1) {
+      *status = 200;
+      ns_headers_remove(resp, "Content-Range");
+    } else {
+      snprintf(v, sizeof(v), "bytes %" PRIu64 "-%" PRIu64 "/%" PRIu64, lo, hi, n1);
+      rv = ns_headers_set_str(resp, "Content-Range", v);
+    }
+    snprintf(v, sizeof(v), "%" PRIu64, hi - lo + 1);
+    if (rv == NETSTASH_OK)
+      rv = ns_headers_set_str(resp, "Content-Length", v);
+  } else {
+    ns_buf_free(&u);
+  }
+  ns_buf_free(&old);
+  return rv;
+}
+
 /* 1 when the fetch must wait for the commit of its entry (final: the hop
  * ends the fetch; a redirect's entry is committed without waiting). */
 static int cache_after_response(netstash_fetch *f, int final) {
@@ -1059,7 +1181,7 @@ static int cache_after_response(netstash_fetch *f, int final) {
   const char *why = NULL;
   const char *method = method_of(f);
   const char *top = f->req->top_level_site.url;
-  int stored = 0, wait = 0;
+  int stored = 0, wait = 0, status = f->status;
   netstash_error rv;
   if (!hc || (!f->hc_store && !f->hc_invalidate))
     return 0;
@@ -1067,11 +1189,13 @@ static int cache_after_response(netstash_fetch *f, int final) {
   rv = head_as_headers(f, &resp);
   if (rv == NETSTASH_OK && f->hc_invalidate)
     rv = ns_httpcache_invalidate(hc, top, method, f->cur.url, f->status, &resp);
+  if (rv == NETSTASH_OK && f->hc_store && f->status == 206)
+    rv = combine_pieces(f, &resp, &status);
   if (rv == NETSTASH_OK && f->hc_store) {
     f->hc_commit = NETSTASH_E_AGAIN;
-    rv = ns_httpcache_store(hc, top, f->cur.url, method, &f->hc_req, f->status, &resp,
-                            f->hc_body.data ? f->hc_body.data : (const uint8_t *)"",
-                            f->hc_body.len, f->req_time_ms, f->resp_time_ms, &stored, &why,
+    rv = ns_httpcache_store(hc, top, f->cur.url, method, &f->hc_req, status, &resp,
+                            f->hc_body.data ? f->hc_body.data : (const uint8_t *)"", f->hc_body.len,
+                            f->req_time_ms, f->resp_time_ms, &stored, &why,
                             final ? &f->hc_commit : NULL);
     if (stored && final && f->hc_commit != NETSTASH_E_AGAIN)
       rv = f->hc_commit; /* committed already (unqueued, or a large queue) */
@@ -1108,6 +1232,19 @@ static int cache_after_response(netstash_fetch *f, int final) {
 /* The hop is over: res is NETSTASH_OK for a complete response. */
 static void hop_result(netstash_fetch *f, netstash_error res) {
   netstash_error err;
+  if (f->hc_retry_whole) {
+    /* the origin did not send the rest of a stored piece: the whole, anew */
+    f->hc_retry_whole = 0;
+    f->hc_no_complete = 1;
+    f->fail = NETSTASH_OK;
+    f->detail[0] = 0;
+    release_easy(f);
+    f->state = NS_FETCH_NEW;
+    ns_h3_detach(f);
+    reset_response(f);
+    start_hop(f);
+    return;
+  }
   if (res == NETSTASH_OK && f->remote_err != NETSTASH_OK) {
     size_t l = strlen(f->detail);
     while (l && (f->detail[l - 1] == '\n' || f->detail[l - 1] == '\r'))
@@ -2436,6 +2573,43 @@ static netstash_error add_validators(netstash_fetch *f, int *added) {
   return rv;
 }
 
+/* A request for the whole of what is stored as its first bytes (a piece
+ * 0-b/n with a strong validator, RFC 9111 §3.3): asks for the rest only,
+ * with If-Range — a 206 with the rest is answered as the whole
+ * (complete_piece), a 200 means the representation changed. Not for a
+ * caller's own range or conditional request, nor after a failed attempt. */
+static netstash_error start_completion(netstash_fetch *f) {
+  static const char *const own[] = {
+      "range", "if-range", "if-none-match", "if-modified-since", "if-match", "if-unmodified-since"};
+  const char *v = ns_cache_if_range(&f->hce.headers);
+  uint64_t a, b, n;
+  char line[96];
+  struct curl_slist *l;
+  size_t k, len;
+  f->hc_completing = 0;
+  if (f->hc_no_complete || !v || !ns_cache_piece(&f->hce.headers, &a, &b, &n) || a != 0 ||
+      b + 1 >= n || strlen(v) > 64)
+    return NETSTASH_OK;
+  for (k = 0; k < NS_ARRAY_LEN(own); k++)
+    if (ns_headers_get(&f->hc_req, own[k]))
+      return NETSTASH_OK;
+  snprintf(line, sizeof(line), "Range: bytes=%" PRIu64 "-", b + 1);
+  if (!(l = curl_slist_append(f->hdr_list, line)))
+    return NETSTASH_E_NOMEM;
+  f->hdr_list = l;
+  snprintf(line, sizeof(line), "If-Range: %s", v);
+  if (!(l = curl_slist_append(f->hdr_list, line)))
+    return NETSTASH_E_NOMEM;
+  f->hdr_list = l;
+  f->hc_completing = 1;
+  f->hc_piece_len = b + 1;
+  f->hc_total = n;
+  len = strlen(f->cache_reason);
+  snprintf(f->cache_reason + len, sizeof(f->cache_reason) - len,
+           "; asked for the rest (bytes=%" PRIu64 "-)", b + 1);
+  return NETSTASH_OK;
+}
+
 /* A stored redirect we are to follow (the request follows redirects and
  * redirects are left): its Location is followed without the network. */
 static int redirect_we_follow(const netstash_fetch *f) {
@@ -2726,6 +2900,10 @@ static int cache_consult(netstash_fetch *f) {
     break;
   }
   f->hc_store = is_get;
+  if (is_get && f->hce.decision.incomplete && start_completion(f) != NETSTASH_OK) {
+    end_fetch(f, NETSTASH_E_NOMEM);
+    return 1;
+  }
   return 0;
 }
 

@@ -501,15 +501,17 @@ static int handle(conn *c, request *rq) {
       free(t);
       return ok && rq->keep_alive;
     }
-    if (strncmp(q, "ranged/", 7) == 0 || strncmp(q, "ranged0/", 8) == 0) {
+    if (strncmp(q, "ranged/", 7) == 0 || strncmp(q, "ranged0/", 8) == 0 ||
+        strncmp(q, "rangedcap/", 10) == 0) {
       /* /cache/ranged/N: N bytes (at most 1 MiB) of nst_text(), ETag "r1",
        * fresh for 600 s (ranged0: max-age=0, and a 304 for If-None-Match
        * "r1"); one bytes range honoured — a 206, a 416 past the end, the
-       * whole body when If-Range is not "r1". X-N: the count of /cache/
+       * whole body when If-Range is not "r1" (rangedcap: at most 100 bytes
+       * of a range, as some servers cap them). X-N: the count of /cache/
        * requests served. */
-      int stale = q[6] == '0';
+      int stale = q[6] == '0', cap = q[6] == 'c';
       char *end, h[320];
-      unsigned long len = strtoul(q + (stale ? 8 : 7), &end, 10);
+      unsigned long len = strtoul(strchr(q, '/') + 1, &end, 10);
       unsigned long long a = 0, b = 0;
       unsigned char *t;
       int ok, st = 200, m = 0;
@@ -538,6 +540,8 @@ static int handle(conn *c, request *rq) {
           st = 416;
         if (b >= len)
           b = len - 1;
+        if (cap && st == 206 && b - a >= 100)
+          b = a + 99;
       }
       if (st == 206)
         m = snprintf(h + n, sizeof(h) - (size_t)n, "Content-Range: bytes %llu-%llu/%lu\r\n", a, b,

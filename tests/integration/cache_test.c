@@ -936,10 +936,12 @@ static void test_partial_content_stored(void **state) {
   assert_string_equal(r.hdr, "bytes */1000");
   r = get_range(ctx, u, "bytes=150-250"); /* beyond the piece: the network's */
   assert_piece(&r, NETSTASH_SOURCE_NETWORK, 150, 250);
-  r = get_range(ctx, u, "bytes=200-250"); /* that piece replaced the first */
+  r = get_range(ctx, u, "bytes=200-250"); /* kept with the first: 100-250 */
   assert_piece(&r, NETSTASH_SOURCE_CACHE, 200, 250);
   r = get_range(ctx, u, "bytes=100-120");
-  assert_piece(&r, NETSTASH_SOURCE_NETWORK, 100, 120);
+  assert_piece(&r, NETSTASH_SOURCE_CACHE, 100, 120);
+  r = get_range(ctx, u, "bytes=90-120");
+  assert_piece(&r, NETSTASH_SOURCE_NETWORK, 90, 120);
   /* a request for the whole never gets a piece, nor a HEAD */
   r = fetch(ctx, u, "HEAD", NETSTASH_CACHE_DEFAULT, NULL, NULL, NULL);
   assert_int_equal(r.status, 200);
@@ -975,6 +977,98 @@ static void test_partial_content_revalidated(void **state) {
   assert_int_equal(r.source, NETSTASH_SOURCE_REVALIDATED);
   assert_int_equal(r.status, 206);
   assert_string_equal(r.hdr, "bytes 500-699/1000");
+  netstash_ctx_del(ctx);
+}
+
+/* GET of the whole: status, source, cache reason, and whether the body is
+ * all of nst_text()'s len bytes. */
+static result get_whole(netstash_ctx *ctx, const char *u, size_t len, int *whole) {
+  netstash_request *req;
+  netstash_fetch *f;
+  result r;
+  const uint8_t *b;
+  size_t n;
+  unsigned char *want = malloc(len);
+  memset(&r, 0, sizeof(r));
+  assert_non_null(want);
+  nst_text(want, 0, len);
+  assert_int_equal(netstash_request_new(&req, u), NETSTASH_OK);
+  netstash_request_set_collect_body(req, 1 << 20);
+  r.err = netstash_fetch_sync(ctx, req, &f);
+  r.status = netstash_fetch_status(f);
+  r.source = netstash_fetch_source(f);
+  snprintf(r.reason, sizeof(r.reason), "%s", netstash_fetch_cache_reason(f));
+  *whole = netstash_fetch_body(f, &b, &n) == NETSTASH_OK && n == len && !memcmp(b, want, len) &&
+           netstash_fetch_header(f, "content-range") == NULL;
+  netstash_fetch_del(f);
+  netstash_request_del(req);
+  free(want);
+  return r;
+}
+
+/* RFC 9111 §3.4: pieces under one strong validator that overlap or adjoin
+ * are kept as one; a request for the whole of a representation whose first
+ * bytes are stored asks for the rest only (If-Range) and answers the whole. */
+static void test_partial_content_combined(void **state) {
+  netstash_ctx *ctx = ctx_for(new_profile(), 1);
+  const char *u = url("/cache/ranged/1000");
+  result r;
+  int whole = 0;
+  (void)state;
+  r = get_range(ctx, u, "bytes=0-99");
+  assert_piece(&r, NETSTASH_SOURCE_NETWORK, 0, 99);
+  r = get_range(ctx, u, "bytes=100-199"); /* adjoins: kept with the first */
+  assert_piece(&r, NETSTASH_SOURCE_NETWORK, 100, 199);
+  r = get_range(ctx, u, "bytes=50-150");
+  assert_piece(&r, NETSTASH_SOURCE_CACHE, 50, 150);
+  r = get_range(ctx, u, "bytes=150-249"); /* overlaps: 0-249 */
+  assert_piece(&r, NETSTASH_SOURCE_NETWORK, 150, 249);
+  r = get_range(ctx, u, "bytes=0-249");
+  assert_piece(&r, NETSTASH_SOURCE_CACHE, 0, 249);
+  /* the whole: the rest asked for, the piece first, all of it stored */
+  r = get_whole(ctx, u, 1000, &whole);
+  assert_int_equal(r.status, 200);
+  assert_int_equal(r.source, NETSTASH_SOURCE_NETWORK);
+  assert_true(whole);
+  assert_non_null(strstr(r.reason, "asked for the rest (bytes=250-)"));
+  r = get_whole(ctx, u, 1000, &whole);
+  assert_int_equal(r.status, 200);
+  assert_int_equal(r.source, NETSTASH_SOURCE_CACHE);
+  assert_true(whole);
+  /* a gap: the new piece is kept alone */
+  u = url("/cache/ranged/2000");
+  r = get_range(ctx, u, "bytes=0-99");
+  r = get_range(ctx, u, "bytes=300-399");
+  assert_int_equal(r.source, NETSTASH_SOURCE_NETWORK);
+  r = get_range(ctx, u, "bytes=0-9");
+  assert_int_equal(r.source, NETSTASH_SOURCE_NETWORK);
+  /* the last piece and another that reaches the end make the whole */
+  r = get_range(ctx, u, "bytes=10-");
+  assert_int_equal(r.source, NETSTASH_SOURCE_NETWORK);
+  r = get_whole(ctx, u, 2000, &whole);
+  assert_int_equal(r.source, NETSTASH_SOURCE_CACHE);
+  assert_true(whole);
+  netstash_ctx_del(ctx);
+}
+
+/* A server that caps ranges answers the completion with less than the rest:
+ * the whole is fetched again, without a range, and answered right. */
+static void test_partial_completion_capped(void **state) {
+  netstash_ctx *ctx = ctx_for(new_profile(), 1);
+  const char *u = url("/cache/rangedcap/1000");
+  result r;
+  int whole = 0;
+  (void)state;
+  r = get_range(ctx, u, "bytes=0-99");
+  assert_int_equal(r.status, 206);
+  r = get_whole(ctx, u, 1000, &whole);
+  assert_int_equal(r.err, NETSTASH_OK);
+  assert_int_equal(r.status, 200);
+  assert_int_equal(r.source, NETSTASH_SOURCE_NETWORK);
+  assert_true(whole);
+  r = get_whole(ctx, u, 1000, &whole);
+  assert_int_equal(r.source, NETSTASH_SOURCE_CACHE);
+  assert_true(whole);
   netstash_ctx_del(ctx);
 }
 
@@ -1224,6 +1318,8 @@ int main(void) {
       cmocka_unit_test(test_ranges_from_stored_body),
       cmocka_unit_test(test_partial_content_stored),
       cmocka_unit_test(test_partial_content_revalidated),
+      cmocka_unit_test(test_partial_content_combined),
+      cmocka_unit_test(test_partial_completion_capped),
       cmocka_unit_test(test_no_vary_search),
       cmocka_unit_test(test_permanent_redirect_cached),
       cmocka_unit_test(test_commit_off_the_loop),

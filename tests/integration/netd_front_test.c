@@ -1293,6 +1293,31 @@ static void test_gateway_fast_hits(void **state) {
   assert_int_equal(r.body_len, 3);
   assert_memory_equal(r.body, g1.body, 3);
   resp_free(&r);
+  /* a piece (a 206) is stored and answers the ranges within it; a request
+   * for the whole asks the origin for the rest and is answered whole */
+  {
+    static const char *const asks[] = {"Range: bytes=0-99\r\n", "Range: bytes=10-19\r\n", "", ""};
+    static const char *const from[] = {"network", "cache", "network", "cache"};
+    unsigned char text[1000];
+    nst_text(text, 0, sizeof(text));
+    for (size_t i = 0; i < 4; i++) {
+      char rq[256];
+      snprintf(rq, sizeof(rq),
+               "GET /cache/ranged/1000 HTTP/1.1\r\nHost: x\r\n%sConnection: close\r\n\r\n",
+               asks[i]);
+      r = exchange_str(nd.gateway, rq);
+      assert_string_equal(header(&r, "X-Netstash-Source"), from[i]);
+      assert_int_equal(r.status, i < 2 ? 206 : 200);
+      assert_int_equal(r.body_len, i == 0 ? 100 : i == 1 ? 10 : 1000);
+      assert_memory_equal(r.body, text + (i == 1 ? 10 : 0), r.body_len);
+      if (i == 1)
+        assert_string_equal(header(&r, "Content-Range"), "bytes 10-19/1000");
+      if (i >= 2)
+        assert_null(header(&r, "Content-Range"));
+      resp_free(&r);
+      jobs_settled();
+    }
+  }
   r = exchange_str(nd.gateway, "GET /cache/nvs?utm=1 HTTP/1.1\r\nHost: x\r\n"
                                "Connection: close\r\n\r\n");
   resp_free(&r);
@@ -1309,7 +1334,7 @@ static void test_gateway_fast_hits(void **state) {
     assert_int_equal((unsigned char)r.body[0], 0x1f);
     resp_free(&r);
   }
-  assert_true(fast_hits() == f0 + 7);
+  assert_true(fast_hits() == f0 + 8); /* and the completed piece's second answer */
 
   resp_free(&g1);
   resp_free(&g2);
