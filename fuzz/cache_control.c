@@ -20,7 +20,9 @@
  *  - 304 merge never changes Content-Length / Content-Type and is idempotent;
  *  - storage never drops the fields the cache rests on (unless Connection
  *    names them) and always drops Set-Cookie;
- *  - range answers stay inside the body; 206 has first <= last < len;
+ *  - range answers stay inside the body; 206 has first <= last < len; a
+ *    stored piece (a 206's Content-Range) answers only ranges inside it;
+ *    a response's If-Range validator matches that response;
  *  - No-Vary-Search: a URL is always equivalent to itself;
  *  - cache keys and ns_url_parse: the allocation-free split of normalised
  *    URLs gives the same key / fields (or the same error) as curl_url.
@@ -210,6 +212,22 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     CHECK(r.reason != NULL);
     if (r.status == 206)
       CHECK(r.first <= r.last && r.last < len);
+  }
+  /* a stored piece: what it answers stays inside it; its validator is its
+   * own */
+  {
+    uint64_t a, b, n;
+    const char *v = ns_cache_if_range(&resp);
+    if (status == 206 && storable)
+      CHECK(ns_cache_piece(&resp, &a, &b, &n));
+    if (ns_cache_piece(&resp, &a, &b, &n)) {
+      CHECK(a <= b && b < n);
+      ns_cache_range_decide(&req, 206, &resp, b - a + 1, &r);
+      CHECK(r.status == 200 || r.status == 206 || r.status == 416);
+      if (r.status == 206)
+        CHECK(r.body_offset == a && a <= r.first && r.first <= r.last && r.last <= b);
+    }
+    CHECK(!v || ns_cache_same_validator(&resp, &resp));
   }
 
   /* keys for a store with a key-length limit */

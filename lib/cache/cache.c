@@ -1561,9 +1561,13 @@ const char *ns_cache_if_range(const ns_headers *stored) {
   int64_t lm, date;
   if (v) /* a strong entity-tag, quoted: the only tag If-Range can carry */
     return parse_etag(ns_span_trim(ns_span_make(v, strlen(v))), &weak, &op) && !weak ? v : NULL;
-  if (header_date(stored, "Last-Modified", 0, &lm) == 1 &&
+  /* a date If-Range can carry: an HTTP-date as sent (the lenient forms
+   * header_date accepts would not compare equal at the origin) */
+  v = ns_headers_get(stored, "Last-Modified");
+  if (v && ns_http_date_parse(v, strlen(v), 0, &lm) == NETSTASH_OK &&
+      header_date(stored, "Last-Modified", 0, &lm) == 1 &&
       header_date(stored, "Date", 0, &date) == 1 && date - lm >= 60)
-    return ns_headers_get(stored, "Last-Modified");
+    return v;
   return NULL;
 }
 
