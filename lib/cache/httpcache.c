@@ -1208,6 +1208,21 @@ static netstash_error inval_fn(ns_store_txn *t, void *ud) {
   return NETSTASH_OK;
 }
 
+netstash_error ns_httpcache_forget(ns_httpcache *hc, const ns_hc_entry *e) {
+  inval_job j;
+  netstash_error rv;
+  (void)ns_httpcache_flush(hc); /* in order with what is queued */
+  memset(&j, 0, sizeof(j));
+  j.hc = hc;
+  j.n = 1;
+  ns_buf_init(&j.keys[0], hc->mem, NS_STORE_KEY_MAX);
+  rv = ns_buf_append(&j.keys[0], e->primary.data, e->primary.len);
+  if (rv == NETSTASH_OK)
+    rv = ns_store_write(hc->store, inval_fn, &j);
+  ns_buf_free(&j.keys[0]);
+  return rv;
+}
+
 netstash_error ns_httpcache_invalidate(ns_httpcache *hc, const char *top, const char *method,
                                        const char *url, int status, const ns_headers *resp) {
   ns_cache_invalidation inv;

@@ -178,6 +178,9 @@ netstash_error ns_httpcache_update_304(ns_httpcache *hc, ns_hc_entry *e,
                                        const ns_headers *resp304, int64_t request_time_ms,
                                        int64_t response_time_ms);
 
+/* Removes every stored response for e's key (all its variants). */
+netstash_error ns_httpcache_forget(ns_httpcache *hc, const ns_hc_entry *e);
+
 /* RFC 9111 §4.4 invalidation after an unsafe method's non-error response. */
 netstash_error ns_httpcache_invalidate(ns_httpcache *hc, const char *top_level_url,
                                        const char *method, const char *url, int status,

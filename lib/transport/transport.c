@@ -1229,6 +1229,38 @@ static int cache_after_response(netstash_fetch *f, int final) {
   return wait;
 }
 
+/* RFC 9111 §4.3.5: a 200 to a HEAD that reached the origin freshens the
+ * stored GET response it could have been answered from — its fields merged
+ * as a 304's — when the validators it carries (ETag, Last-Modified) and its
+ * Content-Length are the stored response's; otherwise the stored responses
+ * of that URL are dropped (the representation changed). */
+static void head_freshen(netstash_fetch *f) {
+  static const char *const same[] = {"etag", "last-modified", "content-length"};
+  ns_headers h;
+  netstash_error rv;
+  int match = f->hce.status == 200 || f->hce.status == 206;
+  size_t l;
+  ns_headers_init(&h, &f->mem);
+  rv = head_as_headers(f, &h);
+  for (size_t k = 0; rv == NETSTASH_OK && match && k < NS_ARRAY_LEN(same); k++) {
+    const char *nv = ns_headers_get(&h, same[k]), *sv = ns_headers_get(&f->hce.headers, same[k]);
+    if (nv && (!sv || strcmp(nv, sv) != 0))
+      match = 0;
+  }
+  if (rv == NETSTASH_OK)
+    rv = match ? ns_httpcache_update_304(f->ctx->hc, &f->hce, &h, f->req_time_ms, f->resp_time_ms)
+               : ns_httpcache_forget(f->ctx->hc, &f->hce);
+  ns_headers_free(&h);
+  l = strlen(f->cache_reason);
+  if (rv != NETSTASH_OK)
+    NS_WARN(f->ctx, MOD, "HEAD answer for %s not applied to the cache: %s", f->cur.url,
+            netstash_strerror(rv));
+  else
+    snprintf(f->cache_reason + l, sizeof(f->cache_reason) - l, "; %s",
+             match ? "the stored response freshened by the HEAD's 200 (RFC 9111 §4.3.5)"
+                   : "the stored response dropped: the HEAD's 200 names another representation");
+}
+
 /* The hop is over: res is NETSTASH_OK for a complete response. */
 static void hop_result(netstash_fetch *f, netstash_error res) {
   netstash_error err;
@@ -1295,6 +1327,9 @@ static void hop_result(netstash_fetch *f, netstash_error res) {
         return;
       }
     }
+    if (f->status == 200 && f->hc_used && f->hce.found && f->ctx->hc &&
+        strcmp(method_of(f), "HEAD") == 0)
+      head_freshen(f);
     if (!cache_after_response(f, 1))
       end_fetch(f, NETSTASH_OK);
     else /* the transfer is over: its handle and buffers do not wait for the commit */

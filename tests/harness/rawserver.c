@@ -557,6 +557,24 @@ static int handle(conn *c, request *rq) {
       free(t);
       return ok && rq->keep_alive;
     }
+    if (strcmp(q, "headfresh") == 0 || strcmp(q, "headchanged") == 0) {
+      /* GET: stale at once (max-age=0), 16 bytes; HEAD: fresh for 600 s and
+       * X-Gen: 2 — the same representation for headfresh, another one
+       * (ETag "new") for headchanged */
+      int changed = q[4] == 'c';
+      if (rq->head)
+        return respond(c, rq, 200,
+                       changed ? "Content-Type: text/plain\r\nCache-Control: max-age=600\r\n"
+                                 "ETag: \"new\"\r\nX-Gen: 2\r\n"
+                               : "Content-Type: text/plain\r\nCache-Control: max-age=600\r\n"
+                                 "X-Gen: 2\r\n",
+                       "0123456789abcdef", 16, 0) == 0 &&
+               rq->keep_alive;
+      return respond(c, rq, 200,
+                     "Content-Type: text/plain\r\nCache-Control: max-age=0\r\nX-Gen: 1\r\n",
+                     "0123456789abcdef", 16, 0) == 0 &&
+             rq->keep_alive;
+    }
     if (strncmp(q, "big/", 4) == 0) {
       /* /cache/big/N[/chunked]: N bytes (at most 16 MiB) of nst_pattern(),
        * fresh for 600 s, framed by Content-Length or chunked in 64 KiB

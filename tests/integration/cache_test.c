@@ -1072,6 +1072,34 @@ static void test_partial_completion_capped(void **state) {
   netstash_ctx_del(ctx);
 }
 
+/* RFC 9111 §4.3.5: a HEAD's 200 freshens the stored GET response when it
+ * names the same representation, and drops it when it names another. */
+static void test_head_freshens(void **state) {
+  netstash_ctx *ctx = ctx_for(new_profile(), 1);
+  result r;
+  (void)state;
+  r = fetch(ctx, url("/cache/headfresh"), NULL, NETSTASH_CACHE_DEFAULT, NULL, NULL, "x-gen");
+  assert_int_equal(r.source, NETSTASH_SOURCE_NETWORK);
+  assert_string_equal(r.hdr, "1");
+  r = fetch(ctx, url("/cache/headfresh"), "HEAD", NETSTASH_CACHE_DEFAULT, NULL, NULL, NULL);
+  assert_int_equal(r.source, NETSTASH_SOURCE_NETWORK); /* stale: to the origin */
+  assert_non_null(strstr(r.reason, "freshened by the HEAD"));
+  r = fetch(ctx, url("/cache/headfresh"), NULL, NETSTASH_CACHE_DEFAULT, NULL, NULL, "x-gen");
+  assert_int_equal(r.source, NETSTASH_SOURCE_CACHE);
+  assert_string_equal(r.hdr, "2");
+  assert_string_equal(r.body, "0123456789abcdef");
+
+  r = fetch(ctx, url("/cache/headchanged"), NULL, NETSTASH_CACHE_DEFAULT, NULL, NULL, NULL);
+  assert_int_equal(r.source, NETSTASH_SOURCE_NETWORK);
+  r = fetch(ctx, url("/cache/headchanged"), NULL, NETSTASH_CACHE_SKIP_VALIDATION, NULL, NULL, NULL);
+  assert_int_equal(r.source, NETSTASH_SOURCE_CACHE); /* stored, stale */
+  r = fetch(ctx, url("/cache/headchanged"), "HEAD", NETSTASH_CACHE_DEFAULT, NULL, NULL, NULL);
+  assert_non_null(strstr(r.reason, "dropped"));
+  r = fetch(ctx, url("/cache/headchanged"), NULL, NETSTASH_CACHE_ONLY_IF_CACHED, NULL, NULL, NULL);
+  assert_int_equal(r.err, NETSTASH_E_NOT_CACHED);
+  netstash_ctx_del(ctx);
+}
+
 /* No-Vary-Search: the response says "utm" does not matter. */
 static void test_no_vary_search(void **state) {
   netstash_ctx *ctx = ctx_for(new_profile(), 1);
@@ -1320,6 +1348,7 @@ int main(void) {
       cmocka_unit_test(test_partial_content_revalidated),
       cmocka_unit_test(test_partial_content_combined),
       cmocka_unit_test(test_partial_completion_capped),
+      cmocka_unit_test(test_head_freshens),
       cmocka_unit_test(test_no_vary_search),
       cmocka_unit_test(test_permanent_redirect_cached),
       cmocka_unit_test(test_commit_off_the_loop),
