@@ -487,6 +487,10 @@ typedef struct vary_cmp {
 static int field_equal(const ns_headers *a, const ns_headers *b, ns_span name) {
   elem_it ia, ib;
   ns_span ea, eb;
+  /* members that are case-insensitive tokens (RFC 4647 §2 language ranges,
+   * RFC 9110 §8.4.1 codings, §12.5 parameters and qvalues): en-US is en-us */
+  int ci = ns_span_eq_ci(name, "accept-language") || ns_span_eq_ci(name, "accept-encoding") ||
+           ns_span_eq_ci(name, "accept-charset");
   if (name.len >= sizeof(ia.name))
     return 0; /* absurd field name: never matches */
   memset(&ia, 0, sizeof(ia));
@@ -504,7 +508,7 @@ static int field_equal(const ns_headers *a, const ns_headers *b, ns_span name) {
       return 0;
     if (!ha)
       return 1;
-    if (!ns_span_eq(ea, eb))
+    if (ci ? ea.len != eb.len || ns_ascii_casecmp_n(ea.p, eb.p, ea.len) != 0 : !ns_span_eq(ea, eb))
       return 0;
   }
 }

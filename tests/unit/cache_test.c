@@ -1273,6 +1273,12 @@ static void test_vary(void **state) {
       {"Vary: Accept, *", "Accept: a", "Accept: a", 0},
       {"Vary: , ,Accept", "Accept: a", "Accept: a", 1},
       {"Vary: X-A", "X-A: \"q,r\"", "X-A: \"q,r\"", 1},
+      /* case-insensitive members: language ranges, codings, charsets */
+      {"Vary: Accept-Language", "Accept-Language: en-US, de", "Accept-Language: EN-us, De", 1},
+      {"Vary: Accept-Language", "Accept-Language: en, de", "Accept-Language: de, en", 0},
+      {"Vary: Accept-Language", "Accept-Language: en", "Accept-Language: enx", 0},
+      {"Vary: Accept-Encoding", "Accept-Encoding: GZIP, br", "Accept-Encoding: gzip, BR", 1},
+      {"Vary: accept-charset", "Accept-Charset: UTF-8", "Accept-Charset: utf-8", 1},
   };
   size_t i;
   (void)state;
