@@ -29,7 +29,10 @@
  * netstash_request_set_body_reader (fetch.h); POST and other methods are
  * intercepted like GET (the HTTP cache invalidates on unsafe methods).
  * Ranges: a Range request answered from a complete preloaded or stored body
- * gets a synthesised 206 (or 416).
+ * gets a synthesised 206 (or 416). A 206 from the network is kept as a piece
+ * that answers later ranges within it; pieces that meet are joined, and a
+ * request for the whole of a stored prefix fetches only the rest (the answer
+ * is the whole 200, as if it came at once).
  *
  * Cancel a job at any time from any thread (netstash_job_cancel); the
  * terminal callback then reports NETSTASH_E_CANCELED unless the job had
