@@ -874,6 +874,7 @@ static result get_range(netstash_ctx *ctx, const char *u, const char *range) {
     snprintf(r.body, sizeof(r.body), "%.*s", (int)len, (const char *)b);
   if (netstash_fetch_header(f, "content-range"))
     snprintf(r.hdr, sizeof(r.hdr), "%s", netstash_fetch_header(f, "content-range"));
+  snprintf(r.reason, sizeof(r.reason), "%s", netstash_fetch_cache_reason(f));
   netstash_fetch_del(f);
   netstash_request_del(req);
   return r;
@@ -956,6 +957,14 @@ static void test_partial_content_stored(void **state) {
   assert_piece(&r, NETSTASH_SOURCE_CACHE, 0, 99);
   r = get_range(ctx, u, "bytes=-10");
   assert_piece(&r, NETSTASH_SOURCE_CACHE, 990, 999);
+  /* a 206 whose body is not its Content-Range's length is delivered, never
+   * stored */
+  for (int i = 0; i < 2; i++) {
+    r = get_range(ctx, url("/cache/rangedlie/20"), "bytes=0-9");
+    assert_int_equal(r.status, 206);
+    assert_int_equal(r.source, NETSTASH_SOURCE_NETWORK);
+    assert_non_null(strstr(r.reason, "not its Content-Range's length"));
+  }
   netstash_ctx_del(ctx);
 }
 
