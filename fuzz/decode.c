@@ -2,8 +2,8 @@
  * fuzz/decode.c — lib/transport/decode.c (content decoding) under libFuzzer.
  *
  * Input layout:
- *   byte 0, bits 0-2  coding stack, an index into k_stacks below
- *   byte 0, bits 3-7  seed for the chunking of the second run
+ *   byte 0, bits 0-3  coding stack, an index into k_stacks below
+ *   byte 0, bits 4-7  seed for the chunking of the second run
  *   bytes 1..         the coded body
  * The body is decoded twice, once in a single write and once in pseudo-random
  * pieces of 1..4096 bytes, with a small output cap (MAX_OUT). It is also
@@ -36,7 +36,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 static const struct {
   int n;
   ns_coding c[NS_DECODE_MAX_LAYERS]; /* in the order applied */
-} k_stacks[8] = {
+} k_stacks[16] = {
     {0, {NS_CODING_IDENTITY}},
     {1, {NS_CODING_GZIP}},
     {1, {NS_CODING_DEFLATE}},
@@ -45,6 +45,14 @@ static const struct {
     {2, {NS_CODING_BR, NS_CODING_GZIP}},
     {2, {NS_CODING_DEFLATE, NS_CODING_BR}},
     {3, {NS_CODING_DEFLATE, NS_CODING_GZIP, NS_CODING_BR}},
+    {1, {NS_CODING_ZSTD}},
+    {2, {NS_CODING_BR, NS_CODING_ZSTD}},
+    {2, {NS_CODING_ZSTD, NS_CODING_GZIP}},
+    {2, {NS_CODING_GZIP, NS_CODING_ZSTD}},
+    {1, {NS_CODING_ZSTD}},
+    {1, {NS_CODING_ZSTD}},
+    {2, {NS_CODING_DEFLATE, NS_CODING_ZSTD}},
+    {3, {NS_CODING_GZIP, NS_CODING_BR, NS_CODING_ZSTD}},
 };
 
 typedef struct digest {
@@ -128,8 +136,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
 
   if (size < 1)
     return 0;
-  stack = data[0] & 7;
-  seed = 0x9e3779b9u ^ ((uint32_t)(data[0] >> 3) * 2654435761u);
+  stack = data[0] & 15;
+  seed = 0x9e3779b9u ^ ((uint32_t)(data[0] >> 4) * 2654435761u);
   if (seed == 0)
     seed = 1;
 
@@ -143,7 +151,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   n = ns_coding_parse((const char *)data + 1, size - 1, out);
   CHECK(n >= -1 && n <= NS_DECODE_MAX_LAYERS);
   for (i = 0; i < n; i++)
-    CHECK(out[i] == NS_CODING_GZIP || out[i] == NS_CODING_DEFLATE ||
-          out[i] == NS_CODING_BR);
+    CHECK(out[i] == NS_CODING_GZIP || out[i] == NS_CODING_DEFLATE || out[i] == NS_CODING_BR ||
+          out[i] == NS_CODING_ZSTD);
   return 0;
 }

@@ -366,7 +366,7 @@ netstash_error netd_add_resolves(netstash_request *req, const char *list) {
 
 netstash_error netd_relay_request(netstash_request *req, int has_accept_encoding) {
   netstash_error e = NETSTASH_OK;
-  /* Without one the library would advertise "br, gzip" and, the body being
+  /* Without one the library would advertise "br, gzip, zstd" and, the body being
    * raw, hand the client a coding it never asked for. */
   if (!has_accept_encoding)
     e = netstash_request_add_header(req, "Accept-Encoding", "identity");

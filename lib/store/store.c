@@ -984,7 +984,8 @@ static netstash_error body_get_in(const ns_store *s, MDB_txn *txn, const uint8_t
   stored = get_le64(p + 16);
   nch = get_le32(p + 8);
   first = stored < FIRST_CAP ? stored : FIRST_CAP;
-  if (p[4] != NS_CODING_IDENTITY && p[4] != NS_CODING_GZIP && p[4] != NS_CODING_BR)
+  if (p[4] != NS_CODING_IDENTITY && p[4] != NS_CODING_GZIP && p[4] != NS_CODING_BR &&
+      p[4] != NS_CODING_ZSTD)
     return NETSTASH_E_STORE_CORRUPT;
   if (v.mv_size != NS_STORE_BODY_HDR + first ||
       nch != (stored == 0 ? 0 : 1 + (stored - first + NS_STORE_CHUNK - 1) / NS_STORE_CHUNK))
@@ -1924,7 +1925,8 @@ netstash_error ns_store_txn_body_put(ns_store_txn *t, const uint8_t *data, size_
 
   if (!t || !out_hash || (len && !data))
     return NETSTASH_E_INVALID_ARGUMENT;
-  if (coding != NS_CODING_IDENTITY && coding != NS_CODING_GZIP && coding != NS_CODING_BR)
+  if (coding != NS_CODING_IDENTITY && coding != NS_CODING_GZIP && coding != NS_CODING_BR &&
+      coding != NS_CODING_ZSTD)
     return NETSTASH_E_UNSUPPORTED;
   s = t->s;
   if (len > s->p.max_body)

@@ -32,6 +32,11 @@
 #define ZLIB_CONST 1
 #include <zlib.h>
 #include <brotli/decode.h>
+/* ZSTD_createDCtx_advanced (the context allocator) is in zstd's
+ * experimental section; libzstd.so.1 exports it, unchanged since 1.0 */
+#define ZSTD_STATIC_LINKING_ONLY 1
+#include <zstd.h>
+#include <zstd_errors.h>
 
 #include "transport/decode.h"
 
@@ -118,6 +123,8 @@ static ns_coding coding_from_token(const uint8_t *tok, size_t len) {
     return NS_CODING_DEFLATE;
   if (token_is(tok, len, "br"))
     return NS_CODING_BR;
+  if (token_is(tok, len, "zstd"))
+    return NS_CODING_ZSTD;
   if (token_is(tok, len, "identity"))
     return NS_CODING_IDENTITY; /* RFC 9110 12.5.3: "no encoding" */
   return NS_CODING_UNKNOWN;
@@ -179,6 +186,8 @@ const char *ns_coding_name(ns_coding c) {
     return "deflate";
   case NS_CODING_BR:
     return "br";
+  case NS_CODING_ZSTD:
+    return "zstd";
   case NS_CODING_UNKNOWN:
   default:
     return "unknown";
@@ -201,6 +210,12 @@ typedef struct layer {
   z_stream zs;
   /* br */
   BrotliDecoderState *br;
+  /* zstd: done is "at a frame boundary" (more frames may follow); zin:
+   * inside a frame; zmagic: the next frame's first bytes, until checked */
+  ZSTD_DCtx *zd;
+  bool zin;
+  uint8_t zmagic[4];
+  size_t zmagic_len;
   uint8_t *out; /* NS_DECODE_CHUNK bytes, inside ns_decoder.bufs */
 } layer;
 
@@ -232,6 +247,17 @@ static void *br_alloc(void *opaque, size_t size) {
 }
 
 static void br_free(void *opaque, void *p) { ns_free(opaque, p); }
+
+static void *zstd_alloc(void *opaque, size_t size) {
+  return ns_malloc(opaque, size);
+}
+
+static void zstd_free(void *opaque, void *p) {
+  ns_free(opaque, p);
+}
+
+/* RFC 9659 §3: windows up to 8 MiB */
+#define ZSTD_WINDOW_LOG_MAX 23
 
 static netstash_error zlib_error(int rc) {
   switch (rc) {
@@ -399,6 +425,79 @@ static netstash_error br_feed(ns_decoder *d, int i, const uint8_t *in,
   }
 }
 
+/* zstd frames: RFC 8878's (magic number 0xFD2FB528) and skippable ones
+ * (0x184D2A5?). libzstd also decodes the legacy formats of its 0.x
+ * releases, which are no HTTP coding and which it decodes differently
+ * depending on how the input is cut (found by fuzz/decode.c): every frame's
+ * magic number is checked here first. */
+static int zstd_magic_ok(const uint8_t m[4]) {
+  uint32_t v = (uint32_t)m[0] | (uint32_t)m[1] << 8 | (uint32_t)m[2] << 16 | (uint32_t)m[3] << 24;
+  return v == 0xFD2FB528u || (v & 0xFFFFFFF0u) == 0x184D2A50u;
+}
+
+/* Decodes ib until it is used up or the frame ends (then l->zin is cleared
+ * and l->done set: the input so far ends on a frame boundary). */
+static netstash_error zstd_run(ns_decoder *d, int i, ZSTD_inBuffer *ib) {
+  layer *l = &d->layers[i];
+  netstash_error rv;
+
+  for (;;) {
+    ZSTD_outBuffer ob = {l->out, NS_DECODE_CHUNK, 0};
+    size_t r = ZSTD_decompressStream(l->zd, &ob, ib);
+    if (ZSTD_isError(r))
+      return ZSTD_getErrorCode(r) == ZSTD_error_memory_allocation ? NETSTASH_E_NOMEM
+                                                                  : NETSTASH_E_DECODE;
+    if (ob.pos > 0) {
+      rv = feed(d, i + 1, l->out, ob.pos);
+      if (rv != NETSTASH_OK)
+        return rv;
+    }
+    if (r == 0) { /* the frame is decoded and flushed */
+      l->zin = false;
+      l->done = true;
+      return NETSTASH_OK;
+    }
+    if (ib->pos == ib->size && ob.pos < ob.size)
+      return NETSTASH_OK; /* all input taken, nothing more comes out */
+  }
+}
+
+/* zstd: frame after frame (RFC 8878 §3.1: a stream is one or more frames,
+ * skippable ones ignored); between frames, the next one's magic number is
+ * collected and checked before libzstd sees it. */
+static netstash_error zstd_feed(ns_decoder *d, int i, const uint8_t *in, size_t len) {
+  layer *l = &d->layers[i];
+  ZSTD_inBuffer ib = {in, len, 0};
+  netstash_error rv;
+
+  while (ib.pos < ib.size) {
+    if (!l->zin) {
+      size_t take = NS_MIN(sizeof(l->zmagic) - l->zmagic_len, ib.size - ib.pos);
+      memcpy(l->zmagic + l->zmagic_len, in + ib.pos, take);
+      l->zmagic_len += take;
+      ib.pos += take;
+      l->done = false;
+      if (l->zmagic_len < sizeof(l->zmagic))
+        return NETSTASH_OK;
+      if (!zstd_magic_ok(l->zmagic))
+        return NETSTASH_E_DECODE;
+      l->zmagic_len = 0;
+      l->zin = true;
+      {
+        ZSTD_inBuffer mb = {l->zmagic, sizeof(l->zmagic), 0};
+        rv = zstd_run(d, i, &mb);
+        if (rv != NETSTASH_OK)
+          return rv;
+      }
+      continue;
+    }
+    rv = zstd_run(d, i, &ib);
+    if (rv != NETSTASH_OK)
+      return rv;
+  }
+  return NETSTASH_OK;
+}
+
 /* Pushes bytes into layer i (i == d->n: the sink). */
 static netstash_error feed(ns_decoder *d, int i, const uint8_t *in, size_t len) {
   layer *l;
@@ -409,6 +508,8 @@ static netstash_error feed(ns_decoder *d, int i, const uint8_t *in, size_t len) 
     return NETSTASH_OK;
   l = &d->layers[i];
   l->seen_input = true;
+  if (l->coding == NS_CODING_ZSTD)
+    return zstd_feed(d, i, in, len);
   if (l->done)
     return NETSTASH_E_DECODE; /* data after the end of the coded stream */
   if (l->coding == NS_CODING_BR)
@@ -436,6 +537,15 @@ static netstash_error layer_init(ns_decoder *d, layer *l, ns_coding c) {
   case NS_CODING_BR:
     l->br = BrotliDecoderCreateInstance(br_alloc, br_free, &d->mem);
     return l->br ? NETSTASH_OK : NETSTASH_E_NOMEM;
+  case NS_CODING_ZSTD: {
+    ZSTD_customMem cm = {zstd_alloc, zstd_free, &d->mem};
+    l->zd = ZSTD_createDCtx_advanced(cm);
+    if (!l->zd)
+      return NETSTASH_E_NOMEM;
+    if (ZSTD_isError(ZSTD_DCtx_setParameter(l->zd, ZSTD_d_windowLogMax, ZSTD_WINDOW_LOG_MAX)))
+      return NETSTASH_E_INTERNAL;
+    return NETSTASH_OK;
+  }
   case NS_CODING_IDENTITY:
   case NS_CODING_UNKNOWN:
   default:
@@ -462,7 +572,7 @@ netstash_error ns_decoder_new(const ns_mem *mem, const ns_coding *codings, int n
     if (codings[i] == NS_CODING_IDENTITY)
       continue;
     if (codings[i] != NS_CODING_GZIP && codings[i] != NS_CODING_DEFLATE &&
-        codings[i] != NS_CODING_BR)
+        codings[i] != NS_CODING_BR && codings[i] != NS_CODING_ZSTD)
       return NETSTASH_E_UNSUPPORTED;
     order[nl++] = codings[i];
   }
@@ -511,6 +621,8 @@ void ns_decoder_del(ns_decoder *d) {
       inflateEnd(&l->zs);
     if (l->br)
       BrotliDecoderDestroyInstance(l->br);
+    if (l->zd)
+      ZSTD_freeDCtx(l->zd);
   }
   mem = d->mem;
   ns_free(&mem, d->bufs);

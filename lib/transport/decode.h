@@ -1,5 +1,5 @@
 /*
- * decode.h — streaming content decoding (RFC 9110 8.4.1): br, gzip, deflate,
+ * decode.h — streaming content decoding (RFC 9110 8.4.1): br, gzip, deflate, zstd,
  * with a hard cap on decoded bytes (decompression-bomb safe). Internal.
  * Decoder state allocates through the context allocator.
  *
@@ -13,6 +13,10 @@
  *    chose (at most 16 MiB, RFC 7932 9.1; up to 1.5 times that for a moment
  *    while brotli grows its ring buffer); gzip/deflate need 32 KiB + ~7 KiB.
  *    Plus one NS_DECODE_CHUNK buffer per layer.
+ *  - zstd: RFC 8878 frames (one or more, skippable frames ignored), a window
+ *    of at most 8 MiB (RFC 9659 §3: what a decoder must support and may
+ *    limit itself to, as Chromium does); a larger one is NETSTASH_E_DECODE.
+ *    Memory per zstd layer: its window plus ~160 KiB of decoder state.
  *  - A layer that receives no bytes at all decodes to nothing (servers label
  *    empty bodies with Content-Encoding; browsers accept them).
  *  - Decoded output is passed on in pieces of at most NS_DECODE_CHUNK bytes
@@ -31,7 +35,8 @@ typedef enum ns_coding {
   NS_CODING_GZIP = 1,    /* also "x-gzip" */
   NS_CODING_DEFLATE = 2, /* zlib-wrapped, raw deflate tolerated as browsers do */
   NS_CODING_BR = 3,
-  NS_CODING_UNKNOWN = 4
+  NS_CODING_UNKNOWN = 4,
+  NS_CODING_ZSTD = 5 /* RFC 8878, as an HTTP coding RFC 9659 */
 } ns_coding;
 
 #define NS_DECODE_MAX_LAYERS 3
@@ -45,7 +50,7 @@ typedef enum ns_coding {
  * empty list elements skipped), or -1 when a coding is unknown, an element is
  * not a token, or there are more than NS_DECODE_MAX_LAYERS. */
 int ns_coding_parse(const char *value, size_t len, ns_coding out[NS_DECODE_MAX_LAYERS]);
-/* "identity", "gzip", "deflate", "br" or "unknown"; never NULL. */
+/* "identity", "gzip", "deflate", "br", "zstd" or "unknown"; never NULL. */
 const char *ns_coding_name(ns_coding c);
 
 typedef struct ns_decoder ns_decoder;

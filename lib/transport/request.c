@@ -408,6 +408,6 @@ netstash_error ns_request_cache_fields(const netstash_request *req, ns_headers *
     rv = ns_headers_add_line(out, l, n);
   }
   if (rv == NETSTASH_OK && !req->has_accept_encoding)
-    rv = ns_headers_add_str(out, "accept-encoding", "br, gzip");
+    rv = ns_headers_add_str(out, "accept-encoding", "br, gzip, zstd");
   return rv;
 }

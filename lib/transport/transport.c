@@ -2181,7 +2181,7 @@ static netstash_error build_hdr_list(netstash_fetch *f) {
     return NETSTASH_OK;
   }
   if (!f->req->has_accept_encoding) {
-    l = curl_slist_append(f->hdr_list, "Accept-Encoding: br, gzip");
+    l = curl_slist_append(f->hdr_list, "Accept-Encoding: br, gzip, zstd");
     if (!l)
       return NETSTASH_E_NOMEM;
     f->hdr_list = l;

@@ -1065,16 +1065,20 @@ static int compress_file(const char *in, const char *out, char *const argv[]) {
 }
 
 static int sidecars(const char *plain, const char *brq) {
-  char br[PATH_MAX], gz[PATH_MAX];
-  cmdline brotli, gzip;
+  char br[PATH_MAX], gz[PATH_MAX], zs[PATH_MAX];
+  cmdline brotli, gzip, zstd;
   cmd_init(&brotli);
   cmd_init(&gzip);
+  cmd_init(&zstd);
   if (fmt_path(br, sizeof(br), "%s.br", plain) || fmt_path(gz, sizeof(gz), "%s.gz", plain) ||
-      cmd_add(&brotli, "brotli") || cmd_add(&brotli, "-c") || cmd_add(&brotli, "-q") ||
-      cmd_add(&brotli, "%s", brq) || cmd_add(&gzip, "gzip") || cmd_add(&gzip, "-c") ||
-      cmd_add(&gzip, "-n") || cmd_add(&gzip, "-9"))
+      fmt_path(zs, sizeof(zs), "%s.zst", plain) || cmd_add(&brotli, "brotli") ||
+      cmd_add(&brotli, "-c") || cmd_add(&brotli, "-q") || cmd_add(&brotli, "%s", brq) ||
+      cmd_add(&gzip, "gzip") || cmd_add(&gzip, "-c") || cmd_add(&gzip, "-n") ||
+      cmd_add(&gzip, "-9") || cmd_add(&zstd, "zstd") || cmd_add(&zstd, "-c") ||
+      cmd_add(&zstd, "-q") || cmd_add(&zstd, "-19"))
     return -1;
-  if (compress_file(plain, br, brotli.argv) != 0 || compress_file(plain, gz, gzip.argv) != 0)
+  if (compress_file(plain, br, brotli.argv) != 0 || compress_file(plain, gz, gzip.argv) != 0 ||
+      compress_file(plain, zs, zstd.argv) != 0)
     return -1;
   return 0;
 }
@@ -1436,7 +1440,7 @@ static int build_caddy(cmdline *c, int port, void *ud, char ***envp) {
           "\t}\n"
           "\trespond /hsts \"hsts\" 200\n"
           "\tfile_server {\n"
-          "\t\tprecompressed br gzip\n"
+          "\t\tprecompressed br zstd gzip\n"
           "\t}\n"
           "}\n",
           badcert ? "off" : "disable_redirects", dir, v->protocols, port, port, port, port, cert,

@@ -671,6 +671,17 @@ static int handle(conn *c, request *rq) {
                      gz, sizeof(gz), 0) == 0 &&
              rq->keep_alive;
     }
+    if (strcmp(q, "zstd") == 0) { /* fresh, zstd-coded as sent ("netstash zstd body\n" x4) */
+      static const unsigned char zs[] = {0x28, 0xb5, 0x2f, 0xfd, 0x04, 0x68, 0xd5, 0x00, 0x00, 0x98,
+                                         0x6e, 0x65, 0x74, 0x73, 0x74, 0x61, 0x73, 0x68, 0x20, 0x7a,
+                                         0x73, 0x74, 0x64, 0x20, 0x62, 0x6f, 0x64, 0x79, 0x0a, 0x01,
+                                         0x00, 0x6d, 0xe7, 0x0c, 0x03, 0x52, 0x6c, 0xd0, 0x4b};
+      return respond(c, rq, 200,
+                     "Content-Type: text/plain\r\nContent-Encoding: zstd\r\n"
+                     "Cache-Control: max-age=600\r\n",
+                     zs, sizeof(zs), 0) == 0 &&
+             rq->keep_alive;
+    }
     if (strcmp(q, "swr") == 0) {
       n = snprintf(body, sizeof(body), "swr n=%lu", k);
       return respond(c, rq, 200,

@@ -1109,6 +1109,40 @@ static void test_head_freshens(void **state) {
   netstash_ctx_del(ctx);
 }
 
+/* A zstd-coded response (RFC 9659) is stored as it came and answered
+ * decoded — or, to a raw request, in its coding — from the cache. */
+static void test_zstd_stored(void **state) {
+  static const char plain[] = "netstash zstd body\nnetstash zstd body\n"
+                              "netstash zstd body\nnetstash zstd body\n";
+  netstash_ctx *ctx = ctx_for(new_profile(), 1);
+  netstash_request *req;
+  netstash_fetch *f;
+  const uint8_t *b;
+  size_t len;
+  result r;
+  (void)state;
+  for (int round = 0; round < 2; round++) {
+    r = fetch(ctx, url("/cache/zstd"), NULL, NETSTASH_CACHE_DEFAULT, NULL, NULL,
+              "content-encoding");
+    assert_int_equal(r.err, NETSTASH_OK);
+    assert_int_equal(r.source, round ? NETSTASH_SOURCE_CACHE : NETSTASH_SOURCE_NETWORK);
+    assert_string_equal(r.body, plain);
+    assert_string_equal(r.hdr, "zstd"); /* the head as the origin sent it */
+  }
+  assert_int_equal(netstash_request_new(&req, url("/cache/zstd")), NETSTASH_OK);
+  netstash_request_set_raw_body(req, 1);
+  netstash_request_set_collect_body(req, 1 << 20);
+  assert_int_equal(netstash_fetch_sync(ctx, req, &f), NETSTASH_OK);
+  assert_int_equal(netstash_fetch_source(f), NETSTASH_SOURCE_CACHE);
+  assert_int_equal(netstash_fetch_body(f, &b, &len), NETSTASH_OK);
+  assert_int_equal(len, 39);
+  assert_int_equal(b[0], 0x28); /* zstd's magic number, little-endian 0xFD2FB528 */
+  assert_int_equal(b[3], 0xfd);
+  netstash_fetch_del(f);
+  netstash_request_del(req);
+  netstash_ctx_del(ctx);
+}
+
 /* No-Vary-Search: the response says "utm" does not matter. */
 static void test_no_vary_search(void **state) {
   netstash_ctx *ctx = ctx_for(new_profile(), 1);
@@ -1358,6 +1392,7 @@ int main(void) {
       cmocka_unit_test(test_partial_content_combined),
       cmocka_unit_test(test_partial_completion_capped),
       cmocka_unit_test(test_head_freshens),
+      cmocka_unit_test(test_zstd_stored),
       cmocka_unit_test(test_no_vary_search),
       cmocka_unit_test(test_permanent_redirect_cached),
       cmocka_unit_test(test_commit_off_the_loop),

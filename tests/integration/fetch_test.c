@@ -457,6 +457,11 @@ static void test_gzip_body(void **state) {
   coded_case("gzip", "gzip");
 }
 
+static void test_zstd_body(void **state) {
+  (void)state;
+  coded_case("zstd", "zstd");
+}
+
 static void test_raw_body(void **state) {
   netstash_ctx *ctx = new_ctx();
   netstash_request *req;
@@ -1008,6 +1013,7 @@ int main(void) {
       cmocka_unit_test(test_truncated_body),
       cmocka_unit_test(test_slow_server_timeout),
       cmocka_unit_test(test_brotli_body),
+      cmocka_unit_test(test_zstd_body),
       cmocka_unit_test(test_gzip_body),
       cmocka_unit_test(test_raw_body),
       cmocka_unit_test(test_bad_gzip),

@@ -2,7 +2,7 @@
  * decode_test.c — lib/transport/decode.c: content decoding round trips,
  * chunking independence, corrupt/truncated/trailing input, the output cap
  * (decompression bombs), Content-Encoding parsing and allocation failures.
- * Compressed inputs are produced here with zlib and brotlienc.
+ * Compressed inputs are produced here with zlib, brotlienc and libzstd.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -15,6 +15,7 @@
 
 #include <zlib.h>
 #include <brotli/encode.h>
+#include <zstd.h>
 
 #include "ns_setup.h"
 #include "transport/decode.h"
@@ -84,6 +85,26 @@ static uint8_t *brcompress(const uint8_t *in, size_t len, size_t *out_len) {
   return out;
 }
 
+/* One zstd frame (level 3); window_log 0: zstd's choice. With the content
+ * size left out of the header, the frame declares its window. */
+static uint8_t *zstdcompress(const uint8_t *in, size_t len, int window_log, size_t *out_len) {
+  ZSTD_CCtx *cc = ZSTD_createCCtx();
+  size_t cap = ZSTD_compressBound(len), r;
+  uint8_t *out = malloc(cap);
+  assert_non_null(cc);
+  assert_non_null(out);
+  assert_false(ZSTD_isError(ZSTD_CCtx_setParameter(cc, ZSTD_c_compressionLevel, 3)));
+  if (window_log) {
+    assert_false(ZSTD_isError(ZSTD_CCtx_setParameter(cc, ZSTD_c_windowLog, window_log)));
+    assert_false(ZSTD_isError(ZSTD_CCtx_setParameter(cc, ZSTD_c_contentSizeFlag, 0)));
+  }
+  r = ZSTD_compress2(cc, out, cap, in, len);
+  assert_false(ZSTD_isError(r));
+  ZSTD_freeCCtx(cc);
+  *out_len = r;
+  return out;
+}
+
 /* Encodes in with codings[0] first, then codings[1], ... */
 static uint8_t *encode_stack(const uint8_t *in, size_t len,
                              const ns_coding *codings, int n, size_t *out_len) {
@@ -104,6 +125,9 @@ static uint8_t *encode_stack(const uint8_t *in, size_t len,
       break;
     case NS_CODING_BR:
       next = brcompress(cur, cur_len, &next_len);
+      break;
+    case NS_CODING_ZSTD:
+      next = zstdcompress(cur, cur_len, 0, &next_len);
       break;
     default:
       fail();
@@ -213,6 +237,8 @@ static const ns_coding k_gzip[] = {NS_CODING_GZIP};
 static const ns_coding k_deflate[] = {NS_CODING_DEFLATE};
 static const ns_coding k_br[] = {NS_CODING_BR};
 static const ns_coding k_gzip_br[] = {NS_CODING_GZIP, NS_CODING_BR};
+static const ns_coding k_zstd[] = {NS_CODING_ZSTD};
+static const ns_coding k_br_zstd[] = {NS_CODING_BR, NS_CODING_ZSTD};
 static const ns_coding k_three[] = {NS_CODING_DEFLATE, NS_CODING_GZIP,
                                     NS_CODING_BR};
 
@@ -267,6 +293,14 @@ static void test_round_trip_br(void **state) {
   check_round_trip(k_br, 1, 200000, 0);
   check_round_trip(k_br, 1, 200000, 333);
   check_round_trip(k_br, 1, 0, 0);
+}
+
+static void test_round_trip_zstd(void **state) {
+  (void)state;
+  check_round_trip(k_zstd, 1, 200000, 0);
+  check_round_trip(k_zstd, 1, 200000, 1000);
+  check_round_trip(k_zstd, 1, 5000, 1);
+  check_round_trip(k_br_zstd, 2, 100000, 777);
 }
 
 static void test_round_trip_stacked(void **state) {
@@ -766,6 +800,104 @@ static void test_bomb_gzip(void **state) {
   free(bomb);
 }
 
+/* RFC 8878 §3.1: a stream of frames — several, skippable ones among them —
+ * is their decoded concatenation; a window over 8 MiB (RFC 9659 §3) is
+ * refused; a frame cut short is truncated; garbage is not zstd. */
+static void test_zstd_frames(void **state) {
+  uint8_t *text = make_text(60000), *a, *b, *all;
+  size_t al, bl, n;
+  static const uint8_t skip[] = {0x50, 0x2a, 0x4d, 0x18, 4, 0, 0, 0, 'n', 's', 't', '!'};
+  collect c = {0};
+  (void)state;
+  a = zstdcompress(text, 20000, 0, &al);
+  b = zstdcompress(text + 20000, 40000, 0, &bl);
+  all = malloc(al + sizeof(skip) + bl);
+  assert_non_null(all);
+  memcpy(all, a, al);
+  memcpy(all + al, skip, sizeof(skip));
+  memcpy(all + al + sizeof(skip), b, bl);
+  n = al + sizeof(skip) + bl;
+  for (size_t piece = 1; piece <= 4096; piece *= 8) {
+    c.keep = 1;
+    assert_int_equal(run_decode(ns_mem_default(), k_zstd, 1, UINT64_MAX, all, n, piece, &c),
+                     NETSTASH_OK);
+    assert_int_equal(c.len, 60000);
+    assert_memory_equal(c.data, text, 60000);
+    collect_free(&c);
+  }
+  /* cut inside the second frame */
+  assert_int_equal(run_decode(ns_mem_default(), k_zstd, 1, UINT64_MAX, all, n - 3, 0, &c),
+                   NETSTASH_E_TRUNCATED);
+  collect_free(&c);
+  /* a frame, then a skippable frame that ends the stream */
+  c.keep = 1;
+  assert_int_equal(
+      run_decode(ns_mem_default(), k_zstd, 1, UINT64_MAX, all, al + sizeof(skip), 5, &c),
+      NETSTASH_OK);
+  assert_int_equal(c.len, 20000);
+  collect_free(&c);
+  /* half a magic number after a frame: cut short */
+  assert_int_equal(run_decode(ns_mem_default(), k_zstd, 1, UINT64_MAX, all, al + 2, 0, &c),
+                   NETSTASH_E_TRUNCATED);
+  collect_free(&c);
+  /* a legacy (zstd 0.6) magic number: not an HTTP coding, whatever the
+   * chunking (libzstd would decode it, differently per chunking) */
+  {
+    static const uint8_t legacy[] = {0x26, 0xb5, 0x2f, 0xfd, 0x00, 0x00, 0x00, 0x00};
+    for (size_t piece = 1; piece <= 8; piece *= 2) {
+      assert_int_equal(
+          run_decode(ns_mem_default(), k_zstd, 1, UINT64_MAX, legacy, sizeof(legacy), piece, &c),
+          NETSTASH_E_DECODE);
+      collect_free(&c);
+    }
+  }
+  /* garbage after a frame */
+  memset(all + al, 0xee, 16);
+  assert_int_equal(run_decode(ns_mem_default(), k_zstd, 1, UINT64_MAX, all, al + 16, 0, &c),
+                   NETSTASH_E_DECODE);
+  collect_free(&c);
+  free(a);
+  free(b);
+  free(all);
+  free(text);
+  {
+    /* a 16 MiB window: refused, before any big allocation */
+    size_t big = 9u << 20, zl;
+    uint8_t *t = make_text(big), *z = zstdcompress(t, big, 24, &zl);
+    counting ca = {0};
+    ns_mem mem = counting_mem(&ca);
+    assert_int_equal(run_decode(&mem, k_zstd, 1, UINT64_MAX, z, zl, 65536, &c), NETSTASH_E_DECODE);
+    assert_int_equal(ca.live, 0);
+    assert_true(ca.peak < (1 << 20));
+    collect_free(&c);
+    free(z);
+    /* the same content in an 8 MiB window decodes */
+    z = zstdcompress(t, big, 23, &zl);
+    c.keep = 1;
+    assert_int_equal(run_decode(ns_mem_default(), k_zstd, 1, UINT64_MAX, z, zl, 65536, &c),
+                     NETSTASH_OK);
+    assert_int_equal(c.len, big);
+    assert_memory_equal(c.data, t, big);
+    collect_free(&c);
+    free(z);
+    free(t);
+  }
+}
+
+static void test_bomb_zstd(void **state) {
+  size_t len, zl;
+  uint8_t *zeros = calloc(1, 64u << 20), *bomb;
+  (void)state;
+  assert_non_null(zeros);
+  bomb = zstdcompress(zeros, 64u << 20, 22, &zl); /* 64 MiB of zeros, 4 MiB window */
+  free(zeros);
+  len = zl;
+  assert_true(len < 100000);
+  /* the window (4 MiB) and the decoder's state; nothing proportional to output */
+  check_bomb(k_zstd, 1, bomb, len, (4 << 20) + (512 << 10));
+  free(bomb);
+}
+
 static void test_bomb_br(void **state) {
   size_t len;
   uint8_t *bomb = br_bomb(&len);
@@ -822,6 +954,8 @@ static void test_failmalloc(void **state) {
   check_failmalloc(k_gzip, 1);
   check_failmalloc(k_deflate, 1);
   check_failmalloc(k_br, 1);
+  check_failmalloc(k_zstd, 1);
+  check_failmalloc(k_br_zstd, 2);
   check_failmalloc(k_gzip_br, 2);
   check_failmalloc(k_three, 3);
   check_failmalloc(NULL, 0);
@@ -885,7 +1019,11 @@ static void test_coding_parse(void **state) {
   assert_int_equal(o[1], NS_CODING_DEFLATE);
   assert_int_equal(parse("compress", o), -1);
   assert_int_equal(parse("x-compress", o), -1);
-  assert_int_equal(parse("zstd", o), -1);
+  assert_int_equal(parse("zstd", o), 1);
+  assert_int_equal(o[0], NS_CODING_ZSTD);
+  assert_int_equal(parse("br, ZSTD", o), 2);
+  assert_int_equal(o[1], NS_CODING_ZSTD);
+  assert_string_equal(ns_coding_name(NS_CODING_ZSTD), "zstd");
   assert_int_equal(parse("gzip, compress", o), -1);
   assert_int_equal(parse("gzip, gzip, gzip, gzip", o), -1);
   assert_int_equal(parse("gzip, gzip, gzip", o), 3);
@@ -923,6 +1061,8 @@ int main(void) {
       cmocka_unit_test(test_round_trip_deflate_zlib),
       cmocka_unit_test(test_round_trip_deflate_raw),
       cmocka_unit_test(test_round_trip_br),
+      cmocka_unit_test(test_round_trip_zstd),
+      cmocka_unit_test(test_zstd_frames),
       cmocka_unit_test(test_round_trip_stacked),
       cmocka_unit_test(test_identity_passthrough),
       cmocka_unit_test(test_byte_by_byte),
@@ -935,6 +1075,7 @@ int main(void) {
       cmocka_unit_test(test_max_out_exact),
       cmocka_unit_test(test_bomb_gzip),
       cmocka_unit_test(test_bomb_br),
+      cmocka_unit_test(test_bomb_zstd),
       cmocka_unit_test(test_failmalloc),
       cmocka_unit_test(test_new_args),
       cmocka_unit_test(test_coding_parse),
