@@ -1,12 +1,13 @@
 /*
  * tools/bench/decode.c — throughput of the streaming content decoder
  * (lib/transport/decode.c) against a plain one-shot decode of the same data
- * with zlib / libbrotlidec, in the same run.
+ * with zlib / libbrotlidec / libzstd, in the same run.
  *
  *   tools/bench/decode FILE [BR_QUALITY]
  *
  * FILE is compressed here (gzip level 6 as servers do on the fly; brotli at
- * BR_QUALITY, default 11 as for precompressed assets, window 22), then each
+ * BR_QUALITY, default 11 as for precompressed assets, window 22; zstd level 19,
+ * as `zstd -19` makes precompressed assets, its window at most 8 MiB), then each
  * way of decoding is timed REPS times and the best run is reported, in MB/s
  * of decoded output (1 MB = 10^6 bytes). Every result is checked against FILE.
  * The decoder's sink copies each piece into one output buffer, so it does the
@@ -21,6 +22,7 @@
 #include <zlib.h>
 #include <brotli/decode.h>
 #include <brotli/encode.h>
+#include <zstd.h>
 
 #include "transport/decode.h"
 
@@ -92,6 +94,29 @@ static uint8_t *br_encode(const uint8_t *in, size_t len, int quality,
                              out))
     die("BrotliEncoderCompress");
   return out;
+}
+
+static uint8_t *zstd_encode(const uint8_t *in, size_t len, size_t *out_len) {
+  ZSTD_CCtx *cc = ZSTD_createCCtx();
+  size_t cap = ZSTD_compressBound(len);
+  uint8_t *out = malloc(cap);
+  if (!out || !cc)
+    die("out of memory");
+  if (ZSTD_isError(ZSTD_CCtx_setParameter(cc, ZSTD_c_compressionLevel, 19)) ||
+      ZSTD_isError(ZSTD_CCtx_setParameter(cc, ZSTD_c_windowLog, 23)))
+    die("zstd parameters");
+  *out_len = ZSTD_compress2(cc, out, cap, in, len);
+  if (ZSTD_isError(*out_len))
+    die("ZSTD_compress2");
+  ZSTD_freeCCtx(cc);
+  return out;
+}
+
+static size_t oneshot_zstd(const uint8_t *in, size_t len, uint8_t *out, size_t cap) {
+  size_t n = ZSTD_decompress(out, cap, in, len);
+  if (ZSTD_isError(n))
+    die("one-shot zstd");
+  return n;
 }
 
 static size_t oneshot_gzip(const uint8_t *in, size_t len, uint8_t *out,
@@ -172,8 +197,9 @@ static void bench(const char *label, ns_coding c, const uint8_t *enc,
       size_t n;
       memset(o.p, 0, 1); /* keep the buffer live */
       if (k == 0)
-        n = c == NS_CODING_GZIP ? oneshot_gzip(enc, enc_len, o.p, o.cap)
-                                : oneshot_br(enc, enc_len, o.p, o.cap);
+        n = c == NS_CODING_GZIP   ? oneshot_gzip(enc, enc_len, o.p, o.cap)
+            : c == NS_CODING_ZSTD ? oneshot_zstd(enc, enc_len, o.p, o.cap)
+                                  : oneshot_br(enc, enc_len, o.p, o.cap);
       else
         n = stream_decode(c, enc, enc_len, k == 1 ? 0 : 16384, &o);
       dt = now_s() - t0;
@@ -191,8 +217,8 @@ static void bench(const char *label, ns_coding c, const uint8_t *enc,
 }
 
 int main(int argc, char **argv) {
-  size_t len, gz_len, br_len;
-  uint8_t *orig, *gz, *br;
+  size_t len, gz_len, br_len, zs_len;
+  uint8_t *orig, *gz, *br, *zs;
   int quality = 11;
 
   if (argc < 2 || argc > 3) {
@@ -208,6 +234,9 @@ int main(int argc, char **argv) {
          len, REPS, quality);
   bench("gzip", NS_CODING_GZIP, gz, gz_len, orig, len);
   bench("br", NS_CODING_BR, br, br_len, orig, len);
+  zs = zstd_encode(orig, len, &zs_len);
+  bench("zstd", NS_CODING_ZSTD, zs, zs_len, orig, len);
+  free(zs);
   free(br);
   free(gz);
   free(orig);
