@@ -59,6 +59,7 @@ int cmd_show(int argc, char **argv);
 int cmd_rollback(int argc, char **argv);
 int cmd_gc(int argc, char **argv);
 int cmd_stats(int argc, char **argv);
+int cmd_cache(int argc, char **argv);
 /* cmd_daemon.c: argv[0] is "--daemon" or "--daemon=SOCKET" */
 int cmd_daemon(int argc, char **argv);
 

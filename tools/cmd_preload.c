@@ -376,3 +376,117 @@ int cmd_stats(int argc, char **argv) {
 done:
   return admin_end(&r, rc);
 }
+
+/* ------------------------------------------------------------ cache */
+
+static int cache_ls(int argc, char **argv) {
+  static const char usage[] =
+      "usage: netstash cache ls [PREFIX] [--profile DIR] [--json]\n"
+      "\n"
+      "The profile's HTTP cache: one line per stored response (a URL stored under\n"
+      "several Vary variants or top-level sites has several), with its status,\n"
+      "whether a plain GET would be answered fresh now, its age and freshness\n"
+      "lifetime, its size and the coding it is kept in; only URLs that start\n"
+      "with PREFIX when given. Safe while netd or a browser uses the profile.\n"
+      "--json prints the object of netstash_cache_list: {\"count\", \"entries\":\n"
+      "[{\"url\", \"site\", \"status\", \"size\", \"coding\", \"stored\", \"age\",\n"
+      "\"lifetime\", \"fresh\", \"decision\", \"last_used\", \"vary\", \"range\"}]}.\n"
+      "Exit 0; 9 when there is no store.\n";
+  admin r;
+  const json_t *e;
+  size_t i;
+  netstash_error err;
+  int rc = admin_begin(&r, "cache ls", usage, argc, argv, 0, 1, CLI_RESOURCES_REFUSE);
+  if (rc >= 0 || (rc = admin_open(&r)) >= 0)
+    goto done;
+  err = netstash_cache_list(r.ctx, r.a.pos[0], &r.text);
+  if ((rc = admin_answer(&r, err, NULL, "unreadable cache listing")) >= 0)
+    goto done;
+  rc = 0;
+  printf("%-6s %-5s %9s %9s %10s %-8s %s\n", "STATUS", "FRESH", "AGE", "LIFETIME", "SIZE", "CODING",
+         "URL");
+  json_array_foreach(json_object_get(r.j, "entries"), i, e) {
+    char sz[32], age[24], life[24];
+    const char *site = js(e, "site"), *range = json_string_value(json_object_get(e, "range"));
+    snprintf(age, sizeof(age), "%llds", (long long)json_integer_value(json_object_get(e, "age")));
+    snprintf(life, sizeof(life), "%llds",
+             (long long)json_integer_value(json_object_get(e, "lifetime")));
+    printf("%-6lld %-5s %9s %9s %10s %-8s %s%s%s%s\n",
+           (long long)json_integer_value(json_object_get(e, "status")),
+           json_is_true(json_object_get(e, "fresh")) ? "yes" : "no", age, life,
+           cli_human_bytes(ju(e, "size"), sz, sizeof(sz)), js(e, "coding"), js(e, "url"),
+           range ? " (" : "", range ? range : "", range ? ")" : "");
+    if (strcmp(site, "-") != 0) /* partitioned: the top-level site it is kept for */
+      printf("%54s for %s\n", "", site);
+  }
+  printf("%llu stored response%s\n", (unsigned long long)ju(r.j, "count"),
+         ju(r.j, "count") == 1 ? "" : "s");
+done:
+  return admin_end(&r, rc);
+}
+
+static int cache_rm(int argc, char **argv) {
+  static const char usage[] =
+      "usage: netstash cache rm URL [--profile DIR] [--json]\n"
+      "\n"
+      "Removes every stored response for URL from the profile's HTTP cache: under\n"
+      "each top-level site, each Vary variant (the next request for it goes to the\n"
+      "network). The preload cache is not touched (netstash purge ID).\n"
+      "--json prints {\"profile\", \"ok\", \"error\", \"message\", \"url\", \"removed\"}.\n"
+      "Exit 0; 9 when nothing was stored for URL (or there is no store).\n";
+  admin r;
+  unsigned removed = 0;
+  char msg[4300];
+  netstash_error err;
+  int rc = admin_begin(&r, "cache rm", usage, argc, argv, 1, 1, CLI_RESOURCES_REFUSE);
+  if (rc >= 0 || (rc = admin_open(&r)) >= 0)
+    goto done;
+  err = netstash_cache_remove(r.ctx, r.a.pos[0], &removed);
+  if (err == NETSTASH_E_NOT_FOUND)
+    snprintf(msg, sizeof(msg), "nothing stored for %s in %s", r.a.pos[0], r.a.profile);
+  else if (err == NETSTASH_OK)
+    snprintf(msg, sizeof(msg), "%s: removed (%u partition%s)", r.a.pos[0], removed,
+             removed == 1 ? "" : "s");
+  else
+    snprintf(msg, sizeof(msg), "%s", netstash_strerror(err));
+  if (err != NETSTASH_OK && !r.a.json) {
+    rc = fail(r.cmd, 0, r.a.profile, err, msg);
+    goto done;
+  }
+  if (r.a.json) {
+    json_t *o = cli_status_json(r.a.profile, err, msg);
+    json_object_set_new(o, "url", json_string(r.a.pos[0]));
+    json_object_set_new(o, "removed", json_integer(removed));
+    cli_print_json(o, 0);
+    json_decref(o);
+    if (err != NETSTASH_OK)
+      cli_error(r.cmd, "%s", msg);
+    rc = err == NETSTASH_OK ? 0 : cli_exit_code(err);
+    goto done;
+  }
+  printf("%s\n", msg);
+  rc = 0;
+done:
+  return admin_end(&r, rc);
+}
+
+int cmd_cache(int argc, char **argv) {
+  static const char usage[] =
+      "usage: netstash cache ls [PREFIX] [--profile DIR] [--json]\n"
+      "       netstash cache rm URL [--profile DIR] [--json]\n"
+      "\n"
+      "The profile's HTTP cache (RFC 9111 responses kept from fetches): list what\n"
+      "is stored, remove a URL's responses. The whole store: netstash purge;\n"
+      "the preload cache: netstash ls, netstash purge ID. See netstash-cache(1).\n";
+  if (argc >= 2 && !strcmp(argv[1], "ls"))
+    return cache_ls(argc - 1, argv + 1);
+  if (argc >= 2 && !strcmp(argv[1], "rm"))
+    return cache_rm(argc - 1, argv + 1);
+  if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+    fputs(usage, stdout);
+    return 0;
+  }
+  fprintf(stderr, "netstash cache: %s\n\n%s",
+          argc >= 2 ? "unknown subcommand" : "a subcommand is needed", usage);
+  return 2;
+}

@@ -26,6 +26,7 @@ static const char usage[] =
     "  rollback ID   make the previous version of a manifest active again\n"
     "  gc            delete unreferenced bodies now\n"
     "  stats         preload and store figures\n"
+    "  cache ls|rm   list the HTTP cache, remove a URL from it (cache --help)\n"
     "\n"
     "--daemon SOCKET asks the netd serving SOCKET instead of opening a profile\n"
     "(netstash --daemon SOCKET --help).\n"
@@ -52,12 +53,11 @@ int main(int argc, char **argv) {
   if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "version")) {
     uint32_t feat = 0;
     const char *ver = netstash_version(NULL, &feat); /* before feat is read */
-    printf("netstash %s (features:%s%s%s%s%s)\n", ver,
-           feat & NETSTASH_FEATURE_HTTP2 ? " http2" : "",
-           feat & NETSTASH_FEATURE_HTTP3 ? " http3" : "",
-           feat & NETSTASH_FEATURE_BROTLI ? " br" : "",
-           feat & NETSTASH_FEATURE_GZIP ? " gzip" : "",
-           feat & NETSTASH_FEATURE_HSTS ? " hsts" : "");
+    printf(
+        "netstash %s (features:%s%s%s%s%s%s)\n", ver, feat & NETSTASH_FEATURE_HTTP2 ? " http2" : "",
+        feat & NETSTASH_FEATURE_HTTP3 ? " http3" : "", feat & NETSTASH_FEATURE_BROTLI ? " br" : "",
+        feat & NETSTASH_FEATURE_GZIP ? " gzip" : "", feat & NETSTASH_FEATURE_ZSTD ? " zstd" : "",
+        feat & NETSTASH_FEATURE_HSTS ? " hsts" : "");
     return 0;
   }
   if (!strcmp(argv[1], "--daemon") || !strncmp(argv[1], "--daemon=", 9))
@@ -90,6 +90,8 @@ int main(int argc, char **argv) {
     return cmd_gc(argc - 1, argv + 1);
   if (!strcmp(argv[1], "stats"))
     return cmd_stats(argc - 1, argv + 1);
+  if (!strcmp(argv[1], "cache"))
+    return cmd_cache(argc - 1, argv + 1);
   fprintf(stderr, "netstash: unknown command \"%s\"\n\n%s", argv[1], usage);
   return EXIT_USAGE;
 }

@@ -30,6 +30,31 @@ NETSTASH_EXTERN netstash_error netstash_store_verify(const char *profile_dir, ch
 NETSTASH_EXTERN netstash_error netstash_store_purge(const char *profile_dir, char *detail,
                                                     size_t detail_len);
 
+/* The HTTP cache of ctx's profile, as JSON text (free with netstash_free):
+ * {"count", "entries": [{"url", "site", "status", "size", "coding",
+ * "stored", "age", "lifetime", "fresh", "decision", "last_used", "vary",
+ * "range"}]}, one entry per stored response (a URL with several Vary variants
+ * has several): "site" is the top-level site the entry is partitioned under
+ * ("-": unpartitioned), "size" the bytes of content, "coding" the body's as
+ * stored (identity, gzip, br, zstd), "stored" when the response arrived and
+ * "last_used" the last access written back (ms since the epoch; 0: none),
+ * "age" and "lifetime" seconds, "fresh" and "decision" what a plain GET would
+ * get now, "vary" the request fields the entry was stored under, "range" the
+ * bytes a stored piece (a 206) holds. Entries whose URL starts with
+ * url_prefix (NULL: all), in key order. One snapshot, its own read
+ * transaction: safe while the loop thread (or netd) writes. Any thread. */
+NETSTASH_EXTERN netstash_error netstash_cache_list(netstash_ctx *ctx, const char *url_prefix,
+                                                   char **json);
+
+/* Removes every stored response for url — each partition, each variant —
+ * from ctx's profile; *removed (may be NULL) gets the number of partitions
+ * that held one. NETSTASH_E_NOT_FOUND when none did (URLs longer than the
+ * store's keys are kept under a hash and cannot be named here: purge the
+ * store). A response being stored at that moment may still land. Any
+ * thread. */
+NETSTASH_EXTERN netstash_error netstash_cache_remove(netstash_ctx *ctx, const char *url,
+                                                     unsigned *removed);
+
 #ifdef __cplusplus
 }
 #endif

@@ -113,6 +113,7 @@ NETSTASH_EXTERN int netstash_error_is_network(netstash_error err);
 #define NETSTASH_FEATURE_GZIP (1u << 3)
 #define NETSTASH_FEATURE_ASYNC_DNS (1u << 4)
 #define NETSTASH_FEATURE_HSTS (1u << 5)
+#define NETSTASH_FEATURE_ZSTD (1u << 6)
 
 /* Version of the library actually loaded, as "0.1.0"; never NULL. If
  * version_num is not NULL it receives NETSTASH_VERSION_NUM of the library and

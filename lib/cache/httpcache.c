@@ -1177,7 +1177,7 @@ netstash_error ns_httpcache_update_304(ns_httpcache *hc, ns_hc_entry *e,
 }
 
 typedef struct inval_job {
-  ns_httpcache *hc;
+  const ns_mem *mem;
   ns_buf keys[NS_CACHE_MAX_INVALIDATE];
   size_t n;
 } inval_job;
@@ -1197,7 +1197,7 @@ static netstash_error inval_fn(ns_store_txn *t, void *ud) {
       }
       for (size_t i = 0; i < n; i++) {
         ns_buf vk;
-        ns_buf_init(&vk, j->hc->mem, NS_STORE_KEY_MAX);
+        ns_buf_init(&vk, j->mem, NS_STORE_KEY_MAX);
         if (variant_key(&j->keys[k], ids[i], &vk) == NETSTASH_OK)
           ns_store_txn_del(t, NS_STORE_HTTP, vk.data, vk.len);
         ns_buf_free(&vk);
@@ -1213,7 +1213,7 @@ netstash_error ns_httpcache_forget(ns_httpcache *hc, const ns_hc_entry *e) {
   netstash_error rv;
   (void)ns_httpcache_flush(hc); /* in order with what is queued */
   memset(&j, 0, sizeof(j));
-  j.hc = hc;
+  j.mem = hc->mem;
   j.n = 1;
   ns_buf_init(&j.keys[0], hc->mem, NS_STORE_KEY_MAX);
   rv = ns_buf_append(&j.keys[0], e->primary.data, e->primary.len);
@@ -1237,7 +1237,7 @@ netstash_error ns_httpcache_invalidate(ns_httpcache *hc, const char *top, const 
     return rv;
   }
   memset(&j, 0, sizeof(j));
-  j.hc = hc;
+  j.mem = hc->mem;
   for (k = 0; k < inv.n && rv == NETSTASH_OK; k++) {
     ns_buf_init(&j.keys[k], hc->mem, NS_STORE_KEY_MAX);
     j.n++;
@@ -1249,4 +1249,144 @@ netstash_error ns_httpcache_invalidate(ns_httpcache *hc, const char *top, const 
     ns_buf_free(&j.keys[k]);
   ns_cache_invalidation_free(hc->mem, &inv);
   return rv;
+}
+
+/* ------------------------------------------------------------ tools */
+
+typedef struct walk_ctx {
+  const ns_mem *mem;
+  const char *prefix;
+  size_t prefix_len;
+  ns_store_reader *r;
+  ns_hc_walk_fn fn;
+  void *ud;
+  netstash_error rv;
+} walk_ctx;
+
+/* "1 SITE URL" (a primary key), then "\n" and the variant id */
+static int split_key(const uint8_t *key, size_t keylen, ns_span *site, ns_span *url) {
+  const char *k = (const char *)key, *sp, *nl;
+  if (keylen < 4 || k[0] != '1' || k[1] != ' ')
+    return 0;
+  sp = memchr(k + 2, ' ', keylen - 2);
+  if (!sp)
+    return 0;
+  nl = memchr(sp + 1, '\n', keylen - (size_t)(sp + 1 - k));
+  *site = ns_span_make(k + 2, (size_t)(sp - (k + 2)));
+  *url = ns_span_make(sp + 1, nl ? (size_t)(nl - (sp + 1)) : keylen - (size_t)(sp + 1 - k));
+  return 1;
+}
+
+static int walk_one(const uint8_t *key, size_t keylen, const ns_store_record *rec, void *ud) {
+  walk_ctx *c = ud;
+  ns_hc_walked w;
+  ns_hc_entry e;
+  int stop;
+  if (!memchr(key, '\n', keylen) || !split_key(key, keylen, &w.site, &w.url))
+    return 0; /* an index record, or not an HTTP cache record */
+  if (c->prefix_len &&
+      (w.url.len < c->prefix_len || memcmp(w.url.p, c->prefix, c->prefix_len) != 0))
+    return 0;
+  ns_hc_entry_init(&e, c->mem);
+  c->rv = decode_variant(rec->value, rec->value_len, &e);
+  w.e = &e;
+  w.size = 0;
+  w.coding = NS_CODING_IDENTITY;
+  w.atime_ms = (int64_t)rec->atime_ms;
+  if (c->rv == NETSTASH_OK && rec->has_body) {
+    ns_store_body b;
+    e.has_body = 1;
+    memcpy(e.body_hash, rec->body_hash, NS_STORE_HASH_LEN);
+    c->rv = ns_store_body_get(c->r, rec->body_hash, &b);
+    if (c->rv == NETSTASH_OK) {
+      w.size = b.decoded_size;
+      w.coding = b.coding;
+    }
+  }
+  stop = c->rv != NETSTASH_OK || c->fn(&w, c->ud);
+  ns_hc_entry_free(&e);
+  return stop;
+}
+
+netstash_error ns_httpcache_walk(struct ns_store *s, const ns_mem *mem, const char *url_prefix,
+                                 ns_hc_walk_fn fn, void *ud) {
+  walk_ctx c = {mem, url_prefix, url_prefix ? strlen(url_prefix) : 0, NULL, fn, ud, NETSTASH_OK};
+  netstash_error rv = ns_store_reader_new(s, &c.r);
+  if (rv != NETSTASH_OK)
+    return rv;
+  if ((rv = ns_store_read_begin(c.r)) == NETSTASH_OK) {
+    rv = ns_store_iterate(c.r, NS_STORE_HTTP, "1 ", 2, walk_one, &c);
+    ns_store_read_end(c.r);
+  }
+  ns_store_reader_del(c.r);
+  return rv != NETSTASH_OK ? rv : c.rv;
+}
+
+typedef struct remove_ctx {
+  ns_span url;
+  inval_job *j;
+  netstash_error rv;
+} remove_ctx;
+
+static int remove_one(const uint8_t *key, size_t keylen, const ns_store_record *rec, void *ud) {
+  remove_ctx *c = ud;
+  ns_span site, url;
+  (void)rec;
+  if (memchr(key, '\n', keylen) || !split_key(key, keylen, &site, &url) || !ns_span_eq(url, c->url))
+    return 0;
+  if (c->j->n == NS_CACHE_MAX_INVALIDATE) {
+    c->rv = NETSTASH_E_TOO_LARGE; /* that many partitions: the caller goes again */
+    return 1;
+  }
+  ns_buf_init(&c->j->keys[c->j->n], c->j->mem, NS_STORE_KEY_MAX);
+  c->rv = ns_buf_append(&c->j->keys[c->j->n++], key, keylen);
+  return c->rv != NETSTASH_OK;
+}
+
+netstash_error ns_httpcache_remove_url(struct ns_store *s, const ns_mem *mem,
+                                       const ns_cache_policy *pol, const char *url,
+                                       unsigned *removed) {
+  ns_cache_policy flat = *pol;
+  inval_job j;
+  remove_ctx c;
+  ns_store_reader *r = NULL;
+  ns_buf key;
+  netstash_error rv;
+  unsigned total = 0;
+  if (removed)
+    *removed = 0;
+  /* the URL as keys hold it: "1 - URL" without partitions */
+  flat.partition = 0;
+  ns_buf_init(&key, mem, NS_STORE_KEY_MAX * 4);
+  if ((rv = ns_cache_key(&flat, NULL, url, &key)) != NETSTASH_OK) {
+    ns_buf_free(&key);
+    return rv;
+  }
+  if ((rv = ns_store_reader_new(s, &r)) != NETSTASH_OK) {
+    ns_buf_free(&key);
+    return rv;
+  }
+  do {
+    memset(&j, 0, sizeof(j));
+    j.mem = mem;
+    c.url = ns_span_make((const char *)key.data + 4, key.len - 4);
+    c.j = &j;
+    c.rv = NETSTASH_OK;
+    if ((rv = ns_store_read_begin(r)) == NETSTASH_OK) {
+      rv = ns_store_iterate(r, NS_STORE_HTTP, "1 ", 2, remove_one, &c);
+      ns_store_read_end(r);
+    }
+    if (rv == NETSTASH_OK && j.n > 0 && (c.rv == NETSTASH_OK || c.rv == NETSTASH_E_TOO_LARGE))
+      rv = ns_store_write(s, inval_fn, &j);
+    total += (unsigned)j.n;
+    for (size_t k = 0; k < j.n; k++)
+      ns_buf_free(&j.keys[k]);
+  } while (rv == NETSTASH_OK && c.rv == NETSTASH_E_TOO_LARGE);
+  if (rv == NETSTASH_OK && c.rv != NETSTASH_OK)
+    rv = c.rv;
+  ns_store_reader_del(r);
+  ns_buf_free(&key);
+  if (removed)
+    *removed = total;
+  return rv == NETSTASH_OK && total == 0 ? NETSTASH_E_NOT_FOUND : rv;
 }

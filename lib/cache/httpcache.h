@@ -178,6 +178,32 @@ netstash_error ns_httpcache_update_304(ns_httpcache *hc, ns_hc_entry *e,
                                        const ns_headers *resp304, int64_t request_time_ms,
                                        int64_t response_time_ms);
 
+/* One stored response as ns_httpcache_walk sees it: the partition ("-"
+ * when unpartitioned, else the top-level site) and URL of its key (shortened
+ * URLs end in a hash: ns_cache_key_fit), the decoded entry (headers, Vary
+ * snapshot, times, status) and its body as stored. */
+typedef struct ns_hc_walked {
+  ns_span site, url;
+  const ns_hc_entry *e;
+  uint64_t size;    /* bytes of content (decoded) */
+  ns_coding coding; /* as stored */
+  int64_t atime_ms; /* last access written back (0: none) */
+} ns_hc_walked;
+typedef int (*ns_hc_walk_fn)(const ns_hc_walked *w, void *ud);
+
+/* Calls fn for every stored response of the store (any thread: its own
+ * reader, one snapshot) whose URL starts with url_prefix (NULL: all). fn
+ * returns nonzero to stop. NETSTASH_E_STORE_CORRUPT for a damaged record. */
+netstash_error ns_httpcache_walk(struct ns_store *s, const ns_mem *mem, const char *url_prefix,
+                                 ns_hc_walk_fn fn, void *ud);
+
+/* Removes the stored responses of url in every partition (each of its
+ * variants); *removed: how many keys (partitions) held some. Any thread.
+ * pol: the cache's policy (the key's URL form). */
+netstash_error ns_httpcache_remove_url(struct ns_store *s, const ns_mem *mem,
+                                       const ns_cache_policy *pol, const char *url,
+                                       unsigned *removed);
+
 /* Removes every stored response for e's key (all its variants). */
 netstash_error ns_httpcache_forget(ns_httpcache *hc, const ns_hc_entry *e);
 

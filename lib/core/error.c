@@ -43,8 +43,8 @@ const char *netstash_version(uint32_t *version_num, uint32_t *features) {
   if (version_num)
     *version_num = NETSTASH_VERSION_NUM;
   if (features)
-    *features = NETSTASH_FEATURE_HTTP2 | NETSTASH_FEATURE_BROTLI |
-                NETSTASH_FEATURE_GZIP | NETSTASH_FEATURE_ASYNC_DNS |
-                NETSTASH_FEATURE_HSTS | NETSTASH_FEATURE_HTTP3;
+    *features = NETSTASH_FEATURE_HTTP2 | NETSTASH_FEATURE_BROTLI | NETSTASH_FEATURE_GZIP |
+                NETSTASH_FEATURE_ASYNC_DNS | NETSTASH_FEATURE_HSTS | NETSTASH_FEATURE_HTTP3 |
+                NETSTASH_FEATURE_ZSTD;
   return PACKAGE_VERSION;
 }

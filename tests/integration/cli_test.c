@@ -193,7 +193,7 @@ static void test_help(void **state) {
   free(out);
   assert_int_equal(cli_run("--version", &out, NULL), 0);
   assert_non_null(strstr(out, "netstash 0."));
-  assert_non_null(strstr(out, " http2 http3 br gzip hsts)")); /* the build's feature bits */
+  assert_non_null(strstr(out, " http2 http3 br gzip zstd hsts)")); /* the build's feature bits */
   free(out);
 }
 
@@ -254,6 +254,82 @@ static void test_cli_cache(void **state) {
   free(out);
   assert_int_equal(cli_run(args, &out, NULL), 0);
   assert_string_not_equal(out, first); /* the second run stored the refresh */
+  free(out);
+  free(prof);
+}
+
+/* netstash cache ls / rm: the HTTP cache as stored — a whole response and a
+ * piece (a 206), listed with their fields; rm removes a URL (exit 9 the
+ * second time), ls then lists the rest. */
+static void test_cli_cache_ls_rm(void **state) {
+  char args[1024], *out, *prof = strdup(nst_path("cli-cache-ls"));
+  json_t *j, *e;
+  size_t i;
+  int whole = 0, piece = 0;
+  (void)state;
+  snprintf(args, sizeof(args), "get --profile %s http://127.0.0.1:%d/cache/max-age/600/ls", prof,
+           raw.port);
+  assert_int_equal(cli_run(args, &out, NULL), 0);
+  free(out);
+  snprintf(args, sizeof(args),
+           "get --profile %s -H 'Range: bytes=10-19' http://127.0.0.1:%d/cache/ranged/1000", prof,
+           raw.port);
+  assert_int_equal(cli_run(args, &out, NULL), 0);
+  free(out);
+  snprintf(args, sizeof(args), "cache ls --json --profile %s", prof);
+  assert_int_equal(cli_run(args, &out, NULL), 0);
+  j = cli_run_json(out);
+  assert_int_equal(json_integer_value(json_object_get(j, "count")), 2);
+  json_array_foreach(json_object_get(j, "entries"), i, e) {
+    const char *u = json_string_value(json_object_get(e, "url"));
+    assert_non_null(json_object_get(e, "site"));
+    assert_true(json_is_true(json_object_get(e, "fresh")));
+    assert_true(json_integer_value(json_object_get(e, "stored")) > 0);
+    if (strstr(u, "/cache/max-age/600/ls")) {
+      whole = 1;
+      assert_int_equal(json_integer_value(json_object_get(e, "status")), 200);
+      assert_int_equal(json_integer_value(json_object_get(e, "lifetime")), 600);
+      assert_null(json_object_get(e, "range"));
+    } else {
+      piece = 1;
+      assert_non_null(strstr(u, "/cache/ranged/1000"));
+      assert_int_equal(json_integer_value(json_object_get(e, "status")), 206);
+      assert_int_equal(json_integer_value(json_object_get(e, "size")), 10);
+      assert_string_equal(json_string_value(json_object_get(e, "range")), "bytes 10-19/1000");
+    }
+  }
+  assert_true(whole && piece);
+  json_decref(j);
+  free(out);
+  /* the table, and a prefix */
+  snprintf(args, sizeof(args), "cache ls --profile %s http://127.0.0.1:%d/cache/ranged/", prof,
+           raw.port);
+  assert_int_equal(cli_run(args, &out, NULL), 0);
+  assert_non_null(strstr(out, "(bytes 10-19/1000)"));
+  assert_null(strstr(out, "/cache/max-age/600/ls"));
+  assert_non_null(strstr(out, "1 stored response\n"));
+  free(out);
+  snprintf(args, sizeof(args),
+           "cache rm --json --profile %s http://127.0.0.1:%d/cache/max-age/600/ls", prof, raw.port);
+  assert_int_equal(cli_run(args, &out, NULL), 0);
+  j = cli_run_json(out);
+  assert_true(json_is_true(json_object_get(j, "ok")));
+  assert_int_equal(json_integer_value(json_object_get(j, "removed")), 1);
+  json_decref(j);
+  free(out);
+  assert_int_equal(cli_run(args, &out, NULL), 9); /* nothing left for it */
+  free(out);
+  snprintf(args, sizeof(args),
+           "get --offline --profile %s http://127.0.0.1:%d/cache/max-age/600/ls", prof, raw.port);
+  assert_int_equal(cli_run(args, &out, NULL), 12);
+  free(out);
+  snprintf(args, sizeof(args), "cache ls --json --profile %s", prof);
+  assert_int_equal(cli_run(args, &out, NULL), 0);
+  j = cli_run_json(out);
+  assert_int_equal(json_integer_value(json_object_get(j, "count")), 1);
+  json_decref(j);
+  free(out);
+  assert_int_equal(cli_run("cache frobnicate", &out, NULL), 2);
   free(out);
   free(prof);
 }
@@ -777,10 +853,15 @@ static int teardown(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_json_contract),     cmocka_unit_test(test_body_stdout_and_file),
-      cmocka_unit_test(test_http_error_status_exit_0), cmocka_unit_test(test_exit_codes),
-      cmocka_unit_test(test_help),              cmocka_unit_test(test_verbose_and_headers),
-      cmocka_unit_test(test_cli_cache),      cmocka_unit_test(test_cli_corrupt_store),
+      cmocka_unit_test(test_json_contract),
+      cmocka_unit_test(test_body_stdout_and_file),
+      cmocka_unit_test(test_http_error_status_exit_0),
+      cmocka_unit_test(test_exit_codes),
+      cmocka_unit_test(test_help),
+      cmocka_unit_test(test_verbose_and_headers),
+      cmocka_unit_test(test_cli_cache),
+      cmocka_unit_test(test_cli_corrupt_store),
+      cmocka_unit_test(test_cli_cache_ls_rm),
       cmocka_unit_test(test_cli_cookies),
       cmocka_unit_test(test_cli_manifest),
       cmocka_unit_test(test_cli_manifest_make),
