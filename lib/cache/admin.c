@@ -12,6 +12,7 @@
 #include "cache/cache.h"
 #include "cache/httpcache.h"
 #include "core/ctx.h"
+#include "core/jsonout.h"
 #include "core/log.h"
 #include "store/store.h"
 #include "transport/decode.h"
@@ -97,23 +98,9 @@ static int list_one(const ns_hc_walked *w, void *ud) {
   return bad;
 }
 
-typedef struct dump_ctx {
-  ns_buf *b;
-  netstash_error err;
-} dump_ctx;
-
-static int dump_cb(const char *buffer, size_t size, void *data) {
-  dump_ctx *d = data;
-  if (d->err == NETSTASH_OK)
-    d->err = ns_buf_append(d->b, buffer, size);
-  return d->err == NETSTASH_OK ? 0 : -1;
-}
-
 netstash_error netstash_cache_list(netstash_ctx *ctx, const char *url_prefix, char **json) {
   list_ctx c;
   json_t *o = NULL;
-  ns_buf b;
-  dump_ctx dc = {&b, NETSTASH_OK};
   netstash_error rv;
   if (json)
     *json = NULL;
@@ -125,7 +112,6 @@ netstash_error netstash_cache_list(netstash_ctx *ctx, const char *url_prefix, ch
   c.now_ms = wall_ms();
   if (!(c.entries = json_array()))
     return NETSTASH_E_NOMEM;
-  ns_buf_init(&b, &ctx->mem, LIST_OUT_MAX);
   rv = ns_httpcache_walk(ctx->store, &ctx->mem, url_prefix, list_one, &c);
   if (rv == NETSTASH_OK && c.oom)
     rv = NETSTASH_E_NOMEM;
@@ -135,15 +121,10 @@ netstash_error netstash_cache_list(netstash_ctx *ctx, const char *url_prefix, ch
         json_object_set(o, "entries", c.entries))
       rv = NETSTASH_E_NOMEM;
   }
-  if (rv == NETSTASH_OK &&
-      (json_dump_callback(o, dump_cb, &dc, JSON_COMPACT | JSON_PRESERVE_ORDER) != 0 ||
-       dc.err != NETSTASH_OK))
-    rv = dc.err != NETSTASH_OK ? dc.err : NETSTASH_E_NOMEM;
-  if (rv == NETSTASH_OK && !(*json = (char *)ns_buf_steal(&b, NULL)))
-    rv = NETSTASH_E_NOMEM;
+  if (rv == NETSTASH_OK)
+    rv = ns_json_text(&ctx->mem, o, LIST_OUT_MAX, json);
   if (rv != NETSTASH_OK)
     NS_WARN(ctx, MOD, "netstash_cache_list: %s", netstash_strerror(rv));
-  ns_buf_free(&b);
   json_decref(o);
   json_decref(c.entries);
   return rv;

@@ -20,6 +20,7 @@
 
 #include "core/buf.h"
 #include "core/ctx.h"
+#include "core/jsonout.h"
 #include "core/headers.h"
 #include "core/log.h"
 #include "core/url.h"
@@ -100,37 +101,10 @@ static const char *prio_name(int p) {
   return p == NS_MANIFEST_PRIO_CRITICAL ? "critical" : p == NS_MANIFEST_PRIO_LOW ? "low" : "high";
 }
 
-typedef struct dump_ctx {
-  ns_buf *b;
-  netstash_error err;
-} dump_ctx;
-
-static int dump_cb(const char *buffer, size_t size, void *data) {
-  dump_ctx *d = data;
-  if (d->err == NETSTASH_OK) /* sticky: jansson may call again after a -1 */
-    d->err = ns_buf_append(d->b, buffer, size);
-  return d->err == NETSTASH_OK ? 0 : -1;
-}
-
 /* Serialises o (consumed) into *out, allocated with the context's
  * allocator. oom: an earlier jset/jappend failed. */
 static netstash_error hand_out(netstash_ctx *ctx, json_t *o, int oom, char **out) {
-  ns_buf b;
-  dump_ctx d = {&b, NETSTASH_OK};
-  netstash_error rv = NETSTASH_E_NOMEM;
-  ns_buf_init(&b, &ctx->mem, JSON_OUT_MAX);
-  if (!o || oom)
-    goto done;
-  /* some jansson paths ignore the callback's -1: check the sticky error */
-  if (json_dump_callback(o, dump_cb, &d, JSON_COMPACT | JSON_PRESERVE_ORDER) != 0 ||
-      d.err != NETSTASH_OK) {
-    rv = d.err != NETSTASH_OK ? d.err : NETSTASH_E_NOMEM;
-    goto done;
-  }
-  *out = (char *)ns_buf_steal(&b, NULL); /* never empty: at least "{}" */
-  rv = *out ? NETSTASH_OK : NETSTASH_E_NOMEM;
-done:
-  ns_buf_free(&b);
+  netstash_error rv = !o || oom ? NETSTASH_E_NOMEM : ns_json_text(&ctx->mem, o, JSON_OUT_MAX, out);
   json_decref(o);
   return rv;
 }
