@@ -12,7 +12,8 @@
  *
  * Input layout:
  *   byte 0   bit 0-1: method (GET, HEAD, POST with a small body, GET with
- *                     Range); bit 2: HTTP/2 with prior knowledge (h2c)
+ *                     Range 0-99: its second fetch asks for 100-199 with
+ *                     bit 3, else for the whole); bit 2: HTTP/2 with prior knowledge (h2c)
  *                     instead of HTTP/1.1; bit 3: raw body (no decoding);
  *                     bit 4: follow one redirect; bit 5: cache mode BYPASS
  *                     instead of DEFAULT; bit 6: a second fetch of the same
@@ -178,7 +179,7 @@ static void on_complete(netstash_fetch *f, netstash_error err, void *ud) {
 
 static const netstash_fetch_callbacks cbs = {on_response, on_data, on_complete};
 
-static void one_fetch(const char *url, unsigned flags) {
+static void one_fetch(const char *url, unsigned flags, int second) {
   static const char *const methods[] = {"GET", "HEAD", "POST", "GET"};
   netstash_request *req = NULL;
   netstash_fetch *f = NULL;
@@ -191,8 +192,10 @@ static void one_fetch(const char *url, unsigned flags) {
   netstash_request_set_method(req, methods[flags & 3]);
   if ((flags & 3) == 2)
     netstash_request_set_body(req, (const uint8_t *)"a=1&b=2", 7);
-  if ((flags & 3) == 3)
-    netstash_request_add_header(req, "Range", "bytes=0-99");
+  /* a second range fetch: the next range (pieces joined) with a raw body,
+   * else the whole (the stored piece completed with a range request) */
+  if ((flags & 3) == 3 && (!second || (flags & 8)))
+    netstash_request_add_header(req, "Range", second ? "bytes=100-199" : "bytes=0-99");
   netstash_request_set_http_version(req, (flags & 4) ? NETSTASH_HTTP_2 : NETSTASH_HTTP_1_1);
   if (flags & 8)
     netstash_request_set_raw_body(req, 1);
@@ -320,9 +323,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   pthread_mutex_unlock(&g_lock);
 
   snprintf(url, sizeof(url), "http://127.0.0.1:8080/f/%lu?q=%u", ++g_counter, flags);
-  one_fetch(url, flags);
+  one_fetch(url, flags, 0);
   if (flags & 64)
-    one_fetch(url, flags & ~64u);
+    one_fetch(url, flags & ~64u, 1);
 
   pthread_mutex_lock(&g_lock);
   for (int i = 0; i < g_nfds; i++) {

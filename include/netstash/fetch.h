@@ -59,8 +59,8 @@ NETSTASH_EXTERN void netstash_request_del(netstash_request *req);
 NETSTASH_EXTERN netstash_error netstash_request_set_method(netstash_request *req,
                                                            const char *method);
 /* Adds a header line. Without an "Accept-Encoding" header the request
- * advertises "br, gzip"; one set here is sent as given. Bodies in a coding
- * the library knows (br, gzip, deflate) are decoded unless raw is set;
+ * advertises "br, gzip, zstd"; one set here is sent as given. Bodies in a coding
+ * the library knows (br, gzip, deflate, zstd) are decoded unless raw is set;
  * unknown codings are passed through as sent. */
 NETSTASH_EXTERN netstash_error netstash_request_add_header(netstash_request *req,
                                                            const char *name,
@@ -88,7 +88,7 @@ NETSTASH_EXTERN netstash_error netstash_request_set_connect_timeout_ms(
 NETSTASH_EXTERN netstash_error netstash_request_set_idle_timeout_ms(
     netstash_request *req, uint32_t ms);
 /* raw != 0: deliver the body as sent (no content decoding). The request still
- * advertises "br, gzip" unless it set its own Accept-Encoding; read the
+ * advertises "br, gzip, zstd" unless it set its own Accept-Encoding; read the
  * coding from the Content-Encoding response header. */
 NETSTASH_EXTERN netstash_error netstash_request_set_raw_body(netstash_request *req,
                                                              int raw);
