@@ -59,7 +59,9 @@ NETSTASH_EXTERN void netstash_request_del(netstash_request *req);
 NETSTASH_EXTERN netstash_error netstash_request_set_method(netstash_request *req,
                                                            const char *method);
 /* Adds a header line. Without an "Accept-Encoding" header the request
- * advertises "br, gzip, zstd"; one set here is sent as given. Bodies in a coding
+ * advertises "br, gzip, zstd" ("identity" with a Range header, as Chromium:
+ * a range of coded bytes cannot be decoded alone); one set here is sent as
+ * given. Bodies in a coding
  * the library knows (br, gzip, deflate, zstd) are decoded unless raw is set;
  * unknown codings are passed through as sent. */
 NETSTASH_EXTERN netstash_error netstash_request_add_header(netstash_request *req,

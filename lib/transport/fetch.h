@@ -27,6 +27,7 @@ struct netstash_request {
   char **headers; /* "Name: value" */
   size_t nheaders, headers_cap;
   int has_accept_encoding;
+  int has_range; /* a Range field: the default Accept-Encoding is identity */
   uint8_t *body;
   size_t body_len;
   int has_body;
@@ -77,6 +78,9 @@ netstash_error ns_request_clone(const netstash_request *src, netstash_request **
  * lines ("Name;", an empty value, carries nothing) and the Accept-Encoding
  * the transport sends when the request sets none. Appended to out. */
 netstash_error ns_request_cache_fields(const netstash_request *req, ns_headers *out);
+/* The Accept-Encoding a request without one of its own sends: "br, gzip,
+ * zstd", or "identity" for a range request (as Chromium). */
+const char *ns_request_accept_encoding(const netstash_request *req);
 
 typedef enum ns_fetch_state {
   NS_FETCH_NEW = 0,

@@ -65,7 +65,7 @@ void ns_request_clear_fields(netstash_request *r) {
   for (size_t i = 0; i < r->nheaders; i++)
     ns_free(REQ_MEM, r->headers[i]);
   r->nheaders = 0;
-  r->has_accept_encoding = r->has_cookie_header = 0;
+  r->has_accept_encoding = r->has_cookie_header = r->has_range = 0;
   ns_url_free(REQ_MEM, &r->top_level_site);
 }
 
@@ -154,6 +154,8 @@ netstash_error netstash_request_add_header(netstash_request *r, const char *name
   }
   if (ns_ascii_casecmp(name, "accept-encoding") == 0)
     r->has_accept_encoding = 1;
+  if (ns_ascii_casecmp(name, "range") == 0)
+    r->has_range = 1;
   if (ns_ascii_casecmp(name, "cookie") == 0)
     r->has_cookie_header = 1;
   return NETSTASH_OK;
@@ -390,12 +392,19 @@ netstash_error ns_request_clone(const netstash_request *src, netstash_request **
   r->no_cookies = src->no_cookies;
   r->has_cookie_header = src->has_cookie_header;
   r->has_accept_encoding = src->has_accept_encoding;
+  r->has_range = src->has_range;
   r->http_version = src->http_version;
   r->priority = src->priority;
   r->timeout_ms = src->timeout_ms ? src->timeout_ms : 30000;
   r->connect_timeout_ms = src->connect_timeout_ms;
   *out = r;
   return NETSTASH_OK;
+}
+
+const char *ns_request_accept_encoding(const netstash_request *req) {
+  /* as Chromium: a range of coded bytes cannot be decoded alone, so a range
+   * request asks for the identity coding */
+  return req->has_range ? "identity" : "br, gzip, zstd";
 }
 
 netstash_error ns_request_cache_fields(const netstash_request *req, ns_headers *out) {
@@ -408,6 +417,6 @@ netstash_error ns_request_cache_fields(const netstash_request *req, ns_headers *
     rv = ns_headers_add_line(out, l, n);
   }
   if (rv == NETSTASH_OK && !req->has_accept_encoding)
-    rv = ns_headers_add_str(out, "accept-encoding", "br, gzip, zstd");
+    rv = ns_headers_add_str(out, "accept-encoding", ns_request_accept_encoding(req));
   return rv;
 }

@@ -2181,7 +2181,11 @@ static netstash_error build_hdr_list(netstash_fetch *f) {
     return NETSTASH_OK;
   }
   if (!f->req->has_accept_encoding) {
-    l = curl_slist_append(f->hdr_list, "Accept-Encoding: br, gzip, zstd");
+    char ae[64];
+    /* completing a stored piece: the rest must come in its (identity) form */
+    snprintf(ae, sizeof(ae), "Accept-Encoding: %s",
+             f->hc_completing ? "identity" : ns_request_accept_encoding(f->req));
+    l = curl_slist_append(f->hdr_list, ae);
     if (!l)
       return NETSTASH_E_NOMEM;
     f->hdr_list = l;
@@ -2621,6 +2625,7 @@ static netstash_error start_completion(netstash_fetch *f) {
   char line[96];
   struct curl_slist *l;
   size_t k, len;
+  netstash_error rv;
   f->hc_completing = 0;
   if (f->hc_no_complete || !v || !ns_cache_piece(&f->hce.headers, &a, &b, &n) || a != 0 ||
       b + 1 >= n || strlen(v) > 64)
@@ -2628,6 +2633,9 @@ static netstash_error start_completion(netstash_fetch *f) {
   for (k = 0; k < NS_ARRAY_LEN(own); k++)
     if (ns_headers_get(&f->hc_req, own[k]))
       return NETSTASH_OK;
+  f->hc_completing = 1;
+  if ((rv = build_hdr_list(f)) != NETSTASH_OK) /* Accept-Encoding: identity */
+    return rv;
   snprintf(line, sizeof(line), "Range: bytes=%" PRIu64 "-", b + 1);
   if (!(l = curl_slist_append(f->hdr_list, line)))
     return NETSTASH_E_NOMEM;
@@ -2636,7 +2644,6 @@ static netstash_error start_completion(netstash_fetch *f) {
   if (!(l = curl_slist_append(f->hdr_list, line)))
     return NETSTASH_E_NOMEM;
   f->hdr_list = l;
-  f->hc_completing = 1;
   f->hc_piece_len = b + 1;
   f->hc_total = n;
   len = strlen(f->cache_reason);

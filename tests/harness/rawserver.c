@@ -514,7 +514,8 @@ static int handle(conn *c, request *rq) {
        * fresh for 600 s (ranged0: max-age=0, and a 304 for If-None-Match
        * "r1"); one bytes range honoured — a 206, a 416 past the end, the
        * whole body when If-Range is not "r1" (rangedcap: at most 100 bytes
-       * of a range, as some servers cap them). X-N: the count of /cache/
+       * of a range, as some servers cap them); a range asked for without
+       * Accept-Encoding: identity is a 400. X-N: the count of /cache/
        * requests served. */
       int stale = q[6] == '0', cap = q[6] == 'c';
       char *end, h[320];
@@ -533,6 +534,14 @@ static int handle(conn *c, request *rq) {
       if (stale && strcmp(rq->if_none_match, "\"r1\"") == 0) {
         free(t);
         return respond(c, rq, 304, h, NULL, 0, 1) == 0 && rq->keep_alive;
+      }
+      if (rq->range[0] && strcmp(rq->accept_encoding, "identity") != 0) {
+        /* the tests' check that a range request (a client's, or the cache
+         * completing a piece) asks for identity bytes, as Chromium does */
+        free(t);
+        return respond(c, rq, 400, "Content-Type: text/plain\r\n", "range: not identity\n", 20,
+                       0) == 0 &&
+               rq->keep_alive;
       }
       if (rq->range[0] && (!rq->if_range[0] || strcmp(rq->if_range, "\"r1\"") == 0)) {
         if (strncmp(rq->range, "bytes=-", 7) == 0) {
