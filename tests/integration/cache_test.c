@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdatomic.h>
 #include <strings.h>
 #include <sys/file.h>
 #include <time.h>
@@ -1143,6 +1144,71 @@ static void test_zstd_stored(void **state) {
   netstash_ctx_del(ctx);
 }
 
+/* netstash_cache_list and netstash_cache_remove from another thread while
+ * the loop thread stores responses (the "any thread" contract; cache_test
+ * also runs under TSan): every listing parses, its count never goes down
+ * while only stores happen, and the end state is what was stored and
+ * removed. */
+typedef struct lister {
+  netstash_ctx *ctx;
+  atomic_int stop;
+  int lists, last;
+  netstash_error err;
+} lister;
+
+static void *list_loop(void *ud) {
+  lister *l = ud;
+  while (!atomic_load(&l->stop) && l->err == NETSTASH_OK) {
+    char *j = NULL;
+    int n = -1;
+    l->err = netstash_cache_list(l->ctx, NULL, &j);
+    if (l->err == NETSTASH_OK && (sscanf(j, "{\"count\":%d", &n) != 1 || n < l->last))
+      l->err = NETSTASH_E_INTERNAL; /* unreadable, or entries went missing */
+    if (n >= 0)
+      l->last = n;
+    netstash_free(l->ctx, j);
+    l->lists++;
+  }
+  return NULL;
+}
+
+static void test_cache_admin_concurrent(void **state) {
+  netstash_ctx *ctx = ctx_for(new_profile(), 1);
+  lister l;
+  pthread_t th;
+  char path[64], *j = NULL;
+  unsigned removed = 0;
+  int n = -1;
+  (void)state;
+  memset(&l, 0, sizeof(l));
+  atomic_init(&l.stop, 0);
+  l.ctx = ctx;
+  assert_int_equal(pthread_create(&th, NULL, list_loop, &l), 0);
+  for (int i = 0; i < 40; i++) {
+    result r;
+    snprintf(path, sizeof(path), "/cache/max-age/600/admin-%d", i);
+    r = GET(ctx, path);
+    assert_int_equal(r.source, NETSTASH_SOURCE_NETWORK);
+  }
+  atomic_store(&l.stop, 1);
+  assert_int_equal(pthread_join(th, NULL), 0);
+  assert_int_equal(l.err, NETSTASH_OK);
+  assert_true(l.lists > 0);
+  assert_int_equal(netstash_cache_remove(ctx, url("/cache/max-age/600/admin-7"), &removed),
+                   NETSTASH_OK);
+  assert_int_equal(removed, 1);
+  assert_int_equal(netstash_cache_remove(ctx, url("/cache/max-age/600/admin-7"), NULL),
+                   NETSTASH_E_NOT_FOUND);
+  assert_int_equal(netstash_cache_list(ctx, url("/cache/max-age/600/admin-"), &j), NETSTASH_OK);
+  assert_int_equal(sscanf(j, "{\"count\":%d", &n), 1);
+  assert_int_equal(n, 39);
+  assert_null(strstr(j, "admin-7\""));
+  netstash_free(ctx, j);
+  assert_int_equal(GET(ctx, "/cache/max-age/600/admin-7").source, NETSTASH_SOURCE_NETWORK);
+  assert_int_equal(GET(ctx, "/cache/max-age/600/admin-8").source, NETSTASH_SOURCE_CACHE);
+  netstash_ctx_del(ctx);
+}
+
 /* No-Vary-Search: the response says "utm" does not matter. */
 static void test_no_vary_search(void **state) {
   netstash_ctx *ctx = ctx_for(new_profile(), 1);
@@ -1393,6 +1459,7 @@ int main(void) {
       cmocka_unit_test(test_partial_completion_capped),
       cmocka_unit_test(test_head_freshens),
       cmocka_unit_test(test_zstd_stored),
+      cmocka_unit_test(test_cache_admin_concurrent),
       cmocka_unit_test(test_no_vary_search),
       cmocka_unit_test(test_permanent_redirect_cached),
       cmocka_unit_test(test_commit_off_the_loop),
