@@ -48,10 +48,9 @@ NETSTASH_EXTERN netstash_error netstash_cache_list(netstash_ctx *ctx, const char
 
 /* Removes every stored response for url — each partition, each variant —
  * from ctx's profile; *removed (may be NULL) gets the number of partitions
- * that held one. NETSTASH_E_NOT_FOUND when none did (URLs longer than the
- * store's keys are kept under a hash and cannot be named here: purge the
- * store). A response being stored at that moment may still land. Any
- * thread. */
+ * that held one (a URL longer than the store's keys, kept under a shortened
+ * key, is found all the same). NETSTASH_E_NOT_FOUND when none did. A
+ * response being stored at that moment may still land. Any thread. */
 NETSTASH_EXTERN netstash_error netstash_cache_remove(netstash_ctx *ctx, const char *url,
                                                      unsigned *removed);
 

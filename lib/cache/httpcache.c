@@ -1325,14 +1325,32 @@ netstash_error ns_httpcache_walk(struct ns_store *s, const ns_mem *mem, const ch
 typedef struct remove_ctx {
   ns_span url;
   inval_job *j;
+  ns_buf full, fit; /* scratch: a shortened key's full form, and it fitted */
   netstash_error rv;
 } remove_ctx;
+
+/* Is key (of site) url's key shortened to fit (ns_cache_key_fit: cut, then
+ * "#" and the full key's SHA-256)? */
+static int fitted_for(remove_ctx *c, const uint8_t *key, size_t keylen, ns_span site) {
+  const size_t max = NS_STORE_KEY_MAX - 17;
+  if (keylen != max || key[max - NS_CACHE_KEY_HASH_SUFFIX] != '#')
+    return 0;
+  ns_buf_reset(&c->full);
+  ns_buf_reset(&c->fit);
+  return ns_buf_append(&c->full, "1 ", 2) == NETSTASH_OK &&
+         ns_buf_append(&c->full, site.p, site.len) == NETSTASH_OK &&
+         ns_buf_append(&c->full, " ", 1) == NETSTASH_OK &&
+         ns_buf_append(&c->full, c->url.p, c->url.len) == NETSTASH_OK &&
+         ns_cache_key_fit((const char *)c->full.data, c->full.len, max, &c->fit) == NETSTASH_OK &&
+         c->fit.len == keylen && memcmp(c->fit.data, key, keylen) == 0;
+}
 
 static int remove_one(const uint8_t *key, size_t keylen, const ns_store_record *rec, void *ud) {
   remove_ctx *c = ud;
   ns_span site, url;
   (void)rec;
-  if (memchr(key, '\n', keylen) || !split_key(key, keylen, &site, &url) || !ns_span_eq(url, c->url))
+  if (memchr(key, '\n', keylen) || !split_key(key, keylen, &site, &url) ||
+      !(ns_span_eq(url, c->url) || fitted_for(c, key, keylen, site)))
     return 0;
   if (c->j->n == NS_CACHE_MAX_INVALIDATE) {
     c->rv = NETSTASH_E_TOO_LARGE; /* that many partitions: the caller goes again */
@@ -1357,7 +1375,7 @@ netstash_error ns_httpcache_remove_url(struct ns_store *s, const ns_mem *mem,
     *removed = 0;
   /* the URL as keys hold it: "1 - URL" without partitions */
   flat.partition = 0;
-  ns_buf_init(&key, mem, NS_STORE_KEY_MAX * 4);
+  ns_buf_init(&key, mem, 64 * 1024);
   if ((rv = ns_cache_key(&flat, NULL, url, &key)) != NETSTASH_OK) {
     ns_buf_free(&key);
     return rv;
@@ -1366,6 +1384,8 @@ netstash_error ns_httpcache_remove_url(struct ns_store *s, const ns_mem *mem,
     ns_buf_free(&key);
     return rv;
   }
+  ns_buf_init(&c.full, mem, 64 * 1024);
+  ns_buf_init(&c.fit, mem, NS_STORE_KEY_MAX);
   do {
     memset(&j, 0, sizeof(j));
     j.mem = mem;
@@ -1386,6 +1406,8 @@ netstash_error ns_httpcache_remove_url(struct ns_store *s, const ns_mem *mem,
     rv = c.rv;
   ns_store_reader_del(r);
   ns_buf_free(&key);
+  ns_buf_free(&c.full);
+  ns_buf_free(&c.fit);
   if (removed)
     *removed = total;
   return rv == NETSTASH_OK && total == 0 ? NETSTASH_E_NOT_FOUND : rv;

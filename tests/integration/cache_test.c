@@ -1206,6 +1206,24 @@ static void test_cache_admin_concurrent(void **state) {
   netstash_free(ctx, j);
   assert_int_equal(GET(ctx, "/cache/max-age/600/admin-7").source, NETSTASH_SOURCE_NETWORK);
   assert_int_equal(GET(ctx, "/cache/max-age/600/admin-8").source, NETSTASH_SOURCE_CACHE);
+  {
+    /* a URL longer than the store's keys: kept under a shortened key, named
+     * by its URL all the same */
+    char lp[800], lu[900];
+    snprintf(lp, sizeof(lp), "/cache/max-age/600/long-");
+    memset(lp + strlen(lp), 'x', 700);
+    lp[sizeof(lp) - 1] = 0;
+    snprintf(lu, sizeof(lu), "http://127.0.0.1:%d%s", raw.port, lp);
+    assert_true(strlen(lu) > 700);
+    for (int round = 0; round < 3; round++) {
+      result r = fetch(ctx, lu, NULL, NETSTASH_CACHE_DEFAULT, NULL, NULL, NULL);
+      assert_int_equal(r.source, round == 1 ? NETSTASH_SOURCE_CACHE : NETSTASH_SOURCE_NETWORK);
+      if (round == 1) {
+        assert_int_equal(netstash_cache_remove(ctx, lu, &removed), NETSTASH_OK);
+        assert_int_equal(removed, 1);
+      }
+    }
+  }
   netstash_ctx_del(ctx);
 }
 
