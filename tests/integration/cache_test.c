@@ -1210,9 +1210,9 @@ static void test_cache_admin_concurrent(void **state) {
     /* a URL longer than the store's keys: kept under a shortened key, named
      * by its URL all the same */
     char lp[800], lu[900];
-    snprintf(lp, sizeof(lp), "/cache/max-age/600/long-");
-    memset(lp + strlen(lp), 'x', 700);
-    lp[sizeof(lp) - 1] = 0;
+    size_t n0 = (size_t)snprintf(lp, sizeof(lp), "/cache/max-age/600/long-");
+    memset(lp + n0, 'x', 700);
+    lp[n0 + 700] = 0;
     snprintf(lu, sizeof(lu), "http://127.0.0.1:%d%s", raw.port, lp);
     assert_true(strlen(lu) > 700);
     for (int round = 0; round < 3; round++) {
