@@ -489,6 +489,56 @@ static int complete_piece(netstash_fetch *f) {
   return 1;
 }
 
+/* RFC 9111 §4.4: an unsafe method's non-error status invalidates the target
+ * (and its Location / Content-Location) as the head arrives, before the
+ * answer goes on: a client (netd's fronts' included) that sends its next GET
+ * as soon as it has this answer must not get the old stored one (it could,
+ * by a loop turn, when this ran at the transfer's end). */
+static void invalidate_at_head(netstash_fetch *f) {
+  ns_httpcache *hc = f->ctx->hc;
+  ns_transport *tr = f->ctx->transport;
+  ns_cache_invalidation inv;
+  ns_headers resp;
+  netstash_error rv;
+  f->hc_invalidate = 0;
+  if (!hc)
+    return;
+  memset(&inv, 0, sizeof(inv));
+  ns_headers_init(&resp, &f->mem);
+  rv = head_as_headers(f, &resp);
+  if (rv == NETSTASH_OK)
+    rv = ns_httpcache_invalidate(hc, f->req->top_level_site.url, method_of(f), f->cur.url,
+                                 f->status, &resp);
+  /* a GET of a target still in flight, answered before this, is not stored
+   * after it either */
+  if (rv == NETSTASH_OK && ns_cache_invalidation_targets(
+                               &f->mem, ns_httpcache_policy(hc), f->req->top_level_site.url,
+                               method_of(f), f->cur.url, f->status, &resp, &inv) == NETSTASH_OK) {
+    for (size_t k = 0; k < inv.n; k++) {
+      ns_buf key;
+      ns_buf_init(&key, &f->mem, NS_STORE_KEY_MAX);
+      if (ns_cache_key_fit(inv.key[k], strlen(inv.key[k]), NS_STORE_KEY_MAX - 17, &key) ==
+          NETSTASH_OK)
+        for (ns_list *pos = tr->fetches.next; pos != &tr->fetches; pos = pos->next) {
+          netstash_fetch *g = ns_list_entry(pos, netstash_fetch, node);
+          if (g != f && g->hc_store && g->hce.primary.len == key.len &&
+              memcmp(g->hce.primary.data, key.data, key.len) == 0) {
+            size_t l = strlen(g->cache_reason);
+            g->hc_store = 0;
+            ns_buf_free(&g->hc_body);
+            snprintf(g->cache_reason + l, sizeof(g->cache_reason) - l,
+                     "%snot stored: an unsafe request invalidated it meanwhile", l ? "; " : "");
+          }
+        }
+      ns_buf_free(&key);
+    }
+  }
+  ns_cache_invalidation_free(&f->mem, &inv);
+  if (rv != NETSTASH_OK)
+    NS_WARN(f->ctx, MOD, "cache invalidation for %s failed: %s", f->cur.url, netstash_strerror(rv));
+  ns_headers_free(&resp);
+}
+
 /* At the head: a response the cache will not keep (no-store, an uncacheable
  * status, ...) is not buffered for it (RFC 9111 §3). */
 static void decide_storage(netstash_fetch *f) {
@@ -562,6 +612,8 @@ static int head_end(netstash_fetch *f) {
   }
   store_cookies(f);
   note_altsvc(f);
+  if (f->hc_invalidate)
+    invalidate_at_head(f);
   if (f->hc_completing && !complete_piece(f))
     return 0;
   if (f->hc_validating) {
