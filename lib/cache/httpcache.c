@@ -1224,7 +1224,8 @@ netstash_error ns_httpcache_forget(ns_httpcache *hc, const ns_hc_entry *e) {
 }
 
 netstash_error ns_httpcache_invalidate(ns_httpcache *hc, const char *top, const char *method,
-                                       const char *url, int status, const ns_headers *resp) {
+                                       const char *url, int status, const ns_headers *resp,
+                                       ns_hc_key_fn on_key, void *ud) {
   ns_cache_invalidation inv;
   inval_job j;
   netstash_error rv;
@@ -1245,8 +1246,11 @@ netstash_error ns_httpcache_invalidate(ns_httpcache *hc, const char *top, const 
   }
   if (rv == NETSTASH_OK)
     rv = ns_store_write(hc->store, inval_fn, &j);
-  for (k = 0; k < j.n; k++)
+  for (k = 0; k < j.n; k++) {
+    if (rv == NETSTASH_OK && on_key)
+      on_key(j.keys[k].data, j.keys[k].len, ud);
     ns_buf_free(&j.keys[k]);
+  }
   ns_cache_invalidation_free(hc->mem, &inv);
   return rv;
 }

@@ -207,9 +207,12 @@ netstash_error ns_httpcache_remove_url(struct ns_store *s, const ns_mem *mem,
 /* Removes every stored response for e's key (all its variants). */
 netstash_error ns_httpcache_forget(ns_httpcache *hc, const ns_hc_entry *e);
 
-/* RFC 9111 §4.4 invalidation after an unsafe method's non-error response. */
+/* RFC 9111 §4.4 invalidation after an unsafe method's non-error response.
+ * on_key (may be NULL) is then called with each key removed (as stored:
+ * fitted), so the caller can match entries it is about to store. */
+typedef void (*ns_hc_key_fn)(const uint8_t *key, size_t len, void *ud);
 netstash_error ns_httpcache_invalidate(ns_httpcache *hc, const char *top_level_url,
                                        const char *method, const char *url, int status,
-                                       const ns_headers *resp);
+                                       const ns_headers *resp, ns_hc_key_fn on_key, void *ud);
 
 #endif

@@ -494,46 +494,35 @@ static int complete_piece(netstash_fetch *f) {
  * answer goes on: a client (netd's fronts' included) that sends its next GET
  * as soon as it has this answer must not get the old stored one (it could,
  * by a loop turn, when this ran at the transfer's end). */
-static void invalidate_at_head(netstash_fetch *f) {
-  ns_httpcache *hc = f->ctx->hc;
+/* A GET of an invalidated key still in flight, answered before the
+ * invalidation, is not stored after it either. */
+static void cancel_store_of(const uint8_t *key, size_t len, void *ud) {
+  netstash_fetch *f = ud;
   ns_transport *tr = f->ctx->transport;
-  ns_cache_invalidation inv;
+  for (ns_list *pos = tr->fetches.next; pos != &tr->fetches; pos = pos->next) {
+    netstash_fetch *g = ns_list_entry(pos, netstash_fetch, node);
+    if (g != f && g->hc_store && g->hce.primary.len == len &&
+        memcmp(g->hce.primary.data, key, len) == 0) {
+      size_t l = strlen(g->cache_reason);
+      g->hc_store = 0;
+      ns_buf_free(&g->hc_body);
+      snprintf(g->cache_reason + l, sizeof(g->cache_reason) - l,
+               "%snot stored: an unsafe request invalidated it meanwhile", l ? "; " : "");
+    }
+  }
+}
+
+static void invalidate_at_head(netstash_fetch *f) {
   ns_headers resp;
   netstash_error rv;
   f->hc_invalidate = 0;
-  if (!hc)
+  if (!f->ctx->hc)
     return;
-  memset(&inv, 0, sizeof(inv));
   ns_headers_init(&resp, &f->mem);
   rv = head_as_headers(f, &resp);
   if (rv == NETSTASH_OK)
-    rv = ns_httpcache_invalidate(hc, f->req->top_level_site.url, method_of(f), f->cur.url,
-                                 f->status, &resp);
-  /* a GET of a target still in flight, answered before this, is not stored
-   * after it either */
-  if (rv == NETSTASH_OK && ns_cache_invalidation_targets(
-                               &f->mem, ns_httpcache_policy(hc), f->req->top_level_site.url,
-                               method_of(f), f->cur.url, f->status, &resp, &inv) == NETSTASH_OK) {
-    for (size_t k = 0; k < inv.n; k++) {
-      ns_buf key;
-      ns_buf_init(&key, &f->mem, NS_STORE_KEY_MAX);
-      if (ns_cache_key_fit(inv.key[k], strlen(inv.key[k]), NS_STORE_KEY_MAX - 17, &key) ==
-          NETSTASH_OK)
-        for (ns_list *pos = tr->fetches.next; pos != &tr->fetches; pos = pos->next) {
-          netstash_fetch *g = ns_list_entry(pos, netstash_fetch, node);
-          if (g != f && g->hc_store && g->hce.primary.len == key.len &&
-              memcmp(g->hce.primary.data, key.data, key.len) == 0) {
-            size_t l = strlen(g->cache_reason);
-            g->hc_store = 0;
-            ns_buf_free(&g->hc_body);
-            snprintf(g->cache_reason + l, sizeof(g->cache_reason) - l,
-                     "%snot stored: an unsafe request invalidated it meanwhile", l ? "; " : "");
-          }
-        }
-      ns_buf_free(&key);
-    }
-  }
-  ns_cache_invalidation_free(&f->mem, &inv);
+    rv = ns_httpcache_invalidate(f->ctx->hc, f->req->top_level_site.url, method_of(f), f->cur.url,
+                                 f->status, &resp, cancel_store_of, f);
   if (rv != NETSTASH_OK)
     NS_WARN(f->ctx, MOD, "cache invalidation for %s failed: %s", f->cur.url, netstash_strerror(rv));
   ns_headers_free(&resp);
@@ -1235,15 +1224,13 @@ static int cache_after_response(netstash_fetch *f, int final) {
   const char *top = f->req->top_level_site.url;
   int stored = 0, wait = 0, status = f->status;
   netstash_error rv;
-  if (!hc || (!f->hc_store && !f->hc_invalidate))
+  if (!hc || !f->hc_store) /* invalidation ran at the head (invalidate_at_head) */
     return 0;
   ns_headers_init(&resp, &f->mem);
   rv = head_as_headers(f, &resp);
-  if (rv == NETSTASH_OK && f->hc_invalidate)
-    rv = ns_httpcache_invalidate(hc, top, method, f->cur.url, f->status, &resp);
-  if (rv == NETSTASH_OK && f->hc_store && f->status == 206)
+  if (rv == NETSTASH_OK && f->status == 206)
     rv = combine_pieces(f, &resp, &status);
-  if (rv == NETSTASH_OK && f->hc_store) {
+  if (rv == NETSTASH_OK) {
     f->hc_commit = NETSTASH_E_AGAIN;
     rv = ns_httpcache_store(hc, top, f->cur.url, method, &f->hc_req, status, &resp,
                             f->hc_body.data ? f->hc_body.data : (const uint8_t *)"", f->hc_body.len,
