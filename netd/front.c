@@ -870,6 +870,15 @@ static void parse_stash(conn *c) {
   enum http_errno he = HTTP_PARSER_ERRNO(&c->parser);
   if (c->closed)
     return;
+  if (he != HPE_OK && he != HPE_PAUSED) {
+    char shown[97];
+    size_t k = 0, from = n > 32 ? n - 32 : 0;
+    for (size_t i = from; i < c->stash.len && k < sizeof(shown) - 1; i++, k++)
+      shown[k] = c->stash.data[i] >= 0x20 && c->stash.data[i] < 0x7f ? (char)c->stash.data[i] : '.';
+    shown[k] = 0;
+    netd_log(c->d, NETSTASH_LOG_DEBUG, "%s: request refused at byte %zu of %zu (%s): \"%s\"",
+             c->fr->name, n, c->stash.len, http_errno_name(he), shown);
+  }
   stash_consume(c, n);
   if (c->state == ST_READY) {
     c->upgrade = c->parser.upgrade;

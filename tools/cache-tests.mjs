@@ -129,6 +129,12 @@ function proxyFetch (url, init) {
     if (n === 'host') continue
     headers[n] = n in headers ? [].concat(headers[n], value) : value
   }
+  // node frames a body by itself only for the methods that usually carry one
+  // (chunked for POST and PUT); a DELETE's went out unframed, and netd read
+  // it as the next request on the connection (a 400 the next GET received)
+  if (init.body != null && !('content-length' in headers) && !('transfer-encoding' in headers)) {
+    headers['content-length'] = Buffer.byteLength(init.body)
+  }
   return new Promise((resolve, reject) => {
     const req = http.request({ host: phost, port: Number(pport), method: init.method || 'GET', path: u.href, headers },
       res => {
