@@ -548,6 +548,14 @@ static void decide_storage(netstash_fetch *f) {
     f->hc_store = 0;
     snprintf(f->cache_reason + l, sizeof(f->cache_reason) - l, "%snot stored: %s", l ? "; " : "",
              why ? why : "?");
+  } else if (f->hc_body.len == 0) {
+    /* the body to store arrives in pieces: room for all of it at once
+     * (no realloc and copy per doubling) when its length is known */
+    const char *cl = ns_headers_get(&resp, "content-length");
+    char *end = NULL;
+    unsigned long long n = cl ? strtoull(cl, &end, 10) : 0;
+    if (cl && end && *end == 0 && n > 0 && n <= f->hc_body.max)
+      (void)ns_buf_reserve(&f->hc_body, (size_t)n); /* a failure: appends grow it */
   }
   ns_headers_free(&resp);
 }
