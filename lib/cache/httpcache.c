@@ -777,9 +777,16 @@ static netstash_error buf_copy(ns_buf *to, const ns_buf *from) {
 }
 
 /* Moves a prepared entry into the queue (copies of everything). */
+static int same_allocator(const ns_mem *a, const ns_mem *b) {
+  return a->malloc == b->malloc && a->free == b->free && a->realloc == b->realloc &&
+         a->user_data == b->user_data;
+}
+
+/* take: the body's buffer, taken over rather than copied when it comes from
+ * the cache's own allocator (left empty then), or NULL. */
 static netstash_error queue_store(ns_httpcache *hc, const ns_buf *primary, const ns_buf *value,
                                   const ns_buf *nvs_key, const char *id, const uint8_t *body,
-                                  size_t len, ns_coding coding, const char *ctype,
+                                  size_t len, ns_buf *take, ns_coding coding, const char *ctype,
                                   const char *url, netstash_error *result) {
   pend_store *p = ns_calloc(hc->mem, 1, sizeof(*p));
   netstash_error rv;
@@ -798,15 +805,26 @@ static netstash_error queue_store(ns_httpcache *hc, const ns_buf *primary, const
     pend_free(hc, p);
     return rv;
   }
-  p->body = ns_malloc(hc->mem, len);
   p->url = ns_strdup(hc->mem, url);
   p->content_type = ctype ? ns_strdup(hc->mem, ctype) : NULL;
-  if (!p->body || !p->url || (ctype && !p->content_type)) {
+  if (!p->url || (ctype && !p->content_type)) {
     pend_free(hc, p);
     return NETSTASH_E_NOMEM;
   }
-  if (len)
-    memcpy(p->body, body, len);
+  if (take && take->data && take->data == body && take->len == len &&
+      same_allocator(take->mem, hc->mem)) {
+    p->body = take->data; /* a miss's body: not copied again */
+    take->data = NULL;
+    take->len = take->cap = 0;
+  } else {
+    p->body = ns_malloc(hc->mem, len);
+    if (!p->body) {
+      pend_free(hc, p);
+      return NETSTASH_E_NOMEM;
+    }
+    if (len)
+      memcpy(p->body, body, len);
+  }
   p->result = result;
   ns_list_insert_tail(&hc->pending, &p->node);
   hc->npending++;
@@ -1048,11 +1066,11 @@ netstash_error ns_httpcache_commit(ns_httpcache *hc, uint32_t *retry_ms) {
   return rv;
 }
 
-netstash_error ns_httpcache_store(ns_httpcache *hc, const char *top, const char *url,
-                                  const char *method, const ns_headers *req, int status,
-                                  const ns_headers *resp, const uint8_t *body, size_t len,
-                                  int64_t req_ms, int64_t resp_ms, int *stored,
-                                  const char **why_not, netstash_error *commit_result) {
+static netstash_error store_response(ns_httpcache *hc, const char *top, const char *url,
+                                     const char *method, const ns_headers *req, int status,
+                                     const ns_headers *resp, const uint8_t *body, size_t len,
+                                     ns_buf *take, int64_t req_ms, int64_t resp_ms, int *stored,
+                                     const char **why_not, netstash_error *commit_result) {
   ns_cache_request creq = {method, url, req};
   ns_headers head, vary;
   ns_buf primary, value, nvs_key;
@@ -1110,7 +1128,7 @@ netstash_error ns_httpcache_store(ns_httpcache *hc, const char *top, const char 
       (rv = encode_variant(hc->mem, status, &head, &vary, req_ms, resp_ms, &value)) ==
           NETSTASH_OK) {
     if (hc->deferred) {
-      rv = queue_store(hc, &primary, &value, nvs.present ? &nvs_key : NULL, id, body, len,
+      rv = queue_store(hc, &primary, &value, nvs.present ? &nvs_key : NULL, id, body, len, take,
                        nc == 1 ? codings[0] : NS_CODING_IDENTITY,
                        ns_headers_get(resp, "content-type"), url, commit_result);
       if (rv == NETSTASH_OK)
@@ -1144,6 +1162,25 @@ netstash_error ns_httpcache_store(ns_httpcache *hc, const char *top, const char 
   ns_buf_free(&nvs_key);
   ns_cache_nvs_free(hc->mem, &nvs);
   return rv;
+}
+
+netstash_error ns_httpcache_store(ns_httpcache *hc, const char *top, const char *url,
+                                  const char *method, const ns_headers *req, int status,
+                                  const ns_headers *resp, const uint8_t *body, size_t len,
+                                  int64_t req_ms, int64_t resp_ms, int *stored,
+                                  const char **why_not, netstash_error *commit_result) {
+  return store_response(hc, top, url, method, req, status, resp, body, len, NULL, req_ms, resp_ms,
+                        stored, why_not, commit_result);
+}
+
+netstash_error ns_httpcache_store_buf(ns_httpcache *hc, const char *top, const char *url,
+                                      const char *method, const ns_headers *req, int status,
+                                      const ns_headers *resp, ns_buf *body, int64_t req_ms,
+                                      int64_t resp_ms, int *stored, const char **why_not,
+                                      netstash_error *commit_result) {
+  return store_response(hc, top, url, method, req, status, resp,
+                        body->data ? body->data : (const uint8_t *)"", body->len, body, req_ms,
+                        resp_ms, stored, why_not, commit_result);
 }
 
 netstash_error ns_httpcache_update_304(ns_httpcache *hc, ns_hc_entry *e,

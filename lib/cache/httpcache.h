@@ -134,6 +134,14 @@ netstash_error ns_httpcache_store(ns_httpcache *hc, const char *top_level_url, c
                                   int64_t request_time_ms, int64_t response_time_ms,
                                   int *stored, const char **why_not,
                                   netstash_error *commit_result);
+/* The same, the body in a buffer the cache may take over when it queues the
+ * response (deferred, below) and the buffer comes from its allocator: body
+ * is left empty then, and must not be read for the stored bytes after. */
+netstash_error ns_httpcache_store_buf(ns_httpcache *hc, const char *top_level_url, const char *url,
+                                      const char *method, const ns_headers *req, int status,
+                                      const ns_headers *resp, ns_buf *body, int64_t request_time_ms,
+                                      int64_t response_time_ms, int *stored, const char **why_not,
+                                      netstash_error *commit_result);
 
 /* Group commits. Once deferred is set, ns_httpcache_store prepares the
  * entry (RFC 9111 checks, keys, the encoded head, a copy of the body) and

@@ -1240,10 +1240,9 @@ static int cache_after_response(netstash_fetch *f, int final) {
     rv = combine_pieces(f, &resp, &status);
   if (rv == NETSTASH_OK) {
     f->hc_commit = NETSTASH_E_AGAIN;
-    rv = ns_httpcache_store(hc, top, f->cur.url, method, &f->hc_req, status, &resp,
-                            f->hc_body.data ? f->hc_body.data : (const uint8_t *)"", f->hc_body.len,
-                            f->req_time_ms, f->resp_time_ms, &stored, &why,
-                            final ? &f->hc_commit : NULL);
+    rv = ns_httpcache_store_buf(hc, top, f->cur.url, method, &f->hc_req, status, &resp, &f->hc_body,
+                                f->req_time_ms, f->resp_time_ms, &stored, &why,
+                                final ? &f->hc_commit : NULL);
     if (stored && final && f->hc_commit != NETSTASH_E_AGAIN)
       rv = f->hc_commit; /* committed already (unqueued, or a large queue) */
     if (rv == NETSTASH_OK && stored && final && f->hc_commit == NETSTASH_E_AGAIN &&
