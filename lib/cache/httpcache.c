@@ -776,14 +776,14 @@ static netstash_error buf_copy(ns_buf *to, const ns_buf *from) {
   return ns_buf_append(to, from->data, from->len);
 }
 
-/* Moves a prepared entry into the queue (copies of everything). */
 static int same_allocator(const ns_mem *a, const ns_mem *b) {
   return a->malloc == b->malloc && a->free == b->free && a->realloc == b->realloc &&
          a->user_data == b->user_data;
 }
 
-/* take: the body's buffer, taken over rather than copied when it comes from
- * the cache's own allocator (left empty then), or NULL. */
+/* Moves a prepared entry into the queue (copies of everything but the body
+ * in take: the body's buffer, taken over rather than copied when it comes
+ * from the cache's own allocator — left empty then —, or NULL). */
 static netstash_error queue_store(ns_httpcache *hc, const ns_buf *primary, const ns_buf *value,
                                   const ns_buf *nvs_key, const char *id, const uint8_t *body,
                                   size_t len, ns_buf *take, ns_coding coding, const char *ctype,
