@@ -144,8 +144,8 @@ netstash_error ns_httpcache_store_buf(ns_httpcache *hc, const char *top_level_ur
                                       netstash_error *commit_result);
 
 /* Group commits. Once deferred is set, ns_httpcache_store prepares the
- * entry (RFC 9111 checks, keys, the encoded head, a copy of the body, or the buffer
- * ns_httpcache_store_buf takes) and
+ * entry (RFC 9111 checks, keys, the encoded head, a copy of the body or the
+ * buffer ns_httpcache_store_buf takes) and
  * queues it, and *stored means "queued"; ns_httpcache_flush commits every
  * queued entry in one store transaction — one fsync for many responses —
  * retrying them one by one if that fails as a whole (a full disk, one body
