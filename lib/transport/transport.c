@@ -2266,10 +2266,10 @@ static netstash_error setup_easy(netstash_fetch *f) {
   curl_easy_setopt(e, CURLOPT_WRITEDATA, f);
   /* libcurl's receive buffer: 64 KiB rather than its 16 — a 50 KB body
    * arrives in one or two reads and goes on in as many writes, not four
-   * (with a poll() before each read): an HTTP-cache miss through netd's
-   * gateway cost 169 µs of CPU, now 147 (tools/bench/proxy, the 90/10 mix
-   * +15 %). The buffer lives as long as the transfer; Cronet reads in 32 KB,
-   * Chromium's URL loader in 64 KB. */
+   * (with a poll() before each read): a 50 KB HTTP-cache miss through
+   * netd's gateway cost 150-160 µs of CPU, now 144-147 (doc/DESIGN.md,
+   * "Connections"). The buffer lives as long as the transfer; Cronet reads
+   * in 32 KB, Chromium's URL loader in 64 KB. */
   curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 65536L);
   curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, open_cb);
   curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, f->ctx);
