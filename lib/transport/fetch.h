@@ -163,6 +163,7 @@ struct netstash_fetch {
   int hc_used;       /* the cache was consulted */
   int hc_validating; /* conditional request for hce */
   int hc_got_304;
+  int hc_head_200;   /* a HEAD's 200 for the stored representation: freshen, serve it */
   int hc_sie;        /* serve hce: stale-if-error */
   int hc_store;      /* keep the wire body to store it */
   int hc_invalidate; /* unsafe method: invalidate on success */

@@ -107,6 +107,7 @@ static void serve_cached(netstash_fetch *f, netstash_source source);
 static int caller_validators_match(netstash_fetch *f);
 static void serve_304(netstash_fetch *f, netstash_source source);
 static void serve_stored(netstash_fetch *f, netstash_source source);
+static int head_names_stored(netstash_fetch *f);
 static void hsts_setup(ns_transport *tr, CURL *e);
 static const char *method_of(const netstash_fetch *f);
 static int cache_consult(netstash_fetch *f);
@@ -613,6 +614,11 @@ static int head_end(netstash_fetch *f) {
     invalidate_at_head(f);
   if (f->hc_completing && !complete_piece(f))
     return 0;
+  if (f->status == 200 && f->hc_used && f->hce.found && f->ctx->hc &&
+      strcmp(method_of(f), "HEAD") == 0 && head_names_stored(f)) {
+    f->hc_head_200 = 1; /* answered from the freshened stored head at the end */
+    return 1;
+  }
   if (f->hc_validating) {
     if (f->status == 304) {
       f->hc_got_304 = 1; /* answered from the stored body at the end */
@@ -830,7 +836,7 @@ int ns_hop_body(netstash_fetch *f, const uint8_t *data, size_t len) {
                (const char *)data);
     return 1;
   }
-  if (f->redirecting || f->hc_got_304 || f->hc_sie)
+  if (f->redirecting || f->hc_got_304 || f->hc_sie || f->hc_head_200)
     return 1; /* body of a redirect we follow, of a 304, of a 5xx we replace */
   if (f->hc_store && ns_buf_append(&f->hc_body, data, len) != NETSTASH_OK) {
     f->hc_store = 0; /* too large for the cache: keep streaming, store nothing */
@@ -1278,21 +1284,42 @@ static int cache_after_response(netstash_fetch *f, int final) {
 /* RFC 9111 §4.3.5: a 200 to a HEAD that reached the origin freshens the
  * stored GET response it could have been answered from — its fields merged
  * as a 304's — when the validators it carries (ETag, Last-Modified) and its
- * Content-Length are the stored response's; otherwise the stored responses
- * of that URL are dropped (the representation changed). */
-static void head_freshen(netstash_fetch *f) {
+ * Content-Length are the stored response's (head_matches); otherwise the
+ * stored responses of that URL are dropped (the representation changed).
+ * When the stored response is complete, the HEAD is then answered from it,
+ * as after a 304: the stored fields the HEAD's 200 did not repeat are kept
+ * (head_names_stored, at the head; the answer in hop_result). */
+static int head_matches(const netstash_fetch *f, const ns_headers *h) {
   static const char *const same[] = {"etag", "last-modified", "content-length"};
+  if (f->hce.status != 200 && f->hce.status != 206)
+    return 0;
+  for (size_t k = 0; k < NS_ARRAY_LEN(same); k++) {
+    const char *nv = ns_headers_get(h, same[k]), *sv = ns_headers_get(&f->hce.headers, same[k]);
+    if (nv && (!sv || strcmp(nv, sv) != 0))
+      return 0;
+  }
+  return 1;
+}
+
+/* At the HEAD's head: answered from the stored complete response? */
+static int head_names_stored(netstash_fetch *f) {
+  ns_headers h;
+  int match;
+  ns_headers_init(&h, &f->mem);
+  match = head_as_headers(f, &h) == NETSTASH_OK && f->hce.status == 200 && head_matches(f, &h);
+  ns_headers_free(&h);
+  return match;
+}
+
+static void head_freshen(netstash_fetch *f) {
   ns_headers h;
   netstash_error rv;
-  int match = f->hce.status == 200 || f->hce.status == 206;
+  int match = 0;
   size_t l;
   ns_headers_init(&h, &f->mem);
   rv = head_as_headers(f, &h);
-  for (size_t k = 0; rv == NETSTASH_OK && match && k < NS_ARRAY_LEN(same); k++) {
-    const char *nv = ns_headers_get(&h, same[k]), *sv = ns_headers_get(&f->hce.headers, same[k]);
-    if (nv && (!sv || strcmp(nv, sv) != 0))
-      match = 0;
-  }
+  if (rv == NETSTASH_OK)
+    match = head_matches(f, &h);
   if (rv == NETSTASH_OK)
     rv = match ? ns_httpcache_update_304(f->ctx->hc, &f->hce, &h, f->req_time_ms, f->resp_time_ms)
                : ns_httpcache_forget(f->ctx->hc, &f->hce);
@@ -1302,7 +1329,7 @@ static void head_freshen(netstash_fetch *f) {
     NS_WARN(f->ctx, MOD, "HEAD answer for %s not applied to the cache: %s", f->cur.url,
             netstash_strerror(rv));
   else
-    snprintf(f->cache_reason + l, sizeof(f->cache_reason) - l, "; %s",
+    snprintf(f->cache_reason + l, sizeof(f->cache_reason) - l, "%s%s", l ? "; " : "",
              match ? "the stored response freshened by the HEAD's 200 (RFC 9111 §4.3.5)"
                    : "the stored response dropped: the HEAD's 200 names another representation");
 }
@@ -1345,6 +1372,11 @@ static void hop_result(netstash_fetch *f, netstash_error res) {
     snprintf(f->cache_reason, sizeof(f->cache_reason), "revalidated (304): %s",
              f->hce.decision.reason);
     serve_stored(f, NETSTASH_SOURCE_REVALIDATED); /* the caller's validators, Range */
+    return;
+  }
+  if (res == NETSTASH_OK && f->hc_head_200) {
+    head_freshen(f);                              /* adds to the reason */
+    serve_stored(f, NETSTASH_SOURCE_REVALIDATED); /* the stored fields, freshened */
     return;
   }
   if (f->hc_validating && f->hce.decision.stale_if_error &&
@@ -2893,7 +2925,7 @@ static int cache_consult(netstash_fetch *f) {
   int added = 0;
 
   /* per hop: every URL of a redirect chain is looked up and stored */
-  f->hc_used = f->hc_validating = f->hc_got_304 = f->hc_sie = 0;
+  f->hc_used = f->hc_validating = f->hc_got_304 = f->hc_sie = f->hc_head_200 = 0;
   f->hc_store = f->hc_invalidate = 0;
   f->cache_reason[0] = 0;
   ns_headers_free(&f->hc_req);

@@ -574,9 +574,10 @@ static int handle(conn *c, request *rq) {
       return ok && rq->keep_alive;
     }
     if (strcmp(q, "headfresh") == 0 || strcmp(q, "headchanged") == 0) {
-      /* GET: stale at once (max-age=0), 16 bytes; HEAD: fresh for 600 s and
-       * X-Gen: 2 — the same representation for headfresh, another one
-       * (ETag "new") for headchanged */
+      /* GET: stale at once (max-age=0), 16 bytes, X-Gen: 1 and X-Stored;
+       * HEAD: fresh for 600 s and X-Gen: 2, no X-Stored — the same
+       * representation for headfresh, another one (ETag "new") for
+       * headchanged */
       int changed = q[4] == 'c';
       if (rq->head)
         return respond(c, rq, 200,
@@ -587,7 +588,8 @@ static int handle(conn *c, request *rq) {
                        "0123456789abcdef", 16, 0) == 0 &&
                rq->keep_alive;
       return respond(c, rq, 200,
-                     "Content-Type: text/plain\r\nCache-Control: max-age=0\r\nX-Gen: 1\r\n",
+                     "Content-Type: text/plain\r\nCache-Control: max-age=0\r\nX-Gen: 1\r\n"
+                     "X-Stored: kept\r\n",
                      "0123456789abcdef", 16, 0) == 0 &&
              rq->keep_alive;
     }

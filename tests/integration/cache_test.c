@@ -1083,7 +1083,9 @@ static void test_partial_completion_capped(void **state) {
 }
 
 /* RFC 9111 §4.3.5: a HEAD's 200 freshens the stored GET response when it
- * names the same representation, and drops it when it names another. */
+ * names the same representation — and the HEAD is answered from it, its
+ * fields updated, the ones the HEAD's 200 lacks kept (http-cache-tests'
+ * head-200-retain) —, and drops it when it names another. */
 static void test_head_freshens(void **state) {
   netstash_ctx *ctx = ctx_for(new_profile(), 1);
   result r;
@@ -1091,9 +1093,15 @@ static void test_head_freshens(void **state) {
   r = fetch(ctx, url("/cache/headfresh"), NULL, NETSTASH_CACHE_DEFAULT, NULL, NULL, "x-gen");
   assert_int_equal(r.source, NETSTASH_SOURCE_NETWORK);
   assert_string_equal(r.hdr, "1");
-  r = fetch(ctx, url("/cache/headfresh"), "HEAD", NETSTASH_CACHE_DEFAULT, NULL, NULL, NULL);
-  assert_int_equal(r.source, NETSTASH_SOURCE_NETWORK); /* stale: to the origin */
+  r = fetch(ctx, url("/cache/headfresh"), "HEAD", NETSTASH_CACHE_DEFAULT, NULL, NULL, "x-stored");
+  assert_int_equal(r.source, NETSTASH_SOURCE_REVALIDATED); /* stale: the origin confirmed it */
+  assert_int_equal(r.status, 200);
+  assert_string_equal(r.hdr, "kept"); /* not in the HEAD's 200: the stored field */
+  assert_string_equal(r.body, "");
   assert_non_null(strstr(r.reason, "freshened by the HEAD"));
+  r = fetch(ctx, url("/cache/headfresh"), "HEAD", NETSTASH_CACHE_DEFAULT, NULL, NULL, "x-gen");
+  assert_int_equal(r.source, NETSTASH_SOURCE_CACHE); /* fresh now: no request */
+  assert_string_equal(r.hdr, "2");
   r = fetch(ctx, url("/cache/headfresh"), NULL, NETSTASH_CACHE_DEFAULT, NULL, NULL, "x-gen");
   assert_int_equal(r.source, NETSTASH_SOURCE_CACHE);
   assert_string_equal(r.hdr, "2");
@@ -1103,7 +1111,9 @@ static void test_head_freshens(void **state) {
   assert_int_equal(r.source, NETSTASH_SOURCE_NETWORK);
   r = fetch(ctx, url("/cache/headchanged"), NULL, NETSTASH_CACHE_SKIP_VALIDATION, NULL, NULL, NULL);
   assert_int_equal(r.source, NETSTASH_SOURCE_CACHE); /* stored, stale */
-  r = fetch(ctx, url("/cache/headchanged"), "HEAD", NETSTASH_CACHE_DEFAULT, NULL, NULL, NULL);
+  r = fetch(ctx, url("/cache/headchanged"), "HEAD", NETSTASH_CACHE_DEFAULT, NULL, NULL, "x-stored");
+  assert_int_equal(r.source, NETSTASH_SOURCE_NETWORK); /* another representation: as sent */
+  assert_string_equal(r.hdr, "");
   assert_non_null(strstr(r.reason, "dropped"));
   r = fetch(ctx, url("/cache/headchanged"), NULL, NETSTASH_CACHE_ONLY_IF_CACHED, NULL, NULL, NULL);
   assert_int_equal(r.err, NETSTASH_E_NOT_CACHED);
