@@ -811,8 +811,7 @@ static netstash_error queue_store(ns_httpcache *hc, const ns_buf *primary, const
     pend_free(hc, p);
     return NETSTASH_E_NOMEM;
   }
-  if (take && take->data && take->data == body && take->len == len &&
-      same_allocator(take->mem, hc->mem)) {
+  if (take && take->data && same_allocator(take->mem, hc->mem)) {
     p->body = take->data; /* a miss's body: not copied again */
     take->data = NULL;
     take->len = take->cap = 0;

@@ -592,6 +592,13 @@ static int content_length_conflict(const netstash_fetch *f) {
   return 0;
 }
 
+/* A 200 to a HEAD the cache consulted and found a stored response for: it
+ * freshens or drops that response (head_freshen, RFC 9111 §4.3.5). */
+static int head_200_for_stored(const netstash_fetch *f) {
+  return f->status == 200 && f->hc_used && f->hce.found && f->ctx->hc &&
+         strcmp(method_of(f), "HEAD") == 0;
+}
+
 static int head_end(netstash_fetch *f) {
   const char *ce;
   if (f->status < 200)
@@ -614,8 +621,7 @@ static int head_end(netstash_fetch *f) {
     invalidate_at_head(f);
   if (f->hc_completing && !complete_piece(f))
     return 0;
-  if (f->status == 200 && f->hc_used && f->hce.found && f->ctx->hc &&
-      strcmp(method_of(f), "HEAD") == 0 && head_names_stored(f)) {
+  if (head_200_for_stored(f) && head_names_stored(f)) {
     f->hc_head_200 = 1; /* answered from the freshened stored head at the end */
     return 1;
   }
@@ -1405,8 +1411,7 @@ static void hop_result(netstash_fetch *f, netstash_error res) {
         return;
       }
     }
-    if (f->status == 200 && f->hc_used && f->hce.found && f->ctx->hc &&
-        strcmp(method_of(f), "HEAD") == 0)
+    if (head_200_for_stored(f))
       head_freshen(f);
     if (!cache_after_response(f, 1))
       end_fetch(f, NETSTASH_OK);
